@@ -1,0 +1,1 @@
+//! rota-client. (Skeleton.)

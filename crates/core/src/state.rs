@@ -1,0 +1,141 @@
+//! The replicated state and the one function that changes it.
+//!
+//! A Raft entry carries a [`Batch`]: the leader's wall-clock time and the commands that the
+//! proposer packed together. [`State::apply_batch`] first advances time (expiring what is due
+//! at that instant), then applies each command in order. The same batches in the same order
+//! give the same state and the same responses on every node.
+
+use serde::{Deserialize, Serialize};
+
+use crate::idempotency::{IdempotencyOutcome, IdempotencyTable};
+use crate::{jobs, v2};
+
+/// Limits and defaults that are fixed for the life of a cluster (they shape the state).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// Events kept for `waitIndex` watches. etcd keeps exactly 1000.
+    pub v2_history_max: usize,
+    /// How long a stored idempotent outcome is replayed.
+    pub idempotency_ttl_ms: u64,
+    /// Records kept at most; the oldest is dropped first when full.
+    pub idempotency_records_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            v2_history_max: 1000,
+            idempotency_ttl_ms: 24 * 3600 * 1000,
+            idempotency_records_max: 100_000,
+        }
+    }
+}
+
+/// One Raft entry's worth of commands, stamped with the leader's time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Unix time in milliseconds, chosen by the leader's proposer. The state never moves
+    /// time backwards: a batch older than the state's time is applied at the state's time.
+    pub time_ms: u64,
+    pub commands: Vec<Command>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Only advances time: expires TTL keys, leases, starts due scheduled jobs.
+    Tick,
+    V2(v2::V2Command),
+    Jobs(jobs::JobCommand),
+    /// A client's mutation under an `Idempotency-Key`. `fingerprint` identifies the request
+    /// (method, path, body), computed by the server that received it.
+    Idempotent { key: String, fingerprint: u64, command: Box<Command> },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Tick,
+    V2(Result<v2::V2Response, v2::V2Error>),
+    Jobs(Result<jobs::JobResponse, jobs::JobError>),
+    /// The stored first outcome of an idempotent request, answered again.
+    Replayed(Box<Response>),
+    /// The idempotency key was first used with a different request.
+    IdempotencyKeyReused { key: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    config: Config,
+    /// The latest entry time applied; never decreases.
+    time_ms: u64,
+    pub v2: v2::Store,
+    pub jobs: jobs::Jobs,
+    idempotency: IdempotencyTable,
+}
+
+impl State {
+    pub fn new(config: Config) -> State {
+        State {
+            v2: v2::Store::new(config.v2_history_max),
+            jobs: jobs::Jobs::default(),
+            idempotency: IdempotencyTable::default(),
+            time_ms: 0,
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The time of the latest applied entry (Unix ms).
+    pub fn time_ms(&self) -> u64 {
+        self.time_ms
+    }
+
+    /// Applies one Raft entry: advances time, then runs each command in order.
+    pub fn apply_batch(&mut self, batch: &Batch) -> Vec<Response> {
+        let now_ms = self.advance_time(batch.time_ms);
+        batch.commands.iter().map(|command| self.apply(now_ms, command)).collect()
+    }
+
+    /// The earliest instant at which a `Tick` would change something, if any. The leader's
+    /// ticker proposes a `Tick` then, so an idle cluster writes nothing.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        [self.v2.next_deadline_ms(), self.jobs.next_deadline_ms()].into_iter().flatten().min()
+    }
+
+    fn advance_time(&mut self, time_ms: u64) -> u64 {
+        self.time_ms = self.time_ms.max(time_ms);
+        let now_ms = self.time_ms;
+        self.v2.expire_until(now_ms);
+        self.jobs.advance_time(now_ms);
+        self.idempotency.expire_until(now_ms);
+        now_ms
+    }
+
+    fn apply(&mut self, now_ms: u64, command: &Command) -> Response {
+        match command {
+            Command::Tick => Response::Tick,
+            Command::V2(command) => Response::V2(self.v2.apply(now_ms, command)),
+            Command::Jobs(command) => Response::Jobs(self.jobs.apply(now_ms, command)),
+            Command::Idempotent { key, fingerprint, command } => {
+                match self.idempotency.lookup(key, *fingerprint) {
+                    IdempotencyOutcome::Replay(response) => Response::Replayed(Box::new(response)),
+                    IdempotencyOutcome::Conflict => Response::IdempotencyKeyReused { key: key.clone() },
+                    IdempotencyOutcome::New => {
+                        let response = self.apply(now_ms, command);
+                        let expires_ms = now_ms.saturating_add(self.config.idempotency_ttl_ms);
+                        self.idempotency.record(
+                            key.clone(),
+                            *fingerprint,
+                            response.clone(),
+                            expires_ms,
+                            self.config.idempotency_records_max,
+                        );
+                        response
+                    }
+                }
+            }
+        }
+    }
+}

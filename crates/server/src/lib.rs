@@ -1,0 +1,1 @@
+//! rota-server: HTTP in, commands out. (Skeleton.)
