@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# etcd 3.4 (1 member, --enable-v2, default durability) and rota (1 node) in ONE run on this
+# machine, the same wrk load for both: v2 PUT of random keys with a 64-byte value at
+# concurrency 1, 16 and 64; then the ratio rota/etcd per concurrency.
+# Every rota write is fsynced before its answer, as etcd's are.
+# usage: bench/v2_put.sh            env: RUNS (3), DUR (10s), CONCS ("1 16 64"), WORKLOADS (put)
+# needs: apt-get install -y etcd-server wrk jq curl
+set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SHARED=${SHARED:-$ROOT/../shared/bench}
+[ -f "$SHARED/lib.sh" ] || { echo "peer scripts not found at $SHARED (set SHARED=.../shared/bench)" >&2; exit 1; }
+source "$SHARED/lib.sh"
+export RUNS DUR
+OUT=${OUT:-$(mktemp -d /tmp/rota-bench.XXXX)}
+echo "results in $OUT"
+(cd "$ROOT" && cargo build --release -q -p rota) || exit 1
+ROTA="$ROOT/target/release/rota"
+
+stamp "etcd"; WORKLOADS=${WORKLOADS:-put} CONCS=${CONCS:-1 16 64} "$SHARED/bench_etcd.sh" single | tee "$OUT/etcd.txt"
+
+DATA=$(mktemp -d /tmp/rota-bench-data.XXXX)
+for wl in ${WORKLOADS:-put}; do
+  case $wl in put) LUA=etcd_v2_put.lua;; post) LUA=etcd_v2_post.lua;; *) echo "unknown workload $wl"; exit 1;; esac
+  for c in ${CONCS:-1 16 64}; do
+    stop_started; rm -rf "$DATA/n1"   # a fresh node per concurrency, as etcd gets
+    "$ROTA" serve --name n1 --data-dir "$DATA/n1" --listen-client-urls http://127.0.0.1:33379 \
+      --advertise-client-urls http://127.0.0.1:33379 --listen-peer-urls http://127.0.0.1:33380 \
+      > "$OUT/rota.log" 2>&1 &
+    STARTED_PIDS+=($!)
+    wait_http http://127.0.0.1:33379/health || exit 1
+    for r in $(seq 1 "$RUNS"); do stamp "rota $wl c=$c run=$r"
+      wrk_run rota1-$wl "$c" http://127.0.0.1:33379 "$SHARED/$LUA"; done | tee -a "$OUT/rota.txt"
+  done
+done
+stop_started; rm -rf "$DATA"
+
+echo; echo "== medians"; python3 "$SHARED/summarize.py" "$OUT/etcd.txt" "$OUT/rota.txt" | tee "$OUT/summary.txt"
+echo; echo "== rota / etcd"
+python3 - "$OUT/summary.txt" <<'PY'
+import re, sys
+rows = {}
+for line in open(sys.argv[1]):
+    m = re.match(r"RESULT (\S+)-(put|post) c=(\d+).*\| median (.*)$", line) or \
+        re.match(r"(\S+)-(put|post) c=(\d+).*\| median (.*)$", line)
+    if not m: continue
+    who, wl, c, fields = m.groups()
+    vals = dict(kv.split("=") for kv in fields.split())
+    rows[(who.replace("etcd1", "etcd").replace("rota1", "rota"), wl, int(c))] = {k: float(v) for k, v in vals.items()}
+for (who, wl, c), v in sorted(rows.items()):
+    if who != "rota": continue
+    e = rows.get(("etcd", wl, c))
+    if not e: continue
+    print(f"{wl} c={c}: rota {v['rps']:.0f}/s p50 {v['p50_ms']:.2f} ms p99 {v['p99_ms']:.2f} ms | "
+          f"etcd {e['rps']:.0f}/s p50 {e['p50_ms']:.2f} ms p99 {e['p99_ms']:.2f} ms | "
+          f"throughput x{v['rps']/e['rps']:.2f}, p50 x{v['p50_ms']/e['p50_ms']:.2f}, p99 x{v['p99_ms']/e['p99_ms']:.2f}")
+PY
