@@ -1,0 +1,200 @@
+//! rota-bench: the job-queue load generator used for rota and for its peers, so that every
+//! system is driven by the same client code over its own protocol:
+//!
+//! - `rota`:      POST /v1/queues/{q}/jobs → POST /v1/queues/{q}/lease → POST /v1/jobs/{id}/complete
+//! - `redis`:     LPUSH q job → BLMOVE q q:processing RIGHT LEFT → LREM q:processing 1 job
+//! - `beanstalk`: put → reserve-with-timeout → delete
+//!
+//! Like `../shared/bench/qbench.py` (same modes, same RESULT line), but a Rust client that is
+//! not itself the bottleneck: each producer/consumer is a task with its own connection doing one
+//! blocking round trip at a time (no pipelining).
+
+mod protocols;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+
+use protocols::Conn;
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+pub enum Backend {
+    Rota,
+    Redis,
+    Beanstalk,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Mode {
+    /// Producers only enqueue, consumers only lease and complete.
+    Split,
+    /// Every worker enqueues, then leases and completes, in a loop.
+    Cycle,
+}
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Job-queue load generator: rota, Redis reliable queue, beanstalkd")]
+struct Args {
+    #[arg(long, value_enum)]
+    backend: Backend,
+    /// host:port of the server.
+    #[arg(long)]
+    addr: String,
+    /// Producers (and as many consumers in split mode).
+    #[arg(long, default_value_t = 8)]
+    n: usize,
+    /// Jobs to enqueue in total.
+    #[arg(long, default_value_t = 30_000)]
+    jobs: usize,
+    #[arg(long, default_value_t = 60.0)]
+    max_seconds: f64,
+    #[arg(long, value_enum, default_value = "split")]
+    mode: Mode,
+    /// Priorities are drawn uniformly from [0, levels).
+    #[arg(long, default_value_t = 1024)]
+    prio_levels: u64,
+    /// Payload padding bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Queue (rota), list (redis) or tube (beanstalk) name.
+    #[arg(long, default_value = "bench")]
+    queue: String,
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Runtime worker threads of the load generator itself.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+/// What one task reports: jobs it sent, jobs it finished, and the enqueue→ack latency of each
+/// finished job in microseconds.
+#[derive(Default)]
+struct Tally {
+    sent: usize,
+    done_latencies_us: Vec<u64>,
+    last_done: Option<Instant>,
+    last_sent: Option<Instant>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<()> {
+    let base = Instant::now();
+    // Connect everyone first, so connection setup is not measured.
+    let consumers = if args.mode == Mode::Split { args.n } else { 0 };
+    let mut conns = Vec::new();
+    for _ in 0..args.n + consumers {
+        conns.push(Conn::connect(args.backend, &args.addr, &args.queue).await?);
+    }
+    if let Some(conn) = conns.first_mut() {
+        conn.reset().await.context("resetting the queue")?;
+    }
+    let producers_done = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs_f64(args.max_seconds);
+    let mut producer_tasks = Vec::new();
+    let mut consumer_tasks = Vec::new();
+    for (idx, conn) in conns.into_iter().enumerate() {
+        let args = args.clone();
+        if idx < args.n {
+            let per = args.jobs / args.n + usize::from(idx < args.jobs % args.n);
+            producer_tasks.push(tokio::spawn(producer(args, conn, idx, per, base, deadline)));
+        } else {
+            let done = producers_done.clone();
+            consumer_tasks.push(tokio::spawn(consumer(conn, base, deadline, done)));
+        }
+    }
+    let mut tallies = Vec::new();
+    for task in producer_tasks {
+        tallies.push(task.await??);
+    }
+    producers_done.store(true, Ordering::Relaxed);
+    for task in consumer_tasks {
+        tallies.push(task.await??);
+    }
+    report(&args, t0, &tallies);
+    Ok(())
+}
+
+async fn producer(args: Args, mut conn: Conn, idx: usize, jobs: usize, base: Instant, deadline: Instant) -> Result<Tally> {
+    let mut tally = Tally::default();
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (idx as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let pad = "p".repeat(args.size);
+    for i in 0..jobs {
+        if Instant::now() > deadline {
+            break;
+        }
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let priority = if args.prio_levels > 1 { rng % args.prio_levels } else { 0 };
+        let body = format!("{}:{idx}:{i}:{pad}", base.elapsed().as_micros());
+        conn.enqueue(&body, priority).await?;
+        tally.sent += 1;
+        tally.last_sent = Some(Instant::now());
+        if args.mode == Mode::Cycle {
+            if let Some(job) = conn.dequeue_ack(Duration::from_secs(1)).await? {
+                record(&mut tally, base, &job);
+            }
+        }
+    }
+    Ok(tally)
+}
+
+async fn consumer(mut conn: Conn, base: Instant, deadline: Instant, producers_done: Arc<AtomicBool>) -> Result<Tally> {
+    let mut tally = Tally::default();
+    while Instant::now() < deadline {
+        match conn.dequeue_ack(Duration::from_secs(1)).await? {
+            Some(job) => record(&mut tally, base, &job),
+            None if producers_done.load(Ordering::Relaxed) => break,
+            None => {}
+        }
+    }
+    Ok(tally)
+}
+
+fn record(tally: &mut Tally, base: Instant, job_body: &str) {
+    let now = Instant::now();
+    if let Some(sent_us) = job_body.split(':').next().and_then(|s| s.parse::<u64>().ok()) {
+        let now_us = now.duration_since(base).as_micros() as u64;
+        tally.done_latencies_us.push(now_us.saturating_sub(sent_us));
+    }
+    tally.last_done = Some(now);
+}
+
+fn report(args: &Args, t0: Instant, tallies: &[Tally]) {
+    let sent: usize = tallies.iter().map(|t| t.sent).sum();
+    let mut latencies: Vec<u64> = tallies.iter().flat_map(|t| t.done_latencies_us.iter().copied()).collect();
+    latencies.sort_unstable();
+    let done = latencies.len();
+    let wall_s = tallies.iter().filter_map(|t| t.last_done).max().map(|t| (t - t0).as_secs_f64()).unwrap_or(f64::NAN);
+    let enq_s = tallies.iter().filter_map(|t| t.last_sent).max().map(|t| (t - t0).as_secs_f64()).unwrap_or(f64::NAN);
+    let quantile_ms = |q: f64| {
+        if done == 0 {
+            f64::NAN
+        } else {
+            latencies[((q * done as f64) as usize).min(done - 1)] as f64 / 1000.0
+        }
+    };
+    let label = if args.label.is_empty() { format!("{:?}", args.backend).to_lowercase() } else { args.label.clone() };
+    println!(
+        "RESULT {label} mode={} n={} jobs_sent={sent} jobs_done={done} jobs_per_s={:.0} enq_per_s={:.0} e2e_p50_ms={:.2} e2e_p99_ms={:.2} wall_s={:.2}",
+        format!("{:?}", args.mode).to_lowercase(),
+        args.n,
+        done as f64 / wall_s,
+        sent as f64 / enq_s,
+        quantile_ms(0.5),
+        quantile_ms(0.99),
+        wall_s
+    );
+}
