@@ -25,7 +25,9 @@ pub enum V2Command {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetCommand {
     pub key: String,
-    /// Ignored when `is_dir`.
+    /// Ignored when `is_dir` makes a directory (set, create). An update (`prev_exist:
+    /// Some(true)`) ignores `is_dir` and uses the value, as etcd does: pass it through as
+    /// the client sent it (a non-empty value on a directory is 102 there).
     pub value: String,
     pub is_dir: bool,
     /// Seconds to live; `None` makes the node permanent. `Some(0)` expires it at once.
@@ -84,7 +86,9 @@ pub struct NodeView {
     pub dir: bool,
     /// Absolute expiry, Unix nanoseconds; `None` for permanent nodes.
     pub expiration_ns: Option<u64>,
-    /// Seconds remaining, rounded up; `None` when permanent or ≤ 0.
+    /// Seconds remaining, rounded up (etcd's `expirationAndTTL`); `None` when permanent or
+    /// exactly 0. Negative for a node past its expiration not yet swept (etcd renders
+    /// `"ttl":-1` then, e.g. for `ttl=18446744073709551615`, which wraps to -1 s in Go).
     pub ttl_s: Option<i64>,
     /// `Some` only for directories that have visible children in this view.
     pub nodes: Option<Vec<NodeView>>,
@@ -119,8 +123,39 @@ pub enum WatchLookup {
     Pending { index: u64 },
 }
 
+/// Mutation counters as etcd's `/v2/stats/store` reports them (`setsSuccess`, ...). Gets
+/// and watchers are counted by the server. Deterministic, so part of the replicated state.
+///
+/// etcd counts some failures as successes (a store function that returns its error without
+/// assigning it to the variable its deferred counter reads): CAS and update on `/`, update
+/// of a dir with a value, delete of `/`, and compareAndDelete's 101/102. Observed on etcd
+/// 3.4.23 and reproduced here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStats {
+    pub sets_success: u64,
+    pub sets_fail: u64,
+    pub delete_success: u64,
+    pub delete_fail: u64,
+    pub update_success: u64,
+    pub update_fail: u64,
+    pub create_success: u64,
+    pub create_fail: u64,
+    pub compare_and_swap_success: u64,
+    pub compare_and_swap_fail: u64,
+    pub compare_and_delete_success: u64,
+    pub compare_and_delete_fail: u64,
+    pub expire_count: u64,
+}
+
+mod history;
 mod store;
+mod tree;
 mod wire;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
 
 pub use store::Store;
 pub use wire::{format_expiration, render_json};

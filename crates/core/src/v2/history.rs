@@ -1,0 +1,164 @@
+//! The event history behind `waitIndex` watches: a ring buffer of the most recent events.
+//!
+//! Every index the store hands out is one entry here (refreshes too, flagged so that no
+//! watcher matches them), so indices are contiguous and an index finds its slot by
+//! subtraction, as in etcd's `EventHistory`. Two windows:
+//! - the *logical* window, the last `window_max` entries (etcd's 1000): a new watch asking
+//!   for an older index gets error 401, exactly where etcd would answer it;
+//! - the *physical* buffer, `2 × window_max`: watchers that already waited (`live`) may
+//!   read back this far, because etcd's registered watchers are pushed every event and never
+//!   miss one, while ours catch up by reading the history after a wake-up.
+//!
+//! Which events a watch sees follows etcd's two code paths (etcd-v2-api.md §7):
+//! `scan_matches` is `EventHistory.scan` (used by a watch whose `waitIndex` is already in
+//! the history), `live_matches` is `watcherHub.notify` (used by a registered watcher).
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use super::tree::{is_hidden_below, is_strict_ancestor, CODE_EVENT_INDEX_CLEARED, ROOT};
+use super::{Action, V2Error, V2Response};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct HistoryEntry {
+    /// The event as a watcher receives it; `etcd_index` is the event's own index.
+    event: V2Response,
+    /// A TTL refresh: takes an index, is never delivered.
+    refresh: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct EventHistory {
+    entries: VecDeque<HistoryEntry>,
+    window_max: usize,
+}
+
+impl EventHistory {
+    pub fn new(window_max: usize) -> EventHistory {
+        EventHistory { entries: VecDeque::new(), window_max: window_max.max(1) }
+    }
+
+    fn capacity(&self) -> usize {
+        self.window_max.saturating_mul(2)
+    }
+
+    pub fn push(&mut self, event: V2Response, refresh: bool) {
+        debug_assert!(
+            self.entries.back().is_none_or(|last| last.event.etcd_index + 1 == event.etcd_index),
+            "history indices must be contiguous"
+        );
+        if self.entries.len() >= self.capacity() {
+            self.entries.pop_front();
+        }
+        self.entries.push_back(HistoryEntry { event, refresh });
+    }
+
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|entry| entry.event.etcd_index)
+    }
+
+    fn last_index(&self) -> Option<u64> {
+        self.entries.back().map(|entry| entry.event.etcd_index)
+    }
+
+    /// The oldest index a new watch may ask for (etcd's `StartIndex`), `None` when empty.
+    pub fn logical_oldest(&self) -> Option<u64> {
+        let first = self.first_index()?;
+        let last = self.last_index()?;
+        let window_first = (last + 1).saturating_sub(self.window_max as u64);
+        Some(first.max(window_first))
+    }
+
+    /// The first event at or after `since_index` that the watch matches. `Ok(None)`: none
+    /// yet. 401 (with `current_index`) when `since_index` is older than the window.
+    pub fn find(
+        &self,
+        key: &str,
+        recursive: bool,
+        since_index: u64,
+        live: bool,
+        current_index: u64,
+    ) -> Result<Option<&V2Response>, V2Error> {
+        let oldest = if live { self.first_index() } else { self.logical_oldest() };
+        let (Some(oldest), Some(last)) = (oldest, self.last_index()) else {
+            // etcd's empty history has StartIndex 0 and LastIndex 0: everything is future.
+            return Ok(None);
+        };
+        if since_index < oldest {
+            return Err(V2Error::new(
+                CODE_EVENT_INDEX_CLEARED,
+                Some(format!("the requested history has been cleared [{oldest}/{since_index}]")),
+                current_index,
+            ));
+        }
+        if since_index > last {
+            return Ok(None);
+        }
+        let first = self.first_index().unwrap_or(oldest);
+        let start = (since_index - first) as usize;
+        let found = self
+            .entries
+            .range(start..)
+            .filter(|entry| !entry.refresh)
+            .map(|entry| &entry.event)
+            .find(|event| if live { live_matches(event, key, recursive) } else { scan_matches(event, key, recursive) });
+        Ok(found)
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+fn event_key(event: &V2Response) -> &str {
+    event.node.key.as_deref().unwrap_or(ROOT)
+}
+
+fn is_dir_removal(event: &V2Response) -> bool {
+    matches!(event.action, Action::Delete | Action::Expire) && event.prev_node.as_ref().is_some_and(|prev| prev.dir)
+}
+
+/// etcd's `EventHistory.scan`: the exact key; with `recursive`, any key starting with
+/// `key + "/"` (hidden ones included: scan has no hidden check); and the delete/expire of a
+/// directory whose key is a *string* prefix of `key` (so deleting `/foo` matches `/foobar`
+/// too, as etcd 3.4 answers).
+pub(super) fn scan_matches(event: &V2Response, key: &str, recursive: bool) -> bool {
+    let event_key = event_key(event);
+    if event_key == key {
+        return true;
+    }
+    if recursive {
+        let matched = if key.ends_with('/') {
+            event_key.starts_with(key)
+        } else {
+            event_key.len() > key.len() && event_key.starts_with(key) && event_key.as_bytes()[key.len()] == b'/'
+        };
+        if matched {
+            return true;
+        }
+    }
+    if is_dir_removal(event) {
+        let removed = event.prev_node.as_ref().and_then(|prev| prev.key.as_deref()).unwrap_or(ROOT);
+        return key.starts_with(removed);
+    }
+    false
+}
+
+/// etcd's `watcherHub.notify` for a watcher registered on `key`: the exact key; with
+/// `recursive`, keys below it unless a segment below `key` is hidden; and the removal of a
+/// directory containing `key`.
+///
+/// etcd wakes a watcher inside a removed directory only if a node existed at the watched
+/// path; we don't record the removed paths, so any watched path inside the directory wakes.
+pub(super) fn live_matches(event: &V2Response, key: &str, recursive: bool) -> bool {
+    let event_key = event_key(event);
+    if event_key == key {
+        return true;
+    }
+    if recursive && is_strict_ancestor(key, event_key) && !is_hidden_below(key, event_key) {
+        return true;
+    }
+    is_dir_removal(event) && is_strict_ancestor(event_key, key)
+}
