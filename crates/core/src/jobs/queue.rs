@@ -1,0 +1,227 @@
+//! Queues: their configuration (validated here), their rate bucket and their indexes.
+//!
+//! A queue owns the per-queue indexes of its jobs; [`Jobs`](super::Jobs) keeps them in step
+//! with the job records (see `Jobs::set_indexed`). Invariants, for every job `j` of queue `q`:
+//! - `j` is in `q.ids_by_state[j.state]` and in no other state's set;
+//! - queued ⇔ `(Reverse(priority), id)` ∈ `q.ready` (so the first is the next to lease);
+//! - scheduled ⇔ `(run_at_ms, id)` ∈ `q.scheduled`;
+//! - leased ⇔ `(lease.expires_at_ms, id)` ∈ `q.lease_deadlines`.
+
+use std::cmp::Reverse;
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::JobError;
+use super::job::{JobId, JobState};
+use super::limits::*;
+use super::rate::TokenBucket;
+
+/// Queues are interned: jobs refer to their queue by this id, never reused.
+pub(crate) type QueueId = u32;
+
+/// At most `burst + limit × W / per` leases in any window of length W.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// Tokens added per `per_ms`.
+    pub limit: u64,
+    pub per_ms: u64,
+    /// Bucket capacity: the most leases at one instant after a quiet spell.
+    pub burst: u64,
+}
+
+/// Exponential backoff between attempts: `base_ms × 2^(attempt − 1)`, at most `max_ms`.
+/// There is no jitter: the rate limiter already spreads retries out, and exact delays keep
+/// the queue's history checkable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backoff {
+    pub base_ms: u64,
+    pub max_ms: u64,
+}
+
+impl Backoff {
+    /// The delay before the retry that follows failed attempt `attempt` (1-based).
+    pub fn delay_ms(&self, attempt: u32) -> u64 {
+        // u128 holds base (< 2^30) shifted by up to 63 without overflow.
+        let doublings = attempt.saturating_sub(1).min(63);
+        let delay_ms = u128::from(self.base_ms) << doublings;
+        delay_ms.min(u128::from(self.max_ms)) as u64
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { base_ms: BACKOFF_BASE_DEFAULT_MS, max_ms: BACKOFF_MAX_DEFAULT_MS }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueConfig {
+    /// Jobs leased at once; `None` is unlimited.
+    pub concurrency: Option<u32>,
+    pub rate: Option<RateLimit>,
+    /// A lease's length unless the lease command asks for another.
+    pub lease_ttl_ms: u64,
+    /// Given to each job at submission unless the job says otherwise.
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    /// How long finished jobs are kept; fixed per job when it finishes.
+    pub retention_ms: u64,
+    /// A paused queue leases nothing; everything else goes on (submits, expiries, retries).
+    pub paused: bool,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            concurrency: None,
+            rate: None,
+            lease_ttl_ms: LEASE_TTL_DEFAULT_MS,
+            max_attempts: MAX_ATTEMPTS_DEFAULT,
+            backoff: Backoff::default(),
+            retention_ms: RETENTION_DEFAULT_MS,
+            paused: false,
+        }
+    }
+}
+
+impl QueueConfig {
+    pub fn validate(&self) -> Result<(), JobError> {
+        if let Some(concurrency) = self.concurrency {
+            check_range("concurrency", u64::from(concurrency), 1, u64::from(CONCURRENCY_MAX))?;
+        }
+        if let Some(rate) = &self.rate {
+            check_range("rate.limit", rate.limit, 1, RATE_LIMIT_MAX)?;
+            check_range("rate.per", rate.per_ms, 1, RATE_PER_MS_MAX)?;
+            check_range("rate.burst", rate.burst, 1, RATE_BURST_MAX)?;
+        }
+        check_lease_ttl("lease_ttl", self.lease_ttl_ms)?;
+        check_max_attempts("max_attempts", self.max_attempts)?;
+        check_range("backoff.base", self.backoff.base_ms, 0, BACKOFF_MS_MAX)?;
+        check_range("backoff.max", self.backoff.max_ms, self.backoff.base_ms, BACKOFF_MS_MAX)?;
+        check_range("retention", self.retention_ms, 0, RETENTION_MS_MAX)?;
+        Ok(())
+    }
+}
+
+pub(crate) fn check_range(field: &str, value: u64, min: u64, max: u64) -> Result<(), JobError> {
+    if value < min || value > max {
+        return Err(JobError::invalid(field, format!("{field} must be between {min} and {max}, got {value}")));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_lease_ttl(field: &str, lease_ttl_ms: u64) -> Result<(), JobError> {
+    check_range(field, lease_ttl_ms, LEASE_TTL_MIN_MS, LEASE_TTL_MAX_MS)
+}
+
+pub(crate) fn check_max_attempts(field: &str, max_attempts: u32) -> Result<(), JobError> {
+    check_range(field, u64::from(max_attempts), 1, u64::from(MAX_ATTEMPTS_MAX))
+}
+
+/// Queue and counter names: 1-128 bytes of `[A-Za-z0-9_.-]`, not `.` or `..` (they would
+/// not survive in a URL path).
+pub(crate) fn check_name(field: &str, name: &str) -> Result<(), JobError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if name.is_empty() || name.len() > NAME_BYTES_MAX || !name.chars().all(allowed) || name == "." || name == ".." {
+        return Err(JobError::invalid(
+            field,
+            format!("{field} must be 1 to {NAME_BYTES_MAX} characters of A-Z a-z 0-9 _ . - (not . or ..)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Jobs per state in one queue.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCounts {
+    pub scheduled: u64,
+    pub queued: u64,
+    pub leased: u64,
+    pub succeeded: u64,
+    pub dead: u64,
+    pub cancelled: u64,
+}
+
+/// `GET /v1/queues/{q}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueInfo {
+    pub name: String,
+    pub config: QueueConfig,
+    pub counts: JobCounts,
+    /// Whole rate tokens available at the time asked; `None` without a rate.
+    pub rate_tokens: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Queue {
+    pub(crate) name: String,
+    pub(crate) config: QueueConfig,
+    /// `Some` exactly when `config.rate` is.
+    pub(crate) bucket: Option<TokenBucket>,
+    /// Queued jobs in lease order: highest priority first, then lowest id.
+    pub(crate) ready: BTreeSet<(Reverse<i64>, JobId)>,
+    /// Every job of the queue, by state, in id order (counts and paged listings).
+    pub(crate) ids_by_state: [BTreeSet<JobId>; 6],
+    /// Scheduled jobs by `run_at_ms`.
+    pub(crate) scheduled: BTreeSet<(u64, JobId)>,
+    /// Leased jobs by lease expiry.
+    pub(crate) lease_deadlines: BTreeSet<(u64, JobId)>,
+}
+
+impl Queue {
+    pub(crate) fn new(name: String, config: QueueConfig, now_ms: u64) -> Queue {
+        let bucket = config.rate.as_ref().map(|rate| TokenBucket::full(rate, now_ms));
+        Queue {
+            name,
+            config,
+            bucket,
+            ready: BTreeSet::new(),
+            ids_by_state: Default::default(),
+            scheduled: BTreeSet::new(),
+            lease_deadlines: BTreeSet::new(),
+        }
+    }
+
+    /// Replaces the configuration. The rate bucket keeps its tokens (never more than the new
+    /// burst); a new rate starts full.
+    pub(crate) fn reconfigure(&mut self, config: QueueConfig, now_ms: u64) {
+        self.bucket = match (&self.config.rate, &config.rate, &self.bucket) {
+            (_, None, _) => None,
+            (Some(old), Some(new), Some(bucket)) => Some(bucket.rescaled(old, new, now_ms)),
+            (_, Some(new), _) => Some(TokenBucket::full(new, now_ms)),
+        };
+        self.config = config;
+    }
+
+    pub(crate) fn count(&self, state: JobState) -> u64 {
+        self.ids_by_state[state.index()].len() as u64
+    }
+
+    pub(crate) fn unfinished_count(&self) -> u64 {
+        self.count(JobState::Scheduled) + self.count(JobState::Queued) + self.count(JobState::Leased)
+    }
+
+    pub(crate) fn rate_tokens_at(&self, now_ms: u64) -> Option<u64> {
+        match (&self.config.rate, &self.bucket) {
+            (Some(rate), Some(bucket)) => Some(bucket.tokens_at(rate, now_ms)),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn info(&self, now_ms: u64) -> QueueInfo {
+        QueueInfo {
+            name: self.name.clone(),
+            config: self.config.clone(),
+            counts: JobCounts {
+                scheduled: self.count(JobState::Scheduled),
+                queued: self.count(JobState::Queued),
+                leased: self.count(JobState::Leased),
+                succeeded: self.count(JobState::Succeeded),
+                dead: self.count(JobState::Dead),
+                cancelled: self.count(JobState::Cancelled),
+            },
+            rate_tokens: self.rate_tokens_at(now_ms),
+        }
+    }
+}
