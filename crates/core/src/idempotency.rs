@@ -1,8 +1,11 @@
 //! The idempotency table: the first outcome of each keyed request, replayed on repeats.
 //!
-//! This is the Raft paper's client-session rule, bounded two ways: every record expires
-//! (`idempotency_ttl_ms` after it was written) and the table holds at most
-//! `idempotency_records_max` records, dropping the one that expires first when full.
+//! This is the Raft paper's client-session rule, bounded three ways: every record expires
+//! (`idempotency_ttl_ms` after it was written), the table holds at most
+//! `idempotency_records_max` records and about `idempotency_bytes_max` bytes of stored
+//! responses (a response carries job payloads of up to 256 KiB), dropping the records that
+//! expire first when full. A dropped record only means a very late retry is no longer
+//! recognised; it never changes an answer already given.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -13,6 +16,8 @@ use crate::Response;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct IdempotencyTable {
     records: HashMap<String, Record>,
+    /// Sum of `Record::bytes`.
+    bytes: usize,
     /// (expires_ms, key), to expire and evict in order.
     by_expiry: BTreeSet<(u64, String)>,
 }
@@ -22,6 +27,35 @@ struct Record {
     fingerprint: u64,
     response: Response,
     expires_ms: u64,
+    /// Approximate memory of the record (its response's JSON size plus the key).
+    bytes: usize,
+}
+
+/// The table's bounds (from [`crate::Config`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub records_max: usize,
+    pub bytes_max: usize,
+}
+
+/// Fixed cost of a record beyond its response: map and index entries, the fingerprint.
+const RECORD_OVERHEAD_BYTES: usize = 128;
+
+fn approximate_bytes(key: &str, response: &Response) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Serializing plain data into a counter cannot fail; if it ever did, count nothing extra.
+    let _ = serde_json::to_writer(&mut counter, response);
+    counter.0 + key.len() * 2 + RECORD_OVERHEAD_BYTES
 }
 
 pub enum IdempotencyOutcome {
@@ -49,23 +83,30 @@ impl IdempotencyTable {
         }
     }
 
-    pub fn record(
-        &mut self,
-        key: String,
-        fingerprint: u64,
-        response: Response,
-        expires_ms: u64,
-        records_max: usize,
-    ) {
-        if let Some(old) = self.records.remove(&key) {
-            self.by_expiry.remove(&(old.expires_ms, key.clone()));
-        }
-        while self.records.len() >= records_max.max(1) {
-            let Some((_, oldest)) = self.by_expiry.pop_first() else { break };
-            self.records.remove(&oldest);
+    /// Approximate bytes held by the stored responses.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn record(&mut self, key: String, fingerprint: u64, response: Response, expires_ms: u64, limits: Limits) {
+        self.remove(&key);
+        let bytes = approximate_bytes(&key, &response);
+        while !self.records.is_empty()
+            && (self.records.len() >= limits.records_max.max(1) || self.bytes + bytes > limits.bytes_max)
+        {
+            let Some((_, oldest)) = self.by_expiry.first().cloned() else { break };
+            self.remove(&oldest);
         }
         self.by_expiry.insert((expires_ms, key.clone()));
-        self.records.insert(key, Record { fingerprint, response, expires_ms });
+        self.bytes += bytes;
+        self.records.insert(key, Record { fingerprint, response, expires_ms, bytes });
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(old) = self.records.remove(key) {
+            self.by_expiry.remove(&(old.expires_ms, key.to_string()));
+            self.bytes -= old.bytes;
+        }
     }
 
     /// Drops every record whose expiry is at or before `now_ms`.
@@ -74,9 +115,77 @@ impl IdempotencyTable {
             if *expires_ms > now_ms {
                 break;
             }
-            if let Some((_, key)) = self.by_expiry.pop_first() {
-                self.records.remove(&key);
+            if let Some((_, key)) = self.by_expiry.first().cloned() {
+                self.remove(&key);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(records_max: usize, bytes_max: usize) -> Limits {
+        Limits { records_max, bytes_max }
+    }
+
+    #[test]
+    fn repeat_with_same_fingerprint_replays_and_other_fingerprint_conflicts() {
+        let mut table = IdempotencyTable::default();
+        table.record("k".into(), 7, Response::Tick, 100, limits(10, 1 << 20));
+        assert!(matches!(table.lookup("k", 7), IdempotencyOutcome::Replay(Response::Tick)));
+        assert!(matches!(table.lookup("k", 8), IdempotencyOutcome::Conflict));
+        assert!(matches!(table.lookup("other", 7), IdempotencyOutcome::New));
+    }
+
+    #[test]
+    fn records_expire_at_their_deadline() {
+        let mut table = IdempotencyTable::default();
+        table.record("a".into(), 1, Response::Tick, 100, limits(10, 1 << 20));
+        table.record("b".into(), 1, Response::Tick, 200, limits(10, 1 << 20));
+        table.expire_until(99);
+        assert_eq!(table.len(), 2);
+        table.expire_until(100);
+        assert_eq!(table.len(), 1);
+        assert!(matches!(table.lookup("a", 1), IdempotencyOutcome::New));
+        table.expire_until(1000);
+        assert!(table.is_empty());
+        assert_eq!(table.bytes(), 0);
+    }
+
+    #[test]
+    fn full_table_drops_the_record_that_expires_first() {
+        let mut table = IdempotencyTable::default();
+        table.record("late".into(), 1, Response::Tick, 300, limits(2, 1 << 20));
+        table.record("early".into(), 1, Response::Tick, 100, limits(2, 1 << 20));
+        table.record("new".into(), 1, Response::Tick, 200, limits(2, 1 << 20));
+        assert_eq!(table.len(), 2);
+        assert!(matches!(table.lookup("early", 1), IdempotencyOutcome::New));
+        assert!(matches!(table.lookup("late", 1), IdempotencyOutcome::Replay(_)));
+    }
+
+    #[test]
+    fn byte_bound_evicts_until_the_new_record_fits() {
+        let mut table = IdempotencyTable::default();
+        let one = approximate_bytes("k0", &Response::Tick);
+        for i in 0..10 {
+            table.record(format!("k{i}"), 1, Response::Tick, 100 + i, limits(1000, one * 3));
+        }
+        assert_eq!(table.len(), 3);
+        assert!(table.bytes() <= one * 3);
+        assert!(matches!(table.lookup("k9", 1), IdempotencyOutcome::Replay(_)));
+        assert!(matches!(table.lookup("k0", 1), IdempotencyOutcome::New));
+    }
+
+    #[test]
+    fn rerecording_a_key_replaces_it_without_leaking_bytes() {
+        let mut table = IdempotencyTable::default();
+        table.record("k".into(), 1, Response::Tick, 100, limits(10, 1 << 20));
+        let bytes = table.bytes();
+        table.record("k".into(), 2, Response::Tick, 100, limits(10, 1 << 20));
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.bytes(), bytes);
+        assert!(matches!(table.lookup("k", 2), IdempotencyOutcome::Replay(_)));
     }
 }

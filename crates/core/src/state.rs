@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::idempotency::{IdempotencyOutcome, IdempotencyTable};
+use crate::idempotency::{self, IdempotencyOutcome, IdempotencyTable};
 use crate::{jobs, v2};
 
 /// Limits and defaults that are fixed for the life of a cluster (they shape the state).
@@ -17,8 +17,10 @@ pub struct Config {
     pub v2_history_max: usize,
     /// How long a stored idempotent outcome is replayed.
     pub idempotency_ttl_ms: u64,
-    /// Records kept at most; the oldest is dropped first when full.
+    /// Records kept at most; the one expiring first is dropped when full.
     pub idempotency_records_max: usize,
+    /// Approximate bytes of stored responses kept at most, likewise.
+    pub idempotency_bytes_max: usize,
 }
 
 impl Default for Config {
@@ -27,6 +29,7 @@ impl Default for Config {
             v2_history_max: 1000,
             idempotency_ttl_ms: 24 * 3600 * 1000,
             idempotency_records_max: 100_000,
+            idempotency_bytes_max: 256 << 20,
         }
     }
 }
@@ -125,17 +128,60 @@ impl State {
                     IdempotencyOutcome::New => {
                         let response = self.apply(now_ms, command);
                         let expires_ms = now_ms.saturating_add(self.config.idempotency_ttl_ms);
-                        self.idempotency.record(
-                            key.clone(),
-                            *fingerprint,
-                            response.clone(),
-                            expires_ms,
-                            self.config.idempotency_records_max,
-                        );
+                        let limits = idempotency::Limits {
+                            records_max: self.config.idempotency_records_max,
+                            bytes_max: self.config.idempotency_bytes_max,
+                        };
+                        self.idempotency.record(key.clone(), *fingerprint, response.clone(), expires_ms, limits);
                         response
                     }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v2::{SetCommand, V2Command};
+
+    fn set(key: &str, value: &str) -> Command {
+        Command::V2(V2Command::Set(SetCommand { key: key.into(), value: value.into(), ..SetCommand::default() }))
+    }
+
+    fn idempotent(key: &str, fingerprint: u64, command: Command) -> Command {
+        Command::Idempotent { key: key.into(), fingerprint, command: Box::new(command) }
+    }
+
+    #[test]
+    fn idempotent_repeat_applies_once_and_replays_the_first_outcome() {
+        let mut state = State::new(Config::default());
+        let first = state.apply_batch(&Batch { time_ms: 1_000, commands: vec![idempotent("k1", 9, set("/a", "x"))] });
+        let index_after_first = state.v2.index();
+        let again = state.apply_batch(&Batch { time_ms: 2_000, commands: vec![idempotent("k1", 9, set("/a", "x"))] });
+        assert_eq!(state.v2.index(), index_after_first, "a replay must not mutate");
+        assert_eq!(again, vec![Response::Replayed(Box::new(first[0].clone()))]);
+        let other = state.apply_batch(&Batch { time_ms: 3_000, commands: vec![idempotent("k1", 10, set("/a", "y"))] });
+        assert_eq!(other, vec![Response::IdempotencyKeyReused { key: "k1".into() }]);
+        assert_eq!(state.v2.index(), index_after_first);
+    }
+
+    #[test]
+    fn idempotency_records_expire_after_the_configured_ttl() {
+        let config = Config { idempotency_ttl_ms: 1_000, ..Config::default() };
+        let mut state = State::new(config);
+        state.apply_batch(&Batch { time_ms: 10_000, commands: vec![idempotent("k", 1, set("/a", "x"))] });
+        let index = state.v2.index();
+        state.apply_batch(&Batch { time_ms: 11_000, commands: vec![idempotent("k", 1, set("/a", "x"))] });
+        assert_eq!(state.v2.index(), index + 1, "after expiry the key is new again");
+    }
+
+    #[test]
+    fn time_never_moves_backwards() {
+        let mut state = State::new(Config::default());
+        state.apply_batch(&Batch { time_ms: 5_000, commands: vec![] });
+        state.apply_batch(&Batch { time_ms: 4_000, commands: vec![] });
+        assert_eq!(state.time_ms(), 5_000);
     }
 }
