@@ -1,1 +1,536 @@
-//! rota-client. (Skeleton.)
+//! rota-client: a small async client for rota's etcd v2 keys API (and etcd's own).
+//!
+//! Endpoints are tried in order, starting from the last one that answered. Connection
+//! failures are retried on the next endpoint, a bounded number of rounds with backoff.
+//! Reads and watches are safe to repeat; every mutation carries an `Idempotency-Key`
+//! generated once per call, so a retry after a server restart or a lost answer never
+//! applies twice (rota replays the first outcome; etcd ignores the header).
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::Deserialize;
+
+pub mod jobs;
+
+/// Rounds over all endpoints before giving up on a connection failure.
+pub const RETRY_ROUNDS_MAX: u32 = 4;
+/// Backoff after a failed round: doubles from here, capped at [`RETRY_BACKOFF_MAX`].
+pub const RETRY_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// A non-watch request gets this long.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connecting to one endpoint gets this long.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A node as etcd renders it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Node {
+    /// `None` only for the root.
+    pub key: Option<String>,
+    /// `None` for directories.
+    pub value: Option<String>,
+    #[serde(default)]
+    pub dir: bool,
+    pub expiration: Option<String>,
+    pub ttl: Option<i64>,
+    #[serde(default)]
+    pub nodes: Vec<Node>,
+    #[serde(default)]
+    pub modified_index: u64,
+    #[serde(default)]
+    pub created_index: u64,
+}
+
+/// A successful answer (or a watch event).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KvResponse {
+    pub action: String,
+    #[serde(default)]
+    pub node: Node,
+    pub prev_node: Option<Node>,
+    /// `X-Etcd-Index` of the answer (for a watch: the index when it started).
+    #[serde(skip)]
+    pub etcd_index: u64,
+    /// `Idempotent-Replayed: true`: a retried mutation whose first attempt had applied.
+    #[serde(skip)]
+    pub replayed: bool,
+}
+
+/// An error the server answered in etcd's envelope.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdError {
+    pub error_code: u16,
+    pub message: String,
+    #[serde(default)]
+    pub cause: String,
+    #[serde(default)]
+    pub index: u64,
+}
+
+impl fmt::Display for EtcdError {
+    /// etcd's client format: `100: Key not found (/foo) [12]`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} ({}) [{}]",
+            self.error_code, self.message, self.cause, self.index
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server refused the request (`errorCode`...).
+    #[error("{0}")]
+    Etcd(EtcdError),
+    /// No endpoint could be reached.
+    #[error("cluster unreachable: {endpoints}: {last}")]
+    Unavailable { endpoints: String, last: String },
+    /// An answer that is neither etcd JSON nor an etcd error.
+    #[error("unexpected answer: HTTP {status}: {body}")]
+    Unexpected { status: u16, body: String },
+    #[error("bad endpoint {0:?}: expected http://host:port")]
+    BadEndpoint(String),
+    #[error("{0}")]
+    Client(String),
+}
+
+impl Error {
+    /// The etcd error code, if the server answered one.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            Error::Etcd(error) => Some(error.error_code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GetOptions {
+    pub recursive: bool,
+    pub sorted: bool,
+    pub quorum: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SetOptions {
+    pub ttl_s: Option<u64>,
+    pub prev_value: Option<String>,
+    pub prev_index: Option<u64>,
+    pub prev_exist: Option<bool>,
+    pub dir: bool,
+    pub refresh: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RmOptions {
+    pub dir: bool,
+    pub recursive: bool,
+    pub prev_value: Option<String>,
+    pub prev_index: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WatchOptions {
+    pub recursive: bool,
+    /// Watch from this index (`waitIndex`); `None` waits for the next change.
+    pub wait_index: Option<u64>,
+}
+
+/// Characters a form value or query value may keep as they are.
+const FORM_KEEP: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+/// In a key path, `/` separates segments and stays.
+const PATH_KEEP: &AsciiSet = &FORM_KEEP.remove(b'/');
+
+pub struct Client {
+    endpoints: Vec<String>,
+    http: reqwest::Client,
+    /// The endpoint to try first: the last one that answered.
+    preferred: AtomicUsize,
+}
+
+impl Client {
+    /// A client for `endpoints` (`http://host:port`, tried in order).
+    pub fn new<S: AsRef<str>>(endpoints: impl IntoIterator<Item = S>) -> Result<Client, Error> {
+        let mut list = Vec::new();
+        for endpoint in endpoints {
+            let endpoint = endpoint.as_ref().trim().trim_end_matches('/');
+            if endpoint.is_empty() {
+                continue;
+            }
+            if !endpoint.starts_with("http://") {
+                return Err(Error::BadEndpoint(endpoint.to_string()));
+            }
+            list.push(endpoint.to_string());
+        }
+        if list.is_empty() {
+            return Err(Error::BadEndpoint(String::new()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|error| Error::Client(error.to_string()))?;
+        Ok(Client {
+            endpoints: list,
+            http,
+            preferred: AtomicUsize::new(0),
+        })
+    }
+
+    /// `GET /v2/keys{key}`.
+    pub async fn kv_get(&self, key: &str, options: GetOptions) -> Result<KvResponse, Error> {
+        let mut query = Vec::new();
+        flag(&mut query, "recursive", options.recursive);
+        flag(&mut query, "sorted", options.sorted);
+        flag(&mut query, "quorum", options.quorum);
+        self.call(Method::Get, key, &query, &[], None, false).await
+    }
+
+    /// `PUT /v2/keys{key}`: set, or with options create/update/compare-and-swap/mkdir/refresh.
+    pub async fn kv_set(
+        &self,
+        key: &str,
+        value: &str,
+        options: SetOptions,
+    ) -> Result<KvResponse, Error> {
+        let mut form = Vec::new();
+        if !options.dir && !options.refresh {
+            form.push(("value", value.to_string()));
+        }
+        if let Some(ttl_s) = options.ttl_s {
+            form.push(("ttl", ttl_s.to_string()));
+        }
+        if let Some(prev_value) = options.prev_value {
+            form.push(("prevValue", prev_value));
+        }
+        if let Some(prev_index) = options.prev_index {
+            form.push(("prevIndex", prev_index.to_string()));
+        }
+        if let Some(prev_exist) = options.prev_exist {
+            form.push(("prevExist", prev_exist.to_string()));
+        }
+        flag(&mut form, "dir", options.dir);
+        flag(&mut form, "refresh", options.refresh);
+        self.call(Method::Put, key, &[], &form, Some(idempotency_key()), false)
+            .await
+    }
+
+    /// Creates `key` only if it doesn't exist (`prevExist=false`).
+    pub async fn kv_mk(
+        &self,
+        key: &str,
+        value: &str,
+        ttl_s: Option<u64>,
+    ) -> Result<KvResponse, Error> {
+        let options = SetOptions {
+            ttl_s,
+            prev_exist: Some(false),
+            ..SetOptions::default()
+        };
+        self.kv_set(key, value, options).await
+    }
+
+    /// `POST /v2/keys{dir}`: a new in-order key under `dir`.
+    pub async fn kv_mk_in_order(
+        &self,
+        dir: &str,
+        value: &str,
+        ttl_s: Option<u64>,
+    ) -> Result<KvResponse, Error> {
+        let mut form = vec![("value", value.to_string())];
+        if let Some(ttl_s) = ttl_s {
+            form.push(("ttl", ttl_s.to_string()));
+        }
+        self.call(
+            Method::Post,
+            dir,
+            &[],
+            &form,
+            Some(idempotency_key()),
+            false,
+        )
+        .await
+    }
+
+    /// `DELETE /v2/keys{key}` (parameters in the query, where etcd reads them).
+    pub async fn kv_rm(&self, key: &str, options: RmOptions) -> Result<KvResponse, Error> {
+        let mut query = Vec::new();
+        flag(&mut query, "dir", options.dir);
+        flag(&mut query, "recursive", options.recursive);
+        if let Some(prev_value) = options.prev_value {
+            query.push(("prevValue", prev_value));
+        }
+        if let Some(prev_index) = options.prev_index {
+            query.push(("prevIndex", prev_index.to_string()));
+        }
+        self.call(
+            Method::Delete,
+            key,
+            &query,
+            &[],
+            Some(idempotency_key()),
+            false,
+        )
+        .await
+    }
+
+    /// Lists a directory, sorted (recursively with `recursive`).
+    pub async fn kv_ls(&self, key: &str, recursive: bool) -> Result<KvResponse, Error> {
+        self.kv_get(
+            key,
+            GetOptions {
+                recursive,
+                sorted: true,
+                quorum: false,
+            },
+        )
+        .await
+    }
+
+    /// Waits for the next change of `key` (or its subtree) and returns the event.
+    pub async fn kv_watch(&self, key: &str, options: WatchOptions) -> Result<KvResponse, Error> {
+        let mut query = vec![("wait", "true".to_string())];
+        flag(&mut query, "recursive", options.recursive);
+        if let Some(wait_index) = options.wait_index {
+            query.push(("waitIndex", wait_index.to_string()));
+        }
+        self.call(Method::Get, key, &query, &[], None, true).await
+    }
+
+    /// Sends one request, retrying connection failures over the endpoints.
+    async fn call(
+        &self,
+        method: Method,
+        key: &str,
+        query: &[(&str, String)],
+        form: &[(&str, String)],
+        idempotency_key: Option<String>,
+        is_watch: bool,
+    ) -> Result<KvResponse, Error> {
+        let mut path_and_query = String::from("/v2/keys");
+        if !key.starts_with('/') {
+            path_and_query.push('/');
+        }
+        path_and_query.extend(utf8_percent_encode(key, PATH_KEEP));
+        if !query.is_empty() {
+            path_and_query.push('?');
+            path_and_query.push_str(&encode_form(query));
+        }
+        let body = encode_form(form);
+        let mut backoff = RETRY_BACKOFF_FIRST;
+        let mut last_failure = String::new();
+        for round in 0..RETRY_ROUNDS_MAX {
+            if round > 0 {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+            }
+            let first = self.preferred.load(Ordering::Relaxed);
+            for offset in 0..self.endpoints.len() {
+                let at = (first + offset) % self.endpoints.len();
+                let url = format!("{}{}", self.endpoints[at], path_and_query);
+                let mut request = self.http.request(method.as_reqwest(), &url);
+                if !is_watch {
+                    request = request.timeout(REQUEST_TIMEOUT);
+                }
+                if !form.is_empty() {
+                    request = request
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .body(body.clone());
+                }
+                if let Some(key) = &idempotency_key {
+                    request = request.header("idempotency-key", key.as_str());
+                }
+                match request.send().await {
+                    Ok(response) => {
+                        self.preferred.store(at, Ordering::Relaxed);
+                        match decode(response).await {
+                            // No leader yet (election after a restart): worth another round.
+                            Err(Error::Etcd(error)) if error.error_code == 301 => {
+                                last_failure = error.to_string();
+                            }
+                            other => return other,
+                        }
+                    }
+                    Err(error) => last_failure = error_chain(&error),
+                }
+            }
+        }
+        Err(Error::Unavailable {
+            endpoints: self.endpoints.join(","),
+            last: last_failure,
+        })
+    }
+}
+
+/// An error and its causes, `: `-joined (reqwest's own text hides the cause).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+async fn decode(response: reqwest::Response) -> Result<KvResponse, Error> {
+    let status = response.status().as_u16();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string)
+    };
+    let etcd_index = header("x-etcd-index")
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(0);
+    let replayed = header("idempotent-replayed").as_deref() == Some("true");
+    let body = response
+        .text()
+        .await
+        .map_err(|error| Error::Client(error.to_string()))?;
+    if (200..300).contains(&status) {
+        let mut parsed: KvResponse =
+            serde_json::from_str(&body).map_err(|_| Error::Unexpected {
+                status,
+                body: body.clone(),
+            })?;
+        parsed.etcd_index = etcd_index;
+        parsed.replayed = replayed;
+        return Ok(parsed);
+    }
+    match serde_json::from_str::<EtcdError>(&body) {
+        Ok(error) => Err(Error::Etcd(error)),
+        Err(_) => Err(Error::Unexpected { status, body }),
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Method {
+    Get,
+    Put,
+    Post,
+    Delete,
+}
+
+impl Method {
+    fn as_reqwest(self) -> reqwest::Method {
+        match self {
+            Method::Get => reqwest::Method::GET,
+            Method::Put => reqwest::Method::PUT,
+            Method::Post => reqwest::Method::POST,
+            Method::Delete => reqwest::Method::DELETE,
+        }
+    }
+}
+
+fn flag(fields: &mut Vec<(&'static str, String)>, name: &'static str, on: bool) {
+    if on {
+        fields.push((name, "true".to_string()));
+    }
+}
+
+fn encode_form(fields: &[(&str, String)]) -> String {
+    let mut out = String::new();
+    for (at, (name, value)) in fields.iter().enumerate() {
+        if at > 0 {
+            out.push('&');
+        }
+        out.extend(utf8_percent_encode(name, FORM_KEEP));
+        out.push('=');
+        out.extend(utf8_percent_encode(value, FORM_KEEP));
+    }
+    out
+}
+
+/// A fresh key per logical mutation: 128 bits from the std hasher's per-process random
+/// seed, the time and a counter. Unique enough that two clients never collide.
+pub fn idempotency_key() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut words = [0u64; 2];
+    for (salt, word) in words.iter_mut().enumerate() {
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_u128(nanos);
+        hasher.write_u64(count);
+        hasher.write_u32(std::process::id());
+        hasher.write_usize(salt);
+        *word = hasher.finish();
+    }
+    format!("rota-{:016x}{:016x}", words[0], words[1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_errors_print_as_etcdctl_does() {
+        let error = EtcdError {
+            error_code: 100,
+            message: "Key not found".into(),
+            cause: "/foo".into(),
+            index: 12,
+        };
+        assert_eq!(error.to_string(), "100: Key not found (/foo) [12]");
+    }
+
+    #[test]
+    fn forms_escape_everything_but_unreserved() {
+        let encoded = encode_form(&[("value", "a b&c=d/é".to_string()), ("ttl", "5".to_string())]);
+        assert_eq!(encoded, "value=a%20b%26c%3Dd%2F%C3%A9&ttl=5");
+    }
+
+    #[test]
+    fn idempotency_keys_differ_per_call() {
+        let keys: std::collections::HashSet<String> =
+            (0..1000).map(|_| idempotency_key()).collect();
+        assert_eq!(keys.len(), 1000);
+        assert!(keys
+            .iter()
+            .all(|key| key.len() <= 64 && key.bytes().all(|b| b.is_ascii_graphic())));
+    }
+
+    #[test]
+    fn endpoints_must_be_http_urls() {
+        assert!(matches!(
+            Client::new(["localhost:2379"]),
+            Err(Error::BadEndpoint(_))
+        ));
+        assert!(matches!(
+            Client::new(Vec::<String>::new()),
+            Err(Error::BadEndpoint(_))
+        ));
+        assert!(Client::new(["http://127.0.0.1:2379/", "http://127.0.0.1:22379"]).is_ok());
+    }
+
+    #[test]
+    fn events_decode_from_etcds_json() {
+        let body = r#"{"action":"set","node":{"key":"/a","value":"1","modifiedIndex":4,"createdIndex":4},"prevNode":{"key":"/a","value":"0","modifiedIndex":3,"createdIndex":3}}"#;
+        let parsed: KvResponse = serde_json::from_str(body).expect("decode");
+        assert_eq!(parsed.node.value.as_deref(), Some("1"));
+        assert_eq!(
+            parsed.prev_node.and_then(|node| node.value).as_deref(),
+            Some("0")
+        );
+    }
+}

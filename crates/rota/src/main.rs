@@ -1,1 +1,120 @@
-fn main() {}
+//! The `rota` binary: `rota serve` runs a node, `rota kv ...` talks to one. Flags follow
+//! etcd's and etcdctl's (v2) names; Go's single-dash spelling works too (see `argv`).
+
+mod argv;
+mod kv;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rota",
+    version,
+    about = "An etcd-compatible key-value store and durable job queue",
+    args_override_self = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node in the foreground (etcd's flags).
+    Serve(serve::ServeArgs),
+    /// Read and write keys, like `etcdctl` v2.
+    Kv(kv::KvArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(argv::rewrite_go_flags(std::env::args_os()));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("Error:  cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve::run(args)),
+        Command::Kv(args) => runtime.block_on(kv::run(args)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(argv::rewrite_go_flags(
+            args.iter().map(std::ffi::OsString::from),
+        ))
+        .expect("parses")
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_takes_etcds_flags_in_go_spelling_and_the_last_repeat_wins() {
+        let cli = parse(&[
+            "rota",
+            "serve",
+            "-name",
+            "infra0",
+            "--name=infra1",
+            "-data-dir",
+            "/tmp/x",
+            "-initial-cluster-state=new",
+        ]);
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(args.name, "infra1");
+        assert_eq!(
+            args.data_dir.as_deref(),
+            Some(std::path::Path::new("/tmp/x"))
+        );
+    }
+
+    #[test]
+    fn serve_without_flags_is_one_default_node() {
+        let Command::Serve(args) = parse(&["rota", "serve"]).command else {
+            panic!("serve")
+        };
+        assert_eq!(args.name, "default");
+        assert_eq!(args.data_dir(), std::path::PathBuf::from("default.rota"));
+        assert_eq!(args.listen_client_urls, "http://127.0.0.1:2379");
+        assert_eq!(args.initial_cluster(), "default=http://127.0.0.1:2380");
+    }
+
+    #[test]
+    fn kv_takes_endpoints_before_or_after_the_command() {
+        for args in [
+            &[
+                "rota",
+                "kv",
+                "--endpoints",
+                "http://127.0.0.1:1",
+                "get",
+                "/a",
+            ][..],
+            &["rota", "kv", "get", "/a", "--endpoints=http://127.0.0.1:1"][..],
+        ] {
+            let Command::Kv(kv) = parse(args).command else {
+                panic!("kv")
+            };
+            assert_eq!(kv.endpoints, "http://127.0.0.1:1");
+        }
+    }
+}

@@ -938,6 +938,15 @@ fn json_escapes_like_go() {
 }
 
 #[test]
+fn replacement_character_is_escaped_as_go_escapes_invalid_utf8() {
+    // etcd answers a key holding the invalid byte 0xff with `\ufffd` in place of that byte;
+    // the server decodes such keys lossily, so the store sees U+FFFD.
+    let mut s = store();
+    let response = ok(&mut s, put("/bad\u{fffd}key", "v"));
+    assert!(json(&response).contains("\"key\":\"/bad\\ufffdkey\""), "{}", json(&response));
+}
+
+#[test]
 fn expiration_is_go_rfc3339_nano() {
     assert_eq!(format_expiration(0), "1970-01-01T00:00:00Z");
     assert_eq!(format_expiration(1_500_000_000_123_000_000), "2017-07-14T02:40:00.123Z");

@@ -194,7 +194,9 @@ fn write_node(out: &mut String, node: &NodeView) {
 
 /// A JSON string as Go's `encoding/json` writes it with HTML escaping on: `"` and `\`
 /// escaped, `\n` `\r` `\t` short, other control characters and `<` `>` `&` as `\u00xx`,
-/// U+2028 and U+2029 as `\u2028`/`\u2029`, everything else raw UTF-8.
+/// U+2028 and U+2029 as `\u2028`/`\u2029`, everything else raw UTF-8. Go writes each
+/// invalid UTF-8 byte as `\ufffd`; keys reach us already decoded lossily (invalid bytes
+/// became U+FFFD), so U+FFFD is always escaped to give etcd's bytes for such keys.
 fn write_string(out: &mut String, text: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
@@ -208,6 +210,7 @@ fn write_string(out: &mut String, text: &str) {
             '\t' => Some("\\t"),
             '\u{2028}' => Some("\\u2028"),
             '\u{2029}' => Some("\\u2029"),
+            '\u{fffd}' => Some("\\ufffd"),
             c if (c as u32) < 0x20 || c == '<' || c == '>' || c == '&' => Some(""),
             _ => None,
         };

@@ -1,0 +1,810 @@
+//! The `/v1` API (queues, jobs, leases, counters) as typed async methods on [`Client`].
+//!
+//! The wire contract is `docs/api-v1.md`; this module only shapes requests and answers.
+//!
+//! Retries: a request that could not reach a server (connect refused, reset, timeout, a
+//! broken answer) or that a server answered `503` (no leader yet, shutting down) is tried
+//! again on the next endpoint, and after a full round over the endpoints, after a backoff
+//! (100 ms doubling to 1 s), until [`V1_RETRY_FOR`] has passed since the first attempt. That
+//! is long enough to ride out a restart of the server. Every mutation carries an
+//! `Idempotency-Key` made once per logical operation and sent unchanged on every retry, so
+//! the server applies it at most once and answers a repeat with the first outcome
+//! (`Idempotent-Replayed: true`). The `*_keyed` methods take the key from the caller, who
+//! can then retry beyond this module's budget (the worker runner does) without the
+//! operation ever applying twice. Answers other than `503` are never retried.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use percent_encoding::utf8_percent_encode;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{error_chain, idempotency_key, Client, FORM_KEEP};
+
+/// How long one call keeps retrying unreachable endpoints and `503`s before giving up,
+/// unless [`set_v1_retry_for`] changed it.
+pub const V1_RETRY_FOR: Duration = Duration::from_secs(30);
+/// The budget in force, process-wide (a command line sets it once from a flag).
+static V1_RETRY_FOR_MS: AtomicU64 = AtomicU64::new(V1_RETRY_FOR.as_millis() as u64);
+
+/// Sets how long every `/v1` call of this process keeps retrying (default [`V1_RETRY_FOR`]).
+pub fn set_v1_retry_for(budget: Duration) {
+    V1_RETRY_FOR_MS.store(u64::try_from(budget.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+}
+
+fn v1_retry_for() -> Duration {
+    Duration::from_millis(V1_RETRY_FOR_MS.load(Ordering::Relaxed))
+}
+/// Backoff after a failed round over the endpoints: doubles from here, capped below.
+const V1_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const V1_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// A long-poll (`wait`) gets this much longer than its wait before the client gives up on it.
+const LONG_POLL_MARGIN: Duration = Duration::from_secs(10);
+/// Waits longer than this are split into several server-side waits (servers cap theirs).
+pub const SERVER_WAIT_MAX: Duration = Duration::from_secs(30);
+/// Answers larger than this are refused (a page of 1000 jobs with 256 KiB payloads is the
+/// worst legitimate case and stays well below).
+const ANSWER_BYTES_MAX: usize = 512 << 20;
+
+pub type JobId = u64;
+
+/// The server's error envelope: `{"error": {"code", "message", "field"}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct ApiError {
+    /// HTTP status of the answer.
+    #[serde(skip)]
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+    #[serde(default)]
+    pub field: Option<String>,
+}
+
+impl fmt::Display for ApiError {
+    /// `409 stale_lease: the lease token is not current (field: lease_token)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.code, self.message)?;
+        if let Some(field) = &self.field {
+            write!(f, " (field: {field})")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    /// The server refused the request.
+    #[error("{0}")]
+    Api(ApiError),
+    /// No endpoint answered (or all answered 503) within the retry budget.
+    #[error("cluster unreachable: {endpoints}: {last}")]
+    Unavailable { endpoints: String, last: String },
+    /// An answer that is neither the expected JSON nor an error envelope.
+    #[error("unexpected answer: HTTP {status}: {body}")]
+    Unexpected { status: u16, body: String },
+    #[error("{0}")]
+    Client(String),
+}
+
+impl JobsError {
+    /// The server's error code (`stale_lease`, `not_found`, ...), if it answered one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            JobsError::Api(error) => Some(error.code.as_str()),
+            _ => None,
+        }
+    }
+
+    /// HTTP status of a refusal.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            JobsError::Api(error) => Some(error.status),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Scheduled,
+    Queued,
+    Leased,
+    Succeeded,
+    Dead,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 6] =
+        [JobState::Scheduled, JobState::Queued, JobState::Leased, JobState::Succeeded, JobState::Dead, JobState::Cancelled];
+
+    /// Succeeded, dead and cancelled jobs are finished.
+    pub fn is_finished(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Dead | JobState::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Scheduled => "scheduled",
+            JobState::Queued => "queued",
+            JobState::Leased => "leased",
+            JobState::Succeeded => "succeeded",
+            JobState::Dead => "dead",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for JobState {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<JobState, String> {
+        JobState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+            .ok_or_else(|| format!("unknown job state {text:?} (one of scheduled, queued, leased, succeeded, dead, cancelled)"))
+    }
+}
+
+/// One failed attempt as the server records it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttemptError {
+    pub attempt: u32,
+    /// RFC 3339 time.
+    pub at: String,
+    pub error: String,
+}
+
+/// A job as the server renders it. Times are RFC 3339 strings as sent; fields this client
+/// does not know are kept in `extra` (and printed again by `rota job ... -o json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub queue: String,
+    pub state: JobState,
+    #[serde(default)]
+    pub priority: i64,
+    #[serde(default)]
+    pub payload: Value,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub max_attempts: u32,
+    #[serde(default)]
+    pub created_at: Option<String>,
+    #[serde(default)]
+    pub run_at: Option<String>,
+    #[serde(default)]
+    pub result: Value,
+    #[serde(default)]
+    pub errors: Vec<AttemptError>,
+    /// Only while leased.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_token: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<String>,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    #[serde(default)]
+    pub purge_at: Option<String>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+/// A job to submit. `delay` and `run_at` are exclusive (the server refuses both).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NewJob {
+    pub payload: Value,
+    pub priority: i64,
+    pub delay: Option<Duration>,
+    /// RFC 3339 time.
+    pub run_at: Option<String>,
+    pub max_attempts: Option<u32>,
+}
+
+impl NewJob {
+    pub fn new(payload: Value) -> NewJob {
+        NewJob { payload, ..NewJob::default() }
+    }
+
+    fn to_json(&self) -> Value {
+        let mut body = serde_json::Map::new();
+        body.insert("payload".into(), self.payload.clone());
+        if self.priority != 0 {
+            body.insert("priority".into(), self.priority.into());
+        }
+        if let Some(delay) = self.delay {
+            body.insert("delay".into(), duration_text(delay).into());
+        }
+        if let Some(run_at) = &self.run_at {
+            body.insert("run_at".into(), run_at.clone().into());
+        }
+        if let Some(max_attempts) = self.max_attempts {
+            body.insert("max_attempts".into(), max_attempts.into());
+        }
+        Value::Object(body)
+    }
+}
+
+/// A rate limit: `limit` leases every `per`, at most `burst` at once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rate {
+    pub limit: u64,
+    /// A duration string (`"1s"`).
+    pub per: String,
+    pub burst: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backoff {
+    pub base: String,
+    pub max: String,
+}
+
+/// A queue's configuration. `PUT` replaces the whole configuration: a `None` is sent as
+/// "omitted", which is the default (unlimited concurrency, no rate, 30s lease ttl, 5
+/// attempts, backoff 1s..1h, retention 168h, not paused). Durations are strings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ttl: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Backoff>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCounts {
+    #[serde(default)]
+    pub scheduled: u64,
+    #[serde(default)]
+    pub queued: u64,
+    #[serde(default)]
+    pub leased: u64,
+    #[serde(default)]
+    pub succeeded: u64,
+    #[serde(default)]
+    pub dead: u64,
+    #[serde(default)]
+    pub cancelled: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Queue {
+    pub name: String,
+    #[serde(default)]
+    pub config: QueueConfig,
+    #[serde(default)]
+    pub counts: JobCounts,
+    /// Rate tokens available now (absent without a rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_tokens: Option<f64>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct QueueDeleted {
+    pub queue: String,
+    pub jobs_removed: u64,
+}
+
+/// An answer to a submit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Submitted {
+    pub job: Job,
+    /// `/v1/jobs/{id}` from `Location`.
+    pub location: Option<String>,
+    /// The server answered a stored outcome (`Idempotent-Replayed: true`).
+    pub replayed: bool,
+}
+
+/// One page of a job listing; `next` is the `after` of the next page.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    #[serde(default)]
+    pub next: Option<JobId>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    pub limit: Option<u32>,
+    pub after: Option<JobId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseRequest {
+    /// Who holds the lease (shown in the job), e.g. `host/pid`.
+    pub worker: String,
+    /// Jobs wanted, 1 to 1000.
+    pub max: u32,
+    /// How long the server may hold the request waiting for a job (at most 60 s).
+    pub wait: Duration,
+    /// The lease's ttl; `None` takes the queue's.
+    pub lease_ttl: Option<Duration>,
+}
+
+/// The leased jobs (each with `lease_token` and `lease_expires_at`); empty when nothing
+/// could be leased within the wait. Other fields of the answer (why it came back short)
+/// are kept in `extra`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Leased {
+    pub jobs: Vec<Job>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FailRequest {
+    pub error: String,
+    /// `false` makes the job dead at once.
+    pub retry: Option<bool>,
+    /// Retry after this instead of the queue's backoff.
+    pub retry_after: Option<Duration>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Counter {
+    pub name: String,
+    pub value: u64,
+}
+
+/// `30s` for whole seconds, else `1500ms` (rounded down to milliseconds): both parse as
+/// humantime durations.
+pub fn duration_text(duration: Duration) -> String {
+    if duration.subsec_nanos() == 0 {
+        format!("{}s", duration.as_secs())
+    } else {
+        format!("{}ms", duration.as_millis())
+    }
+}
+
+/// One request before it is sent (and as it is re-sent on a retry).
+struct V1Request {
+    method: reqwest::Method,
+    /// Path and query, already escaped.
+    target: String,
+    body: Option<Vec<u8>>,
+    idempotency_key: Option<String>,
+    timeout: Duration,
+}
+
+/// An answer that made it back (any status but 503).
+struct V1Answer {
+    status: u16,
+    body: Vec<u8>,
+    replayed: bool,
+    location: Option<String>,
+}
+
+impl V1Answer {
+    fn parse<T: DeserializeOwned>(&self) -> Result<T, JobsError> {
+        if !(200..300).contains(&self.status) {
+            return Err(self.to_error());
+        }
+        serde_json::from_slice(&self.body).map_err(|_| self.unexpected())
+    }
+
+    fn to_error(&self) -> JobsError {
+        #[derive(Deserialize)]
+        struct Envelope {
+            error: ApiError,
+        }
+        match serde_json::from_slice::<Envelope>(&self.body) {
+            Ok(Envelope { mut error }) => {
+                error.status = self.status;
+                JobsError::Api(error)
+            }
+            Err(_) => self.unexpected(),
+        }
+    }
+
+    fn unexpected(&self) -> JobsError {
+        let body = String::from_utf8_lossy(&self.body);
+        let shown: String = body.chars().take(512).collect();
+        JobsError::Unexpected { status: self.status, body: shown }
+    }
+}
+
+fn segment(text: &str) -> String {
+    utf8_percent_encode(text, FORM_KEEP).to_string()
+}
+
+fn query_string(fields: &[(&str, String)]) -> String {
+    let mut out = String::new();
+    for (name, value) in fields {
+        out.push(if out.is_empty() { '?' } else { '&' });
+        out.push_str(name);
+        out.push('=');
+        out.push_str(&segment(value));
+    }
+    out
+}
+
+impl Client {
+    // ---- queues -------------------------------------------------------------------------
+
+    /// `PUT /v1/queues/{q}`: creates the queue or replaces its whole configuration.
+    pub async fn put_queue(&self, queue: &str, config: &QueueConfig) -> Result<Queue, JobsError> {
+        let body = serde_json::to_value(config).map_err(|error| JobsError::Client(error.to_string()))?;
+        let request = self.mutation(reqwest::Method::PUT, format!("/v1/queues/{}", segment(queue)), Some(body), &idempotency_key());
+        self.send_v1(request).await?.parse()
+    }
+
+    /// `GET /v1/queues/{q}`.
+    pub async fn get_queue(&self, queue: &str) -> Result<Queue, JobsError> {
+        self.send_v1(self.read(format!("/v1/queues/{}", segment(queue)), None)).await?.parse()
+    }
+
+    /// `GET /v1/queues`.
+    pub async fn list_queues(&self) -> Result<Vec<Queue>, JobsError> {
+        #[derive(Deserialize)]
+        struct Queues {
+            queues: Vec<Queue>,
+        }
+        let queues: Queues = self.send_v1(self.read("/v1/queues".into(), None)).await?.parse()?;
+        Ok(queues.queues)
+    }
+
+    /// `DELETE /v1/queues/{q}`: with `force`, also while it has unfinished jobs.
+    pub async fn delete_queue(&self, queue: &str, force: bool) -> Result<QueueDeleted, JobsError> {
+        let mut target = format!("/v1/queues/{}", segment(queue));
+        if force {
+            target.push_str("?force=true");
+        }
+        let request = self.mutation(reqwest::Method::DELETE, target, None, &idempotency_key());
+        self.send_v1(request).await?.parse()
+    }
+
+    // ---- jobs ---------------------------------------------------------------------------
+
+    /// Submits one job. With `wait`, also waits (up to `wait`) for it to finish and returns
+    /// it as it is then; check `job.state`.
+    pub async fn submit(&self, queue: &str, job: &NewJob, wait: Option<Duration>) -> Result<Submitted, JobsError> {
+        self.submit_keyed(&idempotency_key(), queue, job, wait).await
+    }
+
+    /// [`Client::submit`] with the caller's idempotency key: the same key and job always
+    /// give the same job, however often it is sent.
+    pub async fn submit_keyed(
+        &self,
+        key: &str,
+        queue: &str,
+        job: &NewJob,
+        wait: Option<Duration>,
+    ) -> Result<Submitted, JobsError> {
+        let started = Instant::now();
+        let mut target = format!("/v1/queues/{}/jobs", segment(queue));
+        let server_wait = wait.map(|wait| wait.min(SERVER_WAIT_MAX));
+        if let Some(server_wait) = server_wait {
+            target.push_str(&query_string(&[("wait", duration_text(server_wait))]));
+        }
+        let mut request = self.mutation(reqwest::Method::POST, target, Some(job.to_json()), key);
+        request.timeout += server_wait.unwrap_or_default();
+        let answer = self.send_v1(request).await?;
+        let mut submitted = Submitted { job: answer.parse()?, location: answer.location.clone(), replayed: answer.replayed };
+        if let Some(wait) = wait {
+            let left = wait.saturating_sub(started.elapsed());
+            if !submitted.job.state.is_finished() && !left.is_zero() {
+                submitted.job = self.wait_job(submitted.job.id, left).await?;
+            }
+        }
+        Ok(submitted)
+    }
+
+    /// Submits up to 1000 jobs in one entry: all are accepted or none.
+    pub async fn submit_batch(&self, queue: &str, jobs: &[NewJob]) -> Result<Vec<Job>, JobsError> {
+        #[derive(Deserialize)]
+        struct Jobs {
+            jobs: Vec<Job>,
+        }
+        let body = serde_json::json!({ "jobs": jobs.iter().map(NewJob::to_json).collect::<Vec<_>>() });
+        let request =
+            self.mutation(reqwest::Method::POST, format!("/v1/queues/{}/jobs", segment(queue)), Some(body), &idempotency_key());
+        let jobs: Jobs = self.send_v1(request).await?.parse()?;
+        Ok(jobs.jobs)
+    }
+
+    /// `GET /v1/jobs/{id}`.
+    pub async fn get_job(&self, id: JobId) -> Result<Job, JobsError> {
+        self.send_v1(self.read(format!("/v1/jobs/{id}"), None)).await?.parse()
+    }
+
+    /// Waits up to `wait` for the job to finish (in server-side waits of at most
+    /// [`SERVER_WAIT_MAX`]) and returns it as it is then.
+    pub async fn wait_job(&self, id: JobId, wait: Duration) -> Result<Job, JobsError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let server_wait = left.min(SERVER_WAIT_MAX);
+            let target = format!("/v1/jobs/{id}{}", query_string(&[("wait", duration_text(server_wait))]));
+            let job: Job = self.send_v1(self.read(target, Some(server_wait))).await?.parse()?;
+            if job.state.is_finished() || Instant::now() >= deadline || server_wait < Duration::from_millis(1) {
+                return Ok(job);
+            }
+        }
+    }
+
+    /// `DELETE /v1/jobs/{id}`: the job becomes `cancelled`.
+    pub async fn cancel_job(&self, id: JobId) -> Result<Job, JobsError> {
+        let request = self.mutation(reqwest::Method::DELETE, format!("/v1/jobs/{id}"), None, &idempotency_key());
+        self.send_v1(request).await?.parse()
+    }
+
+    /// `POST /v1/jobs/{id}/retry`: a dead job is queued again.
+    pub async fn retry_job(&self, id: JobId) -> Result<Job, JobsError> {
+        let request = self.mutation(reqwest::Method::POST, format!("/v1/jobs/{id}/retry"), None, &idempotency_key());
+        self.send_v1(request).await?.parse()
+    }
+
+    /// One page of a queue's jobs, ids ascending.
+    pub async fn list_jobs(&self, queue: &str, filter: &JobFilter) -> Result<JobPage, JobsError> {
+        let mut query = Vec::new();
+        if let Some(state) = filter.state {
+            query.push(("state", state.as_str().to_string()));
+        }
+        if let Some(limit) = filter.limit {
+            query.push(("limit", limit.to_string()));
+        }
+        if let Some(after) = filter.after {
+            query.push(("after", after.to_string()));
+        }
+        let target = format!("/v1/queues/{}/jobs{}", segment(queue), query_string(&query));
+        self.send_v1(self.read(target, None)).await?.parse()
+    }
+
+    // ---- leases -------------------------------------------------------------------------
+
+    /// Leases up to `request.max` jobs, long-polling up to `request.wait`.
+    pub async fn lease(&self, queue: &str, request: &LeaseRequest) -> Result<Leased, JobsError> {
+        self.lease_keyed(&idempotency_key(), queue, request).await
+    }
+
+    /// [`Client::lease`] with the caller's key: a repeat answers the same leased jobs.
+    pub async fn lease_keyed(&self, key: &str, queue: &str, request: &LeaseRequest) -> Result<Leased, JobsError> {
+        let mut body = serde_json::json!({
+            "worker": request.worker,
+            "max": request.max,
+            "wait": duration_text(request.wait),
+        });
+        if let Some(lease_ttl) = request.lease_ttl {
+            body["lease_ttl"] = duration_text(lease_ttl).into();
+        }
+        let mut http = self.mutation(reqwest::Method::POST, format!("/v1/queues/{}/lease", segment(queue)), Some(body), key);
+        http.timeout += request.wait;
+        self.send_v1(http).await?.parse()
+    }
+
+    /// Extends a lease by its ttl (or `lease_ttl`, which then sticks).
+    pub async fn heartbeat(&self, id: JobId, lease_token: u64, lease_ttl: Option<Duration>) -> Result<Job, JobsError> {
+        let mut body = serde_json::json!({ "lease_token": lease_token });
+        if let Some(lease_ttl) = lease_ttl {
+            body["lease_ttl"] = duration_text(lease_ttl).into();
+        }
+        let request = self.mutation(reqwest::Method::POST, format!("/v1/jobs/{id}/heartbeat"), Some(body), &idempotency_key());
+        self.send_v1(request).await?.parse()
+    }
+
+    /// The job succeeded with `result`.
+    pub async fn complete(&self, id: JobId, lease_token: u64, result: &Value) -> Result<Job, JobsError> {
+        self.complete_keyed(&idempotency_key(), id, lease_token, result).await
+    }
+
+    pub async fn complete_keyed(&self, key: &str, id: JobId, lease_token: u64, result: &Value) -> Result<Job, JobsError> {
+        let body = serde_json::json!({ "lease_token": lease_token, "result": result });
+        let request = self.mutation(reqwest::Method::POST, format!("/v1/jobs/{id}/complete"), Some(body), key);
+        self.send_v1(request).await?.parse()
+    }
+
+    /// A failed attempt: retried later, or dead.
+    pub async fn fail(&self, id: JobId, lease_token: u64, fail: &FailRequest) -> Result<Job, JobsError> {
+        self.fail_keyed(&idempotency_key(), id, lease_token, fail).await
+    }
+
+    pub async fn fail_keyed(&self, key: &str, id: JobId, lease_token: u64, fail: &FailRequest) -> Result<Job, JobsError> {
+        let mut body = serde_json::json!({ "lease_token": lease_token, "error": fail.error });
+        if let Some(retry) = fail.retry {
+            body["retry"] = retry.into();
+        }
+        if let Some(retry_after) = fail.retry_after {
+            body["retry_after"] = duration_text(retry_after).into();
+        }
+        let request = self.mutation(reqwest::Method::POST, format!("/v1/jobs/{id}/fail"), Some(body), key);
+        self.send_v1(request).await?.parse()
+    }
+
+    /// Gives the job back (queued at once, the attempt not counted).
+    pub async fn release(&self, id: JobId, lease_token: u64) -> Result<Job, JobsError> {
+        self.release_keyed(&idempotency_key(), id, lease_token).await
+    }
+
+    pub async fn release_keyed(&self, key: &str, id: JobId, lease_token: u64) -> Result<Job, JobsError> {
+        let body = serde_json::json!({ "lease_token": lease_token });
+        let request = self.mutation(reqwest::Method::POST, format!("/v1/jobs/{id}/release"), Some(body), key);
+        self.send_v1(request).await?.parse()
+    }
+
+    // ---- counters -----------------------------------------------------------------------
+
+    /// Adds `by` (≥ 1) and returns the new value.
+    pub async fn counter_add(&self, name: &str, by: u64) -> Result<u64, JobsError> {
+        let body = serde_json::json!({ "by": by });
+        let request =
+            self.mutation(reqwest::Method::POST, format!("/v1/counters/{}", segment(name)), Some(body), &idempotency_key());
+        let counter: Counter = self.send_v1(request).await?.parse()?;
+        Ok(counter.value)
+    }
+
+    /// The counter's value (0 if never incremented).
+    pub async fn counter_get(&self, name: &str) -> Result<u64, JobsError> {
+        let counter: Counter = self.send_v1(self.read(format!("/v1/counters/{}", segment(name)), None)).await?.parse()?;
+        Ok(counter.value)
+    }
+
+    // ---- transport ----------------------------------------------------------------------
+
+    fn read(&self, target: String, long_poll: Option<Duration>) -> V1Request {
+        let timeout = crate::REQUEST_TIMEOUT + long_poll.map(|wait| wait + LONG_POLL_MARGIN).unwrap_or_default();
+        V1Request { method: reqwest::Method::GET, target, body: None, idempotency_key: None, timeout }
+    }
+
+    fn mutation(&self, method: reqwest::Method, target: String, body: Option<Value>, key: &str) -> V1Request {
+        V1Request {
+            method,
+            target,
+            body: body.map(|body| body.to_string().into_bytes()),
+            idempotency_key: Some(key.to_string()),
+            timeout: crate::REQUEST_TIMEOUT,
+        }
+    }
+
+    /// Sends `request` until some server answers it with anything but 503, retrying over the
+    /// endpoints with backoff for up to the retry budget. The request is re-sent unchanged
+    /// (same body, same idempotency key).
+    async fn send_v1(&self, request: V1Request) -> Result<V1Answer, JobsError> {
+        let deadline = Instant::now() + v1_retry_for();
+        let mut backoff = V1_BACKOFF_FIRST;
+        let mut last_failure = String::new();
+        loop {
+            let first = self.preferred.load(Ordering::Relaxed);
+            for offset in 0..self.endpoints.len() {
+                let at = (first + offset) % self.endpoints.len();
+                match self.send_once(&self.endpoints[at], &request).await {
+                    Ok(answer) if answer.status == 503 => {
+                        last_failure = answer.to_error().to_string();
+                    }
+                    Ok(answer) => {
+                        self.preferred.store(at, Ordering::Relaxed);
+                        return Ok(answer);
+                    }
+                    Err(failure) => last_failure = failure,
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(JobsError::Unavailable { endpoints: self.endpoints.join(","), last: last_failure });
+            }
+            tokio::time::sleep(backoff.min(deadline - now)).await;
+            backoff = (backoff * 2).min(V1_BACKOFF_MAX);
+        }
+    }
+
+    /// One exchange with one endpoint; `Err` is a transport failure worth retrying.
+    async fn send_once(&self, endpoint: &str, request: &V1Request) -> Result<V1Answer, String> {
+        let url = format!("{endpoint}{}", request.target);
+        let mut http = self.http.request(request.method.clone(), &url).timeout(request.timeout);
+        if let Some(body) = &request.body {
+            http = http.header("content-type", "application/json").body(body.clone());
+        }
+        if let Some(key) = &request.idempotency_key {
+            http = http.header("idempotency-key", key.as_str());
+        }
+        let mut response = http.send().await.map_err(|error| error_chain(&error))?;
+        let status = response.status().as_u16();
+        let header = |name: &str| response.headers().get(name).and_then(|value| value.to_str().ok()).map(str::to_string);
+        let replayed = header("idempotent-replayed").as_deref() == Some("true");
+        let location = header("location");
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|error| error_chain(&error))? {
+            if body.len() + chunk.len() > ANSWER_BYTES_MAX {
+                return Err(format!("answer over {ANSWER_BYTES_MAX} bytes"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(V1Answer { status, body, replayed, location })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_sent_in_humantime_form() {
+        assert_eq!(duration_text(Duration::from_secs(30)), "30s");
+        assert_eq!(duration_text(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(duration_text(Duration::ZERO), "0s");
+    }
+
+    #[test]
+    fn new_jobs_send_only_what_is_set() {
+        let job = NewJob { priority: 5, delay: Some(Duration::from_secs(10)), ..NewJob::new(serde_json::json!({"a": 1})) };
+        assert_eq!(job.to_json(), serde_json::json!({"payload": {"a": 1}, "priority": 5, "delay": "10s"}));
+        assert_eq!(NewJob::default().to_json(), serde_json::json!({"payload": null}));
+    }
+
+    #[test]
+    fn queue_config_omits_defaults_so_put_replaces_with_defaults() {
+        let config = QueueConfig { concurrency: Some(1), paused: Some(true), ..QueueConfig::default() };
+        assert_eq!(serde_json::to_value(&config).expect("json"), serde_json::json!({"concurrency": 1, "paused": true}));
+    }
+
+    #[test]
+    fn jobs_decode_from_the_documented_shape_and_keep_unknown_fields() {
+        let body = r#"{"id": 7, "queue": "api", "state": "leased", "priority": 5, "payload": {"any": "json"},
+            "attempts": 1, "max_attempts": 5, "created_at": "2026-11-23T19:05:00.123Z", "run_at": "2026-11-23T19:05:00.123Z",
+            "result": null, "errors": [{"attempt": 1, "at": "2026-11-23T19:05:01.000Z", "error": "exit status 1"}],
+            "worker": "host-a/123", "lease_token": 42, "lease_expires_at": "2026-11-23T19:05:30.123Z",
+            "finished_at": null, "purge_at": null, "future_field": true}"#;
+        let job: Job = serde_json::from_str(body).expect("decode");
+        assert_eq!(job.state, JobState::Leased);
+        assert_eq!(job.lease_token, Some(42));
+        assert_eq!(job.errors[0].error, "exit status 1");
+        assert_eq!(job.extra.get("future_field"), Some(&Value::Bool(true)));
+    }
+
+    #[test]
+    fn error_envelopes_keep_status_code_and_field() {
+        let answer = V1Answer {
+            status: 409,
+            body: br#"{"error": {"code": "stale_lease", "message": "lease token 3 is stale", "field": "lease_token"}}"#.to_vec(),
+            replayed: false,
+            location: None,
+        };
+        let error = answer.parse::<Job>().expect_err("409");
+        assert_eq!(error.code(), Some("stale_lease"));
+        assert_eq!(error.to_string(), "409 stale_lease: lease token 3 is stale (field: lease_token)");
+    }
+
+    #[test]
+    fn path_segments_are_escaped() {
+        assert_eq!(segment("a b/c"), "a%20b%2Fc");
+        assert_eq!(query_string(&[("wait", "30s".into()), ("after", "7".into())]), "?wait=30s&after=7");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_cluster_is_reported_after_the_retry_budget() {
+        // Port 1 on loopback refuses at once; the budget bounds the whole call. (The only
+        // test here that sends anything, so the process-wide budget is ours to set.)
+        set_v1_retry_for(Duration::from_millis(400));
+        let client = Client::new(["http://127.0.0.1:1", "http://127.0.0.1:2"]).expect("client");
+        let started = Instant::now();
+        let error = client.get_job(1).await.expect_err("unreachable");
+        assert!(matches!(error, JobsError::Unavailable { .. }), "{error}");
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(400) && elapsed < Duration::from_secs(5), "{elapsed:?}");
+    }
+}

@@ -1,0 +1,211 @@
+//! The client against a real rota HTTP server (on a fake backend, no Raft), on ports
+//! 25200-25249.
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+
+use rota_client::{Client, Error, GetOptions, RmOptions, SetOptions, WatchOptions};
+use rota_core::Config;
+use rota_server::backend::fake::FakeBackend;
+use rota_server::{App, ServerConfig};
+
+static NEXT_PORT: AtomicU16 = AtomicU16::new(25200);
+
+/// A served app and its URL; the server stops with the test's runtime.
+async fn server() -> (Arc<App<FakeBackend>>, String) {
+    let app = App::new(
+        FakeBackend::new(Config::default()),
+        ServerConfig::single("default"),
+    );
+    loop {
+        let port = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
+        assert!(port < 25250, "out of test ports");
+        if let Ok(listener) = rota_server::bind(([127, 0, 0, 1], port).into()) {
+            tokio::spawn(rota_server::serve(
+                Arc::clone(&app),
+                vec![listener],
+                std::future::pending(),
+            ));
+            return (app, format!("http://127.0.0.1:{port}"));
+        }
+    }
+}
+
+/// A port in the range with nothing listening.
+fn dead_endpoint() -> String {
+    "http://127.0.0.1:25249".to_string()
+}
+
+#[tokio::test]
+async fn a_dead_endpoint_is_skipped_for_the_next_one() {
+    let (_app, url) = server().await;
+    let client = Client::new([dead_endpoint(), url]).expect("client");
+    let set = client
+        .kv_set("/a", "1", SetOptions::default())
+        .await
+        .expect("set");
+    assert_eq!(set.action, "set");
+    assert_eq!(set.node.value.as_deref(), Some("1"));
+    assert!(set.etcd_index > 0);
+    let got = client
+        .kv_get("/a", GetOptions::default())
+        .await
+        .expect("get");
+    assert_eq!(got.node.value.as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn no_reachable_endpoint_is_unavailable() {
+    let client = Client::new([dead_endpoint()]).expect("client");
+    let error = client
+        .kv_get("/a", GetOptions::default())
+        .await
+        .expect_err("unreachable");
+    assert!(matches!(error, Error::Unavailable { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn server_errors_come_back_typed() {
+    let (_app, url) = server().await;
+    let client = Client::new([url]).expect("client");
+    let error = client
+        .kv_get("/missing", GetOptions::default())
+        .await
+        .expect_err("missing");
+    assert_eq!(error.code(), Some(100));
+    assert!(
+        error
+            .to_string()
+            .starts_with("100: Key not found (/missing) ["),
+        "{error}"
+    );
+    client.kv_mk("/m", "1", None).await.expect("mk");
+    assert_eq!(
+        client
+            .kv_mk("/m", "2", None)
+            .await
+            .expect_err("exists")
+            .code(),
+        Some(105)
+    );
+}
+
+#[tokio::test]
+async fn ls_rm_in_order_and_watch_work_end_to_end() {
+    let (_app, url) = server().await;
+    let client = Client::new([url]).expect("client");
+    let first = client
+        .kv_mk_in_order("/queue", "job1", None)
+        .await
+        .expect("post");
+    client
+        .kv_mk_in_order("/queue", "job2", None)
+        .await
+        .expect("post");
+    let listing = client.kv_ls("/queue", false).await.expect("ls");
+    let values: Vec<_> = listing
+        .node
+        .nodes
+        .iter()
+        .filter_map(|node| node.value.clone())
+        .collect();
+    assert_eq!(values, ["job1", "job2"], "sorted listing is FIFO");
+    let removed = client
+        .kv_rm(
+            first.node.key.as_deref().expect("key"),
+            RmOptions::default(),
+        )
+        .await
+        .expect("rm");
+    assert_eq!(removed.action, "delete");
+    assert_eq!(
+        removed.prev_node.and_then(|node| node.value).as_deref(),
+        Some("job1")
+    );
+    let from_history = client
+        .kv_watch(
+            "/queue",
+            WatchOptions {
+                recursive: true,
+                wait_index: Some(first.node.modified_index),
+            },
+        )
+        .await;
+    assert_eq!(
+        from_history.expect("watch").node.value.as_deref(),
+        Some("job1")
+    );
+}
+
+#[tokio::test]
+async fn keys_with_special_characters_round_trip() {
+    let (_app, url) = server().await;
+    let client = Client::new([url]).expect("client");
+    let key = "/sp ace/a+b&c%d?e";
+    client
+        .kv_set(key, "v & w=x", SetOptions::default())
+        .await
+        .expect("set");
+    let got = client
+        .kv_get(key, GetOptions::default())
+        .await
+        .expect("get");
+    assert_eq!(got.node.key.as_deref(), Some(key));
+    assert_eq!(got.node.value.as_deref(), Some("v & w=x"));
+}
+
+/// A proxy that forwards each connection to `upstream`, but for the first one swallows the
+/// server's answer and closes: the write is applied, the client never hears of it.
+async fn answer_losing_proxy(upstream: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
+    let listener = rota_server::bind(([127, 0, 0, 1], port).into()).expect("proxy port");
+    let upstream = upstream.trim_start_matches("http://").to_string();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            let lose_answer = std::mem::replace(&mut first, false);
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                if lose_answer {
+                    let mut request = vec![0u8; 64 * 1024];
+                    let Ok(read) = client.read(&mut request).await else {
+                        return;
+                    };
+                    let _ = server.write_all(&request[..read]).await;
+                    let mut answer = [0u8; 4096];
+                    let _ = server.read(&mut answer).await; // applied; the answer is dropped
+                    return; // both sockets close: the client sees a broken connection
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+#[tokio::test]
+async fn a_mutation_retried_after_a_lost_answer_applies_once() {
+    use rota_server::Backend as _;
+    let (app, url) = server().await;
+    let proxy = answer_losing_proxy(url).await;
+    let client = Client::new([proxy]).expect("client");
+    let created = client
+        .kv_mk_in_order("/queue", "job", None)
+        .await
+        .expect("post after retry");
+    assert!(
+        created.replayed,
+        "the retry was answered from the idempotency record"
+    );
+    let applied_index = app.backend().read(|state| state.v2.index());
+    assert_eq!(
+        created.node.modified_index, applied_index,
+        "one in-order key, not two"
+    );
+    let listing = client.kv_ls("/queue", false).await.expect("ls");
+    assert_eq!(listing.node.nodes.len(), 1);
+}

@@ -1,0 +1,727 @@
+//! The Raft log: openraft's storage-v2 `RaftLogStorage` over the `raft-log` crate.
+//!
+//! raft-log keeps a checksummed, chunked WAL (`<dir>/r-<offset>.wal`) and replays it on open
+//! into vote, last/committed/purged log ids and an index of entries. Appends go to an
+//! in-memory buffer; `flush` hands them to raft-log's flush thread, which writes, calls
+//! `sync_data` and only then runs our callback. So openraft's `LogFlushed` fires only after
+//! the entries are on disk, and on a write or sync error it fires with that error: openraft
+//! then stops the node (a storage error is fatal), nothing more is acknowledged, and nothing
+//! is retried (after a failed fsync the page cache can no longer be trusted).
+//!
+//! Recovery (read in raft-log 0.4.6 / chunked-wal 0.2.3, `Chunk::open_with_truncate`): a
+//! record that ends early (`UnexpectedEof`) in the LAST chunk is a torn tail and is
+//! truncated; a record that fails its checksum or decodes to nonsense anywhere, or ends
+//! early in an earlier chunk, fails the open. One trap: a record is not length-framed as a
+//! whole, so if a flipped bit enlarged a length field the decoder would read to the end of
+//! the file and report `UnexpectedEof`, and raft-log would silently drop every later
+//! (acknowledged) record. Our payload encoding (`codec`) therefore protects its length with
+//! its own checksum: a corrupt length is `InvalidData`, and only a genuinely short record
+//! reads as a torn tail. When the open fails, [`diagnose_corruption`] re-reads the WAL to
+//! name the file and offset of the first bad record.
+
+// openraft's StorageError (its trait contract) is large; boxing it here would only move the cost.
+#![allow(clippy::result_large_err)]
+
+use std::fmt;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, LogState, RaftLogReader};
+use raft_log::api::raft_log_writer::RaftLogWriter;
+use raft_log::{DumpApi, RaftLog};
+
+use crate::metrics::RaftMetrics;
+use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
+
+/// Entries kept decoded-free in raft-log's payload cache (it holds encoded payloads).
+const LOG_CACHE_ENTRIES_MAX: usize = 10_000;
+const LOG_CACHE_BYTES_MAX: usize = 256 << 20;
+/// A new chunk file after this many bytes; purged chunks are deleted whole.
+const LOG_CHUNK_BYTES_MAX: usize = 64 << 20;
+
+/// How the log store is opened.
+#[derive(Clone, Debug)]
+pub(crate) struct LogStoreConfig {
+    pub dir: PathBuf,
+}
+
+/// raft-log's type parameters for rota.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RotaLogTypes;
+
+impl raft_log::Types for RotaLogTypes {
+    type LogId = codec::StoredLogId;
+    type LogPayload = codec::StoredPayload;
+    type Vote = codec::StoredVote;
+    type Callback = FlushDone;
+    /// Unused and always `None` (encoded as one "absent" byte, so a later format can add data).
+    type UserData = ();
+
+    fn log_index(log_id: &Self::LogId) -> u64 {
+        log_id.0.index
+    }
+
+    fn payload_size(payload: &Self::LogPayload) -> u64 {
+        payload.bytes.len() as u64
+    }
+}
+
+/// Who waits for a flush: openraft (after an append) or one of our own calls (vote,
+/// truncate). Runs on raft-log's flush thread after `sync_data` returned.
+pub(crate) struct FlushDone {
+    waiter: FlushWaiter,
+    started: Instant,
+    metrics: RaftMetrics,
+}
+
+enum FlushWaiter {
+    Append(LogFlushed<TypeConfig>),
+    Call(tokio::sync::oneshot::Sender<io::Result<()>>),
+}
+
+impl raft_log::Callback for FlushDone {
+    fn send(self, result: io::Result<()>) {
+        match &result {
+            Ok(()) => self
+                .metrics
+                .log_fsync_seconds
+                .observe(self.started.elapsed().as_secs_f64()),
+            Err(error) => {
+                tracing::error!(%error, "raft log flush failed; the node stops (no retry after a failed fsync)")
+            }
+        }
+        match self.waiter {
+            FlushWaiter::Append(flushed) => flushed.log_io_completed(result),
+            FlushWaiter::Call(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+/// The log store handed to openraft; clones share one raft-log.
+#[derive(Clone)]
+pub(crate) struct LogStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    /// `None` once closed (shutdown), so the directory lock is released even if openraft
+    /// tasks still hold clones.
+    log: Mutex<Option<RaftLog<RotaLogTypes>>>,
+    committed_index: AtomicU64,
+    metrics: RaftMetrics,
+}
+
+/// Why the log could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LogOpenError {
+    #[error("raft log {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("raft log is corrupt: {file} at byte offset {offset}: {detail} (a damaged record before the end of the log; refusing to start rather than dropping acknowledged entries)")]
+    Corrupt {
+        file: PathBuf,
+        offset: u64,
+        detail: String,
+    },
+}
+
+impl LogStore {
+    pub(crate) fn open(
+        config: &LogStoreConfig,
+        metrics: RaftMetrics,
+    ) -> Result<LogStore, LogOpenError> {
+        let dir = config.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| LogOpenError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let raft_log_config = Arc::new(raft_log_config(&dir));
+        let log = match RaftLog::<RotaLogTypes>::open(raft_log_config.clone()) {
+            Ok(log) => log,
+            Err(source) => {
+                return Err(match diagnose_corruption(&raft_log_config) {
+                    Some(corrupt) => corrupt,
+                    None => LogOpenError::Io { path: dir, source },
+                })
+            }
+        };
+        let committed_index = log
+            .log_state()
+            .committed()
+            .map(|id| id.0.index)
+            .unwrap_or(0);
+        metrics.commit_index.set(committed_index as i64);
+        Ok(LogStore {
+            shared: Arc::new(Shared {
+                dir,
+                log: Mutex::new(Some(log)),
+                committed_index: AtomicU64::new(committed_index),
+                metrics,
+            }),
+        })
+    }
+
+    /// The highest committed index saved so far.
+    pub(crate) fn committed_index(&self) -> u64 {
+        self.shared.committed_index.load(Ordering::Relaxed)
+    }
+
+    /// True if nothing was ever written: no vote and no entry (a brand-new member).
+    pub(crate) fn is_pristine(&self) -> Result<bool, StorageError> {
+        let guard = self.lock(ErrorSubject::Store, ErrorVerb::Read)?;
+        let log = open_log(&guard, ErrorSubject::Store, ErrorVerb::Read)?;
+        let state = log.log_state();
+        Ok(state.vote().is_none() && state.last().is_none() && state.purged().is_none())
+    }
+
+    /// Waits until everything written so far is durable, then releases the log and its
+    /// directory lock. Later calls on any clone fail.
+    pub(crate) fn close(&self) -> io::Result<()> {
+        let log = match self.shared.log.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        let Some(mut log) = log else { return Ok(()) };
+        log.flush(true, None)?;
+        log.wait_worker_idle()
+    }
+
+    fn lock(
+        &self,
+        subject: ErrorSubject<NodeId>,
+        verb: ErrorVerb,
+    ) -> Result<MutexGuard<'_, Option<RaftLog<RotaLogTypes>>>, StorageError> {
+        self.shared
+            .log
+            .lock()
+            .map_err(|_| storage_error(subject, verb, io::Error::other("raft log lock poisoned")))
+    }
+
+    fn flush_done(&self, waiter: FlushWaiter) -> FlushDone {
+        FlushDone {
+            waiter,
+            started: Instant::now(),
+            metrics: self.shared.metrics.clone(),
+        }
+    }
+
+    /// Flushes with fsync and waits for it.
+    async fn flush_and_wait(
+        &self,
+        subject: ErrorSubject<NodeId>,
+        verb: ErrorVerb,
+    ) -> Result<(), StorageError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut guard = self.lock(subject.clone(), verb)?;
+            let log = open_log_mut(&mut guard, subject.clone(), verb)?;
+            log.flush(true, Some(self.flush_done(FlushWaiter::Call(tx))))
+                .map_err(|e| storage_error(subject.clone(), verb, e))?;
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(storage_error(subject, verb, e)),
+            Err(_) => Err(storage_error(
+                subject,
+                verb,
+                io::Error::other("raft log flush thread stopped"),
+            )),
+        }
+    }
+}
+
+impl fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogStore")
+            .field("dir", &self.shared.dir)
+            .finish()
+    }
+}
+
+fn raft_log_config(dir: &Path) -> raft_log::Config {
+    let mut config = raft_log::Config::new(dir.to_string_lossy());
+    config.log_cache_max_items = Some(LOG_CACHE_ENTRIES_MAX);
+    config.log_cache_capacity = Some(LOG_CACHE_BYTES_MAX);
+    config.wal.chunk_max_size = Some(LOG_CHUNK_BYTES_MAX);
+    // A torn last record is expected after a crash: drop it (it was never acknowledged).
+    config.wal.truncate_incomplete_record = Some(true);
+    // The flush thread would otherwise wait up to 1 ms for more writes before each sync.
+    // The proposer already batches, and openraft queues appends while a sync runs, so that
+    // wait only adds latency.
+    config.wal.flush_batch_wait = Some(std::time::Duration::ZERO);
+    config
+}
+
+fn open_log<'a>(
+    guard: &'a MutexGuard<'_, Option<RaftLog<RotaLogTypes>>>,
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+) -> Result<&'a RaftLog<RotaLogTypes>, StorageError> {
+    guard
+        .as_ref()
+        .ok_or_else(|| storage_error(subject, verb, io::Error::other("raft log is closed")))
+}
+
+fn open_log_mut<'a>(
+    guard: &'a mut MutexGuard<'_, Option<RaftLog<RotaLogTypes>>>,
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+) -> Result<&'a mut RaftLog<RotaLogTypes>, StorageError> {
+    guard
+        .as_mut()
+        .ok_or_else(|| storage_error(subject, verb, io::Error::other("raft log is closed")))
+}
+
+fn storage_error(subject: ErrorSubject<NodeId>, verb: ErrorVerb, error: io::Error) -> StorageError {
+    StorageError::from_io_error(subject, verb, error)
+}
+
+/// Re-reads the WAL after a failed open and names the first record that does not decode.
+/// `None` if every record decodes (the open failed for another reason).
+fn diagnose_corruption(config: &Arc<raft_log::Config>) -> Option<LogOpenError> {
+    let dump = raft_log::Dump::<RotaLogTypes>::new(config.clone()).ok()?;
+    let mut found: Option<LogOpenError> = None;
+    let mut next_offset_in_chunk = 0u64;
+    let mut current_chunk = None;
+    let _ = dump.write_with(|chunk_id, _index, result| {
+        if current_chunk != Some(chunk_id) {
+            current_chunk = Some(chunk_id);
+            next_offset_in_chunk = 0;
+        }
+        match result {
+            Ok((segment, _record)) => {
+                next_offset_in_chunk = segment.offset + segment.size;
+                Ok(())
+            }
+            Err(error) => {
+                found = Some(LogOpenError::Corrupt {
+                    file: PathBuf::from(config.wal.chunk_path(chunk_id)),
+                    offset: next_offset_in_chunk,
+                    detail: error.to_string(),
+                });
+                // Stop at the first bad record.
+                Err(io::Error::other("stop"))
+            }
+        }
+    });
+    found
+}
+
+fn range_to_indexes(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let from = match range.start_bound() {
+        Bound::Included(&n) => n,
+        Bound::Excluded(&n) => n.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let to = match range.end_bound() {
+        Bound::Included(&n) => n.saturating_add(1),
+        Bound::Excluded(&n) => n,
+        Bound::Unbounded => u64::MAX,
+    };
+    (from, to)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + fmt::Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (from, to) = range_to_indexes(&range);
+        let stored = {
+            let guard = self.lock(ErrorSubject::Logs, ErrorVerb::Read)?;
+            let log = open_log(&guard, ErrorSubject::Logs, ErrorVerb::Read)?;
+            log.read(from, to)
+                .collect::<Result<Vec<_>, io::Error>>()
+                .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e))?
+        };
+        // Decode outside the lock: appends need it.
+        stored
+            .into_iter()
+            .map(|(log_id, payload)| {
+                payload
+                    .to_entry_payload()
+                    .map(|payload| Entry {
+                        log_id: log_id.0,
+                        payload,
+                    })
+                    .map_err(|e| storage_error(ErrorSubject::Log(log_id.0), ErrorVerb::Read, e))
+            })
+            .collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let guard = self.lock(ErrorSubject::Logs, ErrorVerb::Read)?;
+        let log = open_log(&guard, ErrorSubject::Logs, ErrorVerb::Read)?;
+        let state = log.log_state();
+        let last_purged_log_id = state.purged().map(|id| id.0);
+        let last_log_id = state.last().map(|id| id.0).or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogStore {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        {
+            let mut guard = self.lock(ErrorSubject::Vote, ErrorVerb::Write)?;
+            let log = open_log_mut(&mut guard, ErrorSubject::Vote, ErrorVerb::Write)?;
+            log.save_vote(codec::StoredVote(*vote))
+                .map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        }
+        // openraft requires the vote to be on disk when this returns.
+        self.flush_and_wait(ErrorSubject::Vote, ErrorVerb::Write)
+            .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        let guard = self.lock(ErrorSubject::Vote, ErrorVerb::Read)?;
+        let log = open_log(&guard, ErrorSubject::Vote, ErrorVerb::Read)?;
+        Ok(log.log_state().vote().map(|vote| vote.0))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let Some(committed) = committed else {
+            return Ok(());
+        };
+        let mut guard = self.lock(ErrorSubject::Store, ErrorVerb::Write)?;
+        let log = open_log_mut(&mut guard, ErrorSubject::Store, ErrorVerb::Write)?;
+        let stored = codec::StoredLogId(committed);
+        let state = log.log_state();
+        // raft-log refuses a commit beyond its last entry or behind the saved one. Both can
+        // happen around a snapshot install (the log is purged past its end); skipping is safe
+        // because the saved commit index only saves re-applying on restart.
+        if Some(&stored) <= state.committed() || Some(&stored) > state.last() {
+            return Ok(());
+        }
+        log.commit(stored)
+            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        // No fsync of its own: it rides along with the next append's sync.
+        log.flush(false, None)
+            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        self.shared
+            .committed_index
+            .store(committed.index, Ordering::Relaxed);
+        self.shared.metrics.commit_index.set(committed.index as i64);
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let guard = self.lock(ErrorSubject::Store, ErrorVerb::Read)?;
+        let log = open_log(&guard, ErrorSubject::Store, ErrorVerb::Read)?;
+        Ok(log.log_state().committed().map(|id| id.0))
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        // Encode before taking the lock: encoding is the expensive part.
+        let stored = entries
+            .into_iter()
+            .map(|entry| {
+                codec::StoredPayload::from_entry_payload(&entry.payload)
+                    .map(|payload| (codec::StoredLogId(entry.log_id), payload))
+                    .map_err(|e| {
+                        storage_error(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e)
+                    })
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        let mut guard = self.lock(ErrorSubject::Logs, ErrorVerb::Write)?;
+        let log = open_log_mut(&mut guard, ErrorSubject::Logs, ErrorVerb::Write)?;
+        // Entries at or below the purge point are already in the state machine (openraft's
+        // storage suite appends such entries after a purge; a running node never does).
+        // raft-log would reject them as reversing its last log id.
+        let purged_index = log.log_state().purged().map(|id| id.0.index);
+        let stored = stored
+            .into_iter()
+            .filter(|(log_id, _)| Some(log_id.0.index) > purged_index);
+        log.append(stored)
+            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        // The callback runs on the flush thread after sync_data succeeded (or with its error).
+        log.flush(true, Some(self.flush_done(FlushWaiter::Append(callback))))
+            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        {
+            let mut guard = self.lock(ErrorSubject::Log(log_id), ErrorVerb::Delete)?;
+            let log = open_log_mut(&mut guard, ErrorSubject::Log(log_id), ErrorVerb::Delete)?;
+            log.truncate(log_id.index)
+                .map_err(|e| storage_error(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))?;
+        }
+        // Rare (a follower's conflicting tail): make it durable before anything follows it.
+        self.flush_and_wait(ErrorSubject::Log(log_id), ErrorVerb::Delete)
+            .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut guard = self.lock(ErrorSubject::Log(log_id), ErrorVerb::Delete)?;
+        let log = open_log_mut(&mut guard, ErrorSubject::Log(log_id), ErrorVerb::Delete)?;
+        log.purge(codec::StoredLogId(log_id))
+            .map_err(|e| storage_error(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))?;
+        // A synced flush also deletes chunk files that hold only purged entries; nobody needs
+        // to wait for it (a purge that is lost in a crash is simply redone).
+        log.flush(true, None)
+            .map_err(|e| storage_error(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))?;
+        Ok(())
+    }
+}
+
+/// On-disk encodings of the log's records (format 1).
+///
+/// Fixed-size fields are big-endian u64s. The entry payload is
+/// `[version u8 = 1][length u32][crc32(version, length) u32][bincode(EntryPayload)]`; the
+/// header checksum makes a corrupt length detectable (see the module comment). raft-log
+/// frames each record with a record type and a crc32 over the whole record.
+pub(crate) mod codec {
+    use std::io::{self, Read, Write};
+    use std::sync::Arc;
+
+    use openraft::EntryPayload;
+    use raft_log::codeq;
+
+    use crate::types::{LogId, TypeConfig, Vote};
+
+    const PAYLOAD_FORMAT_V1: u8 = 1;
+    /// Larger than any entry the proposer builds (`batch_bytes_max` is far below it); a
+    /// larger length can only be corruption.
+    pub(crate) const PAYLOAD_BYTES_MAX: u32 = 256 << 20;
+
+    fn read_u64(r: &mut impl Read) -> io::Result<u64> {
+        let mut bytes = [0u8; 8];
+        r.read_exact(&mut bytes)?;
+        Ok(u64::from_be_bytes(bytes))
+    }
+
+    fn invalid(message: impl Into<String>) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, message.into())
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    pub(crate) struct StoredLogId(pub LogId);
+
+    impl codeq::Encode for StoredLogId {
+        fn encode<W: Write>(&self, mut w: W) -> io::Result<usize> {
+            w.write_all(&self.0.leader_id.term.to_be_bytes())?;
+            w.write_all(&self.0.leader_id.node_id.to_be_bytes())?;
+            w.write_all(&self.0.index.to_be_bytes())?;
+            Ok(24)
+        }
+    }
+
+    impl codeq::Decode for StoredLogId {
+        fn decode<R: Read>(mut r: R) -> io::Result<Self> {
+            let term = read_u64(&mut r)?;
+            let node_id = read_u64(&mut r)?;
+            let index = read_u64(&mut r)?;
+            Ok(StoredLogId(openraft::LogId::new(
+                openraft::CommittedLeaderId::new(term, node_id),
+                index,
+            )))
+        }
+    }
+
+    /// openraft's vote order (a committed vote outranks an uncommitted one of the same term).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(crate) struct StoredVote(pub Vote);
+
+    impl PartialOrd for StoredVote {
+        fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+            self.0.partial_cmp(&other.0)
+        }
+    }
+
+    impl codeq::Encode for StoredVote {
+        fn encode<W: Write>(&self, mut w: W) -> io::Result<usize> {
+            w.write_all(&self.0.leader_id.term.to_be_bytes())?;
+            w.write_all(&self.0.leader_id.node_id.to_be_bytes())?;
+            w.write_all(&[u8::from(self.0.committed)])?;
+            Ok(17)
+        }
+    }
+
+    impl codeq::Decode for StoredVote {
+        fn decode<R: Read>(mut r: R) -> io::Result<Self> {
+            let term = read_u64(&mut r)?;
+            let node_id = read_u64(&mut r)?;
+            let mut committed = [0u8; 1];
+            r.read_exact(&mut committed)?;
+            let vote = match committed[0] {
+                0 => Vote::new(term, node_id),
+                1 => Vote::new_committed(term, node_id),
+                other => return Err(invalid(format!("vote: bad committed flag {other}"))),
+            };
+            Ok(StoredVote(vote))
+        }
+    }
+
+    /// An entry payload, bincode-encoded once at append time and decoded on read (the
+    /// log's cache holds these bytes).
+    #[derive(Clone, Debug)]
+    pub(crate) struct StoredPayload {
+        pub bytes: Arc<[u8]>,
+    }
+
+    impl StoredPayload {
+        pub(crate) fn from_entry_payload(
+            payload: &EntryPayload<TypeConfig>,
+        ) -> io::Result<StoredPayload> {
+            let bytes =
+                bincode::serialize(payload).map_err(|e| invalid(format!("encode entry: {e}")))?;
+            if bytes.len() > PAYLOAD_BYTES_MAX as usize {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("entry of {} bytes exceeds {PAYLOAD_BYTES_MAX}", bytes.len()),
+                ));
+            }
+            Ok(StoredPayload {
+                bytes: bytes.into(),
+            })
+        }
+
+        pub(crate) fn to_entry_payload(&self) -> io::Result<EntryPayload<TypeConfig>> {
+            bincode::deserialize(&self.bytes).map_err(|e| invalid(format!("decode entry: {e}")))
+        }
+    }
+
+    fn header_checksum(version: u8, length: u32) -> u32 {
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&[version]);
+        hasher.update(&length.to_be_bytes());
+        hasher.finalize()
+    }
+
+    impl codeq::Encode for StoredPayload {
+        fn encode<W: Write>(&self, mut w: W) -> io::Result<usize> {
+            let length = u32::try_from(self.bytes.len()).map_err(|_| invalid("entry too large"))?;
+            w.write_all(&[PAYLOAD_FORMAT_V1])?;
+            w.write_all(&length.to_be_bytes())?;
+            w.write_all(&header_checksum(PAYLOAD_FORMAT_V1, length).to_be_bytes())?;
+            w.write_all(&self.bytes)?;
+            Ok(1 + 4 + 4 + self.bytes.len())
+        }
+    }
+
+    impl codeq::Decode for StoredPayload {
+        fn decode<R: Read>(mut r: R) -> io::Result<Self> {
+            let mut header = [0u8; 9];
+            r.read_exact(&mut header)?;
+            let version = header[0];
+            let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+            let checksum = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
+            if checksum != header_checksum(version, length) {
+                return Err(invalid("entry header checksum mismatch"));
+            }
+            if version != PAYLOAD_FORMAT_V1 {
+                return Err(invalid(format!("entry format {version} unknown")));
+            }
+            if length > PAYLOAD_BYTES_MAX {
+                return Err(invalid(format!(
+                    "entry length {length} exceeds {PAYLOAD_BYTES_MAX}"
+                )));
+            }
+            let mut bytes = vec![0u8; length as usize];
+            r.read_exact(&mut bytes)?;
+            Ok(StoredPayload {
+                bytes: bytes.into(),
+            })
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use raft_log::codeq::{Decode, Encode};
+
+        use super::*;
+
+        #[test]
+        fn payload_round_trips() {
+            let payload = EntryPayload::<TypeConfig>::Normal(rota_core::Batch {
+                time_ms: 42,
+                commands: vec![rota_core::Command::Tick],
+            });
+            let stored = StoredPayload::from_entry_payload(&payload).expect("encode");
+            let mut bytes = Vec::new();
+            let n = stored.encode(&mut bytes).expect("write");
+            assert_eq!(n, bytes.len());
+            let read = StoredPayload::decode(&bytes[..]).expect("read");
+            assert_eq!(read.to_entry_payload().expect("decode"), payload);
+        }
+
+        #[test]
+        fn corrupt_payload_length_is_invalid_data_not_a_short_read() {
+            let payload = EntryPayload::<TypeConfig>::Blank;
+            let mut bytes = Vec::new();
+            StoredPayload::from_entry_payload(&payload)
+                .expect("encode")
+                .encode(&mut bytes)
+                .expect("write");
+            for bit in 0..32 {
+                let mut corrupt = bytes.clone();
+                corrupt[1 + bit / 8] ^= 1 << (bit % 8);
+                let error =
+                    StoredPayload::decode(&corrupt[..]).expect_err("corrupt length accepted");
+                assert_eq!(
+                    error.kind(),
+                    io::ErrorKind::InvalidData,
+                    "bit {bit}: {error}"
+                );
+            }
+        }
+
+        #[test]
+        fn truncated_payload_is_a_short_read() {
+            let payload = EntryPayload::<TypeConfig>::Normal(rota_core::Batch {
+                time_ms: 1,
+                commands: vec![],
+            });
+            let mut bytes = Vec::new();
+            StoredPayload::from_entry_payload(&payload)
+                .expect("encode")
+                .encode(&mut bytes)
+                .expect("write");
+            for cut in 0..bytes.len() {
+                let error =
+                    StoredPayload::decode(&bytes[..cut]).expect_err("short payload accepted");
+                assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "cut at {cut}");
+            }
+        }
+
+        #[test]
+        fn vote_and_log_id_round_trip() {
+            let vote = StoredVote(Vote::new_committed(3, 9));
+            let mut bytes = Vec::new();
+            vote.encode(&mut bytes).expect("write");
+            assert_eq!(StoredVote::decode(&bytes[..]).expect("read"), vote);
+
+            let log_id = StoredLogId(openraft::LogId::new(
+                openraft::CommittedLeaderId::new(3, 9),
+                17,
+            ));
+            let mut bytes = Vec::new();
+            log_id.encode(&mut bytes).expect("write");
+            assert_eq!(StoredLogId::decode(&bytes[..]).expect("read"), log_id);
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Group commit: many concurrent proposals become one Raft entry.
+//!
+//! openraft 0.9's leader waits for one fsync per `client_write`, so writing each command as
+//! its own entry would cap throughput at the disk's sync rate. The proposer task takes the
+//! first waiting proposal, then every proposal already queued behind it (up to
+//! `batch_commands_max` commands and `batch_bytes_max` encoded bytes), stamps the batch with
+//! the leader's time and hands it to openraft. Up to `proposals_in_flight_max` batches are
+//! in flight at once, so the next batch fills while the previous one syncs. Each batch's
+//! responses go back to their callers in order.
+//!
+//! Time: a batch's `time_ms` is max(wall clock, last stamped, applied state time), so entry
+//! time never goes backwards, also across leader changes and clock steps.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::error::ClientWriteError;
+use rota_core::{Batch, Command};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+
+use crate::metrics::RaftMetrics;
+use crate::state_machine::SharedState;
+use crate::types::{Member, NodeId, Raft};
+use crate::{ProposeError, Proposed};
+
+/// One waiting proposal.
+#[derive(Debug)]
+pub(crate) struct Proposal {
+    pub command: Command,
+    pub size_bytes: usize,
+    pub reply: oneshot::Sender<Result<Proposed, ProposeError>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ProposerLimits {
+    pub batch_commands_max: usize,
+    pub batch_bytes_max: usize,
+    pub proposals_in_flight_max: usize,
+}
+
+/// The sending side of the proposer's queue. Cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct ProposalSender {
+    pub tx: mpsc::Sender<Proposal>,
+    pub batch_bytes_max: usize,
+}
+
+impl ProposalSender {
+    /// Queues `command` and waits for its outcome. Cancel-safe: dropping the future drops
+    /// only the wait (a queued command is still proposed).
+    pub(crate) async fn propose(&self, command: Command) -> Result<Proposed, ProposeError> {
+        let size_bytes = bincode::serialized_size(&command)
+            .map_err(|e| ProposeError::Fatal(format!("encode command: {e}")))?
+            as usize;
+        if size_bytes > self.batch_bytes_max {
+            return Err(ProposeError::TooLarge {
+                bytes: size_bytes,
+                limit: self.batch_bytes_max,
+            });
+        }
+        let (reply, outcome) = oneshot::channel();
+        self.tx
+            .send(Proposal {
+                command,
+                size_bytes,
+                reply,
+            })
+            .await
+            .map_err(|_| ProposeError::ShuttingDown)?;
+        outcome.await.unwrap_or(Err(ProposeError::ShuttingDown))
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs until `shutdown` turns true or every sender is gone; then answers what is still
+/// queued with `ShuttingDown` and waits for the batches in flight.
+pub(crate) async fn run_proposer(
+    raft: Raft,
+    shared: Arc<SharedState>,
+    mut proposals: mpsc::Receiver<Proposal>,
+    limits: ProposerLimits,
+    metrics: RaftMetrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let in_flight = Arc::new(Semaphore::new(limits.proposals_in_flight_max.max(1)));
+    let mut last_stamped_ms = 0u64;
+    // A proposal that did not fit into the previous batch; it opens the next one.
+    let mut carried: Option<Proposal> = None;
+
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            permit = in_flight.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let first = match carried.take() {
+            Some(proposal) => proposal,
+            None => tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                proposal = proposals.recv() => match proposal {
+                    Some(proposal) => proposal,
+                    None => break,
+                },
+            },
+        };
+
+        let mut batch_bytes = first.size_bytes;
+        let mut commands = vec![first.command];
+        let mut replies = vec![first.reply];
+        while commands.len() < limits.batch_commands_max {
+            let Ok(next) = proposals.try_recv() else {
+                break;
+            };
+            if batch_bytes + next.size_bytes > limits.batch_bytes_max {
+                carried = Some(next);
+                break;
+            }
+            batch_bytes += next.size_bytes;
+            commands.push(next.command);
+            replies.push(next.reply);
+        }
+
+        let state_time_ms = shared.read(|state| state.time_ms());
+        last_stamped_ms = now_ms().max(last_stamped_ms).max(state_time_ms);
+        metrics.batch_commands.observe(commands.len() as f64);
+        metrics.batch_bytes.observe(batch_bytes as f64);
+        let batch = Batch {
+            time_ms: last_stamped_ms,
+            commands,
+        };
+
+        match raft.client_write_ff(batch).await {
+            Ok(response) => {
+                let metrics = metrics.clone();
+                tokio::spawn(async move {
+                    let outcome = response.await;
+                    drop(permit);
+                    answer(replies, outcome, &metrics);
+                });
+            }
+            Err(fatal) => {
+                drop(permit);
+                let error = match fatal {
+                    openraft::error::Fatal::Stopped => ProposeError::ShuttingDown,
+                    other => ProposeError::Fatal(other.to_string()),
+                };
+                answer_all(replies, &error, &metrics);
+            }
+        }
+    }
+
+    // Stop accepting, answer everything queued, let in-flight batches finish.
+    proposals.close();
+    let leftovers = carried.into_iter().map(|p| p.reply);
+    answer_all(leftovers.collect(), &ProposeError::ShuttingDown, &metrics);
+    while let Some(proposal) = proposals.recv().await {
+        answer_all(vec![proposal.reply], &ProposeError::ShuttingDown, &metrics);
+    }
+    let _ = in_flight
+        .acquire_many(limits.proposals_in_flight_max.max(1) as u32)
+        .await;
+}
+
+type WriteOutcome = Result<
+    Result<
+        openraft::raft::ClientWriteResponse<crate::types::TypeConfig>,
+        ClientWriteError<NodeId, Member>,
+    >,
+    oneshot::error::RecvError,
+>;
+
+fn answer(
+    replies: Vec<oneshot::Sender<Result<Proposed, ProposeError>>>,
+    outcome: WriteOutcome,
+    metrics: &RaftMetrics,
+) {
+    let written = match outcome {
+        Ok(Ok(written)) => written,
+        Ok(Err(ClientWriteError::ForwardToLeader(_))) => {
+            return answer_all(replies, &ProposeError::NoLeader, metrics)
+        }
+        Ok(Err(other)) => {
+            return answer_all(replies, &ProposeError::Fatal(other.to_string()), metrics)
+        }
+        // openraft dropped the responder: it is shutting down (or stopped on a fatal error).
+        Err(_) => return answer_all(replies, &ProposeError::ShuttingDown, metrics),
+    };
+    let responses = written.data.responses;
+    if responses.len() != replies.len() {
+        let error = ProposeError::Fatal(format!(
+            "state machine answered {} responses for {} commands",
+            responses.len(),
+            replies.len()
+        ));
+        return answer_all(replies, &error, metrics);
+    }
+    metrics.proposals.inc_by(replies.len() as u64);
+    for (reply, response) in replies.into_iter().zip(responses) {
+        // The caller may have gone away (a cancelled request); the command still applied.
+        let _ = reply.send(Ok(Proposed {
+            response,
+            raft_index: written.log_id.index,
+            raft_term: written.log_id.leader_id.term,
+        }));
+    }
+}
+
+fn answer_all(
+    replies: Vec<oneshot::Sender<Result<Proposed, ProposeError>>>,
+    error: &ProposeError,
+    metrics: &RaftMetrics,
+) {
+    metrics.proposals.inc_by(replies.len() as u64);
+    for reply in replies {
+        let _ = reply.send(Err(error.clone()));
+    }
+}

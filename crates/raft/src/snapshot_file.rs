@@ -1,0 +1,360 @@
+//! Snapshot files: the whole state machine at one log id, versioned and checksummed.
+//!
+//! Format 1 (all integers big-endian):
+//!
+//! ```text
+//! magic       8 bytes  "ROTASNAP"
+//! version     u32      1
+//! meta_len    u32      length of the bincode SnapshotMeta
+//! state_len   u64      length of the bincode State
+//! crc32       u32      crc32 of everything after this field (meta then state)
+//! meta        meta_len bytes
+//! state       state_len bytes
+//! ```
+//!
+//! A file's bytes are also what travels to a follower (openraft's snapshot data), so an
+//! installed snapshot is verified and stored byte for byte as it was built.
+//!
+//! Invariants of the directory: a snapshot is written to `*.tmp`, fsynced, renamed to
+//! `snapshot-<index>-<term>.snap` and the directory fsynced, so a `.snap` file is always
+//! complete; leftover `.tmp` files are ignored and removed; once a newer snapshot is durable,
+//! older ones are removed. Writers are serialized by a lock, and a writer never replaces a
+//! newer snapshot with an older one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rota_core::State;
+
+use crate::types::SnapshotMeta;
+
+const MAGIC: &[u8; 8] = b"ROTASNAP";
+const FORMAT_V1: u32 = 1;
+const HEADER_BYTES: usize = 8 + 4 + 4 + 8 + 4;
+const SUFFIX: &str = ".snap";
+const TEMP_SUFFIX: &str = ".tmp";
+/// A snapshot's metadata is small (ids and the membership); more is corruption.
+const META_BYTES_MAX: u32 = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotFileError {
+    #[error("snapshot {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("snapshot {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// A verified snapshot: its metadata and its file image.
+#[derive(Clone, Debug)]
+pub(crate) struct SnapshotImage {
+    pub meta: SnapshotMeta,
+    pub bytes: Vec<u8>,
+}
+
+impl SnapshotImage {
+    /// Serializes `state` (already bincode-encoded as `state_bytes`) under `meta`.
+    pub(crate) fn build(meta: SnapshotMeta, state_bytes: &[u8]) -> Result<SnapshotImage, String> {
+        let meta_bytes =
+            bincode::serialize(&meta).map_err(|e| format!("encode snapshot meta: {e}"))?;
+        let meta_len =
+            u32::try_from(meta_bytes.len()).map_err(|_| "snapshot meta too large".to_string())?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&meta_bytes);
+        crc.update(state_bytes);
+        let mut bytes = Vec::with_capacity(HEADER_BYTES + meta_bytes.len() + state_bytes.len());
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&FORMAT_V1.to_be_bytes());
+        bytes.extend_from_slice(&meta_len.to_be_bytes());
+        bytes.extend_from_slice(&(state_bytes.len() as u64).to_be_bytes());
+        bytes.extend_from_slice(&crc.finalize().to_be_bytes());
+        bytes.extend_from_slice(&meta_bytes);
+        bytes.extend_from_slice(state_bytes);
+        Ok(SnapshotImage { meta, bytes })
+    }
+
+    /// Checks magic, version, lengths and checksum, and decodes the metadata.
+    pub(crate) fn verify(bytes: Vec<u8>) -> Result<SnapshotImage, String> {
+        if bytes.len() < HEADER_BYTES {
+            return Err(format!(
+                "{} bytes, shorter than the {HEADER_BYTES}-byte header",
+                bytes.len()
+            ));
+        }
+        if &bytes[0..8] != MAGIC {
+            return Err("bad magic (not a rota snapshot)".to_string());
+        }
+        let be_u32 = |at: usize| {
+            u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
+        let version = be_u32(8);
+        if version != FORMAT_V1 {
+            return Err(format!(
+                "format version {version} unknown (this build reads {FORMAT_V1})"
+            ));
+        }
+        let meta_len = be_u32(12);
+        let mut state_len_bytes = [0u8; 8];
+        state_len_bytes.copy_from_slice(&bytes[16..24]);
+        let state_len = u64::from_be_bytes(state_len_bytes);
+        let crc_expected = be_u32(24);
+        if meta_len > META_BYTES_MAX {
+            return Err(format!(
+                "metadata length {meta_len} exceeds {META_BYTES_MAX}"
+            ));
+        }
+        let body_len = bytes.len() - HEADER_BYTES;
+        if u64::from(meta_len) + state_len != body_len as u64 {
+            return Err(format!(
+                "length mismatch: header says {meta_len} + {state_len} bytes, file has {body_len} after the header"
+            ));
+        }
+        let crc_actual = crc32fast::hash(&bytes[HEADER_BYTES..]);
+        if crc_actual != crc_expected {
+            return Err(format!(
+                "checksum mismatch: stored {crc_expected:08x}, computed {crc_actual:08x}"
+            ));
+        }
+        let meta_end = HEADER_BYTES + meta_len as usize;
+        let meta = bincode::deserialize(&bytes[HEADER_BYTES..meta_end])
+            .map_err(|e| format!("decode metadata: {e}"))?;
+        Ok(SnapshotImage { meta, bytes })
+    }
+
+    /// Decodes the state machine.
+    pub(crate) fn state(&self) -> Result<State, String> {
+        let meta_len = u32::from_be_bytes([
+            self.bytes[12],
+            self.bytes[13],
+            self.bytes[14],
+            self.bytes[15],
+        ]) as usize;
+        bincode::deserialize(&self.bytes[HEADER_BYTES + meta_len..])
+            .map_err(|e| format!("decode state: {e}"))
+    }
+}
+
+/// The directory that holds the snapshot files. Clones share the writer lock.
+#[derive(Clone, Debug)]
+pub(crate) struct SnapshotDir {
+    dir: PathBuf,
+    write_lock: Arc<Mutex<()>>,
+}
+
+impl SnapshotDir {
+    pub(crate) fn open(dir: PathBuf) -> Result<SnapshotDir, SnapshotFileError> {
+        fs::create_dir_all(&dir).map_err(|source| SnapshotFileError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(SnapshotDir {
+            dir,
+            write_lock: Arc::new(Mutex::new(())),
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn file_name(meta: &SnapshotMeta) -> String {
+        let (index, term) = meta
+            .last_log_id
+            .map(|id| (id.index, id.leader_id.term))
+            .unwrap_or((0, 0));
+        format!("snapshot-{index:020}-{term:020}{SUFFIX}")
+    }
+
+    /// `(index, path)` of every complete snapshot file, oldest first.
+    fn list(&self) -> Result<Vec<(u64, PathBuf)>, SnapshotFileError> {
+        let io_error = |source| SnapshotFileError::Io {
+            path: self.dir.clone(),
+            source,
+        };
+        let mut found = Vec::new();
+        for dir_entry in fs::read_dir(&self.dir).map_err(io_error)? {
+            let dir_entry = dir_entry.map_err(io_error)?;
+            let name = dir_entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(stem) = name
+                .strip_prefix("snapshot-")
+                .and_then(|s| s.strip_suffix(SUFFIX))
+            else {
+                continue;
+            };
+            let Some(index) = stem
+                .split('-')
+                .next()
+                .and_then(|index| index.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            found.push((index, dir_entry.path()));
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// Reads and verifies the newest snapshot, if there is one. A corrupt newest snapshot is
+    /// an error, not a reason to fall back: older ones were deleted when it was written.
+    pub(crate) fn load_latest(&self) -> Result<Option<SnapshotImage>, SnapshotFileError> {
+        let Some((_, path)) = self.list()?.pop() else {
+            return Ok(None);
+        };
+        let bytes = fs::read(&path).map_err(|source| SnapshotFileError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        SnapshotImage::verify(bytes)
+            .map(Some)
+            .map_err(|reason| SnapshotFileError::Corrupt { path, reason })
+    }
+
+    /// Writes `image` durably and removes every older snapshot and leftover temp file.
+    /// Returns false (and writes nothing) if a newer snapshot is already stored.
+    pub(crate) fn store(&self, image: &SnapshotImage) -> Result<bool, SnapshotFileError> {
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let index = image.meta.last_log_id.map(|id| id.index).unwrap_or(0);
+        let existing = self.list()?;
+        if existing.iter().any(|(other, _)| *other > index) {
+            return Ok(false);
+        }
+        let final_path = self.dir.join(Self::file_name(&image.meta));
+        let temp_path = self
+            .dir
+            .join(format!("{}{TEMP_SUFFIX}", Self::file_name(&image.meta)));
+        let io_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SnapshotFileError::Io { path, source }
+        };
+        {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&temp_path)
+                .map_err(io_error(&temp_path))?;
+            file.write_all(&image.bytes).map_err(io_error(&temp_path))?;
+            file.sync_all().map_err(io_error(&temp_path))?;
+        }
+        fs::rename(&temp_path, &final_path).map_err(io_error(&final_path))?;
+        sync_dir(&self.dir).map_err(io_error(&self.dir))?;
+        self.remove_all_but(&final_path)?;
+        Ok(true)
+    }
+
+    /// Removes every snapshot and temp file except `keep`.
+    fn remove_all_but(&self, keep: &Path) -> Result<(), SnapshotFileError> {
+        let io_error = |source| SnapshotFileError::Io {
+            path: self.dir.clone(),
+            source,
+        };
+        let mut removed = false;
+        for dir_entry in fs::read_dir(&self.dir).map_err(io_error)? {
+            let path = dir_entry.map_err(io_error)?.path();
+            let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
+                continue;
+            };
+            let ours = name.starts_with("snapshot-")
+                && (name.ends_with(SUFFIX) || name.ends_with(TEMP_SUFFIX));
+            if ours && path != keep {
+                fs::remove_file(&path).map_err(|source| SnapshotFileError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                removed = true;
+            }
+        }
+        if removed {
+            sync_dir(&self.dir).map_err(io_error)?;
+        }
+        Ok(())
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, LogId, StoredMembership};
+
+    use super::*;
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(2, 5), index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("s-{index}"),
+        }
+    }
+
+    fn state_bytes() -> Vec<u8> {
+        bincode::serialize(&State::new(rota_core::Config::default())).expect("encode state")
+    }
+
+    #[test]
+    fn snapshot_image_round_trips() {
+        let image = SnapshotImage::build(meta(7), &state_bytes()).expect("build");
+        let verified = SnapshotImage::verify(image.bytes.clone()).expect("verify");
+        assert_eq!(verified.meta, meta(7));
+        assert_eq!(
+            verified.state().expect("state"),
+            State::new(rota_core::Config::default())
+        );
+    }
+
+    #[test]
+    fn every_flipped_byte_is_detected() {
+        let image = SnapshotImage::build(meta(7), &state_bytes()).expect("build");
+        for at in 0..image.bytes.len() {
+            let mut corrupt = image.bytes.clone();
+            corrupt[at] ^= 0x40;
+            assert!(
+                SnapshotImage::verify(corrupt).is_err(),
+                "flip at byte {at} not detected"
+            );
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_detected() {
+        let image = SnapshotImage::build(meta(7), &state_bytes()).expect("build");
+        for len in 0..image.bytes.len() {
+            assert!(
+                SnapshotImage::verify(image.bytes[..len].to_vec()).is_err(),
+                "truncation to {len} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn storing_a_snapshot_removes_older_ones_and_never_goes_back() {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let dir = SnapshotDir::open(temp.path().to_path_buf()).expect("open");
+        let state = state_bytes();
+        assert!(dir
+            .store(&SnapshotImage::build(meta(5), &state).expect("build"))
+            .expect("store 5"));
+        assert!(dir
+            .store(&SnapshotImage::build(meta(9), &state).expect("build"))
+            .expect("store 9"));
+        assert!(!dir
+            .store(&SnapshotImage::build(meta(6), &state).expect("build"))
+            .expect("store 6"));
+        let files: Vec<_> = fs::read_dir(temp.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(
+            dir.load_latest().expect("load").expect("some").meta,
+            meta(9)
+        );
+    }
+}

@@ -1,0 +1,300 @@
+//! The state machine as openraft sees it: applies committed entries to `rota_core::State`,
+//! builds and installs snapshots.
+//!
+//! The state lives in memory behind a `RwLock` shared with `Node::read`. Only openraft's
+//! state-machine task writes it (in `apply` and `install_snapshot`); the lock is never held
+//! across an await. Durability comes from the log plus snapshots: on restart the newest
+//! snapshot is loaded and openraft re-applies the committed log after it.
+//!
+//! After each `apply` call the `Applied` watch channel carries the last applied position, so
+//! watchers and the ticker wake once per applied batch, after the state already shows it.
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot, StorageIOError,
+};
+use rota_core::State;
+use tokio::sync::watch;
+
+use crate::metrics::RaftMetrics;
+use crate::snapshot_file::{SnapshotDir, SnapshotFileError, SnapshotImage};
+use crate::types::{
+    Entry, EntryResponses, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+use crate::Applied;
+
+/// What the node's handles share with the state machine.
+#[derive(Debug)]
+pub(crate) struct SharedState {
+    pub state: RwLock<State>,
+    pub applied_tx: watch::Sender<Applied>,
+}
+
+impl SharedState {
+    /// Runs `f` under a short read lock. A poisoned lock (a panic while applying) still
+    /// holds the last state; reading it is the best a crashing node can do.
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        let guard = self
+            .state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&guard)
+    }
+}
+
+pub(crate) struct StateMachineStore {
+    shared: Arc<SharedState>,
+    last_applied: Option<LogId>,
+    last_membership: StoredMembership,
+    snapshots: SnapshotDir,
+    /// Distinguishes snapshots built at the same log id.
+    snapshot_builds: u64,
+    metrics: RaftMetrics,
+}
+
+impl StateMachineStore {
+    /// Loads the newest snapshot from `snapshots` (or starts from an empty state).
+    pub(crate) fn open(
+        snapshots: SnapshotDir,
+        core_config: rota_core::Config,
+        metrics: RaftMetrics,
+    ) -> Result<(StateMachineStore, Arc<SharedState>), SnapshotFileError> {
+        let (state, last_applied, last_membership) = match snapshots.load_latest()? {
+            Some(image) => {
+                let state = image.state().map_err(|reason| SnapshotFileError::Corrupt {
+                    path: snapshots.path().to_path_buf(),
+                    reason,
+                })?;
+                metrics.snapshot_bytes.set(image.bytes.len() as i64);
+                metrics
+                    .snapshot_index
+                    .set(image.meta.last_log_id.map(|id| id.index).unwrap_or(0) as i64);
+                (state, image.meta.last_log_id, image.meta.last_membership)
+            }
+            None => (State::new(core_config), None, StoredMembership::default()),
+        };
+        let applied = applied_at(last_applied, &state);
+        let (applied_tx, _) = watch::channel(applied);
+        let shared = Arc::new(SharedState {
+            state: RwLock::new(state),
+            applied_tx,
+        });
+        let store = StateMachineStore {
+            shared: shared.clone(),
+            last_applied,
+            last_membership,
+            snapshots,
+            snapshot_builds: 0,
+            metrics,
+        };
+        Ok((store, shared))
+    }
+
+    pub(crate) fn has_snapshot(&self) -> bool {
+        self.last_applied.is_some()
+    }
+
+    fn publish_applied(&self, applied: Applied) {
+        self.metrics.applied_index.set(applied.raft_index as i64);
+        self.shared.applied_tx.send_replace(applied);
+    }
+}
+
+fn applied_at(log_id: Option<LogId>, state: &State) -> Applied {
+    Applied {
+        raft_index: log_id.map(|id| id.index).unwrap_or(0),
+        raft_term: log_id.map(|id| id.leader_id.term).unwrap_or(0),
+        etcd_index: state.v2.index(),
+    }
+}
+
+fn snapshot_error(
+    meta: Option<&SnapshotMeta>,
+    verb: ErrorVerb,
+    reason: impl ToString,
+) -> StorageError {
+    let subject = ErrorSubject::Snapshot(meta.map(|meta| meta.signature()));
+    StorageIOError::new(subject, verb, openraft::AnyError::error(reason.to_string())).into()
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.last_applied, self.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<EntryResponses>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut replies = Vec::new();
+        let applied = {
+            let mut state = self
+                .shared
+                .state
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for entry in entries {
+                self.last_applied = Some(entry.log_id);
+                let reply = match entry.payload {
+                    EntryPayload::Blank => EntryResponses::default(),
+                    EntryPayload::Normal(batch) => EntryResponses {
+                        responses: state.apply_batch(&batch),
+                    },
+                    EntryPayload::Membership(membership) => {
+                        self.last_membership =
+                            StoredMembership::new(Some(entry.log_id), membership);
+                        EntryResponses::default()
+                    }
+                };
+                replies.push(reply);
+            }
+            applied_at(self.last_applied, &state)
+        };
+        self.publish_applied(applied);
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        // Encode here, on the state machine task, so the image is exactly the state at
+        // `last_applied`; writing the file happens later, off this task.
+        self.snapshot_builds += 1;
+        let last_applied = self.last_applied;
+        let snapshot_id = match last_applied {
+            Some(id) => format!(
+                "{}-{}-{}",
+                id.leader_id.term, id.index, self.snapshot_builds
+            ),
+            None => format!("0-0-{}", self.snapshot_builds),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: self.last_membership.clone(),
+            snapshot_id,
+        };
+        let state_bytes = self
+            .shared
+            .read(bincode::serialize)
+            .map_err(|e| e.to_string());
+        SnapshotBuilder {
+            meta,
+            state_bytes,
+            snapshots: self.snapshots.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let image = SnapshotImage::verify(snapshot.into_inner()).map_err(|reason| {
+            snapshot_error(
+                Some(meta),
+                ErrorVerb::Write,
+                format!("received snapshot: {reason}"),
+            )
+        })?;
+        if image.meta.last_log_id != meta.last_log_id
+            || image.meta.last_membership != meta.last_membership
+        {
+            return Err(snapshot_error(
+                Some(meta),
+                ErrorVerb::Write,
+                "received snapshot's metadata differs from the announced one",
+            ));
+        }
+        let state = image
+            .state()
+            .map_err(|reason| snapshot_error(Some(meta), ErrorVerb::Write, reason))?;
+        let snapshots = self.snapshots.clone();
+        let image_bytes = image.bytes.len();
+        tokio::task::spawn_blocking(move || snapshots.store(&image))
+            .await
+            .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, e))?
+            .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, e))?;
+        self.metrics.snapshot_bytes.set(image_bytes as i64);
+        self.metrics
+            .snapshot_index
+            .set(meta.last_log_id.map(|id| id.index).unwrap_or(0) as i64);
+        let applied = {
+            let mut guard = self
+                .shared
+                .state
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            *guard = state;
+            applied_at(meta.last_log_id, &guard)
+        };
+        self.last_applied = meta.last_log_id;
+        self.last_membership = meta.last_membership.clone();
+        self.publish_applied(applied);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let snapshots = self.snapshots.clone();
+        let image = tokio::task::spawn_blocking(move || snapshots.load_latest())
+            .await
+            .map_err(|e| snapshot_error(None, ErrorVerb::Read, e))?
+            .map_err(|e| snapshot_error(None, ErrorVerb::Read, e))?;
+        Ok(image.map(|image| Snapshot {
+            meta: image.meta,
+            snapshot: Box::new(Cursor::new(image.bytes)),
+        }))
+    }
+}
+
+/// Writes one snapshot file from a state image taken on the state machine task.
+pub(crate) struct SnapshotBuilder {
+    meta: SnapshotMeta,
+    state_bytes: Result<Vec<u8>, String>,
+    snapshots: SnapshotDir,
+    metrics: RaftMetrics,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let meta = self.meta.clone();
+        let state_bytes = std::mem::replace(
+            &mut self.state_bytes,
+            Err("snapshot already built".to_string()),
+        )
+        .map_err(|reason| {
+            snapshot_error(
+                Some(&meta),
+                ErrorVerb::Write,
+                format!("encode state: {reason}"),
+            )
+        })?;
+        let image = SnapshotImage::build(meta.clone(), &state_bytes)
+            .map_err(|reason| snapshot_error(Some(&meta), ErrorVerb::Write, reason))?;
+        let snapshots = self.snapshots.clone();
+        let (stored, image) = tokio::task::spawn_blocking(move || {
+            snapshots.store(&image).map(|stored| (stored, image))
+        })
+        .await
+        .map_err(|e| snapshot_error(Some(&meta), ErrorVerb::Write, e))?
+        .map_err(|e| snapshot_error(Some(&meta), ErrorVerb::Write, e))?;
+        if stored {
+            self.metrics.snapshot_bytes.set(image.bytes.len() as i64);
+            self.metrics
+                .snapshot_index
+                .set(meta.last_log_id.map(|id| id.index).unwrap_or(0) as i64);
+        }
+        Ok(Snapshot {
+            meta: image.meta,
+            snapshot: Box::new(Cursor::new(image.bytes)),
+        })
+    }
+}

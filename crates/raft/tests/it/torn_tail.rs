@@ -1,0 +1,136 @@
+//! Crash recovery of the log file itself: a torn tail is cut back to the last whole record,
+//! a damaged record before the tail stops start-up.
+//!
+//! Each command below is proposed alone and acknowledged before the next, so after ack `k`
+//! the log file holds every record of commands `0..=k` and its length bounds where the
+//! last of them ends. Cutting the file at `cut` must therefore keep at least every command
+//! acknowledged when the file was no longer than `cut`; and whatever survives must be a
+//! prefix of the commands, i.e. the state after some ack.
+
+use std::path::Path;
+
+use rota_core::State;
+use rota_raft::{Node, StartError};
+
+use crate::common::*;
+
+const COMMANDS: u64 = 24;
+
+struct WrittenLog {
+    _temp: tempfile::TempDir,
+    data_dir: std::path::PathBuf,
+    /// Length of the last log file right after each ack (index = command).
+    file_len_after_ack: Vec<u64>,
+    /// The state right after each ack; `states[0]` is before any command.
+    states: Vec<State>,
+}
+
+async fn write_log() -> WrittenLog {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let data_dir = temp.path().join("node");
+    let node = start(config(&data_dir)).await;
+    let mut file_len_after_ack = Vec::new();
+    let mut states = vec![snapshot_of_state(&node)];
+    for key in 0..COMMANDS {
+        propose_ok(&node, keyed_tick(key)).await;
+        let files = log_files(&data_dir);
+        assert_eq!(files.len(), 1, "the test expects one log file");
+        file_len_after_ack.push(std::fs::metadata(&files[0]).expect("stat").len());
+        states.push(snapshot_of_state(&node));
+    }
+    node.shutdown().await;
+    WrittenLog {
+        _temp: temp,
+        data_dir,
+        file_len_after_ack,
+        states,
+    }
+}
+
+/// Starts a node on a copy of `log`'s data dir after `damage` changed its log file.
+async fn start_damaged(
+    log: &WrittenLog,
+    scratch: &Path,
+    damage: impl FnOnce(&mut Vec<u8>),
+) -> Result<Node, StartError> {
+    let _ = std::fs::remove_dir_all(scratch);
+    copy_dir(&log.data_dir, scratch);
+    let file = log_files(scratch).pop().expect("log file");
+    let mut bytes = std::fs::read(&file).expect("read log");
+    damage(&mut bytes);
+    std::fs::write(&file, bytes).expect("write log");
+    Node::start(config(scratch)).await
+}
+
+#[tokio::test]
+async fn torn_tail_is_cut_back_and_keeps_every_acknowledged_record() {
+    let log = write_log().await;
+    let scratch_dir = tempfile::tempdir().expect("tempdir");
+    let scratch = scratch_dir.path().join("node");
+    let file_len = *log.file_len_after_ack.last().expect("acks");
+    // Every 3rd byte across the last few records, and the exact ends of records.
+    let tail_start = log.file_len_after_ack[COMMANDS as usize - 5];
+    let mut cuts: Vec<u64> = (tail_start..file_len).step_by(3).collect();
+    cuts.extend(
+        log.file_len_after_ack
+            .iter()
+            .rev()
+            .take(5)
+            .map(|len| len - 1),
+    );
+    for cut in cuts {
+        let node = start_damaged(&log, &scratch, |bytes| bytes.truncate(cut as usize))
+            .await
+            .unwrap_or_else(|e| panic!("cut at {cut}: start failed: {e}"));
+        wait_leader(&node).await;
+        // Re-applying a recovered log needs a commit by the (re-elected) leader.
+        let commit = node.linearizable_read().await.expect("read index");
+        wait_applied(&node, commit.raft_index).await;
+        let recovered = snapshot_of_state(&node);
+        let acked_before_cut = log
+            .file_len_after_ack
+            .iter()
+            .filter(|&&len| len <= cut)
+            .count();
+        let prefix = log.states.iter().position(|state| *state == recovered);
+        match prefix {
+            Some(commands) => assert!(
+                commands >= acked_before_cut,
+                "cut at {cut}: recovered {commands} commands, but {acked_before_cut} were on disk before the cut"
+            ),
+            None => panic!("cut at {cut}: recovered state is not a prefix of the written commands"),
+        }
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn damaged_record_before_the_tail_stops_start_up_naming_file_and_offset() {
+    let log = write_log().await;
+    let scratch_dir = tempfile::tempdir().expect("tempdir");
+    let scratch = scratch_dir.path().join("node");
+    // Every byte of an early command's records (its append, and the commit after it).
+    let from = log.file_len_after_ack[2];
+    let to = log.file_len_after_ack[3];
+    for at in from..to {
+        let result = start_damaged(&log, &scratch, |bytes| bytes[at as usize] ^= 0x10).await;
+        match result {
+            Err(StartError::Corrupt(message)) => {
+                assert!(
+                    message.contains("r-00_000_000_000_000_000_000.wal"),
+                    "flip at {at}: {message}"
+                );
+                assert!(message.contains("offset"), "flip at {at}: {message}");
+            }
+            Err(other) => panic!("flip at {at}: not reported as corruption: {other}"),
+            Ok(node) => {
+                let recovered = snapshot_of_state(&node);
+                node.shutdown().await;
+                panic!(
+                    "flip at {at}: started anyway with {:?} commands",
+                    log.states.iter().position(|s| *s == recovered)
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! `rota serve`: start a node and serve clients until SIGTERM/SIGINT.
+//!
+//! Sockets are bound (with `SO_REUSEADDR`) before the node starts, so a port conflict fails
+//! at once and a restart right after a SIGKILL rebinds. Shutdown: stop accepting, let
+//! in-flight requests finish briefly, end watches, then shut the node down (its log is
+//! durable either way: every acknowledged write was fsynced before its answer).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use rota_raft::{Node, NodeConfig};
+use rota_server::{App, ServerConfig};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Human-readable name of this member; its id derives from it.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Where the Raft log and snapshots live [default: <name>.rota]. An empty or missing
+    /// directory starts a new member.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Comma-separated URLs to serve clients on (http only).
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub listen_client_urls: String,
+    /// Comma-separated client URLs to tell other members and clients (/v2/members).
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub advertise_client_urls: String,
+    /// Comma-separated URLs to listen on for peers (used by multi-member clusters).
+    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    pub listen_peer_urls: String,
+    /// This member's peer URLs, as the rest of the cluster reaches it.
+    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    pub initial_advertise_peer_urls: String,
+    /// The initial cluster, `name=peerURL,...` [default: <name>=<initial-advertise-peer-urls>].
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// `new` for a new cluster, `existing` to join one.
+    #[arg(long, default_value = "new", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
+    /// Distinguishes clusters with the same members (part of the cluster id).
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long = "heartbeat-interval", default_value_t = 100)]
+    pub heartbeat_interval_ms: u64,
+    /// Raft election timeout in milliseconds (randomized up to twice this).
+    #[arg(long = "election-timeout", default_value_t = 1000)]
+    pub election_timeout_ms: u64,
+    /// Watch events kept for `waitIndex` (etcd keeps 1000).
+    #[arg(long = "max-history", default_value_t = 1000)]
+    pub history_events_max: usize,
+    /// Applied entries between snapshots (the log before a snapshot is purged).
+    #[arg(long = "snapshot-count", default_value_t = 10_000)]
+    pub snapshot_entries: u64,
+    /// Accepted for etcd compatibility: the v2 API is always on.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", hide = true)]
+    pub enable_v2: Option<String>,
+}
+
+impl ServeArgs {
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.rota", self.name)))
+    }
+
+    pub fn initial_cluster(&self) -> String {
+        self.initial_cluster
+            .clone()
+            .unwrap_or_else(|| format!("{}={}", self.name, self.initial_advertise_peer_urls))
+    }
+}
+
+fn split_urls(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `http://host:port` → the socket addresses to bind.
+async fn resolve(url: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    let Some(authority) = url.strip_prefix("http://") else {
+        anyhow::bail!("listen URL {url:?}: only http:// is supported");
+    };
+    let authority = authority.trim_end_matches('/');
+    if authority.contains('/') {
+        anyhow::bail!("listen URL {url:?}: a path is not allowed");
+    }
+    let addresses: Vec<SocketAddr> = tokio::net::lookup_host(authority)
+        .await
+        .map_err(|error| anyhow::anyhow!("listen URL {url:?}: {error}"))?
+        .collect();
+    if addresses.is_empty() {
+        anyhow::bail!("listen URL {url:?} resolves to nothing");
+    }
+    Ok(addresses)
+}
+
+pub async fn run(args: ServeArgs) -> ExitCode {
+    init_tracing();
+    match serve(args).await {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let initial_cluster = args.initial_cluster();
+    let members: Vec<&str> = initial_cluster
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .collect();
+    if !members.iter().any(|member| {
+        member
+            .split_once('=')
+            .is_some_and(|(name, _)| name == args.name)
+    }) {
+        anyhow::bail!(
+            "--initial-cluster {initial_cluster:?} has no member named {:?}",
+            args.name
+        );
+    }
+    if members.len() > 1 {
+        anyhow::bail!(
+            "--initial-cluster lists {} members: this version of rota runs single-member clusters",
+            members.len()
+        );
+    }
+    let data_dir = args.data_dir();
+    let has_data = std::fs::read_dir(&data_dir)
+        .map(|mut entries| entries.next().is_some())
+        .unwrap_or(false);
+    if args.initial_cluster_state == "existing" && !has_data {
+        anyhow::bail!("--initial-cluster-state=existing with an empty data dir: joining a running cluster is not supported yet");
+    }
+
+    let mut listeners = Vec::new();
+    let listen_urls = split_urls(&args.listen_client_urls);
+    for url in &listen_urls {
+        for address in resolve(url).await? {
+            let listener = rota_server::bind(address)
+                .map_err(|error| anyhow::anyhow!("listen on {address} ({url}): {error}"))?;
+            listeners.push(listener);
+        }
+    }
+    if listeners.is_empty() {
+        anyhow::bail!("--listen-client-urls is empty");
+    }
+
+    let client_urls = split_urls(&args.advertise_client_urls);
+    let peer_urls = split_urls(&args.initial_advertise_peer_urls);
+    let mut config = NodeConfig::single(args.name.clone(), data_dir.clone());
+    config.core.v2_history_max = args.history_events_max.max(1);
+    config.snapshot_entries = args.snapshot_entries.max(1);
+    config.heartbeat_interval_ms = args.heartbeat_interval_ms.max(1);
+    config.election_timeout_min_ms = args
+        .election_timeout_ms
+        .max(config.heartbeat_interval_ms + 1);
+    config.election_timeout_max_ms = config.election_timeout_min_ms * 2;
+    config.advertise_client_urls = client_urls.clone();
+    config.advertise_peer_urls = peer_urls.clone();
+    let node = Node::start(config)
+        .await
+        .map_err(|error| anyhow::anyhow!("starting the node: {error}"))?;
+
+    let cluster_id = rota_server::cluster_id(&initial_cluster, &args.initial_cluster_token);
+    let server_config = ServerConfig {
+        name: args.name.clone(),
+        cluster_id,
+        client_urls,
+        peer_urls,
+        watchers_max: rota_server::limits::WATCHERS_MAX,
+    };
+    let app = App::new(node.clone(), server_config);
+    tracing::info!(
+        "rota {} serving clients on {} with data in {} (member {} id {:x}, cluster {:016x})",
+        env!("CARGO_PKG_VERSION"),
+        listen_urls.join(","),
+        data_dir.display(),
+        args.name,
+        node.id(),
+        cluster_id,
+    );
+
+    // Set when Raft stopped on its own (a failed fsync): the process then exits non-zero.
+    let fatal = std::sync::Arc::new(std::sync::OnceLock::<String>::new());
+    let shutdown = {
+        let node = node.clone();
+        let fatal = fatal.clone();
+        async move {
+            tokio::select! {
+                signal = shutdown_signal() => tracing::info!("{signal}: shutting down"),
+                reason = node.wait_fatal() => {
+                    tracing::error!("raft stopped: {reason}");
+                    let _ = fatal.set(reason);
+                }
+            }
+        }
+    };
+    rota_server::serve(app, listeners, shutdown).await;
+    node.shutdown().await;
+    Ok(match fatal.get() {
+        Some(_) => ExitCode::FAILURE,
+        None => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT with the signal's name.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .try_init();
+}

@@ -1,0 +1,693 @@
+//! N real `rota serve` processes as one cluster, with the faults the linearizability tests
+//! inject: SIGKILL and restart on the same data dir, SIGSTOP/SIGCONT, and network
+//! partitions between peers through a userspace TCP proxy.
+//!
+//! What it owns: ports, data dirs and the child processes of one cluster; the peer proxy.
+//! It reuses the harness's binary path and HTTP client; `harness::Server` itself is built for
+//! one node with fixed flags, so nodes here are spawned by this module.
+//!
+//! Invariants:
+//! * No process outlives its `Cluster` (Drop SIGKILLs, SIGCONTs and reaps every node).
+//! * Every node gets `--initial-cluster n1=..,nN=..`, `--initial-cluster-state new` and the
+//!   per-test `--initial-cluster-token`, etcd's flags; `ROTA_TEST_MUTANT` is set or removed
+//!   explicitly per process, never inherited.
+//! * With a proxy, each node listens for peers on a private port and *advertises* the
+//!   proxy's port in front of it, so every peer connection passes the proxy. The proxy
+//!   learns which node opened a connection from `/proc` (the socket's owner), so it can cut
+//!   single directed links (`from` → `to`: the RPCs `from` sends to `to` and their answers)
+//!   without root, iptables or network namespaces (RELIABILITY.md §7.3: netem is missing here
+//!   and etcd's robustness suite uses a proxy too). A cut link is a blackhole: connections
+//!   in flight stop being forwarded (their bytes are read and dropped, the upstream side is
+//!   closed) and new ones are accepted but never forwarded, so the sender sees timeouts, as
+//!   in a real partition, not resets.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::harness;
+use crate::http::{self, Request};
+
+/// Ports for cluster tests come from a range the single-node harness does not use.
+const PORT_RANGE_START: u16 = 34000;
+const PORT_RANGE_LEN: u32 = 4000;
+const START_ATTEMPTS_MAX: usize = 3;
+/// Bound on one status probe (`/health`, `/v2/stats/self`).
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+static PORT_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// `count` distinct loopback ports that were free a moment ago.
+fn free_ports(count: usize) -> Vec<u16> {
+    let pid_offset = std::process::id().wrapping_mul(7919);
+    let mut found = Vec::with_capacity(count);
+    for _ in 0..PORT_RANGE_LEN {
+        let n = PORT_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let port = PORT_RANGE_START + (pid_offset.wrapping_add(n) % PORT_RANGE_LEN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            found.push(port);
+            if found.len() == count {
+                return found;
+            }
+        }
+    }
+    panic!("no {count} free loopback ports in {PORT_RANGE_START}..{}", PORT_RANGE_START as u32 + PORT_RANGE_LEN);
+}
+
+/// How to start a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub nodes: usize,
+    /// `--initial-cluster-token`; also names the test in temp dirs.
+    pub token: String,
+    /// Route peer traffic through a [`PeerProxy`] (needed for partitions).
+    pub proxied_peers: bool,
+    /// `ROTA_TEST_MUTANT` for every node (debug builds of rota honour it).
+    pub mutant: Option<String>,
+    /// Extra flags for every node (e.g. `--election-timeout`).
+    pub extra_args: Vec<String>,
+    /// Bound on all nodes being healthy after a start.
+    pub startup_timeout: Duration,
+}
+
+impl ClusterConfig {
+    pub fn new(nodes: usize, token: &str) -> ClusterConfig {
+        ClusterConfig {
+            nodes,
+            token: token.to_string(),
+            proxied_peers: false,
+            mutant: None,
+            extra_args: Vec::new(),
+            startup_timeout: harness::STARTUP_TIMEOUT,
+        }
+    }
+}
+
+/// One member process.
+pub struct NodeProc {
+    pub name: String,
+    pub client_port: u16,
+    /// Where the node listens for peers.
+    pub peer_listen_port: u16,
+    /// What the node and its peers call its peer URL (the proxy's port when proxied).
+    pub peer_advertise_port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+    /// Number of launches (names each run's log).
+    starts: u32,
+    paused: bool,
+}
+
+impl NodeProc {
+    pub fn client_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.client_port))
+    }
+
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("stderr.{}.log", self.starts))
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The tail of the current run's log.
+    pub fn log_tail(&self, lines_max: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(lines_max)..].join("\n")
+    }
+}
+
+/// A running cluster. Node `i` is named `n{i+1}`.
+pub struct Cluster {
+    pub config: ClusterConfig,
+    pub nodes: Vec<NodeProc>,
+    pub proxy: Option<PeerProxy>,
+    /// Node pids as the proxy sees them (index = node); `None` while a node is down.
+    pids: Arc<Mutex<Vec<Option<u32>>>>,
+    /// Holds every node's dir; removed after the processes are gone.
+    root: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts every node, waits until all are healthy and one is leader.
+    pub fn start(config: ClusterConfig) -> Cluster {
+        let mut last_error = String::new();
+        for _ in 0..START_ATTEMPTS_MAX {
+            match Cluster::try_start(config.clone()) {
+                Ok(cluster) => return cluster,
+                Err(e) => {
+                    let port_race = e.contains("ddress already in use");
+                    last_error = e;
+                    if !port_race {
+                        break;
+                    }
+                }
+            }
+        }
+        panic!("cluster start failed: {last_error}");
+    }
+
+    fn try_start(config: ClusterConfig) -> Result<Cluster, String> {
+        let root = tempfile::Builder::new()
+            .prefix(&format!("rota-cluster-{}-", config.token))
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        let ports_per_node = if config.proxied_peers { 3 } else { 2 };
+        let ports = free_ports(config.nodes * ports_per_node);
+        let pids = Arc::new(Mutex::new(vec![None; config.nodes]));
+        let mut nodes = Vec::with_capacity(config.nodes);
+        for i in 0..config.nodes {
+            let p = &ports[i * ports_per_node..(i + 1) * ports_per_node];
+            let dir = root.path().join(format!("n{}", i + 1));
+            std::fs::create_dir_all(&dir).map_err(|e| format!("node dir: {e}"))?;
+            nodes.push(NodeProc {
+                name: format!("n{}", i + 1),
+                client_port: p[0],
+                peer_listen_port: p[1],
+                peer_advertise_port: if config.proxied_peers { p[2] } else { p[1] },
+                dir,
+                child: None,
+                starts: 0,
+                paused: false,
+            });
+        }
+        let proxy = if config.proxied_peers {
+            let routes: Vec<(u16, u16)> = nodes.iter().map(|n| (n.peer_advertise_port, n.peer_listen_port)).collect();
+            Some(PeerProxy::start(&routes, pids.clone())?)
+        } else {
+            None
+        };
+        let mut cluster = Cluster { config, nodes, proxy, pids, root };
+        for i in 0..cluster.nodes.len() {
+            cluster.spawn(i)?;
+        }
+        let deadline = Instant::now() + cluster.config.startup_timeout;
+        for i in 0..cluster.nodes.len() {
+            cluster.wait_healthy(i, deadline)?;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        cluster.wait_leader(left.max(Duration::from_secs(1)))?;
+        Ok(cluster)
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("{}=http://127.0.0.1:{}", n.name, n.peer_advertise_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), String> {
+        let initial_cluster = self.initial_cluster();
+        let config = &self.config;
+        let node = &mut self.nodes[i];
+        assert!(node.child.is_none(), "spawn while {} is still running", node.name);
+        node.starts += 1;
+        let log = File::create(node.log_path()).map_err(|e| format!("log file: {e}"))?;
+        let log_out = log.try_clone().map_err(|e| format!("log file: {e}"))?;
+        let mut cmd = Command::new(harness::rota_bin());
+        cmd.arg("serve")
+            .arg("--name")
+            .arg(&node.name)
+            .arg("--data-dir")
+            .arg(node.data_dir())
+            .arg("--listen-client-urls")
+            .arg(node.client_url())
+            .arg("--advertise-client-urls")
+            .arg(node.client_url())
+            .arg("--listen-peer-urls")
+            .arg(format!("http://127.0.0.1:{}", node.peer_listen_port))
+            .arg("--initial-advertise-peer-urls")
+            .arg(format!("http://127.0.0.1:{}", node.peer_advertise_port))
+            .arg("--initial-cluster")
+            .arg(&initial_cluster)
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .arg("--initial-cluster-token")
+            .arg(&config.token)
+            .args(&config.extra_args);
+        match &config.mutant {
+            Some(mutant) => cmd.env("ROTA_TEST_MUTANT", mutant),
+            None => cmd.env_remove("ROTA_TEST_MUTANT"),
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log_out)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot spawn rota: {e}"))?;
+        self.pids.lock().expect("pids lock")[i] = Some(child.id());
+        node.child = Some(child);
+        node.paused = false;
+        Ok(())
+    }
+
+    /// Polls `/health` until it says true; fails with the node's log if it exits or the
+    /// deadline passes.
+    fn wait_healthy(&mut self, i: usize, deadline: Instant) -> Result<(), String> {
+        loop {
+            let node = &mut self.nodes[i];
+            if let Some(status) = node.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                node.child = None;
+                self.pids.lock().expect("pids lock")[i] = None;
+                return Err(format!("{} exited with {status}; its log:\n{}", node.name, node.log_tail(40)));
+            }
+            let healthy = http::send_with_timeout(node.client_addr(), &Request::new("GET", "/health"), PROBE_TIMEOUT)
+                .is_ok_and(|r| r.status() == 200 && r.text().contains("\"true\""));
+            if healthy {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("{} not healthy in time; its log:\n{}", node.name, node.log_tail(40)));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(NodeProc::client_addr).collect()
+    }
+
+    /// SIGKILL node `i` and reap it.
+    pub fn kill(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        node.paused = false;
+        self.pids.lock().expect("pids lock")[i] = None;
+    }
+
+    /// Starts a killed node again on the same data dir and ports; waits until healthy.
+    pub fn restart(&mut self, i: usize) {
+        let deadline = Instant::now() + self.config.startup_timeout;
+        for attempt in 0.. {
+            let result = self.spawn(i).and_then(|()| self.wait_healthy(i, deadline));
+            match result {
+                Ok(()) => return,
+                // The old process's listening sockets may linger for a moment after SIGKILL.
+                Err(e) if e.contains("ddress already in use") && attempt < 20 && Instant::now() < deadline => {
+                    self.kill(i);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("restart of {} failed: {e}", self.nodes[i].name),
+            }
+        }
+    }
+
+    /// SIGSTOP: the process stays alive (its sockets accept) but does nothing.
+    pub fn pause(&mut self, i: usize) {
+        if let Some(pid) = self.nodes[i].pid() {
+            send_signal(pid, SIGSTOP);
+            self.nodes[i].paused = true;
+        }
+    }
+
+    pub fn resume(&mut self, i: usize) {
+        if let Some(pid) = self.nodes[i].pid() {
+            send_signal(pid, SIGCONT);
+            self.nodes[i].paused = false;
+        }
+    }
+
+    /// `state` from `/v2/stats/self` ("StateLeader" / "StateFollower"), if the node answers.
+    pub fn node_state(&self, i: usize) -> Option<String> {
+        let resp = http::send_with_timeout(self.nodes[i].client_addr(), &Request::new("GET", "/v2/stats/self"), PROBE_TIMEOUT)
+            .ok()?;
+        if resp.status() != 200 {
+            return None;
+        }
+        let json: serde_json::Value = serde_json::from_slice(&resp.body).ok()?;
+        json.get("state").and_then(|s| s.as_str()).map(str::to_string)
+    }
+
+    /// The one node that says it leads, when exactly one does.
+    pub fn leader(&self) -> Option<usize> {
+        leader_among(&self.endpoints(), &self.running_mask())
+    }
+
+    fn running_mask(&self) -> Vec<bool> {
+        self.nodes.iter().map(|n| n.child.is_some() && !n.paused).collect()
+    }
+
+    pub fn wait_leader(&self, timeout: Duration) -> Result<usize, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(leader) = self.leader() {
+                return Ok(leader);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no leader within {timeout:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Cuts every peer link to and from node `i` (both directions).
+    pub fn isolate(&self, i: usize) {
+        let proxy = self.proxy.as_ref().expect("isolate needs ClusterConfig::proxied_peers");
+        let mut cuts = Vec::new();
+        for j in 0..self.nodes.len() {
+            if j != i {
+                cuts.push((i, j));
+                cuts.push((j, i));
+            }
+        }
+        proxy.cut(&cuts);
+    }
+
+    /// Restores every peer link.
+    pub fn heal(&self) {
+        if let Some(proxy) = &self.proxy {
+            proxy.heal_all();
+        }
+    }
+
+    /// Log tails of every node, for failure messages.
+    pub fn logs(&self, lines_max: usize) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- {} (run {}) ---\n{}", n.name, n.starts, n.log_tail(lines_max)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub fn root(&self) -> &std::path::Path {
+        self.root.path()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].paused {
+                self.resume(i);
+            }
+            self.kill(i);
+        }
+    }
+}
+
+/// The node that alone reports `StateLeader` among those marked live, if any.
+pub fn leader_among(endpoints: &[SocketAddr], live: &[bool]) -> Option<usize> {
+    let mut leaders = Vec::new();
+    for (i, addr) in endpoints.iter().enumerate() {
+        if !live.get(i).copied().unwrap_or(true) {
+            continue;
+        }
+        let Ok(resp) = http::send_with_timeout(*addr, &Request::new("GET", "/v2/stats/self"), PROBE_TIMEOUT) else {
+            continue;
+        };
+        let state = serde_json::from_slice::<serde_json::Value>(&resp.body)
+            .ok()
+            .and_then(|json| json.get("state").and_then(|s| s.as_str()).map(str::to_string));
+        if state.as_deref() == Some("StateLeader") {
+            leaders.push(i);
+        }
+    }
+    (leaders.len() == 1).then(|| leaders[0])
+}
+
+// ---- signals -----------------------------------------------------------------------------
+
+const SIGCONT: i32 = 18;
+const SIGSTOP: i32 = 19;
+
+extern "C" {
+    // libc's kill(2); std links libc already.
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+fn send_signal(pid: u32, signal: i32) {
+    let pid = i32::try_from(pid).expect("pid fits in i32");
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child's.
+    unsafe {
+        libc_kill(pid, signal);
+    }
+}
+
+// ---- the peer proxy ----------------------------------------------------------------------
+
+/// A directed link: RPC connections opened by node `.0` towards node `.1`.
+pub type Link = (usize, usize);
+
+/// A TCP proxy in front of every node's peer port (see the module docs).
+pub struct PeerProxy {
+    cuts: Arc<Mutex<HashSet<Link>>>,
+    /// Bumped on every change so live connections re-check their link.
+    epoch: tokio::sync::watch::Sender<u64>,
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Connections accepted per (sender or `None` when unknown, target).
+    pub accepted: Arc<Mutex<Vec<(Option<usize>, usize)>>>,
+}
+
+impl PeerProxy {
+    /// `routes[j] = (listen port, upstream port)` of node `j`.
+    pub fn start(routes: &[(u16, u16)], pids: Arc<Mutex<Vec<Option<u32>>>>) -> Result<PeerProxy, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("proxy runtime: {e}"))?;
+        let cuts = Arc::new(Mutex::new(HashSet::new()));
+        let (epoch, _) = tokio::sync::watch::channel(0u64);
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        for (target, &(listen_port, upstream_port)) in routes.iter().enumerate() {
+            let listener = std::net::TcpListener::bind(("127.0.0.1", listen_port))
+                .map_err(|e| format!("proxy bind {listen_port}: {e}"))?;
+            listener.set_nonblocking(true).map_err(|e| format!("proxy: {e}"))?;
+            let context = LinkContext {
+                target,
+                upstream: SocketAddr::from(([127, 0, 0, 1], upstream_port)),
+                listen_port,
+                cuts: cuts.clone(),
+                epoch: epoch.subscribe(),
+                pids: pids.clone(),
+                accepted: accepted.clone(),
+            };
+            let _guard = runtime.enter();
+            let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| format!("proxy: {e}"))?;
+            runtime.spawn(accept_loop(listener, context));
+        }
+        Ok(PeerProxy { cuts, epoch, runtime: Some(runtime), accepted })
+    }
+
+    pub fn cut(&self, links: &[Link]) {
+        self.cuts.lock().expect("cuts lock").extend(links.iter().copied());
+        self.epoch.send_modify(|e| *e += 1);
+    }
+
+    pub fn heal_all(&self) {
+        self.cuts.lock().expect("cuts lock").clear();
+        self.epoch.send_modify(|e| *e += 1);
+    }
+}
+
+impl Drop for PeerProxy {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+#[derive(Clone)]
+struct LinkContext {
+    target: usize,
+    upstream: SocketAddr,
+    listen_port: u16,
+    cuts: Arc<Mutex<HashSet<Link>>>,
+    epoch: tokio::sync::watch::Receiver<u64>,
+    pids: Arc<Mutex<Vec<Option<u32>>>>,
+    accepted: Arc<Mutex<Vec<(Option<usize>, usize)>>>,
+}
+
+impl LinkContext {
+    /// A connection from an unknown sender is cut when anything towards the target is.
+    fn is_cut(&self, sender: Option<usize>) -> bool {
+        let cuts = self.cuts.lock().expect("cuts lock");
+        match sender {
+            Some(from) => cuts.contains(&(from, self.target)),
+            None => cuts.iter().any(|&(_, to)| to == self.target),
+        }
+    }
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, context: LinkContext) {
+    loop {
+        let Ok((downstream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let context = context.clone();
+        tokio::spawn(async move {
+            let pids: Vec<Option<u32>> = context.pids.lock().expect("pids lock").clone();
+            let sender = connection_owner(peer.port(), context.listen_port, &pids);
+            context.accepted.lock().expect("accepted lock").push((sender, context.target));
+            serve_connection(downstream, sender, context).await;
+        });
+    }
+}
+
+/// Forwards one connection until either side closes or its link is cut; once cut, the
+/// downstream bytes are read and dropped until the sender gives up.
+async fn serve_connection(mut downstream: tokio::net::TcpStream, sender: Option<usize>, mut context: LinkContext) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = downstream.set_nodelay(true);
+    if !context.is_cut(sender) {
+        if let Ok(mut upstream) = tokio::net::TcpStream::connect(context.upstream).await {
+            let _ = upstream.set_nodelay(true);
+            let (mut down_read, mut down_write) = downstream.split();
+            let (mut up_read, mut up_write) = upstream.split();
+            let mut down_buf = vec![0u8; 64 << 10];
+            let mut up_buf = vec![0u8; 64 << 10];
+            let cut = loop {
+                tokio::select! {
+                    read = down_read.read(&mut down_buf) => match read {
+                        Ok(0) | Err(_) => break false,
+                        Ok(n) => if up_write.write_all(&down_buf[..n]).await.is_err() { break false },
+                    },
+                    read = up_read.read(&mut up_buf) => match read {
+                        Ok(0) | Err(_) => break false,
+                        Ok(n) => if down_write.write_all(&up_buf[..n]).await.is_err() { break false },
+                    },
+                    changed = context.epoch.changed() => {
+                        if changed.is_err() || context.is_cut(sender) { break true }
+                    }
+                }
+            };
+            if !cut {
+                return;
+            }
+            // Cut: `upstream` is dropped (closed) here; the sender keeps a silent socket.
+        }
+        // An unreachable upstream (node down) closes the connection, like a refused one.
+        else {
+            return;
+        }
+    }
+    let mut sink = vec![0u8; 64 << 10];
+    loop {
+        match downstream.read(&mut sink).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Which of `pids` owns the client socket `127.0.0.1:client_port` connected to
+/// `server_port`: looks the socket's inode up in `/proc/net/tcp{,6}`, then in each
+/// process's open files. `None` when no listed process owns it.
+pub fn connection_owner(client_port: u16, server_port: u16, pids: &[Option<u32>]) -> Option<usize> {
+    let inode = ["/proc/net/tcp", "/proc/net/tcp6"].iter().find_map(|table| {
+        let text = std::fs::read_to_string(table).ok()?;
+        text.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port_of = |field: &str| field.rsplit(':').next().and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            let (local, remote, inode) = (fields.get(1)?, fields.get(2)?, fields.get(9)?);
+            (port_of(local) == Some(client_port) && port_of(remote) == Some(server_port) && *inode != "0")
+                .then(|| inode.to_string())
+        })
+    })?;
+    let wanted = format!("socket:[{inode}]");
+    pids.iter().enumerate().find_map(|(i, pid)| {
+        let pid = (*pid)?;
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+        fds.flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == wanted.as_str()))
+            .then_some(i)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// An echo server on a free port; returns its port.
+    fn echo_server() -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut stream = stream;
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    fn echo_through(stream: &mut std::net::TcpStream, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+        stream.set_read_timeout(Some(Duration::from_millis(300)))?;
+        stream.write_all(msg)?;
+        let mut got = vec![0u8; msg.len()];
+        stream.read_exact(&mut got)?;
+        Ok(got)
+    }
+
+    /// This test process plays node 0 (the sender); the echo server is node 1.
+    #[test]
+    fn proxy_forwards_identifies_the_sender_and_blackholes_cut_links() {
+        let echo_port = echo_server();
+        let proxy_port = free_ports(1)[0];
+        let pids = Arc::new(Mutex::new(vec![Some(std::process::id()), None]));
+        // Node 0's own proxy route is unused here; node 1 sits behind `proxy_port`.
+        let unused = free_ports(1)[0];
+        let proxy = PeerProxy::start(&[(unused, unused), (proxy_port, echo_port)], pids).expect("proxy");
+        let addr = SocketAddr::from(([127, 0, 0, 1], proxy_port));
+
+        let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+        assert_eq!(echo_through(&mut conn, b"hello").expect("echo"), b"hello");
+        assert_eq!(proxy.accepted.lock().unwrap().as_slice(), &[(Some(0), 1)], "sender identified via /proc");
+
+        // A cut in the other direction does not affect this link.
+        proxy.cut(&[(1, 0)]);
+        assert_eq!(echo_through(&mut conn, b"still").expect("echo"), b"still");
+
+        // Cutting 0 -> 1 blackholes the live connection: no answer, no reset.
+        proxy.cut(&[(0, 1)]);
+        std::thread::sleep(Duration::from_millis(50));
+        let err = echo_through(&mut conn, b"lost").expect_err("cut link must not answer");
+        assert!(matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut), "{err:?}");
+        // New connections are accepted but not forwarded either.
+        let mut fresh = std::net::TcpStream::connect(addr).expect("connect while cut");
+        assert!(echo_through(&mut fresh, b"lost").is_err());
+
+        // After healing, new connections work again.
+        proxy.heal_all();
+        let mut healed = std::net::TcpStream::connect(addr).expect("connect after heal");
+        assert_eq!(echo_through(&mut healed, b"back").expect("echo after heal"), b"back");
+    }
+}

@@ -1,0 +1,16 @@
+//! End-to-end tests of the `rota` binary with real processes: a differential test against
+//! real etcd 3.4 (`etcd_diff`), crash durability under SIGKILL (`crash`) and bad input end
+//! to end (`bad_input`). etcd must be installed (`/usr/bin/etcd`, Debian's `etcd-server`);
+//! the tests fail, never skip, without it.
+//!
+//! `ROTA_IT_AGAINST=etcd` runs the differential and bad-input comparisons etcd against etcd,
+//! which must always agree: that checks the normalizer and the scenarios themselves.
+
+mod bad_input;
+mod crash;
+mod etcd_diff;
+mod harness;
+mod http;
+mod linearizability;
+mod normalize;
+mod session;

@@ -1,0 +1,766 @@
+//! The request router and the `/v2/keys` handlers: HTTP in, `Command` out, etcd's answer back.
+//!
+//! Routing follows etcd's Go mux: the path is percent-decoded, unclean paths get a 301 to the
+//! cleaned path, unknown paths a text 404. Handlers hold no lock across an await: reads run
+//! one short closure on the applied state, writes await only their proposal.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{Method, Request, Response};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt as _;
+use rota_core::v2::{
+    render_json, Action, DeleteCommand, SetCommand, V2Command, V2Error, V2Response,
+};
+use rota_core::Command;
+
+use crate::backend::{Applied, Backend, ProposeError, Proposed};
+use crate::cluster::{ClusterInfo, GetStats};
+use crate::form::{parse_media_type, Form};
+use crate::limits;
+use crate::metrics::{Metrics, Route};
+use crate::params::{parse_key_params, KeyParams};
+use crate::respond::{
+    self, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, X_ETCD_CLUSTER_ID, X_ETCD_INDEX, X_RAFT_INDEX,
+    X_RAFT_TERM,
+};
+
+/// What the server says about itself and its cluster (from the `serve` flags).
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// `--name`.
+    pub name: String,
+    /// `X-Etcd-Cluster-Id`, see [`crate::cluster_id`].
+    pub cluster_id: u64,
+    /// `--advertise-client-urls`.
+    pub client_urls: Vec<String>,
+    /// `--initial-advertise-peer-urls`.
+    pub peer_urls: Vec<String>,
+    /// Concurrent watches allowed; [`limits::WATCHERS_MAX`] unless a test lowers it.
+    pub watchers_max: usize,
+}
+
+impl ServerConfig {
+    pub fn single(name: impl Into<String>) -> ServerConfig {
+        ServerConfig {
+            name: name.into(),
+            cluster_id: crate::cluster_id("default=http://127.0.0.1:2380", "etcd-cluster"),
+            client_urls: vec!["http://127.0.0.1:2379".into()],
+            peer_urls: vec!["http://127.0.0.1:2380".into()],
+            watchers_max: limits::WATCHERS_MAX,
+        }
+    }
+}
+
+/// One server: the backend, its config, counters and the shutdown signal.
+pub struct App<B> {
+    pub(crate) backend: B,
+    pub(crate) cluster: ClusterInfo,
+    pub(crate) cluster_id_header: HeaderValue,
+    pub(crate) watchers: Arc<AtomicUsize>,
+    pub(crate) watchers_max: usize,
+    pub(crate) metrics: Metrics,
+    pub(crate) get_stats: GetStats,
+    pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
+    requests_total: AtomicU64,
+    /// The `/v1` layer's state (lease waiters, job events, its metrics).
+    pub(crate) v1: crate::v1::V1,
+}
+
+impl<B: Backend> App<B> {
+    pub fn new(backend: B, config: ServerConfig) -> Arc<App<B>> {
+        Self::with_metrics(backend, config, Metrics::new())
+    }
+
+    /// Like [`App::new`] with a metrics registry that other layers already registered into.
+    pub fn with_metrics(backend: B, config: ServerConfig, mut metrics: Metrics) -> Arc<App<B>> {
+        backend.register_metrics(metrics.registry_mut());
+        let v1 = crate::v1::V1::new(metrics.registry_mut());
+        let cluster_id_header = HeaderValue::from_str(&format!("{:016x}", config.cluster_id))
+            .unwrap_or(HeaderValue::from_static("0000000000000000"));
+        let (shutdown, _) = tokio::sync::watch::channel(false);
+        Arc::new(App {
+            backend,
+            watchers: Arc::new(AtomicUsize::new(0)),
+            watchers_max: config.watchers_max,
+            cluster: ClusterInfo::new(config),
+            cluster_id_header,
+            metrics,
+            get_stats: GetStats::default(),
+            shutdown,
+            requests_total: AtomicU64::new(0),
+            v1,
+        })
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Open watches right now.
+    pub fn watcher_count(&self) -> usize {
+        self.watchers.load(Ordering::SeqCst)
+    }
+
+    /// Requests answered since start.
+    pub fn requests_total(&self) -> u64 {
+        self.requests_total.load(Ordering::Relaxed)
+    }
+
+    /// Ends open watches (their bodies finish) so connections can close on shutdown.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Answers one request. Never panics on input; every path ends in a response.
+    pub async fn handle(self: &Arc<Self>, request: Request<Body>) -> Response<Body> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        // Go's server answers `OPTIONS *` itself, before any handler (so without CORS).
+        let server_wide = request.uri().path() == "*";
+        let (route, mut response) = if server_wide {
+            let status = if method == Method::OPTIONS { 200 } else { 400 };
+            (Route::Other, respond::with_status(status, Body::empty()))
+        } else {
+            self.route(request).await
+        };
+        if !server_wide {
+            respond::add_cors(&mut response);
+        }
+        self.metrics.observe(
+            route,
+            &method,
+            response.status().as_u16(),
+            started.elapsed(),
+        );
+        self.requests_total.fetch_add(1, Ordering::Relaxed);
+        response
+    }
+
+    async fn route(self: &Arc<Self>, request: Request<Body>) -> (Route, Response<Body>) {
+        // etcd's CORS wrapper answers every OPTIONS before the mux sees it.
+        if request.method() == Method::OPTIONS {
+            return (Route::Other, respond::with_status(200, Body::empty()));
+        }
+        let raw_path = request.uri().path();
+        let decoded = match crate::path::decode(raw_path) {
+            Ok(decoded) => decoded,
+            Err(_) => return (Route::Other, respond::go_bad_request()),
+        };
+        if decoded.contains("//") || decoded.contains("/.") {
+            if let Some(location) = crate::path::redirect_location(&decoded, request.uri().query())
+            {
+                let method = request.method();
+                let response = respond::moved_permanently(
+                    &location,
+                    method == Method::GET,
+                    method == Method::HEAD,
+                );
+                return (Route::Other, response);
+            }
+        }
+        let path = decoded.as_str();
+        if path == "/v2/keys" || path.starts_with("/v2/keys/") {
+            let suffix = path["/v2/keys".len()..].to_string();
+            return self.keys(request, &suffix).await;
+        }
+        if path == "/v1" || path.starts_with("/v1/") {
+            let path = path.to_owned();
+            return (Route::Other, crate::v1::handle(self, request, &path).await);
+        }
+        let method = request.method().clone();
+        let cluster = &self.cluster;
+        match path {
+            "/version" => (Route::Version, cluster.version(&method)),
+            "/health" => (Route::Health, cluster.health(&method, &self.backend)),
+            "/v2/machines" => (Route::Machines, cluster.machines(&method, &self.backend)),
+            "/v2/stats/self" => (Route::Stats, cluster.stats_self(&method, &self.backend)),
+            "/v2/stats/leader" => (Route::Stats, cluster.stats_leader(&method, &self.backend)),
+            "/v2/stats/store" => {
+                let watchers = self.watcher_count();
+                (
+                    Route::Stats,
+                    cluster.stats_store(&method, &self.backend, &self.get_stats, watchers),
+                )
+            }
+            "/metrics" => (Route::Metrics, self.metrics_response(&method)),
+            _ if path == "/v2/members" || path.starts_with("/v2/members/") => {
+                let response = cluster.members(
+                    &method,
+                    &path["/v2/members".len()..],
+                    &self.backend,
+                    &self.cluster_id_header,
+                );
+                (Route::Members, response)
+            }
+            _ => (Route::Other, respond::not_found()),
+        }
+    }
+
+    fn metrics_response(&self, method: &Method) -> Response<Body> {
+        if method != Method::GET && method != Method::HEAD {
+            return respond::method_not_allowed("GET");
+        }
+        let etcd_index = self.backend.read(|state| state.v2.index());
+        let text = self.metrics.render(crate::metrics::NodeSample {
+            etcd_index,
+            watchers: self.watcher_count(),
+        });
+        let mut response = respond::with_status(200, text);
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        response
+    }
+
+    /// `/v2/keys{suffix}`.
+    async fn keys(
+        self: &Arc<Self>,
+        request: Request<Body>,
+        suffix: &str,
+    ) -> (Route, Response<Body>) {
+        let method = request.method().clone();
+        if !matches!(
+            method,
+            Method::GET | Method::HEAD | Method::PUT | Method::POST | Method::DELETE
+        ) {
+            return (
+                Route::Keys,
+                respond::method_not_allowed("HEAD,GET,PUT,POST,DELETE"),
+            );
+        }
+        let (route, mut response) = self.keys_inner(request, &method, suffix).await;
+        response
+            .headers_mut()
+            .insert(X_ETCD_CLUSTER_ID.clone(), self.cluster_id_header.clone());
+        (route, response)
+    }
+
+    async fn keys_inner(
+        self: &Arc<Self>,
+        request: Request<Body>,
+        method: &Method,
+        suffix: &str,
+    ) -> (Route, Response<Body>) {
+        let key = crate::path::key_from_suffix(suffix);
+        if key.len() > limits::KEY_BYTES_MAX {
+            let cause = format!(
+                "key is {} bytes, limit {}",
+                key.len(),
+                limits::KEY_BYTES_MAX
+            );
+            return (
+                Route::Keys,
+                respond::rota_error(414, limits::KEY_TOO_LONG_CODE, "Key too long", &cause, 0),
+            );
+        }
+        let query = request.uri().query().unwrap_or_default();
+        if query.len() > limits::QUERY_BYTES_MAX {
+            let cause = format!(
+                "query is {} bytes, limit {}",
+                query.len(),
+                limits::QUERY_BYTES_MAX
+            );
+            let response = respond::rota_error(
+                414,
+                limits::QUERY_TOO_LONG_CODE,
+                "Query too long",
+                &cause,
+                0,
+            );
+            return (Route::Keys, response);
+        }
+        let idempotency_key = match idempotency_key(&request) {
+            Ok(key) => key,
+            Err(response) => return (Route::Keys, response),
+        };
+
+        // Go's ParseForm: a urlencoded body first (PUT/POST only), then the query. A
+        // Content-Type that doesn't parse is an error; a missing one means "not a form".
+        let mut form = Form::default();
+        let mut form_error: Option<String> = None;
+        let takes_body = matches!(*method, Method::PUT | Method::POST);
+        let content_type = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .map(|value| value.as_bytes())
+            .unwrap_or_default();
+        let has_form_body = if takes_body && !content_type.is_empty() {
+            match parse_media_type(content_type) {
+                Ok(is_form) => is_form,
+                Err(error) => {
+                    form_error = Some(error.to_string());
+                    false
+                }
+            }
+        } else {
+            false
+        };
+        let query = query.to_string();
+        if has_form_body {
+            match read_body(request).await {
+                Ok(FormBody::Read(body)) => {
+                    if let Err(error) = form.extend_from_urlencoded(&body) {
+                        form_error = Some(error.to_string());
+                    }
+                }
+                Ok(FormBody::OverGoLimit) => form_error = Some("http: POST too large".to_string()),
+                Err(response) => return (Route::Keys, response),
+            }
+        }
+        if let Err(error) = form.extend_from_urlencoded(query.as_bytes()) {
+            form_error.get_or_insert(error.to_string());
+        }
+        if let Some(error) = form_error {
+            return (
+                Route::Keys,
+                respond::v2_error(&V2Error::new(210, Some(error), 0)),
+            );
+        }
+        let params = match parse_key_params(&form, *method == Method::GET) {
+            Ok(params) => params,
+            Err(error) => return (Route::Keys, respond::v2_error(&error)),
+        };
+        if takes_body && params.value.len() > limits::VALUE_BYTES_MAX {
+            let cause = format!(
+                "value is {} bytes, limit {}",
+                params.value.len(),
+                limits::VALUE_BYTES_MAX
+            );
+            let response = respond::rota_error(
+                413,
+                limits::VALUE_TOO_LARGE_CODE,
+                "Value too large",
+                &cause,
+                0,
+            );
+            return (Route::Keys, response);
+        }
+
+        match *method {
+            Method::GET | Method::HEAD if params.wait => (
+                Route::Watch,
+                self.watch(key, params.recursive, params.stream, params.wait_index)
+                    .await,
+            ),
+            Method::GET | Method::HEAD => (Route::Keys, self.get(&key, &params).await),
+            _ => {
+                let command = mutation(method, key, &params);
+                (
+                    Route::Keys,
+                    self.mutate(command, idempotency_key, &params).await,
+                )
+            }
+        }
+    }
+
+    async fn get(&self, key: &str, params: &KeyParams) -> Response<Body> {
+        let applied = if params.quorum {
+            match self.backend.linearizable_read().await {
+                Ok(applied) => applied,
+                Err(error) => return propose_error(&error),
+            }
+        } else {
+            *self.applied().borrow()
+        };
+        let now_ms = unix_now_ms();
+        let result = self
+            .backend
+            .read(|state| state.v2.get(key, params.recursive, params.sorted, now_ms));
+        self.get_stats.count(result.is_ok());
+        match result {
+            Ok(response) => {
+                self.v2_success(&response, applied.raft_index, applied.raft_term, false)
+            }
+            Err(error) => respond::v2_error(&error),
+        }
+    }
+
+    async fn mutate(
+        &self,
+        command: V2Command,
+        idempotency_key: Option<String>,
+        params: &KeyParams,
+    ) -> Response<Body> {
+        let command = match idempotency_key {
+            Some(key) => {
+                let fingerprint = fingerprint(&command);
+                Command::Idempotent {
+                    key,
+                    fingerprint,
+                    command: Box::new(Command::V2(command)),
+                }
+            }
+            None => Command::V2(command),
+        };
+        let proposed = match self.backend.propose(command).await {
+            Ok(proposed) => proposed,
+            Err(error) => return propose_error(&error),
+        };
+        let Proposed {
+            response,
+            raft_index,
+            raft_term,
+        } = proposed;
+        let (response, replayed) = match response {
+            rota_core::Response::Replayed(inner) => (*inner, true),
+            other => (other, false),
+        };
+        let mut http = match response {
+            rota_core::Response::V2(Ok(v2)) => {
+                self.v2_success(&v2, raft_index, raft_term, params.no_value_on_success)
+            }
+            rota_core::Response::V2(Err(error)) => respond::v2_error(&error),
+            rota_core::Response::IdempotencyKeyReused { key } => {
+                let index = self.backend.read(|state| state.v2.index());
+                let cause =
+                    format!("Idempotency-Key {key:?} was first used with a different request");
+                respond::rota_error(
+                    422,
+                    limits::IDEMPOTENCY_KEY_REUSED_CODE,
+                    "Idempotency key reused",
+                    &cause,
+                    index,
+                )
+            }
+            other => {
+                tracing::error!(?other, "a /v2/keys command got a response of another kind");
+                respond::rota_error(
+                    500,
+                    300,
+                    "Raft Internal Error",
+                    "unexpected response kind",
+                    0,
+                )
+            }
+        };
+        if replayed {
+            http.headers_mut().insert(
+                IDEMPOTENT_REPLAYED.clone(),
+                HeaderValue::from_static("true"),
+            );
+        }
+        http
+    }
+
+    pub(crate) fn v2_success(
+        &self,
+        response: &V2Response,
+        raft_index: u64,
+        raft_term: u64,
+        no_value: bool,
+    ) -> Response<Body> {
+        let body = if no_value
+            && matches!(
+                response.action,
+                Action::Set | Action::CompareAndSwap | Action::Create | Action::Update
+            ) {
+            format!("{{\"action\":\"{}\"}}\n", response.action.as_str())
+        } else {
+            render_json(response)
+        };
+        let mut http = respond::json(response.http_status(), body);
+        let headers = http.headers_mut();
+        headers.insert(X_ETCD_INDEX.clone(), HeaderValue::from(response.etcd_index));
+        headers.insert(X_RAFT_INDEX.clone(), HeaderValue::from(raft_index));
+        headers.insert(X_RAFT_TERM.clone(), HeaderValue::from(raft_term));
+        http
+    }
+
+    /// A receiver of the applied position (kept in the backend's channel; cheap to make).
+    pub(crate) fn applied(&self) -> tokio::sync::watch::Receiver<Applied> {
+        self.backend.subscribe()
+    }
+}
+
+/// The command a PUT, POST or DELETE asks for. etcd's PUT decision order (create, CAS,
+/// update, set) is the store's job: the command carries every condition.
+fn mutation(method: &Method, key: String, params: &KeyParams) -> V2Command {
+    let prev_index = (params.prev_index != 0).then_some(params.prev_index);
+    match *method {
+        Method::POST => V2Command::CreateInOrder {
+            dir: key,
+            value: params.value.clone(),
+            is_dir: params.dir,
+            ttl_s: params.ttl_s,
+        },
+        Method::DELETE => V2Command::Delete(DeleteCommand {
+            key,
+            is_dir: params.dir,
+            recursive: params.recursive,
+            prev_value: params.prev_value.clone(),
+            prev_index,
+        }),
+        _ => V2Command::Set(SetCommand {
+            key,
+            value: params.value.clone(),
+            is_dir: params.dir,
+            ttl_s: params.ttl_s,
+            prev_exist: params.prev_exist,
+            prev_value: params.prev_value.clone(),
+            prev_index,
+            refresh: params.refresh == Some(true),
+        }),
+    }
+}
+
+/// The `Idempotency-Key` header, if any; a key that is empty, too long or not visible ASCII
+/// is a 400.
+#[allow(clippy::result_large_err)]
+fn idempotency_key(request: &Request<Body>) -> Result<Option<String>, Response<Body>> {
+    let Some(value) = request.headers().get(&IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    let valid = !bytes.is_empty()
+        && bytes.len() <= limits::IDEMPOTENCY_KEY_BYTES_MAX
+        && bytes.iter().all(|b| b.is_ascii_graphic());
+    if !valid {
+        let cause = format!(
+            "Idempotency-Key must be 1 to {} visible ASCII characters",
+            limits::IDEMPOTENCY_KEY_BYTES_MAX
+        );
+        return Err(respond::rota_error(
+            400,
+            limits::IDEMPOTENCY_KEY_INVALID_CODE,
+            "Invalid Idempotency-Key",
+            &cause,
+            0,
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// Go's `maxFormSize`: a form body over it is etcd's error 210 `http: POST too large`.
+const GO_FORM_BYTES_MAX: u64 = 10 << 20;
+
+enum FormBody {
+    Read(Bytes),
+    /// Over Go's form limit: answered as etcd answers it.
+    OverGoLimit,
+}
+
+/// Reads a form body, bounded in size ([`limits::REQUEST_BODY_BYTES_MAX`], 413; over Go's
+/// own 10 MiB form limit, etcd's 210) and time ([`limits::BODY_READ_TIMEOUT`], 408). Past
+/// rota's limit the rest is read and dropped, only to tell the two answers apart.
+#[allow(clippy::result_large_err)]
+async fn read_body(request: Request<Body>) -> Result<FormBody, Response<Body>> {
+    let too_large = || {
+        let cause = format!("limit {} bytes", limits::REQUEST_BODY_BYTES_MAX);
+        respond::rota_error(
+            413,
+            limits::BODY_TOO_LARGE_CODE,
+            "Request body too large",
+            &cause,
+            0,
+        )
+    };
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u64>().ok());
+    match declared {
+        Some(bytes) if bytes > GO_FORM_BYTES_MAX => return Ok(FormBody::OverGoLimit),
+        Some(bytes) if bytes > limits::REQUEST_BODY_BYTES_MAX as u64 => return Err(too_large()),
+        _ => {}
+    }
+    let read = async {
+        let mut stream = request.into_body().into_data_stream();
+        let mut body = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+        let mut total_bytes: u64 = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|_| {
+                respond::rota_error(
+                    400,
+                    400,
+                    "Bad request body",
+                    "the body could not be read",
+                    0,
+                )
+            })?;
+            total_bytes += chunk.len() as u64;
+            if total_bytes > GO_FORM_BYTES_MAX {
+                return Ok(FormBody::OverGoLimit);
+            }
+            if total_bytes > limits::REQUEST_BODY_BYTES_MAX as u64 {
+                body = BytesMut::new();
+                continue;
+            }
+            if body.is_empty() && Some(chunk.len() as u64) == declared {
+                // The whole body in one chunk, the common case: no copy.
+                return Ok(FormBody::Read(chunk));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if total_bytes > limits::REQUEST_BODY_BYTES_MAX as u64 {
+            return Err(too_large());
+        }
+        Ok(FormBody::Read(body.freeze()))
+    };
+    match tokio::time::timeout(limits::BODY_READ_TIMEOUT, read).await {
+        Ok(result) => result,
+        Err(_) => {
+            let cause = format!("the body took longer than {:?}", limits::BODY_READ_TIMEOUT);
+            Err(respond::rota_error(
+                408,
+                limits::BODY_TIMEOUT_CODE,
+                "Request body timeout",
+                &cause,
+                0,
+            ))
+        }
+    }
+}
+
+/// A proposal that didn't reach the state machine, as etcd reports it: 301 while there's no
+/// leader, 300 for the rest (HTTP 500, as etcd), 413 for a command over the Raft entry bound.
+pub(crate) fn propose_error(error: &ProposeError) -> Response<Body> {
+    match error {
+        ProposeError::NoLeader => respond::v2_error(&V2Error::new(301, Some(error.to_string()), 0)),
+        ProposeError::TooLarge { .. } => respond::rota_error(
+            413,
+            limits::BODY_TOO_LARGE_CODE,
+            "Request too large",
+            &error.to_string(),
+            0,
+        ),
+        ProposeError::ShuttingDown | ProposeError::Fatal(_) => {
+            respond::v2_error(&V2Error::new(300, Some(error.to_string()), 0))
+        }
+    }
+}
+
+pub(crate) fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A stable 64-bit FNV-1a hash of a command's meaning (method, key and every parsed
+/// parameter), so a retried request matches its first attempt on any node and any version.
+pub fn fingerprint(command: &V2Command) -> u64 {
+    let mut hash = Fnv1a::default();
+    match command {
+        V2Command::Set(set) => {
+            hash.tag(b'P');
+            hash.text(&set.key);
+            hash.text(&set.value);
+            hash.flag(set.is_dir);
+            hash.option_u64(set.ttl_s);
+            hash.option_u64(set.prev_exist.map(u64::from));
+            hash.option_text(set.prev_value.as_deref());
+            hash.option_u64(set.prev_index);
+            hash.flag(set.refresh);
+        }
+        V2Command::CreateInOrder {
+            dir,
+            value,
+            is_dir,
+            ttl_s,
+        } => {
+            hash.tag(b'O');
+            hash.text(dir);
+            hash.text(value);
+            hash.flag(*is_dir);
+            hash.option_u64(*ttl_s);
+        }
+        V2Command::Delete(delete) => {
+            hash.tag(b'D');
+            hash.text(&delete.key);
+            hash.flag(delete.is_dir);
+            hash.flag(delete.recursive);
+            hash.option_text(delete.prev_value.as_deref());
+            hash.option_u64(delete.prev_index);
+        }
+    }
+    hash.0
+}
+
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a {
+    fn bytes(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 ^= u64::from(byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    fn tag(&mut self, tag: u8) {
+        self.bytes(&[tag]);
+    }
+    fn flag(&mut self, flag: bool) {
+        self.bytes(&[u8::from(flag)]);
+    }
+    /// Length-prefixed, so `("ab", "c")` and `("a", "bc")` differ.
+    fn text(&mut self, text: &str) {
+        self.bytes(&(text.len() as u64).to_le_bytes());
+        self.bytes(text.as_bytes());
+    }
+    fn option_u64(&mut self, value: Option<u64>) {
+        match value {
+            None => self.tag(0),
+            Some(value) => {
+                self.tag(1);
+                self.bytes(&value.to_le_bytes());
+            }
+        }
+    }
+    fn option_text(&mut self, value: Option<&str>) {
+        match value {
+            None => self.tag(0),
+            Some(text) => {
+                self.tag(1);
+                self.text(text);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(key: &str, value: &str) -> V2Command {
+        V2Command::Set(SetCommand {
+            key: key.into(),
+            value: value.into(),
+            ..SetCommand::default()
+        })
+    }
+
+    #[test]
+    fn fingerprint_hash_is_standard_fnv1a() {
+        // The hash is stored in replicated state and compared on other nodes and versions,
+        // so it must be a fixed function: FNV-1a 64's published test vectors.
+        let mut hash = Fnv1a::default();
+        hash.bytes(b"a");
+        assert_eq!(hash.0, 0xaf63_dc4c_8601_ec8c);
+        let mut hash = Fnv1a::default();
+        hash.bytes(b"foobar");
+        assert_eq!(hash.0, 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn fingerprint_separates_fields() {
+        assert_ne!(fingerprint(&set("/ab", "c")), fingerprint(&set("/a", "bc")));
+        assert_ne!(fingerprint(&set("/a", "b")), fingerprint(&set("/a", "c")));
+        let delete = V2Command::Delete(DeleteCommand {
+            key: "/a".into(),
+            ..DeleteCommand::default()
+        });
+        assert_ne!(fingerprint(&set("/a", "")), fingerprint(&delete));
+    }
+}

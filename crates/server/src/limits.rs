@@ -1,0 +1,54 @@
+//! Every bound the HTTP layer enforces, in one place. docs/limits.md explains each to users;
+//! keep the two in step. Going over a bound answers a 4xx (never a 500), changes nothing and
+//! keeps the node up.
+
+use std::time::Duration;
+
+/// A request body larger than this is refused with 413 before it is read
+/// (`Content-Length`) or as soon as it grows past it (chunked).
+pub const REQUEST_BODY_BYTES_MAX: usize = 1536 * 1024;
+
+/// The largest `value` a key may hold (after form decoding): 413.
+pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
+
+/// The longest key (the decoded path after `/v2/keys`): 414.
+pub const KEY_BYTES_MAX: usize = 4 * 1024;
+
+/// The longest raw query string: 414.
+pub const QUERY_BYTES_MAX: usize = 32 * 1024;
+
+/// Request line plus headers; hyper answers 431 over it.
+pub const HEADER_SECTION_BYTES_MAX: usize = 64 * 1024;
+
+/// Open client connections at once. The accept loop stops accepting at the bound (new
+/// clients wait in the kernel backlog) rather than failing them.
+pub const CONNECTIONS_MAX: usize = 4096;
+
+/// Long-poll watches (`wait=true`) at once, across all connections: 503 over it.
+pub const WATCHERS_MAX: usize = 2048;
+
+/// A client must send a request's whole header section within this time, or the
+/// connection is closed (slowloris). It also bounds how long an idle keep-alive
+/// connection is kept.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client must send a request's whole body within this time: 408.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest `Idempotency-Key` header: 400.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
+
+/// On SIGTERM/SIGINT, in-flight requests get this long to finish before their connections
+/// are dropped.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// rota's own `errorCode`s, in etcd's error envelope so etcd clients can still parse them.
+/// They reuse the HTTP status number and lie outside etcd's code ranges.
+pub const BODY_TOO_LARGE_CODE: u16 = 413;
+pub const VALUE_TOO_LARGE_CODE: u16 = 413;
+pub const KEY_TOO_LONG_CODE: u16 = 414;
+pub const QUERY_TOO_LONG_CODE: u16 = 414;
+pub const BODY_TIMEOUT_CODE: u16 = 408;
+pub const IDEMPOTENCY_KEY_REUSED_CODE: u16 = 422;
+pub const IDEMPOTENCY_KEY_INVALID_CODE: u16 = 400;
+pub const TOO_MANY_WATCHERS_CODE: u16 = 503;

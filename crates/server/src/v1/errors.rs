@@ -1,0 +1,171 @@
+//! `/v1` errors: `{"error": {"code", "message", "field"}}` with the status the code implies.
+//!
+//! Every way a `/v1` request can fail ends here: input the server rejects before proposing
+//! (bad JSON, wrong types, unknown fields, out-of-range values), errors the state machine
+//! returns ([`JobError`]), proposals that never reached the state machine
+//! ([`ProposeError`]) and idempotency conflicts. None of them is a 500: client input never is.
+
+use axum::body::Body;
+use axum::http::header::{HeaderValue, ALLOW, RETRY_AFTER};
+use axum::http::Response;
+use rota_core::jobs::JobError;
+
+use crate::backend::ProposeError;
+use crate::respond;
+
+pub(crate) const INVALID: &str = "invalid";
+pub(crate) const MALFORMED_JSON: &str = "malformed_json";
+pub(crate) const TOO_LARGE: &str = "too_large";
+pub(crate) const NOT_FOUND: &str = "not_found";
+pub(crate) const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+pub(crate) const IDEMPOTENCY_KEY_REUSED: &str = "idempotency_key_reused";
+pub(crate) const NO_LEADER: &str = "no_leader";
+pub(crate) const UNAVAILABLE: &str = "unavailable";
+pub(crate) const TIMEOUT: &str = "timeout";
+pub(crate) const INTERNAL: &str = "internal";
+
+/// One `/v1` error answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ApiError {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+    pub field: Option<String>,
+    /// `Allow` for a 405.
+    pub allow: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, code: &str, message: impl Into<String>, field: Option<&str>) -> ApiError {
+        ApiError { status, code: code.to_owned(), message: message.into(), field: field.map(str::to_owned), allow: None }
+    }
+
+    pub fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError::new(400, INVALID, message, Some(field))
+    }
+
+    pub fn too_large(field: Option<&str>, message: impl Into<String>) -> ApiError {
+        ApiError::new(413, TOO_LARGE, message, field)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(404, NOT_FOUND, message, None)
+    }
+
+    pub fn method_not_allowed(allow: &'static str) -> ApiError {
+        let mut error = ApiError::new(405, METHOD_NOT_ALLOWED, format!("allowed methods: {allow}"), None);
+        error.allow = Some(allow);
+        error
+    }
+
+    pub fn idempotency_key_reused(key: &str) -> ApiError {
+        ApiError::new(
+            422,
+            IDEMPOTENCY_KEY_REUSED,
+            format!("Idempotency-Key {key:?} was first used with a different request"),
+            None,
+        )
+    }
+
+    pub fn from_job_error(error: &JobError) -> ApiError {
+        ApiError {
+            status: job_error_status(&error.code),
+            code: error.code.clone(),
+            message: error.message.clone(),
+            field: error.field.clone(),
+            allow: None,
+        }
+    }
+
+    pub fn from_propose_error(error: &ProposeError) -> ApiError {
+        match error {
+            ProposeError::NoLeader => ApiError::new(503, NO_LEADER, error.to_string(), None),
+            ProposeError::TooLarge { .. } => ApiError::too_large(None, error.to_string()),
+            ProposeError::ShuttingDown | ProposeError::Fatal(_) => {
+                ApiError::new(503, UNAVAILABLE, error.to_string(), None)
+            }
+        }
+    }
+
+    pub fn to_response(&self) -> Response<Body> {
+        let mut body = Vec::with_capacity(64 + self.message.len());
+        body.extend_from_slice(b"{\"error\":{\"code\":");
+        super::json::push_string(&mut body, &self.code);
+        body.extend_from_slice(b",\"message\":");
+        super::json::push_string(&mut body, &self.message);
+        if let Some(field) = &self.field {
+            body.extend_from_slice(b",\"field\":");
+            super::json::push_string(&mut body, field);
+        }
+        body.extend_from_slice(b"}}\n");
+        let mut response = respond::json(self.status, body);
+        let headers = response.headers_mut();
+        if self.status == 503 {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(allow) = self.allow {
+            headers.insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        response
+    }
+}
+
+/// The status of each [`JobError`] code (docs/api-v1.md, "Errors").
+pub(crate) fn job_error_status(code: &str) -> u16 {
+    match code {
+        JobError::INVALID => 400,
+        JobError::TOO_LARGE => 413,
+        JobError::NOT_FOUND => 404,
+        JobError::STALE_LEASE | JobError::INVALID_STATE | JobError::QUEUE_NOT_EMPTY => 409,
+        JobError::CAPACITY_EXCEEDED => 507,
+        JobError::COUNTER_OVERFLOW => 422,
+        // A code this server doesn't know yet is still the client's request at fault.
+        _ => 400,
+    }
+}
+
+/// A request body the JSON decoder refused: malformed JSON (400 `malformed_json`) or
+/// well-formed JSON of the wrong shape (400 `invalid`, `field` = the path to the value at
+/// fault, e.g. `jobs[2].priority`, or the unknown or missing field's name).
+pub(crate) fn from_json_error(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    use serde_json::error::Category;
+    let path = error.path().to_string();
+    let inner = error.inner();
+    let message = inner.to_string();
+    match inner.classify() {
+        Category::Syntax | Category::Eof | Category::Io => {
+            ApiError::new(400, MALFORMED_JSON, format!("malformed JSON: {message}"), None)
+        }
+        Category::Data => {
+            let parent = if path == "." { String::new() } else { path };
+            // serde names unknown and missing fields in backquotes; the path stops at the
+            // struct that holds them.
+            let named = ["unknown field `", "missing field `"]
+                .iter()
+                .find_map(|prefix| message.strip_prefix(prefix))
+                .and_then(|rest| rest.split('`').next());
+            let field = match named {
+                Some(name) if parent.is_empty() || parent.ends_with(name) => {
+                    if parent.is_empty() { name.to_owned() } else { parent.clone() }
+                }
+                Some(name) => format!("{parent}.{name}"),
+                None if parent.is_empty() => String::new(),
+                None => parent,
+            };
+            let message = strip_position(&message);
+            if field.is_empty() {
+                ApiError::new(400, INVALID, message, None)
+            } else {
+                ApiError::new(400, INVALID, format!("{field}: {message}"), Some(&field))
+            }
+        }
+    }
+}
+
+/// serde_json appends " at line L column C"; the field already says where.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_owned(),
+        None => message.to_owned(),
+    }
+}

@@ -1,0 +1,490 @@
+//! The `/v1` wire format: reading and strictly decoding request bodies, the duration and
+//! time types of requests, the query string, and the hand-written renderers of jobs and
+//! queues.
+//!
+//! Decoding is strict: every body struct denies unknown fields, types are exact (a duration
+//! is a string, a count an unsigned integer), and the first fault is reported with the
+//! path of the value at fault. Payloads and results stay JSON text from the request bytes
+//! to the state and back ([`RawValue`]), so they are never parsed into a tree and
+//! re-serialized on the hot path. Rendering writes into one buffer per response.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::http::header::CONTENT_LENGTH;
+use axum::http::Request;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt as _;
+use rota_core::jobs::{Job, QueueConfig, QueueInfo};
+use serde::de::{self, Deserialize, Deserializer, Visitor};
+use serde_json::value::RawValue;
+
+use super::errors::{self, ApiError};
+use super::limits::BODY_BYTES_MAX;
+use crate::limits::{BODY_READ_TIMEOUT, IDEMPOTENCY_KEY_BYTES_MAX};
+use crate::respond::IDEMPOTENCY_KEY;
+
+// ---- reading ----
+
+/// The whole body, bounded in size ([`BODY_BYTES_MAX`], 413 before reading when
+/// `Content-Length` says so) and in time ([`BODY_READ_TIMEOUT`], 408).
+pub(crate) async fn read_body(request: Request<Body>) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::too_large(None, format!("the request body is over {BODY_BYTES_MAX} bytes"));
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u64>().ok());
+    if declared.is_some_and(|bytes| bytes > BODY_BYTES_MAX as u64) {
+        return Err(too_large());
+    }
+    let read = async {
+        let mut stream = request.into_body().into_data_stream();
+        let mut body = BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|_| ApiError::new(400, errors::INVALID, "the body could not be read", None))?;
+            if body.len() + chunk.len() > BODY_BYTES_MAX {
+                return Err(too_large());
+            }
+            if body.is_empty() && declared == Some(chunk.len() as u64) {
+                // The whole body in one chunk, the common case: no copy.
+                return Ok(chunk);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    };
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok(result) => result,
+        Err(_) => Err(ApiError::new(
+            408,
+            errors::TIMEOUT,
+            format!("the body took longer than {BODY_READ_TIMEOUT:?}"),
+            None,
+        )),
+    }
+}
+
+/// Decodes a body strictly. An empty body reads as `{}` (every field left out), so
+/// `curl -X POST` works for requests whose fields are all optional.
+pub(crate) fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(errors::from_json_error)?;
+    deserializer
+        .end()
+        .map_err(|error| ApiError::new(400, errors::MALFORMED_JSON, format!("malformed JSON: {error}"), None))?;
+    Ok(value)
+}
+
+/// The `Idempotency-Key` header, if any: 1 to [`IDEMPOTENCY_KEY_BYTES_MAX`] visible ASCII
+/// characters, else 400.
+pub(crate) fn idempotency_key(request: &Request<Body>) -> Result<Option<String>, ApiError> {
+    let Some(value) = request.headers().get(&IDEMPOTENCY_KEY) else { return Ok(None) };
+    let bytes = value.as_bytes();
+    let valid = !bytes.is_empty() && bytes.len() <= IDEMPOTENCY_KEY_BYTES_MAX && bytes.iter().all(u8::is_ascii_graphic);
+    if !valid {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            format!("Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters"),
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+// ---- request value types ----
+
+/// A duration given as a humantime string (`"500ms"`, `"30s"`, `"1h30m"`), in whole
+/// milliseconds (saturating, so an absurd value fails its field's range check).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DurationMs(pub u64);
+
+impl<'de> Deserialize<'de> for DurationMs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+        impl Visitor<'_> for DurationVisitor {
+            type Value = DurationMs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration string such as \"30s\", \"500ms\" or \"1h\"")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<DurationMs, E> {
+                let duration = humantime::parse_duration(text.trim())
+                    .map_err(|error| E::custom(format_args!("invalid duration {text:?}: {error}")))?;
+                Ok(DurationMs(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)))
+            }
+        }
+        deserializer.deserialize_str(DurationVisitor)
+    }
+}
+
+/// An RFC 3339 time (`"2026-11-23T19:05:00.123Z"`) as Unix milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TimeMs(pub u64);
+
+impl<'de> Deserialize<'de> for TimeMs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TimeVisitor;
+        impl Visitor<'_> for TimeVisitor {
+            type Value = TimeMs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an RFC 3339 time such as \"2026-11-23T19:05:00.123Z\"")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<TimeMs, E> {
+                let time = humantime::parse_rfc3339_weak(text)
+                    .map_err(|error| E::custom(format_args!("invalid time {text:?}: {error}")))?;
+                let since_epoch = time
+                    .duration_since(UNIX_EPOCH)
+                    .map_err(|_| E::custom(format_args!("time {text:?} is before 1970")))?;
+                Ok(TimeMs(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)))
+            }
+        }
+        deserializer.deserialize_str(TimeVisitor)
+    }
+}
+
+/// A borrowed JSON value, kept as text.
+pub(crate) type Raw<'a> = &'a RawValue;
+
+// ---- rendering ----
+
+/// Appends `text` as a JSON string.
+pub(crate) fn push_string(out: &mut Vec<u8>, text: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+fn push_u64(out: &mut Vec<u8>, value: u64) {
+    use std::io::Write as _;
+    let _ = write!(out, "{value}");
+}
+
+fn push_i64(out: &mut Vec<u8>, value: i64) {
+    use std::io::Write as _;
+    let _ = write!(out, "{value}");
+}
+
+/// `"2026-11-23T19:05:00.123Z"`.
+pub(crate) fn push_time(out: &mut Vec<u8>, unix_ms: u64) {
+    use std::io::Write as _;
+    let time = UNIX_EPOCH + Duration::from_millis(unix_ms);
+    let _ = write!(out, "\"{}\"", humantime::format_rfc3339_millis(time));
+}
+
+fn push_optional_time(out: &mut Vec<u8>, unix_ms: Option<u64>) {
+    match unix_ms {
+        Some(unix_ms) => push_time(out, unix_ms),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A duration as hours, minutes, seconds and milliseconds (`"168h"`, `"1h30m"`, `"500ms"`,
+/// `"0s"`): what humantime parses back, without its days and months.
+pub(crate) fn format_duration_ms(ms: u64) -> String {
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    let (hours, rest) = (ms / 3_600_000, ms % 3_600_000);
+    let (minutes, rest) = (rest / 60_000, rest % 60_000);
+    let (seconds, millis) = (rest / 1_000, rest % 1_000);
+    let mut text = String::new();
+    for (value, unit) in [(hours, "h"), (minutes, "m"), (seconds, "s"), (millis, "ms")] {
+        if value > 0 {
+            text.push_str(&value.to_string());
+            text.push_str(unit);
+        }
+    }
+    text
+}
+
+fn push_duration(out: &mut Vec<u8>, ms: u64) {
+    out.push(b'"');
+    out.extend_from_slice(format_duration_ms(ms).as_bytes());
+    out.push(b'"');
+}
+
+/// The job object of docs/api-v1.md. `payload` and `result` are the stored JSON text.
+pub(crate) fn push_job(out: &mut Vec<u8>, job: &Job) {
+    out.extend_from_slice(b"{\"id\":");
+    push_u64(out, job.id);
+    out.extend_from_slice(b",\"queue\":");
+    push_string(out, &job.queue);
+    out.extend_from_slice(b",\"state\":\"");
+    out.extend_from_slice(job.state.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"priority\":");
+    push_i64(out, job.priority);
+    out.extend_from_slice(b",\"payload\":");
+    out.extend_from_slice(job.payload.as_bytes());
+    out.extend_from_slice(b",\"attempts\":");
+    push_u64(out, u64::from(job.attempts));
+    out.extend_from_slice(b",\"max_attempts\":");
+    push_u64(out, u64::from(job.max_attempts));
+    out.extend_from_slice(b",\"created_at\":");
+    push_time(out, job.created_at_ms);
+    out.extend_from_slice(b",\"run_at\":");
+    push_time(out, job.run_at_ms);
+    out.extend_from_slice(b",\"result\":");
+    match &job.result {
+        Some(result) => out.extend_from_slice(result.as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"errors\":[");
+    for (index, error) in job.errors.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"attempt\":");
+        push_u64(out, u64::from(error.attempt));
+        out.extend_from_slice(b",\"at\":");
+        push_time(out, error.at_ms);
+        out.extend_from_slice(b",\"error\":");
+        push_string(out, &error.message);
+        out.push(b'}');
+    }
+    out.push(b']');
+    if let Some(lease) = &job.lease {
+        out.extend_from_slice(b",\"worker\":");
+        push_string(out, &lease.worker);
+        out.extend_from_slice(b",\"lease_token\":");
+        push_u64(out, lease.lease_token);
+        out.extend_from_slice(b",\"lease_expires_at\":");
+        push_time(out, lease.lease_expires_at_ms);
+    }
+    out.extend_from_slice(b",\"finished_at\":");
+    push_optional_time(out, job.finished_at_ms);
+    out.extend_from_slice(b",\"purge_at\":");
+    push_optional_time(out, job.purge_at_ms);
+    out.push(b'}');
+}
+
+/// A payload is usually small; this leaves room for the rest of the object.
+fn job_capacity(job: &Job) -> usize {
+    256 + job.payload.len() + job.result.as_ref().map_or(0, String::len) + job.errors.len() * 96
+}
+
+pub(crate) fn job_body(job: &Job) -> Vec<u8> {
+    let mut out = Vec::with_capacity(job_capacity(job) + 1);
+    push_job(&mut out, job);
+    out.push(b'\n');
+    out
+}
+
+/// `{"jobs": [...]}` plus any extra members (`"next"`), already rendered.
+pub(crate) fn jobs_body(jobs: &[Job], extra: Option<(&str, Option<u64>)>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + jobs.iter().map(job_capacity).sum::<usize>());
+    out.extend_from_slice(b"{\"jobs\":[");
+    for (index, job) in jobs.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        push_job(&mut out, job);
+    }
+    out.push(b']');
+    if let Some((name, value)) = extra {
+        out.push(b',');
+        push_string(&mut out, name);
+        out.push(b':');
+        match value {
+            Some(value) => push_u64(&mut out, value),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    out.extend_from_slice(b"}\n");
+    out
+}
+
+fn push_config(out: &mut Vec<u8>, config: &QueueConfig) {
+    out.extend_from_slice(b"{\"concurrency\":");
+    match config.concurrency {
+        Some(concurrency) => push_u64(out, u64::from(concurrency)),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"rate\":");
+    match &config.rate {
+        Some(rate) => {
+            out.extend_from_slice(b"{\"limit\":");
+            push_u64(out, rate.limit);
+            out.extend_from_slice(b",\"per\":");
+            push_duration(out, rate.per_ms);
+            out.extend_from_slice(b",\"burst\":");
+            push_u64(out, rate.burst);
+            out.push(b'}');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"lease_ttl\":");
+    push_duration(out, config.lease_ttl_ms);
+    out.extend_from_slice(b",\"max_attempts\":");
+    push_u64(out, u64::from(config.max_attempts));
+    out.extend_from_slice(b",\"backoff\":{\"base\":");
+    push_duration(out, config.backoff.base_ms);
+    out.extend_from_slice(b",\"max\":");
+    push_duration(out, config.backoff.max_ms);
+    out.extend_from_slice(b"},\"retention\":");
+    push_duration(out, config.retention_ms);
+    out.extend_from_slice(b",\"paused\":");
+    out.extend_from_slice(if config.paused { b"true" } else { b"false" });
+    out.push(b'}');
+}
+
+/// The queue object of docs/api-v1.md.
+pub(crate) fn push_queue(out: &mut Vec<u8>, queue: &QueueInfo) {
+    out.extend_from_slice(b"{\"name\":");
+    push_string(out, &queue.name);
+    out.extend_from_slice(b",\"config\":");
+    push_config(out, &queue.config);
+    let counts = &queue.counts;
+    out.extend_from_slice(b",\"counts\":{");
+    let pairs = [
+        ("queued", counts.queued),
+        ("scheduled", counts.scheduled),
+        ("leased", counts.leased),
+        ("succeeded", counts.succeeded),
+        ("dead", counts.dead),
+        ("cancelled", counts.cancelled),
+    ];
+    for (index, (name, count)) in pairs.into_iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        push_string(out, name);
+        out.push(b':');
+        push_u64(out, count);
+    }
+    out.extend_from_slice(b"},\"rate_tokens\":");
+    match queue.rate_tokens {
+        Some(tokens) => push_u64(out, tokens),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b'}');
+}
+
+pub(crate) fn queue_body(queue: &QueueInfo) -> Vec<u8> {
+    let mut out = Vec::with_capacity(384);
+    push_queue(&mut out, queue);
+    out.push(b'\n');
+    out
+}
+
+// ---- query strings ----
+
+/// The query string's parameters, percent-decoded, each allowed name at most once;
+/// unknown names are refused like unknown body fields.
+pub(crate) fn parse_query<'a>(query: Option<&str>, allowed: &[&'a str]) -> Result<Vec<(&'a str, String)>, ApiError> {
+    let mut params: Vec<(&'a str, String)> = Vec::new();
+    let Some(query) = query else { return Ok(params) };
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |text: &str| {
+            percent_encoding::percent_decode_str(&text.replace('+', " ")).decode_utf8().map(|text| text.into_owned())
+        };
+        let name = decode(name).map_err(|_| ApiError::invalid(name, "the query is not valid UTF-8"))?;
+        let value = decode(value).map_err(|_| ApiError::invalid(&name, "the query is not valid UTF-8"))?;
+        let Some(&known) = allowed.iter().find(|known| **known == name) else {
+            return Err(ApiError::invalid(&name, format!("unknown query parameter {name:?}")));
+        };
+        if params.iter().any(|(seen, _)| *seen == known) {
+            return Err(ApiError::invalid(known, format!("query parameter {known:?} given twice")));
+        }
+        params.push((known, value));
+    }
+    Ok(params)
+}
+
+pub(crate) fn query_value<'q>(params: &'q [(&str, String)], name: &str) -> Option<&'q str> {
+    params.iter().find(|(known, _)| *known == name).map(|(_, value)| value.as_str())
+}
+
+/// A humantime duration from the query (`wait=30s`), at most `max_ms`.
+pub(crate) fn query_duration_ms(params: &[(&str, String)], name: &str, max_ms: u64) -> Result<Option<u64>, ApiError> {
+    let Some(text) = query_value(params, name) else { return Ok(None) };
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|error| ApiError::invalid(name, format!("{name}: invalid duration {text:?}: {error}")))?;
+    let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    check_range_ms(name, ms, 0, max_ms)?;
+    Ok(Some(ms))
+}
+
+pub(crate) fn query_bool(params: &[(&str, String)], name: &str) -> Result<bool, ApiError> {
+    match query_value(params, name) {
+        None | Some("false") => Ok(false),
+        Some("true") | Some("") => Ok(true),
+        Some(other) => Err(ApiError::invalid(name, format!("{name} must be true or false, got {other:?}"))),
+    }
+}
+
+pub(crate) fn query_u64(params: &[(&str, String)], name: &str) -> Result<Option<u64>, ApiError> {
+    query_value(params, name)
+        .map(|text| text.parse::<u64>().map_err(|_| ApiError::invalid(name, format!("{name} must be a non-negative integer, got {text:?}"))))
+        .transpose()
+}
+
+/// `consistency=local` skips the ReadIndex round; the default is linearizable.
+pub(crate) fn query_local(params: &[(&str, String)]) -> Result<bool, ApiError> {
+    match query_value(params, "consistency") {
+        None | Some("linearizable") => Ok(false),
+        Some("local") => Ok(true),
+        Some(other) => Err(ApiError::invalid(
+            "consistency",
+            format!("consistency must be linearizable or local, got {other:?}"),
+        )),
+    }
+}
+
+// ---- ranges ----
+
+/// A duration field within `[min_ms, max_ms]`, or 400 naming it (in the units it was given).
+pub(crate) fn check_range_ms(field: &str, ms: u64, min_ms: u64, max_ms: u64) -> Result<(), ApiError> {
+    if ms < min_ms || ms > max_ms {
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "{field} must be between {} and {}, got {}",
+                format_duration_ms(min_ms),
+                format_duration_ms(max_ms),
+                format_duration_ms(ms)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_range(field: &str, value: u64, min: u64, max: u64) -> Result<(), ApiError> {
+    if value < min || value > max {
+        return Err(ApiError::invalid(field, format!("{field} must be between {min} and {max}, got {value}")));
+    }
+    Ok(())
+}
+
+/// Queue and counter names (the rule of `rota_core::jobs`, checked here too so a read of a
+/// bad name is a 400 rather than a 404).
+pub(crate) fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
+    use rota_core::jobs::limits::NAME_BYTES_MAX;
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if name.is_empty() || name.len() > NAME_BYTES_MAX || !name.chars().all(allowed) || name == "." || name == ".." {
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} must be 1 to {NAME_BYTES_MAX} characters of A-Z a-z 0-9 _ . - (not . or ..)"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_render_in_hours_minutes_seconds_and_parse_back() {
+        for (ms, text) in [(0, "0s"), (500, "500ms"), (30_000, "30s"), (5_400_000, "1h30m"), (604_800_000, "168h")] {
+            assert_eq!(format_duration_ms(ms), text);
+            assert_eq!(humantime::parse_duration(text).expect("parses").as_millis() as u64, ms);
+        }
+    }
+
+    #[test]
+    fn times_render_as_rfc3339_with_milliseconds() {
+        let mut out = Vec::new();
+        push_time(&mut out, 1_700_000_000_123);
+        assert_eq!(String::from_utf8(out).expect("utf8"), "\"2023-11-14T22:13:20.123Z\"");
+    }
+}

@@ -1,0 +1,337 @@
+//! Leases: `POST /v1/queues/{q}/lease` (with its long-poll) and the calls a lease holder
+//! makes, `POST /v1/jobs/{id}/heartbeat|complete|fail|release`.
+//!
+//! The hot path, a lease that can be served at once, is one proposal and no waiting
+//! machinery beyond an atomic load. A lease that gets nothing and may `wait` joins its
+//! queue's line ([`super::waiters`]) and proposes again only when the local state says a
+//! lease can succeed and its place in line is within the leases available.
+//!
+//! Idempotency of a long-poll: one request may take several attempts. Attempt `n` is
+//! proposed under the request's key (`n = 0`) or the derived key `{key}~{n}`, all with the
+//! request's fingerprint, and a stored empty attempt is walked past at once. A retry of the
+//! request (same key) therefore replays the attempts that happened, in order, and answers
+//! the jobs the first request leased if it leased any, instead of leasing more.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, Response};
+use rota_core::jobs::{limits as core_limits, Job, JobCommand, JobId, JobResponse, LeaseBlockReason, LeaseBlocked};
+use rota_core::State;
+use serde::Deserialize;
+
+use super::json::{self, DurationMs, Raw};
+use super::jobs::{job_command, GaugeGuard};
+use super::limits::{LEASE_ATTEMPTS_REPLAYED_MAX, LEASE_WAIT_MS_MAX};
+use super::metrics::LeaseWaitEnd;
+use super::queues::unexpected;
+use super::{error_reply, fingerprint, propose, reply, ApiError, Call};
+use crate::app::{unix_now_ms, App};
+use crate::backend::Backend;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseBody {
+    worker: String,
+    #[serde(default)]
+    max: Option<u32>,
+    #[serde(default)]
+    wait: Option<DurationMs>,
+    #[serde(default)]
+    lease_ttl: Option<DurationMs>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeartbeatBody {
+    lease_token: u64,
+    #[serde(default)]
+    lease_ttl: Option<DurationMs>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompleteBody<'a> {
+    lease_token: u64,
+    #[serde(borrow, default)]
+    result: Option<Raw<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailBody {
+    lease_token: u64,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    retry: Option<bool>,
+    #[serde(default)]
+    retry_after: Option<DurationMs>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseBody {
+    lease_token: u64,
+}
+
+fn check_lease_ttl(lease_ttl: Option<DurationMs>) -> Result<Option<u64>, ApiError> {
+    let Some(DurationMs(ms)) = lease_ttl else { return Ok(None) };
+    json::check_range_ms("lease_ttl", ms, core_limits::LEASE_TTL_MIN_MS, core_limits::LEASE_TTL_MAX_MS)?;
+    Ok(Some(ms))
+}
+
+/// `POST /v1/jobs/{id}/heartbeat|complete|fail|release`.
+pub(crate) async fn on_lease<B: Backend>(
+    app: &Arc<App<B>>,
+    call: &Call<'_>,
+    id: JobId,
+    action: &str,
+    request: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    json::parse_query(call.query.as_deref(), &[])?;
+    let body = json::read_body(request).await?;
+    let command = match action {
+        "heartbeat" => {
+            let body: HeartbeatBody = json::decode(&body)?;
+            JobCommand::Heartbeat { id, lease_token: body.lease_token, lease_ttl_ms: check_lease_ttl(body.lease_ttl)? }
+        }
+        "complete" => {
+            let body: CompleteBody<'_> = json::decode(&body)?;
+            let result = body.result.map(|raw| raw.get());
+            if let Some(result) = result {
+                if result.len() > core_limits::RESULT_BYTES_MAX {
+                    return Err(ApiError::too_large(
+                        Some("result"),
+                        format!("result is {} bytes, at most {}", result.len(), core_limits::RESULT_BYTES_MAX),
+                    ));
+                }
+            }
+            JobCommand::Complete { id, lease_token: body.lease_token, result: result.map(str::to_owned) }
+        }
+        "fail" => {
+            let body: FailBody = json::decode(&body)?;
+            let error = body.error.unwrap_or_default();
+            if error.len() > core_limits::ERROR_MESSAGE_BYTES_MAX {
+                return Err(ApiError::too_large(
+                    Some("error"),
+                    format!("error is {} bytes, at most {}", error.len(), core_limits::ERROR_MESSAGE_BYTES_MAX),
+                ));
+            }
+            if let Some(DurationMs(ms)) = body.retry_after {
+                json::check_range_ms("retry_after", ms, 0, core_limits::DELAY_MS_MAX)?;
+            }
+            JobCommand::Fail {
+                id,
+                lease_token: body.lease_token,
+                error,
+                retry: body.retry.unwrap_or(true),
+                retry_after_ms: body.retry_after.map(|after| after.0),
+            }
+        }
+        _ => {
+            let body: ReleaseBody = json::decode(&body)?;
+            JobCommand::Release { id, lease_token: body.lease_token }
+        }
+    };
+    job_command(app, call, command).await
+}
+
+/// `POST /v1/queues/{q}/lease`.
+pub(crate) async fn lease<B: Backend>(
+    app: &Arc<App<B>>,
+    call: &Call<'_>,
+    queue: &str,
+    request: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    json::parse_query(call.query.as_deref(), &[])?;
+    json::check_name("queue", queue)?;
+    let body = json::read_body(request).await?;
+    let body: LeaseBody = json::decode(&body)?;
+    if body.worker.is_empty() || body.worker.len() > core_limits::WORKER_BYTES_MAX {
+        return Err(ApiError::invalid("worker", format!("worker must be 1 to {} bytes", core_limits::WORKER_BYTES_MAX)));
+    }
+    let max = body.max.unwrap_or(1);
+    json::check_range("max", u64::from(max), 1, u64::from(core_limits::LEASE_BATCH_MAX))?;
+    let wait_ms = body.wait.map_or(0, |wait| wait.0);
+    json::check_range_ms("wait", wait_ms, 0, LEASE_WAIT_MS_MAX)?;
+    let lease_ttl_ms = check_lease_ttl(body.lease_ttl)?;
+    let command = JobCommand::Lease { queue: queue.to_owned(), worker: body.worker, max, lease_ttl_ms };
+    let mut attempts = Attempts {
+        fingerprint: if call.idempotency_key.is_some() { fingerprint(call, &command) } else { 0 },
+        next: 0,
+        command,
+    };
+    let answer = |jobs: &[Job], replayed: bool| reply(200, json::jobs_body(jobs, None), replayed);
+
+    // At once: nobody waits on this queue, or this request won't wait anyway.
+    let waiters = &app.v1.waiters;
+    if wait_ms == 0 || !waiters.has_waiters(queue) {
+        match attempts.attempt(app, call).await {
+            Ok(Attempt::Leased { jobs, replayed }) => return Ok(answer(&jobs, replayed)),
+            Ok(Attempt::Blocked(_)) if wait_ms == 0 => return Ok(answer(&[], false)),
+            Ok(Attempt::Blocked(_)) => {}
+            Err((error, replayed)) => return Ok(error_reply(&error, replayed)),
+        }
+    }
+
+    // Long-poll in this queue's line.
+    let Some(place) = waiters.join(queue) else {
+        return Err(ApiError::new(503, super::errors::UNAVAILABLE, "too many lease requests waiting", None));
+    };
+    let _waiting = GaugeGuard::new(&app.v1.metrics.lease_waiters);
+    let mut record = WaitRecord { app, started: Instant::now(), end: LeaseWaitEnd::Abandoned };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    let mut applied = app.backend.subscribe();
+    // After an attempt that the local state said would succeed came back empty, no new
+    // attempt before the token's exact time if the rate blocked it, and in any case not
+    // before a short backoff that doubles with each such miss: the local clock may run
+    // ahead of the leader's, or other nodes' leases may not be applied here yet, and an
+    // attempt is a Raft entry whose own apply wakes this loop again.
+    let mut not_before_ms = 0u64;
+    let mut miss_backoff_ms = 0u64;
+    loop {
+        if tokio::time::Instant::now() >= deadline {
+            record.end = LeaseWaitEnd::TimedOut;
+            return Ok(answer(&[], false));
+        }
+        applied.borrow_and_update();
+        let now_ms = unix_now_ms();
+        let position = place.position();
+        let room = app.backend.read(|state| room_for_leases(state, queue, now_ms));
+        if position < room.leases && now_ms >= not_before_ms {
+            if position == 0 {
+                place.wake_followers(room.leases);
+            }
+            match attempts.attempt(app, call).await {
+                Ok(Attempt::Leased { jobs, replayed }) => {
+                    record.end = LeaseWaitEnd::Served;
+                    return Ok(answer(&jobs, replayed));
+                }
+                Ok(Attempt::Blocked(blocked)) => {
+                    miss_backoff_ms = (miss_backoff_ms * 2).clamp(1, MISS_BACKOFF_MS_MAX);
+                    not_before_ms = unix_now_ms().saturating_add(miss_backoff_ms);
+                    if let Some(LeaseBlocked { reason: LeaseBlockReason::Rate, retry_at_ms: Some(at_ms) }) = blocked {
+                        not_before_ms = not_before_ms.max(at_ms);
+                    }
+                }
+                Err((error, replayed)) => return Ok(error_reply(&error, replayed)),
+            }
+        }
+        // Only the head watches the state and the clock; the others wait to be woken.
+        let is_head = position == 0;
+        let now_ms = unix_now_ms();
+        let timer_ms = match room.next_token_at_ms.filter(|_| is_head) {
+            Some(at_ms) => Some(at_ms.max(not_before_ms)),
+            None if not_before_ms > now_ms && position < room.leases => Some(not_before_ms),
+            None => None,
+        };
+        let timer = timer_ms.map(|at_ms| tokio::time::Instant::now() + Duration::from_millis(at_ms.saturating_sub(unix_now_ms())));
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => {}
+            changed = applied.changed(), if is_head => {
+                if changed.is_err() {
+                    record.end = LeaseWaitEnd::TimedOut;
+                    return Ok(answer(&[], false));
+                }
+            }
+            () = async { if let Some(timer) = timer { tokio::time::sleep_until(timer).await } }, if timer.is_some() => {}
+            () = place.woken() => {}
+        }
+    }
+}
+
+/// The longest pause after a lease attempt that the local state expected to succeed but
+/// that came back empty.
+const MISS_BACKOFF_MS_MAX: u64 = 50;
+
+enum Attempt {
+    Leased { jobs: Vec<Job>, replayed: bool },
+    Blocked(Option<LeaseBlocked>),
+}
+
+/// The attempts of one lease request, each under its own derived idempotency key.
+struct Attempts {
+    command: JobCommand,
+    fingerprint: u64,
+    /// The next attempt's number.
+    next: u32,
+}
+
+impl Attempts {
+    /// Proposes the next attempt; a replayed empty attempt is walked past at once (up to
+    /// [`LEASE_ATTEMPTS_REPLAYED_MAX`]).
+    async fn attempt<B: Backend>(&mut self, app: &App<B>, call: &Call<'_>) -> Result<Attempt, (ApiError, bool)> {
+        loop {
+            let number = self.next;
+            self.next = self.next.saturating_add(1);
+            let key = match (&call.idempotency_key, number) {
+                (Some(key), 1..) => Some(format!("{key}~{number}")),
+                _ => None,
+            };
+            let outcome = propose(app, call, key.as_deref(), self.fingerprint, self.command.clone()).await?;
+            let JobResponse::Leased { jobs, blocked } = outcome.response else {
+                return Err((unexpected(&outcome.response), false));
+            };
+            if !jobs.is_empty() {
+                if !outcome.replayed {
+                    for job in &jobs {
+                        app.v1.events.publish(job);
+                    }
+                }
+                return Ok(Attempt::Leased { jobs, replayed: outcome.replayed });
+            }
+            if !(outcome.replayed && number < LEASE_ATTEMPTS_REPLAYED_MAX) {
+                return Ok(Attempt::Blocked(blocked));
+            }
+        }
+    }
+}
+
+/// What the local state says about leasing from `queue` now.
+struct Room {
+    /// How many single-job leases would succeed now (queued jobs, free concurrency, tokens).
+    leases: usize,
+    /// When the next rate token arrives, if the rate is all that blocks a lease.
+    next_token_at_ms: Option<u64>,
+}
+
+fn room_for_leases(state: &State, queue: &str, now_ms: u64) -> Room {
+    let now_ms = now_ms.max(state.time_ms());
+    let Some(info) = state.jobs.queue(queue, now_ms) else { return Room { leases: 0, next_token_at_ms: None } };
+    if info.config.paused {
+        return Room { leases: 0, next_token_at_ms: None };
+    }
+    let free = info.config.concurrency.map_or(u64::MAX, |concurrency| u64::from(concurrency).saturating_sub(info.counts.leased));
+    let tokens = info.rate_tokens.unwrap_or(u64::MAX);
+    let leases = info.counts.queued.min(free).min(tokens);
+    let next_token_at_ms = match &info.config.rate {
+        Some(rate) if tokens == 0 && info.counts.queued > 0 && free > 0 => {
+            // The bucket gains a token within per/limit ms; search that span for the first
+            // instant it holds one (the bucket is exact, so this is the leader's answer too).
+            let (mut low_ms, mut high_ms) = (now_ms, now_ms.saturating_add(rate.per_ms.div_ceil(rate.limit.max(1))));
+            while high_ms - low_ms > 1 {
+                let middle_ms = low_ms + (high_ms - low_ms) / 2;
+                let tokens = state.jobs.queue(queue, middle_ms).and_then(|info| info.rate_tokens).unwrap_or(0);
+                if tokens > 0 { high_ms = middle_ms } else { low_ms = middle_ms }
+            }
+            Some(high_ms)
+        }
+        _ => None,
+    };
+    Room { leases: usize::try_from(leases).unwrap_or(usize::MAX), next_token_at_ms }
+}
+
+/// Records how a long-poll ended, whichever way the handler's future ends.
+struct WaitRecord<'a, B> {
+    app: &'a App<B>,
+    started: Instant,
+    end: LeaseWaitEnd,
+}
+
+impl<B> Drop for WaitRecord<'_, B> {
+    fn drop(&mut self) {
+        self.app.v1.metrics.lease_wait_ended(self.end, self.started.elapsed());
+    }
+}

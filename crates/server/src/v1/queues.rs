@@ -1,0 +1,155 @@
+//! `PUT|GET|DELETE /v1/queues/{q}` and `GET /v1/queues`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, Response};
+use rota_core::jobs::{limits as core_limits, Backoff, JobCommand, JobResponse, QueueConfig, RateLimit};
+use serde::Deserialize;
+
+use super::json::{self, DurationMs};
+use super::{propose_once, read_point, reply, ApiError, Call};
+use crate::app::{unix_now_ms, App};
+use crate::backend::Backend;
+
+/// `PUT /v1/queues/{q}`: every field optional; a left-out field gets its default (the whole
+/// configuration is replaced).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueueBody {
+    #[serde(default)]
+    concurrency: Option<u32>,
+    #[serde(default)]
+    rate: Option<RateBody>,
+    #[serde(default)]
+    lease_ttl: Option<DurationMs>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    backoff: Option<BackoffBody>,
+    #[serde(default)]
+    retention: Option<DurationMs>,
+    #[serde(default)]
+    paused: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateBody {
+    limit: u64,
+    per: DurationMs,
+    /// Defaults to `limit`: one period's worth of leases at once after a quiet spell.
+    #[serde(default)]
+    burst: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackoffBody {
+    #[serde(default)]
+    base: Option<DurationMs>,
+    #[serde(default)]
+    max: Option<DurationMs>,
+}
+
+impl QueueBody {
+    fn into_config(self) -> QueueConfig {
+        let defaults = QueueConfig::default();
+        let backoff = match self.backoff {
+            None => defaults.backoff,
+            Some(BackoffBody { base, max }) => {
+                let base_ms = base.map_or(core_limits::BACKOFF_BASE_DEFAULT_MS, |base| base.0);
+                // A base above the default max raises the default max with it.
+                let max_ms = max.map_or(core_limits::BACKOFF_MAX_DEFAULT_MS.max(base_ms), |max| max.0);
+                Backoff { base_ms, max_ms }
+            }
+        };
+        QueueConfig {
+            concurrency: self.concurrency,
+            rate: self.rate.map(|rate| RateLimit { limit: rate.limit, per_ms: rate.per.0, burst: rate.burst.unwrap_or(rate.limit) }),
+            lease_ttl_ms: self.lease_ttl.map_or(defaults.lease_ttl_ms, |ttl| ttl.0),
+            max_attempts: self.max_attempts.unwrap_or(defaults.max_attempts),
+            backoff,
+            retention_ms: self.retention.map_or(defaults.retention_ms, |retention| retention.0),
+            paused: self.paused.unwrap_or(defaults.paused),
+        }
+    }
+}
+
+pub(crate) async fn put<B: Backend>(
+    app: &Arc<App<B>>,
+    call: &Call<'_>,
+    name: &str,
+    request: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    json::parse_query(call.query.as_deref(), &[])?;
+    json::check_name("queue", name)?;
+    let body = json::read_body(request).await?;
+    let config = json::decode::<QueueBody>(&body)?.into_config();
+    // The state machine checks this too; checking first keeps a bad request out of the log.
+    config.validate().map_err(|error| ApiError::from_job_error(&error))?;
+    let command = JobCommand::PutQueue { queue: name.to_owned(), config };
+    let outcome = match propose_once(app, call, command).await {
+        Ok(outcome) => outcome,
+        Err(response) => return Ok(response),
+    };
+    match outcome.response {
+        JobResponse::Queue(info) => Ok(reply(200, json::queue_body(&info), outcome.replayed)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub(crate) async fn get<B: Backend>(app: &Arc<App<B>>, call: &Call<'_>, name: &str) -> Result<Response<Body>, ApiError> {
+    let params = json::parse_query(call.query.as_deref(), &["consistency"])?;
+    json::check_name("queue", name)?;
+    read_point(app, json::query_local(&params)?).await?;
+    let info = app.backend.read(|state| state.jobs.queue(name, unix_now_ms().max(state.time_ms())));
+    match info {
+        Some(info) => Ok(reply(200, json::queue_body(&info), false)),
+        None => Err(ApiError::not_found(format!("queue {name:?} not found"))),
+    }
+}
+
+pub(crate) async fn list<B: Backend>(app: &Arc<App<B>>, call: &Call<'_>) -> Result<Response<Body>, ApiError> {
+    let params = json::parse_query(call.query.as_deref(), &["consistency"])?;
+    read_point(app, json::query_local(&params)?).await?;
+    let queues = app.backend.read(|state| state.jobs.queues(unix_now_ms().max(state.time_ms())));
+    let mut out = Vec::with_capacity(16 + queues.len() * 384);
+    out.extend_from_slice(b"{\"queues\":[");
+    for (index, queue) in queues.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        json::push_queue(&mut out, queue);
+    }
+    out.extend_from_slice(b"]}\n");
+    Ok(reply(200, out, false))
+}
+
+pub(crate) async fn delete<B: Backend>(app: &Arc<App<B>>, call: &Call<'_>, name: &str) -> Result<Response<Body>, ApiError> {
+    let params = json::parse_query(call.query.as_deref(), &["force"])?;
+    let force = json::query_bool(&params, "force")?;
+    json::check_name("queue", name)?;
+    let command = JobCommand::DeleteQueue { queue: name.to_owned(), force };
+    let outcome = match propose_once(app, call, command).await {
+        Ok(outcome) => outcome,
+        Err(response) => return Ok(response),
+    };
+    match outcome.response {
+        JobResponse::QueueDeleted { queue, jobs_removed } => {
+            let mut out = Vec::with_capacity(64 + queue.len());
+            out.extend_from_slice(b"{\"queue\":");
+            json::push_string(&mut out, &queue);
+            out.extend_from_slice(format!(",\"jobs_removed\":{jobs_removed}}}\n").as_bytes());
+            Ok(reply(200, out, outcome.replayed))
+        }
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// A state machine answer of the wrong kind for its command: a bug in this server, never
+/// the client's input, answered as a 500 rather than a panic.
+pub(crate) fn unexpected(response: &JobResponse) -> ApiError {
+    tracing::error!(?response, "a /v1 command got an answer of another kind");
+    ApiError::new(500, super::errors::INTERNAL, "unexpected answer from the state machine", None)
+}

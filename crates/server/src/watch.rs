@@ -1,0 +1,193 @@
+//! Long-poll watches (`GET /v2/keys/..?wait=true`).
+//!
+//! A watch answers its headers at once (etcd flushes them before any event) and streams the
+//! body: one event, or one line per event with `stream=true`. Between events it sleeps on
+//! the node's applied-index channel and rescans the store's history only when the etcd index
+//! moved past what it already scanned. Everything a watch holds lives in its body stream, so
+//! a client that disconnects drops the stream and, with it, the [`WatcherGuard`].
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::header::{HeaderValue, CONTENT_TYPE};
+use axum::http::Response;
+use bytes::Bytes;
+use rota_core::v2::{render_json, WatchLookup};
+
+use crate::app::App;
+use crate::backend::{Applied, Backend};
+use crate::limits;
+use crate::respond::{self, APPLICATION_JSON, X_ETCD_INDEX, X_RAFT_INDEX, X_RAFT_TERM};
+
+/// One slot of the bounded watcher count; the slot is given back on drop, whichever way the
+/// watch ends (event sent, client gone, shutdown).
+pub struct WatcherGuard {
+    watchers: Arc<AtomicUsize>,
+}
+
+impl WatcherGuard {
+    pub fn acquire(watchers: &Arc<AtomicUsize>, watchers_max: usize) -> Option<WatcherGuard> {
+        let mut current = watchers.load(Ordering::SeqCst);
+        loop {
+            if current >= watchers_max {
+                return None;
+            }
+            match watchers.compare_exchange(
+                current,
+                current + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => {
+                    return Some(WatcherGuard {
+                        watchers: Arc::clone(watchers),
+                    })
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+}
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        self.watchers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+struct WatchState<B: Backend> {
+    app: Arc<App<B>>,
+    key: String,
+    recursive: bool,
+    stream: bool,
+    /// The next event index this watch may report.
+    since_index: u64,
+    /// The lookup made before the headers were sent, answered first.
+    first: Option<WatchLookup>,
+    applied: tokio::sync::watch::Receiver<Applied>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    done: bool,
+    _guard: WatcherGuard,
+}
+
+impl<B: Backend> App<B> {
+    pub(crate) async fn watch(
+        self: &Arc<Self>,
+        key: String,
+        recursive: bool,
+        stream: bool,
+        wait_index: u64,
+    ) -> Response<Body> {
+        let Some(guard) = WatcherGuard::acquire(&self.watchers, self.watchers_max) else {
+            let index = self.backend.read(|state| state.v2.index());
+            let cause = format!("limit {} concurrent watches", self.watchers_max);
+            let mut response = respond::rota_error(
+                503,
+                limits::TOO_MANY_WATCHERS_CODE,
+                "Too many watchers",
+                &cause,
+                index,
+            );
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from_static("1"),
+            );
+            return response;
+        };
+        // Subscribe before the first lookup, so an entry applied in between wakes us.
+        let mut applied = self.backend.subscribe();
+        let (start_index, since_index, lookup) = self.backend.read(|state| {
+            let start_index = state.v2.index();
+            // etcd: waitIndex 0 (or absent) means "from the next index".
+            let since_index = if wait_index == 0 {
+                start_index + 1
+            } else {
+                wait_index
+            };
+            (
+                start_index,
+                since_index,
+                state.v2.watch(&key, recursive, since_index, false),
+            )
+        });
+        let first = match lookup {
+            Ok(first) => first,
+            Err(error) => return respond::v2_error(&error),
+        };
+        let position = *applied.borrow_and_update();
+        let state = WatchState {
+            app: Arc::clone(self),
+            key,
+            recursive,
+            stream,
+            since_index,
+            first: Some(first),
+            applied,
+            shutdown: self.shutdown.subscribe(),
+            done: false,
+            _guard: guard,
+        };
+        let body = Body::from_stream(futures::stream::unfold(state, next_event));
+        let mut response = respond::with_status(200, body);
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, APPLICATION_JSON);
+        headers.insert(X_ETCD_INDEX.clone(), HeaderValue::from(start_index));
+        headers.insert(X_RAFT_INDEX.clone(), HeaderValue::from(position.raft_index));
+        headers.insert(X_RAFT_TERM.clone(), HeaderValue::from(position.raft_term));
+        response
+    }
+}
+
+/// The next chunk of a watch body, or `None` to end it.
+async fn next_event<B: Backend>(
+    mut watch: WatchState<B>,
+) -> Option<(Result<Bytes, Infallible>, WatchState<B>)> {
+    if watch.done {
+        return None;
+    }
+    loop {
+        let lookup = match watch.first.take() {
+            Some(first) => Ok(first),
+            None => {
+                let (key, recursive, since_index) =
+                    (&watch.key, watch.recursive, watch.since_index);
+                watch
+                    .app
+                    .backend
+                    .read(|state| state.v2.watch(key, recursive, since_index, true))
+            }
+        };
+        match lookup {
+            Ok(WatchLookup::Found(event)) => {
+                watch.since_index = event.etcd_index + 1;
+                watch.done = !watch.stream;
+                return Some((Ok(Bytes::from(render_json(&event))), watch));
+            }
+            Ok(WatchLookup::Pending { index }) => {
+                // Nothing up to `index` matched: rescan only what comes after it.
+                watch.since_index = watch.since_index.max(index + 1);
+                loop {
+                    tokio::select! {
+                        changed = watch.applied.changed() => {
+                            if changed.is_err() {
+                                return None; // the node is gone
+                            }
+                            if watch.applied.borrow_and_update().etcd_index > index {
+                                break;
+                            }
+                        }
+                        () = async { let _ = watch.shutdown.wait_for(|stopping| *stopping).await; } => return None,
+                    }
+                }
+            }
+            Err(error) => {
+                // A live watch that fell out of the history window: end the body, as etcd
+                // drops a watcher that can't keep up. The client re-watches.
+                tracing::debug!(code = error.code, "watch ended");
+                return None;
+            }
+        }
+    }
+}

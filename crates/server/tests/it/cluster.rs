@@ -1,0 +1,107 @@
+//! `/version`, `/health`, `/v2/members`, `/v2/machines`, `/v2/stats/*`, `/metrics`.
+
+use crate::support::*;
+
+#[tokio::test]
+async fn version_is_exactly_etcds_and_rotas_version_is_in_metrics() {
+    let reply = get(&app(), "/version").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let body = reply.json();
+    assert_eq!(body["etcdserver"], "3.4.23");
+    assert_eq!(body["etcdcluster"], "3.4.0");
+    assert_eq!(
+        reply.body,
+        r#"{"etcdserver":"3.4.23","etcdcluster":"3.4.0"}"#
+    );
+    let metrics = get(&app(), "/metrics").await;
+    assert!(
+        metrics.body.contains(&format!(
+            "rota_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{}",
+        metrics.body
+    );
+}
+
+#[tokio::test]
+async fn health_is_text_plain_json() {
+    let reply = get(&app(), "/health").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, r#"{"health":"true"}"#);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+}
+
+#[tokio::test]
+async fn members_list_this_node_with_its_urls() {
+    let app = app();
+    let reply = get(&app, "/v2/members").await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.header("x-etcd-cluster-id").is_some());
+    let members = reply.json()["members"]
+        .as_array()
+        .cloned()
+        .expect("members");
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0]["name"], "default");
+    assert_eq!(members[0]["clientURLs"][0], "http://127.0.0.1:2379");
+    assert_eq!(members[0]["peerURLs"][0], "http://127.0.0.1:2380");
+    let leader = get(&app, "/v2/members/leader").await;
+    assert_eq!(leader.json()["id"], members[0]["id"]);
+}
+
+#[tokio::test]
+async fn machines_are_the_client_urls_in_text() {
+    let reply = get(&app(), "/v2/machines").await;
+    assert_eq!(reply.body, "http://127.0.0.1:2379");
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+}
+
+#[tokio::test]
+async fn stats_have_etcds_fields() {
+    let app = app();
+    let own = get(&app, "/v2/stats/self").await.json();
+    assert_eq!(own["state"], "StateLeader");
+    assert_eq!(own["leaderInfo"]["leader"], own["id"]);
+    let leader = get(&app, "/v2/stats/leader").await.json();
+    assert_eq!(leader["leader"], own["id"]);
+    assert_eq!(leader["followers"], serde_json::json!({}));
+    put(&app, "/v2/keys/a", "value=1").await;
+    get(&app, "/v2/keys/a").await;
+    get(&app, "/v2/keys/missing").await;
+    let store = get(&app, "/v2/stats/store").await.json();
+    assert_eq!(store["setsSuccess"], 1);
+    assert_eq!(store["getsSuccess"], 1);
+    assert_eq!(store["getsFail"], 1);
+    assert_eq!(store["watchers"], 0);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_status() {
+    let app = app();
+    get(&app, "/v2/keys/missing").await;
+    let reply = get(&app, "/metrics").await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .body
+            .contains(r#"rota_http_requests_total{route="/v2/keys",method="GET",status="404"} 1"#),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply
+            .body
+            .contains("rota_http_request_duration_seconds_bucket"),
+        "{}",
+        reply.body
+    );
+    assert!(reply.body.contains("rota_etcd_index 0"), "{}", reply.body);
+}

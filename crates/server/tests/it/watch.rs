@@ -1,0 +1,159 @@
+//! Watches: headers flushed at once, events delivered, cancel-safety, the watcher bound.
+
+use std::time::Duration;
+
+use rota_server::ServerConfig;
+
+use crate::support::*;
+
+const PATIENCE: Duration = Duration::from_secs(5);
+
+async fn open_watch(port: u16, uri: &str) -> tokio::net::TcpStream {
+    let mut stream = connect(port).await;
+    write_all(
+        &mut stream,
+        &format!("GET {uri} HTTP/1.1\r\nHost: rota\r\n\r\n"),
+    )
+    .await;
+    stream
+}
+
+#[tokio::test]
+async fn watch_headers_are_flushed_before_the_event_and_carry_the_start_index() {
+    let served = serve(app(), Default::default()).await;
+    put(&served.app, "/v2/keys/other", "value=1").await;
+    let start_index = store_index(&served.app);
+    let mut stream = open_watch(served.port, "/v2/keys/w?wait=true").await;
+    let head = read_until(&mut stream, "\r\n\r\n", PATIENCE)
+        .await
+        .to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(
+        head.contains(&format!("x-etcd-index: {start_index}\r\n")),
+        "{head}"
+    );
+    assert!(head.contains("x-raft-index: "), "{head}");
+    put(&served.app, "/v2/keys/w", "value=fired").await;
+    let body = read_until(&mut stream, "fired", PATIENCE).await;
+    assert!(body.contains(r#""action":"set""#), "{body}");
+}
+
+#[tokio::test]
+async fn a_disconnected_watcher_releases_everything() {
+    let served = serve(app(), Default::default()).await;
+    let mut stream = open_watch(served.port, "/v2/keys/w?wait=true").await;
+    read_until(&mut stream, "\r\n\r\n", PATIENCE).await;
+    assert_eq!(served.app.watcher_count(), 1);
+    drop(stream);
+    let app = served.app.clone();
+    eventually(PATIENCE, "the watcher count returns to 0", || {
+        app.watcher_count() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dropped_in_process_watch_releases_its_slot() {
+    let app = app();
+    let response = app
+        .handle(
+            axum::http::Request::get("/v2/keys/w?wait=true")
+                .body(axum::body::Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(app.watcher_count(), 1);
+    drop(response);
+    assert_eq!(app.watcher_count(), 0);
+}
+
+#[tokio::test]
+async fn watches_over_the_bound_get_503() {
+    let app = app_with(ServerConfig {
+        watchers_max: 1,
+        ..ServerConfig::single("default")
+    });
+    let held = app
+        .handle(
+            axum::http::Request::get("/v2/keys/w?wait=true")
+                .body(axum::body::Body::empty())
+                .expect("request"),
+        )
+        .await;
+    let refused = get(&app, "/v2/keys/w?wait=true").await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.json()["errorCode"], 503);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    drop(held);
+    assert_eq!(app.watcher_count(), 0);
+}
+
+#[tokio::test]
+async fn a_wait_index_in_the_history_answers_at_once() {
+    let app = app();
+    put(&app, "/v2/keys/h", "value=1").await;
+    let first_index = store_index(&app);
+    put(&app, "/v2/keys/h", "value=2").await;
+    let reply = get(
+        &app,
+        &format!("/v2/keys/h?wait=true&waitIndex={first_index}"),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["node"]["value"], "1");
+    assert_eq!(reply.json()["node"]["modifiedIndex"], first_index);
+    assert_eq!(
+        reply.etcd_index(),
+        store_index(&app),
+        "X-Etcd-Index is the index when the watch started"
+    );
+    assert_eq!(app.watcher_count(), 0);
+}
+
+#[tokio::test]
+async fn a_cleared_wait_index_is_error_401() {
+    let app = app_with(ServerConfig::single("default"));
+    for value in 0..1005 {
+        put(&app, "/v2/keys/h", &format!("value={value}")).await;
+    }
+    let reply = get(&app, "/v2/keys/h?wait=true&waitIndex=1").await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["errorCode"], 401);
+    assert_eq!(reply.etcd_index(), store_index(&app));
+    assert_eq!(app.watcher_count(), 0);
+}
+
+#[tokio::test]
+async fn a_stream_watch_sends_one_line_per_event() {
+    let served = serve(app(), Default::default()).await;
+    let mut stream = open_watch(served.port, "/v2/keys/s?wait=true&stream=true").await;
+    read_until(&mut stream, "\r\n\r\n", PATIENCE).await;
+    put(&served.app, "/v2/keys/s", "value=one").await;
+    read_until(&mut stream, "one", PATIENCE).await;
+    put(&served.app, "/v2/keys/s", "value=two").await;
+    read_until(&mut stream, "two", PATIENCE).await;
+    assert_eq!(served.app.watcher_count(), 1, "a stream watch stays open");
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_watches() {
+    let app = app();
+    let response = app
+        .handle(
+            axum::http::Request::get("/v2/keys/w?wait=true")
+                .body(axum::body::Body::empty())
+                .expect("request"),
+        )
+        .await;
+    app.begin_shutdown();
+    let body = tokio::time::timeout(
+        PATIENCE,
+        axum::body::to_bytes(response.into_body(), usize::MAX),
+    )
+    .await
+    .expect("the watch body ends on shutdown")
+    .expect("body");
+    assert!(body.is_empty());
+    assert_eq!(app.watcher_count(), 0);
+}
