@@ -170,7 +170,7 @@ impl<B: Backend> App<B> {
         }
         if path == "/v1" || path.starts_with("/v1/") {
             let path = path.to_owned();
-            return (Route::Other, crate::v1::handle(self, request, &path).await);
+            return (Route::of_v1_path(&path), crate::v1::handle(self, request, &path).await);
         }
         let method = request.method().clone();
         let cluster = &self.cluster;
@@ -189,12 +189,10 @@ impl<B: Backend> App<B> {
             }
             "/metrics" => (Route::Metrics, self.metrics_response(&method)),
             _ if path == "/v2/members" || path.starts_with("/v2/members/") => {
-                let response = cluster.members(
-                    &method,
-                    &path["/v2/members".len()..],
-                    &self.backend,
-                    &self.cluster_id_header,
-                );
+                let rest = path["/v2/members".len()..].to_string();
+                let response = cluster
+                    .members(request, &rest, &self.backend, &self.cluster_id_header)
+                    .await;
                 (Route::Members, response)
             }
             _ => (Route::Other, respond::not_found()),
@@ -360,7 +358,7 @@ impl<B: Backend> App<B> {
     }
 
     async fn get(&self, key: &str, params: &KeyParams) -> Response<Body> {
-        let applied = if params.quorum {
+        let applied = if params.quorum && !test_mutant::is(test_mutant::LOCAL_QUORUM_READS) {
             match self.backend.linearizable_read().await {
                 Ok(applied) => applied,
                 Err(error) => return propose_error(&error),
@@ -372,6 +370,7 @@ impl<B: Backend> App<B> {
         let result = self
             .backend
             .read(|state| state.v2.get(key, params.recursive, params.sorted, now_ms));
+        let (result, applied) = test_mutant::stale_quorum_read(key, params.quorum, result, applied);
         self.get_stats.count(result.is_ok());
         match result {
             Ok(response) => {
@@ -618,11 +617,26 @@ async fn read_body(request: Request<Body>) -> Result<FormBody, Response<Body>> {
     }
 }
 
-/// A proposal that didn't reach the state machine, as etcd reports it: 301 while there's no
-/// leader, 300 for the rest (HTTP 500, as etcd), 413 for a command over the Raft entry bound.
+/// A proposal that didn't reach the state machine, in etcd's error envelope: without a
+/// leader etcd answers 300 "Raft Internal Error" (after its request timeout); rota answers
+/// the same body with HTTP 503 and `Retry-After: 1` once its leader wait is over, so
+/// clients know to retry. 300 for the rest (HTTP 500, as etcd), 413 for a command over the
+/// Raft entry bound.
 pub(crate) fn propose_error(error: &ProposeError) -> Response<Body> {
     match error {
-        ProposeError::NoLeader => respond::v2_error(&V2Error::new(301, Some(error.to_string()), 0)),
+        ProposeError::NoLeader => {
+            let mut response = respond::v2_error(&V2Error::new(
+                300,
+                Some("etcdserver: no leader (request timed out waiting for one)".to_string()),
+                0,
+            ));
+            *response.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from_static("1"),
+            );
+            response
+        }
         ProposeError::TooLarge { .. } => respond::rota_error(
             413,
             limits::BODY_TOO_LARGE_CODE,
@@ -726,6 +740,77 @@ impl Fnv1a {
                 self.text(text);
             }
         }
+    }
+}
+
+/// Deliberately broken behaviours, the negative controls of the linearizability suite
+/// (`crates/rota/tests/it/kv_linearizable.rs`): `ROTA_TEST_MUTANT=<name>` in the environment
+/// of a **debug** build switches one on. Release builds compile the no-op version below and
+/// never read the variable.
+#[cfg(debug_assertions)]
+mod test_mutant {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+
+    use rota_core::v2::{V2Error, V2Response};
+
+    use crate::backend::Applied;
+
+    /// `quorum=true` GETs skip the ReadIndex and read local state (etcd 0.4's bug, Jepsen
+    /// 2014): a partitioned old leader then answers stale reads.
+    pub(super) const LOCAL_QUORUM_READS: &str = "local-quorum-reads";
+    /// `quorum=true` GETs may answer from a per-key cache up to [`STALE_FOR`] old (a read
+    /// cache nobody invalidates on writes): stale reads even on one node.
+    const STALE_QUORUM_READS: &str = "stale-quorum-reads";
+    const STALE_FOR: Duration = Duration::from_millis(250);
+    const CACHED_KEYS_MAX: usize = 10_000;
+
+    pub(super) fn is(name: &str) -> bool {
+        static MUTANT: OnceLock<Option<String>> = OnceLock::new();
+        MUTANT.get_or_init(|| std::env::var("ROTA_TEST_MUTANT").ok()).as_deref() == Some(name)
+    }
+
+    type Read = (Result<V2Response, V2Error>, Applied);
+
+    pub(super) fn stale_quorum_read(key: &str, quorum: bool, result: Result<V2Response, V2Error>, applied: Applied) -> Read {
+        if !quorum || !is(STALE_QUORUM_READS) {
+            return (result, applied);
+        }
+        static CACHE: OnceLock<Mutex<HashMap<String, (Instant, Read)>>> = OnceLock::new();
+        let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, cached)) = cache.get(key) {
+            if at.elapsed() < STALE_FOR {
+                return cached.clone();
+            }
+        }
+        if cache.len() >= CACHED_KEYS_MAX {
+            cache.clear();
+        }
+        cache.insert(key.to_string(), (Instant::now(), (result.clone(), applied)));
+        (result, applied)
+    }
+}
+
+#[cfg(not(debug_assertions))]
+mod test_mutant {
+    use rota_core::v2::{V2Error, V2Response};
+
+    use crate::backend::Applied;
+
+    pub(super) const LOCAL_QUORUM_READS: &str = "local-quorum-reads";
+
+    pub(super) fn is(_name: &str) -> bool {
+        false
+    }
+
+    pub(super) fn stale_quorum_read(
+        _key: &str,
+        _quorum: bool,
+        result: Result<V2Response, V2Error>,
+        applied: Applied,
+    ) -> (Result<V2Response, V2Error>, Applied) {
+        (result, applied)
     }
 }
 

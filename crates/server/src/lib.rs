@@ -18,6 +18,7 @@ pub mod limits;
 pub mod metrics;
 pub mod params;
 pub mod path;
+pub mod peer;
 mod respond;
 pub mod serve;
 mod watch;

@@ -23,10 +23,31 @@ pub enum Route {
     Machines,
     Stats,
     Metrics,
+    V1Queues,
+    V1Submit,
+    V1Lease,
+    V1Jobs,
+    V1Counters,
+    V1Watch,
     Other,
 }
 
 impl Route {
+    /// The label of a `/v1` path: one per endpoint family, never the ids or names in it, so
+    /// the label set stays bounded.
+    pub fn of_v1_path(path: &str) -> Route {
+        let mut parts = path.trim_start_matches('/').split('/').skip(1);
+        match (parts.next(), parts.nth(1)) {
+            (Some("queues"), Some("lease")) => Route::V1Lease,
+            (Some("queues"), Some("jobs")) => Route::V1Submit,
+            (Some("queues"), _) => Route::V1Queues,
+            (Some("jobs"), _) => Route::V1Jobs,
+            (Some("counters"), _) => Route::V1Counters,
+            (Some("watch"), _) => Route::V1Watch,
+            _ => Route::Other,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Route::Keys => "/v2/keys",
@@ -37,6 +58,12 @@ impl Route {
             Route::Machines => "/v2/machines",
             Route::Stats => "/v2/stats",
             Route::Metrics => "/metrics",
+            Route::V1Queues => "/v1/queues",
+            Route::V1Submit => "/v1/queues/{q}/jobs",
+            Route::V1Lease => "/v1/queues/{q}/lease",
+            Route::V1Jobs => "/v1/jobs",
+            Route::V1Counters => "/v1/counters",
+            Route::V1Watch => "/v1/watch",
             Route::Other => "other",
         }
     }
@@ -180,5 +207,23 @@ impl Metrics {
             text.clear();
         }
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Route;
+
+    #[test]
+    fn v1_paths_get_one_bounded_label_per_endpoint_family() {
+        assert_eq!(Route::of_v1_path("/v1/queues"), Route::V1Queues);
+        assert_eq!(Route::of_v1_path("/v1/queues/api"), Route::V1Queues);
+        assert_eq!(Route::of_v1_path("/v1/queues/api/jobs"), Route::V1Submit);
+        assert_eq!(Route::of_v1_path("/v1/queues/api/lease"), Route::V1Lease);
+        assert_eq!(Route::of_v1_path("/v1/jobs/17/complete"), Route::V1Jobs);
+        assert_eq!(Route::of_v1_path("/v1/counters/hits"), Route::V1Counters);
+        assert_eq!(Route::of_v1_path("/v1/watch"), Route::V1Watch);
+        assert_eq!(Route::of_v1_path("/v1/nope"), Route::Other);
+        assert_eq!(Route::of_v1_path("/v1"), Route::Other);
     }
 }

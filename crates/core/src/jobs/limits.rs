@@ -62,3 +62,7 @@ pub const RETENTION_DEFAULT_MS: u64 = 7 * DAY_MS;
 
 const HOUR_MS: u64 = 3_600_000;
 const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// Job changes kept for `/v1/watch` streams to tail; a stream further behind is told it
+/// missed some.
+pub const JOB_CHANGES_KEPT_MAX: usize = 4_096;

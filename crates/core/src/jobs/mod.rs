@@ -34,7 +34,7 @@ mod proptests;
 mod tests;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
@@ -147,6 +147,21 @@ pub struct Jobs {
     purge_deadlines: BTreeSet<(u64, JobId)>,
     /// [`JOBS_MAX`], lowered by tests.
     jobs_max: u64,
+    /// The latest job changes as (sequence number, job id), oldest first, at most
+    /// [`JOB_CHANGES_KEPT_MAX`]: what `/v1/watch` streams tail, whatever made the change (a
+    /// request on any node, a lease expiring, a scheduled job coming due).
+    changes: VecDeque<(u64, JobId)>,
+    /// The sequence number of the latest change; numbers start at 1.
+    last_change_seq: u64,
+}
+
+/// Job changes after a sequence number (see [`Jobs::changes_after`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobChanges {
+    /// Changed job ids in change order, each with the sequence number of its change.
+    pub changes: Vec<(u64, JobId)>,
+    /// Some changes after the asked number are no longer kept.
+    pub missed: bool,
 }
 
 impl Default for Jobs {
@@ -163,6 +178,8 @@ impl Default for Jobs {
             lease_deadlines: BTreeSet::new(),
             purge_deadlines: BTreeSet::new(),
             jobs_max: JOBS_MAX,
+            changes: VecDeque::new(),
+            last_change_seq: 0,
         }
     }
 }
@@ -382,6 +399,7 @@ impl Jobs {
             let job = Box::new(StoredJob::new(queue_id, new_job, max_attempts, now_ms, run_at_ms));
             self.jobs.insert(id, job);
             self.set_indexed(id, true);
+            self.note_change(id);
             submitted.push(self.view(id, &self.jobs[&id]));
         }
         Ok(JobResponse::Submitted { jobs: submitted })
@@ -608,6 +626,29 @@ impl Jobs {
         self.set_indexed(id, false);
         change(self.jobs.get_mut(&id).expect("updated job exists"));
         self.set_indexed(id, true);
+        self.note_change(id);
+    }
+
+    fn note_change(&mut self, id: JobId) {
+        self.last_change_seq += 1;
+        if self.changes.len() >= JOB_CHANGES_KEPT_MAX {
+            self.changes.pop_front();
+        }
+        self.changes.push_back((self.last_change_seq, id));
+    }
+
+    /// The sequence number of the latest job change (0 before any).
+    pub fn last_change_seq(&self) -> u64 {
+        self.last_change_seq
+    }
+
+    /// Up to `max` job changes with sequence numbers above `after`, oldest first.
+    pub fn changes_after(&self, after: u64, max: usize) -> JobChanges {
+        let oldest = self.changes.front().map_or(self.last_change_seq + 1, |&(seq, _)| seq);
+        let missed = after + 1 < oldest;
+        let skip = after.saturating_add(1).saturating_sub(oldest) as usize;
+        let changes = self.changes.iter().skip(skip).take(max).copied().collect();
+        JobChanges { changes, missed }
     }
 
     fn remove_job(&mut self, id: JobId) {

@@ -1122,3 +1122,38 @@ fn stored_job_record_stays_small() {
     // entries; growing it is a deliberate choice (docs and the report cite the size).
     assert_eq!(std::mem::size_of::<job::StoredJob>(), 72);
 }
+
+#[test]
+fn every_job_change_is_logged_in_order_whatever_made_it() {
+    let mut jobs = with_queue(QueueConfig { lease_ttl_ms: 1_000, ..config() });
+    let start = jobs.last_change_seq();
+    let id = submit(&mut jobs, 0, 0);
+    let leased = lease_one(&mut jobs, 10);
+    assert_eq!(leased.id, id);
+    // The lease expires by time alone: that is a change too.
+    jobs.advance_time(5_000);
+    let changes = jobs.changes_after(start, 100);
+    assert!(!changes.missed);
+    let logged: Vec<JobId> = changes.changes.iter().map(|&(_, id)| id).collect();
+    assert!(logged.len() >= 3, "submit, lease and expiry are logged: {logged:?}");
+    assert!(logged.iter().all(|&logged_id| logged_id == id));
+    let seqs: Vec<u64> = changes.changes.iter().map(|&(seq, _)| seq).collect();
+    assert!(seqs.windows(2).all(|pair| pair[1] == pair[0] + 1), "consecutive: {seqs:?}");
+    assert_eq!(*seqs.last().unwrap(), jobs.last_change_seq());
+    assert!(jobs.changes_after(jobs.last_change_seq(), 100).changes.is_empty());
+}
+
+#[test]
+fn job_change_log_is_bounded_and_reports_what_was_missed() {
+    let mut jobs = with_queue(config());
+    for _ in 0..(JOB_CHANGES_KEPT_MAX + 10) {
+        submit(&mut jobs, 0, 0);
+    }
+    let all = jobs.changes_after(0, usize::MAX);
+    assert!(all.missed, "the first changes are gone");
+    assert_eq!(all.changes.len(), JOB_CHANGES_KEPT_MAX);
+    let recent = jobs.changes_after(jobs.last_change_seq() - 5, usize::MAX);
+    assert!(!recent.missed);
+    assert_eq!(recent.changes.len(), 5);
+    assert_eq!(jobs.changes_after(jobs.last_change_seq() - 5, 2).changes.len(), 2);
+}

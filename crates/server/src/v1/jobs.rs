@@ -10,7 +10,7 @@ use axum::http::{Request, Response};
 use rota_core::jobs::{limits as core_limits, Job, JobCommand, JobId, JobResponse, JobState, NewJob};
 use serde::Deserialize;
 
-use super::json::{self, DurationMs, Raw, TimeMs};
+use super::json::{self, DurationMs, Object, Raw, TimeMs};
 use super::limits::RESULT_WAIT_MS_MAX;
 use super::queues::unexpected;
 use super::{propose_once, read_point, reply, ApiError, Call};
@@ -48,7 +48,7 @@ struct SubmitBody<'a> {
     #[serde(default)]
     max_attempts: Option<u32>,
     #[serde(borrow, default)]
-    jobs: Option<Vec<JobBody<'a>>>,
+    jobs: Option<Vec<Object<JobBody<'a>>>>,
 }
 
 /// An empty body (`retry` takes no fields).
@@ -84,7 +84,7 @@ fn new_job(body: JobBody<'_>, prefix: &str) -> Result<NewJob, ApiError> {
         json::check_range(&field("max_attempts"), u64::from(max_attempts), 1, u64::from(core_limits::MAX_ATTEMPTS_MAX))?;
     }
     Ok(NewJob {
-        payload: payload.to_owned(),
+        payload: json::minify(payload),
         priority,
         delay_ms: body.delay.map(|delay| delay.0),
         run_at_ms: body.run_at.map(|run_at| run_at.0),
@@ -113,7 +113,7 @@ fn new_jobs(body: SubmitBody<'_>) -> Result<(Vec<NewJob>, bool), ApiError> {
     }
     let mut payload_bytes = 0usize;
     let mut new_jobs = Vec::with_capacity(jobs.len());
-    for (index, job) in jobs.into_iter().enumerate() {
+    for (index, Object(job)) in jobs.into_iter().enumerate() {
         let job = new_job(job, &format!("jobs[{index}]."))?;
         payload_bytes += job.payload.len();
         new_jobs.push(job);
@@ -151,11 +151,6 @@ pub(crate) async fn submit<B: Backend>(
         Err(response) => return Ok(response),
     };
     let JobResponse::Submitted { jobs } = outcome.response else { return Err(unexpected(&outcome.response)) };
-    if !outcome.replayed {
-        for job in &jobs {
-            app.v1.events.publish(job);
-        }
-    }
     if is_batch {
         return Ok(reply(202, json::jobs_body(&jobs, None), outcome.replayed));
     }
@@ -267,9 +262,6 @@ pub(crate) async fn job_command<B: Backend>(
         Err(response) => return Ok(response),
     };
     let JobResponse::Job(job) = outcome.response else { return Err(unexpected(&outcome.response)) };
-    if !outcome.replayed {
-        app.v1.events.publish(&job);
-    }
     Ok(reply(200, json::job_body(&job), outcome.replayed))
 }
 

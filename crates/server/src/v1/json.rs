@@ -69,12 +69,28 @@ pub(crate) async fn read_body(request: Request<Body>) -> Result<Bytes, ApiError>
 /// `curl -X POST` works for requests whose fields are all optional.
 pub(crate) fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    // serde's structs also accept arrays (fields by position); a body is an object.
+    if body.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(match serde_json::from_slice::<de::IgnoredAny>(body) {
+            Ok(_) => ApiError::new(400, errors::INVALID, "the body must be a JSON object", None),
+            Err(error) => ApiError::new(400, errors::MALFORMED_JSON, format!("malformed JSON: {error}"), None),
+        });
+    }
+    // The fast path decodes plainly; only a body that fails is decoded again with path
+    // tracking (which copies every key it passes) to name the field at fault.
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(errors::from_json_error)?;
-    deserializer
-        .end()
-        .map_err(|error| ApiError::new(400, errors::MALFORMED_JSON, format!("malformed JSON: {error}"), None))?;
-    Ok(value)
+    if let Ok(value) = T::deserialize(&mut deserializer) {
+        deserializer
+            .end()
+            .map_err(|error| ApiError::new(400, errors::MALFORMED_JSON, format!("malformed JSON: {error}"), None))?;
+        return Ok(value);
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    match serde_path_to_error::deserialize::<_, T>(&mut deserializer) {
+        Err(error) => Err(errors::from_json_error(error)),
+        // Cannot happen (the same input failed above); answered as malformed all the same.
+        Ok(_) => Err(ApiError::new(400, errors::MALFORMED_JSON, "malformed JSON", None)),
+    }
 }
 
 /// The `Idempotency-Key` header, if any: 1 to [`IDEMPOTENCY_KEY_BYTES_MAX`] visible ASCII
@@ -142,8 +158,55 @@ impl<'de> Deserialize<'de> for TimeMs {
     }
 }
 
+/// A nested object of a request body: like `T`, but only a JSON object will do (serde's
+/// derived structs would also take an array of the fields by position).
+#[derive(Debug)]
+pub(crate) struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = Object<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: de::MapAccess<'de>>(self, map: M) -> Result<Object<T>, M::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Object)
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor(std::marker::PhantomData))
+    }
+}
+
 /// A borrowed JSON value, kept as text.
 pub(crate) type Raw<'a> = &'a RawValue;
+
+/// Valid JSON text without the whitespace between tokens: how payloads and results are
+/// stored, so the same value sent with different spacing is the same request (idempotency
+/// fingerprints) and takes no bytes for indentation. One pass, one allocation (the copy the
+/// command needs anyway).
+pub(crate) fn minify(json: &str) -> String {
+    let mut out = Vec::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for &byte in json.as_bytes() {
+        if in_string {
+            out.push(byte);
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+        } else if !matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
+            in_string = byte == b'"';
+            out.push(byte);
+        }
+    }
+    // Only ASCII whitespace outside strings was dropped, so the bytes are still UTF-8.
+    String::from_utf8(out).unwrap_or_else(|_| json.to_owned())
+}
 
 // ---- rendering ----
 
@@ -472,6 +535,12 @@ pub(crate) fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn minify_drops_whitespace_between_tokens_only() {
+        assert_eq!(minify(" { \"a b\" : [ 1 , \"x \\\" y\" ] }\n"), "{\"a b\":[1,\"x \\\" y\"]}");
+        assert_eq!(minify("\"\\\\\" "), "\"\\\\\"");
+    }
 
     #[test]
     fn durations_render_in_hours_minutes_seconds_and_parse_back() {

@@ -108,7 +108,7 @@ pub(crate) async fn on_lease<B: Backend>(
                     ));
                 }
             }
-            JobCommand::Complete { id, lease_token: body.lease_token, result: result.map(str::to_owned) }
+            JobCommand::Complete { id, lease_token: body.lease_token, result: result.map(json::minify) }
         }
         "fail" => {
             let body: FailBody = json::decode(&body)?;
@@ -275,11 +275,6 @@ impl Attempts {
                 return Err((unexpected(&outcome.response), false));
             };
             if !jobs.is_empty() {
-                if !outcome.replayed {
-                    for job in &jobs {
-                        app.v1.events.publish(job);
-                    }
-                }
                 return Ok(Attempt::Leased { jobs, replayed: outcome.replayed });
             }
             if !(outcome.replayed && number < LEASE_ATTEMPTS_REPLAYED_MAX) {

@@ -23,9 +23,9 @@ pub const RESULT_WAITERS_MAX: usize = 16_384;
 /// A keep-alive comment on an idle `/v1/watch` stream this often, so proxies keep it open.
 pub const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
 
-/// Job events buffered for each `/v1/watch` stream; a stream that falls further behind
-/// gets a `: lagged` comment and continues with the newest events.
-pub const JOB_EVENTS_BUFFERED_MAX: usize = 1024;
+/// Job changes read from the state per wake-up of a `/v1/watch` stream; more wait for the
+/// next chunk.
+pub const JOB_CHANGES_PER_READ_MAX: usize = 256;
 
 /// How many earlier lease attempts an idempotent lease replays before it runs a new one
 /// (a long-poll may take several attempts; each is stored under its own derived key).

@@ -47,7 +47,6 @@ pub(crate) use errors::ApiError;
 /// The `/v1` layer's own state, one per server: lease waiters, the job event hub, metrics.
 pub(crate) struct V1 {
     pub(crate) waiters: waiters::LeaseWaiters,
-    pub(crate) events: sse::JobEvents,
     pub(crate) metrics: metrics::V1Metrics,
     pub(crate) result_waiters: waiters::Slots,
 }
@@ -57,7 +56,6 @@ impl V1 {
     pub(crate) fn new(registry: &mut Registry) -> V1 {
         V1 {
             waiters: waiters::LeaseWaiters::default(),
-            events: sse::JobEvents::new(),
             metrics: metrics::V1Metrics::register(registry),
             result_waiters: waiters::Slots::new(limits::RESULT_WAITERS_MAX),
         }

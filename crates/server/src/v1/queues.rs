@@ -7,7 +7,7 @@ use axum::http::{Request, Response};
 use rota_core::jobs::{limits as core_limits, Backoff, JobCommand, JobResponse, QueueConfig, RateLimit};
 use serde::Deserialize;
 
-use super::json::{self, DurationMs};
+use super::json::{self, DurationMs, Object};
 use super::{propose_once, read_point, reply, ApiError, Call};
 use crate::app::{unix_now_ms, App};
 use crate::backend::Backend;
@@ -20,13 +20,13 @@ struct QueueBody {
     #[serde(default)]
     concurrency: Option<u32>,
     #[serde(default)]
-    rate: Option<RateBody>,
+    rate: Option<Object<RateBody>>,
     #[serde(default)]
     lease_ttl: Option<DurationMs>,
     #[serde(default)]
     max_attempts: Option<u32>,
     #[serde(default)]
-    backoff: Option<BackoffBody>,
+    backoff: Option<Object<BackoffBody>>,
     #[serde(default)]
     retention: Option<DurationMs>,
     #[serde(default)]
@@ -57,7 +57,7 @@ impl QueueBody {
         let defaults = QueueConfig::default();
         let backoff = match self.backoff {
             None => defaults.backoff,
-            Some(BackoffBody { base, max }) => {
+            Some(Object(BackoffBody { base, max })) => {
                 let base_ms = base.map_or(core_limits::BACKOFF_BASE_DEFAULT_MS, |base| base.0);
                 // A base above the default max raises the default max with it.
                 let max_ms = max.map_or(core_limits::BACKOFF_MAX_DEFAULT_MS.max(base_ms), |max| max.0);
@@ -66,7 +66,7 @@ impl QueueBody {
         };
         QueueConfig {
             concurrency: self.concurrency,
-            rate: self.rate.map(|rate| RateLimit { limit: rate.limit, per_ms: rate.per.0, burst: rate.burst.unwrap_or(rate.limit) }),
+            rate: self.rate.map(|Object(rate)| RateLimit { limit: rate.limit, per_ms: rate.per.0, burst: rate.burst.unwrap_or(rate.limit) }),
             lease_ttl_ms: self.lease_ttl.map_or(defaults.lease_ttl_ms, |ttl| ttl.0),
             max_attempts: self.max_attempts.unwrap_or(defaults.max_attempts),
             backoff,

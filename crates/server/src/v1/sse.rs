@@ -1,11 +1,12 @@
 //! `GET /v1/watch?prefix=&since=`: Server-Sent Events of v2 key events and job changes.
 //!
 //! Key events come from the v2 store's event history, exactly as a `/v2/keys` stream watch
-//! sees them (`since` is an etcd index within the history window). Job events come from
-//! [`JobEvents`], a broadcast hub that the `/v1` handlers of this server feed with each job
-//! their command changed. Known gap: changes that happen by time alone (a lease expiring, a
-//! scheduled job coming due, retention) and changes made through another node are not
-//! job events yet; that needs a job event history in `rota_core` like the v2 one.
+//! sees them (`since` is an etcd index within the history window). Job events tail the
+//! state's job change log (`Jobs::changes_after`), so they include changes from every node
+//! and changes made by time alone (a lease expiring, a scheduled job coming due); each
+//! event carries the job as it is when the stream reads it, so several quick changes of
+//! one job may show as one. A stream that falls behind the log's bound says so in a comment
+//! and continues with the oldest kept change.
 //!
 //! A stream holds a slot of the server's watcher bound (shared with `/v2/keys` watches),
 //! ends on shutdown, and releases everything when the client goes away (all it holds lives
@@ -19,50 +20,15 @@ use axum::http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::Response;
 use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
-use rota_core::jobs::Job;
 use rota_core::v2::{render_json, WatchLookup};
-use tokio::sync::broadcast;
+use std::collections::VecDeque;
 
 use super::json;
-use super::limits::{JOB_EVENTS_BUFFERED_MAX, SSE_KEEPALIVE};
+use super::limits::{JOB_CHANGES_PER_READ_MAX, SSE_KEEPALIVE};
 use super::{ApiError, Call};
 use crate::app::App;
 use crate::backend::{Applied, Backend};
 use crate::watch::WatcherGuard;
-
-/// One changed job, rendered once for every stream.
-pub(crate) struct JobEvent {
-    queue: String,
-    /// The job object's JSON.
-    data: Vec<u8>,
-}
-
-/// Fans job changes out to the open streams. Publishing costs one atomic load when nobody
-/// watches.
-pub(crate) struct JobEvents {
-    sender: broadcast::Sender<Arc<JobEvent>>,
-}
-
-impl JobEvents {
-    pub(crate) fn new() -> JobEvents {
-        let (sender, _) = broadcast::channel(JOB_EVENTS_BUFFERED_MAX);
-        JobEvents { sender }
-    }
-
-    pub(crate) fn publish(&self, job: &Job) {
-        if self.sender.receiver_count() == 0 {
-            return;
-        }
-        let mut data = Vec::with_capacity(256 + job.payload.len());
-        json::push_job(&mut data, job);
-        // No receiver left in between is fine: nobody to tell.
-        let _ = self.sender.send(Arc::new(JobEvent { queue: job.queue.clone(), data }));
-    }
-
-    fn subscribe(&self) -> broadcast::Receiver<Arc<JobEvent>> {
-        self.sender.subscribe()
-    }
-}
 
 /// Which job events a stream wants.
 enum JobFilter {
@@ -80,7 +46,11 @@ struct Stream<B: Backend> {
     keys_to_scan: bool,
     /// The lookup made before answering, sent first.
     first: Option<WatchLookup>,
-    jobs: Option<(JobFilter, broadcast::Receiver<Arc<JobEvent>>)>,
+    jobs: Option<JobFilter>,
+    /// The job change sequence number read up to.
+    job_seq: u64,
+    /// Rendered job events read but not sent yet.
+    pending_jobs: VecDeque<String>,
     applied: tokio::sync::watch::Receiver<Applied>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     keepalive: tokio::time::Interval,
@@ -115,7 +85,7 @@ pub(crate) async fn watch<B: Backend>(app: &Arc<App<B>>, call: &Call<'_>) -> Res
     };
     // Subscribe before the first lookup, so an entry applied in between wakes the stream.
     let applied = app.backend.subscribe();
-    let jobs = jobs.map(|filter| (filter, app.v1.events.subscribe()));
+    let job_seq = app.backend.read(|state| state.jobs.last_change_seq());
     let (since_index, first) = match &key {
         Some(key) => {
             let lookup = app.backend.read(|state| {
@@ -136,6 +106,8 @@ pub(crate) async fn watch<B: Backend>(app: &Arc<App<B>>, call: &Call<'_>) -> Res
         keys_to_scan: false,
         first,
         jobs,
+        job_seq,
+        pending_jobs: VecDeque::new(),
         applied,
         shutdown: app.shutdown.subscribe(),
         keepalive,
@@ -190,10 +162,24 @@ async fn next_chunk<B: Backend>(mut stream: Stream<B>) -> Option<(Result<Bytes, 
         } else if stream.jobs.is_none() {
             return None;
         }
-        let watching_keys = stream.key.is_some();
-        let Stream { applied, jobs, shutdown, keepalive, since_index, keys_to_scan, .. } = &mut stream;
+        if let Some(text) = stream.pending_jobs.pop_front() {
+            return Some((chunk(text), stream));
+        }
+        if let Some(filter) = &stream.jobs {
+            let job_seq = stream.job_seq;
+            let (read_up_to, missed, events) = stream.app.backend.read(|state| read_job_changes(state, filter, job_seq));
+            stream.job_seq = read_up_to;
+            stream.pending_jobs.extend(events);
+            if missed {
+                return Some((chunk(": lagged, some job changes were not kept\n\n".to_owned()), stream));
+            }
+            if !stream.pending_jobs.is_empty() {
+                continue;
+            }
+        }
+        let Stream { applied, shutdown, keepalive, since_index, keys_to_scan, .. } = &mut stream;
         tokio::select! {
-            changed = applied.changed(), if watching_keys => {
+            changed = applied.changed() => {
                 if changed.is_err() {
                     return None;
                 }
@@ -201,26 +187,36 @@ async fn next_chunk<B: Backend>(mut stream: Stream<B>) -> Option<(Result<Bytes, 
                     *keys_to_scan = true;
                 }
             }
-            event = async { jobs.as_mut().map(|(_, receiver)| receiver).expect("guarded").recv().await }, if jobs.is_some() => {
-                match event {
-                    Ok(event) => {
-                        let wanted = match jobs.as_ref().map(|(filter, _)| filter) {
-                            Some(JobFilter::Queue(queue)) => *queue == event.queue,
-                            _ => true,
-                        };
-                        if wanted {
-                            let text = format!("event: job\ndata: {}\n\n", String::from_utf8_lossy(&event.data));
-                            return Some((chunk(text), stream));
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        return Some((chunk(format!(": lagged, {missed} job events dropped\n\n")), stream));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
             _ = keepalive.tick() => return Some((chunk(": keepalive\n\n".to_owned()), stream)),
             () = async { let _ = shutdown.wait_for(|stopping| *stopping).await; } => return None,
         }
     }
+}
+
+/// Reads the job changes after `after_seq`: the sequence number read up to, whether some
+/// were no longer kept, and the events to send (each changed job that still exists and
+/// passes the filter, once per read, as it is now).
+fn read_job_changes(state: &rota_core::State, filter: &JobFilter, after_seq: u64) -> (u64, bool, Vec<String>) {
+    let changes = state.jobs.changes_after(after_seq, JOB_CHANGES_PER_READ_MAX);
+    let read_up_to = changes.changes.last().map_or(after_seq, |&(seq, _)| seq);
+    let mut seen = std::collections::HashSet::new();
+    let mut events = Vec::new();
+    // Newest first, so a job changed several times is sent once with its latest change's
+    // place; then back to change order.
+    for &(_, id) in changes.changes.iter().rev() {
+        if !seen.insert(id) {
+            continue;
+        }
+        let Some(job) = state.jobs.job(id) else { continue };
+        if let JobFilter::Queue(queue) = filter {
+            if job.queue != *queue {
+                continue;
+            }
+        }
+        let mut data = Vec::with_capacity(256 + job.payload.len());
+        json::push_job(&mut data, &job);
+        events.push(format!("event: job\ndata: {}\n\n", String::from_utf8_lossy(&data)));
+    }
+    events.reverse();
+    (read_up_to, changes.missed, events)
 }

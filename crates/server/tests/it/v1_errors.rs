@@ -1,0 +1,148 @@
+//! `/v1` bad input: each case answers its status, code and field, writes no Raft entry
+//! when the server can tell by itself, and leaves the state exactly as it was.
+
+use serde_json::json;
+
+use crate::support::{app, TestApp};
+use crate::v1_support::*;
+
+/// Sends `body` raw and checks the error and that nothing changed (no entry, same state).
+async fn assert_refused(app: &TestApp, method: &str, uri: &str, body: &str, status: u16, code: &str, field: Option<&str>) {
+    let (state, index) = (snapshot(app), applied_index(app));
+    let reply = call(app, method, uri, Some(body), &[]).await;
+    assert_error(&reply, status, code, field);
+    assert_eq!(applied_index(app), index, "{method} {uri} {body}: refused before proposing");
+    assert_eq!(snapshot(app), state, "{method} {uri} {body}: state unchanged");
+}
+
+/// A queue `q` with one leased job (id 1, token 1).
+async fn leased_app() -> TestApp {
+    let app = app();
+    submit(&app, "q", json!({})).await;
+    assert_eq!(lease(&app, "q", 1).await.len(), 1);
+    app
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_malformed_json() {
+    let app = app();
+    for body in ["{", "{\"payload\": }", "not json", "{\"payload\": 1} trailing", "{\"payload\":1,}"] {
+        assert_refused(&app, "POST", "/v1/queues/q/jobs", body, 400, "malformed_json", None).await;
+    }
+}
+
+#[tokio::test]
+async fn unknown_fields_are_refused_by_name() {
+    let app = app();
+    assert_refused(&app, "POST", "/v1/queues/q/jobs", r#"{"payload": 1, "prio": 2}"#, 400, "invalid", Some("prio")).await;
+    assert_refused(&app, "POST", "/v1/queues/q/jobs", r#"{"jobs": [{}, {"bogus": 1}]}"#, 400, "invalid", Some("jobs[1].bogus")).await;
+    assert_refused(&app, "PUT", "/v1/queues/q", r#"{"rate": {"limit": 1, "per": "1s", "brust": 1}}"#, 400, "invalid", Some("rate.brust")).await;
+    assert_refused(&app, "POST", "/v1/counters/c", r#"{"by": 1, "and": 2}"#, 400, "invalid", Some("and")).await;
+    assert_refused(&app, "POST", "/v1/queues/q/jobs", r#"{"payload": 1, "jobs": [{}]}"#, 400, "invalid", Some("jobs")).await;
+}
+
+#[tokio::test]
+async fn wrong_types_name_the_field() {
+    let app = leased_app().await;
+    assert_refused(&app, "POST", "/v1/queues/q/jobs", r#"{"priority": "high"}"#, 400, "invalid", Some("priority")).await;
+    assert_refused(&app, "POST", "/v1/queues/q/jobs", r#"{"priority": 1.5}"#, 400, "invalid", Some("priority")).await;
+    assert_refused(&app, "PUT", "/v1/queues/q", r#"{"concurrency": "1"}"#, 400, "invalid", Some("concurrency")).await;
+    assert_refused(&app, "PUT", "/v1/queues/q", r#"{"concurrency": -1}"#, 400, "invalid", Some("concurrency")).await;
+    assert_refused(&app, "PUT", "/v1/queues/q", r#"{"paused": "yes"}"#, 400, "invalid", Some("paused")).await;
+    assert_refused(&app, "POST", "/v1/queues/q/lease", r#"{"worker": 7}"#, 400, "invalid", Some("worker")).await;
+    assert_refused(&app, "POST", "/v1/queues/q/lease", r#"{"worker": "w", "max": -1}"#, 400, "invalid", Some("max")).await;
+    assert_refused(&app, "POST", "/v1/jobs/1/complete", r#"{"lease_token": "1"}"#, 400, "invalid", Some("lease_token")).await;
+    assert_refused(&app, "POST", "/v1/counters/c", r#"{"by": "1"}"#, 400, "invalid", Some("by")).await;
+    assert_refused(&app, "POST", "/v1/queues/q/jobs", r#"[1, 2]"#, 400, "invalid", None).await;
+    assert_refused(&app, "PUT", "/v1/queues/q", r#"{"rate": [1, "1s", 1]}"#, 400, "invalid", Some("rate")).await;
+    assert_refused(&app, "POST", "/v1/queues/q/jobs", r#"{"jobs": [[1]]}"#, 400, "invalid", Some("jobs[0]")).await;
+}
+
+#[tokio::test]
+async fn missing_required_fields_are_named() {
+    let app = leased_app().await;
+    assert_refused(&app, "POST", "/v1/queues/q/lease", r#"{"max": 1}"#, 400, "invalid", Some("worker")).await;
+    assert_refused(&app, "POST", "/v1/jobs/1/complete", r#"{"result": 1}"#, 400, "invalid", Some("lease_token")).await;
+    assert_refused(&app, "POST", "/v1/counters/c", "{}", 400, "invalid", Some("by")).await;
+    assert_refused(&app, "PUT", "/v1/queues/q", r#"{"rate": {"limit": 1}}"#, 400, "invalid", Some("rate.per")).await;
+}
+
+#[tokio::test]
+async fn durations_must_be_strings_within_their_field_maximum() {
+    let app = leased_app().await;
+    let cases = [
+        ("PUT", "/v1/queues/q", r#"{"lease_ttl": 30}"#, "lease_ttl"),
+        ("PUT", "/v1/queues/q", r#"{"lease_ttl": "-5s"}"#, "lease_ttl"),
+        ("PUT", "/v1/queues/q", r#"{"lease_ttl": "soon"}"#, "lease_ttl"),
+        ("PUT", "/v1/queues/q", r#"{"lease_ttl": "25h"}"#, "lease_ttl"),
+        ("PUT", "/v1/queues/q", r#"{"lease_ttl": "0s"}"#, "lease_ttl"),
+        ("PUT", "/v1/queues/q", r#"{"retention": "91days"}"#, "retention"),
+        ("PUT", "/v1/queues/q", r#"{"backoff": {"base": "8days"}}"#, "backoff.base"),
+        ("PUT", "/v1/queues/q", r#"{"rate": {"limit": 1, "per": "32days"}}"#, "rate.per"),
+        ("PUT", "/v1/queues/q", r#"{"concurrency": 0}"#, "concurrency"),
+        ("POST", "/v1/queues/q/jobs", r#"{"delay": "366days"}"#, "delay"),
+        ("POST", "/v1/queues/q/jobs", r#"{"delay": "99999999999999999999years"}"#, "delay"),
+        ("POST", "/v1/queues/q/jobs", r#"{"run_at": "tomorrow"}"#, "run_at"),
+        ("POST", "/v1/queues/q/jobs", r#"{"delay": "1s", "run_at": "2030-01-01T00:00:00Z"}"#, "run_at"),
+        ("POST", "/v1/queues/q/lease", r#"{"worker": "w", "wait": "61s"}"#, "wait"),
+        ("POST", "/v1/queues/q/lease", r#"{"worker": "w", "wait": 5}"#, "wait"),
+        ("POST", "/v1/queues/q/lease", r#"{"worker": "w", "lease_ttl": "2days"}"#, "lease_ttl"),
+        ("POST", "/v1/jobs/1/fail", r#"{"lease_token": 1, "retry_after": "400days"}"#, "retry_after"),
+        ("POST", "/v1/jobs/1/heartbeat", r#"{"lease_token": 1, "lease_ttl": "-1s"}"#, "lease_ttl"),
+    ];
+    for (method, uri, body, field) in cases {
+        assert_refused(&app, method, uri, body, 400, "invalid", Some(field)).await;
+    }
+}
+
+#[tokio::test]
+async fn counts_and_sizes_over_their_limits_are_refused() {
+    let app = leased_app().await;
+    assert_refused(&app, "POST", "/v1/queues/q/lease", r#"{"worker": "w", "max": 1001}"#, 400, "invalid", Some("max")).await;
+    assert_refused(&app, "POST", "/v1/queues/q/lease", r#"{"worker": "w", "max": 0}"#, 400, "invalid", Some("max")).await;
+    assert_refused(&app, "POST", "/v1/queues/q/lease", r#"{"worker": ""}"#, 400, "invalid", Some("worker")).await;
+    assert_refused(&app, "POST", "/v1/queues/q/jobs", r#"{"max_attempts": 1001}"#, 400, "invalid", Some("max_attempts")).await;
+    assert_refused(&app, "POST", "/v1/queues/q/jobs", r#"{"priority": 9007199254740992}"#, 400, "invalid", Some("priority")).await;
+    assert_refused(&app, "POST", "/v1/queues/q/jobs", r#"{"jobs": []}"#, 400, "invalid", Some("jobs")).await;
+    assert_refused(&app, "POST", "/v1/counters/c", r#"{"by": 0}"#, 400, "invalid", Some("by")).await;
+    let big = format!(r#"{{"payload": "{}"}}"#, "x".repeat(256 * 1024));
+    assert_refused(&app, "POST", "/v1/queues/q/jobs", &big, 413, "too_large", Some("payload")).await;
+    let big_result = format!(r#"{{"lease_token": 1, "result": "{}"}}"#, "x".repeat(256 * 1024));
+    assert_refused(&app, "POST", "/v1/jobs/1/complete", &big_result, 413, "too_large", Some("result")).await;
+    let big_error = format!(r#"{{"lease_token": 1, "error": "{}"}}"#, "x".repeat(8 * 1024 + 1));
+    assert_refused(&app, "POST", "/v1/jobs/1/fail", &big_error, 413, "too_large", Some("error")).await;
+    let many = format!(r#"{{"jobs": [{}]}}"#, vec!["{}"; 1001].join(","));
+    assert_refused(&app, "POST", "/v1/queues/q/jobs", &many, 413, "too_large", Some("jobs")).await;
+    let huge = " ".repeat(rota_server::v1::limits::BODY_BYTES_MAX + 1);
+    assert_refused(&app, "POST", "/v1/queues/q/jobs", &huge, 413, "too_large", None).await;
+}
+
+#[tokio::test]
+async fn bad_names_and_query_parameters_are_refused() {
+    let app = app();
+    assert_refused(&app, "POST", "/v1/queues/no%20spaces/jobs", "{}", 400, "invalid", Some("queue")).await;
+    assert_refused(&app, "POST", &format!("/v1/queues/{}/jobs", "q".repeat(129)), "{}", 400, "invalid", Some("queue")).await;
+    assert_refused(&app, "POST", "/v1/counters/a*b", r#"{"by": 1}"#, 400, "invalid", Some("name")).await;
+    assert_refused(&app, "POST", "/v1/queues/q/jobs?wiat=1s", "{}", 400, "invalid", Some("wiat")).await;
+    assert_refused(&app, "POST", "/v1/queues/q/jobs?wait=61s", "{}", 400, "invalid", Some("wait")).await;
+    assert_refused(&app, "POST", "/v1/queues/q/jobs?wait=1s", r#"{"jobs": [{}]}"#, 400, "invalid", Some("wait")).await;
+    assert_error(&get(&app, "/v1/jobs/1?wait=forever").await, 400, "invalid", Some("wait"));
+}
+
+#[tokio::test]
+async fn stale_and_unknown_leases_change_nothing() {
+    let app = leased_app().await;
+    for action in ["heartbeat", "complete", "fail", "release"] {
+        assert_refused_after_propose(&app, &format!("/v1/jobs/1/{action}"), r#"{"lease_token": 99}"#, 409, "stale_lease").await;
+        assert_refused_after_propose(&app, &format!("/v1/jobs/42/{action}"), r#"{"lease_token": 1}"#, 404, "not_found").await;
+    }
+}
+
+/// Errors only the state can decide: one entry is written, the state is unchanged.
+async fn assert_refused_after_propose(app: &TestApp, uri: &str, body: &str, status: u16, code: &str) {
+    let state = snapshot(app);
+    let reply = call(app, "POST", uri, Some(body), &[]).await;
+    assert_eq!(reply.status, status, "{uri}: {}", reply.body);
+    assert_eq!(reply.json()["error"]["code"], code);
+    assert_eq!(snapshot(app), state, "{uri}: state unchanged");
+}

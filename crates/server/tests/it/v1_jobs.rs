@@ -1,0 +1,233 @@
+//! `/v1` jobs: submit (single and batch), get, cancel, retry, the paged listing, leases and
+//! the calls a lease holder makes, counters.
+
+use serde_json::{json, Value};
+
+use crate::support::app;
+use crate::v1_support::*;
+
+fn is_rfc3339_millis(value: &Value) -> bool {
+    value.as_str().is_some_and(|text| text.len() == 24 && text.ends_with('Z') && humantime::parse_rfc3339(text).is_ok())
+}
+
+#[tokio::test]
+async fn submit_answers_202_with_location_and_the_job() {
+    let app = app();
+    let reply = post(&app, "/v1/queues/api/jobs", json!({"payload": {"url": "https://x", "n": [1, 2.5, null]}, "priority": 7})).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let job = reply.json();
+    let id = job["id"].as_u64().expect("id");
+    assert!(id > 0);
+    assert_eq!(reply.header("location"), Some(format!("/v1/jobs/{id}").as_str()));
+    assert_eq!(job["queue"], "api");
+    assert_eq!(job["state"], "queued");
+    assert_eq!(job["priority"], 7);
+    assert_eq!(job["payload"], json!({"url": "https://x", "n": [1, 2.5, null]}));
+    assert_eq!(job["attempts"], 0);
+    assert_eq!(job["max_attempts"], 5);
+    assert!(is_rfc3339_millis(&job["created_at"]), "{}", job["created_at"]);
+    assert_eq!(job["run_at"], job["created_at"]);
+    assert_eq!(job["result"], json!(null));
+    assert_eq!(job["errors"], json!([]));
+    assert_eq!(job["finished_at"], json!(null));
+    for absent in ["worker", "lease_token", "lease_expires_at"] {
+        assert!(job.get(absent).is_none(), "{absent} only while leased");
+    }
+    assert_eq!(get(&app, &format!("/v1/jobs/{id}")).await.json(), job);
+    assert_eq!(get(&app, "/v1/queues/api").await.json()["counts"]["queued"], 1, "the queue was created");
+}
+
+#[tokio::test]
+async fn the_payload_is_kept_as_given_json() {
+    let app = app();
+    for payload in [json!("text"), json!(12), json!(null), json!([{"a": {"b": "\u{e9}\"<"}}])] {
+        let job = submit(&app, "q", json!({"payload": payload})).await;
+        assert_eq!(job["payload"], payload);
+    }
+    let job = submit(&app, "q", json!({})).await;
+    assert_eq!(job["payload"], json!(null), "no payload is null");
+}
+
+#[tokio::test]
+async fn a_batch_is_one_raft_entry_with_ascending_ids() {
+    let app = app();
+    let before = applied_index(&app);
+    let reply = post(&app, "/v1/queues/q/jobs", json!({"jobs": [{"payload": 1}, {"payload": 2, "priority": 9}, {}]})).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    assert_eq!(applied_index(&app), before + 1);
+    let jobs = reply.json()["jobs"].as_array().expect("jobs").clone();
+    let ids: Vec<u64> = jobs.iter().map(|job| job["id"].as_u64().expect("id")).collect();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.windows(2).all(|pair| pair[1] == pair[0] + 1), "{ids:?}");
+    assert_eq!(jobs[1]["priority"], 9);
+}
+
+#[tokio::test]
+async fn a_batch_with_one_bad_job_is_refused_whole() {
+    let app = app();
+    let before = snapshot(&app);
+    let reply = post(&app, "/v1/queues/q/jobs", json!({"jobs": [{"payload": 1}, {"priority": "high"}]})).await;
+    assert_error(&reply, 400, "invalid", Some("jobs[1].priority"));
+    assert_eq!(snapshot(&app), before);
+}
+
+#[tokio::test]
+async fn delay_and_run_at_schedule_the_job() {
+    let app = app();
+    let job = submit(&app, "q", json!({"delay": "10s"})).await;
+    assert_eq!(job["state"], "scheduled");
+    let created = humantime::parse_rfc3339(job["created_at"].as_str().expect("created")).expect("time");
+    let run_at = humantime::parse_rfc3339(job["run_at"].as_str().expect("run_at")).expect("time");
+    assert_eq!(run_at.duration_since(created).expect("later").as_millis(), 10_000);
+    let job = submit(&app, "q", json!({"run_at": "2000-01-01T00:00:00.000Z"})).await;
+    assert_eq!(job["state"], "queued", "a run_at in the past means now");
+}
+
+#[tokio::test]
+async fn lease_complete_stores_the_result() {
+    let app = app();
+    let id = submit(&app, "q", json!({"payload": "p"})).await["id"].as_u64().expect("id");
+    let reply = post(&app, "/v1/queues/q/lease", json!({"worker": "host/1", "max": 5, "lease_ttl": "1m"})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let jobs = reply.json()["jobs"].as_array().expect("jobs").clone();
+    assert_eq!(jobs.len(), 1);
+    let job = &jobs[0];
+    assert_eq!((job["id"].as_u64(), job["state"].as_str(), job["worker"].as_str()), (Some(id), Some("leased"), Some("host/1")));
+    assert_eq!(job["attempts"], 1);
+    assert!(is_rfc3339_millis(&job["lease_expires_at"]));
+    let token = job["lease_token"].as_u64().expect("token");
+    let reply = post(&app, &format!("/v1/jobs/{id}/heartbeat"), json!({"lease_token": token, "lease_ttl": "2m"})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["lease_token"], token, "a heartbeat keeps the token");
+    let reply = post(&app, &format!("/v1/jobs/{id}/complete"), json!({"lease_token": token, "result": {"ok": [1]}})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let done = reply.json();
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(done["result"], json!({"ok": [1]}));
+    assert!(is_rfc3339_millis(&done["finished_at"]) && is_rfc3339_millis(&done["purge_at"]));
+    assert!(done.get("lease_token").is_none());
+    // A second complete with the same token is stale and changes nothing.
+    let before = snapshot(&app);
+    let reply = post(&app, &format!("/v1/jobs/{id}/complete"), json!({"lease_token": token, "result": 2})).await;
+    assert_error(&reply, 409, "stale_lease", Some("lease_token"));
+    assert_eq!(snapshot(&app), before);
+}
+
+#[tokio::test]
+async fn leases_take_the_highest_priority_then_the_oldest() {
+    let app = app();
+    for priority in [1, 5, 5, 3] {
+        submit(&app, "q", json!({"priority": priority})).await;
+    }
+    let ids: Vec<u64> = lease(&app, "q", 10).await.iter().map(|job| job["id"].as_u64().expect("id")).collect();
+    assert_eq!(ids, [2, 3, 4, 1]);
+    assert_eq!(lease(&app, "q", 1).await, Vec::<Value>::new(), "nothing left: an empty list at once");
+}
+
+#[tokio::test]
+async fn fail_records_the_error_and_schedules_a_retry_then_dead() {
+    let app = app();
+    put_json(&app, "/v1/queues/q", json!({"max_attempts": 2, "backoff": {"base": "0s", "max": "0s"}})).await;
+    let id = submit(&app, "q", json!({})).await["id"].as_u64().expect("id");
+    let token = lease(&app, "q", 1).await[0]["lease_token"].as_u64().expect("token");
+    let reply = post(&app, &format!("/v1/jobs/{id}/fail"), json!({"lease_token": token, "error": "boom"})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let job = reply.json();
+    assert_eq!(job["state"], "queued", "zero backoff queues it again at once");
+    assert_eq!(job["errors"][0]["attempt"], 1);
+    assert_eq!(job["errors"][0]["error"], "boom");
+    let token = lease(&app, "q", 1).await[0]["lease_token"].as_u64().expect("token");
+    let reply = post(&app, &format!("/v1/jobs/{id}/fail"), json!({"lease_token": token, "error": "again"})).await;
+    assert_eq!(reply.json()["state"], "dead");
+    // Retry from dead; retrying a queued job is invalid_state.
+    let reply = post(&app, &format!("/v1/jobs/{id}/retry"), json!({})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["state"], "queued");
+    assert_eq!(reply.json()["max_attempts"], 4);
+    assert_error(&post(&app, &format!("/v1/jobs/{id}/retry"), json!({})).await, 409, "invalid_state", None);
+}
+
+#[tokio::test]
+async fn fail_without_retry_is_dead_and_retry_after_schedules() {
+    let app = app();
+    let first = submit(&app, "q", json!({})).await["id"].as_u64().expect("id");
+    let second = submit(&app, "q", json!({})).await["id"].as_u64().expect("id");
+    let tokens: Vec<u64> = lease(&app, "q", 2).await.iter().map(|job| job["lease_token"].as_u64().expect("token")).collect();
+    assert!(tokens[1] > tokens[0], "tokens increase");
+    let reply = post(&app, &format!("/v1/jobs/{first}/fail"), json!({"lease_token": tokens[0], "error": "x", "retry": false})).await;
+    assert_eq!(reply.json()["state"], "dead");
+    let reply = post(&app, &format!("/v1/jobs/{second}/fail"), json!({"lease_token": tokens[1], "retry_after": "5s"})).await;
+    assert_eq!(reply.json()["state"], "scheduled");
+}
+
+#[tokio::test]
+async fn release_queues_the_job_again_without_counting_the_attempt() {
+    let app = app();
+    let id = submit(&app, "q", json!({})).await["id"].as_u64().expect("id");
+    let token = lease(&app, "q", 1).await[0]["lease_token"].as_u64().expect("token");
+    let reply = post(&app, &format!("/v1/jobs/{id}/release"), json!({"lease_token": token})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!((reply.json()["state"].as_str(), reply.json()["attempts"].as_u64()), (Some("queued"), Some(0)));
+}
+
+#[tokio::test]
+async fn cancel_makes_a_job_cancelled_and_its_lease_stale() {
+    let app = app();
+    let id = submit(&app, "q", json!({})).await["id"].as_u64().expect("id");
+    let token = lease(&app, "q", 1).await[0]["lease_token"].as_u64().expect("token");
+    let reply = call(&app, "DELETE", &format!("/v1/jobs/{id}"), None, &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["state"], "cancelled");
+    let before = snapshot(&app);
+    assert_error(&post(&app, &format!("/v1/jobs/{id}/heartbeat"), json!({"lease_token": token})).await, 409, "stale_lease", Some("lease_token"));
+    assert_error(&call(&app, "DELETE", &format!("/v1/jobs/{id}"), None, &[]).await, 409, "invalid_state", None);
+    assert_eq!(snapshot(&app), before);
+    assert_error(&call(&app, "DELETE", "/v1/jobs/999", None, &[]).await, 404, "not_found", None);
+}
+
+#[tokio::test]
+async fn the_listing_pages_by_id_within_a_state() {
+    let app = app();
+    for _ in 0..5 {
+        submit(&app, "q", json!({})).await;
+    }
+    call(&app, "DELETE", "/v1/jobs/2", None, &[]).await;
+    let page = get(&app, "/v1/queues/q/jobs?state=queued&limit=2").await.json();
+    let ids = |page: &Value| page["jobs"].as_array().expect("jobs").iter().map(|job| job["id"].as_u64().expect("id")).collect::<Vec<_>>();
+    assert_eq!(ids(&page), [1, 3]);
+    assert_eq!(page["next"], 3);
+    let page = get(&app, "/v1/queues/q/jobs?state=queued&limit=2&after=3").await.json();
+    assert_eq!(ids(&page), [4, 5]);
+    let page = get(&app, "/v1/queues/q/jobs?state=queued&limit=2&after=5").await.json();
+    assert_eq!(ids(&page), Vec::<u64>::new());
+    assert_eq!(page["next"], json!(null));
+    assert_eq!(ids(&get(&app, "/v1/queues/q/jobs").await.json()), [1, 2, 3, 4, 5], "all states");
+    assert_eq!(ids(&get(&app, "/v1/queues/q/jobs?state=cancelled").await.json()), [2]);
+    assert_error(&get(&app, "/v1/queues/q/jobs?state=done").await, 400, "invalid", Some("state"));
+    assert_error(&get(&app, "/v1/queues/q/jobs?limit=1001").await, 400, "invalid", Some("limit"));
+    assert_error(&get(&app, "/v1/queues/none/jobs").await, 404, "not_found", None);
+}
+
+#[tokio::test]
+async fn counters_add_and_read_back() {
+    let app = app();
+    assert_eq!(get(&app, "/v1/counters/hits").await.json(), json!({"name": "hits", "value": 0}));
+    assert_eq!(post(&app, "/v1/counters/hits", json!({"by": 2})).await.json(), json!({"name": "hits", "value": 2}));
+    assert_eq!(post(&app, "/v1/counters/hits", json!({"by": 5})).await.json()["value"], 7);
+    assert_eq!(get(&app, "/v1/counters/hits").await.json()["value"], 7);
+    post(&app, "/v1/counters/big", json!({"by": u64::MAX})).await;
+    let before = snapshot(&app);
+    assert_error(&post(&app, "/v1/counters/big", json!({"by": 1})).await, 422, "counter_overflow", Some("by"));
+    assert_eq!(snapshot(&app), before);
+}
+
+#[tokio::test]
+async fn unknown_endpoints_and_methods_answer_json_errors() {
+    let app = app();
+    assert_error(&get(&app, "/v1/nothing").await, 404, "not_found", None);
+    let reply = call(&app, "PATCH", "/v1/queues/q", None, &[]).await;
+    assert_error(&reply, 405, "method_not_allowed", None);
+    assert_eq!(reply.header("allow"), Some("GET, PUT, DELETE"));
+    assert_error(&post(&app, "/v1/jobs/1/explode", json!({})).await, 404, "not_found", None);
+    assert_error(&get(&app, "/v1/jobs/abc").await, 400, "invalid", Some("id"));
+}

@@ -1,0 +1,178 @@
+//! Waiting: wait-for-result on submit and get, lease long-polls served in arrival order as
+//! capacity returns, and waiters that vanish with their clients.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::{app, eventually, TestApp};
+use crate::v1_support::*;
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Starts a lease long-poll as its own task.
+fn spawn_lease(app: &TestApp, queue: &str, worker: &str, wait: &str) -> tokio::task::JoinHandle<Vec<Value>> {
+    let (app, uri) = (app.clone(), format!("/v1/queues/{queue}/lease"));
+    let body = json!({"worker": worker, "wait": wait});
+    tokio::spawn(async move {
+        let reply = post(&app, &uri, body).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()["jobs"].as_array().expect("jobs").clone()
+    })
+}
+
+async fn wait_for_waiters(app: &TestApp, count: usize) {
+    let app = app.clone();
+    eventually(PATIENCE, &format!("{count} lease waiters"), move || rota_server::v1::lease_waiter_count(&app) == count).await;
+}
+
+async fn complete(app: &TestApp, job: &Value) {
+    let uri = format!("/v1/jobs/{}/complete", job["id"]);
+    let reply = post(app, &uri, json!({"lease_token": job["lease_token"], "result": "done"})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+#[tokio::test]
+async fn submit_with_wait_answers_200_once_the_job_finished() {
+    let app = app();
+    let waiting = {
+        let app = app.clone();
+        tokio::spawn(async move { post(&app, "/v1/queues/q/jobs?wait=30s", json!({"payload": 1})).await })
+    };
+    let app2 = app.clone();
+    eventually(PATIENCE, "the job is submitted", move || rota_server::v1::result_waiter_count(&app2) == 1).await;
+    let job = lease(&app, "q", 1).await.remove(0);
+    complete(&app, &job).await;
+    let reply = tokio::time::timeout(PATIENCE, waiting).await.expect("answered").expect("task");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["state"], "succeeded");
+    assert_eq!(reply.json()["result"], "done");
+    assert!(reply.header("location").is_some());
+    assert_eq!(rota_server::v1::result_waiter_count(&app), 0);
+}
+
+#[tokio::test]
+async fn submit_with_wait_answers_202_when_the_wait_ends_first() {
+    let app = app();
+    let reply = post(&app, "/v1/queues/q/jobs?wait=50ms", json!({})).await;
+    assert_eq!(reply.status, 202);
+    assert_eq!(reply.json()["state"], "queued");
+}
+
+#[tokio::test]
+async fn get_with_wait_answers_the_finished_job() {
+    let app = app();
+    let id = submit(&app, "q", json!({})).await["id"].clone();
+    let waiting = {
+        let app = app.clone();
+        let uri = format!("/v1/jobs/{id}?wait=30s");
+        tokio::spawn(async move { get(&app, &uri).await })
+    };
+    let app2 = app.clone();
+    eventually(PATIENCE, "the get waits", move || rota_server::v1::result_waiter_count(&app2) == 1).await;
+    let reply = call(&app, "DELETE", &format!("/v1/jobs/{id}"), None, &[]).await;
+    assert_eq!(reply.status, 200);
+    let reply = tokio::time::timeout(PATIENCE, waiting).await.expect("answered").expect("task");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["state"], "cancelled");
+}
+
+#[tokio::test]
+async fn a_lease_long_poll_ends_empty_when_its_wait_runs_out() {
+    let app = app();
+    let reply = post(&app, "/v1/queues/q/lease", json!({"worker": "w", "wait": "50ms"})).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json(), json!({"jobs": []}));
+    assert_eq!(rota_server::v1::lease_waiter_count(&app), 0);
+}
+
+#[tokio::test]
+async fn a_waiting_lease_is_served_when_a_job_is_submitted() {
+    let app = app();
+    let waiter = spawn_lease(&app, "q", "w1", "30s");
+    wait_for_waiters(&app, 1).await;
+    let id = submit(&app, "q", json!({})).await["id"].clone();
+    let jobs = tokio::time::timeout(PATIENCE, waiter).await.expect("served").expect("task");
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["id"], id);
+}
+
+#[tokio::test]
+async fn lease_waiters_are_served_in_arrival_order_as_completes_free_capacity() {
+    let app = app();
+    put_json(&app, "/v1/queues/q", json!({"concurrency": 1})).await;
+    submit(&app, "q", json!({"payload": "first"})).await;
+    let mut holder = lease(&app, "q", 1).await.remove(0);
+    let mut waiters = Vec::new();
+    for (index, worker) in ["w1", "w2", "w3"].into_iter().enumerate() {
+        waiters.push(spawn_lease(&app, "q", worker, "30s"));
+        wait_for_waiters(&app, index + 1).await;
+    }
+    // Queued behind the full concurrency: a low and then a high priority job.
+    submit(&app, "q", json!({"priority": 1})).await;
+    submit(&app, "q", json!({"priority": 9})).await;
+    submit(&app, "q", json!({"priority": 5})).await;
+    let mut served = Vec::new();
+    for waiter in waiters {
+        complete(&app, &holder).await;
+        let jobs = tokio::time::timeout(PATIENCE, waiter).await.expect("served").expect("task");
+        assert_eq!(jobs.len(), 1);
+        holder = jobs[0].clone();
+        served.push((holder["worker"].as_str().expect("worker").to_owned(), holder["priority"].as_i64().expect("priority")));
+        assert_eq!(get(&app, "/v1/queues/q").await.json()["counts"]["leased"], 1, "concurrency 1 holds");
+    }
+    assert_eq!(served, [("w1".to_owned(), 9), ("w2".to_owned(), 5), ("w3".to_owned(), 1)]);
+    assert_eq!(rota_server::v1::lease_waiter_count(&app), 0);
+}
+
+#[tokio::test]
+async fn a_new_lease_does_not_overtake_waiting_ones() {
+    let app = app();
+    put_json(&app, "/v1/queues/q", json!({"concurrency": 1})).await;
+    submit(&app, "q", json!({})).await;
+    let holder = lease(&app, "q", 1).await.remove(0);
+    let first = spawn_lease(&app, "q", "early", "30s");
+    wait_for_waiters(&app, 1).await;
+    submit(&app, "q", json!({})).await;
+    let late = spawn_lease(&app, "q", "late", "30s");
+    wait_for_waiters(&app, 2).await;
+    complete(&app, &holder).await;
+    let jobs = tokio::time::timeout(PATIENCE, first).await.expect("served").expect("task");
+    assert_eq!(jobs[0]["worker"], "early");
+    late.abort();
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_leaves_no_waiter_behind() {
+    let app = app();
+    put_json(&app, "/v1/queues/q", json!({"concurrency": 1})).await;
+    submit(&app, "q", json!({})).await;
+    let holder = lease(&app, "q", 1).await.remove(0);
+    // The head of the line goes away while another waits behind it.
+    let gone = spawn_lease(&app, "q", "gone", "30s");
+    wait_for_waiters(&app, 1).await;
+    let stays = spawn_lease(&app, "q", "stays", "30s");
+    wait_for_waiters(&app, 2).await;
+    gone.abort();
+    wait_for_waiters(&app, 1).await;
+    submit(&app, "q", json!({})).await;
+    complete(&app, &holder).await;
+    let jobs = tokio::time::timeout(PATIENCE, stays).await.expect("the next in line took over").expect("task");
+    assert_eq!(jobs[0]["worker"], "stays");
+    assert_eq!(rota_server::v1::lease_waiter_count(&app), 0);
+}
+
+#[tokio::test]
+async fn a_dropped_result_wait_releases_its_slot() {
+    let app = app();
+    submit(&app, "q", json!({})).await;
+    let waiting = {
+        let app = app.clone();
+        tokio::spawn(async move { get(&app, "/v1/jobs/1?wait=30s").await })
+    };
+    let app2 = app.clone();
+    eventually(PATIENCE, "the get waits", move || rota_server::v1::result_waiter_count(&app2) == 1).await;
+    waiting.abort();
+    let app2 = app.clone();
+    eventually(PATIENCE, "the slot is released", move || rota_server::v1::result_waiter_count(&app2) == 0).await;
+}

@@ -1,0 +1,99 @@
+//! `GET /v1/watch`: Server-Sent Events of key events and job changes, over a real socket.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{app, connect, put, read_until, serve, write_all};
+use crate::v1_support::*;
+
+const PATIENCE: Duration = Duration::from_secs(5);
+
+/// Opens a stream; also returns what arrived with the headers.
+async fn open_with_start(port: u16, uri: &str) -> (tokio::net::TcpStream, String) {
+    let mut stream = connect(port).await;
+    write_all(&mut stream, &format!("GET {uri} HTTP/1.1\r\nHost: rota\r\n\r\n")).await;
+    let seen = read_until(&mut stream, "\r\n\r\n", PATIENCE).await;
+    let (head, start) = seen.split_once("\r\n\r\n").expect("a header section");
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    (stream, start.to_owned())
+}
+
+async fn open(port: u16, uri: &str) -> tokio::net::TcpStream {
+    open_with_start(port, uri).await.0
+}
+
+#[tokio::test]
+async fn the_stream_delivers_key_events_and_job_events() {
+    let served = serve(app(), Default::default()).await;
+    let mut stream = open(served.port, "/v1/watch").await;
+    put(&served.app, "/v2/keys/config/a", "value=one").await;
+    let text = read_until(&mut stream, "\n\n", PATIENCE).await;
+    assert!(text.contains("event: key\n"), "{text}");
+    assert!(text.contains(r#""action":"set""#) && text.contains(r#""value":"one""#), "{text}");
+    let id = crate::support::store_index(&served.app);
+    assert!(text.contains(&format!("id: {id}\n")), "{text}");
+    submit(&served.app, "jobsq", json!({"payload": "hello"})).await;
+    let text = read_until(&mut stream, "hello", PATIENCE).await;
+    assert!(text.contains("event: job\ndata: {\"id\":1,\"queue\":\"jobsq\",\"state\":\"queued\""), "{text}");
+}
+
+#[tokio::test]
+async fn a_prefix_filters_keys_and_jobs() {
+    let served = serve(app(), Default::default()).await;
+    let mut keys = open(served.port, "/v1/watch?prefix=/config").await;
+    let mut jobs = open(served.port, "/v1/watch?prefix=jobs/wanted").await;
+    put(&served.app, "/v2/keys/other", "value=skip").await;
+    submit(&served.app, "unwanted", json!({"payload": "skip"})).await;
+    put(&served.app, "/v2/keys/config/x", "value=take").await;
+    submit(&served.app, "wanted", json!({"payload": "take"})).await;
+    let text = read_until(&mut keys, "take", PATIENCE).await;
+    assert!(!text.contains("skip") && !text.contains("event: job"), "{text}");
+    let text = read_until(&mut jobs, "take", PATIENCE).await;
+    assert!(!text.contains("skip") && !text.contains("event: key"), "{text}");
+}
+
+#[tokio::test]
+async fn since_replays_key_history_and_a_cleared_index_is_400() {
+    let app = app();
+    put(&app, "/v2/keys/h", "value=1").await;
+    let first = crate::support::store_index(&app);
+    put(&app, "/v2/keys/h", "value=2").await;
+    let served = serve(app, Default::default()).await;
+    let (mut stream, start) = open_with_start(served.port, &format!("/v1/watch?prefix=/h&since={first}")).await;
+    let text = if start.contains("\"value\":\"2\"") { start } else { start + &read_until(&mut stream, "\"value\":\"2\"", PATIENCE).await };
+    assert!(text.find("\"value\":\"1\"") < text.find("\"value\":\"2\""), "{text}");
+    for value in 0..1005 {
+        put(&served.app, "/v2/keys/h", &format!("value={value}")).await;
+    }
+    assert_error(&get(&served.app, "/v1/watch?since=1").await, 400, "invalid", Some("since"));
+}
+
+#[tokio::test]
+async fn a_closed_stream_gives_its_watcher_slot_back() {
+    let served = serve(app(), Default::default()).await;
+    let stream = open(served.port, "/v1/watch").await;
+    assert_eq!(served.app.watcher_count(), 1);
+    drop(stream);
+    let app = served.app.clone();
+    crate::support::eventually(PATIENCE, "the slot is back", move || app.watcher_count() == 0).await;
+}
+
+#[tokio::test]
+async fn job_changes_made_by_time_alone_reach_the_stream() {
+    use rota_server::backend::Backend;
+    let served = serve(app(), Default::default()).await;
+    put_json(&served.app, "/v1/queues/expiring", json!({"lease_ttl": "1s", "backoff": {"base": "1ms", "max": "1ms"}})).await;
+    submit(&served.app, "expiring", json!({"payload": "tick-me"})).await;
+    let leased = post(&served.app, "/v1/queues/expiring/lease", json!({"worker": "w"})).await;
+    assert_eq!(leased.status, 200);
+    let mut stream = open(served.port, "/v1/watch?prefix=jobs/expiring").await;
+    // No request touches the job: only time passes and a Tick is applied.
+    served.app.backend().advance_ms(5_000);
+    served.app.backend().propose(rota_core::Command::Tick).await.expect("tick applies");
+    let text = read_until(&mut stream, "lease expired", PATIENCE).await;
+    assert!(text.contains("event: job\n"), "{text}");
+    assert!(!text.contains("\"state\":\"leased\""), "the expiry is the change reported: {text}");
+}
