@@ -32,7 +32,10 @@ static V1_RETRY_FOR_MS: AtomicU64 = AtomicU64::new(V1_RETRY_FOR.as_millis() as u
 
 /// Sets how long every `/v1` call of this process keeps retrying (default [`V1_RETRY_FOR`]).
 pub fn set_v1_retry_for(budget: Duration) {
-    V1_RETRY_FOR_MS.store(u64::try_from(budget.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    V1_RETRY_FOR_MS.store(
+        u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
 }
 
 fn v1_retry_for() -> Duration {
@@ -119,12 +122,21 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub const ALL: [JobState; 6] =
-        [JobState::Scheduled, JobState::Queued, JobState::Leased, JobState::Succeeded, JobState::Dead, JobState::Cancelled];
+    pub const ALL: [JobState; 6] = [
+        JobState::Scheduled,
+        JobState::Queued,
+        JobState::Leased,
+        JobState::Succeeded,
+        JobState::Dead,
+        JobState::Cancelled,
+    ];
 
     /// Succeeded, dead and cancelled jobs are finished.
     pub fn is_finished(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Dead | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Dead | JobState::Cancelled
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -216,7 +228,10 @@ pub struct NewJob {
 
 impl NewJob {
     pub fn new(payload: Value) -> NewJob {
-        NewJob { payload, ..NewJob::default() }
+        NewJob {
+            payload,
+            ..NewJob::default()
+        }
     }
 
     fn to_json(&self) -> Value {
@@ -425,7 +440,10 @@ impl V1Answer {
     fn unexpected(&self) -> JobsError {
         let body = String::from_utf8_lossy(&self.body);
         let shown: String = body.chars().take(512).collect();
-        JobsError::Unexpected { status: self.status, body: shown }
+        JobsError::Unexpected {
+            status: self.status,
+            body: shown,
+        }
     }
 }
 
@@ -449,14 +467,22 @@ impl Client {
 
     /// `PUT /v1/queues/{q}`: creates the queue or replaces its whole configuration.
     pub async fn put_queue(&self, queue: &str, config: &QueueConfig) -> Result<Queue, JobsError> {
-        let body = serde_json::to_value(config).map_err(|error| JobsError::Client(error.to_string()))?;
-        let request = self.mutation(reqwest::Method::PUT, format!("/v1/queues/{}", segment(queue)), Some(body), &idempotency_key());
+        let body =
+            serde_json::to_value(config).map_err(|error| JobsError::Client(error.to_string()))?;
+        let request = self.mutation(
+            reqwest::Method::PUT,
+            format!("/v1/queues/{}", segment(queue)),
+            Some(body),
+            &idempotency_key(),
+        );
         self.send_v1(request).await?.parse()
     }
 
     /// `GET /v1/queues/{q}`.
     pub async fn get_queue(&self, queue: &str) -> Result<Queue, JobsError> {
-        self.send_v1(self.read(format!("/v1/queues/{}", segment(queue)), None)).await?.parse()
+        self.send_v1(self.read(format!("/v1/queues/{}", segment(queue)), None))
+            .await?
+            .parse()
     }
 
     /// `GET /v1/queues`.
@@ -465,7 +491,10 @@ impl Client {
         struct Queues {
             queues: Vec<Queue>,
         }
-        let queues: Queues = self.send_v1(self.read("/v1/queues".into(), None)).await?.parse()?;
+        let queues: Queues = self
+            .send_v1(self.read("/v1/queues".into(), None))
+            .await?
+            .parse()?;
         Ok(queues.queues)
     }
 
@@ -483,8 +512,14 @@ impl Client {
 
     /// Submits one job. With `wait`, also waits (up to `wait`) for it to finish and returns
     /// it as it is then; check `job.state`.
-    pub async fn submit(&self, queue: &str, job: &NewJob, wait: Option<Duration>) -> Result<Submitted, JobsError> {
-        self.submit_keyed(&idempotency_key(), queue, job, wait).await
+    pub async fn submit(
+        &self,
+        queue: &str,
+        job: &NewJob,
+        wait: Option<Duration>,
+    ) -> Result<Submitted, JobsError> {
+        self.submit_keyed(&idempotency_key(), queue, job, wait)
+            .await
     }
 
     /// [`Client::submit`] with the caller's idempotency key: the same key and job always
@@ -505,7 +540,11 @@ impl Client {
         let mut request = self.mutation(reqwest::Method::POST, target, Some(job.to_json()), key);
         request.timeout += server_wait.unwrap_or_default();
         let answer = self.send_v1(request).await?;
-        let mut submitted = Submitted { job: answer.parse()?, location: answer.location.clone(), replayed: answer.replayed };
+        let mut submitted = Submitted {
+            job: answer.parse()?,
+            location: answer.location.clone(),
+            replayed: answer.replayed,
+        };
         if let Some(wait) = wait {
             let left = wait.saturating_sub(started.elapsed());
             if !submitted.job.state.is_finished() && !left.is_zero() {
@@ -521,16 +560,23 @@ impl Client {
         struct Jobs {
             jobs: Vec<Job>,
         }
-        let body = serde_json::json!({ "jobs": jobs.iter().map(NewJob::to_json).collect::<Vec<_>>() });
-        let request =
-            self.mutation(reqwest::Method::POST, format!("/v1/queues/{}/jobs", segment(queue)), Some(body), &idempotency_key());
+        let body =
+            serde_json::json!({ "jobs": jobs.iter().map(NewJob::to_json).collect::<Vec<_>>() });
+        let request = self.mutation(
+            reqwest::Method::POST,
+            format!("/v1/queues/{}/jobs", segment(queue)),
+            Some(body),
+            &idempotency_key(),
+        );
         let jobs: Jobs = self.send_v1(request).await?.parse()?;
         Ok(jobs.jobs)
     }
 
     /// `GET /v1/jobs/{id}`.
     pub async fn get_job(&self, id: JobId) -> Result<Job, JobsError> {
-        self.send_v1(self.read(format!("/v1/jobs/{id}"), None)).await?.parse()
+        self.send_v1(self.read(format!("/v1/jobs/{id}"), None))
+            .await?
+            .parse()
     }
 
     /// Waits up to `wait` for the job to finish (in server-side waits of at most
@@ -540,9 +586,18 @@ impl Client {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let server_wait = left.min(SERVER_WAIT_MAX);
-            let target = format!("/v1/jobs/{id}{}", query_string(&[("wait", duration_text(server_wait))]));
-            let job: Job = self.send_v1(self.read(target, Some(server_wait))).await?.parse()?;
-            if job.state.is_finished() || Instant::now() >= deadline || server_wait < Duration::from_millis(1) {
+            let target = format!(
+                "/v1/jobs/{id}{}",
+                query_string(&[("wait", duration_text(server_wait))])
+            );
+            let job: Job = self
+                .send_v1(self.read(target, Some(server_wait)))
+                .await?
+                .parse()?;
+            if job.state.is_finished()
+                || Instant::now() >= deadline
+                || server_wait < Duration::from_millis(1)
+            {
                 return Ok(job);
             }
         }
@@ -550,13 +605,23 @@ impl Client {
 
     /// `DELETE /v1/jobs/{id}`: the job becomes `cancelled`.
     pub async fn cancel_job(&self, id: JobId) -> Result<Job, JobsError> {
-        let request = self.mutation(reqwest::Method::DELETE, format!("/v1/jobs/{id}"), None, &idempotency_key());
+        let request = self.mutation(
+            reqwest::Method::DELETE,
+            format!("/v1/jobs/{id}"),
+            None,
+            &idempotency_key(),
+        );
         self.send_v1(request).await?.parse()
     }
 
     /// `POST /v1/jobs/{id}/retry`: a dead job is queued again.
     pub async fn retry_job(&self, id: JobId) -> Result<Job, JobsError> {
-        let request = self.mutation(reqwest::Method::POST, format!("/v1/jobs/{id}/retry"), None, &idempotency_key());
+        let request = self.mutation(
+            reqwest::Method::POST,
+            format!("/v1/jobs/{id}/retry"),
+            None,
+            &idempotency_key(),
+        );
         self.send_v1(request).await?.parse()
     }
 
@@ -584,7 +649,12 @@ impl Client {
     }
 
     /// [`Client::lease`] with the caller's key: a repeat answers the same leased jobs.
-    pub async fn lease_keyed(&self, key: &str, queue: &str, request: &LeaseRequest) -> Result<Leased, JobsError> {
+    pub async fn lease_keyed(
+        &self,
+        key: &str,
+        queue: &str,
+        request: &LeaseRequest,
+    ) -> Result<Leased, JobsError> {
         let mut body = serde_json::json!({
             "worker": request.worker,
             "max": request.max,
@@ -593,38 +663,82 @@ impl Client {
         if let Some(lease_ttl) = request.lease_ttl {
             body["lease_ttl"] = duration_text(lease_ttl).into();
         }
-        let mut http = self.mutation(reqwest::Method::POST, format!("/v1/queues/{}/lease", segment(queue)), Some(body), key);
+        let mut http = self.mutation(
+            reqwest::Method::POST,
+            format!("/v1/queues/{}/lease", segment(queue)),
+            Some(body),
+            key,
+        );
         http.timeout += request.wait;
         self.send_v1(http).await?.parse()
     }
 
     /// Extends a lease by its ttl (or `lease_ttl`, which then sticks).
-    pub async fn heartbeat(&self, id: JobId, lease_token: u64, lease_ttl: Option<Duration>) -> Result<Job, JobsError> {
+    pub async fn heartbeat(
+        &self,
+        id: JobId,
+        lease_token: u64,
+        lease_ttl: Option<Duration>,
+    ) -> Result<Job, JobsError> {
         let mut body = serde_json::json!({ "lease_token": lease_token });
         if let Some(lease_ttl) = lease_ttl {
             body["lease_ttl"] = duration_text(lease_ttl).into();
         }
-        let request = self.mutation(reqwest::Method::POST, format!("/v1/jobs/{id}/heartbeat"), Some(body), &idempotency_key());
+        let request = self.mutation(
+            reqwest::Method::POST,
+            format!("/v1/jobs/{id}/heartbeat"),
+            Some(body),
+            &idempotency_key(),
+        );
         self.send_v1(request).await?.parse()
     }
 
     /// The job succeeded with `result`.
-    pub async fn complete(&self, id: JobId, lease_token: u64, result: &Value) -> Result<Job, JobsError> {
-        self.complete_keyed(&idempotency_key(), id, lease_token, result).await
+    pub async fn complete(
+        &self,
+        id: JobId,
+        lease_token: u64,
+        result: &Value,
+    ) -> Result<Job, JobsError> {
+        self.complete_keyed(&idempotency_key(), id, lease_token, result)
+            .await
     }
 
-    pub async fn complete_keyed(&self, key: &str, id: JobId, lease_token: u64, result: &Value) -> Result<Job, JobsError> {
+    pub async fn complete_keyed(
+        &self,
+        key: &str,
+        id: JobId,
+        lease_token: u64,
+        result: &Value,
+    ) -> Result<Job, JobsError> {
         let body = serde_json::json!({ "lease_token": lease_token, "result": result });
-        let request = self.mutation(reqwest::Method::POST, format!("/v1/jobs/{id}/complete"), Some(body), key);
+        let request = self.mutation(
+            reqwest::Method::POST,
+            format!("/v1/jobs/{id}/complete"),
+            Some(body),
+            key,
+        );
         self.send_v1(request).await?.parse()
     }
 
     /// A failed attempt: retried later, or dead.
-    pub async fn fail(&self, id: JobId, lease_token: u64, fail: &FailRequest) -> Result<Job, JobsError> {
-        self.fail_keyed(&idempotency_key(), id, lease_token, fail).await
+    pub async fn fail(
+        &self,
+        id: JobId,
+        lease_token: u64,
+        fail: &FailRequest,
+    ) -> Result<Job, JobsError> {
+        self.fail_keyed(&idempotency_key(), id, lease_token, fail)
+            .await
     }
 
-    pub async fn fail_keyed(&self, key: &str, id: JobId, lease_token: u64, fail: &FailRequest) -> Result<Job, JobsError> {
+    pub async fn fail_keyed(
+        &self,
+        key: &str,
+        id: JobId,
+        lease_token: u64,
+        fail: &FailRequest,
+    ) -> Result<Job, JobsError> {
         let mut body = serde_json::json!({ "lease_token": lease_token, "error": fail.error });
         if let Some(retry) = fail.retry {
             body["retry"] = retry.into();
@@ -632,18 +746,34 @@ impl Client {
         if let Some(retry_after) = fail.retry_after {
             body["retry_after"] = duration_text(retry_after).into();
         }
-        let request = self.mutation(reqwest::Method::POST, format!("/v1/jobs/{id}/fail"), Some(body), key);
+        let request = self.mutation(
+            reqwest::Method::POST,
+            format!("/v1/jobs/{id}/fail"),
+            Some(body),
+            key,
+        );
         self.send_v1(request).await?.parse()
     }
 
     /// Gives the job back (queued at once, the attempt not counted).
     pub async fn release(&self, id: JobId, lease_token: u64) -> Result<Job, JobsError> {
-        self.release_keyed(&idempotency_key(), id, lease_token).await
+        self.release_keyed(&idempotency_key(), id, lease_token)
+            .await
     }
 
-    pub async fn release_keyed(&self, key: &str, id: JobId, lease_token: u64) -> Result<Job, JobsError> {
+    pub async fn release_keyed(
+        &self,
+        key: &str,
+        id: JobId,
+        lease_token: u64,
+    ) -> Result<Job, JobsError> {
         let body = serde_json::json!({ "lease_token": lease_token });
-        let request = self.mutation(reqwest::Method::POST, format!("/v1/jobs/{id}/release"), Some(body), key);
+        let request = self.mutation(
+            reqwest::Method::POST,
+            format!("/v1/jobs/{id}/release"),
+            Some(body),
+            key,
+        );
         self.send_v1(request).await?.parse()
     }
 
@@ -652,26 +782,48 @@ impl Client {
     /// Adds `by` (≥ 1) and returns the new value.
     pub async fn counter_add(&self, name: &str, by: u64) -> Result<u64, JobsError> {
         let body = serde_json::json!({ "by": by });
-        let request =
-            self.mutation(reqwest::Method::POST, format!("/v1/counters/{}", segment(name)), Some(body), &idempotency_key());
+        let request = self.mutation(
+            reqwest::Method::POST,
+            format!("/v1/counters/{}", segment(name)),
+            Some(body),
+            &idempotency_key(),
+        );
         let counter: Counter = self.send_v1(request).await?.parse()?;
         Ok(counter.value)
     }
 
     /// The counter's value (0 if never incremented).
     pub async fn counter_get(&self, name: &str) -> Result<u64, JobsError> {
-        let counter: Counter = self.send_v1(self.read(format!("/v1/counters/{}", segment(name)), None)).await?.parse()?;
+        let counter: Counter = self
+            .send_v1(self.read(format!("/v1/counters/{}", segment(name)), None))
+            .await?
+            .parse()?;
         Ok(counter.value)
     }
 
     // ---- transport ----------------------------------------------------------------------
 
     fn read(&self, target: String, long_poll: Option<Duration>) -> V1Request {
-        let timeout = crate::REQUEST_TIMEOUT + long_poll.map(|wait| wait + LONG_POLL_MARGIN).unwrap_or_default();
-        V1Request { method: reqwest::Method::GET, target, body: None, idempotency_key: None, timeout }
+        let timeout = crate::REQUEST_TIMEOUT
+            + long_poll
+                .map(|wait| wait + LONG_POLL_MARGIN)
+                .unwrap_or_default();
+        V1Request {
+            method: reqwest::Method::GET,
+            target,
+            body: None,
+            idempotency_key: None,
+            timeout,
+        }
     }
 
-    fn mutation(&self, method: reqwest::Method, target: String, body: Option<Value>, key: &str) -> V1Request {
+    fn mutation(
+        &self,
+        method: reqwest::Method,
+        target: String,
+        body: Option<Value>,
+        key: &str,
+    ) -> V1Request {
         V1Request {
             method,
             target,
@@ -705,7 +857,10 @@ impl Client {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(JobsError::Unavailable { endpoints: self.endpoints.join(","), last: last_failure });
+                return Err(JobsError::Unavailable {
+                    endpoints: self.endpoints.join(","),
+                    last: last_failure,
+                });
             }
             tokio::time::sleep(backoff.min(deadline - now)).await;
             backoff = (backoff * 2).min(V1_BACKOFF_MAX);
@@ -715,26 +870,46 @@ impl Client {
     /// One exchange with one endpoint; `Err` is a transport failure worth retrying.
     async fn send_once(&self, endpoint: &str, request: &V1Request) -> Result<V1Answer, String> {
         let url = format!("{endpoint}{}", request.target);
-        let mut http = self.http.request(request.method.clone(), &url).timeout(request.timeout);
+        let mut http = self
+            .http
+            .request(request.method.clone(), &url)
+            .timeout(request.timeout);
         if let Some(body) = &request.body {
-            http = http.header("content-type", "application/json").body(body.clone());
+            http = http
+                .header("content-type", "application/json")
+                .body(body.clone());
         }
         if let Some(key) = &request.idempotency_key {
             http = http.header("idempotency-key", key.as_str());
         }
         let mut response = http.send().await.map_err(|error| error_chain(&error))?;
         let status = response.status().as_u16();
-        let header = |name: &str| response.headers().get(name).and_then(|value| value.to_str().ok()).map(str::to_string);
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_string)
+        };
         let replayed = header("idempotent-replayed").as_deref() == Some("true");
         let location = header("location");
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|error| error_chain(&error))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|error| error_chain(&error))?
+        {
             if body.len() + chunk.len() > ANSWER_BYTES_MAX {
                 return Err(format!("answer over {ANSWER_BYTES_MAX} bytes"));
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(V1Answer { status, body, replayed, location })
+        Ok(V1Answer {
+            status,
+            body,
+            replayed,
+            location,
+        })
     }
 }
 
@@ -751,15 +926,32 @@ mod tests {
 
     #[test]
     fn new_jobs_send_only_what_is_set() {
-        let job = NewJob { priority: 5, delay: Some(Duration::from_secs(10)), ..NewJob::new(serde_json::json!({"a": 1})) };
-        assert_eq!(job.to_json(), serde_json::json!({"payload": {"a": 1}, "priority": 5, "delay": "10s"}));
-        assert_eq!(NewJob::default().to_json(), serde_json::json!({"payload": null}));
+        let job = NewJob {
+            priority: 5,
+            delay: Some(Duration::from_secs(10)),
+            ..NewJob::new(serde_json::json!({"a": 1}))
+        };
+        assert_eq!(
+            job.to_json(),
+            serde_json::json!({"payload": {"a": 1}, "priority": 5, "delay": "10s"})
+        );
+        assert_eq!(
+            NewJob::default().to_json(),
+            serde_json::json!({"payload": null})
+        );
     }
 
     #[test]
     fn queue_config_omits_defaults_so_put_replaces_with_defaults() {
-        let config = QueueConfig { concurrency: Some(1), paused: Some(true), ..QueueConfig::default() };
-        assert_eq!(serde_json::to_value(&config).expect("json"), serde_json::json!({"concurrency": 1, "paused": true}));
+        let config = QueueConfig {
+            concurrency: Some(1),
+            paused: Some(true),
+            ..QueueConfig::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&config).expect("json"),
+            serde_json::json!({"concurrency": 1, "paused": true})
+        );
     }
 
     #[test]
@@ -786,13 +978,19 @@ mod tests {
         };
         let error = answer.parse::<Job>().expect_err("409");
         assert_eq!(error.code(), Some("stale_lease"));
-        assert_eq!(error.to_string(), "409 stale_lease: lease token 3 is stale (field: lease_token)");
+        assert_eq!(
+            error.to_string(),
+            "409 stale_lease: lease token 3 is stale (field: lease_token)"
+        );
     }
 
     #[test]
     fn path_segments_are_escaped() {
         assert_eq!(segment("a b/c"), "a%20b%2Fc");
-        assert_eq!(query_string(&[("wait", "30s".into()), ("after", "7".into())]), "?wait=30s&after=7");
+        assert_eq!(
+            query_string(&[("wait", "30s".into()), ("after", "7".into())]),
+            "?wait=30s&after=7"
+        );
     }
 
     #[tokio::test]
@@ -805,6 +1003,9 @@ mod tests {
         let error = client.get_job(1).await.expect_err("unreachable");
         assert!(matches!(error, JobsError::Unavailable { .. }), "{error}");
         let elapsed = started.elapsed();
-        assert!(elapsed >= Duration::from_millis(400) && elapsed < Duration::from_secs(5), "{elapsed:?}");
+        assert!(
+            elapsed >= Duration::from_millis(400) && elapsed < Duration::from_secs(5),
+            "{elapsed:?}"
+        );
     }
 }

@@ -2,8 +2,11 @@
 //! etcd's and etcdctl's (v2) names; Go's single-dash spelling works too (see `argv`).
 
 mod argv;
+mod job_cli;
 mod kv;
+mod member;
 mod serve;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -27,6 +30,14 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Read and write keys, like `etcdctl` v2.
     Kv(kv::KvArgs),
+    /// Configure and inspect job queues.
+    Queue(job_cli::QueueArgs),
+    /// Submit, inspect, cancel and retry jobs.
+    Job(job_cli::JobArgs),
+    /// Lease jobs from a queue and run a command for each.
+    Worker(worker::WorkerArgs),
+    /// List, add and remove cluster members, like `etcdctl member`.
+    Member(member::MemberArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +55,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve::run(args)),
         Command::Kv(args) => runtime.block_on(kv::run(args)),
+        Command::Queue(args) => runtime.block_on(job_cli::run_queue(args)),
+        Command::Job(args) => runtime.block_on(job_cli::run_job(args)),
+        Command::Worker(args) => runtime.block_on(worker::run(args)),
+        Command::Member(args) => runtime.block_on(member::run(args)),
     }
 }
 

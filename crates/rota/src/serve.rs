@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use rota_raft::{Node, NodeConfig};
+use rota_raft::{ClusterState, Node, NodeConfig};
 use rota_server::{App, ServerConfig};
 
 #[derive(Debug, Args)]
@@ -46,7 +46,8 @@ pub struct ServeArgs {
     /// Raft heartbeat interval in milliseconds.
     #[arg(long = "heartbeat-interval", default_value_t = 100)]
     pub heartbeat_interval_ms: u64,
-    /// Raft election timeout in milliseconds (randomized up to twice this).
+    /// Raft election timeout in milliseconds: a follower campaigns after about 1 to 1.2
+    /// times this without hearing from a leader.
     #[arg(long = "election-timeout", default_value_t = 1000)]
     pub election_timeout_ms: u64,
     /// Watch events kept for `waitIndex` (etcd keeps 1000).
@@ -113,35 +114,25 @@ pub async fn run(args: ServeArgs) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let initial_cluster = args.initial_cluster();
-    let members: Vec<&str> = initial_cluster
-        .split(',')
-        .map(str::trim)
-        .filter(|m| !m.is_empty())
-        .collect();
-    if !members.iter().any(|member| {
-        member
-            .split_once('=')
-            .is_some_and(|(name, _)| name == args.name)
-    }) {
+    let initial_cluster_flag = args.initial_cluster();
+    let initial_cluster = rota_raft::parse_initial_cluster(&initial_cluster_flag)
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    let Some(me) = initial_cluster.iter().find(|member| member.name == args.name) else {
         anyhow::bail!(
-            "--initial-cluster {initial_cluster:?} has no member named {:?}",
+            "--initial-cluster {initial_cluster_flag:?} has no member named {:?}",
             args.name
         );
-    }
-    if members.len() > 1 {
+    };
+    let peer_urls = split_urls(&args.initial_advertise_peer_urls);
+    if args.initial_cluster.is_some() && me.peer_urls != peer_urls {
         anyhow::bail!(
-            "--initial-cluster lists {} members: this version of rota runs single-member clusters",
-            members.len()
+            "--initial-cluster gives {:?} the peer URLs {:?} but --initial-advertise-peer-urls is {:?}",
+            args.name,
+            me.peer_urls,
+            peer_urls
         );
     }
     let data_dir = args.data_dir();
-    let has_data = std::fs::read_dir(&data_dir)
-        .map(|mut entries| entries.next().is_some())
-        .unwrap_or(false);
-    if args.initial_cluster_state == "existing" && !has_data {
-        anyhow::bail!("--initial-cluster-state=existing with an empty data dir: joining a running cluster is not supported yet");
-    }
 
     let mut listeners = Vec::new();
     let listen_urls = split_urls(&args.listen_client_urls);
@@ -155,24 +146,68 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if listeners.is_empty() {
         anyhow::bail!("--listen-client-urls is empty");
     }
+    // A one-member cluster needs no peer listener (and the default peer port may be taken
+    // by another single node on the same machine, as with etcd's defaults it would not be).
+    let mut peer_listeners = Vec::new();
+    let listen_peer_urls = split_urls(&args.listen_peer_urls);
+    if initial_cluster.len() > 1 || args.initial_cluster_state == "existing" {
+        for url in &listen_peer_urls {
+            for address in resolve(url).await? {
+                let listener = rota_server::bind(address).map_err(|error| {
+                    anyhow::anyhow!("listen for peers on {address} ({url}): {error}")
+                })?;
+                peer_listeners.push(listener);
+            }
+        }
+        if peer_listeners.is_empty() {
+            anyhow::bail!("--listen-peer-urls is empty");
+        }
+    }
 
     let client_urls = split_urls(&args.advertise_client_urls);
-    let peer_urls = split_urls(&args.initial_advertise_peer_urls);
     let mut config = NodeConfig::single(args.name.clone(), data_dir.clone());
     config.core.v2_history_max = args.history_events_max.max(1);
     config.snapshot_entries = args.snapshot_entries.max(1);
     config.heartbeat_interval_ms = args.heartbeat_interval_ms.max(1);
-    config.election_timeout_min_ms = args
-        .election_timeout_ms
-        .max(config.heartbeat_interval_ms + 1);
-    config.election_timeout_max_ms = config.election_timeout_min_ms * 2;
+    config.set_election_timeout_ms(args.election_timeout_ms);
     config.advertise_client_urls = client_urls.clone();
     config.advertise_peer_urls = peer_urls.clone();
+    config.initial_cluster = if initial_cluster.len() > 1 {
+        initial_cluster.clone()
+    } else {
+        Vec::new()
+    };
+    config.initial_cluster_state = if args.initial_cluster_state == "existing" {
+        ClusterState::Existing
+    } else {
+        ClusterState::New
+    };
+    config.cluster_token = args.initial_cluster_token.clone();
+    config.cluster_id = Some(rota_server::cluster_id(
+        &initial_cluster_flag,
+        &args.initial_cluster_token,
+    ));
+    // Keep a little log behind each snapshot so a follower that missed a few entries
+    // catches up from the log rather than with a whole snapshot.
+    config.log_entries_kept_after_snapshot = (config.snapshot_entries / 10).min(1_000);
+
+    // The peer listener must answer while the node starts (a restarted member is asked
+    // for votes and entries at once), so it is served from here on; until the node
+    // exists, requests wait in the listen backlog.
     let node = Node::start(config)
         .await
         .map_err(|error| anyhow::anyhow!("starting the node: {error}"))?;
+    let (stop_peers, peers_stopped) = tokio::sync::watch::channel(false);
+    let peer_task = tokio::spawn(rota_server::peer::serve_peers(
+        node.clone(),
+        peer_listeners,
+        async move {
+            let mut stopped = peers_stopped;
+            let _ = stopped.wait_for(|stop| *stop).await;
+        },
+    ));
 
-    let cluster_id = rota_server::cluster_id(&initial_cluster, &args.initial_cluster_token);
+    let cluster_id = node.cluster_id();
     let server_config = ServerConfig {
         name: args.name.clone(),
         cluster_id,
@@ -182,9 +217,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let app = App::new(node.clone(), server_config);
     tracing::info!(
-        "rota {} serving clients on {} with data in {} (member {} id {:x}, cluster {:016x})",
+        "rota {} serving clients on {} and peers on {} with data in {} (member {} id {:x}, cluster {:016x})",
         env!("CARGO_PKG_VERSION"),
         listen_urls.join(","),
+        listen_peer_urls.join(","),
         data_dir.display(),
         args.name,
         node.id(),
@@ -198,7 +234,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let fatal = fatal.clone();
         async move {
             tokio::select! {
-                signal = shutdown_signal() => tracing::info!("{signal}: shutting down"),
+                signal = shutdown_signal() => {
+                    tracing::info!("{signal}: shutting down");
+                    node.hand_over_leadership().await;
+                }
                 reason = node.wait_fatal() => {
                     tracing::error!("raft stopped: {reason}");
                     let _ = fatal.set(reason);
@@ -208,6 +247,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     rota_server::serve(app, listeners, shutdown).await;
     node.shutdown().await;
+    stop_peers.send_replace(true);
+    let _ = peer_task.await;
     Ok(match fatal.get() {
         Some(_) => ExitCode::FAILURE,
         None => {

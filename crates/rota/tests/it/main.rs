@@ -7,10 +7,19 @@
 //! which must always agree: that checks the normalizer and the scenarios themselves.
 
 mod bad_input;
+mod cluster;
 mod crash;
 mod etcd_diff;
 mod harness;
+mod history;
 mod http;
+mod jobs_api;
+mod jobs_client;
+mod jobs_crash;
+mod jobs_lease;
+mod jobs_limits;
+mod jobs_util;
+mod kv_linearizable;
 mod linearizability;
 mod normalize;
 mod session;

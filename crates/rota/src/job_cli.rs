@@ -1,0 +1,708 @@
+//! `rota queue ...` and `rota job ...`: the `/v1` job API from the command line, through
+//! `rota-client` (which retries unreachable endpoints with one idempotency key per command,
+//! so a command that rides out a server restart never applies twice).
+//!
+//! Output: a readable line, block or table on stdout by default; `-o json` prints the
+//! server's JSON, one object per line. Errors go to stderr as `Error:  <message>`. Exit
+//! status: 0 success, 1 bad arguments or an unexpected answer, 2 no endpoint reachable,
+//! 3 a `--wait` ended without the job having succeeded (it is dead, cancelled, or still
+//! unfinished), 4 the server refused the request.
+
+use std::io::{IsTerminal, Read};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use rota_client::jobs::{
+    self, Backoff, Job, JobFilter, JobId, JobState, JobsError, NewJob, Queue, QueueConfig, Rate,
+};
+use rota_client::Client;
+use serde_json::Value;
+
+pub const EXIT_BAD_ARGS: u8 = 1;
+pub const EXIT_UNREACHABLE: u8 = 2;
+pub const EXIT_NOT_SUCCEEDED: u8 = 3;
+pub const EXIT_SERVER_ERROR: u8 = 4;
+
+/// Largest payload read from a file or stdin (the server's own limit is 256 KiB; a little
+/// more lets the server, not the CLI, say what is wrong with an oversized one).
+const PAYLOAD_BYTES_MAX: u64 = 1 << 20;
+/// `--wait` without a value waits this long at most.
+const WAIT_DEFAULT: &str = "24h";
+
+/// Flags shared by every client command, before or after the subcommand.
+#[derive(Debug, Args)]
+pub struct ClientFlags {
+    /// Comma-separated client URLs, tried in order.
+    #[arg(
+        long,
+        global = true,
+        env = "ROTA_ENDPOINTS",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub endpoints: String,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// How long to keep retrying when no endpoint answers (e.g. during a server restart).
+    #[arg(long, global = true, value_parser = parse_duration, default_value = "30s")]
+    pub retry_for: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Lines and tables for people.
+    Table,
+    /// The server's JSON, one object per line.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    #[command(flatten)]
+    pub flags: ClientFlags,
+    #[command(subcommand)]
+    pub command: QueueCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Create a queue or change the settings given (the others keep their current values).
+    Set(QueueSet),
+    /// List the queues with their job counts.
+    Ls,
+    /// Show one queue's settings, job counts and rate tokens.
+    Stats { queue: String },
+    /// Delete a queue and all its jobs.
+    Rm {
+        queue: String,
+        /// Also while it has scheduled, queued or leased jobs.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct QueueSet {
+    pub queue: String,
+    /// Jobs leased at once, cluster-wide.
+    #[arg(long, conflicts_with = "unlimited")]
+    pub concurrency: Option<u64>,
+    /// No concurrency limit.
+    #[arg(long)]
+    pub unlimited: bool,
+    /// Rate limit: LIMIT/PER, e.g. `5/1s`, `5/s`, `100/1m`.
+    #[arg(long, value_parser = parse_rate, conflicts_with = "no_rate")]
+    pub rate: Option<(u64, Duration)>,
+    /// Tokens the rate bucket holds (default: the rate's limit).
+    #[arg(long)]
+    pub burst: Option<u64>,
+    /// No rate limit.
+    #[arg(long)]
+    pub no_rate: bool,
+    /// How long a lease lasts without a heartbeat.
+    #[arg(long, value_parser = parse_duration)]
+    pub lease_ttl: Option<Duration>,
+    /// Attempts given to each new job.
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Delay before the first retry (doubling after each failed attempt).
+    #[arg(long, value_parser = parse_duration)]
+    pub backoff_base: Option<Duration>,
+    /// Longest delay between retries.
+    #[arg(long, value_parser = parse_duration)]
+    pub backoff_max: Option<Duration>,
+    /// How long finished jobs are kept.
+    #[arg(long, value_parser = parse_duration)]
+    pub retention: Option<Duration>,
+    /// Lease nothing until resumed.
+    #[arg(long, conflicts_with = "resume")]
+    pub paused: bool,
+    /// Lease again.
+    #[arg(long)]
+    pub resume: bool,
+    /// Start from the defaults instead of the queue's current settings.
+    #[arg(long)]
+    pub reset: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    #[command(flatten)]
+    pub flags: ClientFlags,
+    #[command(subcommand)]
+    pub command: JobCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Submit a job; the payload is --payload, --payload-file, or stdin.
+    Submit(JobSubmit),
+    /// Show a job (with --wait, once it has finished).
+    Get {
+        id: JobId,
+        /// Wait until the job has finished, at most this long (`--wait=30s`; bare: 24h).
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = WAIT_DEFAULT, value_parser = parse_duration)]
+        wait: Option<Duration>,
+    },
+    /// List a queue's jobs, ids ascending, one page at a time.
+    Ls {
+        queue: String,
+        /// Only jobs in this state.
+        #[arg(long)]
+        state: Option<JobState>,
+        /// Jobs per page (server's default 100, at most 1000).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Start after this job id (the `next` of the previous page).
+        #[arg(long)]
+        after: Option<JobId>,
+    },
+    /// Cancel a scheduled, queued or leased job.
+    Cancel { id: JobId },
+    /// Queue a dead job again, with a fresh allowance of attempts.
+    Retry { id: JobId },
+}
+
+#[derive(Debug, Args)]
+pub struct JobSubmit {
+    pub queue: String,
+    /// The payload as JSON text.
+    #[arg(long, conflicts_with = "payload_file")]
+    pub payload: Option<String>,
+    /// Read the payload JSON from this file (`-` for stdin).
+    #[arg(long)]
+    pub payload_file: Option<std::path::PathBuf>,
+    /// Higher runs first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i64,
+    /// Run no earlier than this from now.
+    #[arg(long, value_parser = parse_duration, conflicts_with = "run_at")]
+    pub delay: Option<Duration>,
+    /// Run no earlier than this time (RFC 3339, e.g. 2026-01-02T03:04:05Z).
+    #[arg(long)]
+    pub run_at: Option<String>,
+    /// Attempts for this job (default: the queue's).
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Wait for the job to finish, at most this long (`--wait=30s`; bare: 24h).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = WAIT_DEFAULT, value_parser = parse_duration)]
+    pub wait: Option<Duration>,
+    /// Use this idempotency key (default: a fresh one): re-running the same command with the
+    /// same key gives the same job instead of a second one.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+}
+
+/// A humantime duration: `500ms`, `30s`, `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|error| format!("{error} (write durations like 500ms, 30s, 5m, 1h)"))
+}
+
+/// `5/1s`, `5/s`, `100/1m`: a limit and the period it refills in.
+fn parse_rate(text: &str) -> Result<(u64, Duration), String> {
+    let (limit, per) = text
+        .split_once('/')
+        .ok_or_else(|| format!("rate {text:?}: expected LIMIT/PER, e.g. 5/1s"))?;
+    let limit: u64 = limit
+        .trim()
+        .parse()
+        .map_err(|_| format!("rate {text:?}: the limit must be a whole number"))?;
+    let per = per.trim();
+    let per = if per.starts_with(|c: char| c.is_ascii_digit()) {
+        parse_duration(per)?
+    } else {
+        parse_duration(&format!("1{per}"))?
+    };
+    if per.is_zero() {
+        return Err(format!("rate {text:?}: the period must be more than zero"));
+    }
+    Ok((limit, per))
+}
+
+/// Turns a client error into the message and exit status every client command uses.
+pub fn report_error(error: &JobsError) -> ExitCode {
+    eprintln!("Error:  {error}");
+    ExitCode::from(match error {
+        JobsError::Api(_) => EXIT_SERVER_ERROR,
+        JobsError::Unavailable { .. } => EXIT_UNREACHABLE,
+        _ => EXIT_BAD_ARGS,
+    })
+}
+
+fn connect(flags: &ClientFlags) -> Result<Client, ExitCode> {
+    jobs::set_v1_retry_for(flags.retry_for);
+    Client::new(flags.endpoints.split(',')).map_err(|error| {
+        eprintln!("Error:  {error}");
+        ExitCode::from(EXIT_BAD_ARGS)
+    })
+}
+
+pub async fn run_queue(args: QueueArgs) -> ExitCode {
+    let client = match connect(&args.flags) {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let output = args.flags.output;
+    let outcome = match args.command {
+        QueueCommand::Set(set) => queue_set(&client, set).await.map(|queue| print_queue(&queue, output)),
+        QueueCommand::Ls => client.list_queues().await.map(|queues| print_queues(&queues, output)),
+        QueueCommand::Stats { queue } => client.get_queue(&queue).await.map(|queue| print_queue(&queue, output)),
+        QueueCommand::Rm { queue, force } => client.delete_queue(&queue, force).await.map(|deleted| match output {
+            Output::Json => println!("{}", serde_json::json!({"queue": deleted.queue, "jobs_removed": deleted.jobs_removed})),
+            Output::Table => println!("queue {} deleted with {} jobs", deleted.queue, deleted.jobs_removed),
+        }),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => report_error(&error),
+    }
+}
+
+/// Reads the current settings (unless `--reset` or the queue is new), changes the ones
+/// given and writes the whole configuration back (`PUT` replaces it). Two `queue set` at
+/// the same moment can lose one's change: this is an operator's command, not a CAS.
+async fn queue_set(client: &Client, set: QueueSet) -> Result<Queue, JobsError> {
+    let mut config = if set.reset {
+        QueueConfig::default()
+    } else {
+        match client.get_queue(&set.queue).await {
+            Ok(queue) => queue.config,
+            Err(error) if error.code() == Some("not_found") => QueueConfig::default(),
+            Err(error) => return Err(error),
+        }
+    };
+    if set.unlimited {
+        config.concurrency = None;
+    }
+    if let Some(concurrency) = set.concurrency {
+        config.concurrency = Some(concurrency);
+    }
+    if set.no_rate {
+        config.rate = None;
+    }
+    if let Some((limit, per)) = set.rate {
+        let burst = set.burst.unwrap_or(limit);
+        config.rate = Some(Rate {
+            limit,
+            per: jobs::duration_text(per),
+            burst,
+        });
+    } else if let Some(burst) = set.burst {
+        match config.rate.as_mut() {
+            Some(rate) => rate.burst = burst,
+            None => {
+                return Err(JobsError::Client(
+                    "--burst needs a rate: give --rate too".into(),
+                ))
+            }
+        }
+    }
+    if let Some(lease_ttl) = set.lease_ttl {
+        config.lease_ttl = Some(jobs::duration_text(lease_ttl));
+    }
+    if let Some(max_attempts) = set.max_attempts {
+        config.max_attempts = Some(max_attempts);
+    }
+    if set.backoff_base.is_some() || set.backoff_max.is_some() {
+        let current = config.backoff.take().unwrap_or(Backoff {
+            base: "1s".into(),
+            max: "1h".into(),
+        });
+        config.backoff = Some(Backoff {
+            base: set
+                .backoff_base
+                .map(jobs::duration_text)
+                .unwrap_or(current.base),
+            max: set
+                .backoff_max
+                .map(jobs::duration_text)
+                .unwrap_or(current.max),
+        });
+    }
+    if let Some(retention) = set.retention {
+        config.retention = Some(jobs::duration_text(retention));
+    }
+    if set.paused {
+        config.paused = Some(true);
+    }
+    if set.resume {
+        config.paused = Some(false);
+    }
+    client.put_queue(&set.queue, &config).await
+}
+
+pub async fn run_job(args: JobArgs) -> ExitCode {
+    let client = match connect(&args.flags) {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let output = args.flags.output;
+    let outcome = match args.command {
+        JobCommand::Submit(submit) => job_submit(&client, submit, output).await,
+        JobCommand::Get { id, wait } => {
+            let job = match wait {
+                Some(wait) => client.wait_job(id, wait).await,
+                None => client.get_job(id).await,
+            };
+            job.map(|job| {
+                print_job(&job, output);
+                waited_exit(&job, wait.is_some())
+            })
+        }
+        JobCommand::Ls {
+            queue,
+            state,
+            limit,
+            after,
+        } => client
+            .list_jobs(
+                &queue,
+                &JobFilter {
+                    state,
+                    limit,
+                    after,
+                },
+            )
+            .await
+            .map(|page| {
+                print_jobs(&page.jobs, page.next, output);
+                ExitCode::SUCCESS
+            }),
+        JobCommand::Cancel { id } => client.cancel_job(id).await.map(|job| {
+            print_job(&job, output);
+            ExitCode::SUCCESS
+        }),
+        JobCommand::Retry { id } => client.retry_job(id).await.map(|job| {
+            print_job(&job, output);
+            ExitCode::SUCCESS
+        }),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(error) => report_error(&error),
+    }
+}
+
+async fn job_submit(
+    client: &Client,
+    submit: JobSubmit,
+    output: Output,
+) -> Result<ExitCode, JobsError> {
+    let payload = read_payload(&submit).map_err(JobsError::Client)?;
+    let job = NewJob {
+        payload,
+        priority: submit.priority,
+        delay: submit.delay,
+        run_at: submit.run_at.clone(),
+        max_attempts: submit.max_attempts,
+    };
+    let key = submit
+        .idempotency_key
+        .clone()
+        .unwrap_or_else(rota_client::idempotency_key);
+    let submitted = client
+        .submit_keyed(&key, &submit.queue, &job, submit.wait)
+        .await?;
+    let job = &submitted.job;
+    match output {
+        Output::Json => println!("{}", json_line(serde_json::to_string(job))),
+        Output::Table if submit.wait.is_some() => print_job(job, output),
+        Output::Table => {
+            let replayed = if submitted.replayed {
+                " (replayed: submitted before with this key)"
+            } else {
+                ""
+            };
+            println!(
+                "job {} {} in {} (priority {}){replayed}",
+                job.id, job.state, job.queue, job.priority
+            );
+        }
+    }
+    Ok(waited_exit(job, submit.wait.is_some()))
+}
+
+fn waited_exit(job: &Job, waited: bool) -> ExitCode {
+    if waited && job.state != JobState::Succeeded {
+        eprintln!("job {} is {} after the wait", job.id, job.state);
+        ExitCode::from(EXIT_NOT_SUCCEEDED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn read_payload(submit: &JobSubmit) -> Result<Value, String> {
+    let text = if let Some(text) = &submit.payload {
+        text.clone()
+    } else if let Some(path) = submit
+        .payload_file
+        .as_deref()
+        .filter(|path| path.as_os_str() != "-")
+    {
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|file| file.take(PAYLOAD_BYTES_MAX).read_to_string(&mut text))
+            .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        text
+    } else if submit.payload_file.is_some() || !std::io::stdin().is_terminal() {
+        let mut text = String::new();
+        std::io::stdin()
+            .take(PAYLOAD_BYTES_MAX)
+            .read_to_string(&mut text)
+            .map_err(|error| format!("cannot read the payload from stdin: {error}"))?;
+        text
+    } else {
+        // Nothing given and nobody typing into a pipe: a job without a payload.
+        "null".to_string()
+    };
+    if text.trim().is_empty() {
+        // An empty file or stdin (a script's `< /dev/null`): a job without a payload.
+        return Ok(Value::Null);
+    }
+    serde_json::from_str(&text).map_err(|error| format!("the payload is not JSON: {error}"))
+}
+
+/// One line of JSON (`rendered` is `serde_json::to_string` of a job or queue).
+fn json_line(rendered: serde_json::Result<String>) -> String {
+    rendered.unwrap_or_else(|error| format!("{{\"error\": \"cannot render: {error}\"}}"))
+}
+
+fn print_job(job: &Job, output: Output) {
+    if output == Output::Json {
+        println!("{}", json_line(serde_json::to_string(job)));
+        return;
+    }
+    println!("id:           {}", job.id);
+    println!("queue:        {}", job.queue);
+    println!("state:        {}", job.state);
+    println!("priority:     {}", job.priority);
+    println!("attempts:     {}/{}", job.attempts, job.max_attempts);
+    let times = [
+        ("created_at", &job.created_at),
+        ("run_at", &job.run_at),
+        ("finished_at", &job.finished_at),
+    ];
+    for (name, time) in times {
+        if let Some(time) = time {
+            println!("{:<13} {time}", format!("{name}:"));
+        }
+    }
+    if let (Some(worker), Some(token)) = (&job.worker, job.lease_token) {
+        let expires = job.lease_expires_at.as_deref().unwrap_or("?");
+        println!("lease:        {worker}, token {token}, expires {expires}");
+    }
+    println!("payload:      {}", job.payload);
+    if !job.result.is_null() || job.state == JobState::Succeeded {
+        println!("result:       {}", job.result);
+    }
+    for error in &job.errors {
+        println!(
+            "error:        attempt {} at {}: {}",
+            error.attempt,
+            error.at,
+            one_line(&error.error, 200)
+        );
+    }
+}
+
+fn print_jobs(jobs: &[Job], next: Option<JobId>, output: Output) {
+    if output == Output::Json {
+        println!("{}", serde_json::json!({"jobs": jobs, "next": next}));
+        return;
+    }
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|job| {
+            vec![
+                job.id.to_string(),
+                job.state.to_string(),
+                job.priority.to_string(),
+                format!("{}/{}", job.attempts, job.max_attempts),
+                job.created_at.clone().unwrap_or_default(),
+                job.errors
+                    .last()
+                    .map(|error| one_line(&error.error, 60))
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ID",
+            "STATE",
+            "PRIORITY",
+            "ATTEMPTS",
+            "CREATED",
+            "LAST ERROR",
+        ],
+        &rows,
+    );
+    if let Some(next) = next {
+        eprintln!("more: --after {next}");
+    }
+}
+
+fn print_queue(queue: &Queue, output: Output) {
+    if output == Output::Json {
+        println!("{}", json_line(serde_json::to_string(queue)));
+        return;
+    }
+    let config = &queue.config;
+    let counts = &queue.counts;
+    println!("name:         {}", queue.name);
+    println!("concurrency:  {}", concurrency_text(config));
+    println!("rate:         {}", rate_text(config));
+    if let Some(tokens) = queue.rate_tokens {
+        println!("rate tokens:  {tokens}");
+    }
+    println!(
+        "lease_ttl:    {}",
+        config.lease_ttl.as_deref().unwrap_or("-")
+    );
+    println!(
+        "max_attempts: {}",
+        config
+            .max_attempts
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "-".into())
+    );
+    if let Some(backoff) = &config.backoff {
+        println!("backoff:      {} doubling to {}", backoff.base, backoff.max);
+    }
+    println!(
+        "retention:    {}",
+        config.retention.as_deref().unwrap_or("-")
+    );
+    println!("paused:       {}", config.paused.unwrap_or(false));
+    println!(
+        "jobs:         {} scheduled, {} queued, {} leased, {} succeeded, {} dead, {} cancelled",
+        counts.scheduled,
+        counts.queued,
+        counts.leased,
+        counts.succeeded,
+        counts.dead,
+        counts.cancelled
+    );
+}
+
+fn print_queues(queues: &[Queue], output: Output) {
+    if output == Output::Json {
+        println!("{}", serde_json::json!({ "queues": queues }));
+        return;
+    }
+    let rows: Vec<Vec<String>> = queues
+        .iter()
+        .map(|queue| {
+            let counts = &queue.counts;
+            vec![
+                queue.name.clone(),
+                concurrency_text(&queue.config),
+                rate_text(&queue.config),
+                if queue.config.paused.unwrap_or(false) {
+                    "yes"
+                } else {
+                    "no"
+                }
+                .to_string(),
+                counts.scheduled.to_string(),
+                counts.queued.to_string(),
+                counts.leased.to_string(),
+                counts.succeeded.to_string(),
+                counts.dead.to_string(),
+                counts.cancelled.to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "NAME",
+            "CONCURRENCY",
+            "RATE",
+            "PAUSED",
+            "SCHEDULED",
+            "QUEUED",
+            "LEASED",
+            "SUCCEEDED",
+            "DEAD",
+            "CANCELLED",
+        ],
+        &rows,
+    );
+}
+
+fn concurrency_text(config: &QueueConfig) -> String {
+    config
+        .concurrency
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| "unlimited".into())
+}
+
+fn rate_text(config: &QueueConfig) -> String {
+    match &config.rate {
+        Some(rate) => format!("{}/{} burst {}", rate.limit, rate.per, rate.burst),
+        None => "none".into(),
+    }
+}
+
+/// The first line of `text`, at most `chars_max` characters.
+fn one_line(text: &str, chars_max: usize) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    let mut out: String = line.chars().take(chars_max).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// Left-aligned columns, two spaces apart.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|name| name.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let render = |cells: Vec<&str>| {
+        let mut line = String::new();
+        for (at, (cell, width)) in cells.iter().zip(&widths).enumerate() {
+            if at + 1 == cells.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        println!("{}", line.trim_end());
+    };
+    render(header.to_vec());
+    for row in rows {
+        render(row.iter().map(String::as_str).collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_with_or_without_a_period_count() {
+        assert_eq!(parse_rate("5/1s"), Ok((5, Duration::from_secs(1))));
+        assert_eq!(parse_rate("5/s"), Ok((5, Duration::from_secs(1))));
+        assert_eq!(
+            parse_rate("100/500ms"),
+            Ok((100, Duration::from_millis(500)))
+        );
+        assert_eq!(parse_rate("10/m"), Ok((10, Duration::from_secs(60))));
+        assert!(parse_rate("5").is_err());
+        assert!(parse_rate("x/1s").is_err());
+        assert!(parse_rate("5/0s").is_err());
+    }
+
+    #[test]
+    fn one_line_marks_what_it_cut() {
+        assert_eq!(one_line("short", 10), "short");
+        assert_eq!(one_line("first\nsecond", 10), "first…");
+        assert_eq!(one_line("abcdef", 3), "abc…");
+    }
+}

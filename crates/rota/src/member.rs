@@ -1,0 +1,228 @@
+//! `rota member ls|add|rm`: etcdctl v2's member commands over `/v2/members`, with its output
+//! (`<id>: name=.. peerURLs=.. clientURLs=.. isLeader=..`, the `ETCD_*` lines after an
+//! add) and exit codes (4 server error, 2 unreachable, 1 bad arguments).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde::Deserialize;
+
+const EXIT_BAD_ARGS: u8 = 1;
+const EXIT_BAD_CONNECTION: u8 = 2;
+const EXIT_SERVER_ERROR: u8 = 4;
+/// Per request; a membership change commits two entries.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Args)]
+pub struct MemberArgs {
+    /// Comma-separated client URLs, tried in order.
+    #[arg(
+        long,
+        global = true,
+        env = "ROTA_ENDPOINTS",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub endpoints: String,
+    #[command(subcommand)]
+    pub command: MemberCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// List the members.
+    #[command(alias = "list")]
+    Ls,
+    /// Add a member; start it afterwards with the printed flags.
+    Add {
+        /// The new member's --name.
+        name: String,
+        /// Its peer URLs, comma-separated.
+        peer_urls: String,
+    },
+    /// Remove a member by id.
+    #[command(alias = "remove")]
+    Rm { id: String },
+}
+
+#[derive(Debug, Deserialize)]
+struct MemberJson {
+    id: String,
+    name: String,
+    #[serde(rename = "peerURLs")]
+    peer_urls: Vec<String>,
+    #[serde(rename = "clientURLs")]
+    client_urls: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MembersJson {
+    members: Vec<MemberJson>,
+}
+
+enum Failure {
+    Unreachable(String),
+    Server(String),
+}
+
+struct Endpoints {
+    http: reqwest::Client,
+    urls: Vec<String>,
+}
+
+impl Endpoints {
+    /// Sends the request to each endpoint in turn until one answers.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        json: Option<serde_json::Value>,
+    ) -> Result<(u16, String), Failure> {
+        let mut errors = Vec::new();
+        for url in &self.urls {
+            let mut request = self
+                .http
+                .request(method.clone(), format!("{}{path}", url.trim_end_matches('/')))
+                .timeout(REQUEST_TIMEOUT);
+            if let Some(json) = &json {
+                request = request.json(json);
+            }
+            match request.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let body = response.text().await.unwrap_or_default();
+                    return Ok((status, body));
+                }
+                Err(error) => errors.push(format!("{url}: {error}")),
+            }
+        }
+        Err(Failure::Unreachable(errors.join("; ")))
+    }
+}
+
+fn server_message(status: u16, body: &str) -> Failure {
+    let message = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|json| json["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.trim().to_string());
+    Failure::Server(format!("{status}: {message}"))
+}
+
+pub async fn run(args: MemberArgs) -> ExitCode {
+    let urls: Vec<String> = args
+        .endpoints
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect();
+    if urls.is_empty() {
+        eprintln!("Error:  --endpoints is empty");
+        return ExitCode::from(EXIT_BAD_ARGS);
+    }
+    let endpoints = Endpoints {
+        http: reqwest::Client::new(),
+        urls,
+    };
+    let result = match args.command {
+        MemberCommand::Ls => list(&endpoints).await,
+        MemberCommand::Add { name, peer_urls } => add(&endpoints, &name, &peer_urls).await,
+        MemberCommand::Rm { id } => remove(&endpoints, &id).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Unreachable(reason)) => {
+            eprintln!("Error:  cluster unreachable: {reason}");
+            ExitCode::from(EXIT_BAD_CONNECTION)
+        }
+        Err(Failure::Server(reason)) => {
+            eprintln!("Error:  {reason}");
+            ExitCode::from(EXIT_SERVER_ERROR)
+        }
+    }
+}
+
+async fn members(endpoints: &Endpoints) -> Result<Vec<MemberJson>, Failure> {
+    let (status, body) = endpoints
+        .send(reqwest::Method::GET, "/v2/members", None)
+        .await?;
+    if status != 200 {
+        return Err(server_message(status, &body));
+    }
+    serde_json::from_str::<MembersJson>(&body)
+        .map(|list| list.members)
+        .map_err(|error| Failure::Server(format!("unexpected /v2/members answer: {error}")))
+}
+
+async fn list(endpoints: &Endpoints) -> Result<(), Failure> {
+    let members = members(endpoints).await?;
+    let leader = match endpoints
+        .send(reqwest::Method::GET, "/v2/members/leader", None)
+        .await?
+    {
+        (200, body) => serde_json::from_str::<MemberJson>(&body).ok().map(|m| m.id),
+        _ => None,
+    };
+    for member in members {
+        println!(
+            "{}: name={} peerURLs={} clientURLs={} isLeader={}",
+            member.id,
+            member.name,
+            member.peer_urls.join(","),
+            member.client_urls.join(","),
+            leader.as_deref() == Some(member.id.as_str()),
+        );
+    }
+    Ok(())
+}
+
+async fn add(endpoints: &Endpoints, name: &str, peer_urls: &str) -> Result<(), Failure> {
+    let urls: Vec<&str> = peer_urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    let (status, body) = endpoints
+        .send(
+            reqwest::Method::POST,
+            "/v2/members",
+            Some(serde_json::json!({ "peerURLs": urls })),
+        )
+        .await?;
+    if status != 201 {
+        return Err(server_message(status, &body));
+    }
+    let added: MemberJson = serde_json::from_str(&body)
+        .map_err(|error| Failure::Server(format!("unexpected answer: {error}")))?;
+    println!("Added member named {name} with ID {} to cluster", added.id);
+    // The new member's --initial-cluster: every member's name=peerURL, itself included.
+    let mut initial_cluster = Vec::new();
+    for member in members(endpoints).await? {
+        let member_name = if member.id == added.id {
+            name
+        } else {
+            member.name.as_str()
+        };
+        for url in &member.peer_urls {
+            if !member_name.is_empty() {
+                initial_cluster.push(format!("{member_name}={url}"));
+            }
+        }
+    }
+    println!();
+    println!("ETCD_NAME=\"{name}\"");
+    println!("ETCD_INITIAL_CLUSTER=\"{}\"", initial_cluster.join(","));
+    println!("ETCD_INITIAL_CLUSTER_STATE=\"existing\"");
+    Ok(())
+}
+
+async fn remove(endpoints: &Endpoints, id: &str) -> Result<(), Failure> {
+    let (status, body) = endpoints
+        .send(reqwest::Method::DELETE, &format!("/v2/members/{id}"), None)
+        .await?;
+    if status != 204 {
+        return Err(server_message(status, &body));
+    }
+    println!("Removed member {id} from cluster");
+    Ok(())
+}

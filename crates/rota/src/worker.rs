@@ -1,0 +1,748 @@
+//! `rota worker --queue q --concurrency N -- CMD ARGS...`: leases jobs and runs CMD once per
+//! job (see docs/worker.md).
+//!
+//! Invariants:
+//! - At most `concurrency` commands run at once (a semaphore slot per running job), and the
+//!   worker never asks for more jobs than it has free slots (nor, with `--max-jobs`, more
+//!   than it still may take).
+//! - A job's outcome is reported at most once and only by the holder of its lease: every
+//!   report carries the lease token and one idempotency key, re-sent unchanged while the
+//!   server is unreachable, so a report that reached the server before a crash is answered
+//!   again, never applied twice. A heartbeat answered `stale_lease`/`not_found` means the
+//!   job went elsewhere: its command is killed and nothing is reported.
+//! - Each command runs in its own process group, so killing a job kills everything it
+//!   started, and a Ctrl-C at the terminal reaches the worker only (which then drains).
+//! - Captured output is bounded: stdout at the result limit, stderr to its last 4 KiB.
+//! - Shutdown (SIGTERM/SIGINT): no new leases; running commands get `--grace`, then are
+//!   killed and their leases released. A lease answer arriving after the signal is released
+//!   at once. A second signal ends the grace period at once.
+
+use std::ffi::OsString;
+use std::process::{ExitCode, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use rota_client::jobs::{self, FailRequest, Job, JobsError, LeaseRequest};
+use rota_client::{idempotency_key, Client};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::job_cli::{parse_duration, EXIT_BAD_ARGS};
+
+/// The server's limit on a result: stdout beyond it fails the job instead of being cut.
+const STDOUT_BYTES_MAX: usize = 256 << 10;
+/// The end of stderr kept for a failure's error text (the server keeps up to 8 KiB).
+const STDERR_TAIL_BYTES: usize = 4 << 10;
+/// After the command exits, its pipes get this long to reach end of file (a straggler that
+/// inherited them is killed with the process group first, so this is rarely waited out).
+const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an outcome (complete, fail, release) keeps being re-sent while no server
+/// answers. Past it the lease will have expired and the server retries the job.
+const REPORT_RETRY_FOR: Duration = Duration::from_secs(600);
+/// Pause between rounds of a call that found no server (the client itself already retried).
+const UNREACHABLE_PAUSE: Duration = Duration::from_secs(1);
+/// Heartbeats never come more often than this, whatever the lease ttl.
+const HEARTBEAT_EVERY_MIN: Duration = Duration::from_millis(10);
+/// The lease ttl when neither `--lease-ttl` nor the queue says (the server's default).
+const LEASE_TTL_DEFAULT: Duration = Duration::from_secs(30);
+/// After a signal, a lease request still out this long past its wait is abandoned.
+const LEASE_ANSWER_MARGIN: Duration = Duration::from_secs(2);
+/// The server's longest lease long-poll.
+const POLL_WAIT_MAX: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Comma-separated client URLs, tried in order.
+    #[arg(long, env = "ROTA_ENDPOINTS", default_value = "http://127.0.0.1:2379")]
+    pub endpoints: String,
+    /// The queue to take jobs from.
+    #[arg(long)]
+    pub queue: String,
+    /// Commands run at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub concurrency: u32,
+    /// Exit after this many jobs (counting every job leased).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_jobs: Option<u64>,
+    /// Lease ttl asked for (default: the queue's at start); heartbeats come every third of it.
+    #[arg(long, value_parser = parse_duration)]
+    pub lease_ttl: Option<Duration>,
+    /// On SIGTERM/SIGINT, how long running commands may still take before they are killed
+    /// and their jobs released.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub grace: Duration,
+    /// This worker's name in leases (default: HOSTNAME/PID).
+    #[arg(long)]
+    pub worker_id: Option<String>,
+    /// How long one lease request waits for a job on the server (at most 60s).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub poll_wait: Duration,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// Where the worker is in its life; only ever moves forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Running,
+    /// A signal came: lease nothing more, let running commands finish.
+    Draining,
+    /// The grace period is over: kill running commands and release their jobs.
+    Killing,
+}
+
+/// What every job task needs.
+struct Context {
+    client: Arc<Client>,
+    queue: String,
+    worker_id: String,
+    command: Vec<OsString>,
+    heartbeat_every: Duration,
+    phase: watch::Receiver<Phase>,
+}
+
+impl Context {
+    fn log(&self, line: std::fmt::Arguments<'_>) {
+        eprintln!("rota worker {}: {line}", self.worker_id);
+    }
+}
+
+pub async fn run(args: WorkerArgs) -> ExitCode {
+    if args.command.is_empty() {
+        eprintln!("Error:  give the command to run after `--`");
+        return ExitCode::from(EXIT_BAD_ARGS);
+    }
+    let client = match Client::new(args.endpoints.split(',')) {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("Error:  {error}");
+            return ExitCode::from(EXIT_BAD_ARGS);
+        }
+    };
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    if let Err(error) = watch_signals(phase_tx, args.grace) {
+        eprintln!("Error:  cannot handle signals: {error}");
+        return ExitCode::FAILURE;
+    }
+    let worker_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
+    let mut context = Context {
+        client: Arc::new(client),
+        queue: args.queue.clone(),
+        worker_id,
+        command: args.command.clone(),
+        heartbeat_every: Duration::ZERO,
+        phase: phase_rx,
+    };
+    let Some(lease_ttl) = resolve_lease_ttl(&context, args.lease_ttl).await else {
+        return ExitCode::SUCCESS; // Stopped by a signal before the first lease.
+    };
+    context.heartbeat_every = (lease_ttl / 3).max(HEARTBEAT_EVERY_MIN);
+    let command_text: Vec<String> = args
+        .command
+        .iter()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    context.log(format_args!(
+        "leasing from {} (concurrency {}, lease ttl {}) to run {}",
+        args.queue,
+        args.concurrency,
+        jobs::duration_text(lease_ttl),
+        command_text.join(" ")
+    ));
+    let context = Arc::new(context);
+    let code = lease_loop(&context, &args, lease_ttl).await;
+    context.log(format_args!("exiting"));
+    code
+}
+
+/// Leases while running, hands each job to a task, then waits for all tasks.
+async fn lease_loop(context: &Arc<Context>, args: &WorkerArgs, lease_ttl: Duration) -> ExitCode {
+    let slots = Arc::new(Semaphore::new(args.concurrency as usize));
+    let mut tasks = JoinSet::new();
+    let mut leased_total: u64 = 0;
+    let mut phase = context.phase.clone();
+    let mut code = ExitCode::SUCCESS;
+    loop {
+        // Reap finished tasks as we go so the set stays bounded by the concurrency.
+        while tasks.try_join_next().is_some() {}
+        if *phase.borrow() != Phase::Running || args.max_jobs.is_some_and(|max| leased_total >= max)
+        {
+            break;
+        }
+        let first = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break, // Never closed; nothing sensible to do if it were.
+            },
+            _ = phase.changed() => continue,
+        };
+        let may_take = args.max_jobs.map_or(u64::MAX, |max| max - leased_total);
+        let mut permits = vec![first];
+        while (permits.len() as u64) < may_take {
+            match slots.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        let request = LeaseRequest {
+            worker: context.worker_id.clone(),
+            max: u32::try_from(permits.len()).unwrap_or(1),
+            wait: args.poll_wait.min(POLL_WAIT_MAX),
+            lease_ttl: Some(lease_ttl),
+        };
+        // An in-flight lease is not abandoned at a signal: the server may grant jobs to it at
+        // any moment, and they would sit leased to nobody until they expire. Its answer is
+        // awaited and the jobs released instead. A server answers within `poll_wait`; a lease
+        // still out well after that (no server answers, the client is retrying) is dropped,
+        // and so is any lease at the end of the grace period.
+        let key = idempotency_key();
+        let answer_bound = request.wait + LEASE_ANSWER_MARGIN;
+        let leased = tokio::select! {
+            leased = context.client.lease_keyed(&key, &context.queue, &request) => leased,
+            _ = wait_for_phase(context.phase.clone(), Phase::Killing) => break,
+            _ = async {
+                wait_for_phase(context.phase.clone(), Phase::Draining).await;
+                tokio::time::sleep(answer_bound).await;
+            } => break,
+        };
+        match leased {
+            Ok(leased) => {
+                for job in leased.jobs {
+                    leased_total += 1;
+                    let context = Arc::clone(context);
+                    if *phase.borrow() == Phase::Running {
+                        let permit = permits.pop();
+                        tasks.spawn(async move {
+                            run_job(&context, job).await;
+                            drop(permit);
+                        });
+                    } else {
+                        tasks.spawn(async move { release_unstarted(&context, job).await });
+                    }
+                }
+            }
+            Err(JobsError::Unavailable { last, .. }) => {
+                context.log(format_args!("no server answers ({last}); still trying"));
+                pause_unless_stopping(&mut phase, UNREACHABLE_PAUSE).await;
+            }
+            Err(error) => {
+                // A refusal of the lease itself (bad queue name, bad ttl) will not change by
+                // asking again.
+                context.log(format_args!("lease refused: {error}; stopping"));
+                code = ExitCode::FAILURE;
+                break;
+            }
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    code
+}
+
+/// Finds the lease ttl to ask for: the flag, else the queue's (a queue that does not exist
+/// yet has the default). `None` when a signal came first.
+async fn resolve_lease_ttl(context: &Context, flag: Option<Duration>) -> Option<Duration> {
+    if let Some(lease_ttl) = flag {
+        return Some(lease_ttl);
+    }
+    let mut phase = context.phase.clone();
+    loop {
+        if *phase.borrow() != Phase::Running {
+            return None;
+        }
+        match context.client.get_queue(&context.queue).await {
+            Ok(queue) => {
+                let text = queue.config.lease_ttl.unwrap_or_default();
+                return Some(parse_duration(&text).unwrap_or(LEASE_TTL_DEFAULT));
+            }
+            Err(error) if error.code() == Some("not_found") => return Some(LEASE_TTL_DEFAULT),
+            Err(error) => {
+                context.log(format_args!(
+                    "cannot read queue {}: {error}; still trying",
+                    context.queue
+                ));
+                pause_unless_stopping(&mut phase, UNREACHABLE_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// How one run of the command ended.
+enum Ending {
+    Exited {
+        status: ExitStatus,
+    },
+    /// A heartbeat said the lease is gone; the command was killed.
+    LeaseLost(JobsError),
+    /// The grace period ended; the command was killed.
+    Interrupted,
+    CannotStart(std::io::Error),
+}
+
+async fn run_job(context: &Context, job: Job) {
+    let Some(token) = job.lease_token else {
+        context.log(format_args!(
+            "job {} came without a lease token; ignored",
+            job.id
+        ));
+        return;
+    };
+    let started = Instant::now();
+    context.log(format_args!(
+        "job {} attempt {} started (lease {token})",
+        job.id, job.attempts
+    ));
+    let mut command = Command::new(&context.command[0]);
+    command
+        .args(&context.command[1..])
+        .env("ROTA_JOB_ID", job.id.to_string())
+        .env("ROTA_JOB_ATTEMPT", job.attempts.to_string())
+        .env("ROTA_JOB_PRIORITY", job.priority.to_string())
+        .env("ROTA_QUEUE", &job.queue)
+        .env("ROTA_LEASE_TOKEN", token.to_string())
+        .env("ROTA_WORKER_ID", &context.worker_id)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(expires_at) = &job.lease_expires_at {
+        command.env("ROTA_LEASE_EXPIRES_AT", expires_at);
+    }
+    let (ending, stdout, stderr) = match command.spawn() {
+        Err(error) => (
+            Ending::CannotStart(error),
+            Captured::default(),
+            Captured::default(),
+        ),
+        Ok(mut child) => {
+            let group = child.id();
+            let payload = job.payload.to_string().into_bytes();
+            if let Some(mut stdin) = child.stdin.take() {
+                // A command that never reads stdin must not block the worker: write aside,
+                // and ignore a broken pipe.
+                tokio::spawn(async move {
+                    let _ = stdin.write_all(&payload).await;
+                    let _ = stdin.shutdown().await;
+                });
+            }
+            let stdout_task = child
+                .stdout
+                .take()
+                .map(|out| tokio::spawn(read_head(out, STDOUT_BYTES_MAX)));
+            let stderr_task = child
+                .stderr
+                .take()
+                .map(|err| tokio::spawn(read_tail(err, STDERR_TAIL_BYTES)));
+            let mut heartbeats = tokio::spawn(keep_lease(
+                Arc::clone(&context.client),
+                job.id,
+                token,
+                context.heartbeat_every,
+            ));
+            let ending = tokio::select! {
+                status = child.wait() => match status {
+                    Ok(status) => Ending::Exited { status },
+                    Err(error) => Ending::CannotStart(error),
+                },
+                lost = &mut heartbeats => {
+                    kill_group(group);
+                    let _ = child.wait().await;
+                    match lost {
+                        Ok(error) => Ending::LeaseLost(error),
+                        Err(join) => Ending::LeaseLost(JobsError::Client(format!("heartbeat task failed: {join}"))),
+                    }
+                }
+                _ = wait_for_phase(context.phase.clone(), Phase::Killing) => {
+                    kill_group(group);
+                    let _ = child.wait().await;
+                    Ending::Interrupted
+                }
+            };
+            heartbeats.abort();
+            // Whatever the command left running dies with the job (and lets go of the pipes).
+            kill_group(group);
+            let stdout = collect(stdout_task).await;
+            let stderr = collect(stderr_task).await;
+            (ending, stdout, stderr)
+        }
+    };
+    let took = format!("{}ms", started.elapsed().as_millis());
+    match ending {
+        Ending::Exited { status } if status.success() => {
+            if stdout.overflowed {
+                let error = format!("stdout is over {STDOUT_BYTES_MAX} bytes, the result limit");
+                report_failure(context, &job, token, error, &took).await;
+                return;
+            }
+            let result = result_from_stdout(&stdout.bytes);
+            let key = idempotency_key();
+            match report(context, || {
+                context.client.complete_keyed(&key, job.id, token, &result)
+            })
+            .await
+            {
+                Ok(_) => context.log(format_args!("job {} succeeded in {took}", job.id)),
+                Err(error) if error.code() == Some("too_large") => {
+                    report_failure(
+                        context,
+                        &job,
+                        token,
+                        format!("the result was refused: {error}"),
+                        &took,
+                    )
+                    .await;
+                }
+                Err(error) => log_lost_report(context, &job, "its result", &error),
+            }
+        }
+        Ending::Exited { status } => {
+            let error = failure_text(&describe_status(status), &stderr.bytes);
+            report_failure(context, &job, token, error, &took).await;
+        }
+        Ending::CannotStart(error) => {
+            let text = format!(
+                "cannot run {}: {error}",
+                context.command[0].to_string_lossy()
+            );
+            report_failure(context, &job, token, text, &took).await;
+        }
+        Ending::LeaseLost(error) => {
+            context.log(format_args!(
+                "job {} lease lost ({error}); command killed after {took}, nothing reported",
+                job.id
+            ));
+        }
+        Ending::Interrupted => {
+            let key = idempotency_key();
+            match report(context, || {
+                context.client.release_keyed(&key, job.id, token)
+            })
+            .await
+            {
+                Ok(_) => context.log(format_args!(
+                    "job {} released (grace period over; command killed after {took})",
+                    job.id
+                )),
+                Err(error) => log_lost_report(context, &job, "its release", &error),
+            }
+        }
+    }
+}
+
+async fn report_failure(context: &Context, job: &Job, token: u64, error: String, took: &str) {
+    let fail = FailRequest {
+        error: error.clone(),
+        retry: None,
+        retry_after: None,
+    };
+    let key = idempotency_key();
+    match report(context, || {
+        context.client.fail_keyed(&key, job.id, token, &fail)
+    })
+    .await
+    {
+        Ok(after) => context.log(format_args!(
+            "job {} failed in {took} ({}); now {}",
+            job.id,
+            one_line(&error),
+            after.state
+        )),
+        Err(error) => log_lost_report(context, job, "its failure", &error),
+    }
+}
+
+fn log_lost_report(context: &Context, job: &Job, what: &str, error: &JobsError) {
+    if error.code() == Some("stale_lease") || error.code() == Some("not_found") {
+        context.log(format_args!(
+            "job {} lease lost before {what} was stored ({error}); discarded",
+            job.id
+        ));
+    } else {
+        context.log(format_args!("job {}: cannot store {what}: {error}", job.id));
+    }
+}
+
+/// A job that arrived after the signal: given back untouched.
+async fn release_unstarted(context: &Context, job: Job) {
+    let Some(token) = job.lease_token else { return };
+    let key = idempotency_key();
+    match report(context, || {
+        context.client.release_keyed(&key, job.id, token)
+    })
+    .await
+    {
+        Ok(_) => context.log(format_args!(
+            "job {} released (leased while stopping)",
+            job.id
+        )),
+        Err(error) => log_lost_report(context, &job, "its release", &error),
+    }
+}
+
+/// Re-sends one report (same key each time) while no server answers, for up to
+/// [`REPORT_RETRY_FOR`]; the first real answer is returned.
+async fn report<T, F, Fut>(context: &Context, mut send: F) -> Result<T, JobsError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, JobsError>>,
+{
+    let deadline = Instant::now() + REPORT_RETRY_FOR;
+    loop {
+        match send().await {
+            Err(JobsError::Unavailable { last, endpoints }) if Instant::now() < deadline => {
+                context.log(format_args!(
+                    "no server answers at {endpoints} ({last}); retrying the report"
+                ));
+                tokio::time::sleep(UNREACHABLE_PAUSE).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Heartbeats every `every` until the lease is refused; returns why. Network trouble is not
+/// a refusal: the lease may still be valid when the server is back.
+async fn keep_lease(client: Arc<Client>, id: u64, token: u64, every: Duration) -> JobsError {
+    loop {
+        tokio::time::sleep(every).await;
+        match client.heartbeat(id, token, None).await {
+            Ok(_) => {}
+            Err(error @ JobsError::Api(_))
+                if matches!(error.code(), Some("stale_lease" | "not_found")) =>
+            {
+                return error
+            }
+            Err(error) => {
+                eprintln!("rota worker: job {id}: heartbeat failed ({error}); will try again")
+            }
+        }
+    }
+}
+
+/// Captured output and whether some of it was dropped.
+#[derive(Default)]
+struct Captured {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+/// Reads to the end, keeping the first `bytes_max` bytes (the rest is drained so the
+/// command never blocks on a full pipe).
+async fn read_head<R: AsyncRead + Unpin>(mut reader: R, bytes_max: usize) -> Captured {
+    let mut captured = Captured::default();
+    let mut buffer = vec![0u8; 16 << 10];
+    loop {
+        match reader.read(&mut buffer).await {
+            Ok(0) | Err(_) => return captured,
+            Ok(n) => {
+                let room = bytes_max.saturating_sub(captured.bytes.len());
+                captured.bytes.extend_from_slice(&buffer[..n.min(room)]);
+                captured.overflowed |= n > room;
+            }
+        }
+    }
+}
+
+/// Reads to the end, keeping the last `bytes_max` bytes.
+async fn read_tail<R: AsyncRead + Unpin>(mut reader: R, bytes_max: usize) -> Captured {
+    let mut captured = Captured::default();
+    let mut buffer = vec![0u8; 16 << 10];
+    loop {
+        match reader.read(&mut buffer).await {
+            Ok(0) | Err(_) => return captured,
+            Ok(n) => {
+                captured.bytes.extend_from_slice(&buffer[..n]);
+                if captured.bytes.len() > bytes_max {
+                    let cut = captured.bytes.len() - bytes_max;
+                    captured.bytes.drain(..cut);
+                    captured.overflowed = true;
+                }
+            }
+        }
+    }
+}
+
+async fn collect(task: Option<tokio::task::JoinHandle<Captured>>) -> Captured {
+    let Some(task) = task else {
+        return Captured::default();
+    };
+    match tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, task).await {
+        Ok(Ok(captured)) => captured,
+        _ => Captured::default(),
+    }
+}
+
+/// stdout as the job's result: JSON if it parses (surrounding whitespace allowed), else the
+/// text as a JSON string without its final newline; empty stdout is `null`.
+fn result_from_stdout(stdout: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(stdout);
+    if text.trim().is_empty() {
+        return Value::Null;
+    }
+    match serde_json::from_str(text.trim()) {
+        Ok(value) => value,
+        Err(_) => {
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            let text = text.strip_suffix('\r').unwrap_or(text);
+            Value::String(text.to_string())
+        }
+    }
+}
+
+fn describe_status(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => status.to_string(),
+    }
+}
+
+/// `exit status 3: <the last 4 KiB of stderr>`, at most [`STDERR_TAIL_BYTES`] of it even
+/// after invalid UTF-8 was replaced.
+fn failure_text(status: &str, stderr_tail: &[u8]) -> String {
+    let tail = String::from_utf8_lossy(stderr_tail);
+    let mut tail = tail.trim_end();
+    while tail.len() > STDERR_TAIL_BYTES {
+        let mut cut = tail.len() - STDERR_TAIL_BYTES;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail = &tail[cut..];
+    }
+    if tail.is_empty() {
+        status.to_string()
+    } else {
+        format!("{status}: {tail}")
+    }
+}
+
+fn one_line(text: &str) -> String {
+    let first = text.lines().next().unwrap_or_default();
+    first.chars().take(120).collect()
+}
+
+/// Resolves when the phase reaches `target` (never, if the sender is gone first).
+async fn wait_for_phase(mut phase: watch::Receiver<Phase>, target: Phase) {
+    if phase.wait_for(|now| *now >= target).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn pause_unless_stopping(phase: &mut watch::Receiver<Phase>, pause: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => {}
+        _ = phase.wait_for(|now| *now != Phase::Running) => {}
+    }
+}
+
+/// First SIGTERM/SIGINT: drain, and kill after `grace`. A second one: kill now.
+fn watch_signals(phase: watch::Sender<Phase>, grace: Duration) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        eprintln!(
+            "rota worker: stopping: no new jobs; running ones get {} to finish",
+            jobs::duration_text(grace)
+        );
+        phase.send_replace(Phase::Draining);
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => {}
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        phase.send_replace(Phase::Killing);
+    });
+    Ok(())
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "worker".to_string());
+    format!("{host}/{}", std::process::id())
+}
+
+extern "C" {
+    // libc's kill(2); std links libc already, so no crate is needed for one call.
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+const SIGKILL: i32 = 9;
+
+/// SIGKILLs the process group led by the command (`pid` = its group id).
+fn kill_group(pid: Option<u32>) {
+    let Some(group) = pid
+        .and_then(|pid| i32::try_from(pid).ok())
+        .filter(|pid| *pid > 1)
+    else {
+        return;
+    };
+    // SAFETY: kill(2) has no memory-safety preconditions; a negative pid names the group our
+    // own child leads (it was spawned with process_group(0)).
+    unsafe {
+        libc_kill(-group, SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stdout_becomes_json_when_it_parses_else_a_string() {
+        assert_eq!(
+            result_from_stdout(b"{\"a\": 1}\n"),
+            serde_json::json!({"a": 1})
+        );
+        assert_eq!(result_from_stdout(b" 42 "), serde_json::json!(42));
+        assert_eq!(result_from_stdout(b"hello\n"), serde_json::json!("hello"));
+        assert_eq!(
+            result_from_stdout(b"two\nlines\n"),
+            serde_json::json!("two\nlines")
+        );
+        assert_eq!(result_from_stdout(b""), Value::Null);
+    }
+
+    #[test]
+    fn failure_text_keeps_the_end_of_stderr_within_the_bound() {
+        assert_eq!(failure_text("exit status 3", b""), "exit status 3");
+        assert_eq!(
+            failure_text("exit status 3", b"boom\n"),
+            "exit status 3: boom"
+        );
+        let long: Vec<u8> = std::iter::repeat_n(0xffu8, STDERR_TAIL_BYTES).collect();
+        let text = failure_text("exit status 1", &long);
+        assert!(
+            text.len() <= STDERR_TAIL_BYTES + "exit status 1: ".len(),
+            "{}",
+            text.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn captured_output_is_bounded_at_the_head_or_the_tail() {
+        let data: Vec<u8> = (0..100u8).collect();
+        let head = read_head(&data[..], 10).await;
+        assert_eq!(head.bytes, (0..10u8).collect::<Vec<_>>());
+        assert!(head.overflowed);
+        let tail = read_tail(&data[..], 10).await;
+        assert_eq!(tail.bytes, (90..100u8).collect::<Vec<_>>());
+        let small = read_head(&data[..5], 10).await;
+        assert!(!small.overflowed);
+    }
+}

@@ -1,0 +1,455 @@
+//! The job API end to end through the CLI and raw `/v1` requests: idempotent submits,
+//! waiting for a result, retries with backoff into `dead`, retry from dead, cancel, pause.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{Kind, Server};
+use crate::jobs_util::{
+    api, args, get_job, rota, script, try_get_queue, unix_ms, wait_until, Proc,
+};
+
+#[test]
+fn jobs_submit_with_the_same_idempotency_key_gives_the_same_job() {
+    let server = Server::start(Kind::Rota);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let body = json!({"payload": {"order": 1}, "priority": 3});
+    let first = api(
+        &server,
+        "POST",
+        "/v1/queues/idem/jobs",
+        Some(&body),
+        Some("key-1"),
+    );
+    assert_eq!(first.status(), 202, "{}", first.text());
+    assert_eq!(first.header("idempotent-replayed"), None);
+    let id = first.json()["id"].as_u64().expect("id");
+    assert_eq!(
+        first.header("location"),
+        Some(format!("/v1/jobs/{id}").as_str())
+    );
+
+    let again = api(
+        &server,
+        "POST",
+        "/v1/queues/idem/jobs",
+        Some(&body),
+        Some("key-1"),
+    );
+    assert_eq!(again.status(), 202, "{}", again.text());
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(
+        again.json()["id"],
+        json!(id),
+        "a replay answers the same job"
+    );
+
+    let different = json!({"payload": {"order": 2}, "priority": 3});
+    let reused = api(
+        &server,
+        "POST",
+        "/v1/queues/idem/jobs",
+        Some(&different),
+        Some("key-1"),
+    );
+    assert_eq!(reused.status(), 422, "{}", reused.text());
+    assert_eq!(reused.json()["error"]["code"], "idempotency_key_reused");
+
+    // The CLI with an explicit key: running the command twice submits once.
+    let command = args(
+        &server,
+        &[
+            "job",
+            "submit",
+            "idem",
+            "--payload",
+            r#"{"order": 3}"#,
+            "--idempotency-key",
+            "key-2",
+        ],
+    );
+    let out = rota(dir.path(), &command).expect_success();
+    assert!(!out.stdout.contains("replayed"), "{out:?}");
+    let out_again = rota(dir.path(), &command).expect_success();
+    assert!(out_again.stdout.contains("replayed"), "{out_again:?}");
+    let cli_id = |stdout: &str| {
+        stdout
+            .split_whitespace()
+            .nth(1)
+            .and_then(|id| id.parse::<u64>().ok())
+            .expect("job N ...")
+    };
+    assert_eq!(cli_id(&out.stdout), cli_id(&out_again.stdout));
+
+    let queue = try_get_queue(&server, "idem").expect("queue");
+    assert_eq!(queue["counts"]["queued"], 2, "two keys, two jobs: {queue}");
+}
+
+#[test]
+fn jobs_submit_wait_returns_the_result_once_a_worker_finished_it() {
+    let server = Server::start(Kind::Rota);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let echo = script(
+        dir.path(),
+        "echo.sh",
+        "payload=$(cat)\nprintf '{\"doubled\": [%s, %s]}\\n' \"$payload\" \"$payload\"\n",
+    );
+    let mut worker_args = args(
+        &server,
+        &[
+            "worker",
+            "--queue",
+            "waiting",
+            "--max-jobs",
+            "1",
+            "--poll-wait",
+            "1s",
+        ],
+    );
+    worker_args.extend(["--".into(), echo.display().to_string()]);
+    let mut worker = Proc::spawn(dir.path(), "worker", &worker_args, &[]);
+
+    let out = rota(
+        dir.path(),
+        &args(
+            &server,
+            &[
+                "job",
+                "submit",
+                "waiting",
+                "--payload",
+                "7",
+                "--wait=30s",
+                "-o",
+                "json",
+            ],
+        ),
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    let job = out.json();
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"], json!({"doubled": [7, 7]}));
+    let id = job["id"].as_u64().expect("id");
+    // --max-jobs 1: the worker exits by itself after its job.
+    assert!(
+        worker.wait_exit(Duration::from_secs(30)).success(),
+        "{}",
+        worker.stderr()
+    );
+
+    let got = rota(
+        dir.path(),
+        &args(&server, &["job", "get", &id.to_string(), "--wait=5s"]),
+    );
+    assert_eq!(got.code(), 0, "{got:?}");
+    assert!(
+        got.stdout.contains("succeeded") && got.stdout.contains(r#"{"doubled":[7,7]}"#),
+        "{got:?}"
+    );
+
+    // Nobody works this queue: the wait ends with the job still queued, exit status 3.
+    let unserved = rota(
+        dir.path(),
+        &args(
+            &server,
+            &[
+                "job",
+                "submit",
+                "nobody",
+                "--payload",
+                "1",
+                "--wait=1s",
+                "-o",
+                "json",
+            ],
+        ),
+    );
+    assert_eq!(unserved.code(), 3, "{unserved:?}");
+    assert_eq!(unserved.json()["state"], "queued");
+}
+
+#[test]
+fn jobs_failing_attempts_back_off_then_die_and_retry_from_dead_runs_again() {
+    let server = Server::start(Kind::Rota);
+    let dir = tempfile::tempdir().expect("temp dir");
+    rota(
+        dir.path(),
+        &args(
+            &server,
+            &[
+                "queue",
+                "set",
+                "flaky",
+                "--max-attempts",
+                "3",
+                "--backoff-base",
+                "200ms",
+                "--backoff-max",
+                "1s",
+            ],
+        ),
+    )
+    .expect_success();
+    let failing = script(
+        dir.path(),
+        "fail.sh",
+        "cat > /dev/null\necho 'starting'\necho 'boom: upstream said no' >&2\nexit 3\n",
+    );
+    let mut worker_args = args(
+        &server,
+        &[
+            "worker",
+            "--queue",
+            "flaky",
+            "--max-jobs",
+            "3",
+            "--poll-wait",
+            "1s",
+        ],
+    );
+    worker_args.extend(["--".into(), failing.display().to_string()]);
+    let mut worker = Proc::spawn(dir.path(), "failing-worker", &worker_args, &[]);
+    let submitted = rota(
+        dir.path(),
+        &args(
+            &server,
+            &["job", "submit", "flaky", "--payload", "{}", "-o", "json"],
+        ),
+    )
+    .expect_success();
+    let id = submitted.json()["id"].as_u64().expect("id");
+
+    let waited = rota(
+        dir.path(),
+        &args(
+            &server,
+            &["job", "get", &id.to_string(), "--wait=30s", "-o", "json"],
+        ),
+    );
+    assert_eq!(waited.code(), 3, "a dead job is not a success: {waited:?}");
+    let job = waited.json();
+    assert_eq!(job["state"], "dead", "{job}");
+    assert_eq!(job["attempts"], 3);
+    let errors = job["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 3, "{job}");
+    for (n, error) in errors.iter().enumerate() {
+        assert_eq!(error["attempt"], json!(n + 1));
+        let text = error["error"].as_str().unwrap_or_default();
+        assert!(
+            text.starts_with("exit status 3") && text.contains("boom: upstream said no"),
+            "{text:?}"
+        );
+    }
+    // Retry n comes no earlier than base × 2^(n-1) after failure n: the next failure is later still.
+    for (n, pair) in errors.windows(2).enumerate() {
+        let gap_ms = unix_ms(pair[1]["at"].as_str().expect("at"))
+            - unix_ms(pair[0]["at"].as_str().expect("at"));
+        let backoff_ms = 200 << n;
+        assert!(
+            gap_ms >= backoff_ms,
+            "failure {} came {gap_ms} ms after failure {}, backoff is {backoff_ms} ms",
+            n + 2,
+            n + 1
+        );
+    }
+    assert!(
+        worker.wait_exit(Duration::from_secs(30)).success(),
+        "{}",
+        worker.stderr()
+    );
+
+    let dead = rota(
+        dir.path(),
+        &args(
+            &server,
+            &["job", "ls", "flaky", "--state", "dead", "-o", "json"],
+        ),
+    )
+    .expect_success();
+    assert_eq!(dead.json()["jobs"][0]["id"], json!(id), "{dead:?}");
+
+    let retried = rota(
+        dir.path(),
+        &args(&server, &["job", "retry", &id.to_string(), "-o", "json"]),
+    )
+    .expect_success()
+    .json();
+    assert_eq!(retried["state"], "queued");
+    assert_eq!(retried["attempts"], 3, "history is kept");
+    assert_eq!(
+        retried["max_attempts"], 6,
+        "a fresh allowance of the queue's max_attempts"
+    );
+    let not_dead = rota(
+        dir.path(),
+        &args(&server, &["job", "retry", &id.to_string()]),
+    );
+    assert_eq!(not_dead.code(), 4, "{not_dead:?}");
+    assert!(not_dead.stderr.contains("invalid_state"), "{not_dead:?}");
+
+    let succeeding = script(dir.path(), "ok.sh", "cat > /dev/null\necho fixed\n");
+    let mut worker_args = args(
+        &server,
+        &[
+            "worker",
+            "--queue",
+            "flaky",
+            "--max-jobs",
+            "1",
+            "--poll-wait",
+            "1s",
+        ],
+    );
+    worker_args.extend(["--".into(), succeeding.display().to_string()]);
+    let mut worker = Proc::spawn(dir.path(), "fixed-worker", &worker_args, &[]);
+    assert!(
+        worker.wait_exit(Duration::from_secs(30)).success(),
+        "{}",
+        worker.stderr()
+    );
+    let job = get_job(&server, id);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(
+        job["result"],
+        json!("fixed"),
+        "non-JSON stdout is stored as a string"
+    );
+    assert_eq!(job["attempts"], 4);
+}
+
+#[test]
+fn jobs_cancel_ends_an_unfinished_job_once() {
+    let server = Server::start(Kind::Rota);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = rota(
+        dir.path(),
+        &args(
+            &server,
+            &[
+                "job",
+                "submit",
+                "later",
+                "--payload",
+                "{}",
+                "--delay",
+                "1h",
+                "-o",
+                "json",
+            ],
+        ),
+    )
+    .expect_success();
+    let job = out.json();
+    assert_eq!(job["state"], "scheduled", "{job}");
+    let id = job["id"].as_u64().expect("id").to_string();
+    let cancelled = rota(
+        dir.path(),
+        &args(&server, &["job", "cancel", &id, "-o", "json"]),
+    )
+    .expect_success()
+    .json();
+    assert_eq!(cancelled["state"], "cancelled");
+    let again = rota(dir.path(), &args(&server, &["job", "cancel", &id]));
+    assert_eq!(again.code(), 4, "{again:?}");
+    assert!(again.stderr.contains("invalid_state"), "{again:?}");
+    let missing = rota(dir.path(), &args(&server, &["job", "get", "999999"]));
+    assert_eq!(missing.code(), 4, "{missing:?}");
+    assert!(missing.stderr.contains("not_found"), "{missing:?}");
+}
+
+#[test]
+fn jobs_paused_queue_leases_nothing_until_resumed_and_keeps_its_settings() {
+    let server = Server::start(Kind::Rota);
+    let dir = tempfile::tempdir().expect("temp dir");
+    rota(
+        dir.path(),
+        &args(
+            &server,
+            &[
+                "queue",
+                "set",
+                "held",
+                "--concurrency",
+                "2",
+                "--rate",
+                "100/1s",
+            ],
+        ),
+    )
+    .expect_success();
+    let paused = rota(
+        dir.path(),
+        &args(&server, &["queue", "set", "held", "--paused", "-o", "json"]),
+    )
+    .expect_success()
+    .json();
+    assert_eq!(paused["config"]["paused"], true, "{paused}");
+    assert_eq!(
+        paused["config"]["concurrency"], 2,
+        "`queue set` changes only what it is given: {paused}"
+    );
+    assert_eq!(paused["config"]["rate"]["limit"], 100, "{paused}");
+
+    rota(
+        dir.path(),
+        &args(&server, &["job", "submit", "held", "--payload", "{}"]),
+    )
+    .expect_success();
+    let lease = json!({"worker": "test", "max": 1, "wait": "1s"});
+    let held = api(
+        &server,
+        "POST",
+        "/v1/queues/held/lease",
+        Some(&lease),
+        Some("lease-1"),
+    );
+    assert_eq!(held.status(), 200, "{}", held.text());
+    assert_eq!(
+        held.json()["jobs"],
+        json!([]),
+        "a paused queue leases nothing within the wait"
+    );
+
+    let stats = rota(dir.path(), &args(&server, &["queue", "stats", "held"])).expect_success();
+    assert!(
+        stats.stdout.contains("paused:       true") && stats.stdout.contains("1 queued"),
+        "{stats:?}"
+    );
+    rota(
+        dir.path(),
+        &args(&server, &["queue", "set", "held", "--resume"]),
+    )
+    .expect_success();
+    let leased = api(
+        &server,
+        "POST",
+        "/v1/queues/held/lease",
+        Some(&lease),
+        Some("lease-2"),
+    );
+    assert_eq!(leased.status(), 200, "{}", leased.text());
+    assert_eq!(
+        leased.json()["jobs"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        leased.text()
+    );
+
+    let listed = rota(dir.path(), &args(&server, &["queue", "ls"])).expect_success();
+    assert!(
+        listed
+            .stdout
+            .lines()
+            .any(|line| line.starts_with("held ") && line.contains(" 2 ")),
+        "{listed:?}"
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "the queue to show the lease",
+        || {
+            let queue = try_get_queue(&server, "held")?;
+            (queue["counts"]["leased"] == 1).then_some(())
+        },
+    );
+}
