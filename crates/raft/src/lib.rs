@@ -1,20 +1,37 @@
 //! rota-raft: everything consensus. openraft types never leave this crate.
 //!
-//! A [`Node`] is one member of a Raft group (today always a one-member group; the peer
-//! transport comes with the cluster issue). It owns:
+//! A [`Node`] is one member of a Raft group of one or more members. It owns:
 //! - the Raft log (`log_store`: raft-log behind openraft's storage-v2 API, fsync before ack),
 //! - the state machine and its snapshots (`state_machine`, `snapshot_file`),
 //! - the proposer (`proposer`: group commit of concurrent commands into one entry),
 //! - the ticker (`ticker`: proposes `Tick` on the leader when something is due),
-//! - the peer network (`network`: today every peer is unreachable).
+//! - the peer transport (`peer`: the wire protocol; `network`: its client; the server side
+//!   is [`Node::handle_peer`], mounted by the server crate on the peer listener),
+//! - forwarding (`forward`: a follower sends proposals and read-index requests to the
+//!   leader) and membership (`membership`: etcd's member operations, learner promotion,
+//!   publishing this member's name and client URLs, leadership hand-over).
 //!
-//! Data dir layout: `<data_dir>/raft-log/` (raft-log's WAL chunks and its LOCK) and
-//! `<data_dir>/snapshots/`. An absent or empty data dir is a new member; with nothing to
-//! join it initializes a one-member cluster.
+//! Data dir layout: `<data_dir>/identity` (cluster id and node id, see `identity`),
+//! `<data_dir>/raft-log/` (raft-log's WAL chunks and its LOCK) and `<data_dir>/snapshots/`.
+//!
+//! Bootstrap: a data dir without Raft state and `ClusterState::New` initializes the full
+//! initial membership. **Every** initial member calls `initialize` with the same
+//! membership (names and peer URLs from `--initial-cluster`, no client URLs, so the entry
+//! is byte-identical on every member): no member has to wait for another to come up first,
+//! and openraft writes that membership at log id (0, 0) on each, so they agree. Each member
+//! then publishes its client URLs through the leader (as etcd does). `ClusterState::Existing`
+//! with an empty data dir asks the listed peers for the membership and finds its own id by
+//! its peer URLs (the leader assigned it on `POST /v2/members`); it then waits for the
+//! leader to replicate to it. A data dir with state restarts from it and ignores the
+//! initial flags.
 
+mod forward;
+mod identity;
 mod log_store;
+mod membership;
 mod metrics;
 mod network;
+pub mod peer;
 mod proposer;
 mod snapshot_file;
 mod state_machine;
@@ -26,28 +43,38 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, Fatal, RaftError};
 use rota_core::{Command, Response, State};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use crate::metrics::RaftMetrics;
-pub use crate::types::{node_id_from_name, Member};
+pub use crate::network::FollowerStats;
+pub use crate::peer::{ClusterInfo, PeerError, PeerRpc};
+pub use crate::types::{cluster_id, node_id_from_name, parse_initial_cluster, Member};
 
+use crate::identity::Identity;
 use crate::log_store::{LogOpenError, LogStore, LogStoreConfig};
-use crate::network::PeerNetwork;
+use crate::network::{PeerNetwork, PeerTransport};
 use crate::proposer::{ProposalSender, ProposerLimits};
 use crate::snapshot_file::{SnapshotDir, SnapshotFileError};
 use crate::state_machine::{SharedState, StateMachineStore};
-use crate::types::Raft;
+use crate::types::{NodeId, Raft};
 
 /// How long graceful shutdown waits for batches already handed to Raft.
 const SHUTDOWN_IN_FLIGHT_WAIT_MS: u64 = 5_000;
 
+/// `--initial-cluster-state`: bootstrap a new cluster, or join an existing one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClusterState {
+    #[default]
+    New,
+    Existing,
+}
+
 /// How to start a node.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
-    /// `--name`; the node id derives from it.
+    /// `--name`; an initial member's node id derives from it.
     pub name: String,
     pub data_dir: PathBuf,
     pub core: rota_core::Config,
@@ -64,22 +91,33 @@ pub struct NodeConfig {
     pub proposals_in_flight_max: usize,
     /// Proposals waiting for the proposer, at most; `propose` waits when full.
     pub proposals_queued_max: usize,
-    /// Log entries kept before the latest snapshot (0: purge everything it covers). The
-    /// cluster issue may raise it so a briefly lagging follower catches up from the log.
+    /// Log entries kept before the latest snapshot (0: purge everything it covers), so a
+    /// briefly lagging follower catches up from the log rather than by snapshot.
     pub log_entries_kept_after_snapshot: u64,
     /// etcd's `--heartbeat-interval`.
     pub heartbeat_interval_ms: u64,
-    /// Election timeout, randomized in `[min, max)`; etcd's `--election-timeout` is the min.
+    /// openraft's election timeout, randomized in `[min, max)` once per process. A follower
+    /// campaigns after `max + [min, max)` without hearing from a leader (openraft adds a
+    /// leader lease of `max`); see [`NodeConfig::set_election_timeout_ms`].
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// This member's URLs as stored in the membership (`/v2/members`).
     pub advertise_peer_urls: Vec<String>,
     pub advertise_client_urls: Vec<String>,
+    /// `--initial-cluster` as members (names and peer URLs). Empty: this member alone.
+    pub initial_cluster: Vec<Member>,
+    /// `--initial-cluster-state`.
+    pub initial_cluster_state: ClusterState,
+    /// `--initial-cluster-token`: peers with another token are refused.
+    pub cluster_token: String,
+    /// The cluster id of a new cluster; `None`: [`cluster_id`] of the initial cluster and
+    /// the token. Ignored once the data dir has an identity.
+    pub cluster_id: Option<u64>,
 }
 
 impl NodeConfig {
     pub fn single(name: impl Into<String>, data_dir: impl Into<PathBuf>) -> NodeConfig {
-        NodeConfig {
+        let mut config = NodeConfig {
             name: name.into(),
             data_dir: data_dir.into(),
             core: rota_core::Config::default(),
@@ -90,11 +128,29 @@ impl NodeConfig {
             proposals_queued_max: 16_384,
             log_entries_kept_after_snapshot: 0,
             heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 1000,
-            election_timeout_max_ms: 2000,
+            election_timeout_min_ms: 0,
+            election_timeout_max_ms: 0,
             advertise_peer_urls: Vec::new(),
             advertise_client_urls: Vec::new(),
-        }
+            initial_cluster: Vec::new(),
+            initial_cluster_state: ClusterState::New,
+            cluster_token: "etcd-cluster".to_string(),
+            cluster_id: None,
+        };
+        config.set_election_timeout_ms(DEFAULT_ELECTION_TIMEOUT_MS);
+        config
+    }
+
+    /// Maps etcd's `--election-timeout` (a follower campaigns after about this long without
+    /// a heartbeat; etcd randomizes in `[t, 2t)`) onto openraft 0.9, whose follower
+    /// campaigns after `lease + timeout` with `lease = max` and `timeout` drawn from
+    /// `[min, max)`: min = 0.4 t and max = 0.6 t give a campaign after `[t, 1.2 t)` of
+    /// silence, so the default 1000 ms fails over in about 1.1-1.4 s and still needs ten
+    /// missed heartbeats (100 ms) in a row to start an election.
+    pub fn set_election_timeout_ms(&mut self, election_timeout_ms: u64) {
+        let min_ms = (election_timeout_ms * 2 / 5).max(self.heartbeat_interval_ms + 1);
+        self.election_timeout_min_ms = min_ms;
+        self.election_timeout_max_ms = (election_timeout_ms * 3 / 5).max(min_ms + 1);
     }
 
     fn member(&self) -> Member {
@@ -105,19 +161,68 @@ impl NodeConfig {
         }
     }
 
+    /// The membership a new cluster starts with. Several members: names and peer URLs only,
+    /// identical on every member (see the module doc). One member: itself with its URLs.
+    fn initial_membership(&self) -> BTreeMap<NodeId, Member> {
+        if self.initial_cluster.len() <= 1 {
+            return BTreeMap::from([(node_id_from_name(&self.name), self.member())]);
+        }
+        self.initial_cluster
+            .iter()
+            .map(|member| {
+                let member = Member {
+                    name: member.name.clone(),
+                    peer_urls: member.peer_urls.clone(),
+                    client_urls: Vec::new(),
+                };
+                (node_id_from_name(&member.name), member)
+            })
+            .collect()
+    }
+
+    fn initial_cluster_id(&self) -> u64 {
+        if let Some(id) = self.cluster_id {
+            return id;
+        }
+        let members = if self.initial_cluster.is_empty() {
+            vec![self.member()]
+        } else {
+            self.initial_cluster.clone()
+        };
+        let flag: Vec<String> = members
+            .iter()
+            .flat_map(|member| {
+                member
+                    .peer_urls
+                    .iter()
+                    .map(move |url| format!("{}={url}", member.name))
+            })
+            .collect();
+        cluster_id(&flag.join(","), &self.cluster_token)
+    }
+
+    /// How long a request waits for a leader to appear before answering `NoLeader`: about
+    /// one election after a leader's crash (lease + timeout + a vote round).
+    fn leader_wait(&self) -> Duration {
+        Duration::from_millis(2 * self.election_timeout_max_ms + LEADER_WAIT_MARGIN_MS)
+    }
+
     fn openraft_config(&self) -> Result<openraft::Config, StartError> {
         let config = openraft::Config {
             cluster_name: "rota".to_string(),
             heartbeat_interval: self.heartbeat_interval_ms,
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
-            // Large snapshots over a slow link (cluster issue): generous per-chunk timeout.
-            install_snapshot_timeout: 10_000,
+            // Per snapshot chunk. The last chunk makes the receiver verify, write and fsync
+            // the whole snapshot before it answers: generous for large snapshots.
+            install_snapshot_timeout: INSTALL_SNAPSHOT_CHUNK_TIMEOUT_MS,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES_MAX,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_entries.max(1)),
             max_in_snapshot_log_to_keep: self.log_entries_kept_after_snapshot,
             purge_batch_size: 1,
-            // Entries are batches of up to batch_commands_max commands already.
-            max_payload_entries: 64,
+            // Entries are batches of up to batch_commands_max commands already, and an
+            // append must arrive within one heartbeat interval (openraft's RPC timeout).
+            max_payload_entries: 16,
             ..Default::default()
         };
         config
@@ -125,6 +230,13 @@ impl NodeConfig {
             .map_err(|e| StartError::Raft(format!("config: {e}")))
     }
 }
+
+/// etcd's default `--election-timeout`.
+pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 1000;
+/// Added to the leader wait beyond two election timeouts (a vote round, the first commit).
+const LEADER_WAIT_MARGIN_MS: u64 = 500;
+const INSTALL_SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 60_000;
+const SNAPSHOT_CHUNK_BYTES_MAX: u64 = 4 << 20;
 
 /// What the state machine reports after each applied entry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -136,7 +248,7 @@ pub struct Applied {
 }
 
 /// A proposal's outcome: the command's response and the Raft position it was applied at.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Proposed {
     pub response: Response,
     pub raft_index: u64,
@@ -158,7 +270,7 @@ pub struct Status {
     pub purged_index: u64,
 }
 
-#[derive(Clone, Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ProposeError {
     #[error("no leader")]
     NoLeader,
@@ -168,6 +280,33 @@ pub enum ProposeError {
     TooLarge { bytes: usize, limit: usize },
     #[error("raft: {0}")]
     Fatal(String),
+}
+
+/// Why a membership change (`/v2/members`) failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+pub enum MemberError {
+    #[error("member {0:x} not found")]
+    NotFound(u64),
+    /// etcd: "peerURL exists" (409).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    InvalidPeerUrls(String),
+    #[error("no leader")]
+    NoLeader,
+    #[error("node is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Append counts and per-follower replication stats (`/v2/stats/self`, `/v2/stats/leader`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PeerStatsSnapshot {
+    pub send_append_requests: u64,
+    pub recv_append_requests: u64,
+    /// On the leader: the followers it replicated to since it started.
+    pub followers: Vec<(u64, FollowerStats)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +320,9 @@ pub enum StartError {
     Corrupt(String),
     #[error("raft: {0}")]
     Raft(String),
+    /// `--initial-cluster-state existing` and the cluster could not tell who we are.
+    #[error("joining the cluster: {0}")]
+    Join(String),
 }
 
 /// A running node. Cheap to clone. Call [`Node::shutdown`] before dropping the last clone:
@@ -193,6 +335,15 @@ pub struct Node {
 struct NodeInner {
     id: u64,
     name: String,
+    cluster_id: u64,
+    cluster_token: String,
+    advertise_client_urls: Vec<String>,
+    leader_wait: Duration,
+    /// Set while this leader hands leadership over: new proposals wait for the next leader
+    /// instead of growing the log the successor must have before it can win.
+    handing_over: std::sync::atomic::AtomicBool,
+    transport: PeerTransport,
+    forwarder: forward::Forwarder,
     raft: Raft,
     shared: Arc<SharedState>,
     proposals: ProposalSender,
@@ -216,7 +367,6 @@ impl Node {
                 "batch and queue limits must be positive".to_string(),
             ));
         }
-        let id = node_id_from_name(&config.name);
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -243,34 +393,63 @@ impl Node {
             .map_err(|e| StartError::Raft(e.to_string()))?
             && !state_machine.has_snapshot();
 
+        let identity = match Identity::load(&config.data_dir) {
+            Ok(Some(identity)) => identity,
+            Ok(None) => {
+                let identity = if pristine && config.initial_cluster_state == ClusterState::Existing
+                {
+                    forward::join_identity(&config).await?
+                } else {
+                    // A new member, or a data dir from before identity files (its id was
+                    // always derived from the name).
+                    Identity {
+                        cluster_id: config.initial_cluster_id(),
+                        node_id: node_id_from_name(&config.name),
+                    }
+                };
+                identity
+                    .store(&config.data_dir)
+                    .map_err(|e| StartError::Corrupt(e.to_string()))?;
+                identity
+            }
+            Err(error) => return Err(StartError::Corrupt(error.to_string())),
+        };
+        let id = identity.node_id;
+        let transport = PeerTransport::new(config.cluster_token.clone(), id);
+
         let raft = Raft::new(
             id,
             raft_config,
-            PeerNetwork::default(),
+            PeerNetwork {
+                transport: transport.clone(),
+            },
             log_store.clone(),
             state_machine,
         )
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
-        if pristine {
-            let members = BTreeMap::from([(id, config.member())]);
-            raft.initialize(members)
+        if pristine && config.initial_cluster_state == ClusterState::New {
+            raft.initialize(config.initial_membership())
                 .await
                 .map_err(|e| StartError::Raft(format!("initialize: {e}")))?;
         }
-        let node = Node::spawn_tasks(&config, id, raft, shared, log_store, metrics);
+        let node = Node::spawn_tasks(
+            &config, identity, transport, raft, shared, log_store, metrics,
+        );
         node.lead_if_only_voter().await;
         Ok(node)
     }
 
     fn spawn_tasks(
         config: &NodeConfig,
-        id: u64,
+        identity: Identity,
+        transport: PeerTransport,
         raft: Raft,
         shared: Arc<SharedState>,
         log_store: LogStore,
         metrics: RaftMetrics,
     ) -> Node {
+        let id = identity.node_id;
         let (shutdown_tx, _) = watch::channel(false);
         let (tx, rx) = mpsc::channel(config.proposals_queued_max);
         let proposals = ProposalSender {
@@ -304,10 +483,17 @@ impl Node {
             metrics.clone(),
             shutdown_tx.subscribe(),
         ));
-        Node {
+        let node = Node {
             inner: Arc::new(NodeInner {
                 id,
                 name: config.name.clone(),
+                cluster_id: identity.cluster_id,
+                cluster_token: config.cluster_token.clone(),
+                advertise_client_urls: config.advertise_client_urls.clone(),
+                leader_wait: config.leader_wait(),
+                handing_over: std::sync::atomic::AtomicBool::new(false),
+                forwarder: forward::Forwarder::start(transport.clone()),
+                transport,
                 raft,
                 shared,
                 proposals,
@@ -318,7 +504,17 @@ impl Node {
                 background_tasks: Mutex::new(vec![ticker_task, metrics_task]),
                 shut_down: tokio::sync::Mutex::new(false),
             }),
-        }
+        };
+        let membership_task = tokio::spawn(membership::run_membership_keeper(
+            node.clone_weak(),
+            node.inner.shutdown_tx.subscribe(),
+        ));
+        node.inner
+            .background_tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(membership_task);
+        node
     }
 
     /// A member that is the only voter need not wait an election timeout after a restart.
@@ -339,26 +535,77 @@ impl Node {
         self.inner.id
     }
 
-    /// Proposes `command` through the group-commit proposer; resolves once it is applied.
+    /// Proposes `command`; resolves once it is applied on this node. On the leader it goes
+    /// through the group-commit proposer; on a follower it is forwarded to the leader's
+    /// (and the answer carries the leader's Raft index and term). Without a leader it waits
+    /// up to about one election for one, then answers `NoLeader`.
     pub async fn propose(&self, command: Command) -> Result<Proposed, ProposeError> {
-        self.inner.proposals.propose(command).await
+        forward::propose(self, command).await
     }
 
-    /// Confirms leadership with a quorum (ReadIndex) and waits until the state has applied
-    /// up to the read index; a `read` after this sees every write acknowledged before the
-    /// call began. For `quorum=true` reads.
+    /// Confirms leadership with a quorum (ReadIndex, asked of the leader when this node is a
+    /// follower) and waits until this node has applied up to the read index; a `read` after
+    /// this sees every write acknowledged before the call began. For `quorum=true` reads.
     pub async fn linearizable_read(&self) -> Result<Applied, ProposeError> {
-        match self.inner.raft.ensure_linearizable().await {
-            Ok(_) => Ok(*self.inner.shared.applied_tx.borrow()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-                Err(ProposeError::NoLeader)
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
-                Err(ProposeError::NoLeader)
-            }
-            Err(RaftError::Fatal(Fatal::Stopped)) => Err(ProposeError::ShuttingDown),
-            Err(RaftError::Fatal(fatal)) => Err(ProposeError::Fatal(fatal.to_string())),
+        forward::linearizable_read(self).await
+    }
+
+    /// The cluster id (`X-Etcd-Cluster-Id`), as stored in the data dir.
+    pub fn cluster_id(&self) -> u64 {
+        self.inner.cluster_id
+    }
+
+    /// The leader this node knows of, if any.
+    pub fn leader_id(&self) -> Option<u64> {
+        self.inner.raft.metrics().borrow().current_leader
+    }
+
+    /// Append counts and, on the leader, per-follower replication stats.
+    pub fn peer_stats(&self) -> PeerStatsSnapshot {
+        let stats = self.inner.transport.stats();
+        let followers = if self.status().is_leader {
+            let voters_and_learners: Vec<u64> =
+                self.members().into_iter().map(|(id, _)| id).collect();
+            stats
+                .followers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|(id, _)| voters_and_learners.contains(id))
+                .map(|(id, follower)| (*id, follower.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        PeerStatsSnapshot {
+            send_append_requests: stats.send_append.load(std::sync::atomic::Ordering::Relaxed),
+            recv_append_requests: stats.recv_append.load(std::sync::atomic::Ordering::Relaxed),
+            followers,
         }
+    }
+
+    /// Membership, voters, leader and cluster id as this node sees them.
+    pub fn cluster_info(&self) -> ClusterInfo {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        ClusterInfo {
+            cluster_id: self.inner.cluster_id,
+            leader: metrics.current_leader,
+            members: membership
+                .nodes()
+                .map(|(id, member)| (*id, member.clone()))
+                .collect(),
+            voters: membership.voter_ids().collect(),
+        }
+    }
+
+    fn clone_weak(&self) -> WeakNode {
+        WeakNode(Arc::downgrade(&self.inner))
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        *self.inner.shutdown_tx.borrow()
     }
 
     /// Runs `f` on the current applied state (a short read lock; never held across await).
@@ -461,6 +708,16 @@ impl Node {
             Err(error) => tracing::error!(%error, "closing the raft log"),
         }
         *shut_down = true;
+    }
+}
+
+/// A handle on a node that does not keep it alive (for its own background tasks).
+#[derive(Clone)]
+struct WeakNode(std::sync::Weak<NodeInner>);
+
+impl WeakNode {
+    fn upgrade(&self) -> Option<Node> {
+        self.0.upgrade().map(|inner| Node { inner })
     }
 }
 

@@ -1,24 +1,269 @@
-//! The peer transport as openraft sees it: a factory of per-peer clients.
+//! The client side of the peer protocol: openraft's RPCs (append, vote, snapshot chunks) and
+//! rota's own (forwarded proposals and reads, membership, hand-over) as HTTP POSTs with
+//! bincode bodies to a member's first peer URL.
 //!
-//! For now rota runs single-node clusters only, so every peer is [`Unreachable`]: openraft
-//! backs off and retries, and a one-member cluster never calls this at all. The cluster issue
-//! replaces [`PeerClient`]'s bodies with Raft RPCs over HTTP to `Member::peer_urls`; nothing
-//! outside this module needs to change for that.
+//! Timeouts: openraft bounds each append/vote by its own timer (the heartbeat interval, the
+//! election timeout); the HTTP request gets the same bound from `RPCOption::hard_ttl`, so a
+//! stalled connection is dropped rather than left behind. Snapshot chunks get
+//! `install_snapshot_timeout` each (long: the last chunk makes the receiver verify, write
+//! and fsync the whole snapshot before it answers).
+//!
+//! Errors: a refused connection is [`Unreachable`] (openraft backs off before retrying), a
+//! timeout or a broken body is a network error (retried at once), a token mismatch is
+//! logged loudly on both sides and treated as unreachable. The per-follower latency and
+//! success/failure counts of appends feed `/v2/stats/leader`.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::AnyError;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
+use crate::peer::{self, PeerRpc, PEER_FROM_HEADER, PEER_PATH_PREFIX, PEER_TOKEN_HEADER};
 use crate::types::{Member, NodeId, TypeConfig};
 
+/// How long to wait for a TCP connection to a peer.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Idle keep-alive connections kept per peer.
+const IDLE_CONNECTIONS_PER_PEER_MAX: usize = 8;
+/// After a peer was unreachable, openraft waits this long before trying it again.
+const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
+
+/// One HTTP client and this member's identity, shared by every peer connection.
+#[derive(Clone)]
+pub(crate) struct PeerTransport {
+    inner: Arc<TransportInner>,
+}
+
+struct TransportInner {
+    http: reqwest::Client,
+    token: String,
+    from: NodeId,
+    stats: PeerStats,
+}
+
+/// Counts of appends sent to followers and received from a leader (`/v2/stats/*`).
+#[derive(Default)]
+pub(crate) struct PeerStats {
+    pub send_append: AtomicU64,
+    pub recv_append: AtomicU64,
+    pub followers: Mutex<BTreeMap<NodeId, FollowerStats>>,
+}
+
+/// What `/v2/stats/leader` reports about one follower (etcd's shape; latencies of
+/// successful appends in seconds, as etcd 3.4 reports them).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FollowerStats {
+    pub success: u64,
+    pub fail: u64,
+    pub latency_current_s: f64,
+    pub latency_average_s: f64,
+    pub latency_minimum_s: f64,
+    pub latency_maximum_s: f64,
+    /// Sum of squares, for the standard deviation.
+    latency_squares_s: f64,
+}
+
+impl FollowerStats {
+    fn record(&mut self, latency_s: f64) {
+        self.success += 1;
+        let n = self.success as f64;
+        self.latency_current_s = latency_s;
+        self.latency_average_s += (latency_s - self.latency_average_s) / n;
+        self.latency_squares_s += latency_s * latency_s;
+        if self.success == 1 || latency_s < self.latency_minimum_s {
+            self.latency_minimum_s = latency_s;
+        }
+        self.latency_maximum_s = self.latency_maximum_s.max(latency_s);
+    }
+
+    pub fn latency_standard_deviation_s(&self) -> f64 {
+        if self.success == 0 {
+            return 0.0;
+        }
+        let n = self.success as f64;
+        (self.latency_squares_s / n - self.latency_average_s * self.latency_average_s)
+            .max(0.0)
+            .sqrt()
+    }
+}
+
+/// Why a peer call failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CallError {
+    /// Nothing was delivered (connection refused or not established in time).
+    #[error("node {target:x} at {url} is unreachable: {reason}")]
+    Unreachable {
+        target: NodeId,
+        url: String,
+        reason: String,
+    },
+    /// Sent, but no usable answer came back (timeout, broken connection, bad body): the
+    /// request may or may not have been acted on.
+    #[error("node {target:x} at {url}: {reason}")]
+    Network {
+        target: NodeId,
+        url: String,
+        reason: String,
+    },
+    /// The peer refused the request (token mismatch, undecodable, shutting down).
+    #[error("node {target:x} at {url} refused the request ({status}): {reason}")]
+    Refused {
+        target: NodeId,
+        url: String,
+        status: u16,
+        reason: String,
+    },
+    #[error("node {target:x} has no peer URL")]
+    NoUrl { target: NodeId },
+}
+
+impl CallError {
+    /// True if the request certainly did not reach the peer's handler.
+    pub(crate) fn not_delivered(&self) -> bool {
+        matches!(
+            self,
+            CallError::Unreachable { .. } | CallError::NoUrl { .. } | CallError::Refused { .. }
+        )
+    }
+}
+
+impl PeerTransport {
+    pub(crate) fn new(token: String, from: NodeId) -> PeerTransport {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_PEER_MAX)
+            .tcp_nodelay(true)
+            .no_proxy()
+            .build()
+            // Building fails only if the TLS backend cannot initialize; there is none.
+            .unwrap_or_else(|_| reqwest::Client::new());
+        PeerTransport {
+            inner: Arc::new(TransportInner {
+                http,
+                token,
+                from,
+                stats: PeerStats::default(),
+            }),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> &PeerStats {
+        &self.inner.stats
+    }
+
+    /// One RPC to the member `target` at its first peer URL.
+    pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        member: &Member,
+        rpc: PeerRpc,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        let base = member
+            .peer_urls
+            .first()
+            .ok_or(CallError::NoUrl { target })?;
+        self.call_url(target, base, rpc, request, timeout).await
+    }
+
+    pub(crate) async fn call_url<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        base_url: &str,
+        rpc: PeerRpc,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        let url = format!(
+            "{}{PEER_PATH_PREFIX}{}",
+            base_url.trim_end_matches('/'),
+            rpc.name()
+        );
+        let body = peer::encode(request);
+        let sent = self
+            .inner
+            .http
+            .post(&url)
+            .header(PEER_TOKEN_HEADER, &self.inner.token)
+            .header(PEER_FROM_HEADER, format!("{:016x}", self.inner.from))
+            .header("content-type", "application/octet-stream")
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(error) if error.is_connect() => {
+                return Err(CallError::Unreachable {
+                    target,
+                    url,
+                    reason: error_chain(&error),
+                })
+            }
+            Err(error) => {
+                return Err(CallError::Network {
+                    target,
+                    url,
+                    reason: error_chain(&error),
+                })
+            }
+        };
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(|error| CallError::Network {
+            target,
+            url: url.clone(),
+            reason: error_chain(&error),
+        })?;
+        if status != 200 {
+            let reason = String::from_utf8_lossy(&bytes).into_owned();
+            if status == 403 {
+                tracing::error!(target = %format!("{target:x}"), %url, %reason, "peer refused us: cluster token mismatch");
+            }
+            return Err(CallError::Refused {
+                target,
+                url,
+                status,
+                reason,
+            });
+        }
+        bincode::deserialize(&bytes).map_err(|error| CallError::Network {
+            target,
+            url,
+            reason: format!("undecodable answer: {error}"),
+        })
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Creates a [`PeerClient`] per peer openraft replicates to.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct PeerNetwork {}
+#[derive(Clone)]
+pub(crate) struct PeerNetwork {
+    pub transport: PeerTransport,
+}
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
@@ -27,68 +272,105 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
         PeerClient {
             target,
             member: node.clone(),
+            transport: self.transport.clone(),
         }
     }
 }
 
-/// The connection to one peer.
+/// The connection to one peer (HTTP keep-alive connections are pooled by the transport).
 pub(crate) struct PeerClient {
     target: NodeId,
     member: Member,
-}
-
-#[derive(Debug)]
-struct NoPeerTransport {
-    target: NodeId,
-    member: String,
-}
-
-impl fmt::Display for NoPeerTransport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "no peer transport yet: cannot reach node {} ({})",
-            self.target, self.member
-        )
-    }
-}
-
-impl std::error::Error for NoPeerTransport {}
-
-impl PeerClient {
-    fn unreachable(&self) -> Unreachable {
-        Unreachable::new(&NoPeerTransport {
-            target: self.target,
-            member: self.member.to_string(),
-        })
-    }
+    transport: PeerTransport,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
 
+#[derive(Debug)]
+struct Message(String);
+
+impl fmt::Display for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Message {}
+
+impl PeerClient {
+    async fn raft_call<Req, Resp, E>(
+        &self,
+        rpc: PeerRpc,
+        request: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let answer: Result<Result<Resp, RaftError<NodeId, E>>, CallError> = self
+            .transport
+            .call(self.target, &self.member, rpc, request, option.hard_ttl())
+            .await;
+        match answer {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.member.clone(),
+                remote,
+            ))),
+            Err(error) if error.not_delivered() => Err(RPCError::Unreachable(Unreachable::new(
+                &Message(error.to_string()),
+            ))),
+            Err(error) => Err(RPCError::Network(NetworkError::from(AnyError::error(
+                error.to_string(),
+            )))),
+        }
+    }
+}
+
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        let started = Instant::now();
+        let stats = self.transport.stats();
+        stats.send_append.fetch_add(1, Ordering::Relaxed);
+        let result = self.raft_call(PeerRpc::AppendEntries, &rpc, &option).await;
+        let mut followers = stats
+            .followers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let follower = followers.entry(self.target).or_default();
+        match &result {
+            Ok(_) => follower.record(started.elapsed().as_secs_f64()),
+            Err(_) => follower.fail += 1,
+        }
+        result
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        self.raft_call(PeerRpc::InstallSnapshot, &rpc, &option)
+            .await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        self.raft_call(PeerRpc::Vote, &rpc, &option).await
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
     }
 }

@@ -74,6 +74,95 @@ pub fn node_id_from_name(name: &str) -> NodeId {
     }
 }
 
+/// A stable cluster id from `--initial-cluster` and `--initial-cluster-token`: 64-bit FNV-1a
+/// over the `name=url` entries sorted (so every member computes the same id whatever order
+/// its flag lists them in), a zero byte and the token. The top bit is set so the id always
+/// prints as 16 hex digits.
+pub fn cluster_id(initial_cluster: &str, token: &str) -> u64 {
+    let mut entries: Vec<&str> = initial_cluster
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .collect();
+    entries.sort_unstable();
+    let mut hash = Fnv1a::default();
+    hash.feed(entries.join(",").as_bytes());
+    hash.feed(&[0]);
+    hash.feed(token.as_bytes());
+    hash.0 | (1 << 63)
+}
+
+/// The id the leader assigns to a member added at runtime (`POST /v2/members`): FNV-1a of
+/// the cluster id and the sorted peer URLs (etcd derives it from the same inputs plus the
+/// time; ours is reproducible, and a clash is refused as a conflict).
+pub(crate) fn member_id_from_peer_urls(cluster_id: u64, peer_urls: &[String]) -> NodeId {
+    let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
+    urls.sort_unstable();
+    let mut hash = Fnv1a::default();
+    hash.feed(&cluster_id.to_be_bytes());
+    hash.feed(urls.join(",").as_bytes());
+    if hash.0 == 0 {
+        1
+    } else {
+        hash.0
+    }
+}
+
+/// `--initial-cluster`: `name=url[,name=url...]`; a name repeated gives that member several
+/// peer URLs (etcd's syntax). Members keep the flag's order.
+pub fn parse_initial_cluster(flag: &str) -> Result<Vec<Member>, String> {
+    let mut members: Vec<Member> = Vec::new();
+    for entry in flag.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((name, url)) = entry.split_once('=') else {
+            return Err(format!("--initial-cluster entry {entry:?} is not name=url"));
+        };
+        let (name, url) = (name.trim(), url.trim());
+        if name.is_empty() || url.is_empty() {
+            return Err(format!("--initial-cluster entry {entry:?} is not name=url"));
+        }
+        if !url.starts_with("http://") {
+            return Err(format!(
+                "--initial-cluster URL {url:?}: only http:// is supported"
+            ));
+        }
+        match members.iter_mut().find(|member| member.name == name) {
+            Some(member) => member.peer_urls.push(url.to_string()),
+            None => members.push(Member {
+                name: name.to_string(),
+                peer_urls: vec![url.to_string()],
+                client_urls: Vec::new(),
+            }),
+        }
+    }
+    if members.is_empty() {
+        return Err("--initial-cluster is empty".to_string());
+    }
+    let mut ids: Vec<NodeId> = members.iter().map(|m| node_id_from_name(&m.name)).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.len() != members.len() {
+        return Err("--initial-cluster: two names hash to the same node id".to_string());
+    }
+    Ok(members)
+}
+
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a {
+    fn feed(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 ^= u64::from(byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +173,25 @@ mod tests {
         assert_eq!(node_id_from_name(""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(node_id_from_name("a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(node_id_from_name("foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn cluster_id_ignores_member_order_and_depends_on_the_token() {
+        let a = cluster_id("a=http://1,b=http://2", "t");
+        assert_eq!(a, cluster_id("b=http://2, a=http://1", "t"));
+        assert_ne!(a, cluster_id("a=http://1,b=http://2", "u"));
+        assert_eq!(format!("{a:x}").len(), 16);
+    }
+
+    #[test]
+    fn initial_cluster_groups_repeated_names_into_one_member() {
+        let members =
+            parse_initial_cluster("a=http://h:1, b=http://h:2,a=http://h:3").expect("parses");
+        assert_eq!(members.len(), 2);
+        assert_eq!(members[0].peer_urls, ["http://h:1", "http://h:3"]);
+        assert!(parse_initial_cluster("a").is_err());
+        assert!(parse_initial_cluster("a=https://h:1").is_err());
+        assert!(parse_initial_cluster("").is_err());
     }
 
     #[test]

@@ -82,7 +82,10 @@ impl Endpoints {
         for url in &self.urls {
             let mut request = self
                 .http
-                .request(method.clone(), format!("{}{path}", url.trim_end_matches('/')))
+                .request(
+                    method.clone(),
+                    format!("{}{path}", url.trim_end_matches('/')),
+                )
                 .timeout(REQUEST_TIMEOUT);
             if let Some(json) = &json {
                 request = request.json(json);

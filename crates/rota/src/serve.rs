@@ -117,7 +117,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let initial_cluster_flag = args.initial_cluster();
     let initial_cluster = rota_raft::parse_initial_cluster(&initial_cluster_flag)
         .map_err(|error| anyhow::anyhow!("{error}"))?;
-    let Some(me) = initial_cluster.iter().find(|member| member.name == args.name) else {
+    let Some(me) = initial_cluster
+        .iter()
+        .find(|member| member.name == args.name)
+    else {
         anyhow::bail!(
             "--initial-cluster {initial_cluster_flag:?} has no member named {:?}",
             args.name

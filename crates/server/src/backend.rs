@@ -5,7 +5,9 @@
 use std::future::Future;
 
 use rota_core::{Command, State};
-pub use rota_raft::{Applied, Member, ProposeError, Proposed, Status};
+pub use rota_raft::{
+    Applied, FollowerStats, Member, MemberError, PeerStatsSnapshot, ProposeError, Proposed, Status,
+};
 
 /// What the HTTP layer needs from a node.
 pub trait Backend: Send + Sync + 'static {
@@ -36,6 +38,35 @@ pub trait Backend: Send + Sync + 'static {
     /// Adds the backend's own metrics (Raft, fsync latency) to the server's registry.
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         let _ = registry;
+    }
+
+    /// `POST /v2/members`: adds a member with these peer URLs; its id and entry.
+    fn add_member(
+        &self,
+        peer_urls: Vec<String>,
+    ) -> impl Future<Output = Result<(u64, Member), MemberError>> + Send {
+        let _ = peer_urls;
+        async { Err(MemberError::Failed("this backend has no membership".into())) }
+    }
+
+    /// `DELETE /v2/members/{id}`.
+    fn remove_member(&self, id: u64) -> impl Future<Output = Result<(), MemberError>> + Send {
+        async move { Err(MemberError::NotFound(id)) }
+    }
+
+    /// `PUT /v2/members/{id}`.
+    fn update_member(
+        &self,
+        id: u64,
+        peer_urls: Vec<String>,
+    ) -> impl Future<Output = Result<(), MemberError>> + Send {
+        let _ = peer_urls;
+        async move { Err(MemberError::NotFound(id)) }
+    }
+
+    /// Append counts and per-follower replication stats, for `/v2/stats/*`.
+    fn peer_stats(&self) -> PeerStatsSnapshot {
+        PeerStatsSnapshot::default()
     }
 }
 
@@ -69,6 +100,29 @@ impl Backend for rota_raft::Node {
 
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         rota_raft::Node::metrics(self).register(registry);
+    }
+
+    fn add_member(
+        &self,
+        peer_urls: Vec<String>,
+    ) -> impl Future<Output = Result<(u64, Member), MemberError>> + Send {
+        rota_raft::Node::add_member(self, peer_urls)
+    }
+
+    fn remove_member(&self, id: u64) -> impl Future<Output = Result<(), MemberError>> + Send {
+        rota_raft::Node::remove_member(self, id)
+    }
+
+    fn update_member(
+        &self,
+        id: u64,
+        peer_urls: Vec<String>,
+    ) -> impl Future<Output = Result<(), MemberError>> + Send {
+        rota_raft::Node::update_member(self, id, peer_urls)
+    }
+
+    fn peer_stats(&self) -> PeerStatsSnapshot {
+        rota_raft::Node::peer_stats(self)
     }
 }
 

@@ -3,48 +3,39 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::http::header::{HeaderValue, CONTENT_TYPE};
-use axum::http::{Method, Response};
+use axum::http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{Method, Request, Response};
 
 use crate::app::ServerConfig;
-use crate::backend::{Backend, Member};
+use crate::backend::{Backend, Member, MemberError};
+use crate::limits;
 use crate::respond::{self, push_go_json_string, TEXT_PLAIN, X_ETCD_CLUSTER_ID};
 
 /// The etcd versions rota answers as: clients (python-etcd, etcdctl) check them.
 pub const ETCD_SERVER_VERSION: &str = "3.4.23";
 pub const ETCD_CLUSTER_VERSION: &str = "3.4.0";
 
-/// A stable cluster id from `--initial-cluster` and `--initial-cluster-token`: FNV-1a 64 over
-/// the members sorted by name (so every member computes the same id whatever order its
-/// flag lists them in) and the token. The top bit is set so the id always prints as 16 hex
-/// digits.
+/// A stable cluster id from `--initial-cluster` and `--initial-cluster-token` (see
+/// [`rota_raft::cluster_id`]; the consensus crate computes and persists it).
 pub fn cluster_id(initial_cluster: &str, token: &str) -> u64 {
-    let mut members: Vec<&str> = initial_cluster
-        .split(',')
-        .map(str::trim)
-        .filter(|m| !m.is_empty())
-        .collect();
-    members.sort_unstable();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for &byte in bytes {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    feed(members.join(",").as_bytes());
-    feed(&[0]);
-    feed(token.as_bytes());
-    hash | (1 << 63)
+    rota_raft::cluster_id(initial_cluster, token)
 }
 
 pub(crate) struct ClusterInfo {
     config: ServerConfig,
     started_unix_ns: u64,
-    started: Instant,
+    /// The leader last seen by `/v2/stats/self` and since when (`leaderInfo`).
+    leader_seen: Mutex<LeaderSeen>,
+}
+
+struct LeaderSeen {
+    leader: Option<u64>,
+    since: Instant,
+    since_unix_ns: u64,
 }
 
 fn json_no_newline(status: u16, body: String) -> Response<Body> {
@@ -60,7 +51,12 @@ impl ClusterInfo {
         ClusterInfo {
             config,
             started_unix_ns,
-            started: Instant::now(),
+
+            leader_seen: Mutex::new(LeaderSeen {
+                leader: None,
+                since: Instant::now(),
+                since_unix_ns: started_unix_ns,
+            }),
         }
     }
 
@@ -139,21 +135,23 @@ impl ClusterInfo {
         out.push('}');
     }
 
-    /// `GET /v2/members` and `GET /v2/members/leader`.
-    pub(crate) fn members(
+    /// `/v2/members[/leader|/{id}]`: GET lists, POST adds, DELETE removes, PUT changes peer
+    /// URLs, with etcd's answers (201 + the member, 204, 404 `No such member`, 409
+    /// `membership: peerURL exists`, 415 for a body that is not JSON). Without a leader: 503
+    /// with `Retry-After`.
+    pub(crate) async fn members(
         &self,
-        method: &Method,
+        request: Request<Body>,
         rest: &str,
         backend: &impl Backend,
         cluster_id: &HeaderValue,
     ) -> Response<Body> {
-        if method != Method::GET {
-            return respond::method_not_allowed("GET");
-        }
-        let members = self.member_list(backend);
-        let mut body = String::with_capacity(256);
-        let mut response = match rest.trim_matches('/') {
-            "" => {
+        let method = request.method().clone();
+        let target = rest.trim_matches('/').to_string();
+        let mut response = match (&method, target.as_str()) {
+            (&Method::GET, "") => {
+                let members = self.member_list(backend);
+                let mut body = String::with_capacity(256);
                 body.push_str("{\"members\":[");
                 for (at, (id, member)) in members.iter().enumerate() {
                     if at > 0 {
@@ -164,18 +162,49 @@ impl ClusterInfo {
                 body.push_str("]}\n");
                 respond::json(200, body)
             }
-            "leader" => {
+            (&Method::GET, "leader") => {
+                let members = self.member_list(backend);
                 let leader_id = backend.status().leader_id;
                 match members.iter().find(|(id, _)| Some(*id) == leader_id) {
                     Some((id, member)) => {
+                        let mut body = String::with_capacity(256);
                         Self::member_json(&mut body, *id, member);
                         body.push('\n');
                         respond::json(200, body)
                     }
-                    None => respond::json(503, "{\"message\":\"During leader election\"}\n"),
+                    None => no_leader_json("During leader election"),
                 }
             }
-            _ => respond::json(404, "{\"message\":\"Not found\"}\n"),
+            (&Method::GET, _) => message_json(404, "Not found"),
+            (&Method::POST, "") => match peer_urls_body(request).await {
+                Ok(peer_urls) => match backend.add_member(peer_urls).await {
+                    Ok((id, member)) => {
+                        let mut body = String::with_capacity(256);
+                        Self::member_json(&mut body, id, &member);
+                        respond::json(201, body)
+                    }
+                    Err(error) => member_error(&error, ""),
+                },
+                Err(response) => response,
+            },
+            (&Method::DELETE, id) if !id.is_empty() => match parse_member_id(id) {
+                Some(parsed) => match backend.remove_member(parsed).await {
+                    Ok(()) => respond::with_status(204, Body::empty()),
+                    Err(error) => member_error(&error, id),
+                },
+                None => no_such_member(id),
+            },
+            (&Method::PUT, id) if !id.is_empty() => match parse_member_id(id) {
+                Some(parsed) => match peer_urls_body(request).await {
+                    Ok(peer_urls) => match backend.update_member(parsed, peer_urls).await {
+                        Ok(()) => respond::with_status(204, Body::empty()),
+                        Err(error) => member_error(&error, id),
+                    },
+                    Err(response) => response,
+                },
+                None => no_such_member(id),
+            },
+            _ => respond::method_not_allowed("GET,POST,DELETE,PUT"),
         };
         response
             .headers_mut()
@@ -198,16 +227,33 @@ impl ClusterInfo {
             .map(|id| format!("{id:x}"))
             .unwrap_or_default();
         let start_time = rota_core::v2::format_expiration(self.started_unix_ns);
-        let uptime = go_duration(self.started.elapsed());
+        let (leader_since, leader_uptime) = {
+            let mut seen = self
+                .leader_seen
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if seen.leader != status.leader_id {
+                *seen = LeaderSeen {
+                    leader: status.leader_id,
+                    since: Instant::now(),
+                    since_unix_ns: unix_now_ns(),
+                };
+            }
+            (
+                rota_core::v2::format_expiration(seen.since_unix_ns),
+                go_duration(seen.since.elapsed()),
+            )
+        };
+        let peer_stats = backend.peer_stats();
         let mut body = String::with_capacity(320);
         body.push_str("{\"name\":");
         push_go_json_string(&mut body, &status.name);
         let _ = write!(
             body,
             ",\"id\":\"{:x}\",\"state\":\"{state}\",\"startTime\":\"{start_time}\",\
-             \"leaderInfo\":{{\"leader\":\"{leader}\",\"uptime\":\"{uptime}\",\"startTime\":\"{start_time}\"}},\
-             \"recvAppendRequestCnt\":0,\"sendAppendRequestCnt\":0}}",
-            status.id
+             \"leaderInfo\":{{\"leader\":\"{leader}\",\"uptime\":\"{leader_uptime}\",\"startTime\":\"{leader_since}\"}},\
+             \"recvAppendRequestCnt\":{},\"sendAppendRequestCnt\":{}}}",
+            status.id, peer_stats.recv_append_requests, peer_stats.send_append_requests,
         );
         json_no_newline(200, body)
     }
@@ -220,10 +266,26 @@ impl ClusterInfo {
         if !status.is_leader {
             return respond::json(403, "{\"message\":\"not current leader\"}\n");
         }
-        json_no_newline(
-            200,
-            format!("{{\"leader\":\"{:x}\",\"followers\":{{}}}}", status.id),
-        )
+        let mut body = format!("{{\"leader\":\"{:x}\",\"followers\":{{", status.id);
+        for (at, (id, follower)) in backend.peer_stats().followers.iter().enumerate() {
+            if at > 0 {
+                body.push(',');
+            }
+            let _ = write!(
+                body,
+                "\"{id:x}\":{{\"latency\":{{\"current\":{},\"average\":{},\"standardDeviation\":{},\
+                 \"minimum\":{},\"maximum\":{}}},\"counts\":{{\"fail\":{},\"success\":{}}}}}",
+                follower.latency_current_s,
+                follower.latency_average_s,
+                follower.latency_standard_deviation_s(),
+                follower.latency_minimum_s,
+                follower.latency_maximum_s,
+                follower.fail,
+                follower.success,
+            );
+        }
+        body.push_str("}}");
+        json_no_newline(200, body)
     }
 
     /// Mutation counters come from the store (replicated, with etcd's own counting quirks);
@@ -263,6 +325,89 @@ impl ClusterInfo {
         );
         json_no_newline(200, body)
     }
+}
+
+fn unix_now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// `{"message":...}\n` as etcd's member API answers errors.
+fn message_json(status: u16, message: &str) -> Response<Body> {
+    let mut body = String::from("{\"message\":");
+    push_go_json_string(&mut body, message);
+    body.push_str("}\n");
+    respond::json(status, body)
+}
+
+/// 503 with `Retry-After: 1`: there is no leader right now; a retry soon will likely work.
+fn no_leader_json(message: &str) -> Response<Body> {
+    let mut response = message_json(503, message);
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+fn no_such_member(id: &str) -> Response<Body> {
+    message_json(404, &format!("No such member: {id}"))
+}
+
+/// Member ids are 16 hex digits (etcd prints them without `0x`).
+fn parse_member_id(id: &str) -> Option<u64> {
+    if id.is_empty() || id.len() > 16 {
+        return None;
+    }
+    u64::from_str_radix(id, 16).ok()
+}
+
+fn member_error(error: &MemberError, id: &str) -> Response<Body> {
+    match error {
+        MemberError::NotFound(_) => no_such_member(id),
+        MemberError::Conflict(_) => message_json(409, "membership: peerURL exists"),
+        MemberError::InvalidPeerUrls(reason) => message_json(400, reason),
+        MemberError::NoLeader | MemberError::ShuttingDown => no_leader_json(&error.to_string()),
+        MemberError::Failed(reason) => {
+            tracing::warn!(%reason, "membership change failed");
+            message_json(500, reason)
+        }
+    }
+}
+
+/// The `{"peerURLs": [...]}` body of a member POST or PUT (JSON only, as etcd).
+#[allow(clippy::result_large_err)]
+async fn peer_urls_body(request: Request<Body>) -> Result<Vec<String>, Response<Body>> {
+    #[derive(serde::Deserialize)]
+    struct PeerUrls {
+        #[serde(rename = "peerURLs")]
+        peer_urls: Vec<String>,
+    }
+    let content_type = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    if !media_type.eq_ignore_ascii_case("application/json") {
+        return Err(message_json(
+            415,
+            &format!("Bad Content-Type {content_type}, accept application/json"),
+        ));
+    }
+    let body = axum::body::to_bytes(request.into_body(), limits::MEMBERS_BODY_BYTES_MAX)
+        .await
+        .map_err(|_| {
+            message_json(
+                413,
+                &format!("body over {} bytes", limits::MEMBERS_BODY_BYTES_MAX),
+            )
+        })?;
+    let parsed: PeerUrls =
+        serde_json::from_slice(&body).map_err(|error| message_json(400, &error.to_string()))?;
+    Ok(parsed.peer_urls)
 }
 
 fn push_string_array(out: &mut String, items: &[String]) {
@@ -334,14 +479,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-
-    #[test]
-    fn cluster_id_ignores_member_order_and_depends_on_the_token() {
-        let a = cluster_id("a=http://1,b=http://2", "t");
-        assert_eq!(a, cluster_id("b=http://2, a=http://1", "t"));
-        assert_ne!(a, cluster_id("a=http://1,b=http://2", "u"));
-        assert_eq!(format!("{a:x}").len(), 16);
-    }
 
     #[test]
     fn durations_print_as_go_does() {

@@ -42,6 +42,17 @@ pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
 /// are dropped.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// A `/v2/members` POST or PUT body (`{"peerURLs": [...]}`): 413 over it.
+pub const MEMBERS_BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// Open peer connections at once (Raft traffic, forwarded requests); the peer accept loop
+/// stops accepting at the bound.
+pub const PEER_CONNECTIONS_MAX: usize = 256;
+
+/// A peer request body larger than this is refused with 413 (a snapshot chunk is 4 MiB;
+/// an append carries at most 16 entries of at most 4 MiB of commands each).
+pub const PEER_BODY_BYTES_MAX: usize = rota_raft::peer::PEER_BODY_BYTES_MAX;
+
 /// rota's own `errorCode`s, in etcd's error envelope so etcd clients can still parse them.
 /// They reuse the HTTP status number and lie outside etcd's code ranges.
 pub const BODY_TOO_LARGE_CODE: u16 = 413;

@@ -114,7 +114,16 @@ async fn start_cluster(root: &std::path::Path, base_port: u16, size: usize) -> V
         .collect();
     let mut members = Vec::new();
     for (name, port) in &cluster {
-        members.push(start(member_config(root, name, *port, &cluster, ClusterState::New)).await);
+        members.push(
+            start(member_config(
+                root,
+                name,
+                *port,
+                &cluster,
+                ClusterState::New,
+            ))
+            .await,
+        );
     }
     wait_leader(&members).await;
     members
@@ -132,7 +141,10 @@ async fn wait_leader(members: &[Running]) -> usize {
                 }
             }
         }
-        assert!(started.elapsed() < PATIENCE, "no common leader: {leaders:?}");
+        assert!(
+            started.elapsed() < PATIENCE,
+            "no common leader: {leaders:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -146,7 +158,13 @@ async fn send(member: &Running, method: &str, uri: &str, form: Option<&str>) -> 
         }
         None => Body::empty(),
     };
-    into_reply(member.app.handle(builder.body(body).expect("request")).await).await
+    into_reply(
+        member
+            .app
+            .handle(builder.body(body).expect("request"))
+            .await,
+    )
+    .await
 }
 
 async fn send_json(member: &Running, method: &str, uri: &str, json: &str) -> Reply {
@@ -186,12 +204,25 @@ async fn a_write_on_a_follower_is_readable_on_every_member() {
     let leader = wait_leader(&members).await;
     let follower = (leader + 1) % 3;
 
-    let put = send(&members[follower], "PUT", "/v2/keys/greeting", Some("value=hello")).await;
+    let put = send(
+        &members[follower],
+        "PUT",
+        "/v2/keys/greeting",
+        Some("value=hello"),
+    )
+    .await;
     assert_eq!(put.status, 201, "{}", put.body);
-    let raft_index: u64 = put.header("x-raft-index").expect("raft index").parse().expect("int");
+    let raft_index: u64 = put
+        .header("x-raft-index")
+        .expect("raft index")
+        .parse()
+        .expect("int");
     // Every member reports the same cluster id.
     let cluster_ids: Vec<_> = members.iter().map(|m| m.node.cluster_id()).collect();
-    assert!(cluster_ids.iter().all(|id| *id == cluster_ids[0]), "{cluster_ids:x?}");
+    assert!(
+        cluster_ids.iter().all(|id| *id == cluster_ids[0]),
+        "{cluster_ids:x?}"
+    );
     assert_eq!(
         put.header("x-etcd-cluster-id"),
         Some(format!("{:016x}", cluster_ids[0]).as_str())
@@ -221,8 +252,14 @@ async fn a_write_on_a_follower_is_readable_on_every_member() {
         };
         assert_eq!(own["state"], expected_state);
     }
-    let stats = send(&members[leader], "GET", "/v2/stats/leader", None).await.json();
-    assert_eq!(stats["followers"].as_object().map(|f| f.len()), Some(2), "{stats}");
+    let stats = send(&members[leader], "GET", "/v2/stats/leader", None)
+        .await
+        .json();
+    assert_eq!(
+        stats["followers"].as_object().map(|f| f.len()),
+        Some(2),
+        "{stats}"
+    );
     let follower_stats = send(&members[follower], "GET", "/v2/stats/leader", None).await;
     assert_eq!(follower_stats.status, 403);
     stop_all(members).await;
@@ -267,7 +304,13 @@ async fn a_new_leader_takes_over_after_the_leader_stops_and_writes_continue() {
     old.stop().await;
     let new_leader = wait_leader(&members).await;
     let elected_after = stopped_at.elapsed();
-    let put = send(&members[(new_leader + 1) % 2], "PUT", "/v2/keys/after", Some("value=2")).await;
+    let put = send(
+        &members[(new_leader + 1) % 2],
+        "PUT",
+        "/v2/keys/after",
+        Some("value=2"),
+    )
+    .await;
     let written_after = stopped_at.elapsed();
     assert_eq!(put.status, 201, "{}", put.body);
     eprintln!("failover: new leader after {elected_after:?}, first write after {written_after:?}");
@@ -285,7 +328,11 @@ async fn without_a_leader_writes_answer_503_with_retry_after_and_plain_reads_sti
     let mut members = start_cluster(&root, 30030, 3).await;
     let leader = wait_leader(&members).await;
     let put = send(&members[leader], "PUT", "/v2/keys/config", Some("value=v1")).await;
-    let raft_index: u64 = put.header("x-raft-index").expect("index").parse().expect("int");
+    let raft_index: u64 = put
+        .header("x-raft-index")
+        .expect("index")
+        .parse()
+        .expect("int");
     for member in &members {
         wait_applied(&member.node, raft_index).await;
     }
@@ -325,7 +372,12 @@ async fn a_peer_with_another_cluster_token_is_refused() {
     // A member started with another token never joins: the others refuse its votes and it
     // refuses their appends, so it never learns of their leader.
     let (_other_temp, other_root) = temp_root();
-    let cluster = [("m0", 30040), ("m1", 30041), ("m2", 30042), ("intruder", 30043)];
+    let cluster = [
+        ("m0", 30040),
+        ("m1", 30041),
+        ("m2", 30042),
+        ("intruder", 30043),
+    ];
     let mut config = member_config(&other_root, "intruder", 30043, &cluster, ClusterState::New);
     config.cluster_token = "another-cluster".to_string();
     let intruder = start(config).await;
@@ -345,7 +397,13 @@ async fn a_fourth_member_joins_as_a_learner_becomes_a_voter_and_members_can_be_r
     let (_temp, root) = temp_root();
     let mut members = start_cluster(&root, 30050, 3).await;
     for key in 0..20 {
-        let put = send(&members[0], "PUT", &format!("/v2/keys/k{key}"), Some("value=x")).await;
+        let put = send(
+            &members[0],
+            "PUT",
+            &format!("/v2/keys/k{key}"),
+            Some("value=x"),
+        )
+        .await;
         assert_eq!(put.status, 201);
     }
     // Added through a follower: forwarded to the leader.
@@ -373,7 +431,14 @@ async fn a_fourth_member_joins_as_a_learner_becomes_a_voter_and_members_can_be_r
     assert_eq!(again.status, 409, "{}", again.body);
 
     let cluster = [("m0", 30050), ("m1", 30051), ("m2", 30052), ("m3", 30053)];
-    let joiner = start(member_config(&root, "m3", 30053, &cluster, ClusterState::Existing)).await;
+    let joiner = start(member_config(
+        &root,
+        "m3",
+        30053,
+        &cluster,
+        ClusterState::Existing,
+    ))
+    .await;
     assert_eq!(format!("{:x}", joiner.node.id()), new_id);
     assert_eq!(joiner.node.cluster_id(), members[0].node.cluster_id());
     members.push(joiner);
@@ -392,14 +457,30 @@ async fn a_fourth_member_joins_as_a_learner_becomes_a_voter_and_members_can_be_r
 
     // Remove the leader itself; the others elect a new one and keep serving.
     let leader_id = format!("{:x}", members[leader].node.id());
-    let removed = send(&members[3], "DELETE", &format!("/v2/members/{leader_id}"), None).await;
+    let removed = send(
+        &members[3],
+        "DELETE",
+        &format!("/v2/members/{leader_id}"),
+        None,
+    )
+    .await;
     assert_eq!(removed.status, 204, "{}", removed.body);
     let old_leader = members.remove(leader);
     let new_leader = wait_leader(&members).await;
     assert_ne!(format!("{:x}", members[new_leader].node.id()), leader_id);
     let list = send(&members[0], "GET", "/v2/members", None).await.json();
-    assert_eq!(list["members"].as_array().map(|m| m.len()), Some(3), "{list}");
-    let put = send(&members[0], "PUT", "/v2/keys/after-removal", Some("value=y")).await;
+    assert_eq!(
+        list["members"].as_array().map(|m| m.len()),
+        Some(3),
+        "{list}"
+    );
+    let put = send(
+        &members[0],
+        "PUT",
+        "/v2/keys/after-removal",
+        Some("value=y"),
+    )
+    .await;
     assert_eq!(put.status, 201, "{}", put.body);
     let missing = send(&members[0], "DELETE", "/v2/members/1234", None).await;
     assert_eq!(missing.status, 404);
@@ -429,19 +510,36 @@ async fn a_member_far_behind_catches_up_by_snapshot() {
     // what the stopped member has.
     let mut last_index = 0;
     for key in 0..120 {
-        let put = send(&members[leader], "PUT", &format!("/v2/keys/s{key}"), Some("value=z")).await;
+        let put = send(
+            &members[leader],
+            "PUT",
+            &format!("/v2/keys/s{key}"),
+            Some("value=z"),
+        )
+        .await;
         assert_eq!(put.status, 201, "{}", put.body);
-        last_index = put.header("x-raft-index").expect("index").parse().expect("int");
+        last_index = put
+            .header("x-raft-index")
+            .expect("index")
+            .parse()
+            .expect("int");
     }
     let started = Instant::now();
     while members[leader].node.status().purged_index < 60 {
-        assert!(started.elapsed() < PATIENCE, "{:?}", members[leader].node.status());
+        assert!(
+            started.elapsed() < PATIENCE,
+            "{:?}",
+            members[leader].node.status()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let restarted = start(lagging_config).await;
     wait_applied(&restarted.node, last_index).await;
     let status = restarted.node.status();
-    assert!(status.snapshot_index >= 60, "caught up without a snapshot? {status:?}");
+    assert!(
+        status.snapshot_index >= 60,
+        "caught up without a snapshot? {status:?}"
+    );
     let read = send(&restarted, "GET", "/v2/keys/s119", None).await;
     assert_eq!(read.json()["node"]["value"], "z");
     restarted.stop().await;
@@ -455,6 +553,10 @@ async fn a_leader_that_hands_over_before_stopping_leaves_a_short_gap() {
     let leader = wait_leader(&members).await;
     let put = send(&members[leader], "PUT", "/v2/keys/x", Some("value=1")).await;
     assert_eq!(put.status, 201);
+    // A leader refuses to vote for another candidate for one leader lease (openraft's
+    // election timeout max, 600 ms here) after it was elected; a leader being stopped has
+    // usually led far longer.
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let old = members.remove(leader);
     let started = Instant::now();
     old.node.hand_over_leadership().await;

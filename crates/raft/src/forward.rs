@@ -1,0 +1,532 @@
+//! Any node accepts any request: a follower forwards proposals and read-index requests to
+//! the leader, and serves the peer protocol ([`Node::handle_peer`]).
+//!
+//! Forwarding is safe to retry only when the request certainly did not reach the leader's
+//! proposer: a refused connection, or a peer that answers "not leader" without proposing.
+//! A forwarded proposal whose answer is lost (timeout, broken connection) may have been
+//! applied, so it is answered `NoLeader` and not retried here (clients retry with an
+//! `Idempotency-Key`). While no leader is known, a request waits for one up to the node's
+//! leader wait (about one election), then answers `NoLeader`.
+
+use std::time::{Duration, Instant};
+
+use openraft::error::{CheckIsLeaderError, Fatal, RaftError};
+use rota_core::Command;
+
+use crate::identity::Identity;
+use crate::network::PeerTransport;
+use crate::peer::{
+    self, ClusterInfo, ForwardedProposal, MemberChange, MemberChangeReply, PeerError, PeerRpc,
+    ReadIndexReply,
+};
+use crate::types::{Member, NodeId};
+use crate::{
+    Applied, ClusterState, MemberError, Node, NodeConfig, ProposeError, Proposed, StartError,
+};
+
+/// A forwarded proposal may wait in the leader's queue behind a full batch and an fsync.
+const FORWARD_PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Commands per forwarded batch, at most (the leader refuses more).
+pub(crate) const FORWARD_BATCH_COMMANDS_MAX: usize = 1024;
+/// Encoded command bytes per forwarded batch, at most (one command may exceed it alone).
+const FORWARD_BATCH_BYTES_MAX: usize = 4 << 20;
+/// Forwarded batches on the wire at once: while they wait for the leader's fsync the next
+/// batch fills.
+const FORWARD_BATCHES_IN_FLIGHT_MAX: usize = 4;
+/// Commands waiting to be forwarded, at most; `forward` waits when full.
+const FORWARD_QUEUE_MAX: usize = 16_384;
+/// A read index costs the leader one heartbeat round to a quorum.
+const FORWARD_READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
+/// Membership changes commit two entries (joint, then uniform).
+const FORWARD_MEMBER_CHANGE_TIMEOUT: Duration = Duration::from_secs(15);
+const CLUSTER_INFO_TIMEOUT: Duration = Duration::from_secs(2);
+/// While waiting for a leader, look again at least this often.
+const LEADER_POLL: Duration = Duration::from_millis(20);
+/// How long a joining member keeps asking the listed peers for the membership.
+const JOIN_WAIT: Duration = Duration::from_secs(30);
+const JOIN_RETRY: Duration = Duration::from_millis(500);
+
+/// Why a forwarded command got no answer from the leader.
+#[derive(Clone, Debug)]
+pub(crate) enum ForwardFailure {
+    /// It certainly did not reach the leader's proposer: safe to retry.
+    NotDelivered(String),
+    /// It may have been proposed.
+    Unknown(String),
+}
+
+/// Group forwarding: a follower packs concurrent proposals into one `Propose` RPC per
+/// batch, as the leader's proposer packs them into one entry, so a follower forwards
+/// thousands of commands per second over a handful of requests.
+pub(crate) struct Forwarder {
+    tx: tokio::sync::mpsc::Sender<Forward>,
+}
+
+struct Forward {
+    leader: NodeId,
+    member: Member,
+    command: Command,
+    size_bytes: usize,
+    reply: tokio::sync::oneshot::Sender<Result<ForwardedProposal, ForwardFailure>>,
+}
+
+impl Forwarder {
+    /// Starts the forwarding task; it ends when the `Forwarder` is dropped.
+    pub(crate) fn start(transport: PeerTransport) -> Forwarder {
+        let (tx, rx) = tokio::sync::mpsc::channel(FORWARD_QUEUE_MAX);
+        tokio::spawn(run_forwarder(transport, rx));
+        Forwarder { tx }
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        member: Member,
+        command: Command,
+    ) -> Result<ForwardedProposal, ForwardFailure> {
+        let size_bytes = bincode::serialized_size(&command).unwrap_or(0) as usize;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let forward = Forward {
+            leader,
+            member,
+            command,
+            size_bytes,
+            reply,
+        };
+        if self.tx.send(forward).await.is_err() {
+            return Err(ForwardFailure::NotDelivered("forwarder stopped".into()));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(ForwardFailure::Unknown("forwarder stopped".into())))
+    }
+}
+
+async fn run_forwarder(transport: PeerTransport, mut rx: tokio::sync::mpsc::Receiver<Forward>) {
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(FORWARD_BATCHES_IN_FLIGHT_MAX));
+    // A command for another leader than the batch's: it opens the next batch.
+    let mut carried: Option<Forward> = None;
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carried.take() {
+            Some(forward) => forward,
+            None => match rx.recv().await {
+                Some(forward) => forward,
+                None => return,
+            },
+        };
+        let (leader, member) = (first.leader, first.member.clone());
+        let mut batch_bytes = first.size_bytes;
+        let mut batch = vec![first];
+        while batch.len() < FORWARD_BATCH_COMMANDS_MAX {
+            let Ok(next) = rx.try_recv() else { break };
+            if next.leader != leader || batch_bytes + next.size_bytes > FORWARD_BATCH_BYTES_MAX {
+                carried = Some(next);
+                break;
+            }
+            batch_bytes += next.size_bytes;
+            batch.push(next);
+        }
+        let transport = transport.clone();
+        tokio::spawn(async move {
+            let (commands, replies): (Vec<Command>, Vec<_>) =
+                batch.into_iter().map(|f| (f.command, f.reply)).unzip();
+            let answer: Result<Vec<ForwardedProposal>, _> = transport
+                .call(
+                    leader,
+                    &member,
+                    PeerRpc::Propose,
+                    &commands,
+                    FORWARD_PROPOSE_TIMEOUT,
+                )
+                .await;
+            drop(permit);
+            match answer {
+                Ok(answers) if answers.len() == replies.len() => {
+                    for (reply, answer) in replies.into_iter().zip(answers) {
+                        let _ = reply.send(Ok(answer));
+                    }
+                }
+                Ok(answers) => {
+                    let reason = format!(
+                        "leader answered {} of {} commands",
+                        answers.len(),
+                        replies.len()
+                    );
+                    for reply in replies {
+                        let _ = reply.send(Err(ForwardFailure::Unknown(reason.clone())));
+                    }
+                }
+                Err(error) => {
+                    let failure = if error.not_delivered() {
+                        ForwardFailure::NotDelivered(error.to_string())
+                    } else {
+                        ForwardFailure::Unknown(error.to_string())
+                    };
+                    for reply in replies {
+                        let _ = reply.send(Err(failure.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Where a request should go right now.
+enum Route {
+    Local,
+    Leader(NodeId, Member),
+    NoLeader,
+}
+
+impl Node {
+    fn route(&self) -> Route {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        match metrics.current_leader {
+            Some(leader) if leader == self.inner.id => {
+                if self
+                    .inner
+                    .handing_over
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    Route::NoLeader
+                } else {
+                    Route::Local
+                }
+            }
+            Some(leader) => match metrics.membership_config.membership().get_node(&leader) {
+                Some(member) => Route::Leader(leader, member.clone()),
+                None => Route::NoLeader,
+            },
+            None => Route::NoLeader,
+        }
+    }
+
+    /// Sleeps until the known leader changes or `LEADER_POLL` passed, whichever is first.
+    async fn wait_for_leader_change(&self, deadline: Instant) {
+        let mut metrics = self.inner.raft.server_metrics();
+        let seen = metrics.borrow_and_update().current_leader;
+        let wait = LEADER_POLL.max(Duration::from_millis(1));
+        let until = (Instant::now() + wait).min(deadline);
+        let _ =
+            tokio::time::timeout_at(until.into(), metrics.wait_for(|m| m.current_leader != seen))
+                .await;
+    }
+
+    pub(crate) fn transport(&self) -> &PeerTransport {
+        &self.inner.transport
+    }
+}
+
+pub(crate) async fn propose(node: &Node, command: Command) -> Result<Proposed, ProposeError> {
+    let deadline = Instant::now() + node.inner.leader_wait;
+    loop {
+        if node.is_shutting_down() {
+            return Err(ProposeError::ShuttingDown);
+        }
+        match node.route() {
+            Route::Local => return node.inner.proposals.propose(command).await,
+            Route::Leader(leader, member) => {
+                match node
+                    .inner
+                    .forwarder
+                    .forward(leader, member, command.clone())
+                    .await
+                {
+                    Ok(ForwardedProposal::Done(result)) => return result,
+                    Ok(ForwardedProposal::NotLeader { .. }) => {}
+                    Err(ForwardFailure::NotDelivered(reason)) => {
+                        tracing::debug!(%reason, "forwarding a proposal: leader unreachable");
+                    }
+                    Err(ForwardFailure::Unknown(reason)) => {
+                        tracing::warn!(%reason, "forwarded proposal's outcome is unknown");
+                        return Err(ProposeError::NoLeader);
+                    }
+                }
+            }
+            Route::NoLeader => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(ProposeError::NoLeader);
+        }
+        node.wait_for_leader_change(deadline).await;
+    }
+}
+
+pub(crate) async fn linearizable_read(node: &Node) -> Result<Applied, ProposeError> {
+    let deadline = Instant::now() + node.inner.leader_wait;
+    loop {
+        if node.is_shutting_down() {
+            return Err(ProposeError::ShuttingDown);
+        }
+        match node.route() {
+            Route::Local => match node.inner.raft.ensure_linearizable().await {
+                Ok(_) => return Ok(*node.inner.shared.applied_tx.borrow()),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {}
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                    return Err(ProposeError::NoLeader)
+                }
+                Err(RaftError::Fatal(Fatal::Stopped)) => return Err(ProposeError::ShuttingDown),
+                Err(RaftError::Fatal(fatal)) => return Err(ProposeError::Fatal(fatal.to_string())),
+            },
+            Route::Leader(leader, member) => {
+                let answer: Result<ReadIndexReply, _> = node
+                    .transport()
+                    .call(
+                        leader,
+                        &member,
+                        PeerRpc::ReadIndex,
+                        &(),
+                        FORWARD_READ_INDEX_TIMEOUT,
+                    )
+                    .await;
+                match answer {
+                    Ok(ReadIndexReply::Index(index)) => {
+                        return wait_applied(node, index, deadline).await
+                    }
+                    Ok(ReadIndexReply::NotLeader { .. }) => {}
+                    Ok(ReadIndexReply::Failed(reason)) => {
+                        tracing::debug!(%reason, "read index failed on the leader");
+                        return Err(ProposeError::NoLeader);
+                    }
+                    // A read changes nothing: retrying after any failure is safe.
+                    Err(error) => tracing::debug!(%error, "read index: leader unreachable"),
+                }
+            }
+            Route::NoLeader => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(ProposeError::NoLeader);
+        }
+        node.wait_for_leader_change(deadline).await;
+    }
+}
+
+/// Waits until this node applied `index` (a follower catching up to a read index).
+async fn wait_applied(node: &Node, index: u64, deadline: Instant) -> Result<Applied, ProposeError> {
+    let mut applied = node.inner.shared.applied_tx.subscribe();
+    // A lagging follower may need longer than the leader wait; a bounded extra second.
+    let until = deadline.max(Instant::now() + Duration::from_secs(1));
+    let reached =
+        tokio::time::timeout_at(until.into(), applied.wait_for(|a| a.raft_index >= index))
+            .await
+            .map(|reached| reached.map(|applied| *applied));
+    match reached {
+        Ok(Ok(applied)) => Ok(applied),
+        Ok(Err(_)) => Err(ProposeError::ShuttingDown),
+        Err(_) => Err(ProposeError::NoLeader),
+    }
+}
+
+/// Runs a membership change on the leader, forwarding it if this node is a follower.
+pub(crate) async fn change_members(
+    node: &Node,
+    change: MemberChange,
+) -> Result<(NodeId, Member), MemberError> {
+    let deadline = Instant::now() + node.inner.leader_wait;
+    loop {
+        if node.is_shutting_down() {
+            return Err(MemberError::ShuttingDown);
+        }
+        match node.route() {
+            Route::Local => {
+                match crate::membership::change_members_on_leader(node, change.clone()).await {
+                    MemberChangeReply::Done(result) => return result,
+                    MemberChangeReply::NotLeader { .. } => {}
+                }
+            }
+            Route::Leader(leader, member) => {
+                let answer: Result<MemberChangeReply, _> = node
+                    .transport()
+                    .call(
+                        leader,
+                        &member,
+                        PeerRpc::ChangeMembers,
+                        &change,
+                        FORWARD_MEMBER_CHANGE_TIMEOUT,
+                    )
+                    .await;
+                match answer {
+                    Ok(MemberChangeReply::Done(result)) => return result,
+                    Ok(MemberChangeReply::NotLeader { .. }) => {}
+                    Err(error) if error.not_delivered() => {}
+                    Err(error) => return Err(MemberError::Failed(error.to_string())),
+                }
+            }
+            Route::NoLeader => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(MemberError::NoLeader);
+        }
+        node.wait_for_leader_change(deadline).await;
+    }
+}
+
+impl Node {
+    /// Serves one peer RPC (the server crate's peer listener calls this with the request's
+    /// path name, headers and body). `token` and `from` come from the request's headers.
+    pub async fn handle_peer(
+        &self,
+        rpc: PeerRpc,
+        token: &str,
+        from: u64,
+        body: &[u8],
+    ) -> Result<Vec<u8>, PeerError> {
+        if token != self.inner.cluster_token {
+            let error = PeerError::TokenMismatch {
+                ours: self.inner.cluster_token.clone(),
+                theirs: token.to_string(),
+                from,
+            };
+            tracing::error!(%error, "refusing a peer of another cluster");
+            return Err(error);
+        }
+        if self.is_shutting_down() {
+            return Err(PeerError::ShuttingDown);
+        }
+        let raft = &self.inner.raft;
+        let reply = match rpc {
+            PeerRpc::AppendEntries => {
+                let request = peer::decode(rpc, body)?;
+                self.transport()
+                    .stats()
+                    .recv_append
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                peer::encode(&raft.append_entries(request).await)
+            }
+            PeerRpc::Vote => peer::encode(&raft.vote(peer::decode(rpc, body)?).await),
+            PeerRpc::InstallSnapshot => {
+                peer::encode(&raft.install_snapshot(peer::decode(rpc, body)?).await)
+            }
+            PeerRpc::Propose => {
+                let commands: Vec<Command> = peer::decode(rpc, body)?;
+                if commands.len() > FORWARD_BATCH_COMMANDS_MAX {
+                    return Err(PeerError::BadRequest {
+                        rpc: rpc.name(),
+                        reason: format!(
+                            "{} commands, at most {FORWARD_BATCH_COMMANDS_MAX}",
+                            commands.len()
+                        ),
+                    });
+                }
+                let replies: Vec<ForwardedProposal> = match self.route() {
+                    // Queued in order, so the proposer packs them (with everything else
+                    // waiting) into as few entries as it can.
+                    Route::Local => futures::future::join_all(
+                        commands
+                            .into_iter()
+                            .map(|command| self.inner.proposals.propose(command)),
+                    )
+                    .await
+                    .into_iter()
+                    .map(ForwardedProposal::Done)
+                    .collect(),
+                    _ => commands
+                        .iter()
+                        .map(|_| ForwardedProposal::NotLeader {
+                            leader: self.leader_id(),
+                        })
+                        .collect(),
+                };
+                peer::encode(&replies)
+            }
+            PeerRpc::ReadIndex => {
+                let reply = match self.route() {
+                    Route::Local => match raft.get_read_log_id().await {
+                        Ok((read_log_id, _applied)) => {
+                            ReadIndexReply::Index(read_log_id.map(|id| id.index).unwrap_or(0))
+                        }
+                        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                            ReadIndexReply::NotLeader {
+                                leader: self.leader_id(),
+                            }
+                        }
+                        Err(error) => ReadIndexReply::Failed(error.to_string()),
+                    },
+                    _ => ReadIndexReply::NotLeader {
+                        leader: self.leader_id(),
+                    },
+                };
+                peer::encode(&reply)
+            }
+            PeerRpc::ClusterInfo => peer::encode(&self.cluster_info()),
+            PeerRpc::ChangeMembers => {
+                let change: MemberChange = peer::decode(rpc, body)?;
+                let reply = match self.route() {
+                    Route::Local => crate::membership::change_members_on_leader(self, change).await,
+                    _ => MemberChangeReply::NotLeader {
+                        leader: self.leader_id(),
+                    },
+                };
+                peer::encode(&reply)
+            }
+            PeerRpc::TimeoutNow => {
+                let elected = raft.trigger().elect().await.map_err(|e| e.to_string());
+                tracing::info!(from = %format!("{from:x}"), ?elected, "asked to campaign now (leadership hand-over)");
+                peer::encode(&elected)
+            }
+        };
+        Ok(reply)
+    }
+}
+
+/// `--initial-cluster-state existing` with an empty data dir: ask the listed peers for the
+/// membership and take the id the leader assigned to our peer URLs.
+pub(crate) async fn join_identity(config: &NodeConfig) -> Result<Identity, StartError> {
+    debug_assert_eq!(config.initial_cluster_state, ClusterState::Existing);
+    let transport = PeerTransport::new(config.cluster_token.clone(), 0);
+    let peers: Vec<&String> = config
+        .initial_cluster
+        .iter()
+        .filter(|member| member.name != config.name)
+        .flat_map(|member| member.peer_urls.iter())
+        .filter(|url| !config.advertise_peer_urls.contains(url))
+        .collect();
+    if peers.is_empty() {
+        return Err(StartError::Join(
+            "--initial-cluster lists no other member to join".to_string(),
+        ));
+    }
+    let started = Instant::now();
+    let mut last_error = String::new();
+    while started.elapsed() < JOIN_WAIT {
+        for url in &peers {
+            let answer: Result<ClusterInfo, _> = transport
+                .call_url(0, url, PeerRpc::ClusterInfo, &(), CLUSTER_INFO_TIMEOUT)
+                .await;
+            match answer {
+                Ok(info) => {
+                    let mine = info.members.iter().find(|(_, member)| {
+                        member
+                            .peer_urls
+                            .iter()
+                            .any(|url| config.advertise_peer_urls.contains(url))
+                    });
+                    return match mine {
+                        Some((id, _)) => Ok(Identity {
+                            cluster_id: info.cluster_id,
+                            node_id: *id,
+                        }),
+                        None => Err(StartError::Join(format!(
+                            "this member's peer URLs {:?} are not in the cluster's membership; add it first (`rota member add` or POST /v2/members)",
+                            config.advertise_peer_urls
+                        ))),
+                    };
+                }
+                Err(crate::network::CallError::Refused {
+                    status: 403,
+                    reason,
+                    ..
+                }) => return Err(StartError::Join(format!("peer {url} refused us: {reason}"))),
+                Err(error) => last_error = error.to_string(),
+            }
+        }
+        tokio::time::sleep(JOIN_RETRY).await;
+    }
+    Err(StartError::Join(format!(
+        "no listed peer answered within {JOIN_WAIT:?}: {last_error}"
+    )))
+}

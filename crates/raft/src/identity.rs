@@ -1,0 +1,136 @@
+//! The member's identity in its data dir: which cluster it belongs to and its node id.
+//!
+//! Written once, when a data dir becomes a member (bootstrap of a new cluster, or joining an
+//! existing one), and read on every later start, so a restarted member keeps its cluster id
+//! (`X-Etcd-Cluster-Id`) and node id whatever its flags say now. A joining member's id is
+//! assigned by the leader from its peer URLs, so it cannot be recomputed from `--name`.
+//!
+//! Format 1, text (`<data_dir>/identity`):
+//!
+//! ```text
+//! rota-identity 1
+//! cluster_id <16 hex>
+//! node_id <16 hex>
+//! crc32 <8 hex of the lines above, newlines included>
+//! ```
+//!
+//! Written to a temp file, fsynced, renamed, directory fsynced.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+const FILE_NAME: &str = "identity";
+const HEADER: &str = "rota-identity 1";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub cluster_id: u64,
+    pub node_id: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum IdentityError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+impl Identity {
+    fn body(&self) -> String {
+        format!(
+            "{HEADER}\ncluster_id {:016x}\nnode_id {:016x}\n",
+            self.cluster_id, self.node_id
+        )
+    }
+
+    /// The identity stored in `data_dir`, if any.
+    pub(crate) fn load(data_dir: &Path) -> Result<Option<Identity>, IdentityError> {
+        let path = data_dir.join(FILE_NAME);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(IdentityError::Io { path, source }),
+        };
+        let corrupt = |reason: &str| IdentityError::Corrupt {
+            path: path.clone(),
+            reason: reason.to_string(),
+        };
+        let Some((body, crc_line)) = text.trim_end_matches('\n').rsplit_once('\n') else {
+            return Err(corrupt("too short"));
+        };
+        let body = format!("{body}\n");
+        let crc = crc_line
+            .strip_prefix("crc32 ")
+            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+            .ok_or_else(|| corrupt("no crc32 line"))?;
+        if crc != crc32fast::hash(body.as_bytes()) {
+            return Err(corrupt("checksum mismatch"));
+        }
+        let mut lines = body.lines();
+        if lines.next() != Some(HEADER) {
+            return Err(corrupt("unknown format version"));
+        }
+        let mut field = |name: &str| {
+            lines
+                .next()
+                .and_then(|line| line.strip_prefix(name))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+                .ok_or_else(|| corrupt(&format!("bad {name} line")))
+        };
+        let cluster_id = field("cluster_id")?;
+        let node_id = field("node_id")?;
+        Ok(Some(Identity {
+            cluster_id,
+            node_id,
+        }))
+    }
+
+    /// Stores the identity durably in `data_dir`.
+    pub(crate) fn store(&self, data_dir: &Path) -> Result<(), IdentityError> {
+        let path = data_dir.join(FILE_NAME);
+        let temp = data_dir.join(format!("{FILE_NAME}.tmp"));
+        let io = |source| IdentityError::Io {
+            path: path.clone(),
+            source,
+        };
+        let body = self.body();
+        let text = format!("{body}crc32 {:08x}\n", crc32fast::hash(body.as_bytes()));
+        let mut file = File::create(&temp).map_err(io)?;
+        file.write_all(text.as_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        fs::rename(&temp, &path).map_err(io)?;
+        File::open(data_dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_round_trips_and_detects_corruption() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(Identity::load(dir.path()).expect("load"), None);
+        let identity = Identity {
+            cluster_id: 0x8000_0000_0000_00ff,
+            node_id: 42,
+        };
+        identity.store(dir.path()).expect("store");
+        assert_eq!(Identity::load(dir.path()).expect("load"), Some(identity));
+        let path = dir.path().join(FILE_NAME);
+        let text = fs::read_to_string(&path).expect("read");
+        fs::write(
+            &path,
+            text.replace("node_id 000000000000002a", "node_id 000000000000002b"),
+        )
+        .expect("write");
+        assert!(matches!(
+            Identity::load(dir.path()),
+            Err(IdentityError::Corrupt { .. })
+        ));
+    }
+}

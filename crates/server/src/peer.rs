@@ -1,0 +1,154 @@
+//! The peer listener (`--listen-peer-urls`): Raft and cluster RPCs between members.
+//!
+//! It only moves bytes: `POST /rota/peer/v1/<rpc>` with the cluster token and sender id
+//! headers goes to [`rota_raft::Node::handle_peer`], whose bytes go back as the body. The
+//! protocol (paths, headers, encodings, who may call what) is the consensus crate's; this
+//! module owns the sockets, the bounds (connections, body size, header timeout) and the
+//! mapping of refusals to HTTP statuses. Client requests are not served here, as in etcd.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::header::{HeaderValue, CONTENT_TYPE};
+use axum::http::{Method, Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rota_raft::peer::{PeerRpc, PEER_FROM_HEADER, PEER_PATH_PREFIX, PEER_TOKEN_HEADER};
+use rota_raft::Node;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::limits;
+
+/// Serves peer RPCs for `node` on `listeners` until `shutdown` resolves.
+pub async fn serve_peers(
+    node: Node,
+    listeners: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let connections = Arc::new(Semaphore::new(limits::PEER_CONNECTIONS_MAX));
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits::HEADER_READ_TIMEOUT)
+        .max_header_size(limits::HEADER_SECTION_BYTES_MAX)
+        .keep_alive(true);
+    let builder = Arc::new(builder);
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let mut accept_loops = tokio::task::JoinSet::new();
+    for listener in listeners {
+        accept_loops.spawn(accept_loop(
+            node.clone(),
+            listener,
+            Arc::clone(&connections),
+            Arc::clone(&builder),
+            stop.subscribe(),
+        ));
+    }
+    shutdown.await;
+    accept_loops.abort_all();
+    // Close kept-alive connections too: peers must notice at once that this member is gone
+    // (and reach its successor on the same port, after a restart) rather than keep
+    // talking to a stopped node over a pooled connection.
+    stop.send_replace(true);
+    let all = u32::try_from(limits::PEER_CONNECTIONS_MAX).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(limits::SHUTDOWN_GRACE, connections.acquire_many(all)).await;
+}
+
+async fn accept_loop(
+    node: Node,
+    listener: TcpListener,
+    connections: Arc<Semaphore>,
+    builder: Arc<http1::Builder>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let Ok(permit) = Arc::clone(&connections).acquire_owned().await else {
+            return;
+        };
+        let (stream, _peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "peer accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let node = node.clone();
+        let builder = Arc::clone(&builder);
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let node = node.clone();
+                async move { Ok::<_, Infallible>(handle(&node, request.map(Body::new)).await) }
+            });
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = async { let _ = stop.wait_for(|stopping| *stopping).await; } => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+}
+
+/// Answers one peer request.
+pub async fn handle(node: &Node, request: Request<Body>) -> Response<Body> {
+    if request.method() != Method::POST {
+        return text(405, "peer RPCs are POST");
+    }
+    let Some(rpc) = request
+        .uri()
+        .path()
+        .strip_prefix(PEER_PATH_PREFIX)
+        .and_then(PeerRpc::from_name)
+    else {
+        return text(404, "no such peer RPC");
+    };
+    let token = header_text(&request, PEER_TOKEN_HEADER);
+    let Ok(from) = u64::from_str_radix(&header_text(&request, PEER_FROM_HEADER), 16) else {
+        return text(400, "missing or malformed sender id header");
+    };
+    let body = match axum::body::to_bytes(request.into_body(), limits::PEER_BODY_BYTES_MAX).await {
+        Ok(body) => body,
+        Err(_) => return text(413, "peer request body too large or unreadable"),
+    };
+    match node.handle_peer(rpc, &token, from, &body).await {
+        Ok(reply) => {
+            let mut response = Response::new(Body::from(reply));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            response
+        }
+        Err(error) => text(error.http_status(), &error.to_string()),
+    }
+}
+
+fn header_text(request: &Request<Body>, name: &str) -> String {
+    request
+        .headers()
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn text(status: u16, message: &str) -> Response<Body> {
+    let mut response = crate::respond::with_status(status, message.to_string());
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
