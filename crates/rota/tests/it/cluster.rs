@@ -3,8 +3,11 @@
 //! partitions between peers through a userspace TCP proxy.
 //!
 //! What it owns: ports, data dirs and the child processes of one cluster; the peer proxy.
-//! It reuses the harness's binary path and HTTP client; `harness::Server` itself is built for
-//! one node with fixed flags, so nodes here are spawned by this module.
+//! It reuses the harness's binary path, its rota/etcd switch and HTTP client;
+//! `harness::Server` itself is built for one node with fixed flags, so nodes here are
+//! spawned by this module. With `ROTA_IT_AGAINST=etcd` the nodes are etcd 3.4 members
+//! started with the same flags: that checks this harness and the cluster tests against the
+//! reference.
 //!
 //! Invariants:
 //! * No process outlives its `Cluster` (Drop SIGKILLs, SIGCONTs and reaps every node).
@@ -19,7 +22,8 @@
 //!   and etcd's robustness suite uses a proxy too). A cut link is a blackhole: connections
 //!   in flight stop being forwarded (their bytes are read and dropped, the upstream side is
 //!   closed) and new ones are accepted but never forwarded, so the sender sees timeouts, as
-//!   in a real partition, not resets.
+//!   in a real partition, not resets. Healing closes the blackholed connections (their
+//!   streams lost bytes and cannot resume), so senders reconnect at once.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -73,6 +77,9 @@ pub struct ClusterConfig {
     pub extra_args: Vec<String>,
     /// Bound on all nodes being healthy after a start.
     pub startup_timeout: Duration,
+    /// rota, or etcd 3.4 with the same flags to check the harness and the tests themselves
+    /// (`ROTA_IT_AGAINST=etcd`, as for the differential tests).
+    pub kind: harness::Kind,
 }
 
 impl ClusterConfig {
@@ -84,6 +91,7 @@ impl ClusterConfig {
             mutant: None,
             extra_args: Vec::new(),
             startup_timeout: harness::STARTUP_TIMEOUT,
+            kind: harness::candidate_kind(),
         }
     }
 }
@@ -122,13 +130,6 @@ impl NodeProc {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => false,
-        }
     }
 
     /// The tail of the current run's log.
@@ -228,9 +229,20 @@ impl Cluster {
         node.starts += 1;
         let log = File::create(node.log_path()).map_err(|e| format!("log file: {e}"))?;
         let log_out = log.try_clone().map_err(|e| format!("log file: {e}"))?;
-        let mut cmd = Command::new(harness::rota_bin());
-        cmd.arg("serve")
-            .arg("--name")
+        let mut cmd = match config.kind {
+            harness::Kind::Rota => {
+                let mut cmd = Command::new(harness::rota_bin());
+                cmd.arg("serve");
+                cmd
+            }
+            harness::Kind::Etcd => {
+                harness::require_etcd();
+                let mut cmd = Command::new(harness::ETCD_PATH);
+                cmd.arg("--enable-v2=true");
+                cmd
+            }
+        };
+        cmd.arg("--name")
             .arg(&node.name)
             .arg("--data-dir")
             .arg(node.data_dir())
@@ -334,17 +346,6 @@ impl Cluster {
         }
     }
 
-    /// `state` from `/v2/stats/self` ("StateLeader" / "StateFollower"), if the node answers.
-    pub fn node_state(&self, i: usize) -> Option<String> {
-        let resp = http::send_with_timeout(self.nodes[i].client_addr(), &Request::new("GET", "/v2/stats/self"), PROBE_TIMEOUT)
-            .ok()?;
-        if resp.status() != 200 {
-            return None;
-        }
-        let json: serde_json::Value = serde_json::from_slice(&resp.body).ok()?;
-        json.get("state").and_then(|s| s.as_str()).map(str::to_string)
-    }
-
     /// The one node that says it leads, when exactly one does.
     pub fn leader(&self) -> Option<usize> {
         leader_among(&self.endpoints(), &self.running_mask())
@@ -389,15 +390,13 @@ impl Cluster {
 
     /// Log tails of every node, for failure messages.
     pub fn logs(&self, lines_max: usize) -> String {
-        self.nodes
+        let tails = self
+            .nodes
             .iter()
             .map(|n| format!("--- {} (run {}) ---\n{}", n.name, n.starts, n.log_tail(lines_max)))
             .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    pub fn root(&self) -> &std::path::Path {
-        self.root.path()
+            .join("\n");
+        format!("(in {}, removed after the test)\n{tails}", self.root.path().display())
     }
 }
 
@@ -456,6 +455,9 @@ fn send_signal(pid: u32, signal: i32) {
 /// A directed link: RPC connections opened by node `.0` towards node `.1`.
 pub type Link = (usize, usize);
 
+/// Accepted peer connections: (sender when identified, target).
+type AcceptLog = Arc<Mutex<Vec<(Option<usize>, usize)>>>;
+
 /// A TCP proxy in front of every node's peer port (see the module docs).
 pub struct PeerProxy {
     cuts: Arc<Mutex<HashSet<Link>>>,
@@ -463,14 +465,14 @@ pub struct PeerProxy {
     epoch: tokio::sync::watch::Sender<u64>,
     runtime: Option<tokio::runtime::Runtime>,
     /// Connections accepted per (sender or `None` when unknown, target).
-    pub accepted: Arc<Mutex<Vec<(Option<usize>, usize)>>>,
+    pub accepted: AcceptLog,
 }
 
 impl PeerProxy {
     /// `routes[j] = (listen port, upstream port)` of node `j`.
     pub fn start(routes: &[(u16, u16)], pids: Arc<Mutex<Vec<Option<u32>>>>) -> Result<PeerProxy, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            .worker_threads(2)
             .enable_all()
             .build()
             .map_err(|e| format!("proxy runtime: {e}"))?;
@@ -524,7 +526,7 @@ struct LinkContext {
     cuts: Arc<Mutex<HashSet<Link>>>,
     epoch: tokio::sync::watch::Receiver<u64>,
     pids: Arc<Mutex<Vec<Option<u32>>>>,
-    accepted: Arc<Mutex<Vec<(Option<usize>, usize)>>>,
+    accepted: AcceptLog,
 }
 
 impl LinkContext {
@@ -538,6 +540,9 @@ impl LinkContext {
     }
 }
 
+/// Lookups of a new connection's owner before it counts as unidentified.
+const IDENTIFY_ATTEMPTS: usize = 3;
+
 async fn accept_loop(listener: tokio::net::TcpListener, context: LinkContext) {
     loop {
         let Ok((downstream, peer)) = listener.accept().await else {
@@ -546,8 +551,18 @@ async fn accept_loop(listener: tokio::net::TcpListener, context: LinkContext) {
         };
         let context = context.clone();
         tokio::spawn(async move {
-            let pids: Vec<Option<u32>> = context.pids.lock().expect("pids lock").clone();
-            let sender = connection_owner(peer.port(), context.listen_port, &pids);
+            // The owner's socket may not be listed yet: a few quick retries.
+            let mut sender = None;
+            for _ in 0..IDENTIFY_ATTEMPTS {
+                let pids: Vec<Option<u32>> = context.pids.lock().expect("pids lock").clone();
+                let listen_port = context.listen_port;
+                let lookup = tokio::task::spawn_blocking(move || connection_owner(peer.port(), listen_port, &pids));
+                sender = lookup.await.ok().flatten();
+                if sender.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             context.accepted.lock().expect("accepted lock").push((sender, context.target));
             serve_connection(downstream, sender, context).await;
         });
@@ -557,27 +572,26 @@ async fn accept_loop(listener: tokio::net::TcpListener, context: LinkContext) {
 /// Forwards one connection until either side closes or its link is cut; once cut, the
 /// downstream bytes are read and dropped until the sender gives up.
 async fn serve_connection(mut downstream: tokio::net::TcpStream, sender: Option<usize>, mut context: LinkContext) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let _ = downstream.set_nodelay(true);
     if !context.is_cut(sender) {
         if let Ok(mut upstream) = tokio::net::TcpStream::connect(context.upstream).await {
             let _ = upstream.set_nodelay(true);
-            let (mut down_read, mut down_write) = downstream.split();
-            let (mut up_read, mut up_write) = upstream.split();
-            let mut down_buf = vec![0u8; 64 << 10];
-            let mut up_buf = vec![0u8; 64 << 10];
-            let cut = loop {
-                tokio::select! {
-                    read = down_read.read(&mut down_buf) => match read {
-                        Ok(0) | Err(_) => break false,
-                        Ok(n) => if up_write.write_all(&down_buf[..n]).await.is_err() { break false },
-                    },
-                    read = up_read.read(&mut up_buf) => match read {
-                        Ok(0) | Err(_) => break false,
-                        Ok(n) => if down_write.write_all(&up_buf[..n]).await.is_err() { break false },
-                    },
-                    changed = context.epoch.changed() => {
-                        if changed.is_err() || context.is_cut(sender) { break true }
+            // Both directions are copied concurrently (a loop that awaits one write while
+            // the other side fills its buffer could deadlock on large messages).
+            let cut = {
+                let (mut down_read, mut down_write) = downstream.split();
+                let (mut up_read, mut up_write) = upstream.split();
+                let to_upstream = tokio::io::copy(&mut down_read, &mut up_write);
+                let to_downstream = tokio::io::copy(&mut up_read, &mut down_write);
+                tokio::pin!(to_upstream, to_downstream);
+                loop {
+                    tokio::select! {
+                        _ = &mut to_upstream => break false,
+                        _ = &mut to_downstream => break false,
+                        changed = context.epoch.changed() => {
+                            if changed.is_err() || context.is_cut(sender) { break true }
+                        }
                     }
                 }
             };
@@ -591,28 +605,33 @@ async fn serve_connection(mut downstream: tokio::net::TcpStream, sender: Option<
             return;
         }
     }
+    // Blackholed: drop what the sender writes until it gives up, or until the link heals;
+    // then close, so the sender reconnects at once instead of waiting on a dead stream.
     let mut sink = vec![0u8; 64 << 10];
     loop {
-        match downstream.read(&mut sink).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        tokio::select! {
+            read = downstream.read(&mut sink) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            changed = context.epoch.changed() => {
+                if changed.is_err() || !context.is_cut(sender) { return }
+            }
         }
     }
 }
 
 /// Which of `pids` owns the client socket `127.0.0.1:client_port` connected to
-/// `server_port`: looks the socket's inode up in `/proc/net/tcp{,6}`, then in each
+/// `127.0.0.1:server_port`: looks the socket's inode up in `/proc/net/tcp`, then in each
 /// process's open files. `None` when no listed process owns it.
 pub fn connection_owner(client_port: u16, server_port: u16, pids: &[Option<u32>]) -> Option<usize> {
-    let inode = ["/proc/net/tcp", "/proc/net/tcp6"].iter().find_map(|table| {
-        let text = std::fs::read_to_string(table).ok()?;
-        text.lines().skip(1).find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let port_of = |field: &str| field.rsplit(':').next().and_then(|hex| u16::from_str_radix(hex, 16).ok());
-            let (local, remote, inode) = (fields.get(1)?, fields.get(2)?, fields.get(9)?);
-            (port_of(local) == Some(client_port) && port_of(remote) == Some(server_port) && *inode != "0")
-                .then(|| inode.to_string())
-        })
+    // The table can hold tens of thousands of TIME_WAIT sockets from the tests' clients:
+    // find the line by substring ("<local>:<port> <remote>:<port>") instead of parsing all.
+    let ports = format!(":{client_port:04X} 0100007F:{server_port:04X} ");
+    let text = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let inode = text.lines().filter(|line| line.contains(&ports)).find_map(|line| {
+        let inode = line.split_whitespace().nth(9)?;
+        (inode != "0").then(|| inode.to_string())
     })?;
     let wanted = format!("socket:[{inode}]");
     pids.iter().enumerate().find_map(|(i, pid)| {
@@ -657,6 +676,21 @@ mod tests {
         Ok(got)
     }
 
+    /// SIGSTOP freezes a node (requests time out) and SIGCONT brings it back.
+    #[test]
+    fn paused_node_answers_nothing_until_resumed() {
+        let mut cluster = Cluster::start(ClusterConfig::new(1, &format!("pause-{}", std::process::id())));
+        let addr = cluster.endpoints()[0];
+        let get = Request::new("GET", "/v2/keys/");
+        assert!(http::send_with_timeout(addr, &get, PROBE_TIMEOUT).is_ok_and(|r| r.status() == 200));
+        cluster.pause(0);
+        assert!(http::send_with_timeout(addr, &get, PROBE_TIMEOUT).is_err(), "a stopped process answered");
+        cluster.resume(0);
+        let resp = http::send_with_timeout(addr, &get, Duration::from_secs(5)).expect("answer after SIGCONT");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(cluster.leader(), Some(0), "a single node leads itself");
+    }
+
     /// This test process plays node 0 (the sender); the echo server is node 1.
     #[test]
     fn proxy_forwards_identifies_the_sender_and_blackholes_cut_links() {
@@ -685,9 +719,13 @@ mod tests {
         let mut fresh = std::net::TcpStream::connect(addr).expect("connect while cut");
         assert!(echo_through(&mut fresh, b"lost").is_err());
 
-        // After healing, new connections work again.
+        // Healing closes the blackholed connections, and new connections work again.
         proxy.heal_all();
+        conn.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        let mut rest = Vec::new();
+        assert!(conn.read_to_end(&mut rest).is_ok(), "a healed blackhole is closed (EOF)");
         let mut healed = std::net::TcpStream::connect(addr).expect("connect after heal");
         assert_eq!(echo_through(&mut healed, b"back").expect("echo after heal"), b"back");
     }
 }
+
