@@ -33,6 +33,9 @@ enum Mode {
     Split,
     /// Every worker enqueues, then leases and completes, in a loop.
     Cycle,
+    /// Consumers only: lease and complete `--jobs` jobs that are already queued (see
+    /// `--prefill`); measures the lease+complete rate at a given queue depth.
+    Drain,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -67,6 +70,10 @@ struct Args {
     /// Runtime worker threads of the load generator itself.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// rota only: before measuring, queue this many jobs (batches of 1000, priorities drawn
+    /// like the producers'), so a run can measure leasing at a large queue depth.
+    #[arg(long, default_value_t = 0)]
+    prefill: usize,
 }
 
 /// What one task reports: jobs it sent, jobs it finished, and the enqueue→ack latency of each
@@ -91,13 +98,19 @@ fn main() -> Result<()> {
 async fn run(args: Args) -> Result<()> {
     let base = Instant::now();
     // Connect everyone first, so connection setup is not measured.
-    let consumers = if args.mode == Mode::Split { args.n } else { 0 };
-    let mut conns = Vec::new();
-    for _ in 0..args.n + consumers {
-        conns.push(Conn::connect(args.backend, &args.addr, &args.queue).await?);
+    let (producers, consumers) = match args.mode {
+        Mode::Split => (args.n, args.n),
+        Mode::Cycle => (args.n, 0),
+        Mode::Drain => (0, args.n),
+    };
+    Conn::connect(args.backend, &args.addr, &args.queue).await?.reset().await.context("resetting the queue")?;
+    // Prefill before the measuring connections open: the server closes idle connections.
+    if args.prefill > 0 {
+        prefill(&args, base).await?;
     }
-    if let Some(conn) = conns.first_mut() {
-        conn.reset().await.context("resetting the queue")?;
+    let mut conns = Vec::new();
+    for _ in 0..producers + consumers {
+        conns.push(Conn::connect(args.backend, &args.addr, &args.queue).await?);
     }
     let producers_done = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
@@ -106,12 +119,17 @@ async fn run(args: Args) -> Result<()> {
     let mut consumer_tasks = Vec::new();
     for (idx, conn) in conns.into_iter().enumerate() {
         let args = args.clone();
-        if idx < args.n {
+        if idx < producers {
             let per = args.jobs / args.n + usize::from(idx < args.jobs % args.n);
             producer_tasks.push(tokio::spawn(producer(args, conn, idx, per, base, deadline)));
         } else {
             let done = producers_done.clone();
-            consumer_tasks.push(tokio::spawn(consumer(conn, base, deadline, done)));
+            // Draining consumers stop after their share; the others when producers are done.
+            let quota = (args.mode == Mode::Drain).then(|| {
+                let idx = idx - producers;
+                args.jobs / args.n + usize::from(idx < args.jobs % args.n)
+            });
+            consumer_tasks.push(tokio::spawn(consumer(conn, base, deadline, done, quota)));
         }
     }
     let mut tallies = Vec::new();
@@ -151,9 +169,18 @@ async fn producer(args: Args, mut conn: Conn, idx: usize, jobs: usize, base: Ins
     Ok(tally)
 }
 
-async fn consumer(mut conn: Conn, base: Instant, deadline: Instant, producers_done: Arc<AtomicBool>) -> Result<Tally> {
+async fn consumer(
+    mut conn: Conn,
+    base: Instant,
+    deadline: Instant,
+    producers_done: Arc<AtomicBool>,
+    quota: Option<usize>,
+) -> Result<Tally> {
     let mut tally = Tally::default();
-    while Instant::now() < deadline {
+    if quota.is_some() {
+        producers_done.store(true, Ordering::Relaxed);
+    }
+    while Instant::now() < deadline && quota.is_none_or(|quota| tally.done_latencies_us.len() < quota) {
         match conn.dequeue_ack(Duration::from_secs(1)).await? {
             Some(job) => record(&mut tally, base, &job),
             None if producers_done.load(Ordering::Relaxed) => break,
@@ -161,6 +188,55 @@ async fn consumer(mut conn: Conn, base: Instant, deadline: Instant, producers_do
         }
     }
     Ok(tally)
+}
+
+/// Queues `--prefill` jobs in batches over a few connections, with progress on stderr.
+async fn prefill(args: &Args, base: Instant) -> Result<()> {
+    const BATCH_JOBS: usize = 1000;
+    const CONNECTIONS: usize = 4;
+    let started = Instant::now();
+    let batches = args.prefill.div_ceil(BATCH_JOBS);
+    let next_batch = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for connection in 0..CONNECTIONS {
+        let mut conn = Conn::connect(args.backend, &args.addr, &args.queue).await?;
+        let next_batch = next_batch.clone();
+        let (total, levels, size) = (args.prefill, args.prefill_levels(), args.size);
+        tasks.push(tokio::spawn(async move {
+            let pad = "p".repeat(size);
+            let mut rng = 0x2545_F491_4F6C_DD1Du64 ^ (connection as u64 + 1);
+            loop {
+                let batch = next_batch.fetch_add(1, Ordering::Relaxed);
+                if batch >= batches {
+                    return anyhow::Ok(());
+                }
+                let first = batch * BATCH_JOBS;
+                let jobs: Vec<(String, u64)> = (first..(first + BATCH_JOBS).min(total))
+                    .map(|i| {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        (format!("{}:prefill:{i}:{pad}", base.elapsed().as_micros()), rng % levels)
+                    })
+                    .collect();
+                conn.enqueue_batch(&jobs).await?;
+                if connection == 0 && batch % 100 == 0 {
+                    eprintln!("prefill: {} of {total} jobs queued ({:.0?})", first, started.elapsed());
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    eprintln!("prefill: {} jobs queued in {:.1?}", args.prefill, started.elapsed());
+    Ok(())
+}
+
+impl Args {
+    fn prefill_levels(&self) -> u64 {
+        self.prio_levels.max(1)
+    }
 }
 
 fn record(tally: &mut Tally, base: Instant, job_body: &str) {

@@ -69,6 +69,21 @@ impl Conn {
         Ok(())
     }
 
+    /// rota only: queues `jobs` (body, priority) in one request (one Raft entry).
+    pub async fn enqueue_batch(&mut self, jobs: &[(String, u64)]) -> Result<()> {
+        if self.backend != Backend::Rota {
+            bail!("batch submit is a rota feature");
+        }
+        let jobs: Vec<serde_json::Value> =
+            jobs.iter().map(|(body, priority)| serde_json::json!({"payload": body, "priority": priority})).collect();
+        let path = format!("/v1/queues/{}/jobs", self.queue);
+        let (status, body) = self.http_post(&path, &serde_json::json!({ "jobs": jobs }).to_string()).await?;
+        if status != 202 {
+            bail!("batch submit answered {status}: {}", String::from_utf8_lossy(&body));
+        }
+        Ok(())
+    }
+
     /// Takes one job, acknowledges it, returns its body; `None` if none came within `wait`.
     pub async fn dequeue_ack(&mut self, wait: Duration) -> Result<Option<String>> {
         match self.backend {
