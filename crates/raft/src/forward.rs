@@ -395,9 +395,20 @@ impl Node {
                     .stats()
                     .recv_append
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.transport().hints().note_append_received();
                 peer::encode(&raft.append_entries(request).await)
             }
-            PeerRpc::Vote => peer::encode(&raft.vote(peer::decode(rpc, body)?).await),
+            PeerRpc::Vote => {
+                let request: openraft::raft::VoteRequest<crate::types::NodeId> = peer::decode(rpc, body)?;
+                let answer = raft.vote(request.clone()).await;
+                if let Ok(answer) = &answer {
+                    let elections = self.transport().hints().note_vote(&request, answer);
+                    if elections > 0 {
+                        tokio::spawn(crate::split_vote::campaign_now(raft.clone(), elections));
+                    }
+                }
+                peer::encode(&answer)
+            }
             PeerRpc::InstallSnapshot => {
                 peer::encode(&raft.install_snapshot(peer::decode(rpc, body)?).await)
             }
@@ -477,7 +488,9 @@ impl Node {
 /// membership and take the id the leader assigned to our peer URLs.
 pub(crate) async fn join_identity(config: &NodeConfig) -> Result<Identity, StartError> {
     debug_assert_eq!(config.initial_cluster_state, ClusterState::Existing);
-    let transport = PeerTransport::new(config.cluster_token.clone(), 0);
+    // Only used to ask the peers who is a member: no elections here.
+    let hints = std::sync::Arc::new(crate::split_vote::ElectionHints::new(config.election_timeout_max_ms));
+    let transport = PeerTransport::new(config.cluster_token.clone(), 0, hints);
     let peers: Vec<&String> = config
         .initial_cluster
         .iter()

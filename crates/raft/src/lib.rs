@@ -34,6 +34,7 @@ mod network;
 pub mod peer;
 mod proposer;
 mod snapshot_file;
+mod split_vote;
 mod state_machine;
 mod ticker;
 mod types;
@@ -415,7 +416,8 @@ impl Node {
             Err(error) => return Err(StartError::Corrupt(error.to_string())),
         };
         let id = identity.node_id;
-        let transport = PeerTransport::new(config.cluster_token.clone(), id);
+        let hints = Arc::new(split_vote::ElectionHints::new(config.election_timeout_max_ms));
+        let transport = PeerTransport::new(config.cluster_token.clone(), id, hints);
 
         let raft = Raft::new(
             id,
@@ -509,11 +511,20 @@ impl Node {
             node.clone_weak(),
             node.inner.shutdown_tx.subscribe(),
         ));
+        let split_vote_task = tokio::spawn(split_vote::run_split_vote_breaker(
+            node.clone_weak(),
+            node.inner.raft.clone(),
+            node.inner.transport.hints().clone(),
+            id,
+            config.election_timeout_min_ms,
+            config.election_timeout_max_ms,
+            node.inner.shutdown_tx.subscribe(),
+        ));
         node.inner
             .background_tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(membership_task);
+            .extend([membership_task, split_vote_task]);
         node
     }
 

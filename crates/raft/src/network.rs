@@ -52,6 +52,7 @@ struct TransportInner {
     token: String,
     from: NodeId,
     stats: PeerStats,
+    hints: Arc<crate::split_vote::ElectionHints>,
 }
 
 /// Counts of appends sent to followers and received from a leader (`/v2/stats/*`).
@@ -141,7 +142,7 @@ impl CallError {
 }
 
 impl PeerTransport {
-    pub(crate) fn new(token: String, from: NodeId) -> PeerTransport {
+    pub(crate) fn new(token: String, from: NodeId, hints: Arc<crate::split_vote::ElectionHints>) -> PeerTransport {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_PEER_MAX)
@@ -156,12 +157,17 @@ impl PeerTransport {
                 token,
                 from,
                 stats: PeerStats::default(),
+                hints,
             }),
         }
     }
 
     pub(crate) fn stats(&self) -> &PeerStats {
         &self.inner.stats
+    }
+
+    pub(crate) fn hints(&self) -> &Arc<crate::split_vote::ElectionHints> {
+        &self.inner.hints
     }
 
     /// One RPC to the member `target` at its first peer URL.
@@ -367,7 +373,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        self.raft_call(PeerRpc::Vote, &rpc, &option).await
+        let answer: VoteResponse<NodeId> = self.raft_call(PeerRpc::Vote, &rpc, &option).await?;
+        self.transport.hints().note_vote_answer(&rpc, &answer);
+        Ok(answer)
     }
 
     fn backoff(&self) -> openraft::network::Backoff {

@@ -410,8 +410,10 @@ fn cluster_history_is_linearizable_under_leader_kills() {
         assert!(stats.kills >= 4, "{name}: coverage: {} leader kills, want ≥ 4", stats.kills);
         assert!(
             stats.leader_changes >= 4,
-            "{name}: coverage: {} leader changes observed, want ≥ 4 (seed {seed})",
-            stats.leader_changes
+            "{name}: coverage: {} leader changes observed, want ≥ 4 (seed {seed}); timeline {}\nnode logs:\n{}",
+            stats.leader_changes,
+            stats.leader_timeline,
+            cluster.logs(120)
         );
     }
 }
