@@ -11,7 +11,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED:-$ROOT/../shared/bench}
 source "$SHARED/lib.sh"
 ROUNDS=${ROUNDS:-10}
-OUT=${OUT:-$(mktemp -d /tmp/rota-cluster-bench.XXXX)}; echo "results in $OUT"
+OUT=${OUT:-$(mktemp -d /tmp/rota-cluster-bench.XXXX)}; mkdir -p "$OUT"; echo "results in $OUT"
 (cd "$ROOT" && cargo build --release -q -p rota -p rota-bench) || exit 1
 ROTA="$ROOT/target/release/rota"; FAILOVER="$ROOT/target/release/rota-failover"
 BASE=$(mktemp -d /tmp/rota-cluster-bench-data.XXXX)

@@ -13,7 +13,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED:-$ROOT/../shared/bench}
 source "$SHARED/lib.sh"
 N=${N:-8}; JOBS=${JOBS:-30000}; MODES=${MODES:-split}
-OUT=${OUT:-$(mktemp -d /tmp/rota-jobs-bench.XXXX)}; echo "results in $OUT"
+OUT=${OUT:-$(mktemp -d /tmp/rota-jobs-bench.XXXX)}; mkdir -p "$OUT"; echo "results in $OUT"
 (cd "$ROOT" && cargo build --release -q -p rota -p rota-bench) || exit 1
 ROTA="$ROOT/target/release/rota"; GEN="$ROOT/target/release/rota-bench"
 gen() { timeout 180 "$GEN" --n "$N" --jobs "$JOBS" --max-seconds 60 "$@"; }

@@ -10,7 +10,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED:-$ROOT/../shared/bench}
 source "$SHARED/lib.sh"
 DRAIN=${DRAIN:-20000}; LARGE=${LARGE:-1000000}
-OUT=${OUT:-$(mktemp -d /tmp/rota-scale-bench.XXXX)}; echo "results in $OUT"
+OUT=${OUT:-$(mktemp -d /tmp/rota-scale-bench.XXXX)}; mkdir -p "$OUT"; echo "results in $OUT"
 (cd "$ROOT" && cargo build --release -q -p rota -p rota-bench) || exit 1
 ROTA="$ROOT/target/release/rota"; GEN="$ROOT/target/release/rota-bench"
 D=$(mktemp -d /tmp/rota-scale-data.XXXX)

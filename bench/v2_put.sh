@@ -11,7 +11,7 @@ SHARED=${SHARED:-$ROOT/../shared/bench}
 [ -f "$SHARED/lib.sh" ] || { echo "peer scripts not found at $SHARED (set SHARED=.../shared/bench)" >&2; exit 1; }
 source "$SHARED/lib.sh"
 export RUNS DUR
-OUT=${OUT:-$(mktemp -d /tmp/rota-bench.XXXX)}
+OUT=${OUT:-$(mktemp -d /tmp/rota-bench.XXXX)}; mkdir -p "$OUT"
 echo "results in $OUT"
 (cd "$ROOT" && cargo build --release -q -p rota) || exit 1
 ROTA="$ROOT/target/release/rota"

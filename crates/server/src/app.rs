@@ -624,12 +624,15 @@ async fn read_body(request: Request<Body>) -> Result<FormBody, Response<Body>> {
 /// Raft entry bound.
 pub(crate) fn propose_error(error: &ProposeError) -> Response<Body> {
     match error {
-        ProposeError::NoLeader => {
-            let mut response = respond::v2_error(&V2Error::new(
-                300,
-                Some("etcdserver: no leader (request timed out waiting for one)".to_string()),
-                0,
-            ));
+        // Both are passing: another member (or this one, a moment later) can take the
+        // request, so clients get 503 + Retry-After, which they retry. (A node shutting down
+        // answers its queued writes this way; they were not applied.)
+        ProposeError::NoLeader | ProposeError::ShuttingDown => {
+            let cause = match error {
+                ProposeError::NoLeader => "etcdserver: no leader (request timed out waiting for one)".to_string(),
+                other => format!("{other}; retry on another member"),
+            };
+            let mut response = respond::v2_error(&V2Error::new(300, Some(cause), 0));
             *response.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
@@ -644,9 +647,7 @@ pub(crate) fn propose_error(error: &ProposeError) -> Response<Body> {
             &error.to_string(),
             0,
         ),
-        ProposeError::ShuttingDown | ProposeError::Fatal(_) => {
-            respond::v2_error(&V2Error::new(300, Some(error.to_string()), 0))
-        }
+        ProposeError::Fatal(_) => respond::v2_error(&V2Error::new(300, Some(error.to_string()), 0)),
     }
 }
 

@@ -8,6 +8,8 @@
 
 mod bad_input;
 mod cluster;
+mod cluster_jobs;
+mod cluster_membership;
 mod crash;
 mod etcd_diff;
 mod harness;

@@ -1,0 +1,705 @@
+//! Membership changes and restarts under load, with real processes (see `docs/testing.md`,
+//! "Membership and restarts").
+//!
+//! A 3-node cluster with `--snapshot-count 200` takes acknowledged `/v2/keys` sets from four
+//! writer threads the whole time (each write a new key with a unique value, sent to the
+//! nodes in turn). A write with no answer (timeout, refused, reset) or a `503` is retried,
+//! same key and value, on the next node; any other answer is a test failure: clients may
+//! see only retriable errors. Meanwhile, one after the other:
+//!
+//! (a) **add** a 4th member: `POST /v2/members`, then start it with
+//!     `--initial-cluster-state existing` and the full `--initial-cluster`; wait until the
+//!     leader has promoted it from learner to voter (its log line) and it has applied
+//!     everything the cluster committed;
+//! (b) **remove** the current leader (an original member): `DELETE /v2/members/{id}`, wait
+//!     until the others list it no longer, stop it;
+//! (c) **rolling restart**: SIGTERM each remaining member in turn, require writes to be
+//!     acknowledged while it is down (so the other two form a quorum: the new member really
+//!     votes), restart it, wait until healthy and caught up;
+//! (d) **catch up by snapshot**: SIGKILL the new member, keep writing until every running
+//!     member's snapshot is more than 2 × snapshot-count entries past where it stopped (the
+//!     log it lacks is purged everywhere: only 20 entries are kept behind a snapshot), then
+//!     restart it. Its peer URL points at a small counting proxy in front of its peer port,
+//!     so the test *sees* the leader's `install-snapshot` RPCs; its `snapshot_index`
+//!     (`/metrics`) and its data dir's newest `snapshot-<index>-<term>.snap` must also be
+//!     past the stop.
+//!
+//! Finally, writers stopped: every acknowledged write is on every member with its value
+//! (each member's own local read of the whole directory) and all report the same
+//! `X-Etcd-Index`.
+//!
+//! Seeds: `ROTA_IT_SEED` names the run's keys (printed).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::cluster::{Cluster, ClusterConfig};
+use crate::crash;
+use crate::harness;
+use crate::http::{self, Request};
+use crate::jobs_util::{process_alive, wait_until};
+
+const SNAPSHOT_COUNT: u64 = 200;
+/// `--snapshot-count / 10` (`rota serve` keeps that many entries behind a snapshot).
+const ENTRIES_KEPT_AFTER_SNAPSHOT: u64 = SNAPSHOT_COUNT / 10;
+const WRITERS: usize = 4;
+const DIR: &str = "/members-under-load";
+/// Bound on one write exchange; a write unanswered within [`WRITE_RETRY_FOR`] over all
+/// nodes is a failure (the cluster was unavailable too long).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+const WRITE_RETRY_FOR: Duration = Duration::from_secs(20);
+/// Writes acknowledged before the first change (the load is really on).
+const WARM_UP_WRITES: u64 = 300;
+/// Writes acknowledged while one member of three is down in the rolling restart.
+const WRITES_WHILE_DOWN_MIN: u64 = 100;
+/// Generous bounds on conditions (a debug build on 2 shared cores).
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The 4th member's ports come from a range neither harness uses.
+const PORT_RANGE_START: u16 = 38_000;
+const PORT_RANGE_LEN: u32 = 2_000;
+
+#[test]
+fn cluster_membership_add_remove_rolling_restart_and_snapshot_catch_up_under_load() {
+    let seed = crash::seed();
+    let name = "membership";
+    eprintln!("{name}: seed {seed}");
+    let token = format!("{name}-{}", std::process::id());
+    let mut config = ClusterConfig::new(3, &token);
+    config.extra_args = vec!["--snapshot-count".into(), SNAPSHOT_COUNT.to_string()];
+    let mut cluster = Cluster::start(config);
+    let started = Instant::now();
+    eprintln!(
+        "{name}: {}",
+        cluster.nodes.iter().map(|n| format!("{} on {}", n.name, n.client_addr())).collect::<Vec<_>>().join(", ")
+    );
+    let writers = Writers::start(cluster.endpoints(), seed);
+    let mut phases: Vec<String> = Vec::new();
+    let mut phase = |what: &str, writers: &Writers| {
+        phases.push(format!("{:.1}s {what} (acked {})", started.elapsed().as_secs_f64(), writers.acked()));
+    };
+    writers.wait_for_more(WARM_UP_WRITES, "warm-up writes");
+    phase("warm", &writers);
+
+    // (a) Add a 4th member under load.
+    let mut n4 = JoinedNode::new(&token);
+    let member_id = add_member(&cluster.endpoints(), &n4.peer_url());
+    n4.spawn(&cluster);
+    n4.wait_healthy();
+    let promoted = |cluster: &Cluster| {
+        cluster
+            .logs(usize::MAX)
+            .lines()
+            .any(|line| line.contains("learner caught up: now a voter") && line.contains(&format!("member={member_id}")))
+    };
+    let deadline = Instant::now() + CHANGE_TIMEOUT;
+    while !promoted(&cluster) {
+        assert!(
+            Instant::now() < deadline,
+            "{name}: n4 ({member_id}) not promoted to voter within {CHANGE_TIMEOUT:?}; members {:?}\n{}\n--- n4 ---\n{}",
+            try_member_names(&cluster.endpoints()[0]),
+            cluster.logs(40),
+            n4.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut live: Vec<SocketAddr> = cluster.endpoints();
+    live.push(n4.addr());
+    wait_caught_up(&live, n4.addr(), "n4 after joining");
+    writers.set_endpoints(live.clone());
+    phase("n4 joined, voter, caught up", &writers);
+    // A member publishes its name (etcd's attribute publish) on its own, soon after it joined.
+    wait_until(CHANGE_TIMEOUT, "n4 listed under its name by every member", || {
+        live.iter()
+            .all(|addr| try_member_names(addr).is_some_and(|m| m.len() == 4 && m.get(&member_id).is_some_and(|n| n == "n4")))
+            .then_some(())
+    });
+
+    // (b) Remove the current leader (one of the originals), then stop it.
+    let leader = cluster.wait_leader(CHANGE_TIMEOUT).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let removed_id = member_names(&live[0])
+        .into_iter()
+        .find(|(_, n)| *n == format!("n{}", leader + 1))
+        .map(|(id, _)| id)
+        .unwrap_or_else(|| panic!("{name}: n{} not listed", leader + 1));
+    remove_member(&live, &removed_id);
+    let remaining: Vec<SocketAddr> = live.iter().copied().filter(|addr| *addr != live[leader]).collect();
+    wait_until(CHANGE_TIMEOUT, "the removed member to leave every remaining member's list", || {
+        remaining.iter().all(|addr| try_member_names(addr).is_some_and(|m| m.len() == 3 && !m.contains_key(&removed_id))).then_some(())
+    });
+    terminate_cluster_node(&mut cluster, leader);
+    writers.set_endpoints(remaining.clone());
+    phase(&format!("n{} (the leader) removed and stopped", leader + 1), &writers);
+
+    // (c) Rolling restart of the remaining three.
+    let originals: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    for &i in &originals {
+        terminate_cluster_node(&mut cluster, i);
+        writers.wait_for_more(WRITES_WHILE_DOWN_MIN, &format!("writes while n{} is down", i + 1));
+        cluster.restart(i);
+        wait_caught_up(&remaining, cluster.nodes[i].client_addr(), &format!("n{} after its restart", i + 1));
+        phase(&format!("n{} restarted (SIGTERM)", i + 1), &writers);
+    }
+    n4.terminate();
+    writers.wait_for_more(WRITES_WHILE_DOWN_MIN, "writes while n4 is down");
+    n4.spawn(&cluster);
+    n4.wait_healthy();
+    wait_caught_up(&remaining, n4.addr(), "n4 after its restart");
+    phase("n4 restarted (SIGTERM)", &writers);
+
+    // (d) n4 down while the others write far past it: it must catch up by snapshot.
+    let others: Vec<SocketAddr> = remaining.iter().copied().filter(|addr| *addr != n4.addr()).collect();
+    n4.kill();
+    let stop_index = others.iter().filter_map(|addr| metric(addr, "rota_raft_commit_index")).max().unwrap_or(0);
+    let snapshots_before = n4.proxy.snapshot_requests.load(Ordering::SeqCst);
+    let past = stop_index + 2 * SNAPSHOT_COUNT + ENTRIES_KEPT_AFTER_SNAPSHOT;
+    wait_until(Duration::from_secs(40), "every running member's snapshot to pass n4 by 2 × snapshot-count", || {
+        others.iter().all(|addr| metric(addr, "rota_raft_snapshot_index").is_some_and(|index| index > past)).then_some(())
+    });
+    phase(&format!("n4 killed at index ≤ {stop_index}; the others snapshotted past {past}"), &writers);
+    n4.spawn(&cluster);
+    n4.wait_healthy();
+    wait_caught_up(&remaining, n4.addr(), "n4 after missing more than a snapshot");
+    let installs = n4.proxy.snapshot_requests.load(Ordering::SeqCst) - snapshots_before;
+    let n4_snapshot_index = metric(&n4.addr(), "rota_raft_snapshot_index").unwrap_or(0);
+    let n4_snapshot_file = newest_snapshot_file_index(&n4.data_dir().join("snapshots"));
+    phase(&format!("n4 back: {installs} install-snapshot requests, snapshot index {n4_snapshot_index}, file {n4_snapshot_file:?}"), &writers);
+    assert!(installs >= 1, "{name}: n4 caught up without an install-snapshot RPC (stopped at ≤ {stop_index})");
+    assert!(n4_snapshot_index > stop_index, "{name}: n4's snapshot index {n4_snapshot_index} is not past its stop at {stop_index}");
+    assert!(
+        n4_snapshot_file.is_some_and(|index| index > stop_index),
+        "{name}: n4's data dir has no snapshot past its stop at {stop_index}: {n4_snapshot_file:?}"
+    );
+
+    // Final: stop the load; everything acknowledged is everywhere; indexes agree.
+    let report = writers.stop();
+    eprintln!("{name}: {}", phases.join("\n  "));
+    eprintln!(
+        "{name}: {} writes acknowledged, {} retried after a retriable error ({:?})",
+        report.acked.len(),
+        report.retried,
+        report.retriable
+    );
+    assert!(
+        report.errors.is_empty(),
+        "{name}: clients saw non-retriable errors: {:#?}\nlogs:\n{}\n--- n4 ---\n{}",
+        report.errors,
+        cluster.logs(60),
+        n4.log_tail()
+    );
+    let index = wait_converged(&remaining, &report.acked);
+    eprintln!("{name}: passed; {} members converged at X-Etcd-Index {index}", remaining.len());
+}
+
+// ---- the writers ---------------------------------------------------------------------------
+
+/// What the writers did.
+#[derive(Debug, Default)]
+struct WriteReport {
+    /// key → value of every acknowledged write.
+    acked: BTreeMap<String, String>,
+    /// Answers other than success or a retriable error.
+    errors: Vec<String>,
+    retried: usize,
+    /// Retriable errors by kind.
+    retriable: BTreeMap<String, usize>,
+}
+
+struct Writers {
+    endpoints: Arc<Mutex<Vec<SocketAddr>>>,
+    acked_count: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<WriteReport>>,
+}
+
+impl Writers {
+    fn start(endpoints: Vec<SocketAddr>, seed: u64) -> Writers {
+        let endpoints = Arc::new(Mutex::new(endpoints));
+        let acked_count = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..WRITERS)
+            .map(|writer| {
+                let (endpoints, acked_count, stop) = (endpoints.clone(), acked_count.clone(), stop.clone());
+                std::thread::spawn(move || write_until_stopped(writer, seed, &endpoints, &acked_count, &stop))
+            })
+            .collect();
+        Writers { endpoints, acked_count, stop, threads }
+    }
+
+    fn acked(&self) -> u64 {
+        self.acked_count.load(Ordering::SeqCst)
+    }
+
+    fn set_endpoints(&self, endpoints: Vec<SocketAddr>) {
+        *self.endpoints.lock().expect("endpoints lock") = endpoints;
+    }
+
+    /// Waits until `count` more writes are acknowledged than now.
+    fn wait_for_more(&self, count: u64, what: &str) {
+        let target = self.acked() + count;
+        wait_until(CHANGE_TIMEOUT, what, || (self.acked() >= target).then_some(()));
+    }
+
+    fn stop(self) -> WriteReport {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut report = WriteReport::default();
+        for thread in self.threads {
+            let part = thread.join().expect("writer thread panicked");
+            report.acked.extend(part.acked);
+            report.errors.extend(part.errors);
+            report.retried += part.retried;
+            for (kind, count) in part.retriable {
+                *report.retriable.entry(kind).or_default() += count;
+            }
+        }
+        report
+    }
+}
+
+fn write_until_stopped(
+    writer: usize,
+    seed: u64,
+    endpoints: &Mutex<Vec<SocketAddr>>,
+    acked_count: &AtomicU64,
+    stop: &AtomicBool,
+) -> WriteReport {
+    let mut report = WriteReport::default();
+    let mut node = writer;
+    for n in 0u64.. {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let key = format!("{DIR}/w{writer}-{n}");
+        let value = format!("{seed}-{writer}-{n}");
+        let request = Request::new("PUT", &format!("/v2/keys{key}")).form(&format!("value={value}"));
+        let deadline = Instant::now() + WRITE_RETRY_FOR;
+        loop {
+            let targets = endpoints.lock().expect("endpoints lock").clone();
+            node = (node + 1) % targets.len();
+            let kind = match http::send_with_timeout(targets[node], &request, WRITE_TIMEOUT) {
+                Ok(response) if response.status() == 200 || response.status() == 201 => {
+                    let stored = response.json().pointer("/node/value").and_then(Value::as_str).map(str::to_string);
+                    if stored.as_deref() != Some(value.as_str()) {
+                        report.errors.push(format!("PUT {key}={value} answered {}", response.text()));
+                    }
+                    report.acked.insert(key.clone(), value.clone());
+                    acked_count.fetch_add(1, Ordering::SeqCst);
+                    break;
+                }
+                Ok(response) if response.status() == 503 => "503".to_string(),
+                Ok(response) => {
+                    report.errors.push(format!(
+                        "PUT {key} on {} at {:?}: {} {}",
+                        targets[node],
+                        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default(),
+                        response.status(),
+                        response.text()
+                    ));
+                    break;
+                }
+                Err(error) => error_kind(&error.0),
+            };
+            *report.retriable.entry(kind).or_default() += 1;
+            report.retried += 1;
+            if Instant::now() >= deadline {
+                report.errors.push(format!("PUT {key}: not acknowledged within {WRITE_RETRY_FOR:?}"));
+                break;
+            }
+            // A write in flight when the test stops may stay unacknowledged: it is not checked.
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    report
+}
+
+/// A short name for a transport error (for the report).
+fn error_kind(error: &str) -> String {
+    let lower = error.to_ascii_lowercase();
+    for kind in ["refused", "reset", "timed out", "would block", "broken pipe", "eof", "closed"] {
+        if lower.contains(kind) {
+            return kind.to_string();
+        }
+    }
+    error.chars().take(60).collect()
+}
+
+// ---- membership ----------------------------------------------------------------------------
+
+/// `POST /v2/members` on any member; returns the new member's id (hex, as etcd prints it).
+fn add_member(endpoints: &[SocketAddr], peer_url: &str) -> String {
+    let body = format!("{{\"peerURLs\":[\"{peer_url}\"]}}");
+    let request = Request::new("POST", "/v2/members")
+        .header("Content-Type", "application/json")
+        .raw_body(body.into_bytes());
+    let response = send_until_answered(endpoints, &request);
+    assert_eq!(response.status(), 201, "POST /v2/members: {}", response.text());
+    response.json()["id"].as_str().expect("member id").to_string()
+}
+
+fn remove_member(endpoints: &[SocketAddr], id: &str) {
+    let response = send_until_answered(endpoints, &Request::new("DELETE", &format!("/v2/members/{id}")));
+    assert_eq!(response.status(), 204, "DELETE /v2/members/{id}: {}", response.text());
+}
+
+/// Sends to each node in turn until one answers other than 503; a membership change is
+/// refused (409) rather than applied twice if it did land before a lost answer.
+fn send_until_answered(endpoints: &[SocketAddr], request: &Request) -> http::Response {
+    let deadline = Instant::now() + CHANGE_TIMEOUT;
+    for attempt in 0.. {
+        let addr = endpoints[attempt % endpoints.len()];
+        match http::send_with_timeout(addr, request, Duration::from_secs(10)) {
+            Ok(response) if response.status() != 503 => return response,
+            other if Instant::now() >= deadline => panic!("{} {}: no answer: {other:?}", request.method, request.target),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    unreachable!()
+}
+
+/// id → name of every member, as `addr` lists them.
+fn try_member_names(addr: &SocketAddr) -> Option<BTreeMap<String, String>> {
+    let response = http::send_with_timeout(*addr, &Request::new("GET", "/v2/members"), PROBE_TIMEOUT).ok()?;
+    if response.status() != 200 {
+        return None;
+    }
+    let members = response.json()["members"].as_array()?.clone();
+    Some(
+        members
+            .iter()
+            .filter_map(|m| Some((m["id"].as_str()?.to_string(), m["name"].as_str()?.to_string())))
+            .collect(),
+    )
+}
+
+fn member_names(addr: &SocketAddr) -> BTreeMap<String, String> {
+    wait_until(CHANGE_TIMEOUT, "GET /v2/members", || try_member_names(addr))
+}
+
+// ---- progress ------------------------------------------------------------------------------
+
+/// One `rota_raft_*` gauge from a node's `/metrics`.
+fn metric(addr: &SocketAddr, name: &str) -> Option<u64> {
+    let response = http::send_with_timeout(*addr, &Request::new("GET", "/metrics"), PROBE_TIMEOUT).ok()?;
+    let text = response.text();
+    let line = text.lines().find(|line| line.split_whitespace().next() == Some(name))?;
+    line.split_whitespace().nth(1)?.parse::<f64>().ok().map(|value| value as u64)
+}
+
+/// Waits until `node` has applied everything any of `members` had committed when the wait
+/// began.
+fn wait_caught_up(members: &[SocketAddr], node: SocketAddr, what: &str) {
+    let target = wait_until(CHANGE_TIMEOUT, "a commit index", || {
+        members.iter().filter_map(|addr| metric(addr, "rota_raft_commit_index")).max()
+    });
+    wait_until(CHANGE_TIMEOUT, &format!("{what}: applied index ≥ {target}"), || {
+        metric(&node, "rota_raft_applied_index").is_some_and(|applied| applied >= target).then_some(())
+    });
+}
+
+/// The index of the newest `snapshot-<index>-<term>.snap` in `dir`.
+fn newest_snapshot_file_index(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".snap")?.strip_prefix("snapshot-")?.split('-').next()?.parse().ok()
+        })
+        .max()
+}
+
+/// After the load stopped: all `members` report the same `X-Etcd-Index`, and each one's own
+/// (local) listing of the directory holds every acknowledged write with its value. Returns
+/// the index.
+fn wait_converged(members: &[SocketAddr], acked: &BTreeMap<String, String>) -> u64 {
+    let deadline = Instant::now() + CHANGE_TIMEOUT;
+    loop {
+        let mut problems = Vec::new();
+        let mut indexes = Vec::new();
+        for addr in members {
+            let listing = http::send_with_timeout(*addr, &Request::new("GET", &format!("/v2/keys{DIR}?recursive=true")), Duration::from_secs(10));
+            let response = match listing {
+                Ok(response) if response.status() == 200 => response,
+                other => {
+                    problems.push(format!("{addr}: listing failed: {:?}", other.map(|r| r.status())));
+                    continue;
+                }
+            };
+            indexes.push(response.etcd_index());
+            let body = response.json();
+            let stored: BTreeMap<&str, &str> = body["node"]["nodes"]
+                .as_array()
+                .map(|nodes| nodes.iter().filter_map(|n| Some((n["key"].as_str()?, n["value"].as_str()?))).collect())
+                .unwrap_or_default();
+            let missing: Vec<(&String, &String)> =
+                acked.iter().filter(|(key, value)| stored.get(key.as_str()) != Some(&value.as_str())).collect();
+            if !missing.is_empty() {
+                problems.push(format!(
+                    "{addr}: {} of {} acknowledged writes missing or different, e.g. {:?}",
+                    missing.len(),
+                    acked.len(),
+                    &missing[..missing.len().min(5)]
+                ));
+            }
+        }
+        if indexes.len() == members.len() && indexes.windows(2).any(|pair| pair[0] != pair[1]) {
+            problems.push(format!("X-Etcd-Index differs: {indexes:?}"));
+        }
+        if problems.is_empty() {
+            return indexes[0];
+        }
+        if Instant::now() >= deadline {
+            panic!("members did not converge within {CHANGE_TIMEOUT:?}:\n{}", problems.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+// ---- processes -----------------------------------------------------------------------------
+
+/// SIGTERM a cluster node, wait until it exited (bounded), and reap it.
+fn terminate_cluster_node(cluster: &mut Cluster, i: usize) {
+    if let Some(pid) = cluster.nodes[i].pid() {
+        sigterm(pid);
+        let stopped = Instant::now();
+        while process_alive(pid) && stopped.elapsed() < STOP_TIMEOUT {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!process_alive(pid), "n{} did not exit within {STOP_TIMEOUT:?} of SIGTERM", i + 1);
+    }
+    cluster.kill(i);
+}
+
+fn sigterm(pid: u32) {
+    let status = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().expect("run kill");
+    assert!(status.success(), "kill -TERM {pid} failed");
+}
+
+static PORT_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn free_port() -> u16 {
+    let offset = std::process::id().wrapping_mul(7919);
+    for _ in 0..PORT_RANGE_LEN {
+        let n = PORT_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let port = PORT_RANGE_START + (offset.wrapping_add(n) % PORT_RANGE_LEN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {PORT_RANGE_START}..+{PORT_RANGE_LEN}");
+}
+
+/// The member this test adds, run by the test itself (`Cluster` starts members of the
+/// initial cluster only), behind a [`CountingProxy`] on its peer URL.
+struct JoinedNode {
+    client_port: u16,
+    peer_listen_port: u16,
+    proxy: CountingProxy,
+    token: String,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl JoinedNode {
+    fn new(token: &str) -> JoinedNode {
+        let client_port = free_port();
+        let peer_listen_port = free_port();
+        let upstream = SocketAddr::from(([127, 0, 0, 1], peer_listen_port));
+        let proxy = CountingProxy::start(upstream, b"POST /rota/peer/v1/install-snapshot");
+        JoinedNode {
+            client_port,
+            peer_listen_port,
+            proxy,
+            token: token.to_string(),
+            dir: tempfile::Builder::new().prefix("rota-cluster-n4-").tempdir().expect("temp dir"),
+            child: None,
+            starts: 0,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.client_port))
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.proxy.port)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("stderr.{}.log", self.starts))
+    }
+
+    /// Starts `rota serve` as a member joining the existing cluster (on later starts the
+    /// same flags: the data dir decides).
+    fn spawn(&mut self, cluster: &Cluster) {
+        assert!(self.child.is_none(), "n4 is still running");
+        self.starts += 1;
+        let mut initial: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| format!("{}=http://127.0.0.1:{}", n.name, n.peer_advertise_port))
+            .collect();
+        initial.push(format!("n4={}", self.peer_url()));
+        let log = std::fs::File::create(self.log_path()).expect("log file");
+        let client_url = format!("http://127.0.0.1:{}", self.client_port);
+        let child = Command::new(harness::rota_bin())
+            .arg("serve")
+            .args(["--name", "n4", "--data-dir"])
+            .arg(self.data_dir())
+            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", self.peer_listen_port)])
+            .args(["--initial-advertise-peer-urls", &self.peer_url()])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args(["--initial-cluster-state", "existing", "--initial-cluster-token", &self.token])
+            .args(["--snapshot-count", &SNAPSHOT_COUNT.to_string()])
+            .env_remove("ROTA_TEST_MUTANT")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn rota serve for n4");
+        self.child = Some(child);
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + harness::STARTUP_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                panic!("n4 exited with {status}; its log:\n{}", self.log_tail());
+            }
+            let healthy = http::send_with_timeout(self.addr(), &Request::new("GET", "/health"), PROBE_TIMEOUT)
+                .is_ok_and(|r| r.status() == 200 && r.text().contains("\"true\""));
+            if healthy {
+                return;
+            }
+            assert!(Instant::now() < deadline, "n4 not healthy in time; its log:\n{}", self.log_tail());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn terminate(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        sigterm(child.id());
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("n4 did not exit within {STOP_TIMEOUT:?} of SIGTERM; its log:\n{}", self.log_tail());
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for JoinedNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---- a counting proxy ----------------------------------------------------------------------
+
+/// A TCP forwarder on a free port in front of `upstream` that counts how often `pattern`
+/// appears in the bytes sent *to* upstream (request lines of peer RPCs: the bodies are
+/// bincode and never hold that text). Threads end when their connections close; the
+/// accept loop ends on drop.
+struct CountingProxy {
+    port: u16,
+    snapshot_requests: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl CountingProxy {
+    fn start(upstream: SocketAddr, pattern: &'static [u8]) -> CountingProxy {
+        let port = free_port();
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the counting proxy");
+        let count = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (counter, stopped) = (count.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for downstream in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(downstream) = downstream else { continue };
+                // Upstream down (n4 stopped): close, like a refused connection.
+                let Ok(upstream) = TcpStream::connect(upstream) else { continue };
+                let _ = downstream.set_nodelay(true);
+                let _ = upstream.set_nodelay(true);
+                let (Ok(down_read), Ok(up_read)) = (downstream.try_clone(), upstream.try_clone()) else { continue };
+                let counter = counter.clone();
+                std::thread::spawn(move || copy_counting(down_read, upstream, pattern, &counter));
+                std::thread::spawn(move || copy_counting(up_read, downstream, b"", &AtomicUsize::new(0)));
+            }
+        });
+        CountingProxy { port, snapshot_requests: count, stop }
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Copies `from` to `to` until either side closes, counting `pattern` (also across reads).
+fn copy_counting(mut from: TcpStream, mut to: TcpStream, pattern: &[u8], count: &AtomicUsize) {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if !pattern.is_empty() {
+            carry.extend_from_slice(&buf[..n]);
+            count.fetch_add(carry.windows(pattern.len()).filter(|w| *w == pattern).count(), Ordering::SeqCst);
+            // Keep a tail shorter than the pattern: a match split across reads is found
+            // next time, and none is counted twice.
+            let keep = pattern.len() - 1;
+            if carry.len() > keep {
+                carry.drain(..carry.len() - keep);
+            }
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = from.shutdown(std::net::Shutdown::Both);
+}
