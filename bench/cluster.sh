@@ -37,10 +37,16 @@ leader_url() { # SYSTEM: the client URL of the member that says it leads
     if curl -fsS --max-time 1 "http://127.0.0.1:$p/v2/stats/self" 2>/dev/null | grep -q '"StateLeader"'; then echo "http://127.0.0.1:$p"; return 0; fi
   done; return 1; }
 
+# etcd members can take several seconds to exit on SIGTERM (they try to hand leadership
+# over); the next system must not start until the ports are free.
+wait_ports_free() { for i in $(seq 1 300); do
+    ss -ltn | grep -qE ':(40379|40380|40479|40480|40579|40580) ' || return 0; sleep 0.1; done
+  echo "ports still busy" >&2; return 1; }
+
 wait_leader() { for i in $(seq 1 100); do leader_url >/dev/null && return 0; sleep 0.1; done; echo "no leader" >&2; return 1; }
 
 for sys in etcd rota; do
-  stop_started; rm -rf "$BASE"/$sys-*
+  stop_started; wait_ports_free || exit 1; rm -rf "$BASE"/$sys-*
   IC="m1=http://127.0.0.1:40380,m2=http://127.0.0.1:40480,m3=http://127.0.0.1:40580"
   start $sys m1 40379 40380 "$IC"; start $sys m2 40479 40480 "$IC"; start $sys m3 40579 40580 "$IC"
   for p in 40379 40479 40579; do wait_http "http://127.0.0.1:$p/health" || exit 1; done
