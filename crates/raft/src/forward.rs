@@ -400,9 +400,11 @@ impl Node {
             }
             PeerRpc::Vote => {
                 let request: openraft::raft::VoteRequest<crate::types::NodeId> = peer::decode(rpc, body)?;
+                // Whether we lead *before* the request (it may make us step down).
+                let leading = raft.metrics().borrow().state == openraft::ServerState::Leader;
                 let answer = raft.vote(request.clone()).await;
                 if let Ok(answer) = &answer {
-                    let elections = self.transport().hints().note_vote(&request, answer);
+                    let elections = self.transport().hints().note_vote(&request, answer, leading);
                     if elections > 0 {
                         tokio::spawn(crate::split_vote::campaign_now(raft.clone(), elections));
                     }

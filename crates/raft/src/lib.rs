@@ -511,20 +511,11 @@ impl Node {
             node.clone_weak(),
             node.inner.shutdown_tx.subscribe(),
         ));
-        let split_vote_task = tokio::spawn(split_vote::run_split_vote_breaker(
-            node.clone_weak(),
-            node.inner.raft.clone(),
-            node.inner.transport.hints().clone(),
-            id,
-            config.election_timeout_min_ms,
-            config.election_timeout_max_ms,
-            node.inner.shutdown_tx.subscribe(),
-        ));
         node.inner
             .background_tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend([membership_task, split_vote_task]);
+            .push(membership_task);
         node
     }
 

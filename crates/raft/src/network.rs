@@ -373,9 +373,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        let answer: VoteResponse<NodeId> = self.raft_call(PeerRpc::Vote, &rpc, &option).await?;
-        self.transport.hints().note_vote_answer(&rpc, &answer);
-        Ok(answer)
+        self.raft_call(PeerRpc::Vote, &rpc, &option).await
     }
 
     fn backoff(&self) -> openraft::network::Backoff {
