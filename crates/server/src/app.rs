@@ -661,7 +661,7 @@ pub(crate) fn unix_now_ms() -> u64 {
 /// A stable 64-bit FNV-1a hash of a command's meaning (method, key and every parsed
 /// parameter), so a retried request matches its first attempt on any node and any version.
 pub fn fingerprint(command: &V2Command) -> u64 {
-    let mut hash = Fnv1a::default();
+    let mut hash = crate::fnv::Fnv1a::default();
     match command {
         V2Command::Set(set) => {
             hash.tag(b'P');
@@ -698,51 +698,6 @@ pub fn fingerprint(command: &V2Command) -> u64 {
     hash.0
 }
 
-struct Fnv1a(u64);
-
-impl Default for Fnv1a {
-    fn default() -> Self {
-        Fnv1a(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fnv1a {
-    fn bytes(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 ^= u64::from(byte);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    fn tag(&mut self, tag: u8) {
-        self.bytes(&[tag]);
-    }
-    fn flag(&mut self, flag: bool) {
-        self.bytes(&[u8::from(flag)]);
-    }
-    /// Length-prefixed, so `("ab", "c")` and `("a", "bc")` differ.
-    fn text(&mut self, text: &str) {
-        self.bytes(&(text.len() as u64).to_le_bytes());
-        self.bytes(text.as_bytes());
-    }
-    fn option_u64(&mut self, value: Option<u64>) {
-        match value {
-            None => self.tag(0),
-            Some(value) => {
-                self.tag(1);
-                self.bytes(&value.to_le_bytes());
-            }
-        }
-    }
-    fn option_text(&mut self, value: Option<&str>) {
-        match value {
-            None => self.tag(0),
-            Some(text) => {
-                self.tag(1);
-                self.text(text);
-            }
-        }
-    }
-}
 
 /// Deliberately broken behaviours, the negative controls of the linearizability suite
 /// (`crates/rota/tests/it/kv_linearizable.rs`): `ROTA_TEST_MUTANT=<name>` in the environment
@@ -831,10 +786,10 @@ mod tests {
     fn fingerprint_hash_is_standard_fnv1a() {
         // The hash is stored in replicated state and compared on other nodes and versions,
         // so it must be a fixed function: FNV-1a 64's published test vectors.
-        let mut hash = Fnv1a::default();
+        let mut hash = crate::fnv::Fnv1a::default();
         hash.bytes(b"a");
         assert_eq!(hash.0, 0xaf63_dc4c_8601_ec8c);
-        let mut hash = Fnv1a::default();
+        let mut hash = crate::fnv::Fnv1a::default();
         hash.bytes(b"foobar");
         assert_eq!(hash.0, 0x8594_4171_f739_67e8);
     }

@@ -13,6 +13,7 @@
 mod app;
 pub mod backend;
 mod cluster;
+mod fnv;
 pub mod form;
 pub mod limits;
 pub mod metrics;

@@ -227,59 +227,17 @@ pub(crate) async fn read_point<B: Backend>(app: &App<B>, local: bool) -> Result<
 /// the path and the parsed command (its JSON form, whose field order is fixed by the type),
 /// so a retried request matches its first attempt whatever its JSON spacing or field order.
 pub(crate) fn fingerprint(call: &Call<'_>, command: &JobCommand) -> u64 {
-    let mut hash = Fnv1a::default();
-    hash.write_text(call.method.as_str());
-    hash.write_text(call.path);
+    let mut hash = crate::fnv::Fnv1a::default();
+    hash.text(call.method.as_str());
+    hash.text(call.path);
     // Serializing plain data into a hasher cannot fail.
     let _ = serde_json::to_writer(&mut hash, command);
     hash.0
 }
 
-/// FNV-1a, 64 bits: a fixed function, since fingerprints are stored in replicated state
-/// and compared on other nodes and versions.
-struct Fnv1a(u64);
-
-impl Default for Fnv1a {
-    fn default() -> Self {
-        Fnv1a(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fnv1a {
-    fn write_bytes(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 ^= u64::from(byte);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-
-    /// Length-prefixed, so `("ab", "c")` and `("a", "bc")` differ.
-    fn write_text(&mut self, text: &str) {
-        self.write_bytes(&(text.len() as u64).to_le_bytes());
-        self.write_bytes(text.as_bytes());
-    }
-}
-
-impl std::io::Write for Fnv1a {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.write_bytes(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fingerprint_hash_is_standard_fnv1a() {
-        let mut hash = Fnv1a::default();
-        hash.write_bytes(b"foobar");
-        assert_eq!(hash.0, 0x8594_4171_f739_67e8);
-    }
 
     #[test]
     fn fingerprint_depends_on_path_and_command() {
