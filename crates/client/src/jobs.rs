@@ -110,63 +110,8 @@ impl JobsError {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    Scheduled,
-    Queued,
-    Leased,
-    Succeeded,
-    Dead,
-    Cancelled,
-}
-
-impl JobState {
-    pub const ALL: [JobState; 6] = [
-        JobState::Scheduled,
-        JobState::Queued,
-        JobState::Leased,
-        JobState::Succeeded,
-        JobState::Dead,
-        JobState::Cancelled,
-    ];
-
-    /// Succeeded, dead and cancelled jobs are finished.
-    pub fn is_finished(self) -> bool {
-        matches!(
-            self,
-            JobState::Succeeded | JobState::Dead | JobState::Cancelled
-        )
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Scheduled => "scheduled",
-            JobState::Queued => "queued",
-            JobState::Leased => "leased",
-            JobState::Succeeded => "succeeded",
-            JobState::Dead => "dead",
-            JobState::Cancelled => "cancelled",
-        }
-    }
-}
-
-impl fmt::Display for JobState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for JobState {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<JobState, String> {
-        JobState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == text)
-            .ok_or_else(|| format!("unknown job state {text:?} (one of scheduled, queued, leased, succeeded, dead, cancelled)"))
-    }
-}
+/// A job's state: the state machine's own type (same wire form).
+pub use rota_core::jobs::JobState;
 
 /// One failed attempt as the server records it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -547,7 +492,7 @@ impl Client {
         };
         if let Some(wait) = wait {
             let left = wait.saturating_sub(started.elapsed());
-            if !submitted.job.state.is_finished() && !left.is_zero() {
+            if !submitted.job.state.is_terminal() && !left.is_zero() {
                 submitted.job = self.wait_job(submitted.job.id, left).await?;
             }
         }
@@ -594,7 +539,7 @@ impl Client {
                 .send_v1(self.read(target, Some(server_wait)))
                 .await?
                 .parse()?;
-            if job.state.is_finished()
+            if job.state.is_terminal()
                 || Instant::now() >= deadline
                 || server_wait < Duration::from_millis(1)
             {

@@ -58,6 +58,22 @@ impl JobState {
     }
 }
 
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for JobState {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<JobState, String> {
+        JobState::ALL.into_iter().find(|state| state.as_str() == text).ok_or_else(|| {
+            format!("unknown job state {text:?} (one of scheduled, queued, leased, succeeded, dead, cancelled)")
+        })
+    }
+}
+
 /// A job to submit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewJob {
