@@ -9,6 +9,8 @@
 //! - every node but `/` has its parent in the map, the parent is a directory, and the
 //!   parent's `children` holds exactly the names of the nodes directly below it.
 
+use std::collections::{HashMap, HashSet};
+#[cfg(test)]
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
@@ -40,8 +42,8 @@ pub(super) struct Node {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) enum NodeKind {
     File { value: String },
-    /// Children's names (one path segment each), in byte order.
-    Dir { children: BTreeSet<String> },
+    /// Children's names (one path segment each); listings sort them (as etcd does).
+    Dir { children: HashSet<String> },
 }
 
 impl Node {
@@ -54,7 +56,7 @@ impl Node {
             created_index: index,
             modified_index: index,
             expiration_ns,
-            kind: NodeKind::Dir { children: BTreeSet::new() },
+            kind: NodeKind::Dir { children: HashSet::new() },
         }
     }
 
@@ -70,7 +72,7 @@ impl Node {
         }
     }
 
-    pub fn children(&self) -> Option<&BTreeSet<String>> {
+    pub fn children(&self) -> Option<&HashSet<String>> {
         match &self.kind {
             NodeKind::Dir { children } => Some(children),
             NodeKind::File { .. } => None,
@@ -80,12 +82,15 @@ impl Node {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Tree {
-    nodes: BTreeMap<String, Node>,
+    /// Hashed, not ordered: every write probes it a few times with paths that share long
+    /// prefixes, which made ordered comparisons (memcmp) the top CPU cost of a PUT. Nothing
+    /// iterates it in an order that reaches a client; listings use `children`.
+    nodes: HashMap<String, Node>,
 }
 
 impl Tree {
     pub fn new() -> Tree {
-        let mut nodes = BTreeMap::new();
+        let mut nodes = HashMap::new();
         nodes.insert(ROOT.to_string(), Node::dir(0, None));
         Tree { nodes }
     }
@@ -159,7 +164,12 @@ impl Tree {
             }
             _ => panic!("v2 tree: parent of {path:?} is not a directory"),
         }
-        self.nodes.insert(path.to_string(), node);
+        match self.nodes.get_mut(path) {
+            Some(existing) => *existing = node,
+            None => {
+                self.nodes.insert(path.to_string(), node);
+            }
+        }
     }
 
     /// Removes the node at `path` and everything below it, calling `removed` once per node
