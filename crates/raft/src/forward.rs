@@ -179,19 +179,26 @@ enum Route {
     Local,
     Leader(NodeId, Member),
     NoLeader,
+    /// This member was removed from the cluster: nothing goes anywhere from here.
+    Removed,
 }
 
 impl Node {
     fn route(&self) -> Route {
+        if self.is_removed() {
+            return Route::Removed;
+        }
         let metrics = self.inner.raft.metrics();
         let metrics = metrics.borrow();
         match metrics.current_leader {
             Some(leader) if leader == self.inner.id => {
-                if self
+                let handing_over = self
                     .inner
                     .handing_over
-                    .load(std::sync::atomic::Ordering::SeqCst)
-                {
+                    .load(std::sync::atomic::Ordering::SeqCst);
+                // Our own vote names us, but we are not leading (a removed leader that
+                // stepped down): no leader as far as this node can tell.
+                if handing_over || !crate::leads(&metrics, self.inner.id) {
                     Route::NoLeader
                 } else {
                     Route::Local
@@ -236,6 +243,9 @@ pub(crate) async fn propose(node: &Node, command: Command) -> Result<Proposed, P
                     .forward(leader, member, command.clone())
                     .await
                 {
+                    // That leader removed itself from the cluster before it proposed the
+                    // command: not applied, the next leader takes it.
+                    Ok(ForwardedProposal::Done(Err(ProposeError::Removed))) => {}
                     Ok(ForwardedProposal::Done(result)) => return result,
                     Ok(ForwardedProposal::NotLeader { .. }) => {}
                     Err(ForwardFailure::NotDelivered(reason)) => {
@@ -248,6 +258,7 @@ pub(crate) async fn propose(node: &Node, command: Command) -> Result<Proposed, P
                 }
             }
             Route::NoLeader => {}
+            Route::Removed => return Err(ProposeError::Removed),
         }
         if Instant::now() >= deadline {
             return Err(ProposeError::NoLeader);
@@ -297,6 +308,7 @@ pub(crate) async fn linearizable_read(node: &Node) -> Result<Applied, ProposeErr
                 }
             }
             Route::NoLeader => {}
+            Route::Removed => return Err(ProposeError::Removed),
         }
         if Instant::now() >= deadline {
             return Err(ProposeError::NoLeader);
@@ -357,6 +369,7 @@ pub(crate) async fn change_members(
                 }
             }
             Route::NoLeader => {}
+            Route::Removed => return Err(MemberError::Removed),
         }
         if Instant::now() >= deadline {
             return Err(MemberError::NoLeader);

@@ -281,7 +281,14 @@ pub enum ProposeError {
     TooLarge { bytes: usize, limit: usize },
     #[error("raft: {0}")]
     Fatal(String),
+    /// This member was removed from the cluster (it stops soon); the command was not applied.
+    #[error("{MEMBER_REMOVED}; send requests to the remaining members")]
+    Removed,
 }
+
+/// etcd 3.4's words when a member learns it was removed (rota's log line and error say it
+/// the same way).
+pub const MEMBER_REMOVED: &str = "the member has been permanently removed from the cluster";
 
 /// Why a membership change (`/v2/members`) failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -299,6 +306,9 @@ pub enum MemberError {
     ShuttingDown,
     #[error("{0}")]
     Failed(String),
+    /// This member was removed from the cluster.
+    #[error("{MEMBER_REMOVED}; send requests to the remaining members")]
+    Removed,
 }
 
 /// Append counts and per-follower replication stats (`/v2/stats/self`, `/v2/stats/leader`).
@@ -343,6 +353,15 @@ struct NodeInner {
     /// Set while this leader hands leadership over: new proposals wait for the next leader
     /// instead of growing the log the successor must have before it can win.
     handing_over: std::sync::atomic::AtomicBool,
+    /// True once this member knows it was removed from the cluster (see `membership`). It
+    /// then proposes nothing, answers requests with `Removed`, and the process stops.
+    removed: watch::Sender<bool>,
+    /// The proposer holds a read guard for each batch in flight; a leader removing itself
+    /// holds the write guard, so no batch is in flight across its removal (see `membership`).
+    proposal_gate: Arc<tokio::sync::RwLock<()>>,
+    /// One membership change at a time on this node, from reading the membership to the
+    /// commit of the change (see `membership`).
+    membership_changes: tokio::sync::Mutex<()>,
     transport: PeerTransport,
     forwarder: forward::Forwarder,
     raft: Raft,
@@ -503,6 +522,8 @@ impl Node {
     ) -> Node {
         let id = identity.node_id;
         let (shutdown_tx, _) = watch::channel(false);
+        let (removed, _) = watch::channel(false);
+        let proposal_gate = Arc::new(tokio::sync::RwLock::new(()));
         let (tx, rx) = mpsc::channel(config.proposals_queued_max);
         let proposals = ProposalSender {
             tx,
@@ -519,6 +540,10 @@ impl Node {
             rx,
             limits,
             metrics.clone(),
+            proposer::Gate {
+                proposals: proposal_gate.clone(),
+                removed: removed.subscribe(),
+            },
             shutdown_tx.subscribe(),
         ));
         let ticker_task = tokio::spawn(ticker::run_ticker(
@@ -544,6 +569,9 @@ impl Node {
                 advertise_client_urls: config.advertise_client_urls.clone(),
                 leader_wait: config.leader_wait(),
                 handing_over: std::sync::atomic::AtomicBool::new(false),
+                removed,
+                proposal_gate,
+                membership_changes: tokio::sync::Mutex::new(()),
                 forwarder: forward::Forwarder::start(transport.clone()),
                 transport,
                 raft,
@@ -608,9 +636,26 @@ impl Node {
         self.inner.cluster_id
     }
 
-    /// The leader this node knows of, if any.
+    /// The leader this node knows of, if any (none once this member was removed: openraft
+    /// still names the removed leader itself, see `membership`).
     pub fn leader_id(&self) -> Option<u64> {
+        if self.is_removed() {
+            return None;
+        }
         self.inner.raft.metrics().borrow().current_leader
+    }
+
+    /// True once this member knows it was removed from the cluster.
+    pub fn is_removed(&self) -> bool {
+        *self.inner.removed.borrow()
+    }
+
+    /// Resolves once this member knows it was removed from the cluster (by its own removal
+    /// as leader, or, after a restart, from its state): the process should then stop.
+    pub async fn wait_removed(&self) {
+        let mut removed = self.inner.removed.subscribe();
+        // The sender lives as long as this node: an error cannot happen while we hold it.
+        let _ = removed.wait_for(|removed| *removed).await;
     }
 
     /// Append counts and, on the leader, per-follower replication stats.
@@ -644,7 +689,7 @@ impl Node {
         let membership = metrics.membership_config.membership();
         ClusterInfo {
             cluster_id: self.inner.cluster_id,
-            leader: metrics.current_leader,
+            leader: metrics.current_leader.filter(|_| !self.is_removed()),
             members: membership
                 .nodes()
                 .map(|(id, member)| (*id, member.clone()))
@@ -674,12 +719,13 @@ impl Node {
     pub fn status(&self) -> Status {
         let metrics = self.inner.raft.metrics();
         let metrics = metrics.borrow();
+        let removed = self.is_removed();
         Status {
             id: self.inner.id,
             name: self.inner.name.clone(),
             term: metrics.current_term,
-            leader_id: metrics.current_leader,
-            is_leader: metrics.current_leader == Some(self.inner.id),
+            leader_id: metrics.current_leader.filter(|_| !removed),
+            is_leader: !removed && leads(&metrics, self.inner.id),
             last_log_index: metrics.last_log_index.unwrap_or(0),
             commit_index: self.inner.log_store.committed_index(),
             applied_index: self.inner.shared.applied_tx.borrow().raft_index,
@@ -765,6 +811,13 @@ impl Node {
     }
 }
 
+/// Whether `id` leads now. Not `current_leader == Some(id)` alone: openraft 0.9 derives
+/// `current_leader` from the vote, and a leader that removed itself keeps its vote (so it
+/// names itself forever) after it stepped down to learner; its server state tells.
+fn leads(metrics: &openraft::RaftMetrics<NodeId, Member>, id: NodeId) -> bool {
+    metrics.state == openraft::ServerState::Leader && metrics.current_leader == Some(id)
+}
+
 /// A handle on a node that does not keep it alive (for its own background tasks).
 #[derive(Clone)]
 struct WeakNode(std::sync::Weak<NodeInner>);
@@ -798,9 +851,7 @@ async fn follow_raft_metrics(
             metrics
                 .last_log_index
                 .set(current.last_log_index.unwrap_or(0) as i64);
-            metrics
-                .is_leader
-                .set(i64::from(current.current_leader == Some(id)));
+            metrics.is_leader.set(i64::from(leads(&current, id)));
             if let Some(snapshot) = current.snapshot {
                 metrics.snapshot_index.set(snapshot.index as i64);
             }

@@ -5,8 +5,14 @@
 //!   leader promotes a learner to voter once its replication is within
 //!   [`PROMOTE_LAG_ENTRIES_MAX`] entries of the leader's log, so a new member never makes a
 //!   quorum wait for a copy it does not have yet.
-//! - Remove: a voter is removed from the voters and the nodes in one change; openraft keeps
-//!   a removed leader leading until the change is committed, then it steps down.
+//! - Remove: a voter is removed from the voters and the nodes in one change (joint config,
+//!   then the uniform one). A leader may remove itself: openraft keeps it leading until the
+//!   uniform config is applied, then it steps down to learner at its next tick. Its vote
+//!   still names it, so openraft's `current_leader` names it forever (nobody in the new
+//!   membership sends it a newer vote): leadership is read from the server state
+//!   ([`crate::leads`]). Its proposals are held back while it removes itself (the
+//!   proposer's gate) and refused after (`Removed`); the process then stops, as etcd's does.
+//!   The others elect a leader after an election timeout without it.
 //! - Update peer URLs, and publish: a member's name and client URLs are not known when it
 //!   is added (etcd's POST takes peer URLs only, and the initial membership carries names
 //!   and peer URLs only), so each member publishes its own through the leader once it sees
@@ -18,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
-use openraft::ChangeMembers;
+use openraft::{ChangeMembers, Membership, ServerState};
 use tokio::sync::watch;
 
 use crate::forward;
@@ -37,6 +43,8 @@ const IN_PROGRESS_RETRIES_MAX: u32 = 20;
 const IN_PROGRESS_RETRY: Duration = Duration::from_millis(100);
 /// Peer URLs per member, at most (etcd has no bound; ours keeps the membership small).
 const PEER_URLS_MAX: usize = 16;
+/// How long a leader removing itself waits for its writes in flight to commit.
+const REMOVE_SELF_IN_FLIGHT_WAIT: Duration = Duration::from_secs(5);
 
 impl Node {
     /// `POST /v2/members`: adds a member (as a learner, promoted once caught up) and returns
@@ -82,101 +90,90 @@ fn validate_peer_urls(peer_urls: &[String]) -> Result<(), MemberError> {
 }
 
 /// Carries out `change` if this node is the leader.
+///
+/// In a task of its own: openraft's `change_membership` drives both steps of joint
+/// consensus (the joint config, then the uniform one) from its caller's future, so a request
+/// handler dropped between them (its client went away) would leave the cluster joint.
 pub(crate) async fn change_members_on_leader(
     node: &Node,
     change: MemberChange,
 ) -> MemberChangeReply {
-    let info = node.cluster_info();
-    let members: BTreeMap<NodeId, Member> = info.members.iter().cloned().collect();
-    let conflict = |id: Option<NodeId>, urls: &[String]| {
-        members
-            .iter()
-            .filter(|(other, _)| Some(**other) != id)
-            .find(|(_, member)| member.peer_urls.iter().any(|url| urls.contains(url)))
-            .map(|(other, _)| {
-                MemberError::Conflict(format!("peerURL exists (member {other:x} has it)"))
-            })
+    let task_node = node.clone();
+    let task = tokio::spawn(async move { change_members_one_at_a_time(&task_node, change).await });
+    match task.await {
+        Ok(reply) => reply,
+        Err(error) => MemberChangeReply::Done(Err(MemberError::Failed(format!(
+            "membership change task: {error}"
+        )))),
+    }
+}
+
+/// What a requested change comes to against the current membership.
+enum Plan {
+    /// Nothing to change (a publish of what is there already): the answer.
+    Nothing((NodeId, Member)),
+    Change(ChangeMembers<NodeId, Member>, (NodeId, Member)),
+}
+
+/// One change at a time on this node, each planned against the membership openraft holds
+/// right then (not a copy from before a wait): `SetNodes` inserts a node that is absent, so a
+/// publish or URL update planned before that member's removal and retried after it would
+/// put the removed member back.
+async fn change_members_one_at_a_time(node: &Node, change: MemberChange) -> MemberChangeReply {
+    let _one_at_a_time = node.inner.membership_changes.lock().await;
+    let removes_self = matches!(change, MemberChange::Remove { id } if id == node.inner.id);
+    // A leader removing itself lets the batches in flight finish and proposes no other
+    // until the removal is done (see the proposer's gate): after its removal it steps down,
+    // and nobody would tell it whether a batch it appended after the change committed.
+    let _no_proposals = if removes_self {
+        let gate = node.inner.proposal_gate.clone();
+        match tokio::time::timeout(REMOVE_SELF_IN_FLIGHT_WAIT, gate.write_owned()).await {
+            Ok(guard) => Some(guard),
+            Err(_) => {
+                return MemberChangeReply::Done(Err(MemberError::Failed(format!(
+                    "this leader's writes in flight did not commit within {REMOVE_SELF_IN_FLIGHT_WAIT:?}; it was not removed"
+                ))))
+            }
+        }
+    } else {
+        None
     };
-    let (changes, answer): (ChangeMembers<NodeId, Member>, (NodeId, Member)) = match change {
-        MemberChange::Add { peer_urls } => {
-            if let Some(error) = conflict(None, &peer_urls) {
-                return MemberChangeReply::Done(Err(error));
-            }
-            let id = member_id_from_peer_urls(info.cluster_id, &peer_urls);
-            if members.contains_key(&id) {
-                return MemberChangeReply::Done(Err(MemberError::Conflict(format!(
-                    "member id {id:x} exists"
-                ))));
-            }
-            let member = Member {
-                name: String::new(),
-                peer_urls,
-                client_urls: Vec::new(),
-            };
-            (
-                ChangeMembers::AddNodes(BTreeMap::from([(id, member.clone())])),
-                (id, member),
-            )
-        }
-        MemberChange::Remove { id } => {
-            let Some(member) = members.get(&id) else {
-                return MemberChangeReply::Done(Err(MemberError::NotFound(id)));
-            };
-            let changes = if info.voters.contains(&id) {
-                ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-            } else {
-                ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-            };
-            (changes, (id, member.clone()))
-        }
-        MemberChange::UpdatePeerUrls { id, peer_urls } => {
-            let Some(member) = members.get(&id) else {
-                return MemberChangeReply::Done(Err(MemberError::NotFound(id)));
-            };
-            if let Some(error) = conflict(Some(id), &peer_urls) {
-                return MemberChangeReply::Done(Err(error));
-            }
-            let member = Member {
-                peer_urls,
-                ..member.clone()
-            };
-            (
-                ChangeMembers::SetNodes(BTreeMap::from([(id, member.clone())])),
-                (id, member),
-            )
-        }
-        MemberChange::Publish {
-            id,
-            name,
-            client_urls,
-        } => {
-            let Some(member) = members.get(&id) else {
-                return MemberChangeReply::Done(Err(MemberError::NotFound(id)));
-            };
-            let member = Member {
-                name,
-                client_urls,
-                peer_urls: member.peer_urls.clone(),
-            };
-            if members.get(&id) == Some(&member) {
-                return MemberChangeReply::Done(Ok((id, member)));
-            }
-            (
-                ChangeMembers::SetNodes(BTreeMap::from([(id, member.clone())])),
-                (id, member),
-            )
-        }
-    };
-    // Removing a voter removes it entirely (etcd has no "keep as learner").
-    let retain = false;
     for _ in 0..IN_PROGRESS_RETRIES_MAX {
-        match node
+        if node.is_removed() {
+            return MemberChangeReply::Done(Err(MemberError::Removed));
+        }
+        let membership = match node
             .inner
             .raft
-            .change_membership(changes.clone(), retain)
+            .with_raft_state(|state| state.membership_state.effective().membership().clone())
             .await
         {
-            Ok(_) => return MemberChangeReply::Done(Ok(answer)),
+            Ok(membership) => membership,
+            Err(fatal) => {
+                return MemberChangeReply::Done(Err(MemberError::Failed(fatal.to_string())))
+            }
+        };
+        // A leader that is not in the membership is leaving (it removed itself): openraft
+        // would let it append another membership (its debug build asserts it never does).
+        if membership.get_node(&node.inner.id).is_none() {
+            return MemberChangeReply::NotLeader { leader: None };
+        }
+        let (changes, answer) = match plan(node.inner.cluster_id, &membership, &change) {
+            Ok(Plan::Nothing(answer)) => return MemberChangeReply::Done(Ok(answer)),
+            Ok(Plan::Change(changes, answer)) => (changes, answer),
+            Err(error) => return MemberChangeReply::Done(Err(error)),
+        };
+        // Removing a voter removes it entirely (etcd has no "keep as learner").
+        let retain = false;
+        match node.inner.raft.change_membership(changes, retain).await {
+            Ok(_) => {
+                if removes_self {
+                    // Before the gate opens: queued proposals are then answered `Removed`.
+                    node.inner.removed.send_replace(true);
+                    tracing::info!("this member (the leader) removed itself from the cluster: it proposes nothing more");
+                }
+                return MemberChangeReply::Done(Ok(answer));
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 return MemberChangeReply::NotLeader {
                     leader: forward.leader_id,
@@ -198,6 +195,93 @@ pub(crate) async fn change_members_on_leader(
     )))
 }
 
+/// `change` against `membership`: what to ask openraft for, and the answer to give.
+fn plan(
+    cluster_id: u64,
+    membership: &Membership<NodeId, Member>,
+    change: &MemberChange,
+) -> Result<Plan, MemberError> {
+    let members: BTreeMap<NodeId, Member> = membership
+        .nodes()
+        .map(|(id, member)| (*id, member.clone()))
+        .collect();
+    let conflict = |id: Option<NodeId>, urls: &[String]| {
+        members
+            .iter()
+            .filter(|(other, _)| Some(**other) != id)
+            .find(|(_, member)| member.peer_urls.iter().any(|url| urls.contains(url)))
+            .map(|(other, _)| {
+                MemberError::Conflict(format!("peerURL exists (member {other:x} has it)"))
+            })
+    };
+    let existing = |id: NodeId| members.get(&id).ok_or(MemberError::NotFound(id));
+    let plan = match change.clone() {
+        MemberChange::Add { peer_urls } => {
+            if let Some(error) = conflict(None, &peer_urls) {
+                return Err(error);
+            }
+            let id = member_id_from_peer_urls(cluster_id, &peer_urls);
+            if members.contains_key(&id) {
+                return Err(MemberError::Conflict(format!("member id {id:x} exists")));
+            }
+            let member = Member {
+                name: String::new(),
+                peer_urls,
+                client_urls: Vec::new(),
+            };
+            Plan::Change(
+                ChangeMembers::AddNodes(BTreeMap::from([(id, member.clone())])),
+                (id, member),
+            )
+        }
+        MemberChange::Remove { id } => {
+            let member = existing(id)?;
+            let is_voter = membership.voter_ids().any(|voter| voter == id);
+            let changes = if is_voter {
+                ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+            } else {
+                ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+            };
+            Plan::Change(changes, (id, member.clone()))
+        }
+        MemberChange::UpdatePeerUrls { id, peer_urls } => {
+            let member = existing(id)?;
+            if let Some(error) = conflict(Some(id), &peer_urls) {
+                return Err(error);
+            }
+            let member = Member {
+                peer_urls,
+                ..member.clone()
+            };
+            Plan::Change(
+                ChangeMembers::SetNodes(BTreeMap::from([(id, member.clone())])),
+                (id, member),
+            )
+        }
+        MemberChange::Publish {
+            id,
+            name,
+            client_urls,
+        } => {
+            let current = existing(id)?;
+            let member = Member {
+                name,
+                client_urls,
+                peer_urls: current.peer_urls.clone(),
+            };
+            if *current == member {
+                Plan::Nothing((id, member))
+            } else {
+                Plan::Change(
+                    ChangeMembers::SetNodes(BTreeMap::from([(id, member.clone())])),
+                    (id, member),
+                )
+            }
+        }
+    };
+    Ok(plan)
+}
+
 /// On every member: publish this member's name and client URLs when its entry differs. On
 /// the leader: promote caught-up learners to voters.
 pub(crate) async fn run_membership_keeper(node: WeakNode, mut shutdown: watch::Receiver<bool>) {
@@ -211,6 +295,17 @@ pub(crate) async fn run_membership_keeper(node: WeakNode, mut shutdown: watch::R
             () = tokio::time::sleep(KEEPER_INTERVAL) => {}
         }
         let Some(node) = node.upgrade() else { return };
+        if node.is_removed() {
+            // Nothing left to keep: the process stops.
+            return;
+        }
+        if removed_as_leader(&node) {
+            tracing::info!(
+                "this member's own state says it removed itself from the cluster as its leader"
+            );
+            node.inner.removed.send_replace(true);
+            return;
+        }
         let mut failed = false;
         if let Some(change) = publish_needed(&node) {
             if let Err(error) = forward::change_members(&node, change).await {
@@ -219,11 +314,11 @@ pub(crate) async fn run_membership_keeper(node: WeakNode, mut shutdown: watch::R
             }
         }
         if let Some(learner) = learner_to_promote(&node) {
-            let promote = ChangeMembers::AddVoterIds(BTreeSet::from([learner]));
-            match node.inner.raft.change_membership(promote, false).await {
-                Ok(_) => {
+            match promote(&node, learner).await {
+                Ok(true) => {
                     tracing::info!(member = %format!("{learner:x}"), "learner caught up: now a voter")
                 }
+                Ok(false) => {}
                 Err(error) => {
                     tracing::debug!(%error, "promoting a learner");
                     failed = true;
@@ -253,13 +348,29 @@ fn publish_needed(node: &Node) -> Option<MemberChange> {
     })
 }
 
+/// Makes `learner` a voter, one membership change at a time with the others (see
+/// [`change_members_one_at_a_time`]); false if it no longer qualifies by then.
+async fn promote(node: &Node, learner: NodeId) -> Result<bool, String> {
+    let _one_at_a_time = node.inner.membership_changes.lock().await;
+    if node.is_removed() || learner_to_promote(node) != Some(learner) {
+        return Ok(false);
+    }
+    let promote = ChangeMembers::AddVoterIds(BTreeSet::from([learner]));
+    match node.inner.raft.change_membership(promote, false).await {
+        Ok(_) => Ok(true),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 fn learner_to_promote(node: &Node) -> Option<NodeId> {
     let metrics = node.inner.raft.metrics();
     let metrics = metrics.borrow();
-    if metrics.current_leader != Some(node.inner.id) {
+    if !crate::leads(&metrics, node.inner.id) {
         return None;
     }
     let membership = metrics.membership_config.membership();
+    // A leader that removed itself changes nothing more.
+    membership.get_node(&node.inner.id)?;
     // One change at a time: not while a joint config is in effect.
     if membership.get_joint_config().len() > 1 {
         return None;
@@ -273,6 +384,24 @@ fn learner_to_promote(node: &Node) -> Option<NodeId> {
             .is_some_and(|matched| matched.index + PROMOTE_LAG_ENTRIES_MAX >= last_log_index)
     });
     learner
+}
+
+/// A leader that removed itself steps down, but its vote still names it (openraft 0.9 keeps
+/// the vote; nobody in the membership sends it a newer one), and the last membership, which
+/// it committed, does not name it. That state survives a restart, so a removed member
+/// started again on its data dir knows it was removed.
+fn removed_as_leader(node: &Node) -> bool {
+    let metrics = node.inner.raft.metrics();
+    let metrics = metrics.borrow();
+    let id = node.inner.id;
+    let membership = &metrics.membership_config;
+    let own_vote = metrics.vote.is_committed() && metrics.vote.leader_id().voted_for() == Some(id);
+    let committed = membership.log_id().is_some()
+        && metrics.last_applied.as_ref() >= membership.log_id().as_ref();
+    own_vote
+        && metrics.state != ServerState::Leader
+        && committed
+        && membership.membership().get_node(&id).is_none()
 }
 
 /// How long a hand-over waits for the chosen follower to have the whole log.
@@ -365,7 +494,9 @@ impl Node {
     fn hand_over_target(&self) -> Option<(NodeId, Member)> {
         let metrics = self.inner.raft.metrics();
         let metrics = metrics.borrow();
-        if metrics.current_leader != Some(self.inner.id) {
+        // A removed leader has nothing to hand over: the others elect without it (asking
+        // one of them to campaign could depose the leader they have).
+        if self.is_removed() || !crate::leads(&metrics, self.inner.id) {
             return None;
         }
         let membership = metrics.membership_config.membership();
@@ -380,5 +511,97 @@ impl Node {
             })?;
         let member = membership.get_node(&target)?.clone();
         Some((target, member))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str) -> Member {
+        Member {
+            name: name.to_string(),
+            peer_urls: vec![format!("http://{name}:2380")],
+            client_urls: vec![format!("http://{name}:2379")],
+        }
+    }
+
+    /// Voters 1 and 2 (member 3 was removed).
+    fn two_voters() -> Membership<NodeId, Member> {
+        Membership::new(
+            vec![BTreeSet::from([1, 2])],
+            BTreeMap::from([(1, member("n1")), (2, member("n2"))]),
+        )
+    }
+
+    #[test]
+    fn a_change_to_a_member_that_is_gone_is_not_found_rather_than_putting_it_back() {
+        let publish = MemberChange::Publish {
+            id: 3,
+            name: "n3".to_string(),
+            client_urls: member("n3").client_urls,
+        };
+        let update = MemberChange::UpdatePeerUrls {
+            id: 3,
+            peer_urls: vec!["http://elsewhere:2380".to_string()],
+        };
+        for change in [publish, update, MemberChange::Remove { id: 3 }] {
+            assert!(
+                matches!(
+                    plan(7, &two_voters(), &change),
+                    Err(MemberError::NotFound(3))
+                ),
+                "{change:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_publish_of_what_is_there_changes_nothing_and_a_new_one_sets_the_node() {
+        let same = MemberChange::Publish {
+            id: 2,
+            name: "n2".to_string(),
+            client_urls: member("n2").client_urls,
+        };
+        assert!(matches!(
+            plan(7, &two_voters(), &same),
+            Ok(Plan::Nothing((2, _)))
+        ));
+        let renamed = MemberChange::Publish {
+            id: 2,
+            name: "n2b".to_string(),
+            client_urls: member("n2").client_urls,
+        };
+        match plan(7, &two_voters(), &renamed) {
+            Ok(Plan::Change(ChangeMembers::SetNodes(nodes), (2, answer))) => {
+                assert_eq!(answer.name, "n2b");
+                assert_eq!(
+                    answer.peer_urls,
+                    member("n2").peer_urls,
+                    "peer URLs are kept"
+                );
+                assert_eq!(nodes.get(&2), Some(&answer));
+            }
+            _ => panic!("a changed name must set the node"),
+        }
+    }
+
+    #[test]
+    fn removing_a_voter_removes_it_from_the_voters_and_a_learner_from_the_nodes() {
+        let mut nodes = BTreeMap::from([(1, member("n1")), (2, member("n2"))]);
+        nodes.insert(4, member("n4"));
+        let with_learner = Membership::new(vec![BTreeSet::from([1, 2])], nodes);
+        match plan(7, &with_learner, &MemberChange::Remove { id: 2 }) {
+            Ok(Plan::Change(ChangeMembers::RemoveVoters(ids), _)) => {
+                assert_eq!(ids, BTreeSet::from([2]))
+            }
+            _ => panic!("a voter is removed from the voters"),
+        }
+        match plan(7, &with_learner, &MemberChange::Remove { id: 4 }) {
+            Ok(Plan::Change(ChangeMembers::RemoveNodes(ids), _)) => {
+                assert_eq!(ids, BTreeSet::from([4]))
+            }
+            _ => panic!("a learner is removed from the nodes"),
+        }
     }
 }

@@ -10,13 +10,19 @@
 //!
 //! Time: a batch's `time_ms` is max(wall clock, last stamped, applied state time), so entry
 //! time never goes backwards, also across leader changes and clock steps.
+//!
+//! The gate: each batch holds a read guard of [`Gate::proposals`] from before it is handed
+//! to openraft until it is answered. A leader removing itself takes the write guard, so no
+//! batch is in flight when it steps down (openraft would never answer one it appended after
+//! its removal: nobody tells a removed node what committed). Once [`Gate::removed`] is set,
+//! nothing is proposed any more: every proposal is answered `Removed` (not applied).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::error::ClientWriteError;
 use rota_core::{Batch, Command};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, RwLock, Semaphore};
 
 use crate::metrics::RaftMetrics;
 use crate::state_machine::SharedState;
@@ -78,6 +84,12 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// What holds proposals back: see the module doc.
+pub(crate) struct Gate {
+    pub proposals: Arc<RwLock<()>>,
+    pub removed: watch::Receiver<bool>,
+}
+
 /// Runs until `shutdown` turns true or every sender is gone; then answers what is still
 /// queued with `ShuttingDown` and waits for the batches in flight.
 pub(crate) async fn run_proposer(
@@ -86,6 +98,7 @@ pub(crate) async fn run_proposer(
     mut proposals: mpsc::Receiver<Proposal>,
     limits: ProposerLimits,
     metrics: RaftMetrics,
+    gate: Gate,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let in_flight = Arc::new(Semaphore::new(limits.proposals_in_flight_max.max(1)));
@@ -130,6 +143,19 @@ pub(crate) async fn run_proposer(
             replies.push(next.reply);
         }
 
+        let gate_guard = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => {
+                answer_all(replies, &ProposeError::ShuttingDown, &metrics);
+                break;
+            }
+            guard = gate.proposals.clone().read_owned() => guard,
+        };
+        if *gate.removed.borrow() {
+            answer_all(replies, &ProposeError::Removed, &metrics);
+            continue;
+        }
+
         let state_time_ms = shared.read(|state| state.time_ms());
         last_stamped_ms = now_ms().max(last_stamped_ms).max(state_time_ms);
         metrics.batch_commands.observe(commands.len() as f64);
@@ -144,11 +170,13 @@ pub(crate) async fn run_proposer(
                 let metrics = metrics.clone();
                 tokio::spawn(async move {
                     let outcome = response.await;
+                    drop(gate_guard);
                     drop(permit);
                     answer(replies, outcome, &metrics);
                 });
             }
             Err(fatal) => {
+                drop(gate_guard);
                 drop(permit);
                 let error = match fatal {
                     openraft::error::Fatal::Stopped => ProposeError::ShuttingDown,

@@ -36,7 +36,12 @@ pub(crate) async fn run_ticker(
     let mut raft_metrics = raft.server_metrics();
     let mut last_tick_ms = 0u64;
     loop {
-        let is_leader = raft_metrics.borrow_and_update().current_leader == Some(id);
+        // The server state, not only `current_leader`: a leader that removed itself still
+        // names itself there (see `membership`).
+        let is_leader = {
+            let metrics = raft_metrics.borrow_and_update();
+            metrics.state == openraft::ServerState::Leader && metrics.current_leader == Some(id)
+        };
         applied.borrow_and_update();
         let deadline_ms = shared.read(|state| state.next_deadline_ms());
         let wait = match (is_leader, deadline_ms) {

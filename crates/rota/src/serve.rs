@@ -1,4 +1,6 @@
-//! `rota serve`: start a node and serve clients until SIGTERM/SIGINT.
+//! `rota serve`: start a node and serve clients until SIGTERM/SIGINT, or until this member
+//! is removed from the cluster (then it logs etcd's "the member has been permanently removed
+//! from the cluster" and exits 0 about a second later, as etcd 3.4 does).
 //!
 //! Sockets are bound (with `SO_REUSEADDR`) before the node starts, so a port conflict fails
 //! at once and a restart right after a SIGKILL rebinds. Shutdown: stop accepting, let
@@ -8,10 +10,15 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
 use rota_raft::{ClusterState, Node, NodeConfig};
 use rota_server::{App, ServerConfig};
+
+/// A removed member stops this many heartbeat intervals after it learned of its removal
+/// (etcd: `stopWithDelay(10 * TickMs)`).
+const REMOVED_STOP_DELAY_HEARTBEATS: u64 = 10;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -172,6 +179,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.core.v2_history_max = args.history_events_max.max(1);
     config.snapshot_entries = args.snapshot_entries.max(1);
     config.heartbeat_interval_ms = args.heartbeat_interval_ms.max(1);
+    let heartbeat_interval_ms = config.heartbeat_interval_ms;
     config.set_election_timeout_ms(args.election_timeout_ms);
     config.advertise_client_urls = client_urls.clone();
     config.advertise_peer_urls = peer_urls.clone();
@@ -232,6 +240,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     // Set when Raft stopped on its own (a failed fsync): the process then exits non-zero.
     let fatal = std::sync::Arc::new(std::sync::OnceLock::<String>::new());
+    // As etcd: a removed member stops this long after it learned of its removal (it refuses
+    // writes meanwhile), so the last messages of its removal reach the others.
+    let removed_stop_delay =
+        Duration::from_millis(REMOVED_STOP_DELAY_HEARTBEATS * heartbeat_interval_ms);
     let shutdown = {
         let node = node.clone();
         let fatal = fatal.clone();
@@ -244,6 +256,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 reason = node.wait_fatal() => {
                     tracing::error!("raft stopped: {reason}");
                     let _ = fatal.set(reason);
+                }
+                () = node.wait_removed() => {
+                    tracing::warn!(
+                        "{}: stopping in {removed_stop_delay:?}; remove this member's data dir before it joins again",
+                        rota_raft::MEMBER_REMOVED
+                    );
+                    tokio::time::sleep(removed_stop_delay).await;
                 }
             }
         }

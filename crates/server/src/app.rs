@@ -624,12 +624,13 @@ async fn read_body(request: Request<Body>) -> Result<FormBody, Response<Body>> {
 /// Raft entry bound.
 pub(crate) fn propose_error(error: &ProposeError) -> Response<Body> {
     match error {
-        // Both are passing: another member (or this one, a moment later) can take the
-        // request, so clients get 503 + Retry-After, which they retry. (A node shutting down
-        // answers its queued writes this way; they were not applied.)
-        ProposeError::NoLeader | ProposeError::ShuttingDown => {
+        // Another member (or this one, a moment later) can take the request, so clients get
+        // 503 + Retry-After, which they retry. (A node shutting down, or removed from the
+        // cluster, answers its queued writes this way; they were not applied.)
+        ProposeError::NoLeader | ProposeError::ShuttingDown | ProposeError::Removed => {
             let cause = match error {
                 ProposeError::NoLeader => "etcdserver: no leader (request timed out waiting for one)".to_string(),
+                ProposeError::Removed => error.to_string(),
                 other => format!("{other}; retry on another member"),
             };
             let mut response = respond::v2_error(&V2Error::new(300, Some(cause), 0));

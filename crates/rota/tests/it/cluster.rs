@@ -314,6 +314,24 @@ impl Cluster {
         self.pids.lock().expect("pids lock")[i] = None;
     }
 
+    /// Node `i`'s exit status once it has exited on its own (it is reaped then); `None` while
+    /// it runs (or when it is not running).
+    pub fn try_wait(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let status = self.nodes[i].child.as_mut()?.try_wait().ok().flatten()?;
+        self.nodes[i].child = None;
+        self.nodes[i].paused = false;
+        self.pids.lock().expect("pids lock")[i] = None;
+        Some(status)
+    }
+
+    /// Starts a stopped node again on the same data dir and ports, without waiting for
+    /// anything (for a node expected to exit by itself).
+    pub fn start_again(&mut self, i: usize) {
+        if let Err(e) = self.spawn(i) {
+            panic!("start of {} failed: {e}", self.nodes[i].name);
+        }
+    }
+
     /// Starts a killed node again on the same data dir and ports; waits until healthy.
     pub fn restart(&mut self, i: usize) {
         let deadline = Instant::now() + self.config.startup_timeout;

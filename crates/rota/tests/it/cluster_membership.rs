@@ -12,7 +12,7 @@
 //!     leader has promoted it from learner to voter (its log line) and it has applied
 //!     everything the cluster committed;
 //! (b) **remove** the current leader (an original member): `DELETE /v2/members/{id}`, wait
-//!     until the others list it no longer, stop it;
+//!     until the others list it no longer and until it exited by itself (status 0);
 //! (c) **rolling restart**: SIGTERM each remaining member in turn, require writes to be
 //!     acknowledged while it is down (so the other two form a quorum: the new member really
 //!     votes), restart it, wait until healthy and caught up;
@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cluster::{Cluster, ClusterConfig};
+use crate::cluster::{self, Cluster, ClusterConfig};
 use crate::crash;
 use crate::harness;
 use crate::http::{self, Request};
@@ -136,9 +136,11 @@ fn cluster_membership_add_remove_rolling_restart_and_snapshot_catch_up_under_loa
     wait_until(CHANGE_TIMEOUT, "the removed member to leave every remaining member's list", || {
         remaining.iter().all(|addr| try_member_names(addr).is_some_and(|m| m.len() == 3 && !m.contains_key(&removed_id))).then_some(())
     });
-    terminate_cluster_node(&mut cluster, leader);
+    // It stops by itself, as etcd's removed members do.
+    let exit = wait_until(STOP_TIMEOUT, "the removed leader to exit by itself", || cluster.try_wait(leader));
+    assert!(exit.success(), "{name}: the removed leader exited with {exit}\n{}", cluster.logs(40));
     writers.set_endpoints(remaining.clone());
-    phase(&format!("n{} (the leader) removed and stopped", leader + 1), &writers);
+    phase(&format!("n{} (the leader) removed, exited by itself", leader + 1), &writers);
 
     // (c) Rolling restart of the remaining three.
     let originals: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
@@ -198,6 +200,279 @@ fn cluster_membership_add_remove_rolling_restart_and_snapshot_catch_up_under_loa
     );
     let index = wait_converged(&remaining, &report.acked);
     eprintln!("{name}: passed; {} members converged at X-Etcd-Index {index}", remaining.len());
+}
+
+/// etcd 3.4's line when a member learns it was removed (it then stops); rota logs the same.
+const REMOVED_LOG_LINE: &str = "the member has been permanently removed from the cluster";
+/// The others must have a leader this soon after the DELETE was answered: they notice the
+/// old leader's silence after about one election timeout (1 s by default; openraft: 1 to
+/// 1.2 s), then one vote round. Generous for a debug build on 2 shared cores.
+const NEW_LEADER_WITHIN: Duration = Duration::from_secs(4);
+/// The removed member must exit by itself this soon after the DELETE was answered (etcd
+/// stops 1 s after it applied its removal), and again this soon after a start on its data
+/// dir.
+const REMOVED_EXIT_WITHIN: Duration = Duration::from_secs(10);
+const REMOVED_DIR: &str = "/removed-leader";
+/// Threads writing to the leader before, during and after its removal.
+const PROBERS: usize = 8;
+/// Writes acknowledged before the DELETE is sent (the load is really on).
+const PROBE_WARM_UP_ACKS: usize = 20;
+/// Against etcd: how long a refused removal is retried (see the test).
+const ETCD_RECONFIG_HEALTH_WAIT: Duration = Duration::from_secs(10);
+
+/// `DELETE /v2/members/<leader>` sent to the leader itself while [`PROBERS`] threads write to
+/// it (a new key each): the two others elect a leader among themselves within
+/// [`NEW_LEADER_WITHIN`] and take writes through either of them, both list exactly the two
+/// of them, and the removed member exits by itself with etcd's log line (and again when
+/// started on its data dir). Its answers: no write sent after the DELETE's answer is
+/// acknowledged; every write it acknowledged is on the others, every write it refused
+/// (a `503`) is not (it claims not applied); a write without an answer may be either. So a
+/// write caught in flight by the removal is answered truthfully or not at all.
+/// `ROTA_IT_AGAINST=etcd` runs it against etcd 3.4.
+#[test]
+fn cluster_membership_removed_leader_is_replaced_acknowledges_no_write_and_exits() {
+    let name = "removed-leader";
+    let token = format!("{name}-{}", std::process::id());
+    let mut cluster = Cluster::start(ClusterConfig::new(3, &token));
+    let endpoints = cluster.endpoints();
+    let leader = cluster.wait_leader(CHANGE_TIMEOUT).unwrap_or_else(|e| panic!("{name}: {e}\n{}", cluster.logs(30)));
+    let removed_addr = endpoints[leader];
+    let others: Vec<SocketAddr> = endpoints.iter().copied().filter(|addr| *addr != removed_addr).collect();
+    // Members publish their names soon after they start.
+    let leader_name = format!("n{}", leader + 1);
+    let removed_id = wait_until(CHANGE_TIMEOUT, "the leader listed under its name", || {
+        try_member_names(&removed_addr)?.into_iter().find(|(_, n)| *n == leader_name).map(|(id, _)| id)
+    });
+    let prober = Prober::start(removed_addr);
+    wait_until(CHANGE_TIMEOUT, "writes acknowledged by the leader", || (prober.acked() >= PROBE_WARM_UP_ACKS).then_some(()));
+
+    let request = Request::new("DELETE", &format!("/v2/members/{removed_id}"));
+    let refused_until = Instant::now() + ETCD_RECONFIG_HEALTH_WAIT;
+    let deleted = loop {
+        let deleted = http::send_with_timeout(removed_addr, &request, Duration::from_secs(15))
+            .unwrap_or_else(|e| panic!("{name}: DELETE /v2/members/{removed_id} on the leader: {e:?}\n{}", cluster.logs(30)));
+        // etcd refuses a removal (500) until its leader has been connected to every member
+        // for 5 s (its strict reconfiguration check); rota has no such rule.
+        let etcd_not_yet = cluster.config.kind == harness::Kind::Etcd && deleted.status() == 500;
+        if !etcd_not_yet || Instant::now() >= refused_until {
+            break deleted;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(deleted.status(), 204, "{name}: DELETE /v2/members/{removed_id}: {}", deleted.text());
+    let deleted_at = Instant::now();
+
+    let new_leader = wait_until(NEW_LEADER_WITHIN, "a leader among the two others", || cluster::leader_among(&others, &[true, true]));
+    let failover = deleted_at.elapsed();
+    let new_leader_name = cluster.nodes.iter().find(|n| n.client_addr() == others[new_leader]).map(|n| n.name.clone()).unwrap_or_default();
+    for (at, addr) in others.iter().enumerate() {
+        let response = put_until_answered(*addr, &format!("{REMOVED_DIR}/after-{at}"), "1");
+        assert!(
+            matches!(response.status(), 200 | 201),
+            "{name}: a write through {addr} after the new leader was elected: {} {}",
+            response.status(),
+            response.text()
+        );
+    }
+    for addr in &others {
+        wait_until(CHANGE_TIMEOUT, &format!("{addr} to list the two remaining members"), || {
+            try_member_names(addr).filter(|m| m.len() == 2 && !m.contains_key(&removed_id)).map(|_| ())
+        });
+    }
+    let exit = loop {
+        match cluster.try_wait(leader) {
+            Some(status) => break Some((status, deleted_at.elapsed())),
+            None if deleted_at.elapsed() >= REMOVED_EXIT_WITHIN => break None,
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let probes = prober.stop();
+    let log = cluster.nodes[leader].log_tail(usize::MAX);
+    let after: Vec<&ProbeWrite> = probes.iter().filter(|p| p.sent_at >= deleted_at).collect();
+    let summary = |writes: &[&ProbeWrite]| {
+        let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+        for write in writes {
+            *kinds.entry(write.outcome.kind()).or_default() += 1;
+        }
+        kinds
+    };
+    let before: Vec<&ProbeWrite> = probes.iter().filter(|p| p.sent_at < deleted_at).collect();
+    let mut states: BTreeMap<&str, usize> = BTreeMap::new();
+    for state in after.iter().filter_map(|p| p.state_after.as_deref()) {
+        *states.entry(state).or_default() += 1;
+    }
+    eprintln!(
+        "{name}: removed {leader_name} ({removed_id}); {new_leader_name} leads {:.2}s after the DELETE's answer; \
+         exit (status, after): {exit:?}\n  its answers to writes sent before the DELETE's answer: {:?}\n  \
+         and after: {:?}, e.g. {:?}\n  its /v2/stats/self states after: {states:?}",
+        failover.as_secs_f64(),
+        summary(&before),
+        summary(&after),
+        after.iter().find_map(|p| match &p.outcome {
+            ProbeOutcome::Answered(status, body) if *status != 201 => Some(body.as_str()),
+            _ => None,
+        }),
+    );
+    let acked_after: Vec<&&ProbeWrite> = after.iter().filter(|p| p.outcome.acked()).collect();
+    assert!(
+        acked_after.is_empty(),
+        "{name}: the removed member acknowledged writes sent after its removal was answered: {acked_after:?}\n{}\n--- the removed member's whole log ---\n{log}",
+        cluster.logs(40)
+    );
+    // rota refuses writes with an answer until it exits, so the check above saw refusals;
+    // etcd closes its client listener at once (seen: one 500 "server stopped", then refused),
+    // and says it leads until then.
+    if cluster.config.kind == harness::Kind::Rota {
+        let answered_after = after.iter().filter(|p| matches!(p.outcome, ProbeOutcome::Answered(..))).count();
+        assert!(answered_after > 0, "{name}: the removed member answered no write after its removal (refusals unchecked)");
+        assert!(!states.contains_key("StateLeader"), "{name}: the removed member said it leads after its removal: {states:?}");
+    }
+    assert!(exit.is_some(), "{name}: the removed member did not exit within {REMOVED_EXIT_WITHIN:?}; its log:\n{log}");
+    assert!(log.contains(REMOVED_LOG_LINE), "{name}: the removed member's log lacks {REMOVED_LOG_LINE:?}:\n{log}");
+
+    // Started again on its data dir, it knows it was removed and exits again.
+    cluster.start_again(leader);
+    let restarted_at = Instant::now();
+    let again = loop {
+        match cluster.try_wait(leader) {
+            Some(status) => break Some((status, restarted_at.elapsed())),
+            None if restarted_at.elapsed() >= REMOVED_EXIT_WITHIN => break None,
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let log_again = cluster.nodes[leader].log_tail(usize::MAX);
+    eprintln!("{name}: started again on its data dir, {leader_name} exited (status, after): {again:?}");
+    assert!(
+        again.is_some_and(|(status, _)| status.success()) && log_again.contains(REMOVED_LOG_LINE),
+        "{name}: started again, the removed member did not exit 0 within {REMOVED_EXIT_WITHIN:?} with {REMOVED_LOG_LINE:?}: {again:?}\n{log_again}"
+    );
+
+    // What it answered is what happened: the others hold every write it acknowledged and
+    // none it refused (and the two written through them).
+    let listing = http::send_with_timeout(others[0], &Request::new("GET", &format!("/v2/keys{REMOVED_DIR}?recursive=true&quorum=true")), PROBE_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{name}: listing {REMOVED_DIR}: {e:?}"));
+    let stored: std::collections::BTreeSet<String> = listing.json()["node"]["nodes"]
+        .as_array()
+        .map(|nodes| nodes.iter().filter_map(|n| n["key"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    for key in ["after-0", "after-1"] {
+        assert!(stored.contains(&format!("{REMOVED_DIR}/{key}")), "{name}: {key} missing on the remaining members");
+    }
+    let lost: Vec<&String> = probes.iter().filter(|p| p.outcome.acked() && !stored.contains(&p.key)).map(|p| &p.key).collect();
+    assert!(lost.is_empty(), "{name}: writes the removed member acknowledged are not on the others: {lost:?}");
+    let refused_but_applied: Vec<&ProbeWrite> =
+        probes.iter().filter(|p| matches!(p.outcome, ProbeOutcome::Answered(503, _)) && stored.contains(&p.key)).collect();
+    assert!(
+        refused_but_applied.is_empty(),
+        "{name}: writes the removed member refused with 503 were applied: {refused_but_applied:?}"
+    );
+}
+
+/// A `503` (no leader known yet on that member) or no answer (etcd sometimes holds a write
+/// longer than [`WRITE_TIMEOUT`] just after an election) is retried, same key and value,
+/// for a bounded time.
+fn put_until_answered(addr: SocketAddr, key: &str, value: &str) -> http::Response {
+    let request = Request::new("PUT", &format!("/v2/keys{key}")).form(&format!("value={value}"));
+    let deadline = Instant::now() + CHANGE_TIMEOUT;
+    loop {
+        match http::send_with_timeout(addr, &request, WRITE_TIMEOUT) {
+            Ok(response) if response.status() != 503 || Instant::now() >= deadline => return response,
+            Err(error) if Instant::now() >= deadline => panic!("PUT {key} on {addr}: no answer within {CHANGE_TIMEOUT:?}: {error:?}"),
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// `state` of `/v2/stats/self`, if the member answers.
+fn stats_state(addr: SocketAddr) -> Option<String> {
+    let response = http::send_with_timeout(addr, &Request::new("GET", "/v2/stats/self"), PROBE_TIMEOUT).ok()?;
+    response.json()["state"].as_str().map(str::to_string)
+}
+
+/// Threads that write to one member in a loop (a new key each) and record its answers.
+struct Prober {
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<Vec<ProbeWrite>>>,
+}
+
+#[derive(Debug)]
+struct ProbeWrite {
+    key: String,
+    sent_at: Instant,
+    outcome: ProbeOutcome,
+    /// The member's `/v2/stats/self` state right after the answer, when it answered.
+    state_after: Option<String>,
+}
+
+#[derive(Debug)]
+enum ProbeOutcome {
+    Answered(u16, String),
+    /// No answer: it may or may not have been applied.
+    NoAnswer(String),
+}
+
+impl ProbeOutcome {
+    fn acked(&self) -> bool {
+        matches!(self, ProbeOutcome::Answered(status, _) if (200..300).contains(status))
+    }
+
+    fn kind(&self) -> String {
+        match self {
+            ProbeOutcome::Answered(status, _) => status.to_string(),
+            ProbeOutcome::NoAnswer(kind) => kind.clone(),
+        }
+    }
+}
+
+impl Prober {
+    fn start(addr: SocketAddr) -> Prober {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicUsize::new(0));
+        let threads = (0..PROBERS)
+            .map(|thread| {
+                let (stop, acked) = (stop.clone(), acked.clone());
+                std::thread::spawn(move || {
+                    let mut writes = Vec::new();
+                    for n in 0.. {
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let key = format!("{REMOVED_DIR}/probe-{thread}-{n}");
+                        let request = Request::new("PUT", &format!("/v2/keys{key}")).form("value=probe");
+                        let sent_at = Instant::now();
+                        let outcome = match http::send_with_timeout(addr, &request, WRITE_TIMEOUT) {
+                            Ok(response) => ProbeOutcome::Answered(response.status(), response.text().trim_end().to_string()),
+                            Err(error) => ProbeOutcome::NoAnswer(error_kind(&error.0)),
+                        };
+                        let state_after = match outcome {
+                            ProbeOutcome::Answered(..) => stats_state(addr),
+                            ProbeOutcome::NoAnswer(_) => {
+                                // Refused: the member is gone; do not spin.
+                                std::thread::sleep(Duration::from_millis(20));
+                                None
+                            }
+                        };
+                        if outcome.acked() {
+                            acked.fetch_add(1, Ordering::SeqCst);
+                        }
+                        writes.push(ProbeWrite { key, sent_at, outcome, state_after });
+                    }
+                    writes
+                })
+            })
+            .collect();
+        Prober { stop, acked, threads }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.load(Ordering::SeqCst)
+    }
+
+    fn stop(self) -> Vec<ProbeWrite> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.threads.into_iter().flat_map(|thread| thread.join().expect("prober thread panicked")).collect()
+    }
 }
 
 // ---- the writers ---------------------------------------------------------------------------

@@ -81,7 +81,7 @@ impl ApiError {
         match error {
             ProposeError::NoLeader => ApiError::new(503, NO_LEADER, error.to_string(), None),
             ProposeError::TooLarge { .. } => ApiError::too_large(None, error.to_string()),
-            ProposeError::ShuttingDown | ProposeError::Fatal(_) => {
+            ProposeError::ShuttingDown | ProposeError::Fatal(_) | ProposeError::Removed => {
                 ApiError::new(503, UNAVAILABLE, error.to_string(), None)
             }
         }
