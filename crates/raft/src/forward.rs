@@ -505,7 +505,7 @@ pub(crate) async fn join_identity(config: &NodeConfig) -> Result<Identity, Start
     debug_assert_eq!(config.initial_cluster_state, ClusterState::Existing);
     // Only used to ask the peers who is a member: no elections here.
     let hints = std::sync::Arc::new(crate::split_vote::ElectionHints::new(config.election_timeout_max_ms));
-    let transport = PeerTransport::new(config.cluster_token.clone(), 0, hints);
+    let transport = PeerTransport::new(config.cluster_token.clone(), 0, hints, config.peer_source_ip);
     let peers: Vec<&String> = config
         .initial_cluster
         .iter()

@@ -105,6 +105,10 @@ pub struct NodeConfig {
     /// This member's URLs as stored in the membership (`/v2/members`).
     pub advertise_peer_urls: Vec<String>,
     pub advertise_client_urls: Vec<String>,
+    /// The local address this member's outgoing peer connections come from; `None`: the
+    /// operating system picks it. `rota serve` sets it when the member listens for peers on
+    /// one loopback address (see `peer_source_ip` there).
+    pub peer_source_ip: Option<std::net::IpAddr>,
     /// `--initial-cluster` as members (names and peer URLs). Empty: this member alone.
     pub initial_cluster: Vec<Member>,
     /// `--initial-cluster-state`.
@@ -133,6 +137,7 @@ impl NodeConfig {
             election_timeout_max_ms: 0,
             advertise_peer_urls: Vec::new(),
             advertise_client_urls: Vec::new(),
+            peer_source_ip: None,
             initial_cluster: Vec::new(),
             initial_cluster_state: ClusterState::New,
             cluster_token: "etcd-cluster".to_string(),
@@ -474,7 +479,7 @@ impl Node {
         };
         let id = identity.node_id;
         let hints = Arc::new(split_vote::ElectionHints::new(config.election_timeout_max_ms));
-        let transport = PeerTransport::new(config.cluster_token.clone(), id, hints);
+        let transport = PeerTransport::new(config.cluster_token.clone(), id, hints, config.peer_source_ip);
 
         let raft_runtime = RaftRuntime::new().map_err(|e| StartError::Raft(e.to_string()))?;
         let raft_handle = raft_runtime

@@ -142,8 +142,16 @@ impl CallError {
 }
 
 impl PeerTransport {
-    pub(crate) fn new(token: String, from: NodeId, hints: Arc<crate::split_vote::ElectionHints>) -> PeerTransport {
+    /// `source_ip`: bind every outgoing peer connection to this local address (see
+    /// `NodeConfig::peer_source_ip`).
+    pub(crate) fn new(
+        token: String,
+        from: NodeId,
+        hints: Arc<crate::split_vote::ElectionHints>,
+        source_ip: Option<std::net::IpAddr>,
+    ) -> PeerTransport {
         let http = reqwest::Client::builder()
+            .local_address(source_ip)
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_PEER_MAX)
             .tcp_nodelay(true)

@@ -7,7 +7,7 @@
 //! in-flight requests finish briefly, end watches, then shut the node down (its log is
 //! durable either way: every acknowledged write was fsynced before its answer).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -109,6 +109,18 @@ async fn resolve(url: &str) -> anyhow::Result<Vec<SocketAddr>> {
     Ok(addresses)
 }
 
+/// Where this member's outgoing peer connections should come from: the address it listens
+/// for peers on, when that is a single loopback address. Several members on one machine
+/// then each have their own address (`127.0.0.2`, `127.0.0.3`, ...) in both directions,
+/// so a peer, a firewall rule or a test's partitioning proxy can tell who connects from the
+/// source address alone. Any other listen address (a real interface, `0.0.0.0`, several)
+/// leaves the choice to the routing table, which knows the way to the peers better.
+fn peer_source_ip(peer_addresses: &[SocketAddr]) -> Option<IpAddr> {
+    let ip = peer_addresses.first()?.ip();
+    let single = peer_addresses.iter().all(|address| address.ip() == ip);
+    (single && ip.is_loopback()).then_some(ip)
+}
+
 pub async fn run(args: ServeArgs) -> ExitCode {
     init_tracing();
     match serve(args).await {
@@ -159,6 +171,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // A one-member cluster needs no peer listener (and the default peer port may be taken
     // by another single node on the same machine, as with etcd's defaults it would not be).
     let mut peer_listeners = Vec::new();
+    let mut peer_addresses = Vec::new();
     let listen_peer_urls = split_urls(&args.listen_peer_urls);
     if initial_cluster.len() > 1 || args.initial_cluster_state == "existing" {
         for url in &listen_peer_urls {
@@ -167,6 +180,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     anyhow::anyhow!("listen for peers on {address} ({url}): {error}")
                 })?;
                 peer_listeners.push(listener);
+                peer_addresses.push(address);
             }
         }
         if peer_listeners.is_empty() {
@@ -183,6 +197,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.set_election_timeout_ms(args.election_timeout_ms);
     config.advertise_client_urls = client_urls.clone();
     config.advertise_peer_urls = peer_urls.clone();
+    config.peer_source_ip = peer_source_ip(&peer_addresses);
+    if let Some(ip) = config.peer_source_ip {
+        tracing::info!(%ip, "peer connections to other members come from the peer listen address");
+    }
     config.initial_cluster = if initial_cluster.len() > 1 {
         initial_cluster.clone()
     } else {
@@ -305,4 +323,25 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addresses(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().expect("socket address")).collect()
+    }
+
+    #[test]
+    fn peer_connections_come_from_the_single_loopback_peer_listen_address() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().expect("ip"));
+        assert_eq!(peer_source_ip(&addresses(&["127.0.0.3:2380"])), ip("127.0.0.3"));
+        assert_eq!(peer_source_ip(&addresses(&["127.0.0.3:2380", "127.0.0.3:2381"])), ip("127.0.0.3"));
+        assert_eq!(peer_source_ip(&addresses(&["[::1]:2380"])), ip("::1"));
+        assert_eq!(peer_source_ip(&addresses(&["127.0.0.1:2380", "[::1]:2380"])), None, "localhost: two addresses");
+        assert_eq!(peer_source_ip(&addresses(&["10.0.0.7:2380"])), None, "a real interface: routing decides");
+        assert_eq!(peer_source_ip(&addresses(&["0.0.0.0:2380"])), None);
+        assert_eq!(peer_source_ip(&[]), None, "one member, no peer listener");
+    }
 }

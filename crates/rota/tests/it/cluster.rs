@@ -14,9 +14,14 @@
 //! * Every node gets `--initial-cluster n1=..,nN=..`, `--initial-cluster-state new` and the
 //!   per-test `--initial-cluster-token`, etcd's flags; `ROTA_TEST_MUTANT` is set or removed
 //!   explicitly per process, never inherited.
+//! * Node `i` has its own loopback address, 127.0.0.`i + 2`, for everything (client and
+//!   peer listeners, the proxy in front of it). rota binds its outgoing peer connections to
+//!   the address it listens for peers on when that is a loopback address, so a connection's
+//!   source address names its sender.
 //! * With a proxy, each node listens for peers on a private port and *advertises* the
 //!   proxy's port in front of it, so every peer connection passes the proxy. The proxy
-//!   learns which node opened a connection from `/proc` (the socket's owner), so it can cut
+//!   knows which node opened a connection from its source address (for a member that does
+//!   not bind its source, i.e. etcd, from `/proc`: the socket's owner), so it can cut
 //!   single directed links (`from` → `to`: the RPCs `from` sends to `to` and their answers)
 //!   without root, iptables or network namespaces (RELIABILITY.md §7.3: netem is missing here
 //!   and etcd's robustness suite uses a proxy too). A cut link is a blackhole: connections
@@ -27,7 +32,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -46,14 +51,21 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 static PORT_COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// `count` distinct loopback ports that were free a moment ago.
-fn free_ports(count: usize) -> Vec<u16> {
+/// Node `i`'s own loopback address. 127.0.0.1 is nobody's: it is where processes that do
+/// not bind their source address (the tests themselves, etcd) connect from.
+pub fn node_ip(i: usize) -> Ipv4Addr {
+    let last = u8::try_from(i + 2).ok().filter(|last| *last < 255).expect("at most 252 nodes");
+    Ipv4Addr::new(127, 0, 0, last)
+}
+
+/// `count` distinct ports on `ip` that were free a moment ago.
+fn free_ports(ip: Ipv4Addr, count: usize) -> Vec<u16> {
     let pid_offset = std::process::id().wrapping_mul(7919);
     let mut found = Vec::with_capacity(count);
     for _ in 0..PORT_RANGE_LEN {
         let n = PORT_COUNTER.fetch_add(1, Ordering::Relaxed);
         let port = PORT_RANGE_START + (pid_offset.wrapping_add(n) % PORT_RANGE_LEN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if TcpListener::bind((ip, port)).is_ok() {
             found.push(port);
             if found.len() == count {
                 return found;
@@ -99,6 +111,8 @@ impl ClusterConfig {
 /// One member process.
 pub struct NodeProc {
     pub name: String,
+    /// The node's own loopback address ([`node_ip`]): all its ports are on it.
+    pub ip: Ipv4Addr,
     pub client_port: u16,
     /// Where the node listens for peers.
     pub peer_listen_port: u16,
@@ -113,11 +127,20 @@ pub struct NodeProc {
 
 impl NodeProc {
     pub fn client_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.client_port))
+        SocketAddr::from((self.ip, self.client_port))
     }
 
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.ip, self.client_port)
+    }
+
+    /// The peer URL the node advertises (the proxy's, when proxied).
+    pub fn peer_url(&self) -> String {
+        format!("http://{}:{}", self.ip, self.peer_advertise_port)
+    }
+
+    fn peer_listen_url(&self) -> String {
+        format!("http://{}:{}", self.ip, self.peer_listen_port)
     }
 
     fn log_path(&self) -> PathBuf {
@@ -145,7 +168,8 @@ pub struct Cluster {
     pub config: ClusterConfig,
     pub nodes: Vec<NodeProc>,
     pub proxy: Option<PeerProxy>,
-    /// Node pids as the proxy sees them (index = node); `None` while a node is down.
+    /// Node pids as the proxy sees them (index = node); `None` while a node is down. Only
+    /// used to find the sender of a connection from an unbound source (etcd).
     pids: Arc<Mutex<Vec<Option<u32>>>>,
     /// Holds every node's dir; removed after the processes are gone.
     root: tempfile::TempDir,
@@ -176,15 +200,16 @@ impl Cluster {
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
         let ports_per_node = if config.proxied_peers { 3 } else { 2 };
-        let ports = free_ports(config.nodes * ports_per_node);
         let pids = Arc::new(Mutex::new(vec![None; config.nodes]));
         let mut nodes = Vec::with_capacity(config.nodes);
         for i in 0..config.nodes {
-            let p = &ports[i * ports_per_node..(i + 1) * ports_per_node];
+            let ip = node_ip(i);
+            let p = free_ports(ip, ports_per_node);
             let dir = root.path().join(format!("n{}", i + 1));
             std::fs::create_dir_all(&dir).map_err(|e| format!("node dir: {e}"))?;
             nodes.push(NodeProc {
                 name: format!("n{}", i + 1),
+                ip,
                 client_port: p[0],
                 peer_listen_port: p[1],
                 peer_advertise_port: if config.proxied_peers { p[2] } else { p[1] },
@@ -195,7 +220,14 @@ impl Cluster {
             });
         }
         let proxy = if config.proxied_peers {
-            let routes: Vec<(u16, u16)> = nodes.iter().map(|n| (n.peer_advertise_port, n.peer_listen_port)).collect();
+            let routes: Vec<ProxyRoute> = nodes
+                .iter()
+                .map(|n| ProxyRoute {
+                    node_ip: IpAddr::V4(n.ip),
+                    listen: SocketAddr::from((n.ip, n.peer_advertise_port)),
+                    upstream: SocketAddr::from((n.ip, n.peer_listen_port)),
+                })
+                .collect();
             Some(PeerProxy::start(&routes, pids.clone())?)
         } else {
             None
@@ -214,11 +246,7 @@ impl Cluster {
     }
 
     fn initial_cluster(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("{}=http://127.0.0.1:{}", n.name, n.peer_advertise_port))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.nodes.iter().map(|n| format!("{}={}", n.name, n.peer_url())).collect::<Vec<_>>().join(",")
     }
 
     fn spawn(&mut self, i: usize) -> Result<(), String> {
@@ -251,9 +279,9 @@ impl Cluster {
             .arg("--advertise-client-urls")
             .arg(node.client_url())
             .arg("--listen-peer-urls")
-            .arg(format!("http://127.0.0.1:{}", node.peer_listen_port))
+            .arg(node.peer_listen_url())
             .arg("--initial-advertise-peer-urls")
-            .arg(format!("http://127.0.0.1:{}", node.peer_advertise_port))
+            .arg(node.peer_url())
             .arg("--initial-cluster")
             .arg(&initial_cluster)
             .arg("--initial-cluster-state")
@@ -476,6 +504,17 @@ pub type Link = (usize, usize);
 /// Accepted peer connections: (sender when identified, target).
 type AcceptLog = Arc<Mutex<Vec<(Option<usize>, usize)>>>;
 
+/// The proxy in front of one node.
+#[derive(Clone, Copy, Debug)]
+pub struct ProxyRoute {
+    /// The node's own address: connections from it come from this node.
+    pub node_ip: IpAddr,
+    /// Where the proxy listens (the node's advertised peer address).
+    pub listen: SocketAddr,
+    /// Where the node listens for peers.
+    pub upstream: SocketAddr,
+}
+
 /// A TCP proxy in front of every node's peer port (see the module docs).
 pub struct PeerProxy {
     cuts: Arc<Mutex<HashSet<Link>>>,
@@ -487,8 +526,9 @@ pub struct PeerProxy {
 }
 
 impl PeerProxy {
-    /// `routes[j] = (listen port, upstream port)` of node `j`.
-    pub fn start(routes: &[(u16, u16)], pids: Arc<Mutex<Vec<Option<u32>>>>) -> Result<PeerProxy, String> {
+    /// `routes[j]` is node `j`'s. `pids` (index = node) find the sender of a connection
+    /// whose source address is no node's (a member that does not bind it: etcd).
+    pub fn start(routes: &[ProxyRoute], pids: Arc<Mutex<Vec<Option<u32>>>>) -> Result<PeerProxy, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -497,14 +537,16 @@ impl PeerProxy {
         let cuts = Arc::new(Mutex::new(HashSet::new()));
         let (epoch, _) = tokio::sync::watch::channel(0u64);
         let accepted = Arc::new(Mutex::new(Vec::new()));
-        for (target, &(listen_port, upstream_port)) in routes.iter().enumerate() {
-            let listener = std::net::TcpListener::bind(("127.0.0.1", listen_port))
-                .map_err(|e| format!("proxy bind {listen_port}: {e}"))?;
+        let node_ips: Arc<Vec<IpAddr>> = Arc::new(routes.iter().map(|route| route.node_ip).collect());
+        for (target, route) in routes.iter().enumerate() {
+            let listener =
+                std::net::TcpListener::bind(route.listen).map_err(|e| format!("proxy bind {}: {e}", route.listen))?;
             listener.set_nonblocking(true).map_err(|e| format!("proxy: {e}"))?;
             let context = LinkContext {
                 target,
-                upstream: SocketAddr::from(([127, 0, 0, 1], upstream_port)),
-                listen_port,
+                upstream: route.upstream,
+                listen: route.listen,
+                node_ips: node_ips.clone(),
                 cuts: cuts.clone(),
                 epoch: epoch.subscribe(),
                 pids: pids.clone(),
@@ -540,7 +582,9 @@ impl Drop for PeerProxy {
 struct LinkContext {
     target: usize,
     upstream: SocketAddr,
-    listen_port: u16,
+    listen: SocketAddr,
+    /// Index = node.
+    node_ips: Arc<Vec<IpAddr>>,
     cuts: Arc<Mutex<HashSet<Link>>>,
     epoch: tokio::sync::watch::Receiver<u64>,
     pids: Arc<Mutex<Vec<Option<u32>>>>,
@@ -556,6 +600,28 @@ impl LinkContext {
             None => cuts.iter().any(|&(_, to)| to == self.target),
         }
     }
+
+    /// The node that opened a connection from `peer`: by its source address; for a source
+    /// that is no node's, by the socket's owner in `/proc`.
+    async fn sender(&self, peer: SocketAddr) -> Option<usize> {
+        if let Some(node) = self.node_ips.iter().position(|ip| *ip == peer.ip()) {
+            return Some(node);
+        }
+        // The owner's socket may not be listed yet: a few quick retries. Each reads the
+        // whole TCP table, which takes seconds when it holds tens of thousands of TIME_WAIT
+        // sockets (after other tests) on a loaded machine: meanwhile the connection waits
+        // and often is closed by its sender before it is found.
+        for _ in 0..IDENTIFY_ATTEMPTS {
+            let pids: Vec<Option<u32>> = self.pids.lock().expect("pids lock").clone();
+            let listen = self.listen;
+            let lookup = tokio::task::spawn_blocking(move || connection_owner(peer, listen, &pids));
+            if let Some(node) = lookup.await.ok().flatten() {
+                return Some(node);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        None
+    }
 }
 
 /// Lookups of a new connection's owner before it counts as unidentified.
@@ -569,22 +635,19 @@ async fn accept_loop(listener: tokio::net::TcpListener, context: LinkContext) {
         };
         let context = context.clone();
         tokio::spawn(async move {
-            // The owner's socket may not be listed yet: a few quick retries.
-            let mut sender = None;
-            for _ in 0..IDENTIFY_ATTEMPTS {
-                let pids: Vec<Option<u32>> = context.pids.lock().expect("pids lock").clone();
-                let listen_port = context.listen_port;
-                let lookup = tokio::task::spawn_blocking(move || connection_owner(peer.port(), listen_port, &pids));
-                sender = lookup.await.ok().flatten();
-                if sender.is_some() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            let sender = context.sender(peer).await;
             context.accepted.lock().expect("accepted lock").push((sender, context.target));
             serve_connection(downstream, sender, context).await;
         });
     }
+}
+
+/// An IPv4 socket address as `/proc/net/tcp` prints it: the address as a little-endian
+/// 32-bit hex number, then the port in hex (`127.0.0.2:80` is `0200007F:0050`).
+fn proc_net_address(address: SocketAddr) -> Option<String> {
+    let SocketAddr::V4(address) = address else { return None };
+    let [a, b, c, d] = address.ip().octets();
+    Some(format!("{d:02X}{c:02X}{b:02X}{a:02X}:{:04X}", address.port()))
 }
 
 /// Forwards one connection until either side closes or its link is cut; once cut, the
@@ -639,13 +702,13 @@ async fn serve_connection(mut downstream: tokio::net::TcpStream, sender: Option<
     }
 }
 
-/// Which of `pids` owns the client socket `127.0.0.1:client_port` connected to
-/// `127.0.0.1:server_port`: looks the socket's inode up in `/proc/net/tcp`, then in each
-/// process's open files. `None` when no listed process owns it.
-pub fn connection_owner(client_port: u16, server_port: u16, pids: &[Option<u32>]) -> Option<usize> {
+/// Which of `pids` owns the IPv4 client socket `client` connected to `server`: looks the
+/// socket's inode up in `/proc/net/tcp`, then in each process's open files. `None` when no
+/// listed process owns it.
+pub fn connection_owner(client: SocketAddr, server: SocketAddr, pids: &[Option<u32>]) -> Option<usize> {
     // The table can hold tens of thousands of TIME_WAIT sockets from the tests' clients:
     // find the line by substring ("<local>:<port> <remote>:<port>") instead of parsing all.
-    let ports = format!(":{client_port:04X} 0100007F:{server_port:04X} ");
+    let ports = format!("{} {} ", proc_net_address(client)?, proc_net_address(server)?);
     let text = std::fs::read_to_string("/proc/net/tcp").ok()?;
     let inode = text.lines().filter(|line| line.contains(&ports)).find_map(|line| {
         let inode = line.split_whitespace().nth(9)?;
@@ -709,20 +772,45 @@ mod tests {
         assert_eq!(cluster.leader(), Some(0), "a single node leads itself");
     }
 
+    /// A TCP connection to `to` from the local address `source` (std cannot bind first).
+    fn connect_from(source: Ipv4Addr, to: SocketAddr) -> std::net::TcpStream {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().expect("runtime");
+        let stream = runtime.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket.bind(SocketAddr::from((source, 0))).expect("bind the source address");
+            socket.connect(to).await.expect("connect")
+        });
+        let stream = stream.into_std().expect("std stream");
+        stream.set_nonblocking(false).expect("blocking");
+        stream
+    }
+
     /// This test process plays node 0 (the sender); the echo server is node 1.
     #[test]
     fn proxy_forwards_identifies_the_sender_and_blackholes_cut_links() {
         let echo_port = echo_server();
-        let proxy_port = free_ports(1)[0];
-        let pids = Arc::new(Mutex::new(vec![Some(std::process::id()), None]));
-        // Node 0's own proxy route is unused here; node 1 sits behind `proxy_port`.
-        let unused = free_ports(1)[0];
-        let proxy = PeerProxy::start(&[(unused, unused), (proxy_port, echo_port)], pids).expect("proxy");
-        let addr = SocketAddr::from(([127, 0, 0, 1], proxy_port));
+        let pids = Arc::new(Mutex::new(vec![None, None]));
+        // Node 0's own proxy route is unused here; node 1 (the echo server) sits behind it.
+        let route = |node: usize, upstream_port: Option<u16>| {
+            let listen = SocketAddr::from((node_ip(node), free_ports(node_ip(node), 1)[0]));
+            let upstream = upstream_port.map_or(listen, |port| SocketAddr::from(([127, 0, 0, 1], port)));
+            ProxyRoute { node_ip: IpAddr::V4(node_ip(node)), listen, upstream }
+        };
+        let routes = [route(0, None), route(1, Some(echo_port))];
+        let proxy = PeerProxy::start(&routes, pids.clone()).expect("proxy");
+        let addr = routes[1].listen;
 
-        let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+        // From node 0's address: identified by it, without any process list.
+        let mut conn = connect_from(node_ip(0), addr);
         assert_eq!(echo_through(&mut conn, b"hello").expect("echo"), b"hello");
-        assert_eq!(proxy.accepted.lock().unwrap().as_slice(), &[(Some(0), 1)], "sender identified via /proc");
+        assert_eq!(proxy.accepted.lock().unwrap().as_slice(), &[(Some(0), 1)], "sender identified by its address");
+
+        // From an address that is no node's (etcd does not bind): found through /proc.
+        pids.lock().unwrap()[0] = Some(std::process::id());
+        let mut unbound = std::net::TcpStream::connect(addr).expect("connect");
+        assert_eq!(echo_through(&mut unbound, b"hi").expect("echo"), b"hi");
+        assert_eq!(proxy.accepted.lock().unwrap().last(), Some(&(Some(0), 1)), "sender identified via /proc");
+        drop(unbound);
 
         // A cut in the other direction does not affect this link.
         proxy.cut(&[(1, 0)]);
@@ -734,7 +822,7 @@ mod tests {
         let err = echo_through(&mut conn, b"lost").expect_err("cut link must not answer");
         assert!(matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut), "{err:?}");
         // New connections are accepted but not forwarded either.
-        let mut fresh = std::net::TcpStream::connect(addr).expect("connect while cut");
+        let mut fresh = connect_from(node_ip(0), addr);
         assert!(echo_through(&mut fresh, b"lost").is_err());
 
         // Healing closes the blackholed connections, and new connections work again.
@@ -742,8 +830,7 @@ mod tests {
         conn.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
         let mut rest = Vec::new();
         assert!(conn.read_to_end(&mut rest).is_ok(), "a healed blackhole is closed (EOF)");
-        let mut healed = std::net::TcpStream::connect(addr).expect("connect after heal");
+        let mut healed = connect_from(node_ip(0), addr);
         assert_eq!(echo_through(&mut healed, b"back").expect("echo after heal"), b"back");
     }
 }
-

@@ -829,7 +829,7 @@ impl JoinedNode {
         let mut initial: Vec<String> = cluster
             .nodes
             .iter()
-            .map(|n| format!("{}=http://127.0.0.1:{}", n.name, n.peer_advertise_port))
+            .map(|n| format!("{}={}", n.name, n.peer_url()))
             .collect();
         initial.push(format!("n4={}", self.peer_url()));
         let log = std::fs::File::create(self.log_path()).expect("log file");
