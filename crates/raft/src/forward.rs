@@ -14,6 +14,7 @@ use openraft::error::{CheckIsLeaderError, Fatal, RaftError};
 use rota_core::Command;
 
 use crate::identity::Identity;
+use crate::membership::SenderClaim;
 use crate::network::PeerTransport;
 use crate::peer::{
     self, ClusterInfo, ForwardedProposal, MemberChange, MemberChangeReply, PeerError, PeerRpc,
@@ -381,6 +382,27 @@ pub(crate) async fn change_members(
 impl Node {
     /// Serves one peer RPC (the server crate's peer listener calls this with the request's
     /// path name, headers and body). `token` and `from` come from the request's headers.
+    /// Answers a Raft RPC from a removed member with [`PeerError::SenderRemoved`] before
+    /// Raft sees it: its campaigns must not disturb the members (a vote request of a higher
+    /// term), and it learns it was removed (openraft no longer replicates to it).
+    async fn refuse_removed_sender(
+        &self,
+        rpc: PeerRpc,
+        from: NodeId,
+        claim: SenderClaim,
+    ) -> Result<(), PeerError> {
+        if !self.sender_was_removed(from, claim).await {
+            return Ok(());
+        }
+        tracing::info!(
+            member = %format!("{from:x}"),
+            rpc = rpc.name(),
+            ?claim,
+            "refusing a Raft RPC from a member removed from the cluster (410)"
+        );
+        Err(PeerError::SenderRemoved { from })
+    }
+
     pub async fn handle_peer(
         &self,
         rpc: PeerRpc,
@@ -403,7 +425,11 @@ impl Node {
         let raft = &self.inner.raft;
         let reply = match rpc {
             PeerRpc::AppendEntries => {
-                let request = peer::decode(rpc, body)?;
+                let request: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> =
+                    peer::decode(rpc, body)?;
+                let term = request.vote.leader_id().term;
+                self.refuse_removed_sender(rpc, from, SenderClaim::Leader { term })
+                    .await?;
                 self.transport()
                     .stats()
                     .recv_append
@@ -413,6 +439,10 @@ impl Node {
             }
             PeerRpc::Vote => {
                 let request: openraft::raft::VoteRequest<crate::types::NodeId> = peer::decode(rpc, body)?;
+                let claim = SenderClaim::Candidate {
+                    last_log_id: request.last_log_id,
+                };
+                self.refuse_removed_sender(rpc, from, claim).await?;
                 // Whether we lead *before* the request (it may make us step down).
                 let leading = raft.metrics().borrow().state == openraft::ServerState::Leader;
                 let answer = raft.vote(request.clone()).await;
@@ -425,7 +455,12 @@ impl Node {
                 peer::encode(&answer)
             }
             PeerRpc::InstallSnapshot => {
-                peer::encode(&raft.install_snapshot(peer::decode(rpc, body)?).await)
+                let request: openraft::raft::InstallSnapshotRequest<crate::types::TypeConfig> =
+                    peer::decode(rpc, body)?;
+                let term = request.vote.leader_id().term;
+                self.refuse_removed_sender(rpc, from, SenderClaim::Leader { term })
+                    .await?;
+                peer::encode(&raft.install_snapshot(request).await)
             }
             PeerRpc::Propose => {
                 let commands: Vec<Command> = peer::decode(rpc, body)?;

@@ -527,7 +527,8 @@ impl Node {
     ) -> Node {
         let id = identity.node_id;
         let (shutdown_tx, _) = watch::channel(false);
-        let (removed, _) = watch::channel(false);
+        // Shared with the transport: a peer's 410 "removed" answer sets it (see `network`).
+        let removed = transport.removed().clone();
         let proposal_gate = Arc::new(tokio::sync::RwLock::new(()));
         let (tx, rx) = mpsc::channel(config.proposals_queued_max);
         let proposals = ProposalSender {
@@ -656,7 +657,9 @@ impl Node {
     }
 
     /// Resolves once this member knows it was removed from the cluster (by its own removal
-    /// as leader, or, after a restart, from its state): the process should then stop.
+    /// as leader; as a follower, when a member answers its Raft RPCs that it was removed;
+    /// after a restart, from its state or from the members' answer): the process should
+    /// then stop.
     pub async fn wait_removed(&self) {
         let mut removed = self.inner.removed.subscribe();
         // The sender lives as long as this node: an error cannot happen while we hold it.

@@ -13,6 +13,11 @@
 //!   ([`crate::leads`]). Its proposals are held back while it removes itself (the
 //!   proposer's gate) and refused after (`Removed`); the process then stops, as etcd's does.
 //!   The others elect a leader after an election timeout without it.
+//!   A removed **follower** is not told by openraft (the leader stops replicating to it once
+//!   it appends the uniform config), so it campaigns. As etcd's peers do, the members
+//!   answer a Raft RPC from a member they know was removed with 410 Gone before Raft sees
+//!   it ([`sender_was_removed`] says when they know); the removed member then marks itself
+//!   removed and its process stops. The same happens when it is started on its data dir.
 //! - Update peer URLs, and publish: a member's name and client URLs are not known when it
 //!   is added (etcd's POST takes peer URLs only, and the initial membership carries names
 //!   and peer URLs only), so each member publishes its own through the leader once it sees
@@ -29,7 +34,7 @@ use tokio::sync::watch;
 
 use crate::forward;
 use crate::peer::{MemberChange, MemberChangeReply};
-use crate::types::{member_id_from_peer_urls, Member, NodeId};
+use crate::types::{member_id_from_peer_urls, LogId, Member, NodeId};
 use crate::{MemberError, Node, WeakNode};
 
 /// A learner within this many entries of the leader's last log index becomes a voter.
@@ -404,6 +409,83 @@ fn removed_as_leader(node: &Node) -> bool {
         && membership.membership().get_node(&id).is_none()
 }
 
+/// What a Raft RPC shows of its sender's place in the log, for [`sender_was_removed`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum SenderClaim {
+    /// A vote request: the candidate's last log id.
+    Candidate { last_log_id: Option<LogId> },
+    /// An append or snapshot chunk: the term of the leader that sends it.
+    Leader { term: u64 },
+}
+
+/// Whether the sender `from` of a Raft RPC is a member this node knows was removed (etcd:
+/// "peers answer a removed member with 410 Gone"), given this node's **committed**
+/// membership `committed` at log id `committed_log_id` and what the RPC shows (`claim`).
+///
+/// Absence from the membership alone does not prove removal: a member added after that
+/// membership (this node is behind) is absent too. So the sender must also be behind it:
+/// - a candidate whose last log id is older than `committed_log_id` has not seen that
+///   membership. A member added later has: it became a voter through a membership after
+///   its addition, which is after `committed_log_id`, and only a voter campaigns;
+/// - a leader whose term is at most the term of `committed_log_id`: a member added later
+///   is elected after the leader that appended its promotion, in a higher term than that
+///   leader's, which is at least that term. (A leader that removed itself in that term is
+///   removed too.)
+///
+/// Committed, not effective: an uncommitted membership that drops the sender may still
+/// be truncated, and the sender would stay a member.
+pub(crate) fn sender_was_removed(
+    committed: &Membership<NodeId, Member>,
+    committed_log_id: Option<LogId>,
+    from: NodeId,
+    claim: SenderClaim,
+) -> bool {
+    let Some(committed_log_id) = committed_log_id else {
+        // Not even the initial membership is committed: this node knows nothing yet.
+        return false;
+    };
+    if committed.get_node(&from).is_some() {
+        return false;
+    }
+    match claim {
+        SenderClaim::Candidate { last_log_id } => last_log_id < Some(committed_log_id),
+        SenderClaim::Leader { term } => term <= committed_log_id.leader_id.term,
+    }
+}
+
+impl Node {
+    /// Whether the sender of a Raft RPC was removed from the cluster ([`sender_was_removed`]
+    /// on this node's committed membership). Cheap when the sender is in the effective
+    /// membership (every RPC between members): only a sender absent from it costs a call
+    /// into Raft for the committed membership.
+    pub(crate) async fn sender_was_removed(&self, from: NodeId, claim: SenderClaim) -> bool {
+        let in_effective = self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&from)
+            .is_some();
+        if in_effective {
+            return false;
+        }
+        let committed = self
+            .inner
+            .raft
+            .with_raft_state(|state| state.membership_state.committed().clone())
+            .await;
+        match committed {
+            Ok(committed) => {
+                sender_was_removed(committed.membership(), *committed.log_id(), from, claim)
+            }
+            // Raft stopped: the RPC fails anyway; say nothing about the sender.
+            Err(_) => false,
+        }
+    }
+}
+
 /// How long a hand-over waits for the chosen follower to have the whole log.
 const HAND_OVER_CATCH_UP_WAIT: Duration = Duration::from_millis(500);
 /// How long it waits for the follower to win its election.
@@ -532,6 +614,100 @@ mod tests {
             vec![BTreeSet::from([1, 2])],
             BTreeMap::from([(1, member("n1")), (2, member("n2"))]),
         )
+    }
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        openraft::LogId::new(openraft::CommittedLeaderId::new(term, 1), index)
+    }
+
+    #[test]
+    fn a_candidate_absent_from_the_committed_membership_and_behind_it_was_removed() {
+        // Member 3 was removed by the uniform config at (2, 10); it has at most the joint one.
+        let committed = two_voters();
+        let behind = SenderClaim::Candidate {
+            last_log_id: Some(log_id(2, 9)),
+        };
+        assert!(sender_was_removed(
+            &committed,
+            Some(log_id(2, 10)),
+            3,
+            behind
+        ));
+        let empty_log = SenderClaim::Candidate { last_log_id: None };
+        assert!(sender_was_removed(
+            &committed,
+            Some(log_id(2, 10)),
+            3,
+            empty_log
+        ));
+    }
+
+    #[test]
+    fn a_sender_unknown_because_this_node_is_behind_is_not_told_it_was_removed() {
+        let committed = two_voters();
+        // Member 4 was added (and promoted) after (2, 10): its log goes past it.
+        let newer = SenderClaim::Candidate {
+            last_log_id: Some(log_id(3, 12)),
+        };
+        assert!(!sender_was_removed(
+            &committed,
+            Some(log_id(2, 10)),
+            4,
+            newer
+        ));
+        let same = SenderClaim::Candidate {
+            last_log_id: Some(log_id(2, 10)),
+        };
+        assert!(!sender_was_removed(
+            &committed,
+            Some(log_id(2, 10)),
+            4,
+            same
+        ));
+        // As a leader it was elected in a later term than the one that appended (2, 10).
+        let leader = SenderClaim::Leader { term: 3 };
+        assert!(!sender_was_removed(
+            &committed,
+            Some(log_id(2, 10)),
+            4,
+            leader
+        ));
+        // Nothing committed yet: nothing is known.
+        let behind = SenderClaim::Candidate { last_log_id: None };
+        assert!(!sender_was_removed(&committed, None, 3, behind));
+    }
+
+    #[test]
+    fn a_member_of_the_committed_membership_is_never_told_it_was_removed() {
+        let committed = two_voters();
+        for claim in [
+            SenderClaim::Candidate { last_log_id: None },
+            SenderClaim::Leader { term: 1 },
+        ] {
+            assert!(!sender_was_removed(
+                &committed,
+                Some(log_id(2, 10)),
+                2,
+                claim
+            ));
+        }
+    }
+
+    #[test]
+    fn a_leader_absent_from_the_committed_membership_from_its_term_or_before_was_removed() {
+        let committed = two_voters();
+        assert!(sender_was_removed(
+            &committed,
+            Some(log_id(2, 10)),
+            3,
+            SenderClaim::Leader { term: 2 }
+        ));
+        assert!(sender_was_removed(
+            &committed,
+            Some(log_id(2, 10)),
+            3,
+            SenderClaim::Leader { term: 1 }
+        ));
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //!
 //! Errors: a refused connection is [`Unreachable`] (openraft backs off before retrying), a
 //! timeout or a broken body is a network error (retried at once), a token mismatch is
-//! logged loudly on both sides and treated as unreachable. The per-follower latency and
+//! logged loudly on both sides and treated as unreachable. A 410 saying this member was
+//! removed from the cluster sets the node's removed flag (the process then stops, as etcd's). The per-follower latency and
 //! success/failure counts of appends feed `/v2/stats/leader`.
 
 use std::collections::BTreeMap;
@@ -31,8 +32,11 @@ use openraft::AnyError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::peer::{self, PeerRpc, PEER_FROM_HEADER, PEER_PATH_PREFIX, PEER_TOKEN_HEADER};
+use crate::peer::{
+    self, PeerRpc, PEER_FROM_HEADER, PEER_PATH_PREFIX, PEER_REMOVED_STATUS, PEER_TOKEN_HEADER,
+};
 use crate::types::{Member, NodeId, TypeConfig};
+use crate::MEMBER_REMOVED;
 
 /// How long to wait for a TCP connection to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -53,6 +57,9 @@ struct TransportInner {
     from: NodeId,
     stats: PeerStats,
     hints: Arc<crate::split_vote::ElectionHints>,
+    /// This member's "removed from the cluster" flag (the node's `removed`): set when a peer
+    /// answers that we were removed.
+    removed: tokio::sync::watch::Sender<bool>,
 }
 
 /// Counts of appends sent to followers and received from a leader (`/v2/stats/*`).
@@ -166,6 +173,7 @@ impl PeerTransport {
                 from,
                 stats: PeerStats::default(),
                 hints,
+                removed: tokio::sync::watch::Sender::new(false),
             }),
         }
     }
@@ -176,6 +184,11 @@ impl PeerTransport {
 
     pub(crate) fn hints(&self) -> &Arc<crate::split_vote::ElectionHints> {
         &self.inner.hints
+    }
+
+    /// The flag set once a peer answered that this member was removed (the node shares it).
+    pub(crate) fn removed(&self) -> &tokio::sync::watch::Sender<bool> {
+        &self.inner.removed
     }
 
     /// One RPC to the member `target` at its first peer URL.
@@ -246,6 +259,18 @@ impl PeerTransport {
             let reason = String::from_utf8_lossy(&bytes).into_owned();
             if status == 403 {
                 tracing::error!(target = %format!("{target:x}"), %url, %reason, "peer refused us: cluster token mismatch");
+            }
+            // A member of our cluster (the token matched) says we were removed: the body
+            // must say so too, so that a 410 from something else at that URL does not count.
+            let told_removed = status == PEER_REMOVED_STATUS && reason.contains(MEMBER_REMOVED);
+            let first_time = told_removed && !self.inner.removed.send_replace(true);
+            if first_time {
+                tracing::warn!(
+                    peer = %format!("{target:x}"),
+                    %reason,
+                    "a peer refused our {} as from a removed member",
+                    rpc.name()
+                );
             }
             return Err(CallError::Refused {
                 target,

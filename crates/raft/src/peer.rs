@@ -2,7 +2,7 @@
 //!
 //! Every RPC is `POST <peer-url>/rota/peer/v1/<name>` with a bincode body; the answer is a
 //! bincode body (200) or a short text error (403 token mismatch, 400 undecodable body, 503
-//! shutting down). Two headers carry who is asking: the cluster token
+//! shutting down, 410 the sender was removed from the cluster). Two headers carry who is asking: the cluster token
 //! (`--initial-cluster-token`, a node refuses peers of another cluster) and the sender's
 //! node id. This module owns the wire shapes shared by both sides; the client lives in
 //! `network` (openraft's RPCs) and `forward` (proposals, reads, membership), the server side
@@ -16,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::types::{Member, NodeId};
-use crate::{ProposeError, Proposed};
+use crate::{ProposeError, Proposed, MEMBER_REMOVED};
 
 /// Path prefix of every peer RPC.
 pub const PEER_PATH_PREFIX: &str = "/rota/peer/v1/";
@@ -28,6 +28,10 @@ pub const PEER_FROM_HEADER: &str = "x-rota-from";
 /// The largest peer request body accepted: a snapshot chunk or an append of at most
 /// `max_payload_entries` entries of at most `batch_bytes_max` each stays well below it.
 pub const PEER_BODY_BYTES_MAX: usize = 128 << 20;
+
+/// The HTTP status of [`PeerError::SenderRemoved`] (etcd's peers answer a removed member's
+/// messages with 410 Gone).
+pub const PEER_REMOVED_STATUS: u16 = 410;
 
 /// The RPCs of the peer protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +94,11 @@ pub enum PeerError {
     BadRequest { rpc: &'static str, reason: String },
     #[error("node is shutting down")]
     ShuttingDown,
+    /// A Raft RPC from a member this node knows was removed (see
+    /// `membership::sender_was_removed`): 410 Gone, as etcd's peers answer. The sender then
+    /// knows it was removed and stops.
+    #[error("member {from:x}: {MEMBER_REMOVED}")]
+    SenderRemoved { from: u64 },
 }
 
 impl PeerError {
@@ -98,6 +107,7 @@ impl PeerError {
             PeerError::TokenMismatch { .. } => 403,
             PeerError::BadRequest { .. } => 400,
             PeerError::ShuttingDown => 503,
+            PeerError::SenderRemoved { .. } => PEER_REMOVED_STATUS,
         }
     }
 }

@@ -368,6 +368,115 @@ fn cluster_membership_removed_leader_is_replaced_acknowledges_no_write_and_exits
     );
 }
 
+/// `DELETE /v2/members/<follower>` sent to the leader. openraft stops replicating to the
+/// follower once the config without it is appended, so only its peers can tell it: as
+/// etcd's, they answer its Raft RPCs (its campaigns) with 410 Gone. Within
+/// [`REMOVED_EXIT_WITHIN`] it exits 0 with etcd's log line; the two others list exactly the
+/// two of them, keep their leader and term (its campaigns never reach their Raft: recorded
+/// before the DELETE and after its exit) and take writes through either. Started again on
+/// its data dir it campaigns again, is told again, and exits again; still the same leader
+/// and term. `ROTA_IT_AGAINST=etcd` runs it against etcd 3.4.
+#[test]
+fn cluster_membership_removed_follower_is_told_by_its_peers_and_exits() {
+    let name = "removed-follower";
+    let token = format!("{name}-{}", std::process::id());
+    let mut cluster = Cluster::start(ClusterConfig::new(3, &token));
+    let endpoints = cluster.endpoints();
+    let leader = cluster.wait_leader(CHANGE_TIMEOUT).unwrap_or_else(|e| panic!("{name}: {e}\n{}", cluster.logs(30)));
+    let follower = (leader + 1) % endpoints.len();
+    let leader_addr = endpoints[leader];
+    let others: Vec<SocketAddr> = endpoints.iter().copied().filter(|addr| *addr != endpoints[follower]).collect();
+    let follower_name = format!("n{}", follower + 1);
+    let removed_id = wait_until(CHANGE_TIMEOUT, "the follower listed under its name", || {
+        try_member_names(&leader_addr)?.into_iter().find(|(_, n)| *n == follower_name).map(|(id, _)| id)
+    });
+    let response = put_until_answered(leader_addr, &format!("{REMOVED_FOLLOWER_DIR}/before"), "1");
+    assert!(matches!(response.status(), 200 | 201), "{name}: a write before the removal: {} {}", response.status(), response.text());
+    let before = leader_and_term(leader_addr).unwrap_or_else(|| panic!("{name}: no leader and term from {leader_addr}"));
+
+    let request = Request::new("DELETE", &format!("/v2/members/{removed_id}"));
+    let refused_until = Instant::now() + ETCD_RECONFIG_HEALTH_WAIT;
+    let deleted = loop {
+        let deleted = http::send_with_timeout(leader_addr, &request, Duration::from_secs(15))
+            .unwrap_or_else(|e| panic!("{name}: DELETE /v2/members/{removed_id} on the leader: {e:?}\n{}", cluster.logs(30)));
+        // etcd refuses a removal (500) until its leader has been connected to every member
+        // for 5 s (its strict reconfiguration check).
+        let etcd_not_yet = cluster.config.kind == harness::Kind::Etcd && deleted.status() == 500;
+        if !etcd_not_yet || Instant::now() >= refused_until {
+            break deleted;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(deleted.status(), 204, "{name}: DELETE /v2/members/{removed_id}: {}", deleted.text());
+    let deleted_at = Instant::now();
+
+    let exit = wait_exit(&mut cluster, follower, deleted_at);
+    let log = cluster.nodes[follower].log_tail(usize::MAX);
+    eprintln!("{name}: removed {follower_name} ({removed_id}) through the leader n{}; exit (status, after): {exit:?}", leader + 1);
+    assert!(
+        exit.is_some_and(|(status, _)| status.success()),
+        "{name}: the removed follower did not exit 0 within {REMOVED_EXIT_WITHIN:?}: {exit:?}\n{}\n--- its whole log ---\n{log}",
+        cluster.logs(30)
+    );
+    assert!(log.contains(REMOVED_LOG_LINE), "{name}: the removed follower's log lacks {REMOVED_LOG_LINE:?}:\n{log}");
+
+    for addr in &others {
+        wait_until(CHANGE_TIMEOUT, &format!("{addr} to list the two remaining members"), || {
+            try_member_names(addr).filter(|m| m.len() == 2 && !m.contains_key(&removed_id)).map(|_| ())
+        });
+    }
+    for (at, addr) in others.iter().enumerate() {
+        let response = put_until_answered(*addr, &format!("{REMOVED_FOLLOWER_DIR}/after-{at}"), "1");
+        assert!(matches!(response.status(), 200 | 201), "{name}: a write through {addr} after the removal: {} {}", response.status(), response.text());
+    }
+    for addr in &others {
+        let after = leader_and_term(*addr);
+        assert_eq!(
+            after.as_ref(),
+            Some(&before),
+            "{name}: (leader, term) on {addr} before the removal and after the removed follower's exit\n{}",
+            cluster.logs(40)
+        );
+    }
+
+    // Started again on its data dir, it campaigns again, is told again and exits again.
+    cluster.start_again(follower);
+    let restarted_at = Instant::now();
+    let again = wait_exit(&mut cluster, follower, restarted_at);
+    let log_again = cluster.nodes[follower].log_tail(usize::MAX);
+    eprintln!("{name}: started again on its data dir, {follower_name} exited (status, after): {again:?}");
+    assert!(
+        again.is_some_and(|(status, _)| status.success()) && log_again.contains(REMOVED_LOG_LINE),
+        "{name}: started again, the removed follower did not exit 0 within {REMOVED_EXIT_WITHIN:?} with {REMOVED_LOG_LINE:?}: {again:?}\n{log_again}"
+    );
+    for addr in &others {
+        assert_eq!(leader_and_term(*addr).as_ref(), Some(&before), "{name}: (leader, term) on {addr} after the restarted follower's exit");
+        assert_eq!(try_member_names(addr).map(|m| m.len()), Some(2), "{name}: members listed by {addr} at the end");
+    }
+}
+
+const REMOVED_FOLLOWER_DIR: &str = "/removed-follower";
+
+/// Waits up to [`REMOVED_EXIT_WITHIN`] from `since` for node `i` to exit: its status and when.
+fn wait_exit(cluster: &mut Cluster, i: usize, since: Instant) -> Option<(std::process::ExitStatus, Duration)> {
+    loop {
+        match cluster.try_wait(i) {
+            Some(status) => return Some((status, since.elapsed())),
+            None if since.elapsed() >= REMOVED_EXIT_WITHIN => return None,
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// The leader a member names (`/v2/stats/self`) and its Raft term (`X-Raft-Term` of a read).
+fn leader_and_term(addr: SocketAddr) -> Option<(String, u64)> {
+    let stats = http::send_with_timeout(addr, &Request::new("GET", "/v2/stats/self"), PROBE_TIMEOUT).ok()?;
+    let leader = stats.json()["leaderInfo"]["leader"].as_str()?.to_string();
+    let read = http::send_with_timeout(addr, &Request::new("GET", "/v2/keys/"), PROBE_TIMEOUT).ok()?;
+    let term = read.header("x-raft-term")?.parse().ok()?;
+    Some((leader, term))
+}
+
 /// A `503` (no leader known yet on that member) or no answer (etcd sometimes holds a write
 /// longer than [`WRITE_TIMEOUT`] just after an election) is retried, same key and value,
 /// for a bounded time.
