@@ -177,10 +177,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             last_membership: self.last_membership.clone(),
             snapshot_id,
         };
+        let started = std::time::Instant::now();
         let state_bytes = self
             .shared
             .read(bincode::serialize)
             .map_err(|e| e.to_string());
+        if let Ok(bytes) = &state_bytes {
+            // Applying waits while the state is encoded: the time is worth seeing.
+            tracing::info!(
+                bytes = bytes.len(),
+                encode_ms = started.elapsed().as_millis() as u64,
+                "snapshot: state encoded"
+            );
+        }
         SnapshotBuilder {
             meta,
             state_bytes,
@@ -280,6 +289,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let image = SnapshotImage::build(meta.clone(), &state_bytes)
             .map_err(|reason| snapshot_error(Some(&meta), ErrorVerb::Write, reason))?;
         let snapshots = self.snapshots.clone();
+        let started = std::time::Instant::now();
         let (stored, image) = tokio::task::spawn_blocking(move || {
             snapshots.store(&image).map(|stored| (stored, image))
         })
@@ -287,6 +297,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         .map_err(|e| snapshot_error(Some(&meta), ErrorVerb::Write, e))?
         .map_err(|e| snapshot_error(Some(&meta), ErrorVerb::Write, e))?;
         if stored {
+            tracing::info!(
+                bytes = image.bytes.len(),
+                write_ms = started.elapsed().as_millis() as u64,
+                "snapshot: written and synced"
+            );
             self.metrics.snapshot_bytes.set(image.bytes.len() as i64);
             self.metrics
                 .snapshot_index

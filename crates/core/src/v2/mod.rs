@@ -148,6 +148,7 @@ pub struct StoreStats {
 }
 
 mod history;
+mod sharded;
 mod store;
 mod tree;
 mod wire;

@@ -9,12 +9,13 @@
 //! - every node but `/` has its parent in the map, the parent is a directory, and the
 //!   parent's `children` holds exactly the names of the nodes directly below it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::BTreeSet;
 #[cfg(test)]
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::sharded::ShardedMap;
 use super::V2Error;
 
 pub(super) const ROOT: &str = "/";
@@ -42,8 +43,8 @@ pub(super) struct Node {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) enum NodeKind {
     File { value: String },
-    /// Children's names (one path segment each); listings sort them (as etcd does).
-    Dir { children: HashSet<String> },
+    /// Children's names (one path segment each), in byte order.
+    Dir { children: BTreeSet<String> },
 }
 
 impl Node {
@@ -56,7 +57,7 @@ impl Node {
             created_index: index,
             modified_index: index,
             expiration_ns,
-            kind: NodeKind::Dir { children: HashSet::new() },
+            kind: NodeKind::Dir { children: BTreeSet::new() },
         }
     }
 
@@ -72,7 +73,7 @@ impl Node {
         }
     }
 
-    pub fn children(&self) -> Option<&HashSet<String>> {
+    pub fn children(&self) -> Option<&BTreeSet<String>> {
         match &self.kind {
             NodeKind::Dir { children } => Some(children),
             NodeKind::File { .. } => None,
@@ -83,14 +84,15 @@ impl Node {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Tree {
     /// Hashed, not ordered: every write probes it a few times with paths that share long
-    /// prefixes, which made ordered comparisons (memcmp) the top CPU cost of a PUT. Nothing
-    /// iterates it in an order that reaches a client; listings use `children`.
-    nodes: HashMap<String, Node>,
+    /// prefixes, which made ordered comparisons (memcmp) the top CPU cost of a PUT. Sharded,
+    /// so that growing it never stalls a write for long (see `sharded`). Nothing iterates it
+    /// in an order that reaches a client; listings use `children`.
+    nodes: ShardedMap<Node>,
 }
 
 impl Tree {
     pub fn new() -> Tree {
-        let mut nodes = HashMap::new();
+        let mut nodes = ShardedMap::new();
         nodes.insert(ROOT.to_string(), Node::dir(0, None));
         Tree { nodes }
     }
@@ -156,20 +158,18 @@ impl Tree {
     pub fn insert(&mut self, path: &str, node: Node) {
         debug_assert!(path != ROOT);
         let (parent, name) = split_parent(path);
+        if let Some(existing) = self.nodes.get_mut(path) {
+            // Already linked into its parent.
+            *existing = node;
+            return;
+        }
         match self.nodes.get_mut(parent).map(|parent| &mut parent.kind) {
             Some(NodeKind::Dir { children }) => {
-                if !children.contains(name) {
-                    children.insert(name.to_string());
-                }
+                children.insert(name.to_string());
             }
             _ => panic!("v2 tree: parent of {path:?} is not a directory"),
         }
-        match self.nodes.get_mut(path) {
-            Some(existing) => *existing = node,
-            None => {
-                self.nodes.insert(path.to_string(), node);
-            }
-        }
+        self.nodes.insert(path.to_string(), node);
     }
 
     /// Removes the node at `path` and everything below it, calling `removed` once per node
@@ -215,7 +215,7 @@ impl Tree {
     pub fn check_invariants(&self) {
         let root = self.nodes.get(ROOT).expect("root exists");
         assert!(root.is_dir());
-        for (path, node) in &self.nodes {
+        for (path, node) in self.nodes.iter() {
             if path != ROOT {
                 let (parent, name) = split_parent(path);
                 let parent_node = self.nodes.get(parent).unwrap_or_else(|| panic!("parent of {path} exists"));
