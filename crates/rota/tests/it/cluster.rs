@@ -378,10 +378,18 @@ impl Cluster {
     }
 
     /// SIGSTOP: the process stays alive (its sockets accept) but does nothing.
+    /// Freezes node `i`; returns once every one of its threads is stopped (SIGSTOP is
+    /// delivered asynchronously: a thread running on the other core can still answer a
+    /// request right after `kill` returns).
     pub fn pause(&mut self, i: usize) {
         if let Some(pid) = self.nodes[i].pid() {
             send_signal(pid, SIGSTOP);
             self.nodes[i].paused = true;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !all_threads_stopped(pid) {
+                assert!(Instant::now() < deadline, "node {i} (pid {pid}) did not stop within 5 s of SIGSTOP");
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
     }
 
@@ -721,6 +729,17 @@ pub fn connection_owner(client: SocketAddr, server: SocketAddr, pids: &[Option<u
         fds.flatten()
             .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == wanted.as_str()))
             .then_some(i)
+    })
+}
+
+/// True when every thread of `pid` is in state `T` (stopped) according to `/proc`.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses.
+            stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
     })
 }
 
