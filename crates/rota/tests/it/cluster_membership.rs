@@ -246,19 +246,7 @@ fn cluster_membership_removed_leader_is_replaced_acknowledges_no_write_and_exits
     let prober = Prober::start(removed_addr);
     wait_until(CHANGE_TIMEOUT, "writes acknowledged by the leader", || (prober.acked() >= PROBE_WARM_UP_ACKS).then_some(()));
 
-    let request = Request::new("DELETE", &format!("/v2/members/{removed_id}"));
-    let refused_until = Instant::now() + ETCD_RECONFIG_HEALTH_WAIT;
-    let deleted = loop {
-        let deleted = http::send_with_timeout(removed_addr, &request, Duration::from_secs(15))
-            .unwrap_or_else(|e| panic!("{name}: DELETE /v2/members/{removed_id} on the leader: {e:?}\n{}", cluster.logs(30)));
-        // etcd refuses a removal (500) until its leader has been connected to every member
-        // for 5 s (its strict reconfiguration check); rota has no such rule.
-        let etcd_not_yet = cluster.config.kind == harness::Kind::Etcd && deleted.status() == 500;
-        if !etcd_not_yet || Instant::now() >= refused_until {
-            break deleted;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let deleted = delete_member_on_leader(&cluster, removed_addr, &removed_id, name);
     assert_eq!(deleted.status(), 204, "{name}: DELETE /v2/members/{removed_id}: {}", deleted.text());
     let deleted_at = Instant::now();
 
@@ -394,19 +382,7 @@ fn cluster_membership_removed_follower_is_told_by_its_peers_and_exits() {
     assert!(matches!(response.status(), 200 | 201), "{name}: a write before the removal: {} {}", response.status(), response.text());
     let before = leader_and_term(leader_addr).unwrap_or_else(|| panic!("{name}: no leader and term from {leader_addr}"));
 
-    let request = Request::new("DELETE", &format!("/v2/members/{removed_id}"));
-    let refused_until = Instant::now() + ETCD_RECONFIG_HEALTH_WAIT;
-    let deleted = loop {
-        let deleted = http::send_with_timeout(leader_addr, &request, Duration::from_secs(15))
-            .unwrap_or_else(|e| panic!("{name}: DELETE /v2/members/{removed_id} on the leader: {e:?}\n{}", cluster.logs(30)));
-        // etcd refuses a removal (500) until its leader has been connected to every member
-        // for 5 s (its strict reconfiguration check).
-        let etcd_not_yet = cluster.config.kind == harness::Kind::Etcd && deleted.status() == 500;
-        if !etcd_not_yet || Instant::now() >= refused_until {
-            break deleted;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let deleted = delete_member_on_leader(&cluster, leader_addr, &removed_id, name);
     assert_eq!(deleted.status(), 204, "{name}: DELETE /v2/members/{removed_id}: {}", deleted.text());
     let deleted_at = Instant::now();
 
@@ -1086,4 +1062,22 @@ fn copy_counting(mut from: TcpStream, mut to: TcpStream, pattern: &[u8], count: 
     }
     let _ = to.shutdown(std::net::Shutdown::Both);
     let _ = from.shutdown(std::net::Shutdown::Both);
+}
+
+/// `DELETE /v2/members/<id>` sent to the leader at `leader_addr`. etcd refuses a removal
+/// (500) until its leader has been connected to every member for 5 s (its strict
+/// reconfiguration check; rota has no such rule), so against etcd a 500 is retried for a
+/// while.
+fn delete_member_on_leader(cluster: &Cluster, leader_addr: SocketAddr, id: &str, name: &str) -> http::Response {
+    let request = Request::new("DELETE", &format!("/v2/members/{id}"));
+    let refused_until = Instant::now() + ETCD_RECONFIG_HEALTH_WAIT;
+    loop {
+        let deleted = http::send_with_timeout(leader_addr, &request, Duration::from_secs(15))
+            .unwrap_or_else(|e| panic!("{name}: DELETE /v2/members/{id} on the leader: {e:?}\n{}", cluster.logs(30)));
+        let etcd_not_yet = cluster.config.kind == harness::Kind::Etcd && deleted.status() == 500;
+        if !etcd_not_yet || Instant::now() >= refused_until {
+            return deleted;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
