@@ -35,7 +35,7 @@ use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -730,6 +730,52 @@ pub fn connection_owner(client: SocketAddr, server: SocketAddr, pids: &[Option<u
             .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == wanted.as_str()))
             .then_some(i)
     })
+}
+
+/// Polls which node leads (`/v2/stats/self`) every 100 ms on a background thread.
+pub struct LeaderMonitor {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Option<usize>>>,
+}
+
+impl LeaderMonitor {
+    const POLL: Duration = Duration::from_millis(100);
+
+    pub fn start(endpoints: Vec<SocketAddr>) -> LeaderMonitor {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let live = vec![true; endpoints.len()];
+            let mut seen = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                seen.push(leader_among(&endpoints, &live));
+                std::thread::sleep(Self::POLL);
+            }
+            seen
+        });
+        LeaderMonitor { stop, thread }
+    }
+
+    /// The number of times the observed leader became another node, and the observations
+    /// run-length encoded (`n1×52 -×12 n2×40`; `-` = no single leader).
+    pub fn stop(self) -> (usize, String) {
+        self.stop.store(true, Ordering::Relaxed);
+        let seen = self.thread.join().expect("leader monitor panicked");
+        let mut timeline: Vec<(Option<usize>, usize)> = Vec::new();
+        for leader in &seen {
+            match timeline.last_mut() {
+                Some((last, count)) if last == leader => *count += 1,
+                _ => timeline.push((*leader, 1)),
+            }
+        }
+        let text = timeline
+            .iter()
+            .map(|(leader, count)| format!("{}×{count}", leader.map_or("-".to_string(), |i| format!("n{}", i + 1))))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let leaders: Vec<usize> = seen.into_iter().flatten().collect();
+        (leaders.windows(2).filter(|pair| pair[0] != pair[1]).count(), text)
+    }
 }
 
 /// True when every thread of `pid` is in state `T` (stopped) according to `/proc`.

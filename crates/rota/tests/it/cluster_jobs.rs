@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::cluster::{self, Cluster, ClusterConfig};
+use crate::cluster::{Cluster, ClusterConfig, LeaderMonitor};
 use crate::crash::{self, Rng};
 use crate::http::{self, Request, Response};
 use crate::jobs_util::{read_lines, script, unix_ms, wait_until, Proc};
@@ -494,54 +494,6 @@ impl Zombie {
 
     fn join(self) -> ZombieReport {
         self.thread.join().expect("zombie thread panicked")
-    }
-}
-
-// ---- leader changes ------------------------------------------------------------------------
-
-/// Polls which node leads (`/v2/stats/self`) every 100 ms on a background thread.
-pub(crate) struct LeaderMonitor {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<Option<usize>>>,
-}
-
-impl LeaderMonitor {
-    const POLL: Duration = Duration::from_millis(100);
-
-    pub(crate) fn start(endpoints: Vec<SocketAddr>) -> LeaderMonitor {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let live = vec![true; endpoints.len()];
-            let mut seen = Vec::new();
-            while !flag.load(Ordering::Relaxed) {
-                seen.push(cluster::leader_among(&endpoints, &live));
-                std::thread::sleep(Self::POLL);
-            }
-            seen
-        });
-        LeaderMonitor { stop, thread }
-    }
-
-    /// The number of times the observed leader became another node, and the observations
-    /// run-length encoded (`n1×52 -×12 n2×40`; `-` = no single leader).
-    pub(crate) fn stop(self) -> (usize, String) {
-        self.stop.store(true, Ordering::Relaxed);
-        let seen = self.thread.join().expect("leader monitor panicked");
-        let mut timeline: Vec<(Option<usize>, usize)> = Vec::new();
-        for leader in &seen {
-            match timeline.last_mut() {
-                Some((last, count)) if last == leader => *count += 1,
-                _ => timeline.push((*leader, 1)),
-            }
-        }
-        let text = timeline
-            .iter()
-            .map(|(leader, count)| format!("{}×{count}", leader.map_or("-".to_string(), |i| format!("n{}", i + 1))))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let leaders: Vec<usize> = seen.into_iter().flatten().collect();
-        (leaders.windows(2).filter(|pair| pair[0] != pair[1]).count(), text)
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cluster::{self, Cluster, ClusterConfig};
+use crate::cluster::{Cluster, ClusterConfig, LeaderMonitor};
 use crate::crash::{self, Rng};
 use crate::harness;
 use crate::history::{self, Run, Workload};
@@ -55,51 +55,6 @@ struct RunStats {
     check_ms: u128,
 }
 
-/// Watches which node leads (polling `/v2/stats/self`) on a background thread.
-struct LeaderMonitor {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<Option<usize>>>,
-}
-
-impl LeaderMonitor {
-    const POLL: Duration = Duration::from_millis(100);
-
-    fn start(endpoints: Vec<SocketAddr>) -> LeaderMonitor {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let live = vec![true; endpoints.len()];
-            let mut seen = Vec::new();
-            while !flag.load(Ordering::Relaxed) {
-                seen.push(cluster::leader_among(&endpoints, &live));
-                std::thread::sleep(Self::POLL);
-            }
-            seen
-        });
-        LeaderMonitor { stop, thread }
-    }
-
-    /// Number of times the observed leader became a different node, and the observations
-    /// run-length encoded (`n1×52 -×12 n2×40`, `-` = no single leader) for reports.
-    fn stop(self) -> (usize, String) {
-        self.stop.store(true, Ordering::Relaxed);
-        let seen = self.thread.join().expect("leader monitor panicked");
-        let mut timeline: Vec<(Option<usize>, usize)> = Vec::new();
-        for leader in &seen {
-            match timeline.last_mut() {
-                Some((last, count)) if last == leader => *count += 1,
-                _ => timeline.push((*leader, 1)),
-            }
-        }
-        let timeline = timeline
-            .iter()
-            .map(|(leader, count)| format!("{}×{count}", leader.map_or("-".to_string(), |i| format!("n{}", i + 1))))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let leaders: Vec<usize> = seen.into_iter().flatten().collect();
-        (leaders.windows(2).filter(|pair| pair[0] != pair[1]).count(), timeline)
-    }
-}
 
 /// After the clients stopped: one quorum read of every key (retried on other nodes until
 /// one answers), added to the history. Returns each key's final value.
