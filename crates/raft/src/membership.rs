@@ -290,7 +290,9 @@ fn plan(
 /// On every member: publish this member's name and client URLs when its entry differs. On
 /// the leader: promote caught-up learners to voters.
 pub(crate) async fn run_membership_keeper(node: WeakNode, mut shutdown: watch::Receiver<bool>) {
-    let Some(mut metrics) = node.upgrade().map(|node| node.inner.raft.metrics()) else {
+    // Server metrics change on elections and membership changes, not with every entry;
+    // replication progress (a learner catching up) is seen on the interval.
+    let Some(mut metrics) = node.upgrade().map(|node| node.inner.raft.server_metrics()) else {
         return;
     };
     loop {

@@ -204,6 +204,7 @@ impl<B: Backend> App<B> {
             return respond::method_not_allowed("GET");
         }
         let etcd_index = self.backend.read(|state| state.v2.index());
+        self.backend.refresh_metrics();
         let text = self.metrics.render(crate::metrics::NodeSample {
             etcd_index,
             watchers: self.watcher_count(),

@@ -40,6 +40,10 @@ pub trait Backend: Send + Sync + 'static {
         let _ = registry;
     }
 
+    /// Updates the registered metrics that are sampled rather than followed (just before
+    /// `/metrics` renders them).
+    fn refresh_metrics(&self) {}
+
     /// `POST /v2/members`: adds a member with these peer URLs; its id and entry.
     fn add_member(
         &self,
@@ -100,6 +104,10 @@ impl Backend for rota_raft::Node {
 
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         rota_raft::Node::metrics(self).register(registry);
+    }
+
+    fn refresh_metrics(&self) {
+        rota_raft::Node::refresh_metrics(self);
     }
 
     fn add_member(

@@ -479,9 +479,10 @@ impl Store {
                 view.dir = true;
                 if let ViewDepth::Children { recursive } = depth {
                     let child_depth = if recursive { ViewDepth::Children { recursive } } else { ViewDepth::Node };
-                    let nodes: Vec<NodeView> = children
-                        .iter()
-                        .filter(|name| !is_hidden_name(name))
+                    let mut names: Vec<&String> = children.iter().filter(|name| !is_hidden_name(name)).collect();
+                    names.sort_unstable();
+                    let nodes: Vec<NodeView> = names
+                        .into_iter()
                         .filter_map(|name| {
                             let child = child_path(path, name);
                             self.tree.get(&child).map(|node| self.view(&child, node, child_depth, now_ns))
