@@ -7,6 +7,7 @@
 
 pub mod idempotency;
 pub mod jobs;
+mod sharded;
 mod state;
 pub mod v2;
 

@@ -161,8 +161,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        // Encode here, on the state machine task, so the image is exactly the state at
-        // `last_applied`; writing the file happens later, off this task.
+        // Take the state here, on the state machine task, so the image is exactly the state
+        // at `last_applied`. Its big tables are shared copy-on-write, so this clone is
+        // short; encoding and writing happen on a blocking thread while applying goes on.
         self.snapshot_builds += 1;
         let last_applied = self.last_applied;
         let snapshot_id = match last_applied {
@@ -178,21 +179,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             snapshot_id,
         };
         let started = std::time::Instant::now();
-        let state_bytes = self
-            .shared
-            .read(bincode::serialize)
-            .map_err(|e| e.to_string());
-        if let Ok(bytes) = &state_bytes {
-            // Applying waits while the state is encoded: the time is worth seeing.
-            tracing::info!(
-                bytes = bytes.len(),
-                encode_ms = started.elapsed().as_millis() as u64,
-                "snapshot: state encoded"
-            );
-        }
+        let state = self.shared.read(State::clone);
+        // Applying waits while the state is taken: the time is worth seeing.
+        tracing::info!(
+            clone_ms = started.elapsed().as_millis() as u64,
+            "snapshot: state taken"
+        );
         SnapshotBuilder {
             meta,
-            state_bytes,
+            state: Some(state),
             snapshots: self.snapshots.clone(),
             metrics: self.metrics.clone(),
         }
@@ -264,10 +259,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 }
 
-/// Writes one snapshot file from a state image taken on the state machine task.
+/// Encodes and writes one snapshot file from a state taken on the state machine task.
 pub(crate) struct SnapshotBuilder {
     meta: SnapshotMeta,
-    state_bytes: Result<Vec<u8>, String>,
+    state: Option<State>,
     snapshots: SnapshotDir,
     metrics: RaftMetrics,
 }
@@ -275,33 +270,34 @@ pub(crate) struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let meta = self.meta.clone();
-        let state_bytes = std::mem::replace(
-            &mut self.state_bytes,
-            Err("snapshot already built".to_string()),
-        )
-        .map_err(|reason| {
-            snapshot_error(
-                Some(&meta),
-                ErrorVerb::Write,
-                format!("encode state: {reason}"),
-            )
+        let state = self.state.take().ok_or_else(|| {
+            snapshot_error(Some(&meta), ErrorVerb::Write, "snapshot already built")
         })?;
-        let image = SnapshotImage::build(meta.clone(), &state_bytes)
-            .map_err(|reason| snapshot_error(Some(&meta), ErrorVerb::Write, reason))?;
         let snapshots = self.snapshots.clone();
-        let started = std::time::Instant::now();
+        let image_meta = meta.clone();
+        // Off the Raft runtime: its one thread also applies entries and drives replication.
         let (stored, image) = tokio::task::spawn_blocking(move || {
-            snapshots.store(&image).map(|stored| (stored, image))
+            let started = std::time::Instant::now();
+            let state_bytes = bincode::serialize(&state).map_err(|e| format!("encode state: {e}"))?;
+            drop(state);
+            let image = SnapshotImage::build(image_meta, &state_bytes)?;
+            drop(state_bytes);
+            let encode_ms = started.elapsed().as_millis() as u64;
+            let stored = snapshots.store(&image).map_err(|e| e.to_string())?;
+            if stored {
+                tracing::info!(
+                    bytes = image.bytes.len(),
+                    encode_ms,
+                    write_ms = started.elapsed().as_millis() as u64 - encode_ms,
+                    "snapshot: encoded, written and synced"
+                );
+            }
+            Ok::<_, String>((stored, image))
         })
         .await
         .map_err(|e| snapshot_error(Some(&meta), ErrorVerb::Write, e))?
         .map_err(|e| snapshot_error(Some(&meta), ErrorVerb::Write, e))?;
         if stored {
-            tracing::info!(
-                bytes = image.bytes.len(),
-                write_ms = started.elapsed().as_millis() as u64,
-                "snapshot: written and synced"
-            );
             self.metrics.snapshot_bytes.set(image.bytes.len() as i64);
             self.metrics
                 .snapshot_index

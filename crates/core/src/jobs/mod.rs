@@ -34,7 +34,7 @@ mod proptests;
 mod tests;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
@@ -46,6 +46,8 @@ pub use queue::{Backoff, JobCounts, QueueConfig, QueueInfo, RateLimit};
 use job::{Lease, StoredJob};
 use limits::*;
 use queue::{check_lease_ttl, check_max_attempts, check_name, check_range, Queue, QueueId};
+
+use crate::sharded::ShardedMap;
 
 /// A mutation of the job queue, one per client request (a batch submit is one command).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -128,9 +130,10 @@ pub enum LeaseBlockReason {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Jobs {
-    /// Boxed: the table then holds 16 bytes per slot, so its spare capacity and its growth
-    /// (which moves every slot) stay cheap with millions of jobs.
-    jobs: HashMap<JobId, Box<StoredJob>>,
+    /// Boxed: the tables then hold 16 bytes per slot, so their spare capacity and their
+    /// growth (which moves every slot) stay cheap with millions of jobs. Sharded and shared
+    /// copy-on-write, so a snapshot takes it without copying (see `sharded`).
+    jobs: ShardedMap<JobId, Box<StoredJob>>,
     queues: BTreeMap<QueueId, Queue>,
     queue_ids: BTreeMap<String, QueueId>,
     counters: BTreeMap<String, u64>,
@@ -167,7 +170,7 @@ pub struct JobChanges {
 impl Default for Jobs {
     fn default() -> Self {
         Jobs {
-            jobs: HashMap::new(),
+            jobs: ShardedMap::new(),
             queues: BTreeMap::new(),
             queue_ids: BTreeMap::new(),
             counters: BTreeMap::new(),

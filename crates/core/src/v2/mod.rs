@@ -147,8 +147,8 @@ pub struct StoreStats {
     pub expire_count: u64,
 }
 
+mod children;
 mod history;
-mod sharded;
 mod store;
 mod tree;
 mod wire;

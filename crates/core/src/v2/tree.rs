@@ -14,7 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::sharded::{ChildSet, ShardedMap};
+use super::children::ChildSet;
+use crate::sharded::ShardedMap;
 use super::V2Error;
 
 pub(super) const ROOT: &str = "/";
@@ -89,7 +90,7 @@ pub(super) struct Tree {
     /// prefixes, which made ordered comparisons (memcmp) the top CPU cost of a PUT. Sharded,
     /// so that growing it never stalls a write for long (see `sharded`). Nothing iterates it
     /// in an order that reaches a client; listings use `children`.
-    nodes: ShardedMap<Node>,
+    nodes: ShardedMap<String, Node>,
 }
 
 impl Tree {
