@@ -274,6 +274,8 @@ pub struct Status {
     pub snapshot_index: u64,
     /// The last log index removed from the log (covered by a snapshot); 0 if none.
     pub purged_index: u64,
+    /// When this node first saw `leader_id` lead (etcd's `leaderInfo.startTime`).
+    pub leader_since: Option<std::time::SystemTime>,
 }
 
 #[derive(Clone, Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -350,6 +352,8 @@ pub struct Node {
 
 struct NodeInner {
     id: u64,
+    /// The leader this node saw last and since when (kept by `follow_raft_metrics`).
+    leader_seen: Arc<std::sync::Mutex<LeaderSeen>>,
     name: String,
     cluster_id: u64,
     cluster_token: String,
@@ -560,15 +564,18 @@ impl Node {
             shared.applied_tx.subscribe(),
             shutdown_tx.subscribe(),
         ));
+        let leader_seen = Arc::new(std::sync::Mutex::new(LeaderSeen::default()));
         let metrics_task = tokio::spawn(follow_raft_metrics(
             raft.clone(),
             id,
             metrics.clone(),
+            leader_seen.clone(),
             shutdown_tx.subscribe(),
         ));
         let node = Node {
             inner: Arc::new(NodeInner {
                 id,
+                leader_seen,
                 name: config.name.clone(),
                 cluster_id: identity.cluster_id,
                 cluster_token: config.cluster_token.clone(),
@@ -739,6 +746,14 @@ impl Node {
             applied_index: self.inner.shared.applied_tx.borrow().raft_index,
             snapshot_index: metrics.snapshot.map(|id| id.index).unwrap_or(0),
             purged_index: metrics.purged.map(|id| id.index).unwrap_or(0),
+            leader_since: {
+                let seen = self
+                    .inner
+                    .leader_seen
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                seen.leader.filter(|_| !removed).map(|_| seen.since)
+            },
         }
     }
 
@@ -838,6 +853,22 @@ fn leads(metrics: &openraft::RaftMetrics<NodeId, Member>, id: NodeId) -> bool {
     metrics.state == openraft::ServerState::Leader && metrics.current_leader == Some(id)
 }
 
+/// The leader a node saw last, and when it first saw it lead.
+#[derive(Clone, Copy, Debug)]
+struct LeaderSeen {
+    leader: Option<NodeId>,
+    since: std::time::SystemTime,
+}
+
+impl Default for LeaderSeen {
+    fn default() -> Self {
+        LeaderSeen {
+            leader: None,
+            since: std::time::SystemTime::now(),
+        }
+    }
+}
+
 /// A handle on a node that does not keep it alive (for its own background tasks).
 #[derive(Clone)]
 struct WeakNode(std::sync::Weak<NodeInner>);
@@ -864,6 +895,7 @@ async fn follow_raft_metrics(
     raft: Raft,
     id: u64,
     metrics: RaftMetrics,
+    leader_seen: Arc<std::sync::Mutex<LeaderSeen>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut server_metrics = raft.server_metrics();
@@ -875,8 +907,16 @@ async fn follow_raft_metrics(
             let leads = current.state == openraft::ServerState::Leader
                 && current.current_leader == Some(id);
             metrics.is_leader.set(i64::from(leads));
-            if current.current_leader.is_some() && current.current_leader != leader {
-                metrics.leader_changes.inc();
+            if current.current_leader != leader {
+                if current.current_leader.is_some() {
+                    metrics.leader_changes.inc();
+                }
+                *leader_seen
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = LeaderSeen {
+                    leader: current.current_leader,
+                    since: std::time::SystemTime::now(),
+                };
             }
             leader = current.current_leader;
         }

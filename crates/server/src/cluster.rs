@@ -3,8 +3,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
@@ -28,14 +27,6 @@ pub fn cluster_id(initial_cluster: &str, token: &str) -> u64 {
 pub(crate) struct ClusterInfo {
     config: ServerConfig,
     started_unix_ns: u64,
-    /// The leader last seen by `/v2/stats/self` and since when (`leaderInfo`).
-    leader_seen: Mutex<LeaderSeen>,
-}
-
-struct LeaderSeen {
-    leader: Option<u64>,
-    since: Instant,
-    since_unix_ns: u64,
 }
 
 fn json_no_newline(status: u16, body: String) -> Response<Body> {
@@ -51,12 +42,6 @@ impl ClusterInfo {
         ClusterInfo {
             config,
             started_unix_ns,
-
-            leader_seen: Mutex::new(LeaderSeen {
-                leader: None,
-                since: Instant::now(),
-                since_unix_ns: started_unix_ns,
-            }),
         }
     }
 
@@ -227,23 +212,14 @@ impl ClusterInfo {
             .map(|id| format!("{id:x}"))
             .unwrap_or_default();
         let start_time = rota_core::v2::format_expiration(self.started_unix_ns);
-        let (leader_since, leader_uptime) = {
-            let mut seen = self
-                .leader_seen
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if seen.leader != status.leader_id {
-                *seen = LeaderSeen {
-                    leader: status.leader_id,
-                    since: Instant::now(),
-                    since_unix_ns: unix_now_ns(),
-                };
-            }
-            (
-                rota_core::v2::format_expiration(seen.since_unix_ns),
-                go_duration(seen.since.elapsed()),
-            )
-        };
+        // Since this member first saw the current leader lead (its start while it has seen none).
+        let since = status.leader_since.unwrap_or_else(|| {
+            UNIX_EPOCH + std::time::Duration::from_nanos(self.started_unix_ns)
+        });
+        let leader_since = rota_core::v2::format_expiration(
+            since.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
+        );
+        let leader_uptime = go_duration(SystemTime::now().duration_since(since).unwrap_or_default());
         let peer_stats = backend.peer_stats();
         let mut body = String::with_capacity(320);
         body.push_str("{\"name\":");
@@ -325,13 +301,6 @@ impl ClusterInfo {
         );
         json_no_newline(200, body)
     }
-}
-
-fn unix_now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 /// `{"message":...}\n` as etcd's member API answers errors.

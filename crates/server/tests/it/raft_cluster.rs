@@ -202,6 +202,7 @@ async fn a_write_on_a_follower_is_readable_on_every_member() {
     let (_temp, root) = temp_root();
     let members = start_cluster(&root, 30000, 3).await;
     let leader = wait_leader(&members).await;
+    let leader_known_at = std::time::SystemTime::now();
     let follower = (leader + 1) % 3;
 
     let put = send(
@@ -245,6 +246,11 @@ async fn a_write_on_a_follower_is_readable_on_every_member() {
         assert_eq!(reply.json()["id"], leader_id.as_str());
         let own = send(member, "GET", "/v2/stats/self", None).await.json();
         assert_eq!(own["leaderInfo"]["leader"], leader_id.as_str());
+        // Since the member first saw this leader lead: before the test knew of a leader,
+        // not when stats were first asked for.
+        let since = own["leaderInfo"]["startTime"].as_str().unwrap_or_default();
+        let since = humantime::parse_rfc3339(since).unwrap_or_else(|e| panic!("{since}: {e}"));
+        assert!(since <= leader_known_at, "{}: leaderInfo {}", member.name, own["leaderInfo"]);
         let expected_state = if member.node.id() == members[leader].node.id() {
             "StateLeader"
         } else {
