@@ -34,6 +34,7 @@ mod network;
 pub mod peer;
 mod proposer;
 mod snapshot_file;
+mod spin;
 mod split_vote;
 mod state_machine;
 mod ticker;
@@ -398,6 +399,7 @@ impl RaftRuntime {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("rota-raft")
+            .on_thread_park(spin::before_raft_park)
             .enable_all()
             .build()?;
         Ok(RaftRuntime(Mutex::new(Some(runtime))))

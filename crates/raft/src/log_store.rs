@@ -86,6 +86,8 @@ enum FlushWaiter {
 
 impl raft_log::Callback for FlushDone {
     fn send(self, result: io::Result<()>) {
+        // After the completion below: a spinning Raft thread that sees it finds its task woken.
+        let _note = crate::spin::NoteWakeOnDrop;
         match &result {
             Ok(()) => self
                 .metrics

@@ -64,6 +64,7 @@ impl ProposalSender {
                 limit: self.batch_bytes_max,
             });
         }
+        let _in_flight = crate::spin::InFlight::start();
         let (reply, outcome) = oneshot::channel();
         self.tx
             .send(Proposal {
@@ -73,6 +74,8 @@ impl ProposalSender {
             })
             .await
             .map_err(|_| ProposeError::ShuttingDown)?;
+        // The proposer task is woken: a spinning Raft thread can stop spinning.
+        drop(crate::spin::NoteWakeOnDrop);
         outcome.await.unwrap_or(Err(ProposeError::ShuttingDown))
     }
 }
