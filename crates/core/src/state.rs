@@ -101,6 +101,19 @@ impl State {
         batch.commands.iter().map(|command| self.apply(now_ms, command)).collect()
     }
 
+    /// [`apply_batch`](Self::apply_batch) for a batch whose answers nobody waits for (the
+    /// log re-applied at start-up): the same state results, but submit and lease answers
+    /// leave out the jobs (a third of the time of re-applying a million submitted jobs went
+    /// into building and dropping them). Answers an idempotency key stores are complete.
+    pub fn apply_batch_unobserved(&mut self, batch: &Batch) {
+        let now_ms = self.advance_time(batch.time_ms);
+        for command in &batch.commands {
+            self.jobs.unobserved = !matches!(command, Command::Idempotent { .. });
+            self.apply(now_ms, command);
+        }
+        self.jobs.unobserved = false;
+    }
+
     /// The earliest instant at which a `Tick` would change something, if any. The leader's
     /// ticker proposes a `Tick` then, so an idle cluster writes nothing.
     pub fn next_deadline_ms(&self) -> Option<u64> {
@@ -183,5 +196,40 @@ mod tests {
         state.apply_batch(&Batch { time_ms: 5_000, commands: vec![] });
         state.apply_batch(&Batch { time_ms: 4_000, commands: vec![] });
         assert_eq!(state.time_ms(), 5_000);
+    }
+
+    #[test]
+    fn unobserved_apply_reaches_the_same_state_and_stores_full_idempotent_answers() {
+        use crate::jobs::{JobCommand, JobResponse, NewJob};
+        let job = |priority: i64| NewJob { payload: format!("{{\"p\":{priority}}}"), priority, ..NewJob::default() };
+        let submit = |jobs: Vec<NewJob>| Command::Jobs(JobCommand::Submit { queue: "q".into(), jobs });
+        let lease = |max: u32| Command::Jobs(JobCommand::Lease { queue: "q".into(), worker: "w".into(), max, lease_ttl_ms: None });
+        let batches = [
+            Batch { time_ms: 1_000, commands: vec![submit(vec![job(1), job(5), job(3)]), set("/a", "x")] },
+            Batch { time_ms: 2_000, commands: vec![idempotent("k", 7, submit(vec![job(9)])), lease(2)] },
+            Batch {
+                time_ms: 3_000,
+                commands: vec![Command::Jobs(JobCommand::Complete { id: 4, lease_token: 1, result: None }), lease(5)],
+            },
+            Batch { time_ms: 9_000_000, commands: vec![Command::Tick] },
+        ];
+        let mut observed = State::new(Config::default());
+        let mut unobserved = State::new(Config::default());
+        for batch in &batches {
+            let answers = observed.apply_batch(batch);
+            unobserved.apply_batch_unobserved(batch);
+            assert_eq!(unobserved, observed, "after the batch at {}", batch.time_ms);
+            assert!(!unobserved.jobs.unobserved);
+            if batch.time_ms == 1_000 {
+                assert!(matches!(&answers[0], Response::Jobs(Ok(JobResponse::Submitted { jobs })) if jobs.len() == 3));
+            }
+        }
+        // The answer stored under the idempotency key lists the job in both.
+        let repeat = Batch { time_ms: 9_000_001, commands: vec![idempotent("k", 7, submit(vec![job(9)]))] };
+        let from_observed = observed.apply_batch(&repeat);
+        let from_unobserved = unobserved.apply_batch(&repeat);
+        assert_eq!(from_unobserved, from_observed);
+        let Response::Replayed(stored) = &from_unobserved[0] else { panic!("{from_unobserved:?}") };
+        assert!(matches!(&**stored, Response::Jobs(Ok(JobResponse::Submitted { jobs })) if jobs.len() == 1 && jobs[0].id == 4));
     }
 }

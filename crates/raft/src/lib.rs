@@ -500,6 +500,10 @@ impl Node {
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        // The committed log is re-applied inside Raft::new; from here on answers are read.
+        shared
+            .replaying
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         if pristine && config.initial_cluster_state == ClusterState::New {
             raft.initialize(config.initial_membership())
                 .await

@@ -31,6 +31,9 @@ use crate::Applied;
 pub(crate) struct SharedState {
     pub state: RwLock<State>,
     pub applied_tx: watch::Sender<Applied>,
+    /// True while openraft re-applies the committed log at start-up (inside `Raft::new`),
+    /// when no client waits for an answer; the node clears it once Raft is running.
+    pub replaying: std::sync::atomic::AtomicBool,
 }
 
 impl SharedState {
@@ -81,6 +84,7 @@ impl StateMachineStore {
         let shared = Arc::new(SharedState {
             state: RwLock::new(state),
             applied_tx,
+            replaying: std::sync::atomic::AtomicBool::new(true),
         });
         let store = StateMachineStore {
             shared: shared.clone(),
@@ -133,6 +137,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: Send,
     {
         let mut replies = Vec::new();
+        let replaying = self
+            .shared
+            .replaying
+            .load(std::sync::atomic::Ordering::Relaxed);
         let applied = {
             let mut state = self
                 .shared
@@ -143,6 +151,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 self.last_applied = Some(entry.log_id);
                 let reply = match entry.payload {
                     EntryPayload::Blank => EntryResponses::default(),
+                    EntryPayload::Normal(batch) if replaying => {
+                        state.apply_batch_unobserved(&batch);
+                        EntryResponses::default()
+                    }
                     EntryPayload::Normal(batch) => EntryResponses {
                         responses: state.apply_batch(&batch),
                     },

@@ -203,7 +203,7 @@ impl StoredJob {
             queue: queue_name.to_owned(),
             state: self.state,
             priority: self.priority,
-            payload: self.payload.to_string(),
+            payload: String::from(&*self.payload),
             attempts: self.attempts,
             max_attempts: self.max_attempts,
             created_at_ms: self.created_at_ms,

@@ -156,6 +156,11 @@ pub struct Jobs {
     changes: VecDeque<(u64, JobId)>,
     /// The sequence number of the latest change; numbers start at 1.
     last_change_seq: u64,
+    /// Set while re-applying the log at start-up (see `State::apply_batch_unobserved`):
+    /// submit and lease then leave the jobs out of their answers, which nobody reads. Not
+    /// state: never serialized, false otherwise.
+    #[serde(skip)]
+    pub(crate) unobserved: bool,
 }
 
 /// Job changes after a sequence number (see [`Jobs::changes_after`]).
@@ -183,6 +188,7 @@ impl Default for Jobs {
             jobs_max: JOBS_MAX,
             changes: VecDeque::new(),
             last_change_seq: 0,
+            unobserved: false,
         }
     }
 }
@@ -403,7 +409,9 @@ impl Jobs {
             self.jobs.insert(id, job);
             self.set_indexed(id, true);
             self.note_change(id);
-            submitted.push(self.view(id, &self.jobs[&id]));
+            if !self.unobserved {
+                submitted.push(self.view(id, &self.jobs[&id]));
+            }
         }
         Ok(JobResponse::Submitted { jobs: submitted })
     }
@@ -459,7 +467,9 @@ impl Jobs {
                 job.attempts += 1;
                 job.lease = Some(Box::new(lease));
             });
-            leased.push(self.view(id, &self.jobs[&id]));
+            if !self.unobserved {
+                leased.push(self.view(id, &self.jobs[&id]));
+            }
         }
         let queue = &self.queues[&queue_id];
         let blocked = if lease_count == u64::from(max) {
