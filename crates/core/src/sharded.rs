@@ -84,12 +84,20 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.shard_holding_mut(key)?.get_mut(key)
+    }
+
+    /// The shard holding `key`, made unshared; `None` (and nothing copied) if it's absent.
+    fn shard_holding_mut<Q>(&mut self, key: &Q) -> Option<&mut HashMap<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let shard = self.shard_of(key);
-        // Look before copying: a miss must not copy a shard.
         if !self.shards[shard].contains_key(key) {
             return None;
         }
-        Arc::make_mut(&mut self.shards[shard]).get_mut(key)
+        Some(Arc::make_mut(&mut self.shards[shard]))
     }
 
     pub fn contains_key<Q>(&self, key: &Q) -> bool
@@ -129,11 +137,7 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let shard = self.shard_of(key);
-        if !self.shards[shard].contains_key(key) {
-            return None;
-        }
-        let removed = Arc::make_mut(&mut self.shards[shard]).remove(key);
+        let removed = self.shard_holding_mut(key)?.remove(key);
         if removed.is_some() {
             self.len -= 1;
         }
