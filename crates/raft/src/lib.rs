@@ -82,6 +82,10 @@ pub struct NodeConfig {
     pub core: rota_core::Config,
     /// Take a snapshot (and purge the log before it) after this many applied entries.
     pub snapshot_entries: u64,
+    /// ... or once this many bytes of entries were appended since the last one: an entry
+    /// is a batch of up to `batch_commands_max` commands, so counting entries alone let a
+    /// million queued jobs sit in 112 MB of log that every start re-applied.
+    pub snapshot_log_bytes: u64,
     /// Group commit bounds: one Raft entry holds at most this many commands / bytes.
     pub batch_commands_max: usize,
     pub batch_bytes_max: usize,
@@ -128,6 +132,7 @@ impl NodeConfig {
             data_dir: data_dir.into(),
             core: rota_core::Config::default(),
             snapshot_entries: 10_000,
+            snapshot_log_bytes: 64 << 20,
             batch_commands_max: 1024,
             batch_bytes_max: 4 << 20,
             proposals_in_flight_max: 1,
@@ -570,6 +575,12 @@ impl Node {
             shared.applied_tx.subscribe(),
             shutdown_tx.subscribe(),
         ));
+        let snapshot_task = tokio::spawn(snapshot_by_log_bytes(
+            raft.clone(),
+            log_store.clone(),
+            config.snapshot_log_bytes,
+            shutdown_tx.subscribe(),
+        ));
         let leader_seen = Arc::new(std::sync::Mutex::new(LeaderSeen::default()));
         let metrics_task = tokio::spawn(follow_raft_metrics(
             raft.clone(),
@@ -600,7 +611,7 @@ impl Node {
                 metrics,
                 shutdown_tx,
                 proposer_task: Mutex::new(Some(proposer_task)),
-                background_tasks: Mutex::new(vec![ticker_task, metrics_task]),
+                background_tasks: Mutex::new(vec![ticker_task, metrics_task, snapshot_task]),
                 shut_down: tokio::sync::Mutex::new(false),
                 raft_runtime,
             }),
@@ -889,6 +900,53 @@ fn snapshot_start_error(error: SnapshotFileError) -> StartError {
     match error {
         SnapshotFileError::Io { path, source } => StartError::DataDir { path, source },
         corrupt @ SnapshotFileError::Corrupt { .. } => StartError::Corrupt(corrupt.to_string()),
+    }
+}
+
+/// How often [`snapshot_by_log_bytes`] looks at the log.
+const SNAPSHOT_LOG_BYTES_CHECK: Duration = Duration::from_millis(500);
+
+/// Asks openraft for a snapshot once `limit` bytes of entries were appended since the last
+/// one (openraft's own policy counts entries). A build already running absorbs the ask.
+async fn snapshot_by_log_bytes(
+    raft: Raft,
+    log_store: LogStore,
+    limit: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut interval = tokio::time::interval(SNAPSHOT_LOG_BYTES_CHECK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_snapshot = raft.metrics().borrow().snapshot;
+    // Bytes this process had appended at the last snapshot it saw (the log an earlier
+    // process left is not counted: it wrote its own snapshots by the same rule).
+    let mut bytes_at_snapshot = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = interval.tick() => {}
+        }
+        let appended = log_store.appended_bytes();
+        let (snapshot, applied) = {
+            let metrics = raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.snapshot, metrics.last_applied)
+        };
+        if snapshot != last_snapshot {
+            last_snapshot = snapshot;
+            bytes_at_snapshot = appended;
+        }
+        let grown = appended.saturating_sub(bytes_at_snapshot);
+        let unsnapshotted = applied.map(|id| id.index) > snapshot.map(|id| id.index);
+        if grown >= limit && unsnapshotted {
+            tracing::info!(
+                appended_since_snapshot = grown,
+                "snapshot: the log grew past its byte limit"
+            );
+            bytes_at_snapshot = appended;
+            if raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+        }
     }
 }
 

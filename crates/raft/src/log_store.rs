@@ -118,6 +118,9 @@ struct Shared {
     /// tasks still hold clones.
     log: Mutex<Option<RaftLog<RotaLogTypes>>>,
     committed_index: AtomicU64,
+    /// Bytes of entries appended since this process opened the log (snapshots by log
+    /// size compare it with its value at the last snapshot).
+    appended_bytes: AtomicU64,
     metrics: RaftMetrics,
 }
 
@@ -165,6 +168,7 @@ impl LogStore {
                 dir,
                 log: Mutex::new(Some(log)),
                 committed_index: AtomicU64::new(committed_index),
+                appended_bytes: AtomicU64::new(0),
                 metrics,
             }),
         })
@@ -173,6 +177,11 @@ impl LogStore {
     /// The highest committed index saved so far.
     pub(crate) fn committed_index(&self) -> u64 {
         self.shared.committed_index.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of entries appended since the log was opened.
+    pub(crate) fn appended_bytes(&self) -> u64 {
+        self.shared.appended_bytes.load(Ordering::Relaxed)
     }
 
     /// True if nothing was ever written: no vote and no entry (a brand-new member).
@@ -457,8 +466,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let stored = stored
             .into_iter()
             .filter(|(log_id, _)| Some(log_id.0.index) > purged_index);
-        log.append(stored)
+        let segment = log
+            .append(stored)
             .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        self.shared
+            .appended_bytes
+            .fetch_add(segment.size, Ordering::Relaxed);
         // The callback runs on the flush thread after sync_data succeeded (or with its error).
         log.flush(true, Some(self.flush_done(FlushWaiter::Append(callback))))
             .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;

@@ -60,3 +60,41 @@ async fn leftover_temp_snapshot_is_ignored() {
     assert_eq!(snapshot_of_state(&node), state);
     node.shutdown().await;
 }
+
+/// With a count of entries that is never reached, a snapshot still comes once the entries
+/// appended since start pass `snapshot_log_bytes`, and not before.
+#[tokio::test]
+async fn a_snapshot_comes_once_the_log_grows_past_its_byte_limit() {
+    use rota_core::v2::{SetCommand, V2Command};
+    const VALUE_BYTES: usize = 4096;
+    const LIMIT: u64 = 256 << 10;
+    let temp = tempfile::tempdir().expect("tempdir");
+    let mut config = config(temp.path());
+    config.snapshot_entries = 1_000_000;
+    config.snapshot_log_bytes = LIMIT;
+    let node = start(config).await;
+    let started = std::time::Instant::now();
+    let mut written = 0u64;
+    while node.status().snapshot_index == 0 {
+        assert!(
+            started.elapsed() < WAIT_MAX,
+            "no snapshot after {written} writes of {VALUE_BYTES} bytes: {:?}",
+            node.status()
+        );
+        let set = SetCommand {
+            key: format!("/big/{written}"),
+            value: "v".repeat(VALUE_BYTES),
+            ..SetCommand::default()
+        };
+        propose_ok(&node, rota_core::Command::V2(V2Command::Set(set))).await;
+        written += 1;
+    }
+    let status = node.status();
+    assert!(
+        status.snapshot_index * VALUE_BYTES as u64 >= LIMIT,
+        "snapshot at index {} before {LIMIT} bytes were written: {status:?}",
+        status.snapshot_index
+    );
+    assert_eq!(snapshot_files(temp.path()).len(), 1);
+    node.shutdown().await;
+}
