@@ -232,10 +232,7 @@ const ETCD_RECONFIG_HEALTH_WAIT: Duration = Duration::from_secs(10);
 #[test]
 fn cluster_membership_removed_leader_is_replaced_acknowledges_no_write_and_exits() {
     let name = "removed-leader";
-    let token = format!("{name}-{}", std::process::id());
-    let mut cluster = Cluster::start(ClusterConfig::new(3, &token));
-    let endpoints = cluster.endpoints();
-    let leader = cluster.wait_leader(CHANGE_TIMEOUT).unwrap_or_else(|e| panic!("{name}: {e}\n{}", cluster.logs(30)));
+    let (mut cluster, endpoints, leader) = three_with_a_leader(name);
     let removed_addr = endpoints[leader];
     let others: Vec<SocketAddr> = endpoints.iter().copied().filter(|addr| *addr != removed_addr).collect();
     // Members publish their names soon after they start.
@@ -367,10 +364,7 @@ fn cluster_membership_removed_leader_is_replaced_acknowledges_no_write_and_exits
 #[test]
 fn cluster_membership_removed_follower_is_told_by_its_peers_and_exits() {
     let name = "removed-follower";
-    let token = format!("{name}-{}", std::process::id());
-    let mut cluster = Cluster::start(ClusterConfig::new(3, &token));
-    let endpoints = cluster.endpoints();
-    let leader = cluster.wait_leader(CHANGE_TIMEOUT).unwrap_or_else(|e| panic!("{name}: {e}\n{}", cluster.logs(30)));
+    let (mut cluster, endpoints, leader) = three_with_a_leader(name);
     let follower = (leader + 1) % endpoints.len();
     let leader_addr = endpoints[leader];
     let others: Vec<SocketAddr> = endpoints.iter().copied().filter(|addr| *addr != endpoints[follower]).collect();
@@ -748,6 +742,16 @@ fn member_names(addr: &SocketAddr) -> BTreeMap<String, String> {
 }
 
 // ---- progress ------------------------------------------------------------------------------
+
+/// A fresh 3-member cluster (its token named after the test), its client endpoints and the
+/// index of its leader.
+fn three_with_a_leader(name: &str) -> (Cluster, Vec<SocketAddr>, usize) {
+    let token = format!("{name}-{}", std::process::id());
+    let mut cluster = Cluster::start(ClusterConfig::new(3, &token));
+    let endpoints = cluster.endpoints();
+    let leader = cluster.wait_leader(CHANGE_TIMEOUT).unwrap_or_else(|e| panic!("{name}: {e}\n{}", cluster.logs(30)));
+    (cluster, endpoints, leader)
+}
 
 /// One `rota_raft_*` gauge from a node's `/metrics`.
 fn metric(addr: &SocketAddr, name: &str) -> Option<u64> {
