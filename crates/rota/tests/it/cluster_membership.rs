@@ -747,7 +747,7 @@ fn member_names(addr: &SocketAddr) -> BTreeMap<String, String> {
 /// index of its leader.
 fn three_with_a_leader(name: &str) -> (Cluster, Vec<SocketAddr>, usize) {
     let token = format!("{name}-{}", std::process::id());
-    let mut cluster = Cluster::start(ClusterConfig::new(3, &token));
+    let cluster = Cluster::start(ClusterConfig::new(3, &token));
     let endpoints = cluster.endpoints();
     let leader = cluster.wait_leader(CHANGE_TIMEOUT).unwrap_or_else(|e| panic!("{name}: {e}\n{}", cluster.logs(30)));
     (cluster, endpoints, leader)
