@@ -641,6 +641,13 @@ impl Node {
         }
     }
 
+    /// The runtime that runs openraft's tasks, for the peer connections: a follower's append
+    /// then goes from its connection to openraft's core without waking another thread.
+    /// `None` once the node stopped.
+    pub fn peer_runtime(&self) -> Option<tokio::runtime::Handle> {
+        self.inner.raft_runtime.handle()
+    }
+
     /// This node's Raft id (from its name).
     pub fn id(&self) -> u64 {
         self.inner.id

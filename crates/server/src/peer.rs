@@ -79,11 +79,24 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        // Served on the Raft runtime (see `Node::peer_runtime`); a socket belongs to the
+        // runtime it is registered with, so it moves over as a std socket.
+        let (stream, runtime) = match (node.peer_runtime(), stream.into_std()) {
+            (Some(runtime), Ok(stream)) => (stream, runtime),
+            (None, _) => return,
+            (_, Err(error)) => {
+                tracing::warn!(%error, "peer connection dropped: cannot hand it to the Raft runtime");
+                continue;
+            }
+        };
         let node = node.clone();
         let builder = Arc::clone(&builder);
         let mut stop = stop.clone();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let _permit = permit;
+            let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+                return;
+            };
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let node = node.clone();
                 async move { Ok::<_, Infallible>(handle(&node, request.map(Body::new)).await) }
