@@ -43,6 +43,10 @@ const LOG_CACHE_ENTRIES_MAX: usize = 10_000;
 const LOG_CACHE_BYTES_MAX: usize = 256 << 20;
 /// A new chunk file after this many bytes; purged chunks are deleted whole.
 const LOG_CHUNK_BYTES_MAX: usize = 64 << 20;
+/// Recently appended entries kept decoded (see [`RecentEntries`]), at most this many / this
+/// many encoded bytes.
+const RECENT_ENTRIES_MAX: usize = 4096;
+const RECENT_BYTES_MAX: usize = 64 << 20;
 
 /// How the log store is opened.
 #[derive(Clone, Debug)]
@@ -121,7 +125,81 @@ struct Shared {
     /// Bytes of entries appended since this process opened the log (snapshots by log
     /// size compare it with its value at the last snapshot).
     appended_bytes: AtomicU64,
+    /// Locked only while `log` is locked, so both always hold the same entries.
+    recent: Mutex<RecentEntries>,
     metrics: RaftMetrics,
+}
+
+/// The last entries appended, decoded, as openraft handed them over.
+///
+/// openraft reads every entry back from the log: to apply it, and on a leader once more per
+/// follower it sends it to. Each read decoded the entry from the log's bytes again (a
+/// leader of three decoded every batch three times); a hit here is a clone of the entry,
+/// whose batch is shared. Holds a contiguous run of indexes that always ends at the log's
+/// last entry: appends extend it, a truncation cuts its tail, a purge its head, and an
+/// append that does not follow on starts it afresh.
+#[derive(Default)]
+struct RecentEntries {
+    entries: std::collections::VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl RecentEntries {
+    fn push(&mut self, entry: Entry, bytes: usize) {
+        let follows = self
+            .entries
+            .back()
+            .is_none_or(|(last, _)| last.log_id.index + 1 == entry.log_id.index);
+        if !follows {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.entries.push_back((entry, bytes));
+        self.bytes += bytes;
+        while self.entries.len() > RECENT_ENTRIES_MAX || self.bytes > RECENT_BYTES_MAX {
+            let Some((_, evicted)) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= evicted;
+        }
+    }
+
+    /// Drops the entries at and after `index`.
+    fn truncate(&mut self, index: u64) {
+        while let Some((last, bytes)) = self.entries.back() {
+            if last.log_id.index < index {
+                break;
+            }
+            self.bytes -= bytes;
+            self.entries.pop_back();
+        }
+    }
+
+    /// Drops the entries at and before `index`.
+    fn purge(&mut self, index: u64) {
+        while let Some((first, bytes)) = self.entries.front() {
+            if first.log_id.index > index {
+                break;
+            }
+            self.bytes -= bytes;
+            self.entries.pop_front();
+        }
+    }
+
+    /// The entries in `[from, to)` if the run starts at or before `from` (it ends at the
+    /// log's last entry, so nothing the log holds in that range is missing).
+    fn get(&self, from: u64, to: u64) -> Option<Vec<Entry>> {
+        let (first, _) = self.entries.front()?;
+        let skip = usize::try_from(from.checked_sub(first.log_id.index)?).ok()?;
+        Some(
+            self.entries
+                .iter()
+                .skip(skip)
+                .take_while(|(entry, _)| entry.log_id.index < to)
+                .map(|(entry, _)| entry.clone())
+                .collect(),
+        )
+    }
 }
 
 /// Why the log could not be opened.
@@ -169,6 +247,7 @@ impl LogStore {
                 log: Mutex::new(Some(log)),
                 committed_index: AtomicU64::new(committed_index),
                 appended_bytes: AtomicU64::new(0),
+                recent: Mutex::new(RecentEntries::default()),
                 metrics,
             }),
         })
@@ -200,6 +279,7 @@ impl LogStore {
             Err(poisoned) => poisoned.into_inner().take(),
         };
         let Some(mut log) = log else { return Ok(()) };
+        *self.recent() = RecentEntries::default();
         log.flush(true, None)?;
         log.wait_worker_idle()
     }
@@ -213,6 +293,14 @@ impl LogStore {
             .log
             .lock()
             .map_err(|_| storage_error(subject, verb, io::Error::other("raft log lock poisoned")))
+    }
+
+    /// The recent entries; take it only while holding the log's lock.
+    fn recent(&self) -> MutexGuard<'_, RecentEntries> {
+        self.shared
+            .recent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn flush_done(&self, waiter: FlushWaiter) -> FlushDone {
@@ -348,6 +436,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let stored = {
             let guard = self.lock(ErrorSubject::Logs, ErrorVerb::Read)?;
             let log = open_log(&guard, ErrorSubject::Logs, ErrorVerb::Read)?;
+            if let Some(entries) = self.recent().get(from, to) {
+                return Ok(entries);
+            }
             log.read(from, to)
                 .collect::<Result<Vec<_>, io::Error>>()
                 .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e))?
@@ -447,15 +538,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         // Encode before taking the lock: encoding is the expensive part.
-        let stored = entries
+        let mut stored = entries
             .into_iter()
-            .map(|entry| {
-                codec::StoredPayload::from_entry_payload(&entry.payload)
-                    .map(|payload| (codec::StoredLogId(entry.log_id), payload))
-                    .map_err(|e| {
-                        storage_error(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e)
-                    })
-            })
+            .map(
+                |entry| match codec::StoredPayload::from_entry_payload(&entry.payload) {
+                    Ok(payload) => Ok((entry, payload)),
+                    Err(e) => Err(storage_error(
+                        ErrorSubject::Log(entry.log_id),
+                        ErrorVerb::Write,
+                        e,
+                    )),
+                },
+            )
             .collect::<Result<Vec<_>, StorageError>>()?;
         let mut guard = self.lock(ErrorSubject::Logs, ErrorVerb::Write)?;
         let log = open_log_mut(&mut guard, ErrorSubject::Logs, ErrorVerb::Write)?;
@@ -463,12 +557,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // storage suite appends such entries after a purge; a running node never does).
         // raft-log would reject them as reversing its last log id.
         let purged_index = log.log_state().purged().map(|id| id.0.index);
-        let stored = stored
-            .into_iter()
-            .filter(|(log_id, _)| Some(log_id.0.index) > purged_index);
+        stored.retain(|(entry, _)| Some(entry.log_id.index) > purged_index);
         let segment = log
-            .append(stored)
+            .append(
+                stored
+                    .iter()
+                    .map(|(entry, payload)| (codec::StoredLogId(entry.log_id), payload.clone())),
+            )
             .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        let mut recent = self.recent();
+        for (entry, payload) in stored {
+            recent.push(entry, payload.bytes.len());
+        }
+        drop(recent);
         self.shared
             .appended_bytes
             .fetch_add(segment.size, Ordering::Relaxed);
@@ -484,6 +585,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let log = open_log_mut(&mut guard, ErrorSubject::Log(log_id), ErrorVerb::Delete)?;
             log.truncate(log_id.index)
                 .map_err(|e| storage_error(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))?;
+            self.recent().truncate(log_id.index);
         }
         // Rare (a follower's conflicting tail): make it durable before anything follows it.
         self.flush_and_wait(ErrorSubject::Log(log_id), ErrorVerb::Delete)
@@ -495,6 +597,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let log = open_log_mut(&mut guard, ErrorSubject::Log(log_id), ErrorVerb::Delete)?;
         log.purge(codec::StoredLogId(log_id))
             .map_err(|e| storage_error(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))?;
+        self.recent().purge(log_id.index);
         // A synced flush also deletes chunk files that hold only purged entries; nobody needs
         // to wait for it (a purge that is lost in a crash is simply redone).
         log.flush(true, None)
@@ -672,10 +775,13 @@ pub(crate) mod codec {
 
         #[test]
         fn payload_round_trips() {
-            let payload = EntryPayload::<TypeConfig>::Normal(rota_core::Batch {
-                time_ms: 42,
-                commands: vec![rota_core::Command::Tick],
-            });
+            let payload = EntryPayload::<TypeConfig>::Normal(
+                rota_core::Batch {
+                    time_ms: 42,
+                    commands: vec![rota_core::Command::Tick],
+                }
+                .into(),
+            );
             let stored = StoredPayload::from_entry_payload(&payload).expect("encode");
             let mut bytes = Vec::new();
             let n = stored.encode(&mut bytes).expect("write");
@@ -707,10 +813,13 @@ pub(crate) mod codec {
 
         #[test]
         fn truncated_payload_is_a_short_read() {
-            let payload = EntryPayload::<TypeConfig>::Normal(rota_core::Batch {
-                time_ms: 1,
-                commands: vec![],
-            });
+            let payload = EntryPayload::<TypeConfig>::Normal(
+                rota_core::Batch {
+                    time_ms: 1,
+                    commands: vec![],
+                }
+                .into(),
+            );
             let mut bytes = Vec::new();
             StoredPayload::from_entry_payload(&payload)
                 .expect("encode")
@@ -737,6 +846,105 @@ pub(crate) mod codec {
             let mut bytes = Vec::new();
             log_id.encode(&mut bytes).expect("write");
             assert_eq!(StoredLogId::decode(&bytes[..]).expect("read"), log_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod recent_tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    /// Random appends, truncations and purges (also past the end, as a snapshot install
+    /// does) against a model log: every answer the cache gives equals the model's entries,
+    /// and it answers every range that starts within it.
+    #[test]
+    fn recent_entries_answer_exactly_what_the_log_holds() {
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut recent = RecentEntries::default();
+        // The model: the log's entries after its purge point.
+        let mut log: Vec<LogId> = Vec::new();
+        let mut purged = 0u64;
+        let mut term = 1u64;
+        for step in 0..5000 {
+            let last = log.last().map_or(purged, |id| id.index);
+            match next() % 10 {
+                0..=5 => {
+                    for index in last + 1..=last + 1 + next() % 40 {
+                        let e = entry(term, index);
+                        log.push(e.log_id);
+                        recent.push(e, (next() % 50_000) as usize);
+                    }
+                }
+                6 | 7 if last > purged => {
+                    let at = purged + 1 + next() % (last - purged);
+                    log.retain(|id| id.index < at);
+                    recent.truncate(at);
+                    term += 1;
+                }
+                8 => {
+                    let upto = purged + next() % (last + 10 - purged);
+                    log.retain(|id| id.index > upto);
+                    purged = purged.max(upto);
+                    recent.purge(upto);
+                }
+                _ => {}
+            }
+            assert!(recent.entries.len() <= RECENT_ENTRIES_MAX, "step {step}");
+            assert!(recent.bytes <= RECENT_BYTES_MAX, "step {step}");
+            assert_eq!(
+                recent.bytes,
+                recent.entries.iter().map(|(_, b)| b).sum::<usize>(),
+                "step {step}"
+            );
+            if let Some((back, _)) = recent.entries.back() {
+                assert_eq!(
+                    Some(&back.log_id),
+                    log.last(),
+                    "step {step}: the run ends at the log's end"
+                );
+            }
+            let front = recent.entries.front().map(|(e, _)| e.log_id.index);
+            let last = log.last().map_or(purged, |id| id.index);
+            let edges = [purged, front.unwrap_or(purged), last];
+            let froms = edges
+                .iter()
+                .flat_map(|edge| edge.saturating_sub(2)..=edge + 2)
+                .chain((0..4).map(|_| purged + next() % (last + 3 - purged)));
+            for from in froms.collect::<Vec<_>>() {
+                for to in [from, from + 1, from + 7, last + 1, u64::MAX] {
+                    let want: Vec<LogId> = log
+                        .iter()
+                        .filter(|id| id.index >= from && id.index < to)
+                        .copied()
+                        .collect();
+                    match recent.get(from, to) {
+                        Some(got) => assert_eq!(
+                            got.iter().map(|e| e.log_id).collect::<Vec<_>>(),
+                            want,
+                            "step {step}: [{from}, {to})"
+                        ),
+                        None => assert!(
+                            front.is_none_or(|front| from < front),
+                            "step {step}: [{from}, {to}) starts within the run but was not answered"
+                        ),
+                    }
+                }
+            }
         }
     }
 }

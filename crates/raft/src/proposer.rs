@@ -168,7 +168,7 @@ pub(crate) async fn run_proposer(
             commands,
         };
 
-        match raft.client_write_ff(batch).await {
+        match raft.client_write_ff(batch.into()).await {
             Ok(response) => {
                 let metrics = metrics.clone();
                 tokio::spawn(async move {

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::io::Cursor;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -34,11 +35,43 @@ pub struct EntryResponses {
     pub responses: Vec<Response>,
 }
 
+/// A [`Batch`] as entries carry it: shared, so the copies openraft makes of an entry (one
+/// to apply, one per follower it is sent to) and the log store's cache of recent entries
+/// share one decoded batch. Encoded exactly as a [`Batch`] (log, snapshots, peers).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SharedBatch(pub Arc<Batch>);
+
+impl From<Batch> for SharedBatch {
+    fn from(batch: Batch) -> SharedBatch {
+        SharedBatch(Arc::new(batch))
+    }
+}
+
+impl std::ops::Deref for SharedBatch {
+    type Target = Batch;
+
+    fn deref(&self) -> &Batch {
+        &self.0
+    }
+}
+
+impl Serialize for SharedBatch {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedBatch {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Batch::deserialize(deserializer).map(SharedBatch::from)
+    }
+}
+
 openraft::declare_raft_types!(
-    /// rota's openraft types: entries carry a [`Batch`], node ids are `u64` derived from the
+    /// rota's openraft types: entries carry a [`Batch`] (shared), node ids are `u64` derived from the
     /// member name, snapshots travel as the bytes of a snapshot file.
     pub TypeConfig:
-        D = Batch,
+        D = SharedBatch,
         R = EntryResponses,
         NodeId = u64,
         Node = Member,
