@@ -147,17 +147,35 @@ async fn change_members_one_at_a_time(node: &Node, change: MemberChange) -> Memb
         if node.is_removed() {
             return MemberChangeReply::Done(Err(MemberError::Removed));
         }
-        let membership = match node
+        let (membership, leads, committed) = match node
             .inner
             .raft
-            .with_raft_state(|state| state.membership_state.effective().membership().clone())
+            .with_raft_state(|state| {
+                let membership = &state.membership_state;
+                let committed = membership.committed().log_id() == membership.effective().log_id();
+                let leads = state.server_state == openraft::ServerState::Leader;
+                (membership.effective().membership().clone(), leads, committed)
+            })
             .await
         {
-            Ok(membership) => membership,
+            Ok(found) => found,
             Err(fatal) => {
                 return MemberChangeReply::Done(Err(MemberError::Failed(fatal.to_string())))
             }
         };
+        // openraft logs a change it refuses as an error: one on a node that is no longer
+        // the leader, or before the last membership committed (a new leader commits it with
+        // its first entry). A fresh cluster printed one on every start, when the members
+        // publish their URLs; these cases are told apart here instead.
+        if !leads {
+            return MemberChangeReply::NotLeader {
+                leader: node.leader_id(),
+            };
+        }
+        if !committed {
+            tokio::time::sleep(IN_PROGRESS_RETRY).await;
+            continue;
+        }
         // A leader that is not in the membership is leaving (it removed itself): openraft
         // would let it append another membership (its debug build asserts it never does).
         if membership.get_node(&node.inner.id).is_none() {

@@ -365,6 +365,17 @@ fn cluster_membership_removed_leader_is_replaced_acknowledges_no_write_and_exits
 fn cluster_membership_removed_follower_is_told_by_its_peers_and_exits() {
     let name = "removed-follower";
     let (mut cluster, endpoints, leader) = three_with_a_leader(name);
+    // A clean start first: once every member published its client URLs, nobody has logged
+    // an error (members publishing before the first membership committed made openraft
+    // log a refused change as an ERROR on every start).
+    wait_until(CHANGE_TIMEOUT, "every member listed with its client URLs", || {
+        endpoints.iter().all(|addr| all_client_urls_published(addr, endpoints.len())).then_some(())
+    });
+    for node in &cluster.nodes {
+        let log = node.log_tail(usize::MAX);
+        let errors: Vec<&str> = log.lines().filter(|line| line.contains(" ERROR ")).collect();
+        assert!(errors.is_empty(), "{name}: {} logged errors while the cluster started:\n{}", node.name, errors.join("\n"));
+    }
     let follower = (leader + 1) % endpoints.len();
     let leader_addr = endpoints[leader];
     let others: Vec<SocketAddr> = endpoints.iter().copied().filter(|addr| *addr != endpoints[follower]).collect();
@@ -735,6 +746,16 @@ fn try_member_names(addr: &SocketAddr) -> Option<BTreeMap<String, String>> {
             .filter_map(|m| Some((m["id"].as_str()?.to_string(), m["name"].as_str()?.to_string())))
             .collect(),
     )
+}
+
+/// True if `GET /v2/members` on `addr` lists `count` members, each with its client URLs.
+fn all_client_urls_published(addr: &SocketAddr, count: usize) -> bool {
+    let Ok(response) = http::send_with_timeout(*addr, &Request::new("GET", "/v2/members"), PROBE_TIMEOUT) else {
+        return false;
+    };
+    let members = response.json()["members"].as_array().cloned().unwrap_or_default();
+    members.len() == count
+        && members.iter().all(|m| m["clientURLs"].as_array().is_some_and(|urls| !urls.is_empty()))
 }
 
 fn member_names(addr: &SocketAddr) -> BTreeMap<String, String> {
