@@ -813,13 +813,21 @@ impl Node {
     /// panic. The process should then exit non-zero rather than keep serving: nothing can be
     /// acknowledged any more, and retrying an fsync is unsafe. Never resolves while running.
     pub async fn wait_fatal(&self) -> String {
-        let mut metrics = self.inner.raft.metrics();
+        // Not openraft's full metrics: they change with every entry, and following them woke
+        // the process's main thread ~4 times per entry. The server metrics change on
+        // elections and membership only, and their sender is dropped when openraft's core
+        // stops; by then the full metrics hold the reason.
+        let mut server_metrics = self.inner.raft.server_metrics();
+        let reason = || match &self.inner.raft.metrics().borrow().running_state {
+            Err(fatal) => Some(fatal.to_string()),
+            Ok(()) => None,
+        };
         loop {
-            if let Err(fatal) = &metrics.borrow_and_update().running_state {
-                return fatal.to_string();
+            if let Some(fatal) = reason() {
+                return fatal;
             }
-            if metrics.changed().await.is_err() {
-                return "raft stopped".to_string();
+            if server_metrics.changed().await.is_err() {
+                return reason().unwrap_or_else(|| "raft stopped".to_string());
             }
         }
     }
@@ -1000,3 +1008,45 @@ async fn follow_raft_metrics(
 
 #[cfg(test)]
 mod storage_suite_test;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A failed log write stops openraft (nothing more is acknowledged), and `wait_fatal`
+    /// (on which `rota serve` exits non-zero) resolves with the storage error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_log_write_stops_raft_and_wait_fatal_names_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = Node::start(NodeConfig::single("fatal", dir.path()))
+            .await
+            .expect("start");
+        let tick = |key: u64| Command::Idempotent {
+            key: format!("key-{key}"),
+            fingerprint: key,
+            command: Box::new(Command::Tick),
+        };
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while node.propose(tick(1)).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("a first write is acknowledged");
+        let fatal = tokio::spawn({
+            let node = node.clone();
+            async move { node.wait_fatal().await }
+        });
+        // Every later log call fails ("raft log is closed"), as a failed fsync would.
+        node.inner.log_store.close().expect("close the log");
+        let write = node.propose(tick(2)).await;
+        assert!(write.is_err(), "a write after the log failed was acknowledged: {write:?}");
+        let reason = tokio::time::timeout(Duration::from_secs(10), fatal)
+            .await
+            .expect("wait_fatal resolved in time")
+            .expect("wait_fatal task");
+        assert!(reason.contains("raft log is closed"), "{reason}");
+    }
+}
