@@ -489,8 +489,15 @@ impl Node {
             Err(error) => return Err(StartError::Corrupt(error.to_string())),
         };
         let id = identity.node_id;
-        let hints = Arc::new(split_vote::ElectionHints::new(config.election_timeout_max_ms));
-        let transport = PeerTransport::new(config.cluster_token.clone(), id, hints, config.peer_source_ip);
+        let hints = Arc::new(split_vote::ElectionHints::new(
+            config.election_timeout_max_ms,
+        ));
+        let transport = PeerTransport::new(
+            config.cluster_token.clone(),
+            id,
+            hints,
+            config.peer_source_ip,
+        );
 
         let raft_runtime = RaftRuntime::new().map_err(|e| StartError::Raft(e.to_string()))?;
         let raft_handle = raft_runtime
@@ -501,7 +508,13 @@ impl Node {
             transport: transport.clone(),
         };
         let raft = raft_handle
-            .spawn(Raft::new(id, raft_config, network, log_store.clone(), state_machine))
+            .spawn(Raft::new(
+                id,
+                raft_config,
+                network,
+                log_store.clone(),
+                state_machine,
+            ))
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?
             .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -803,7 +816,9 @@ impl Node {
         let current = self.inner.raft.metrics().borrow().clone();
         let metrics = &self.inner.metrics;
         metrics.term.set(current.current_term as i64);
-        metrics.last_log_index.set(current.last_log_index.unwrap_or(0) as i64);
+        metrics
+            .last_log_index
+            .set(current.last_log_index.unwrap_or(0) as i64);
         if let Some(snapshot) = current.snapshot {
             metrics.snapshot_index.set(snapshot.index as i64);
         }
@@ -1042,11 +1057,48 @@ mod tests {
         // Every later log call fails ("raft log is closed"), as a failed fsync would.
         node.inner.log_store.close().expect("close the log");
         let write = node.propose(tick(2)).await;
-        assert!(write.is_err(), "a write after the log failed was acknowledged: {write:?}");
+        assert!(
+            write.is_err(),
+            "a write after the log failed was acknowledged: {write:?}"
+        );
         let reason = tokio::time::timeout(Duration::from_secs(10), fatal)
             .await
             .expect("wait_fatal resolved in time")
             .expect("wait_fatal task");
         assert!(reason.contains("raft log is closed"), "{reason}");
+    }
+
+    /// The open chunk of the Raft log has its blocks allocated up to the chunk size while
+    /// its length is only what was written (see `log_store::reserve_chunk_space`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_open_log_chunk_has_its_space_reserved() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = Node::start(NodeConfig::single("reserve", dir.path()))
+            .await
+            .expect("start");
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while node.propose(Command::Tick).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("a write is acknowledged");
+        let chunks: Vec<_> = std::fs::read_dir(dir.path().join("raft-log"))
+            .expect("raft-log dir")
+            .map(|entry| entry.expect("dir entry").path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "wal"))
+            .collect();
+        assert_eq!(chunks.len(), 1, "{chunks:?}");
+        let meta = std::fs::metadata(&chunks[0]).expect("chunk metadata");
+        assert!(meta.len() < 1 << 20, "length {}", meta.len());
+        let allocated = meta.blocks() * 512;
+        assert!(
+            allocated >= 64 << 20,
+            "{} bytes allocated for a {}-byte chunk",
+            allocated,
+            meta.len()
+        );
+        node.shutdown().await;
     }
 }
