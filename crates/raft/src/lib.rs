@@ -1030,19 +1030,19 @@ mod tests {
 
     use super::*;
 
-    /// A failed log write stops openraft (nothing more is acknowledged), and `wait_fatal`
-    /// (on which `rota serve` exits non-zero) resolves with the storage error.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failed_log_write_stops_raft_and_wait_fatal_names_it() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let node = Node::start(NodeConfig::single("fatal", dir.path()))
-            .await
-            .expect("start");
-        let tick = |key: u64| Command::Idempotent {
+    fn tick(key: u64) -> Command {
+        Command::Idempotent {
             key: format!("key-{key}"),
             fingerprint: key,
             command: Box::new(Command::Tick),
-        };
+        }
+    }
+
+    /// A single node in `dir` that has acknowledged a first write (retried until it leads).
+    async fn started_with_a_write(name: &str, dir: &std::path::Path) -> Node {
+        let node = Node::start(NodeConfig::single(name, dir))
+            .await
+            .expect("start");
         tokio::time::timeout(Duration::from_secs(10), async {
             while node.propose(tick(1)).await.is_err() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1050,6 +1050,15 @@ mod tests {
         })
         .await
         .expect("a first write is acknowledged");
+        node
+    }
+
+    /// A failed log write stops openraft (nothing more is acknowledged), and `wait_fatal`
+    /// (on which `rota serve` exits non-zero) resolves with the storage error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_log_write_stops_raft_and_wait_fatal_names_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = started_with_a_write("fatal", dir.path()).await;
         let fatal = tokio::spawn({
             let node = node.clone();
             async move { node.wait_fatal().await }
@@ -1074,16 +1083,7 @@ mod tests {
     async fn the_open_log_chunk_has_its_space_reserved() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().expect("tempdir");
-        let node = Node::start(NodeConfig::single("reserve", dir.path()))
-            .await
-            .expect("start");
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while node.propose(Command::Tick).await.is_err() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .expect("a write is acknowledged");
+        let node = started_with_a_write("reserve", dir.path()).await;
         let chunks: Vec<_> = std::fs::read_dir(dir.path().join("raft-log"))
             .expect("raft-log dir")
             .map(|entry| entry.expect("dir entry").path())
