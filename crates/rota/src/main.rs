@@ -6,6 +6,7 @@ mod job_cli;
 mod kv;
 mod member;
 mod serve;
+mod status;
 mod worker;
 
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// List, add and remove cluster members, like `etcdctl member`.
     Member(member::MemberArgs),
+    /// Each endpoint's id, name, leadership, Raft term and indexes, like `etcdctl endpoint status`.
+    Status(status::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Job(args) => runtime.block_on(job_cli::run_job(args)),
         Command::Worker(args) => runtime.block_on(worker::run(args)),
         Command::Member(args) => runtime.block_on(member::run(args)),
+        Command::Status(args) => runtime.block_on(status::run(args)),
     }
 }
 

@@ -7,6 +7,7 @@
 //! which must always agree: that checks the normalizer and the scenarios themselves.
 
 mod bad_input;
+mod cli_status;
 mod cluster;
 mod cluster_jobs;
 mod cluster_membership;

@@ -1,0 +1,177 @@
+//! `rota status`: one line per endpoint, as `etcdctl endpoint status` gives: the member's id
+//! and name, whether it leads, its Raft term, commit and applied index, and its version.
+//!
+//! Every endpoint is asked on its own (no failover: the point is to see each member). An
+//! endpoint that does not answer gets the error on its line, and the exit code is then 2
+//! (etcdctl's for a bad connection); 1 for bad arguments.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+const EXIT_BAD_ARGS: u8 = 1;
+const EXIT_BAD_CONNECTION: u8 = 2;
+/// Per request: these are local reads on the member.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Comma-separated client URLs; each is asked on its own.
+    #[arg(long, env = "ROTA_ENDPOINTS", default_value = "http://127.0.0.1:2379")]
+    pub endpoints: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct StatsSelf {
+    id: String,
+    name: String,
+    state: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Version {
+    etcdserver: String,
+}
+
+/// What one member says of itself.
+#[derive(Debug)]
+struct Status {
+    id: String,
+    name: String,
+    leader: bool,
+    term: u64,
+    commit_index: u64,
+    applied_index: u64,
+    version: String,
+}
+
+pub async fn run(args: StatusArgs) -> ExitCode {
+    let urls: Vec<&str> = args
+        .endpoints
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect();
+    if urls.is_empty() {
+        eprintln!("Error:  --endpoints is empty");
+        return ExitCode::from(EXIT_BAD_ARGS);
+    }
+    let http = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new());
+    let width = urls.iter().map(|url| url.len()).max().unwrap_or(0).max(8);
+    println!(
+        "{:<width$}  {:<16}  {:<12}  {:<6}  {:>5}  {:>10}  {:>10}  VERSION",
+        "ENDPOINT", "ID", "NAME", "LEADER", "TERM", "COMMIT", "APPLIED"
+    );
+    let mut unreachable = false;
+    for url in urls {
+        match status(&http, url.trim_end_matches('/')).await {
+            Ok(s) => println!(
+                "{url:<width$}  {:<16}  {:<12}  {:<6}  {:>5}  {:>10}  {:>10}  {}",
+                s.id, s.name, s.leader, s.term, s.commit_index, s.applied_index, s.version
+            ),
+            Err(error) => {
+                unreachable = true;
+                println!("{url:<width$}  error: {error}");
+            }
+        }
+    }
+    if unreachable {
+        ExitCode::from(EXIT_BAD_CONNECTION)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn status(http: &reqwest::Client, url: &str) -> Result<Status, String> {
+    let stats: StatsSelf = get_json(http, &format!("{url}/v2/stats/self")).await?;
+    let version: Version = get_json(http, &format!("{url}/version")).await?;
+    let metrics = get_text(http, &format!("{url}/metrics")).await?;
+    let gauge =
+        |name: &str| metric(&metrics, name).ok_or_else(|| format!("{url}/metrics has no {name}"));
+    Ok(Status {
+        id: stats.id,
+        name: stats.name,
+        leader: stats.state == "StateLeader",
+        term: gauge("rota_raft_term")?,
+        commit_index: gauge("rota_raft_commit_index")?,
+        applied_index: gauge("rota_raft_applied_index")?,
+        version: match build_version(&metrics) {
+            Some(rota) => format!("rota {rota} (etcd {})", version.etcdserver),
+            None => version.etcdserver,
+        },
+    })
+}
+
+async fn get_text(http: &reqwest::Client, url: &str) -> Result<String, String> {
+    let response = http.get(url).send().await.map_err(|e| error_chain(&e))?;
+    let status = response.status();
+    let body = response.text().await.map_err(|e| error_chain(&e))?;
+    if !status.is_success() {
+        return Err(format!("GET {url}: {status}: {}", body.trim()));
+    }
+    Ok(body)
+}
+
+async fn get_json<T: for<'de> Deserialize<'de>>(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<T, String> {
+    let body = get_text(http, url).await?;
+    serde_json::from_str(&body).map_err(|e| format!("GET {url}: unexpected answer: {e}"))
+}
+
+/// The value of an unlabelled metric in Prometheus text (`name value` on its own line).
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        (fields.next() == Some(name))
+            .then(|| fields.next()?.parse::<f64>().ok())
+            .flatten()
+            .map(|value| value as u64)
+    })
+}
+
+/// rota's version from `rota_build_info{version="..."} 1`.
+fn build_version(text: &str) -> Option<&str> {
+    text.lines().find_map(|line| {
+        line.strip_prefix("rota_build_info{version=\"")?
+            .split('"')
+            .next()
+    })
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{build_version, metric};
+
+    #[test]
+    fn reads_an_unlabelled_metric_and_not_a_longer_name() {
+        let text = "# HELP rota_raft_term Term.\n# TYPE rota_raft_term gauge\nrota_raft_term_total 9\nrota_raft_term 7\nrota_raft_commit_index 1.2e3\n";
+        assert_eq!(metric(text, "rota_raft_term"), Some(7));
+        assert_eq!(metric(text, "rota_raft_commit_index"), Some(1200));
+        assert_eq!(metric(text, "rota_raft_applied_index"), None);
+    }
+
+    #[test]
+    fn reads_the_version_label_of_build_info() {
+        let text = "# TYPE rota_build_info gauge\nrota_build_info{version=\"0.1.0\"} 1\n";
+        assert_eq!(build_version(text), Some("0.1.0"));
+        assert_eq!(build_version("rota_raft_term 1\n"), None);
+    }
+}
