@@ -376,7 +376,7 @@ impl Client {
 }
 
 /// An error and its causes, `: `-joined (reqwest's own text hides the cause).
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use rota_client::error_chain;
 use serde::Deserialize;
 
 const EXIT_BAD_ARGS: u8 = 1;
@@ -143,17 +144,6 @@ fn build_version(text: &str) -> Option<&str> {
             .split('"')
             .next()
     })
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
