@@ -66,6 +66,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// The URLs of an `--endpoints` list (comma-separated, blanks dropped); `None`, with the
+/// error printed, if it names none.
+fn endpoint_urls(endpoints: &str) -> Option<Vec<String>> {
+    let urls: Vec<String> = endpoints
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_string)
+        .collect();
+    if urls.is_empty() {
+        eprintln!("Error:  --endpoints is empty");
+        return None;
+    }
+    Some(urls)
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;

@@ -112,17 +112,9 @@ fn server_message(status: u16, body: &str) -> Failure {
 }
 
 pub async fn run(args: MemberArgs) -> ExitCode {
-    let urls: Vec<String> = args
-        .endpoints
-        .split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .map(str::to_string)
-        .collect();
-    if urls.is_empty() {
-        eprintln!("Error:  --endpoints is empty");
+    let Some(urls) = crate::endpoint_urls(&args.endpoints) else {
         return ExitCode::from(EXIT_BAD_ARGS);
-    }
+    };
     let endpoints = Endpoints {
         http: reqwest::Client::new(),
         urls,

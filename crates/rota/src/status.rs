@@ -49,16 +49,9 @@ struct Status {
 }
 
 pub async fn run(args: StatusArgs) -> ExitCode {
-    let urls: Vec<&str> = args
-        .endpoints
-        .split(',')
-        .map(str::trim)
-        .filter(|url| !url.is_empty())
-        .collect();
-    if urls.is_empty() {
-        eprintln!("Error:  --endpoints is empty");
+    let Some(urls) = crate::endpoint_urls(&args.endpoints) else {
         return ExitCode::from(EXIT_BAD_ARGS);
-    }
+    };
     let http = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .build()
@@ -69,7 +62,7 @@ pub async fn run(args: StatusArgs) -> ExitCode {
         "ENDPOINT", "ID", "NAME", "LEADER", "TERM", "COMMIT", "APPLIED"
     );
     let mut unreachable = false;
-    for url in urls {
+    for url in &urls {
         match status(&http, url.trim_end_matches('/')).await {
             Ok(s) => println!(
                 "{url:<width$}  {:<16}  {:<12}  {:<6}  {:>5}  {:>10}  {:>10}  {}",
