@@ -114,7 +114,12 @@ impl Tree {
         if let Some(node) = self.nodes.get(path) {
             return Ok(node);
         }
-        // Slow path only on a miss: walk down to find which component is at fault.
+        // A miss under an existing directory names the path itself: that directory's
+        // ancestors all exist and are directories (the tree's invariant).
+        if path != ROOT && self.nodes.get(split_parent(path).0).is_some_and(Node::is_dir) {
+            return Err(V2Error::new(CODE_KEY_NOT_FOUND, Some(path.to_string()), current_index));
+        }
+        // Otherwise walk down to find which component is at fault.
         let mut parent = ROOT;
         for end in segment_ends(path) {
             let prefix = &path[..end];
@@ -156,16 +161,11 @@ impl Tree {
         Ok(())
     }
 
-    /// Puts `node` at `path` (replacing what is there) and links it into its parent, which
+    /// Puts `node` at `path`, which must be absent, and links it into its parent, which
     /// must already be a directory.
     pub fn insert(&mut self, path: &str, node: Node) {
-        debug_assert!(path != ROOT);
+        debug_assert!(path != ROOT && !self.nodes.contains_key(path));
         let (parent, name) = split_parent(path);
-        if let Some(existing) = self.nodes.get_mut(path) {
-            // Already linked into its parent.
-            *existing = node;
-            return;
-        }
         match self.nodes.get_mut(parent).map(|parent| &mut parent.kind) {
             Some(NodeKind::Dir { children }) => {
                 children.insert(name.to_string());
