@@ -1,6 +1,7 @@
 //! A directory's children: a set of names that becomes sharded when it grows big.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
@@ -13,11 +14,11 @@ use crate::sharded::ShardedMap;
 /// in one step, and a snapshot shares it. Serialized as a plain sequence of names (the
 /// bytes of the ordered set this used to be, in another order).
 #[derive(Clone, Debug, Default)]
-pub(super) struct ChildSet(ShardedMap<String, ()>);
+pub(super) struct ChildSet(ShardedMap<Arc<str>, ()>);
 
 impl ChildSet {
-    pub fn insert(&mut self, name: String) {
-        self.0.insert(name, ());
+    pub fn insert(&mut self, name: &str) {
+        self.0.insert(Arc::from(name), ());
     }
 
     pub fn remove(&mut self, name: &str) {
@@ -37,8 +38,8 @@ impl ChildSet {
     }
 
     /// In no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = &String> {
-        self.0.iter().map(|(name, ())| name)
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(name, ())| &**name)
     }
 }
 
@@ -72,7 +73,7 @@ impl<'de> Deserialize<'de> for ChildSet {
             fn visit_seq<A: SeqAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
                 let mut set = ChildSet::default();
                 while let Some(name) = access.next_element::<String>()? {
-                    set.insert(name);
+                    set.insert(&name);
                 }
                 Ok(set)
             }
@@ -92,7 +93,7 @@ mod tests {
         // Enough names for the map to split into shards.
         for i in 0..12_000u32 {
             let name = format!("k{}", i % 9_000);
-            set.insert(name.clone());
+            set.insert(&name);
             model.insert(name);
         }
         for i in (0..9_000u32).step_by(3) {
@@ -103,7 +104,7 @@ mod tests {
         set.remove("absent");
         assert_eq!(set.len(), model.len());
         assert!(set.contains("k1") && !set.contains("k0"));
-        let names: std::collections::BTreeSet<String> = set.iter().cloned().collect();
+        let names: std::collections::BTreeSet<String> = set.iter().map(str::to_string).collect();
         assert_eq!(names, model);
 
         // The same bytes as the ordered set of the same names, up to order.

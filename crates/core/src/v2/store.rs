@@ -421,7 +421,7 @@ impl Store {
     fn write(&mut self, path: &str, value: Option<String>, index: u64, expiration_ns: Option<u64>) -> Node {
         let Some(node) = self.tree.get_mut(path) else { unreachable!("write to a looked-up node") };
         if let (Some(new_value), NodeKind::File { value }) = (value, &mut node.kind) {
-            *value = new_value;
+            *value = new_value.into();
             node.modified_index = index;
         }
         let old_expiration = std::mem::replace(&mut node.expiration_ns, expiration_ns);
@@ -474,12 +474,12 @@ impl Store {
             created_index: (!is_root).then_some(node.created_index),
         };
         match &node.kind {
-            NodeKind::File { value } => view.value = Some(value.clone()),
+            NodeKind::File { value } => view.value = Some(value.to_string()),
             NodeKind::Dir { children } => {
                 view.dir = true;
                 if let ViewDepth::Children { recursive } = depth {
                     let child_depth = if recursive { ViewDepth::Children { recursive } } else { ViewDepth::Node };
-                    let mut names: Vec<&String> = children.iter().filter(|name| !is_hidden_name(name)).collect();
+                    let mut names: Vec<&str> = children.iter().filter(|name| !is_hidden_name(name)).collect();
                     names.sort_unstable();
                     let nodes: Vec<NodeView> = names
                         .into_iter()

@@ -12,6 +12,8 @@
 #[cfg(test)]
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::children::ChildSet;
@@ -42,7 +44,9 @@ pub(super) struct Node {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) enum NodeKind {
-    File { value: String },
+    /// Shared, so that copying a shard of the node index (the first write to it after a
+    /// snapshot took the state) copies no value bytes.
+    File { value: Arc<str> },
     /// Children's names (one path segment each). Hashed, not ordered: in a directory with a
     /// million keys the ordered insert (memcmp down a B-tree of heap strings) was the top
     /// CPU cost of a PUT. Listings sort when they are built, on the read path. Serialized
@@ -52,7 +56,7 @@ pub(super) enum NodeKind {
 
 impl Node {
     pub fn file(value: String, index: u64, expiration_ns: Option<u64>) -> Node {
-        Node { created_index: index, modified_index: index, expiration_ns, kind: NodeKind::File { value } }
+        Node { created_index: index, modified_index: index, expiration_ns, kind: NodeKind::File { value: Arc::from(value) } }
     }
 
     pub fn dir(index: u64, expiration_ns: Option<u64>) -> Node {
@@ -90,13 +94,14 @@ pub(super) struct Tree {
     /// prefixes, which made ordered comparisons (memcmp) the top CPU cost of a PUT. Sharded,
     /// so that growing it never stalls a write for long (see `sharded`). Nothing iterates it
     /// in an order that reaches a client; listings use `children`.
-    nodes: ShardedMap<String, Node>,
+    /// Paths are shared strings, so that copying a shard copies no path bytes.
+    nodes: ShardedMap<Arc<str>, Node>,
 }
 
 impl Tree {
     pub fn new() -> Tree {
         let mut nodes = ShardedMap::new();
-        nodes.insert(ROOT.to_string(), Node::dir(0, None));
+        nodes.insert(Arc::from(ROOT), Node::dir(0, None));
         Tree { nodes }
     }
 
@@ -168,11 +173,11 @@ impl Tree {
         let (parent, name) = split_parent(path);
         match self.nodes.get_mut(parent).map(|parent| &mut parent.kind) {
             Some(NodeKind::Dir { children }) => {
-                children.insert(name.to_string());
+                children.insert(name);
             }
             _ => panic!("v2 tree: parent of {path:?} is not a directory"),
         }
-        self.nodes.insert(path.to_string(), node);
+        self.nodes.insert(Arc::from(path), node);
     }
 
     /// Removes the node at `path` and everything below it, calling `removed` once per node
@@ -185,7 +190,7 @@ impl Tree {
         }
         let mut pending = vec![path.to_string()];
         while let Some(current) = pending.pop() {
-            let Some(node) = self.nodes.remove(&current) else { continue };
+            let Some(node) = self.nodes.remove(current.as_str()) else { continue };
             if let NodeKind::Dir { children } = &node.kind {
                 pending.extend(children.iter().map(|child| child_path(&current, child)));
             }
@@ -203,7 +208,7 @@ impl Tree {
         self.nodes
             .iter()
             .filter_map(|(path, node)| match &node.kind {
-                NodeKind::File { value } => Some((path.clone(), value.clone())),
+                NodeKind::File { value } => Some((path.to_string(), value.to_string())),
                 NodeKind::Dir { .. } => None,
             })
             .collect()
@@ -211,7 +216,7 @@ impl Tree {
 
     #[cfg(test)]
     pub fn dirs(&self) -> BTreeSet<String> {
-        self.nodes.iter().filter(|(_, node)| node.is_dir()).map(|(path, _)| path.clone()).collect()
+        self.nodes.iter().filter(|(_, node)| node.is_dir()).map(|(path, _)| path.to_string()).collect()
     }
 
     #[cfg(test)]
@@ -219,7 +224,7 @@ impl Tree {
         let root = self.nodes.get(ROOT).expect("root exists");
         assert!(root.is_dir());
         for (path, node) in self.nodes.iter() {
-            if path != ROOT {
+            if &**path != ROOT {
                 let (parent, name) = split_parent(path);
                 let parent_node = self.nodes.get(parent).unwrap_or_else(|| panic!("parent of {path} exists"));
                 let children = parent_node.children().unwrap_or_else(|| panic!("parent of {path} is a dir"));
@@ -227,7 +232,7 @@ impl Tree {
             }
             if let Some(children) = node.children() {
                 for child in children.iter() {
-                    assert!(self.nodes.contains_key(&child_path(path, child)), "{path} child {child} exists");
+                    assert!(self.nodes.contains_key(child_path(path, child).as_str()), "{path} child {child} exists");
                 }
             }
         }
