@@ -54,23 +54,30 @@ pub(crate) struct SnapshotImage {
 }
 
 impl SnapshotImage {
-    /// Serializes `state` (already bincode-encoded as `state_bytes`) under `meta`.
-    pub(crate) fn build(meta: SnapshotMeta, state_bytes: &[u8]) -> Result<SnapshotImage, String> {
+    /// Encodes `state` under `meta`, straight into the image (no second copy of the
+    /// state's bytes); `size_hint`, the previous snapshot's size, saves regrowing the buffer.
+    pub(crate) fn build(
+        meta: SnapshotMeta,
+        state: &State,
+        size_hint: usize,
+    ) -> Result<SnapshotImage, String> {
         let meta_bytes =
             bincode::serialize(&meta).map_err(|e| format!("encode snapshot meta: {e}"))?;
         let meta_len =
             u32::try_from(meta_bytes.len()).map_err(|_| "snapshot meta too large".to_string())?;
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&meta_bytes);
-        crc.update(state_bytes);
-        let mut bytes = Vec::with_capacity(HEADER_BYTES + meta_bytes.len() + state_bytes.len());
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&FORMAT_V1.to_be_bytes());
-        bytes.extend_from_slice(&meta_len.to_be_bytes());
-        bytes.extend_from_slice(&(state_bytes.len() as u64).to_be_bytes());
-        bytes.extend_from_slice(&crc.finalize().to_be_bytes());
+        let mut bytes = Vec::with_capacity(size_hint.max(HEADER_BYTES + meta_bytes.len()));
+        bytes.resize(HEADER_BYTES, 0);
         bytes.extend_from_slice(&meta_bytes);
-        bytes.extend_from_slice(state_bytes);
+        bincode::serialize_into(&mut bytes, state).map_err(|e| format!("encode state: {e}"))?;
+        let state_len = (bytes.len() - HEADER_BYTES - meta_bytes.len()) as u64;
+        let crc = crc32fast::hash(&bytes[HEADER_BYTES..]);
+        let mut header = Vec::with_capacity(HEADER_BYTES);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&FORMAT_V1.to_be_bytes());
+        header.extend_from_slice(&meta_len.to_be_bytes());
+        header.extend_from_slice(&state_len.to_be_bytes());
+        header.extend_from_slice(&crc.to_be_bytes());
+        bytes[..HEADER_BYTES].copy_from_slice(&header);
         Ok(SnapshotImage { meta, bytes })
     }
 
@@ -238,7 +245,7 @@ impl SnapshotDir {
                 .truncate(true)
                 .open(&temp_path)
                 .map_err(io_error(&temp_path))?;
-            file.write_all(&image.bytes).map_err(io_error(&temp_path))?;
+            write_paced(&mut file, &image.bytes).map_err(io_error(&temp_path))?;
             file.sync_all().map_err(io_error(&temp_path))?;
         }
         fs::rename(&temp_path, &final_path).map_err(io_error(&final_path))?;
@@ -280,6 +287,34 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// How much of a snapshot is written before waiting for it to reach the disk.
+const WRITE_PACE_BYTES: usize = 1 << 20;
+
+/// Writes `bytes` and waits for each [`WRITE_PACE_BYTES`] to reach the disk before writing
+/// the next. Written in one go, a snapshot of a big state (100+ MB) left that much dirty
+/// data for the final sync, and the Raft log's syncs (on the same disk) queued behind its
+/// writeback: p99 of writes at c=64 rose from ~6 ms to 60–200 ms while a snapshot was
+/// written. Paced, a log sync waits for at most one step's writeback.
+fn write_paced(file: &mut File, bytes: &[u8]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut offset = 0usize;
+    for chunk in bytes.chunks(WRITE_PACE_BYTES) {
+        file.write_all(chunk)?;
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        // SAFETY: sync_file_range(2) on a descriptor we own for the call; no memory passed.
+        let result = unsafe {
+            libc::sync_file_range(file.as_raw_fd(), offset as libc::off64_t, chunk.len() as libc::off64_t, flags)
+        };
+        if result != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        offset += chunk.len();
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use openraft::{CommittedLeaderId, LogId, StoredMembership};
@@ -294,13 +329,13 @@ mod tests {
         }
     }
 
-    fn state_bytes() -> Vec<u8> {
-        bincode::serialize(&State::new(rota_core::Config::default())).expect("encode state")
+    fn state() -> State {
+        State::new(rota_core::Config::default())
     }
 
     #[test]
     fn snapshot_image_round_trips() {
-        let image = SnapshotImage::build(meta(7), &state_bytes()).expect("build");
+        let image = SnapshotImage::build(meta(7), &state(), 0).expect("build");
         let verified = SnapshotImage::verify(image.bytes.clone()).expect("verify");
         assert_eq!(verified.meta, meta(7));
         assert_eq!(
@@ -311,7 +346,7 @@ mod tests {
 
     #[test]
     fn every_flipped_byte_is_detected() {
-        let image = SnapshotImage::build(meta(7), &state_bytes()).expect("build");
+        let image = SnapshotImage::build(meta(7), &state(), 0).expect("build");
         for at in 0..image.bytes.len() {
             let mut corrupt = image.bytes.clone();
             corrupt[at] ^= 0x40;
@@ -324,7 +359,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_detected() {
-        let image = SnapshotImage::build(meta(7), &state_bytes()).expect("build");
+        let image = SnapshotImage::build(meta(7), &state(), 0).expect("build");
         for len in 0..image.bytes.len() {
             assert!(
                 SnapshotImage::verify(image.bytes[..len].to_vec()).is_err(),
@@ -337,15 +372,15 @@ mod tests {
     fn storing_a_snapshot_removes_older_ones_and_never_goes_back() {
         let temp = tempfile::tempdir().expect("tempdir");
         let dir = SnapshotDir::open(temp.path().to_path_buf()).expect("open");
-        let state = state_bytes();
+        let state = state();
         assert!(dir
-            .store(&SnapshotImage::build(meta(5), &state).expect("build"))
+            .store(&SnapshotImage::build(meta(5), &state, 0).expect("build"))
             .expect("store 5"));
         assert!(dir
-            .store(&SnapshotImage::build(meta(9), &state).expect("build"))
+            .store(&SnapshotImage::build(meta(9), &state, 0).expect("build"))
             .expect("store 9"));
         assert!(!dir
-            .store(&SnapshotImage::build(meta(6), &state).expect("build"))
+            .store(&SnapshotImage::build(meta(6), &state, 0).expect("build"))
             .expect("store 6"));
         let files: Vec<_> = fs::read_dir(temp.path())
             .expect("ls")
@@ -356,5 +391,17 @@ mod tests {
             dir.load_latest().expect("load").expect("some").meta,
             meta(9)
         );
+    }
+
+    #[test]
+    fn a_paced_write_writes_every_byte_across_steps() {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let path = temp.path().join("paced");
+        // Two and a half steps, so a partial last step too.
+        let bytes: Vec<u8> = (0..WRITE_PACE_BYTES * 5 / 2).map(|i| (i % 251) as u8).collect();
+        let mut file = File::create(&path).expect("create");
+        write_paced(&mut file, &bytes).expect("write");
+        drop(file);
+        assert_eq!(fs::read(&path).expect("read"), bytes);
     }
 }
