@@ -2,6 +2,10 @@
 # etcd 3.4 (1 member, --enable-v2, default durability) and rota (1 node) in ONE run on this
 # machine, the same wrk load for both: v2 PUT of random keys with a 64-byte value at
 # concurrency 1, 16 and 64; then the ratio rota/etcd per concurrency.
+# For each concurrency both get a fresh server (etcd started exactly as ../shared/bench's
+# bench_etcd.sh starts it), both stay up, and their runs interleave (etcd, rota, etcd, ...),
+# so that the machine's speed drifting during the run (±30% here over minutes) falls on both
+# alike; the idle one meanwhile only ticks.
 # Every rota write is fsynced before its answer, as etcd's are.
 # usage: bench/v2_put.sh            env: RUNS (3), DUR (10s), CONCS ("1 16 64"), WORKLOADS (put)
 # needs: apt-get install -y etcd-server wrk jq curl
@@ -15,21 +19,30 @@ OUT=${OUT:-$(mktemp -d /tmp/rota-bench.XXXX)}; mkdir -p "$OUT"
 echo "results in $OUT"
 (cd "$ROOT" && cargo build --release -q -p rota) || exit 1
 ROTA="$ROOT/target/release/rota"
-
-stamp "etcd"; WORKLOADS=${WORKLOADS:-put} CONCS=${CONCS:-1 16 64} "$SHARED/bench_etcd.sh" single | tee "$OUT/etcd.txt"
-
 DATA=$(mktemp -d /tmp/rota-bench-data.XXXX)
+
+start_etcd() { rm -rf "$DATA/etcd"
+  etcd --name s1 --data-dir "$DATA/etcd" --enable-v2=true \
+    --listen-client-urls http://127.0.0.1:32379 --advertise-client-urls http://127.0.0.1:32379 \
+    --listen-peer-urls http://127.0.0.1:32380 --initial-advertise-peer-urls http://127.0.0.1:32380 \
+    --initial-cluster s1=http://127.0.0.1:32380 --initial-cluster-state new --initial-cluster-token bench \
+    --logger=zap --log-outputs="$DATA/etcd.log" > "$DATA/etcd.out" 2>&1 &
+  STARTED_PIDS+=($!); wait_http http://127.0.0.1:32379/health; }
+start_rota() { rm -rf "$DATA/n1"
+  "$ROTA" serve --name n1 --data-dir "$DATA/n1" --listen-client-urls http://127.0.0.1:33379 \
+    --advertise-client-urls http://127.0.0.1:33379 --listen-peer-urls http://127.0.0.1:33380 \
+    > "$OUT/rota.log" 2>&1 &
+  STARTED_PIDS+=($!); wait_http http://127.0.0.1:33379/health; }
+
 for wl in ${WORKLOADS:-put}; do
   case $wl in put) LUA=etcd_v2_put.lua;; post) LUA=etcd_v2_post.lua;; *) echo "unknown workload $wl"; exit 1;; esac
   for c in ${CONCS:-1 16 64}; do
-    stop_started; rm -rf "$DATA/n1"   # a fresh node per concurrency, as etcd gets
-    "$ROTA" serve --name n1 --data-dir "$DATA/n1" --listen-client-urls http://127.0.0.1:33379 \
-      --advertise-client-urls http://127.0.0.1:33379 --listen-peer-urls http://127.0.0.1:33380 \
-      > "$OUT/rota.log" 2>&1 &
-    STARTED_PIDS+=($!)
-    wait_http http://127.0.0.1:33379/health || exit 1
-    for r in $(seq 1 "$RUNS"); do stamp "rota $wl c=$c run=$r"
-      wrk_run rota1-$wl "$c" http://127.0.0.1:33379 "$SHARED/$LUA"; done | tee -a "$OUT/rota.txt"
+    stop_started   # a fresh server of each per concurrency
+    start_etcd || exit 1; start_rota || exit 1; sleep 1
+    for r in $(seq 1 "$RUNS"); do
+      stamp "etcd $wl c=$c run=$r"; wrk_run etcd1-$wl "$c" http://127.0.0.1:32379 "$SHARED/$LUA" | tee -a "$OUT/etcd.txt"
+      stamp "rota $wl c=$c run=$r"; wrk_run rota1-$wl "$c" http://127.0.0.1:33379 "$SHARED/$LUA" | tee -a "$OUT/rota.txt"
+    done
   done
 done
 stop_started; rm -rf "$DATA"
