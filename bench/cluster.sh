@@ -3,7 +3,7 @@
 #   1. v2 PUT of random keys, 64-byte values, wrk c=64 against the leader: RUNS runs of DUR
 #      per system, interleaved (etcd, rota, etcd, rota, ...) with both clusters up, so that
 #      the machine's speed drifting during the run (±30% here over minutes) falls on both
-#      alike; the idle cluster only sends heartbeats meanwhile
+#      alike; before each run the machine must be quiet (see wait_quiet)
 #   2. failover: SIGKILL the leader, time until a client's write succeeds on a survivor
 #      (bench/ rota-failover), restart the killed member, wait until all are healthy; ROUNDS
 #      times per system, one cluster up at a time
@@ -54,6 +54,8 @@ stop_cluster() { local sys=$1 m p
   # over); wait, so that their ports are free and their CPU idle before the next phase.
   for m in m1 m2 m3; do p=${PID[$sys-$m]}; for i in $(seq 1 300); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done; done; }
 
+source "$ROOT/bench/quiet.sh"
+
 leader_url() { # SYSTEM: the client URL of the member that says it leads
   local m p; for m in m1 m2 m3; do p=$(client_port "$1" $m)
     if curl -fsS --max-time 1 "http://127.0.0.1:$p/v2/stats/self" 2>/dev/null | grep -q '"StateLeader"'; then echo "http://127.0.0.1:$p"; return 0; fi
@@ -73,6 +75,7 @@ for sys in etcd rota; do echo "$sys leader: $(leader_url $sys)"; done
 for r in $(seq 1 "$RUNS"); do
   for sys in etcd rota; do
     L=$(leader_url $sys) || { echo "$sys: no leader before run $r" >&2; exit 1; }
+    wait_quiet
     stamp "$sys 3 members v2 PUT c=64 at the leader run=$r"
     wrk_run $sys-3-put-leader 64 "$L" "$SHARED/etcd_v2_put.lua"
   done

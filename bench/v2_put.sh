@@ -5,7 +5,7 @@
 # For each concurrency both get a fresh server (etcd started exactly as ../shared/bench's
 # bench_etcd.sh starts it), both stay up, and their runs interleave (etcd, rota, etcd, ...),
 # so that the machine's speed drifting during the run (±30% here over minutes) falls on both
-# alike; the idle one meanwhile only ticks.
+# alike; before each run the machine must be quiet (see wait_quiet).
 # Every rota write is fsynced before its answer, as etcd's are.
 # usage: bench/v2_put.sh            env: RUNS (3), DUR (10s), CONCS ("1 16 64"), WORKLOADS (put)
 # needs: apt-get install -y etcd-server wrk jq curl
@@ -20,6 +20,8 @@ echo "results in $OUT"
 (cd "$ROOT" && cargo build --release -q -p rota) || exit 1
 ROTA="$ROOT/target/release/rota"
 DATA=$(mktemp -d /tmp/rota-bench-data.XXXX)
+
+source "$ROOT/bench/quiet.sh"
 
 start_etcd() { rm -rf "$DATA/etcd"
   etcd --name s1 --data-dir "$DATA/etcd" --enable-v2=true \
@@ -40,8 +42,8 @@ for wl in ${WORKLOADS:-put}; do
     stop_started   # a fresh server of each per concurrency
     start_etcd || exit 1; start_rota || exit 1; sleep 1
     for r in $(seq 1 "$RUNS"); do
-      stamp "etcd $wl c=$c run=$r"; wrk_run etcd1-$wl "$c" http://127.0.0.1:32379 "$SHARED/$LUA" | tee -a "$OUT/etcd.txt"
-      stamp "rota $wl c=$c run=$r"; wrk_run rota1-$wl "$c" http://127.0.0.1:33379 "$SHARED/$LUA" | tee -a "$OUT/rota.txt"
+      wait_quiet; stamp "etcd $wl c=$c run=$r"; wrk_run etcd1-$wl "$c" http://127.0.0.1:32379 "$SHARED/$LUA" | tee -a "$OUT/etcd.txt"
+      wait_quiet; stamp "rota $wl c=$c run=$r"; wrk_run rota1-$wl "$c" http://127.0.0.1:33379 "$SHARED/$LUA" | tee -a "$OUT/rota.txt"
     done
   done
 done
