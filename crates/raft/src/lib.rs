@@ -25,6 +25,7 @@
 //! leader to replicate to it. A data dir with state restarts from it and ignores the
 //! initial flags.
 
+mod disk;
 mod forward;
 mod identity;
 mod log_store;
@@ -73,6 +74,13 @@ pub enum ClusterState {
     Existing,
 }
 
+/// The data dir's subdirectories: the Raft log and the snapshots.
+const LOG_DIR: &str = "raft-log";
+const SNAPSHOT_DIR: &str = "snapshots";
+
+/// [`NodeConfig::min_free_bytes`] by default: one log chunk.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
+
 /// How to start a node.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -86,6 +94,9 @@ pub struct NodeConfig {
     /// is a batch of up to `batch_commands_max` commands, so counting entries alone let a
     /// million queued jobs sit in 112 MB of log that every start re-applied.
     pub snapshot_log_bytes: u64,
+    /// Writes are refused while the data dir's file system has less than this plus room
+    /// for the next snapshot free (see `disk`); 0 refuses nothing.
+    pub min_free_bytes: u64,
     /// Group commit bounds: one Raft entry holds at most this many commands / bytes.
     pub batch_commands_max: usize,
     pub batch_bytes_max: usize,
@@ -133,6 +144,7 @@ impl NodeConfig {
             core: rota_core::Config::default(),
             snapshot_entries: 10_000,
             snapshot_log_bytes: 64 << 20,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
             batch_commands_max: 1024,
             batch_bytes_max: 4 << 20,
             proposals_in_flight_max: 1,
@@ -297,6 +309,13 @@ pub enum ProposeError {
     /// This member was removed from the cluster (it stops soon); the command was not applied.
     #[error("{MEMBER_REMOVED}; send requests to the remaining members")]
     Removed,
+    /// The data dir is short of space (see `disk`); the command was not applied.
+    #[error(
+        "the data dir is short of space: {} MiB free, writes resume above {} MiB (deletes are still accepted)",
+        available_bytes >> 20,
+        (needed_bytes + disk::RESUME_MARGIN_BYTES) >> 20
+    )]
+    NoSpace { available_bytes: u64, needed_bytes: u64 },
 }
 
 /// etcd 3.4's words when a member learns it was removed (rota's log line and error say it
@@ -449,7 +468,7 @@ impl Node {
 
         let log_store = LogStore::open(
             &LogStoreConfig {
-                dir: config.data_dir.join("raft-log"),
+                dir: config.data_dir.join(LOG_DIR),
             },
             metrics.clone(),
         )
@@ -458,7 +477,7 @@ impl Node {
             corrupt @ LogOpenError::Corrupt { .. } => StartError::Corrupt(corrupt.to_string()),
         })?;
         let snapshots =
-            SnapshotDir::open(config.data_dir.join("snapshots")).map_err(snapshot_start_error)?;
+            SnapshotDir::open(config.data_dir.join(SNAPSHOT_DIR)).map_err(snapshot_start_error)?;
         let (state_machine, shared) =
             StateMachineStore::open(snapshots, config.core.clone(), metrics.clone())
                 .map_err(snapshot_start_error)?;
@@ -559,9 +578,11 @@ impl Node {
         let removed = transport.removed().clone();
         let proposal_gate = Arc::new(tokio::sync::RwLock::new(()));
         let (tx, rx) = mpsc::channel(config.proposals_queued_max);
+        let disk_space = Arc::new(disk::DiskSpace::default());
         let proposals = ProposalSender {
             tx,
             batch_bytes_max: config.batch_bytes_max,
+            disk_space: disk_space.clone(),
         };
         let limits = ProposerLimits {
             batch_commands_max: config.batch_commands_max,
@@ -594,6 +615,13 @@ impl Node {
             config.snapshot_log_bytes,
             shutdown_tx.subscribe(),
         ));
+        let disk_task = tokio::spawn(watch_disk_space(
+            config.data_dir.clone(),
+            config.min_free_bytes,
+            disk_space,
+            metrics.clone(),
+            shutdown_tx.subscribe(),
+        ));
         let leader_seen = Arc::new(std::sync::Mutex::new(LeaderSeen::default()));
         let metrics_task = tokio::spawn(follow_raft_metrics(
             raft.clone(),
@@ -624,7 +652,7 @@ impl Node {
                 metrics,
                 shutdown_tx,
                 proposer_task: Mutex::new(Some(proposer_task)),
-                background_tasks: Mutex::new(vec![ticker_task, metrics_task, snapshot_task]),
+                background_tasks: Mutex::new(vec![ticker_task, metrics_task, snapshot_task, disk_task]),
                 shut_down: tokio::sync::Mutex::new(false),
                 raft_runtime,
             }),
@@ -930,6 +958,52 @@ fn snapshot_start_error(error: SnapshotFileError) -> StartError {
     match error {
         SnapshotFileError::Io { path, source } => StartError::DataDir { path, source },
         corrupt @ SnapshotFileError::Corrupt { .. } => StartError::Corrupt(corrupt.to_string()),
+    }
+}
+
+/// Looks at the data dir's free space every [`disk::CHECK_INTERVAL`] (see `disk`). The
+/// threshold is `min_free_bytes` plus room for the next snapshot: the newest snapshot's
+/// size plus three times the log's (each logged write may add its value to the state up
+/// to three times: the key's node, and a watch event's node and previous node).
+async fn watch_disk_space(
+    data_dir: PathBuf,
+    min_free_bytes: u64,
+    space: Arc<disk::DiskSpace>,
+    metrics: RaftMetrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if min_free_bytes == 0 {
+        return;
+    }
+    let mut interval = tokio::time::interval(disk::CHECK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failed_before = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = interval.tick() => {}
+        }
+        let data_dir = data_dir.clone();
+        let looked = tokio::task::spawn_blocking(move || {
+            let snapshot = disk::tree_bytes(&data_dir.join(SNAPSHOT_DIR))?;
+            let log = disk::tree_bytes(&data_dir.join(LOG_DIR))?;
+            let next_snapshot = snapshot.saturating_add(log.saturating_mul(3));
+            Ok::<_, std::io::Error>((disk::available_bytes(&data_dir)?, next_snapshot))
+        })
+        .await;
+        match looked {
+            Ok(Ok((available, next_snapshot))) => {
+                failed_before = false;
+                let short = space.record(available, min_free_bytes.saturating_add(next_snapshot));
+                metrics.data_dir_available_bytes.set(i64::try_from(available).unwrap_or(i64::MAX));
+                metrics.data_dir_short_of_space.set(i64::from(short));
+            }
+            Ok(Err(error)) if !failed_before => {
+                failed_before = true;
+                tracing::warn!(%error, "cannot read the data dir's free space");
+            }
+            _ => {}
+        }
     }
 }
 

@@ -28,6 +28,10 @@ pub struct RaftMetrics {
     pub batch_bytes: Histogram,
     /// Proposals answered, by any outcome.
     pub proposals: Counter,
+    /// Free space on the data dir's file system (for an unprivileged writer).
+    pub data_dir_available_bytes: Gauge,
+    /// 1 while writes are refused for lack of space (see `disk`).
+    pub data_dir_short_of_space: Gauge,
 }
 
 impl Default for RaftMetrics {
@@ -48,6 +52,8 @@ impl Default for RaftMetrics {
             // 64 B .. 4 MiB
             batch_bytes: Histogram::new(exponential_buckets(64.0, 4.0, 9)),
             proposals: Counter::default(),
+            data_dir_available_bytes: Gauge::default(),
+            data_dir_short_of_space: Gauge::default(),
         }
     }
 }
@@ -98,6 +104,17 @@ impl RaftMetrics {
             "Latency of a log flush (write + sync_data)",
             Unit::Seconds,
             self.log_fsync_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "data_dir_available",
+            "Free space on the data dir's file system",
+            Unit::Bytes,
+            self.data_dir_available_bytes.clone(),
+        );
+        registry.register(
+            "data_dir_short_of_space",
+            "1 while writes are refused because the data dir is short of space",
+            self.data_dir_short_of_space.clone(),
         );
         registry.register(
             "batch_commands",

@@ -49,12 +49,20 @@ pub(crate) struct ProposerLimits {
 pub(crate) struct ProposalSender {
     pub tx: mpsc::Sender<Proposal>,
     pub batch_bytes_max: usize,
+    /// Commands that add data are refused while the data dir is short of space.
+    pub disk_space: Arc<crate::disk::DiskSpace>,
 }
 
 impl ProposalSender {
     /// Queues `command` and waits for its outcome. Cancel-safe: dropping the future drops
     /// only the wait (a queued command is still proposed).
     pub(crate) async fn propose(&self, command: Command) -> Result<Proposed, ProposeError> {
+        if let Some(shortage) = self.disk_space.refuses(&command) {
+            return Err(ProposeError::NoSpace {
+                available_bytes: shortage.available_bytes,
+                needed_bytes: shortage.needed_bytes,
+            });
+        }
         let size_bytes = bincode::serialized_size(&command)
             .map_err(|e| ProposeError::Fatal(format!("encode command: {e}")))?
             as usize;

@@ -238,15 +238,19 @@ impl SnapshotDir {
             let path = path.to_path_buf();
             move |source| SnapshotFileError::Io { path, source }
         };
-        {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&temp_path)
-                .map_err(io_error(&temp_path))?;
-            write_paced(&mut file, &image.bytes).map_err(io_error(&temp_path))?;
-            file.sync_all().map_err(io_error(&temp_path))?;
+        let written = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temp_path)
+            .and_then(|mut file| {
+                write_paced(&mut file, &image.bytes)?;
+                file.sync_all()
+            });
+        if let Err(error) = written {
+            // A half-written temp file would hold on to the space that ran out.
+            let _ = fs::remove_file(&temp_path);
+            return Err(io_error(&temp_path)(error));
         }
         fs::rename(&temp_path, &final_path).map_err(io_error(&final_path))?;
         sync_dir(&self.dir).map_err(io_error(&self.dir))?;

@@ -235,7 +235,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(|reason| snapshot_error(Some(meta), ErrorVerb::Write, reason))?;
         let snapshots = self.snapshots.clone();
         let image_bytes = image.bytes.len();
-        tokio::task::spawn_blocking(move || snapshots.store(&image))
+        tokio::task::spawn_blocking(move || store_when_space(&snapshots, &image))
             .await
             .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, e))?
             .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, e))?;
@@ -296,7 +296,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let image = SnapshotImage::build(image_meta, &state, size_hint)?;
             drop(state);
             let encode_ms = started.elapsed().as_millis() as u64;
-            let stored = snapshots.store(&image).map_err(|e| e.to_string())?;
+            let stored = store_when_space(&snapshots, &image)?;
             if stored {
                 tracing::info!(
                     bytes = image.bytes.len(),
@@ -320,6 +320,56 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot: Box::new(Cursor::new(image.bytes)),
         })
     }
+}
+
+/// How long a snapshot that found the disk full waits before it tries again.
+const SNAPSHOT_SPACE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Space a snapshot leaves free when it is written (for the log's writes meanwhile).
+const SNAPSHOT_SPACE_MARGIN: u64 = 16 << 20;
+
+/// Stores `image`, once there is room for it: while the file system has less than the
+/// image plus [`SNAPSHOT_SPACE_MARGIN`] free, or a write finds it full (ENOSPC, EDQUOT), it
+/// waits and tries again rather than fail. A snapshot that fails stops Raft (and the
+/// process); waiting loses nothing, as the log before a snapshot is purged only once the
+/// snapshot is stored. And it does not write what cannot fit: a write that fills the disk
+/// would make the log's next write fail. Writes are refused long before (see `disk`); this
+/// covers what fills the disk anyway (other programs' files).
+fn store_when_space(snapshots: &SnapshotDir, image: &SnapshotImage) -> Result<bool, String> {
+    let needed = image.bytes.len() as u64 + SNAPSHOT_SPACE_MARGIN;
+    let mut waiting = false;
+    loop {
+        let available = crate::disk::available_bytes(snapshots.path()).unwrap_or(u64::MAX);
+        let reason = if available < needed {
+            format!("{} MiB free, {} MiB needed", available >> 20, needed >> 20)
+        } else {
+            match snapshots.store(image) {
+                Ok(stored) => {
+                    if waiting {
+                        tracing::warn!("snapshot: stored after waiting for space");
+                    }
+                    return Ok(stored);
+                }
+                Err(SnapshotFileError::Io { source, .. }) if is_out_of_space(&source) => {
+                    source.to_string()
+                }
+                Err(other) => return Err(other.to_string()),
+            }
+        };
+        if !waiting {
+            tracing::error!(
+                path = %snapshots.path().display(),
+                %reason,
+                "snapshot: no space to store it; trying again every {SNAPSHOT_SPACE_RETRY:?}"
+            );
+            waiting = true;
+        }
+        std::thread::sleep(SNAPSHOT_SPACE_RETRY);
+    }
+}
+
+fn is_out_of_space(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
 /// The nice value of the thread that encodes and writes a snapshot.

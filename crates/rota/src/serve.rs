@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// Applied entries between snapshots (the log before a snapshot is purged).
     #[arg(long = "snapshot-count", default_value_t = 10_000)]
     pub snapshot_entries: u64,
+    /// Refuse writes (507) while the data dir's file system has less than this many MiB
+    /// plus room for the next snapshot free; deletes and reads go on. 0: never refuse.
+    #[arg(long = "min-free-mb", default_value_t = rota_raft::DEFAULT_MIN_FREE_BYTES >> 20)]
+    pub min_free_mib: u64,
     /// Accepted for etcd compatibility: the v2 API is always on.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", hide = true)]
     pub enable_v2: Option<String>,
@@ -192,6 +196,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut config = NodeConfig::single(args.name.clone(), data_dir.clone());
     config.core.v2_history_max = args.history_events_max.max(1);
     config.snapshot_entries = args.snapshot_entries.max(1);
+    config.min_free_bytes = args.min_free_mib.saturating_mul(1 << 20);
     config.heartbeat_interval_ms = args.heartbeat_interval_ms.max(1);
     let heartbeat_interval_ms = config.heartbeat_interval_ms;
     config.set_election_timeout_ms(args.election_timeout_ms);

@@ -622,7 +622,7 @@ async fn read_body(request: Request<Body>) -> Result<FormBody, Response<Body>> {
 /// leader etcd answers 300 "Raft Internal Error" (after its request timeout); rota answers
 /// the same body with HTTP 503 and `Retry-After: 1` once its leader wait is over, so
 /// clients know to retry. 300 for the rest (HTTP 500, as etcd), 413 for a command over the
-/// Raft entry bound.
+/// Raft entry bound, and 507 while the data dir is short of space.
 pub(crate) fn propose_error(error: &ProposeError) -> Response<Body> {
     match error {
         // Another member (or this one, a moment later) can take the request, so clients get
@@ -650,6 +650,12 @@ pub(crate) fn propose_error(error: &ProposeError) -> Response<Body> {
             0,
         ),
         ProposeError::Fatal(_) => respond::v2_error(&V2Error::new(300, Some(error.to_string()), 0)),
+        // etcd's v2 API has no such error; its envelope, with 507 Insufficient Storage.
+        ProposeError::NoSpace { .. } => {
+            let mut response = respond::v2_error(&V2Error::new(300, Some(error.to_string()), 0));
+            *response.status_mut() = axum::http::StatusCode::INSUFFICIENT_STORAGE;
+            response
+        }
     }
 }
 

@@ -52,6 +52,10 @@ pub struct Server {
     child: Option<Child>,
     /// Number of times this server was started (names the stderr log of each run).
     starts: u32,
+    /// Where the data dir is, if not `<root>/data`.
+    data_dir: Option<PathBuf>,
+    /// More flags for the server.
+    extra_args: Vec<String>,
 }
 
 static PORT_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -98,6 +102,16 @@ impl Server {
     }
 
     pub fn try_start(kind: Kind) -> Result<Server, String> {
+        Server::try_start_with(kind, None, Vec::new())
+    }
+
+    /// A fresh server with its data dir at `data_dir` (default: in its own temp dir) and
+    /// `extra_args` after the usual flags.
+    pub fn try_start_with(
+        kind: Kind,
+        data_dir: Option<PathBuf>,
+        extra_args: Vec<String>,
+    ) -> Result<Server, String> {
         if kind == Kind::Etcd {
             require_etcd();
         }
@@ -116,6 +130,8 @@ impl Server {
                 root,
                 child: None,
                 starts: 0,
+                data_dir: data_dir.clone(),
+                extra_args: extra_args.clone(),
             };
             match server.launch_and_wait() {
                 Ok(()) => return Ok(server),
@@ -145,7 +161,7 @@ impl Server {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.root.path().join("data")
+        self.data_dir.clone().unwrap_or_else(|| self.root.path().join("data"))
     }
 
     fn stderr_path(&self) -> PathBuf {
@@ -181,7 +197,8 @@ impl Server {
             .arg("--initial-advertise-peer-urls")
             .arg(&peer)
             .arg("--initial-cluster")
-            .arg(cluster);
+            .arg(cluster)
+            .args(&self.extra_args);
         cmd
     }
 

@@ -12,6 +12,7 @@ mod cluster;
 mod cluster_jobs;
 mod cluster_membership;
 mod crash;
+mod disk_full;
 mod etcd_diff;
 mod harness;
 mod history;

@@ -21,6 +21,7 @@ pub(crate) const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
 pub(crate) const IDEMPOTENCY_KEY_REUSED: &str = "idempotency_key_reused";
 pub(crate) const NO_LEADER: &str = "no_leader";
 pub(crate) const UNAVAILABLE: &str = "unavailable";
+pub(crate) const NO_SPACE: &str = "no_space";
 pub(crate) const TIMEOUT: &str = "timeout";
 pub(crate) const INTERNAL: &str = "internal";
 
@@ -84,6 +85,7 @@ impl ApiError {
             ProposeError::ShuttingDown | ProposeError::Fatal(_) | ProposeError::Removed => {
                 ApiError::new(503, UNAVAILABLE, error.to_string(), None)
             }
+            ProposeError::NoSpace { .. } => ApiError::new(507, NO_SPACE, error.to_string(), None),
         }
     }
 

@@ -1,0 +1,219 @@
+//! The data dir's free space, and the writes refused while it is short.
+//!
+//! A write that fails for lack of space in the Raft log stops Raft and the process (as a
+//! failed `fsync` must, see `wait_fatal`), and a snapshot that cannot be written stops it
+//! too. So a node stops accepting writes *before* its disk is full: a background task looks
+//! at the data dir's file system every [`CHECK_INTERVAL`], and while less than
+//! `min_free_bytes` (a log chunk) plus room for the next snapshot is free (see
+//! `watch_disk_space`), the proposer refuses commands that add data with
+//! [`ProposeError::NoSpace`](crate::ProposeError::NoSpace) (HTTP 507). Reads go on, and so
+//! do the commands that remove data or finish work already handed out: v2 deletes, queue
+//! deletes, job cancels, and a lease holder's heartbeat, complete, fail and release (etcd's
+//! `NOSPACE` alarm likewise allows reads and deletes). Time (`Tick`) goes on. Writes resume
+//! once [`RESUME_MARGIN_BYTES`] more than the threshold is free again, without an operator
+//! (etcd needs its alarm disarmed).
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rota_core::jobs::JobCommand;
+use rota_core::v2::V2Command;
+use rota_core::Command;
+
+/// How often the free space is looked at. At the write rates measured here (~5 MB/s of
+/// log at most) a check misses less than 2 MB.
+pub(crate) const CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Writes resume only once this much more than the threshold is free, so that a node at
+/// the edge does not flip between refusing and accepting.
+pub(crate) const RESUME_MARGIN_BYTES: u64 = 16 << 20;
+
+/// The last look at the data dir's free space (shared by the checker and the proposer).
+#[derive(Debug, Default)]
+pub(crate) struct DiskSpace {
+    low: AtomicBool,
+    available_bytes: AtomicU64,
+    needed_bytes: AtomicU64,
+}
+
+/// Why a command was refused: what was free and what is needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Shortage {
+    pub available_bytes: u64,
+    pub needed_bytes: u64,
+}
+
+impl DiskSpace {
+    /// `Some` if `command` must wait for space; `None` if it may be proposed.
+    pub(crate) fn refuses(&self, command: &Command) -> Option<Shortage> {
+        if !self.low.load(Ordering::Relaxed) || allowed_when_short(command) {
+            return None;
+        }
+        Some(Shortage {
+            available_bytes: self.available_bytes.load(Ordering::Relaxed),
+            needed_bytes: self.needed_bytes.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Records a look: `available` bytes free, `needed` the threshold. Returns whether the
+    /// node is now short of space (and logs when that changes).
+    pub(crate) fn record(&self, available: u64, needed: u64) -> bool {
+        let was_low = self.low.load(Ordering::Relaxed);
+        let low = is_short(available, needed, was_low);
+        self.available_bytes.store(available, Ordering::Relaxed);
+        self.needed_bytes.store(needed, Ordering::Relaxed);
+        self.low.store(low, Ordering::Relaxed);
+        if low && !was_low {
+            tracing::error!(
+                available_mib = available >> 20,
+                needed_mib = needed >> 20,
+                "the data dir is short of space: refusing writes (507) until more is free"
+            );
+        } else if was_low && !low {
+            tracing::warn!(
+                available_mib = available >> 20,
+                "space is free again: accepting writes"
+            );
+        }
+        low
+    }
+}
+
+/// The threshold with hysteresis: short below `needed`; once short, until `needed` plus
+/// [`RESUME_MARGIN_BYTES`] is free.
+fn is_short(available: u64, needed: u64, was_short: bool) -> bool {
+    if was_short {
+        available < needed.saturating_add(RESUME_MARGIN_BYTES)
+    } else {
+        available < needed
+    }
+}
+
+/// Commands that remove data, finish work already leased, or only move time.
+fn allowed_when_short(command: &Command) -> bool {
+    match command {
+        Command::Tick => true,
+        Command::V2(v2) => matches!(v2, V2Command::Delete(_)),
+        Command::Jobs(job) => matches!(
+            job,
+            JobCommand::DeleteQueue { .. }
+                | JobCommand::Cancel { .. }
+                | JobCommand::Heartbeat { .. }
+                | JobCommand::Complete { .. }
+                | JobCommand::Fail { .. }
+                | JobCommand::Release { .. }
+        ),
+        Command::Idempotent { command, .. } => allowed_when_short(command),
+    }
+}
+
+/// The lengths of the files in `dir` and its subdirectories, added up.
+pub(crate) fn tree_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            total = total.saturating_add(tree_bytes(&entry.path())?);
+        } else if kind.is_file() {
+            total = total.saturating_add(entry.metadata()?.len());
+        }
+    }
+    Ok(total)
+}
+
+/// Bytes available to an unprivileged writer on the file system holding `path`.
+pub(crate) fn available_bytes(path: &Path) -> std::io::Result<u64> {
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("data dir path holds a NUL byte"))?;
+    // SAFETY: `statvfs` is plain old data, all zeros is a valid value; the call writes it.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string and `stats` a valid out-pointer, both live
+    // for the call.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use rota_core::jobs::NewJob;
+    use rota_core::v2::{DeleteCommand, SetCommand};
+
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn short_below_the_threshold_and_until_a_margin_above_it() {
+        assert!(!is_short(100 * MIB, 64 * MIB, false));
+        assert!(!is_short(64 * MIB, 64 * MIB, false));
+        assert!(is_short(64 * MIB - 1, 64 * MIB, false));
+        // Once short, the margin decides.
+        assert!(is_short(70 * MIB, 64 * MIB, true));
+        assert!(is_short(80 * MIB - 1, 64 * MIB, true));
+        assert!(!is_short(80 * MIB, 64 * MIB, true));
+    }
+
+    #[test]
+    fn while_short_only_deletes_finishing_work_and_time_pass() {
+        let space = DiskSpace::default();
+        let set = Command::V2(V2Command::Set(SetCommand {
+            key: "/a".into(),
+            ..Default::default()
+        }));
+        let delete = Command::V2(V2Command::Delete(DeleteCommand {
+            key: "/a".into(),
+            ..Default::default()
+        }));
+        let submit = Command::Jobs(JobCommand::Submit {
+            queue: "q".into(),
+            jobs: vec![NewJob::default()],
+        });
+        let complete = Command::Jobs(JobCommand::Complete {
+            id: 1,
+            lease_token: 1,
+            result: None,
+        });
+        let idempotent = |command: &Command| Command::Idempotent {
+            key: "k".into(),
+            fingerprint: 1,
+            command: Box::new(command.clone()),
+        };
+        // Plenty of space: everything passes.
+        assert!(!space.record(500 * MIB, 64 * MIB));
+        for command in [&set, &delete, &submit, &complete, &Command::Tick] {
+            assert_eq!(space.refuses(command), None, "{command:?}");
+        }
+        assert!(space.record(10 * MIB, 64 * MIB));
+        let shortage = Some(Shortage {
+            available_bytes: 10 * MIB,
+            needed_bytes: 64 * MIB,
+        });
+        assert_eq!(space.refuses(&set), shortage);
+        assert_eq!(space.refuses(&submit), shortage);
+        assert_eq!(space.refuses(&idempotent(&set)), shortage);
+        for command in [&delete, &complete, &Command::Tick, &idempotent(&delete)] {
+            assert_eq!(space.refuses(command), None, "{command:?}");
+        }
+        // Freed, but not past the margin: still short; past it: writes pass again.
+        assert!(space.record(70 * MIB, 64 * MIB));
+        assert!(!space.record(90 * MIB, 64 * MIB));
+        assert_eq!(space.refuses(&set), None);
+    }
+
+    #[test]
+    fn available_bytes_and_the_bytes_a_directory_holds() {
+        let temp = tempfile::tempdir().expect("tempdir");
+        assert!(available_bytes(temp.path()).expect("statvfs") > 0);
+        assert!(available_bytes(&temp.path().join("missing")).is_err());
+        std::fs::create_dir(temp.path().join("sub")).expect("mkdir");
+        std::fs::write(temp.path().join("a"), [0u8; 100]).expect("write");
+        std::fs::write(temp.path().join("sub").join("b"), [0u8; 23]).expect("write");
+        assert_eq!(tree_bytes(temp.path()).expect("walk"), 123);
+    }
+}

@@ -1,0 +1,239 @@
+//! A node whose data dir runs short of space: writes are refused with 507 (never a 500,
+//! never a crash), reads, deletes and finishing leased jobs go on, writes resume once space
+//! is freed, and every acknowledged write survives a SIGKILL and restart. The data dir is a
+//! small tmpfs that the test mounts: it needs root, as `.ci/run` has, and fails (never
+//! skips) without it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::harness::{Kind, Server};
+use crate::http::{self, Request};
+
+/// The tmpfs: the open log chunk reserves 64 MiB of it at once.
+const TMPFS_MIB: u64 = 200;
+const MIB: usize = 1 << 20;
+/// How long a node may take to notice the space it lost or got back (it looks every 250 ms).
+const NOTICE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A tmpfs mounted for the test, unmounted (lazily, after the server is gone) on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size_mib: u64) -> Tmpfs {
+        let output = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size_mib}m"),
+                "rota-it-disk-full",
+            ])
+            .arg(path)
+            .output()
+            .expect("run mount");
+        assert!(
+            output.status.success(),
+            "cannot mount a tmpfs at {} ({}): this test needs root, as .ci/run has",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        Tmpfs(path.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn put(server: &Server, key: &str, value: &str) -> http::Response {
+    let body = format!("value={value}");
+    http::send_with_timeout(
+        server.addr(),
+        &Request::new("PUT", &format!("/v2/keys/{key}")).form(&body),
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|e| panic!("PUT {key}: {e:?}\n{}", server.stderr_tail()))
+}
+
+fn send(server: &Server, request: &Request) -> http::Response {
+    http::send_with_timeout(server.addr(), request, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", server.stderr_tail()))
+}
+
+fn submit_job(server: &Server) -> http::Response {
+    send(
+        server,
+        &Request::new("POST", "/v1/queues/q/jobs")
+            .header("Content-Type", "application/json")
+            .raw_body(br#"{"payload": {"n": 1}}"#.to_vec()),
+    )
+}
+
+/// PUTs `key` until the answer's status is `want` (other answers may only be the one
+/// being waited out: 201 before space runs short, 507 before it is back).
+fn put_until(server: &Server, key: &str, want: u16) -> http::Response {
+    let deadline = Instant::now() + NOTICE_TIMEOUT;
+    loop {
+        let response = put(server, key, "x");
+        let status = response.status();
+        if status == want {
+            return response;
+        }
+        assert!(
+            status == 201 || status == 200 || status == 507,
+            "PUT {key}: unexpected {status}: {}",
+            response.text()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "PUT {key} still answers {status} after {NOTICE_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn metric(server: &Server, name: &str) -> f64 {
+    let text = send(server, &Request::new("GET", "/metrics")).text();
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("metric {name} missing"))
+}
+
+#[test]
+fn a_short_data_dir_refuses_writes_with_507_keeps_serving_and_loses_nothing() {
+    let mount_point = tempfile::tempdir().expect("tempdir");
+    let _tmpfs = Tmpfs::mount(mount_point.path(), TMPFS_MIB);
+    let data_dir = mount_point.path().join("data");
+    let mut server = Server::try_start_with(Kind::Rota, Some(data_dir), Vec::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    assert_eq!(put(&server, "kept", "1").status(), 201);
+    assert_eq!(put(&server, "doomed", "1").status(), 201);
+    assert_eq!(submit_job(&server).status(), 202);
+    let leased = send(
+        &server,
+        &Request::new("POST", "/v1/queues/q/lease")
+            .header("Content-Type", "application/json")
+            .raw_body(br#"{"worker": "w", "max": 1}"#.to_vec()),
+    )
+    .json();
+    let job = &leased["jobs"][0];
+    let (job_id, token) = (
+        job["id"].as_u64().expect("job id"),
+        job["lease_token"].as_u64().expect("token"),
+    );
+
+    // Another program fills the file system: ~100 MiB of the ~136 MiB left.
+    let filler = mount_point.path().join("filler");
+    std::fs::write(&filler, vec![7u8; 100 * MIB]).expect("write the filler");
+
+    put_until(&server, "probe", 507);
+    let refused = put(&server, "refused", "1");
+    assert_eq!(refused.status(), 507, "{}", refused.text());
+    let body = refused.json();
+    assert_eq!(body["errorCode"], 300, "{body}");
+    assert!(
+        body["cause"]
+            .as_str()
+            .unwrap_or("")
+            .contains("short of space"),
+        "{body}"
+    );
+    assert_eq!(metric(&server, "rota_raft_data_dir_short_of_space"), 1.0);
+    let job_refused = submit_job(&server);
+    assert_eq!(job_refused.status(), 507, "{}", job_refused.text());
+    assert_eq!(job_refused.json()["error"]["code"], "no_space");
+    // Reads, deletes and finishing leased work go on.
+    let read = send(&server, &Request::new("GET", "/v2/keys/kept"));
+    assert_eq!(
+        (read.status(), read.json()["node"]["value"].clone()),
+        (200, "1".into())
+    );
+    assert_eq!(
+        send(&server, &Request::new("DELETE", "/v2/keys/doomed")).status(),
+        200
+    );
+    let completed = send(
+        &server,
+        &Request::new("POST", &format!("/v1/jobs/{job_id}/complete"))
+            .header("Content-Type", "application/json")
+            .raw_body(format!(r#"{{"lease_token": {token}, "result": "done"}}"#).into_bytes()),
+    );
+    assert_eq!(completed.status(), 200, "{}", completed.text());
+    assert!(server.is_running(), "{}", server.stderr_tail());
+    assert_eq!(
+        send(&server, &Request::new("GET", "/v2/keys/refused")).status(),
+        404
+    );
+
+    // Space comes back: writes resume without anyone intervening.
+    std::fs::remove_file(&filler).expect("remove the filler");
+    assert_eq!(put_until(&server, "after", 201).status(), 201);
+    assert_eq!(metric(&server, "rota_raft_data_dir_short_of_space"), 0.0);
+
+    // Now the node fills the disk itself with 1 MiB values: it refuses writes before the
+    // log or a snapshot finds the disk full, and stays up.
+    let value = "v".repeat(MIB - 16);
+    let mut acked = Vec::new();
+    let mut refused_at = None;
+    for i in 0..400 {
+        let key = format!("big/{i}");
+        let response = put(&server, &key, &value);
+        match response.status() {
+            201 => acked.push(key),
+            507 => {
+                refused_at = Some(i);
+                break;
+            }
+            other => panic!("PUT {key}: unexpected {other}: {}", response.text()),
+        }
+    }
+    let refused_at =
+        refused_at.unwrap_or_else(|| panic!("never refused; {} MiB written", acked.len()));
+    eprintln!("writes of 1 MiB values refused after {refused_at} MiB");
+    // Room is kept for a snapshot of up to three times the log: 136 MiB free minus 64.
+    assert!(refused_at >= 16, "refused after only {refused_at} MiB");
+    assert!(server.is_running(), "{}", server.stderr_tail());
+
+    // Nothing acknowledged is lost, and the node starts on its full disk.
+    server.kill();
+    server.restart();
+    for key in acked.iter().chain(
+        ["kept", "after"]
+            .iter()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+            .iter(),
+    ) {
+        let read = send(&server, &Request::new("GET", &format!("/v2/keys/{key}")));
+        assert_eq!(
+            read.status(),
+            200,
+            "{key} lost after the restart: {}",
+            read.text()
+        );
+    }
+    let big = send(&server, &Request::new("GET", "/v2/keys/big/0")).json();
+    assert_eq!(
+        big["node"]["value"].as_str().map(str::len),
+        Some(value.len())
+    );
+    assert_eq!(
+        send(&server, &Request::new("GET", "/v2/keys/doomed")).status(),
+        404
+    );
+    let job = send(&server, &Request::new("GET", &format!("/v1/jobs/{job_id}"))).json();
+    assert_eq!(job["state"], "succeeded", "{job}");
+    eprintln!("{}", server.stderr_tail());
+    drop(server);
+}
