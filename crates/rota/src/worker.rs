@@ -45,6 +45,8 @@ const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const REPORT_RETRY_FOR: Duration = Duration::from_secs(600);
 /// Pause between rounds of a call that found no server (the client itself already retried).
 const UNREACHABLE_PAUSE: Duration = Duration::from_secs(1);
+/// Between lease requests while the server refuses them for lack of disk space.
+const NO_SPACE_PAUSE: Duration = Duration::from_secs(5);
 /// Heartbeats never come more often than this, whatever the lease ttl.
 const HEARTBEAT_EVERY_MIN: Duration = Duration::from_millis(10);
 /// The lease ttl when neither `--lease-ttl` nor the queue says (the server's default).
@@ -229,6 +231,12 @@ async fn lease_loop(context: &Arc<Context>, args: &WorkerArgs, lease_ttl: Durati
             Err(JobsError::Unavailable { last, .. }) => {
                 context.log(format_args!("no server answers ({last}); still trying"));
                 pause_unless_stopping(&mut phase, UNREACHABLE_PAUSE).await;
+            }
+            // The server's disk is short of space: it leases again once space is freed
+            // (running jobs still complete meanwhile).
+            Err(error) if error.code() == Some("no_space") => {
+                context.log(format_args!("{error}; still trying"));
+                pause_unless_stopping(&mut phase, NO_SPACE_PAUSE).await;
             }
             Err(error) => {
                 // A refusal of the lease itself (bad queue name, bad ttl) will not change by

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Kind, Server};
 use crate::http::{self, Request};
+use crate::jobs_util::Proc;
 
 /// The tmpfs: the open log chunk reserves 64 MiB of it at once.
 const TMPFS_MIB: u64 = 200;
@@ -175,11 +176,65 @@ fn a_short_data_dir_refuses_writes_with_507_keeps_serving_and_loses_nothing() {
         send(&server, &Request::new("GET", "/v2/keys/refused")).status(),
         404
     );
+    // A worker started now is refused leases and waits for space rather than give up.
+    let worker_dir = tempfile::tempdir().expect("tempdir");
+    let worker_args: Vec<String> = [
+        "worker",
+        "--endpoints",
+        &server.client_url(),
+        "--queue",
+        "w",
+        "--max-jobs",
+        "1",
+        "--",
+        "cat",
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .collect();
+    let mut worker = Proc::spawn(worker_dir.path(), "worker", &worker_args, &[]);
+    let deadline = Instant::now() + NOTICE_TIMEOUT;
+    while !worker.stderr().contains("short of space") {
+        assert!(
+            worker.try_status().is_none(),
+            "the worker exited: {}",
+            worker.stderr()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the worker never reported the refusal: {}",
+            worker.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        worker.try_status().is_none(),
+        "the worker exited: {}",
+        worker.stderr()
+    );
 
     // Space comes back: writes resume without anyone intervening.
     std::fs::remove_file(&filler).expect("remove the filler");
     assert_eq!(put_until(&server, "after", 201).status(), 201);
     assert_eq!(metric(&server, "rota_raft_data_dir_short_of_space"), 0.0);
+    // The waiting worker takes the next job and runs it.
+    let submitted = send(
+        &server,
+        &Request::new("POST", "/v1/queues/w/jobs")
+            .header("Content-Type", "application/json")
+            .raw_body(br#"{"payload": {"echo": 2}}"#.to_vec()),
+    );
+    assert_eq!(submitted.status(), 202, "{}", submitted.text());
+    let worker_job = submitted.json()["id"].as_u64().expect("job id");
+    let status = worker.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "worker: {status:?}: {}", worker.stderr());
+    let done = send(
+        &server,
+        &Request::new("GET", &format!("/v1/jobs/{worker_job}")),
+    )
+    .json();
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"], serde_json::json!({"echo": 2}), "{done}");
 
     // Now the node fills the disk itself with 1 MiB values: it refuses writes before the
     // log or a snapshot finds the disk full, and stays up.
