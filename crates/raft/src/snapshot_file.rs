@@ -295,10 +295,10 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 const WRITE_PACE_BYTES: usize = 1 << 20;
 
 /// Writes `bytes` and waits for each [`WRITE_PACE_BYTES`] to reach the disk before writing
-/// the next. Written in one go, a snapshot of a big state (100+ MB) left that much dirty
-/// data for the final sync, and the Raft log's syncs (on the same disk) queued behind its
-/// writeback: p99 of writes at c=64 rose from ~6 ms to 60–200 ms while a snapshot was
-/// written. Paced, a log sync waits for at most one step's writeback.
+/// the next. Written in one go, a big snapshot left all of itself dirty for the final sync,
+/// and the Raft log's syncs (on the same disk) queued behind its writeback: on a leader at
+/// c=64 the log's mean sync was 3–5 ms (against ~0.4) while a 40 MB snapshot was written.
+/// Paced, a log sync waits for at most one step's writeback: 0.7–1.3 ms.
 fn write_paced(file: &mut File, bytes: &[u8]) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let mut offset = 0usize;
