@@ -142,7 +142,7 @@ impl NodeConfig {
             name: name.into(),
             data_dir: data_dir.into(),
             core: rota_core::Config::default(),
-            snapshot_entries: 10_000,
+            snapshot_entries: 100_000,
             snapshot_log_bytes: 64 << 20,
             min_free_bytes: DEFAULT_MIN_FREE_BYTES,
             batch_commands_max: 1024,

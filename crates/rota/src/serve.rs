@@ -60,8 +60,9 @@ pub struct ServeArgs {
     /// Watch events kept for `waitIndex` (etcd keeps 1000).
     #[arg(long = "max-history", default_value_t = 1000)]
     pub history_events_max: usize,
-    /// Applied entries between snapshots (the log before a snapshot is purged).
-    #[arg(long = "snapshot-count", default_value_t = 10_000)]
+    /// Applied entries between snapshots (the log before a snapshot is purged); etcd 3.4's
+    /// default. A snapshot is also taken once 64 MiB of log were appended since the last.
+    #[arg(long = "snapshot-count", default_value_t = 100_000)]
     pub snapshot_entries: u64,
     /// Refuse writes (507) while the data dir's file system has less than this many MiB
     /// plus room for the next snapshot free; deletes and reads go on. 0: never refuse.
