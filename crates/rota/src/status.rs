@@ -1,5 +1,7 @@
 //! `rota status`: one line per endpoint, as `etcdctl endpoint status` gives: the member's id
-//! and name, whether it leads, its Raft term, commit and applied index, and its version.
+//! and name, whether it leads, its Raft term, commit and applied index, the space free on
+//! its data dir's file system and whether it takes writes (see docs/limits.md, "Disk
+//! space"), and its version.
 //!
 //! Every endpoint is asked on its own (no failover: the point is to see each member). An
 //! endpoint that does not answer gets the error on its line, and the exit code is then 2
@@ -45,6 +47,9 @@ struct Status {
     term: u64,
     commit_index: u64,
     applied_index: u64,
+    free_mib: u64,
+    /// False while the member refuses writes for lack of disk space.
+    takes_writes: bool,
     version: String,
 }
 
@@ -58,15 +63,23 @@ pub async fn run(args: StatusArgs) -> ExitCode {
         .unwrap_or_else(|_| reqwest::Client::new());
     let width = urls.iter().map(|url| url.len()).max().unwrap_or(0).max(8);
     println!(
-        "{:<width$}  {:<16}  {:<12}  {:<6}  {:>5}  {:>10}  {:>10}  VERSION",
-        "ENDPOINT", "ID", "NAME", "LEADER", "TERM", "COMMIT", "APPLIED"
+        "{:<width$}  {:<16}  {:<12}  {:<6}  {:>5}  {:>10}  {:>10}  {:>9}  {:<7}  VERSION",
+        "ENDPOINT", "ID", "NAME", "LEADER", "TERM", "COMMIT", "APPLIED", "FREE_MIB", "WRITES"
     );
     let mut unreachable = false;
     for url in &urls {
         match status(&http, url.trim_end_matches('/')).await {
             Ok(s) => println!(
-                "{url:<width$}  {:<16}  {:<12}  {:<6}  {:>5}  {:>10}  {:>10}  {}",
-                s.id, s.name, s.leader, s.term, s.commit_index, s.applied_index, s.version
+                "{url:<width$}  {:<16}  {:<12}  {:<6}  {:>5}  {:>10}  {:>10}  {:>9}  {:<7}  {}",
+                s.id,
+                s.name,
+                s.leader,
+                s.term,
+                s.commit_index,
+                s.applied_index,
+                s.free_mib,
+                if s.takes_writes { "ok" } else { "refused" },
+                s.version
             ),
             Err(error) => {
                 unreachable = true;
@@ -94,6 +107,8 @@ async fn status(http: &reqwest::Client, url: &str) -> Result<Status, String> {
         term: gauge("rota_raft_term")?,
         commit_index: gauge("rota_raft_commit_index")?,
         applied_index: gauge("rota_raft_applied_index")?,
+        free_mib: gauge("rota_raft_data_dir_available_bytes")? >> 20,
+        takes_writes: gauge("rota_raft_data_dir_short_of_space")? == 0,
         version: match build_version(&metrics) {
             Some(rota) => format!("rota {rota} (etcd {})", version.etcdserver),
             None => version.etcdserver,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::harness::{Kind, Server};
 use crate::http::{self, Request};
-use crate::jobs_util::Proc;
+use crate::jobs_util::{rota, Proc};
 
 /// The tmpfs: the open log chunk reserves 64 MiB of it at once.
 const TMPFS_MIB: u64 = 200;
@@ -152,6 +152,19 @@ fn a_short_data_dir_refuses_writes_with_507_keeps_serving_and_loses_nothing() {
         "{body}"
     );
     assert_eq!(metric(&server, "rota_raft_data_dir_short_of_space"), 1.0);
+    let cli_dir = tempfile::tempdir().expect("tempdir");
+    let status = rota(
+        cli_dir.path(),
+        &["status".into(), "--endpoints".into(), server.client_url()],
+    );
+    let fields: Vec<&str> = status
+        .stdout
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(fields.get(8), Some(&"refused"), "rota status: {status:?}");
     let job_refused = submit_job(&server);
     assert_eq!(job_refused.status(), 507, "{}", job_refused.text());
     assert_eq!(job_refused.json()["error"]["code"], "no_space");
@@ -357,7 +370,11 @@ fn a_write_forwarded_to_a_leader_short_of_space_is_refused_with_507() {
             .contains("short of space"),
         "{body}"
     );
-    eprintln!("leader n{}, writes sent to n{}: {body}", leader + 1, follower + 1);
+    eprintln!(
+        "leader n{}, writes sent to n{}: {body}",
+        leader + 1,
+        follower + 1
+    );
     let fresh = put("fresh");
     assert_eq!(fresh.status(), 507, "{}", fresh.text());
     // A delete still goes through the follower to the leader and is applied there: etcd's
