@@ -75,12 +75,12 @@ fn submit_job(server: &Server) -> http::Response {
     )
 }
 
-/// PUTs `key` until the answer's status is `want` (other answers may only be the one
-/// being waited out: 201 before space runs short, 507 before it is back).
-fn put_until(server: &Server, key: &str, want: u16) -> http::Response {
+/// Sends `put` (a PUT of `key`) until the answer's status is `want` (other answers may only
+/// be the one being waited out: 201/200 before space runs short, 507 before it is back).
+fn put_until(key: &str, want: u16, put: impl Fn() -> http::Response) -> http::Response {
     let deadline = Instant::now() + NOTICE_TIMEOUT;
     loop {
-        let response = put(server, key, "x");
+        let response = put();
         let status = response.status();
         if status == want {
             return response;
@@ -96,6 +96,15 @@ fn put_until(server: &Server, key: &str, want: u16) -> http::Response {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A `/v2/keys` write refused for lack of space: 507 in etcd's envelope.
+fn assert_refused_for_space(response: &http::Response) {
+    assert_eq!(response.status(), 507, "{}", response.text());
+    let body = response.json();
+    assert_eq!(body["errorCode"], 300, "{body}");
+    let cause = body["cause"].as_str().unwrap_or("");
+    assert!(cause.contains("short of space"), "{body}");
 }
 
 fn metric(server: &Server, name: &str) -> f64 {
@@ -139,18 +148,8 @@ fn a_short_data_dir_refuses_writes_with_507_keeps_serving_and_loses_nothing() {
     let filler = mount_point.path().join("filler");
     std::fs::write(&filler, vec![7u8; 100 * MIB]).expect("write the filler");
 
-    put_until(&server, "probe", 507);
-    let refused = put(&server, "refused", "1");
-    assert_eq!(refused.status(), 507, "{}", refused.text());
-    let body = refused.json();
-    assert_eq!(body["errorCode"], 300, "{body}");
-    assert!(
-        body["cause"]
-            .as_str()
-            .unwrap_or("")
-            .contains("short of space"),
-        "{body}"
-    );
+    put_until("probe", 507, || put(&server, "probe", "x"));
+    assert_refused_for_space(&put(&server, "refused", "1"));
     assert_eq!(metric(&server, "rota_raft_data_dir_short_of_space"), 1.0);
     let cli_dir = tempfile::tempdir().expect("tempdir");
     let status = rota(
@@ -229,7 +228,10 @@ fn a_short_data_dir_refuses_writes_with_507_keeps_serving_and_loses_nothing() {
 
     // Space comes back: writes resume without anyone intervening.
     std::fs::remove_file(&filler).expect("remove the filler");
-    assert_eq!(put_until(&server, "after", 201).status(), 201);
+    assert_eq!(
+        put_until("after", 201, || put(&server, "after", "x")).status(),
+        201
+    );
     assert_eq!(metric(&server, "rota_raft_data_dir_short_of_space"), 0.0);
     // The waiting worker takes the next job and runs it.
     let submitted = send(
@@ -348,32 +350,13 @@ fn a_write_forwarded_to_a_leader_short_of_space_is_refused_with_507() {
         .unwrap_or_else(|e| panic!("PUT {key}: {e:?}\n{}", cluster.logs(20)))
     };
     // Until a member has first looked at its disk, a write may still pass.
-    let deadline = Instant::now() + NOTICE_TIMEOUT;
-    let refused = loop {
-        let response = put("probe");
-        if response.status() == 507 {
-            break response;
-        }
-        assert_eq!(response.status(), 201, "{}", response.text());
-        assert!(
-            Instant::now() < deadline,
-            "writes through a follower still pass"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let body = refused.json();
-    assert_eq!(body["errorCode"], 300, "{body}");
-    assert!(
-        body["cause"]
-            .as_str()
-            .unwrap_or("")
-            .contains("short of space"),
-        "{body}"
-    );
+    let refused = put_until("probe", 507, || put("probe"));
+    assert_refused_for_space(&refused);
     eprintln!(
-        "leader n{}, writes sent to n{}: {body}",
+        "leader n{}, writes sent to n{}: {}",
         leader + 1,
-        follower + 1
+        follower + 1,
+        refused.text()
     );
     let fresh = put("fresh");
     assert_eq!(fresh.status(), 507, "{}", fresh.text());
