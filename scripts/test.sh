@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, property, HTTP, end-to-end against real etcd, crash tests.
-# Installs what the tests need (etcd 3.4 for the differential tests, cargo-nextest) when missing.
+# Installs what the tests need when missing: etcd 3.4 for the differential tests, etcdctl and
+# the python-etcd library (in a virtualenv under target/) for the client tests, cargo-nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+if ! command -v python3 >/dev/null 2>&1; then need_apt+=(python3 python3-venv)
+elif ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then need_apt+=(python3-venv); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]} (apt-get)"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -16,6 +20,16 @@ fi
 # Debian's etcd-server starts a system etcd on 2379; our tests use their own ports, but a fresh
 # user running `rota serve` expects 2379 free.
 if systemctl is-active --quiet etcd 2>/dev/null; then systemctl stop etcd || true; fi
+
+# python-etcd, the etcd v2 client library most Python code uses (tests/it/etcd_clients.rs).
+PYCLIENTS="$PWD/target/pyclients"
+if ! "$PYCLIENTS/bin/python" -c 'import etcd' >/dev/null 2>&1; then
+  echo "==> installing python-etcd into $PYCLIENTS (pip)"
+  rm -rf "$PYCLIENTS"
+  python3 -m venv "$PYCLIENTS"
+  "$PYCLIENTS/bin/pip" install -q 'python-etcd==0.4.5'
+fi
+export ROTA_IT_PYTHON="$PYCLIENTS/bin/python"
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "==> installing cargo-nextest"

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
-use axum::http::{Method, Request, Response};
+use axum::http::{Method, Request, Response, StatusCode};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt as _;
 use rota_core::v2::{
@@ -188,6 +188,16 @@ impl<B: Backend> App<B> {
                 )
             }
             "/metrics" => (Route::Metrics, self.metrics_response(&method)),
+            _ if path.starts_with("/v2/auth/") => {
+                let mut response = crate::auth::handle(&method, path);
+                // etcd's JSON answers carry the cluster id; its 405 page does not.
+                if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+                    response
+                        .headers_mut()
+                        .insert(X_ETCD_CLUSTER_ID.clone(), self.cluster_id_header.clone());
+                }
+                (Route::Other, response)
+            }
             _ if path == "/v2/members" || path.starts_with("/v2/members/") => {
                 let rest = path["/v2/members".len()..].to_string();
                 let response = cluster
@@ -635,7 +645,7 @@ pub(crate) fn propose_error(error: &ProposeError) -> Response<Body> {
                 other => format!("{other}; retry on another member"),
             };
             let mut response = respond::v2_error(&V2Error::new(300, Some(cause), 0));
-            *response.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 HeaderValue::from_static("1"),
@@ -653,7 +663,7 @@ pub(crate) fn propose_error(error: &ProposeError) -> Response<Body> {
         // etcd's v2 API has no such error; its envelope, with 507 Insufficient Storage.
         ProposeError::NoSpace { .. } => {
             let mut response = respond::v2_error(&V2Error::new(300, Some(error.to_string()), 0));
-            *response.status_mut() = axum::http::StatusCode::INSUFFICIENT_STORAGE;
+            *response.status_mut() = StatusCode::INSUFFICIENT_STORAGE;
             response
         }
     }

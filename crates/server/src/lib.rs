@@ -11,6 +11,7 @@
 //! (sockets and connections), [`limits`] (every bound).
 
 mod app;
+mod auth;
 pub mod backend;
 mod cluster;
 mod fnv;

@@ -13,6 +13,7 @@ mod cluster_jobs;
 mod cluster_membership;
 mod crash;
 mod disk_full;
+mod etcd_clients;
 mod etcd_diff;
 mod harness;
 mod history;

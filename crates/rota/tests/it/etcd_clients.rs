@@ -1,0 +1,239 @@
+//! Real etcd clients against etcd 3.4 and rota side by side: `etcdctl` (v2 API) and the
+//! python-etcd library run the same session against each; their printed transcripts must be
+//! equal once what legitimately differs between two fresh servers is rewritten (see
+//! [`Transcript::normalize`]). What the user sees is compared, not the HTTP underneath:
+//! the clients' own parsing, error mapping and retries are part of the test.
+//!
+//! Both clients are installed by the README's test command (`scripts/test.sh`): Debian's
+//! `etcd-client` for etcdctl and a virtualenv with python-etcd. The tests fail, never skip,
+//! without them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::harness::{start_pair, Kind, Server};
+use crate::http::{self, Request};
+
+const ETCDCTL_PATH: &str = "/usr/bin/etcdctl";
+/// Bound on one client command (coreutils `timeout`), so a client that hangs fails the test.
+const COMMAND_TIMEOUT_S: &str = "30";
+
+/// What each command printed (stdout then stderr) and its exit status, per server.
+struct Transcript {
+    lines: Vec<String>,
+}
+
+impl Transcript {
+    /// Rewrites what two fresh servers may differ in:
+    /// - store indices become offsets from the server's index before the session
+    ///   (`I+3`): numbers in `[n]`, `[n != m]`, after `Index: ` or `Index":`, and 20-digit
+    ///   in-order key names. Error codes, values and exit statuses are kept;
+    /// - the server's client URL, peer URL and member id become placeholders.
+    fn normalize(raw: &str, server: &Server, base_index: u64, member_id: &str) -> String {
+        let text = raw
+            .replace(&server.client_url(), "<client-url>")
+            .replace(&server.peer_url(), "<peer-url>")
+            .replace(member_id, "<member-id>");
+        let bytes = text.as_bytes();
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        while at < bytes.len() {
+            if !bytes[at].is_ascii_digit() {
+                let next = text[at..].find(|c: char| c.is_ascii_digit()).map_or(text.len(), |i| at + i);
+                out.push_str(&text[at..next]);
+                at = next;
+                continue;
+            }
+            let end = text[at..].find(|c: char| !c.is_ascii_digit()).map_or(text.len(), |i| at + i);
+            let digits = &text[at..end];
+            let before = &text[..at];
+            let after = &text[end..];
+            let is_index = digits.len() == 20
+                || (before.ends_with('[') && (after.starts_with(']') || after.starts_with(" != ")))
+                || (before.ends_with("!= ") && after.starts_with(']'))
+                || before.ends_with("Index: ")
+                || before.ends_with("Index\":");
+            match digits.parse::<u64>() {
+                Ok(n) if is_index => {
+                    let offset = i128::from(n) - i128::from(base_index);
+                    out.push_str(&format!("I{offset:+}"));
+                }
+                _ => out.push_str(digits),
+            }
+            at = end;
+        }
+        out
+    }
+}
+
+/// Runs `session` against a fresh etcd and a fresh rota and compares the transcripts.
+fn compare(name: &str, session: impl Fn(&Server, u64) -> Transcript) {
+    let (etcd, rota) = start_pair();
+    let mut normalized = Vec::new();
+    for server in [&etcd, &rota] {
+        let base = server.store_index();
+        let member_id = member_id(server);
+        let transcript = session(server, base);
+        let text: Vec<String> = transcript
+            .lines
+            .iter()
+            .map(|line| Transcript::normalize(line, server, base, &member_id))
+            .collect();
+        normalized.push(text);
+    }
+    let (etcd_lines, rota_lines) = (&normalized[0], &normalized[1]);
+    for (i, (e, r)) in etcd_lines.iter().zip(rota_lines).enumerate() {
+        assert_eq!(
+            e,
+            r,
+            "{name}: step {i} differs\n--- etcd:\n{e}\n--- {}:\n{r}",
+            rota.kind.name()
+        );
+    }
+    assert_eq!(etcd_lines.len(), rota_lines.len(), "{name}: number of steps");
+}
+
+/// The member id (hex) of a one-member server, from `/v2/members`.
+fn member_id(server: &Server) -> String {
+    let response = http::send(server.addr(), &Request::new("GET", "/v2/members"))
+        .unwrap_or_else(|e| panic!("GET /v2/members on {}: {e}", server.kind.name()));
+    let members: serde_json::Value = serde_json::from_slice(&response.body).expect("members JSON");
+    members["members"][0]["id"].as_str().expect("member id").to_string()
+}
+
+/// Runs one client command under a time bound: its output and its exit status.
+fn run(program: &str, args: &[String], env: &[(&str, &str)]) -> String {
+    let output = Command::new("timeout")
+        .arg(COMMAND_TIMEOUT_S)
+        .arg(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    format!(
+        "{}{}[exit {}]",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        output.status.code().map_or("signal".to_string(), |c| c.to_string())
+    )
+}
+
+fn require_etcdctl() {
+    assert!(
+        Path::new(ETCDCTL_PATH).exists(),
+        "etcdctl is not installed at {ETCDCTL_PATH}: run the README's test command \
+         (scripts/test.sh), which installs Debian's etcd-client, or `apt-get install -y etcd-client`"
+    );
+}
+
+/// `etcdctl` (v2) at `server`; `{first}` in `command` is the session's first write's index.
+/// The transcript entry starts with the command as written, so a difference names it.
+fn etcdctl(server: &Server, command: &str, first_index: u64) -> String {
+    let mut args = vec!["--endpoints".to_string(), server.client_url()];
+    let actual = command.replace("{first}", &first_index.to_string());
+    args.extend(actual.split_whitespace().map(str::to_string));
+    format!("$ etcdctl {command}\n{}", run(ETCDCTL_PATH, &args, &[("ETCDCTL_API", "2")]))
+}
+
+#[test]
+fn etcdctl_v2_session_prints_the_same_against_etcd_and_rota() {
+    require_etcdctl();
+    compare("etcdctl", |server, base| {
+        // Values are words, never numbers: only indices are rewritten. `{first}` (`base + 1`)
+        // is the session's first write on either server.
+        let commands = [
+            "set /foo bar",
+            "get /foo",
+            "mk /foo2 x",
+            "mk /foo2 y",
+            "mkdir /d",
+            "set /d/a one",
+            "ls /d",
+            "ls --sort --recursive -p /",
+            "update /foo baz",
+            "update /nope v",
+            "rm /foo",
+            "get /foo",
+            "rmdir /d",
+            "rm --recursive /d",
+            "mk --in-order /q job",
+            "ls --sort /q",
+            "set /c one",
+            "set /c two --swap-with-value nine",
+            "set /c two --swap-with-value one",
+            "set /c three --swap-with-index {first}",
+            "--output extended get /c",
+            "--output json get /c",
+            "rm /c --with-value nine",
+            "rm /c --with-index {first}",
+            "rm /c --with-value two",
+            "mkdir /d2 --ttl 100",
+            "updatedir /d2 --ttl 200",
+            "setdir /d3",
+            "setdir /d3",
+            "get /d2",
+            "rmdir /foo2",
+            "mkdir /foo2/x",
+            "set /_hidden h",
+            "ls --sort /",
+            "get /_hidden",
+            "get --quorum /foo2",
+            "ls --quorum --sort /q",
+            // History: the first event after the session's first write is `mk /foo2 x`.
+            "watch --after-index {first} --recursive /",
+            "member list",
+            "cluster-health",
+        ];
+        let lines = commands.iter().map(|command| etcdctl(server, command, base + 1)).collect();
+        Transcript { lines }
+    });
+}
+
+/// `etcdctl user|role|auth` against rota: rota has no v2 auth. Listing users and roles
+/// shows none; adding one or enabling auth fails with a clear "not supported" message,
+/// never a JSON parse error. (etcd's answers differ by design: it has a root role and can
+/// enable auth, so this is not a differential check.)
+#[test]
+fn etcdctl_auth_commands_get_a_clear_answer_from_rota() {
+    require_etcdctl();
+    let rota = Server::start(Kind::Rota);
+    for command in ["user list", "role list"] {
+        assert_eq!(etcdctl(&rota, command, 0), format!("$ etcdctl {command}\n[exit 0]"));
+    }
+    for command in ["auth enable", "user add alice:secret", "role add ops", "user get root"] {
+        let out = etcdctl(&rota, command, 0);
+        assert!(out.contains("auth: not supported"), "{out}");
+        assert!(!out.contains("[exit 0]"), "{out}");
+    }
+    let out = etcdctl(&rota, "auth disable", 0);
+    assert!(out.contains("auth: already disabled"), "{out}");
+}
+
+/// The virtualenv's python with python-etcd (made by `scripts/test.sh`), or
+/// `ROTA_IT_PYTHON`.
+fn python_with_python_etcd() -> PathBuf {
+    let python = std::env::var_os("ROTA_IT_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/pyclients/bin/python")
+    });
+    let probe = Command::new(&python).args(["-c", "import etcd"]).output();
+    assert!(
+        probe.as_ref().is_ok_and(|o| o.status.success()),
+        "{} cannot import python-etcd ({probe:?}): run the README's test command \
+         (scripts/test.sh), which makes that virtualenv, or set ROTA_IT_PYTHON",
+        python.display()
+    );
+    python
+}
+
+#[test]
+fn python_etcd_library_session_prints_the_same_against_etcd_and_rota() {
+    let python = python_with_python_etcd();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/python_etcd_session.py");
+    compare("python-etcd", |server, _base| {
+        let args = vec![script.display().to_string(), server.client_url()];
+        let out = run(python.to_str().expect("utf-8 path"), &args, &[]);
+        // One entry per printed line, so a difference names its step.
+        let lines = out.lines().map(str::to_string).collect();
+        Transcript { lines }
+    });
+}
