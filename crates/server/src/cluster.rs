@@ -94,20 +94,14 @@ impl ClusterInfo {
         response
     }
 
-    /// The members in id order (as etcd lists them); this node from the config when the
-    /// backend doesn't know the membership.
+    /// The members in id order (as etcd lists them), see [`with_own_member`].
     fn member_list(&self, backend: &impl Backend) -> Vec<(u64, Member)> {
-        let mut members = backend.members();
-        if members.is_empty() {
-            let member = Member {
-                name: self.config.name.clone(),
-                peer_urls: self.config.peer_urls.clone(),
-                client_urls: self.config.client_urls.clone(),
-            };
-            members.push((backend.status().id, member));
-        }
-        members.sort_by_key(|(id, _)| *id);
-        members
+        let own = Member {
+            name: self.config.name.clone(),
+            peer_urls: self.config.peer_urls.clone(),
+            client_urls: self.config.client_urls.clone(),
+        };
+        with_own_member(backend.members(), backend.status().id, own)
     }
 
     fn member_json(out: &mut String, id: u64, member: &Member) {
@@ -446,11 +440,65 @@ impl GetStats {
     }
 }
 
+/// `members` in id order, with what this node knows of itself (`own_id`, `own`) filled in:
+/// all of it when the backend knows no membership, and its name and client URLs while its
+/// own entry has no client URLs yet. A member publishes them through Raft only once there
+/// is a leader; etcd answers clients only after that, rota answers before, and `etcdctl`
+/// refuses a cluster that lists no client URLs at all ("no available published client
+/// urls") for that moment after a cluster starts.
+fn with_own_member(mut members: Vec<(u64, Member)>, own_id: u64, own: Member) -> Vec<(u64, Member)> {
+    if members.is_empty() {
+        members.push((own_id, own));
+    } else if let Some((_, member)) = members.iter_mut().find(|(id, _)| *id == own_id) {
+        if member.client_urls.is_empty() {
+            member.client_urls = own.client_urls;
+            if member.name.is_empty() {
+                member.name = own.name;
+            }
+        }
+    }
+    members.sort_by_key(|(id, _)| *id);
+    members
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    fn member(name: &str, peer: &str, client: &[&str]) -> Member {
+        Member {
+            name: name.into(),
+            peer_urls: vec![peer.into()],
+            client_urls: client.iter().map(|url| url.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_member_lists_its_own_client_urls_before_it_published_them() {
+        let own = member("m2", "http://p2", &["http://c2"]);
+        let unpublished = vec![
+            (3, member("m3", "http://p3", &[])),
+            (2, member("m2", "http://p2", &[])),
+            (1, member("m1", "http://p1", &["http://c1"])),
+        ];
+        assert_eq!(
+            with_own_member(unpublished, 2, own.clone()),
+            vec![
+                (1, member("m1", "http://p1", &["http://c1"])),
+                (2, member("m2", "http://p2", &["http://c2"])),
+                (3, member("m3", "http://p3", &[])),
+            ]
+        );
+        // Published: the membership wins (it is what every member answers).
+        let published = vec![(2, member("m2", "http://p2", &["http://other"]))];
+        assert_eq!(with_own_member(published.clone(), 2, own.clone()), published);
+        // No membership known: this node alone; another node's list is left as it is.
+        assert_eq!(with_own_member(Vec::new(), 2, own.clone()), vec![(2, own.clone())]);
+        let others = vec![(1, member("m1", "http://p1", &[]))];
+        assert_eq!(with_own_member(others.clone(), 2, own), others);
+    }
 
     #[test]
     fn durations_print_as_go_does() {

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::harness::{start_pair, Kind, Server};
 use crate::http::{self, Request};
 
@@ -187,6 +188,30 @@ fn etcdctl_v2_session_prints_the_same_against_etcd_and_rota() {
         let lines = commands.iter().map(|command| etcdctl(server, command, base + 1)).collect();
         Transcript { lines }
     });
+}
+
+/// `etcdctl` given every member of a 3-node cluster, as users run it: it works the moment
+/// the cluster is up (each member lists its own client URLs even before it published them
+/// through Raft, else etcdctl refuses the cluster), and a write rides out a SIGKILL of the
+/// leader (etcdctl moves to another endpoint; the survivors elect a new leader).
+#[test]
+fn etcdctl_uses_a_new_cluster_at_once_and_rides_out_a_leader_kill() {
+    require_etcdctl();
+    let mut cluster = Cluster::start(ClusterConfig::new(3, "etcdctl"));
+    let endpoints: Vec<String> = cluster.nodes.iter().map(|node| node.client_url()).collect();
+    let etcdctl = |command: &str| {
+        // etcdctl's own retry budget (5 s) is wider than a failover, but not on a loaded CI
+        // machine; the bound is on the whole command.
+        let mut args = vec!["--endpoints".to_string(), endpoints.join(","), "--total-timeout".into(), "20s".into()];
+        args.extend(command.split_whitespace().map(str::to_string));
+        run(ETCDCTL_PATH, &args, &[("ETCDCTL_API", "2")])
+    };
+    assert_eq!(etcdctl("set /svc/a one"), "one\n[exit 0]");
+    assert_eq!(etcdctl("get /svc/a"), "one\n[exit 0]");
+    let leader = cluster.wait_leader(std::time::Duration::from_secs(10)).expect("a leader");
+    cluster.kill(leader);
+    assert_eq!(etcdctl("set /svc/a two"), "two\n[exit 0]");
+    assert_eq!(etcdctl("get --quorum /svc/a"), "two\n[exit 0]");
 }
 
 /// `etcdctl user|role|auth` against rota: rota has no v2 auth. Listing users and roles
