@@ -219,6 +219,9 @@ struct KillPlan {
     /// Leave at least this much load after the last restart.
     quiet_tail: Duration,
     kill_leader: bool,
+    /// Besides the target, this many other nodes (picked at random) go down with it, at the
+    /// same moment and for as long (5 nodes tolerate 2 down).
+    also_down: usize,
 }
 
 /// Runs the workload against `cluster` with SIGKILL + restart faults; returns the checked
@@ -252,10 +255,21 @@ fn kill_run(name: &str, cluster: &mut Cluster, plan: &KillPlan, seed: u64) -> (l
         } else {
             0
         };
-        cluster.kill(target);
+        let mut down = vec![target];
+        while down.len() < 1 + plan.also_down {
+            let other = rng.range(0, cluster.nodes.len() as u64 - 1) as usize;
+            if !down.contains(&other) {
+                down.push(other);
+            }
+        }
+        for &node in &down {
+            cluster.kill(node);
+        }
         stats.kills += 1;
         std::thread::sleep(plan.down_for);
-        cluster.restart(target);
+        for &node in &down {
+            cluster.restart(node);
+        }
         ok_at_last_fault_end = run.ok_ops();
         next_fault = jittered(next_fault + plan.every, &mut rng);
     }
@@ -304,6 +318,7 @@ fn single_node_history_is_linearizable_across_sigkill_restarts() {
         down_for: Duration::from_millis(100),
         quiet_tail: Duration::from_secs(2),
         kill_leader: false,
+        also_down: 0,
     };
     eprintln!("{name}: seed {seed} (ROTA_IT_SEED replays it)");
     let (report, lost, stats) = kill_run(name, &mut cluster, &plan, seed);
@@ -328,6 +343,7 @@ fn single_node_linearizability_checker_catches_stale_quorum_reads_mutant() {
         down_for: Duration::from_millis(100),
         quiet_tail: Duration::from_secs(2),
         kill_leader: false,
+        also_down: 0,
     };
     let (report, lost, stats) = kill_run(name, &mut cluster, &plan, seed);
     eprintln!("{name}: {stats:?}\n{name}: {} lost", lost.len());
@@ -359,6 +375,7 @@ fn cluster_history_is_linearizable_under_leader_kills() {
             down_for: Duration::from_secs(2),
             quiet_tail: Duration::from_secs(3),
             kill_leader: true,
+            also_down: 0,
         };
         eprintln!("{name}: seed {seed}");
         let (report, lost, stats) = kill_run(&name, &mut cluster, &plan, seed);
@@ -372,6 +389,39 @@ fn cluster_history_is_linearizable_under_leader_kills() {
             cluster.logs(120)
         );
     }
+}
+
+/// 5 nodes, 8 clients on 16 keys: every ~10 s the leader and one other node (at random)
+/// are SIGKILLed together and restarted ~2 s later, so the cluster runs on the bare
+/// majority of 3 and must elect among them; one run of 45 s. Gates: ≥ 4 double kills,
+/// ≥ 3 leader changes (a restarted old leader may win again before the monitor sees
+/// another).
+#[test]
+fn five_node_cluster_history_is_linearizable_with_leader_and_another_node_killed() {
+    let seed = crash::seed();
+    let name = "five-double-kill";
+    let mut cluster = Cluster::start(ClusterConfig::new(5, &token(name)));
+    let plan = KillPlan {
+        duration: Duration::from_secs(45),
+        first_fault_at: Duration::from_secs(6),
+        every: Duration::from_secs(10),
+        jitter: Duration::from_millis(500),
+        down_for: Duration::from_secs(2),
+        quiet_tail: Duration::from_secs(3),
+        kill_leader: true,
+        also_down: 1,
+    };
+    eprintln!("{name}: seed {seed}");
+    let (report, lost, stats) = kill_run(name, &mut cluster, &plan, seed);
+    assert_passes(name, &report, &lost, &stats, || cluster.logs(30));
+    assert!(stats.kills >= 4, "{name}: coverage: {} double kills, want ≥ 4", stats.kills);
+    assert!(
+        stats.leader_changes >= 3,
+        "{name}: coverage: {} leader changes observed, want ≥ 3 (seed {seed}); timeline {}\nnode logs:\n{}",
+        stats.leader_changes,
+        stats.leader_timeline,
+        cluster.logs(120)
+    );
 }
 
 /// Which node a partition run cuts off.
