@@ -904,8 +904,13 @@ impl Node {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         );
-        for task in tasks {
-            let _ = task.await;
+        // Each sees the shutdown signal and returns; a bound, so that a task stuck on
+        // something only the (gone) peers could answer cannot hold the shutdown forever.
+        for mut task in tasks {
+            if tokio::time::timeout(BACKGROUND_TASK_STOP_WAIT, &mut task).await.is_err() {
+                tracing::warn!("a background task did not stop within {BACKGROUND_TASK_STOP_WAIT:?}; aborting it");
+                task.abort();
+            }
         }
         if let Err(error) = self.inner.raft.shutdown().await {
             tracing::warn!(%error, "raft shutdown");
@@ -920,6 +925,9 @@ impl Node {
         *shut_down = true;
     }
 }
+
+/// How long [`Node::shutdown`] waits for each background task to see the signal and stop.
+const BACKGROUND_TASK_STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// Whether `id` leads now. Not `current_leader == Some(id)` alone: openraft 0.9 derives
 /// `current_leader` from the vote, and a leader that removed itself keeps its vote (so it

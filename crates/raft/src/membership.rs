@@ -331,25 +331,35 @@ pub(crate) async fn run_membership_keeper(node: WeakNode, mut shutdown: watch::R
             node.inner.removed.send_replace(true);
             return;
         }
-        let mut failed = false;
-        if let Some(change) = publish_needed(&node) {
-            if let Err(error) = forward::change_members(&node, change).await {
-                tracing::debug!(%error, "publishing this member's name and client URLs");
-                failed = true;
-            }
-        }
-        if let Some(learner) = learner_to_promote(&node) {
-            match promote(&node, learner).await {
-                Ok(true) => {
-                    tracing::info!(member = %format!("{learner:x}"), "learner caught up: now a voter")
-                }
-                Ok(false) => {}
-                Err(error) => {
-                    tracing::debug!(%error, "promoting a learner");
+        // A membership change waits for its commit, which never comes once the peers are
+        // gone: shutting down must not wait for it (a node stopping after its peers hung
+        // in `shutdown` until something answered).
+        let keep = async {
+            let mut failed = false;
+            if let Some(change) = publish_needed(&node) {
+                if let Err(error) = forward::change_members(&node, change).await {
+                    tracing::debug!(%error, "publishing this member's name and client URLs");
                     failed = true;
                 }
             }
-        }
+            if let Some(learner) = learner_to_promote(&node) {
+                match promote(&node, learner).await {
+                    Ok(true) => {
+                        tracing::info!(member = %format!("{learner:x}"), "learner caught up: now a voter")
+                    }
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::debug!(%error, "promoting a learner");
+                        failed = true;
+                    }
+                }
+            }
+            failed
+        };
+        let failed = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            failed = keep => failed,
+        };
         drop(node);
         if failed {
             tokio::select! {

@@ -577,3 +577,28 @@ async fn a_leader_that_hands_over_before_stopping_leaves_a_short_gap() {
     assert!(handed_over < Duration::from_millis(900), "{handed_over:?}");
     stop_all(members).await;
 }
+
+/// A leader stopped after its peers, while membership changes (each member publishing its
+/// client URLs, right after the first election) still wait for a commit that can no longer
+/// come, stops anyway. It used to wait for its membership keeper, which waited for that
+/// commit: the CI once sat 4 minutes in `shutdown` until a test on the same ports answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_member_stops_promptly_while_a_membership_change_waits_for_gone_peers() {
+    let (_temp, root) = temp_root();
+    let mut members = start_cluster(&root, 30080, 3).await;
+    let leader = wait_leader(&members).await;
+    let last = members.remove(leader);
+    let publishing = last.node.members().iter().any(|(_, member)| member.client_urls.is_empty());
+    stop_all(members).await;
+    let started = Instant::now();
+    tokio::time::timeout(PATIENCE, last.stop())
+        .await
+        .unwrap_or_else(|_| panic!("the last member did not stop within {PATIENCE:?}"));
+    // Bounded by the keeper seeing the signal, not by the 5 s per-task cap.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "stopping took {:?} (publishes pending at the stop: {publishing})",
+        started.elapsed()
+    );
+    eprintln!("publishes pending at the stop: {publishing}; stopped in {:?}", started.elapsed());
+}
