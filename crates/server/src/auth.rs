@@ -51,19 +51,30 @@ mod tests {
     async fn answer(method: Method, path: &str) -> (u16, String) {
         let response = handle(&method, path);
         let status = response.status().as_u16();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.expect("body");
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
         (status, String::from_utf8(bytes.to_vec()).expect("utf-8"))
     }
 
     #[tokio::test]
     async fn auth_is_reported_off_and_everything_else_is_not_supported() {
-        assert_eq!(answer(Method::GET, "/v2/auth/enable").await, (200, "{\"enabled\":false}".into()));
+        assert_eq!(
+            answer(Method::GET, "/v2/auth/enable").await,
+            (200, "{\"enabled\":false}".into())
+        );
         assert_eq!(
             answer(Method::DELETE, "/v2/auth/enable").await,
             (409, "{\"message\":\"auth: already disabled\"}".into())
         );
-        assert_eq!(answer(Method::GET, "/v2/auth/users").await, (200, "{\"users\":null}".into()));
-        assert_eq!(answer(Method::GET, "/v2/auth/roles").await, (200, "{\"roles\":null}".into()));
+        assert_eq!(
+            answer(Method::GET, "/v2/auth/users").await,
+            (200, "{\"users\":null}".into())
+        );
+        assert_eq!(
+            answer(Method::GET, "/v2/auth/roles").await,
+            (200, "{\"roles\":null}".into())
+        );
         for (method, path) in [
             (Method::PUT, "/v2/auth/enable"),
             (Method::GET, "/v2/auth/users/root"),
@@ -73,7 +84,10 @@ mod tests {
             let (status, body) = answer(method.clone(), path).await;
             assert_eq!(status, 404, "{method} {path}");
             let parsed: serde_json::Value = serde_json::from_str(&body).expect("json");
-            assert!(parsed["message"].as_str().expect("message").starts_with("auth: not supported"));
+            assert!(parsed["message"]
+                .as_str()
+                .expect("message")
+                .starts_with("auth: not supported"));
         }
         assert_eq!(answer(Method::POST, "/v2/auth/enable").await.0, 405);
     }

@@ -40,12 +40,16 @@ impl Transcript {
         let mut at = 0;
         while at < bytes.len() {
             if !bytes[at].is_ascii_digit() {
-                let next = text[at..].find(|c: char| c.is_ascii_digit()).map_or(text.len(), |i| at + i);
+                let next = text[at..]
+                    .find(|c: char| c.is_ascii_digit())
+                    .map_or(text.len(), |i| at + i);
                 out.push_str(&text[at..next]);
                 at = next;
                 continue;
             }
-            let end = text[at..].find(|c: char| !c.is_ascii_digit()).map_or(text.len(), |i| at + i);
+            let end = text[at..]
+                .find(|c: char| !c.is_ascii_digit())
+                .map_or(text.len(), |i| at + i);
             let digits = &text[at..end];
             let before = &text[..at];
             let after = &text[end..];
@@ -91,7 +95,11 @@ fn compare(name: &str, session: impl Fn(&Server, u64) -> Transcript) {
             rota.kind.name()
         );
     }
-    assert_eq!(etcd_lines.len(), rota_lines.len(), "{name}: number of steps");
+    assert_eq!(
+        etcd_lines.len(),
+        rota_lines.len(),
+        "{name}: number of steps"
+    );
 }
 
 /// The member id (hex) of a one-member server, from `/v2/members`.
@@ -99,7 +107,10 @@ fn member_id(server: &Server) -> String {
     let response = http::send(server.addr(), &Request::new("GET", "/v2/members"))
         .unwrap_or_else(|e| panic!("GET /v2/members on {}: {e}", server.kind.name()));
     let members: serde_json::Value = serde_json::from_slice(&response.body).expect("members JSON");
-    members["members"][0]["id"].as_str().expect("member id").to_string()
+    members["members"][0]["id"]
+        .as_str()
+        .expect("member id")
+        .to_string()
 }
 
 /// Runs one client command under a time bound: its output and its exit status.
@@ -115,7 +126,10 @@ fn run(program: &str, args: &[String], env: &[(&str, &str)]) -> String {
         "{}{}[exit {}]",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr),
-        output.status.code().map_or("signal".to_string(), |c| c.to_string())
+        output
+            .status
+            .code()
+            .map_or("signal".to_string(), |c| c.to_string())
     )
 }
 
@@ -133,7 +147,10 @@ fn etcdctl(server: &Server, command: &str, first_index: u64) -> String {
     let mut args = vec!["--endpoints".to_string(), server.client_url()];
     let actual = command.replace("{first}", &first_index.to_string());
     args.extend(actual.split_whitespace().map(str::to_string));
-    format!("$ etcdctl {command}\n{}", run(ETCDCTL_PATH, &args, &[("ETCDCTL_API", "2")]))
+    format!(
+        "$ etcdctl {command}\n{}",
+        run(ETCDCTL_PATH, &args, &[("ETCDCTL_API", "2")])
+    )
 }
 
 #[test]
@@ -185,7 +202,10 @@ fn etcdctl_v2_session_prints_the_same_against_etcd_and_rota() {
             "member list",
             "cluster-health",
         ];
-        let lines = commands.iter().map(|command| etcdctl(server, command, base + 1)).collect();
+        let lines = commands
+            .iter()
+            .map(|command| etcdctl(server, command, base + 1))
+            .collect();
         Transcript { lines }
     });
 }
@@ -202,13 +222,20 @@ fn etcdctl_uses_a_new_cluster_at_once_and_rides_out_a_leader_kill() {
     let etcdctl = |command: &str| {
         // etcdctl's own retry budget (5 s) is wider than a failover, but not on a loaded CI
         // machine; the bound is on the whole command.
-        let mut args = vec!["--endpoints".to_string(), endpoints.join(","), "--total-timeout".into(), "20s".into()];
+        let mut args = vec![
+            "--endpoints".to_string(),
+            endpoints.join(","),
+            "--total-timeout".into(),
+            "20s".into(),
+        ];
         args.extend(command.split_whitespace().map(str::to_string));
         run(ETCDCTL_PATH, &args, &[("ETCDCTL_API", "2")])
     };
     assert_eq!(etcdctl("set /svc/a one"), "one\n[exit 0]");
     assert_eq!(etcdctl("get /svc/a"), "one\n[exit 0]");
-    let leader = cluster.wait_leader(std::time::Duration::from_secs(10)).expect("a leader");
+    let leader = cluster
+        .wait_leader(std::time::Duration::from_secs(10))
+        .expect("a leader");
     cluster.kill(leader);
     assert_eq!(etcdctl("set /svc/a two"), "two\n[exit 0]");
     assert_eq!(etcdctl("get --quorum /svc/a"), "two\n[exit 0]");
@@ -223,9 +250,17 @@ fn etcdctl_auth_commands_get_a_clear_answer_from_rota() {
     require_etcdctl();
     let rota = Server::start(Kind::Rota);
     for command in ["user list", "role list"] {
-        assert_eq!(etcdctl(&rota, command, 0), format!("$ etcdctl {command}\n[exit 0]"));
+        assert_eq!(
+            etcdctl(&rota, command, 0),
+            format!("$ etcdctl {command}\n[exit 0]")
+        );
     }
-    for command in ["auth enable", "user add alice:secret", "role add ops", "user get root"] {
+    for command in [
+        "auth enable",
+        "user add alice:secret",
+        "role add ops",
+        "user get root",
+    ] {
         let out = etcdctl(&rota, command, 0);
         assert!(out.contains("auth: not supported"), "{out}");
         assert!(!out.contains("[exit 0]"), "{out}");
@@ -237,9 +272,11 @@ fn etcdctl_auth_commands_get_a_clear_answer_from_rota() {
 /// The virtualenv's python with python-etcd (made by `scripts/test.sh`), or
 /// `ROTA_IT_PYTHON`.
 fn python_with_python_etcd() -> PathBuf {
-    let python = std::env::var_os("ROTA_IT_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/pyclients/bin/python")
-    });
+    let python = std::env::var_os("ROTA_IT_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/pyclients/bin/python")
+        });
     let probe = Command::new(&python).args(["-c", "import etcd"]).output();
     assert!(
         probe.as_ref().is_ok_and(|o| o.status.success()),
