@@ -142,15 +142,20 @@ fn require_etcdctl() {
     );
 }
 
+/// `etcdctl` (v2) with `--endpoints endpoints`: its output and exit status.
+fn run_etcdctl(endpoints: &str, command: &str) -> String {
+    let mut args = vec!["--endpoints".to_string(), endpoints.to_string()];
+    args.extend(command.split_whitespace().map(str::to_string));
+    run(ETCDCTL_PATH, &args, &[("ETCDCTL_API", "2")])
+}
+
 /// `etcdctl` (v2) at `server`; `{first}` in `command` is the session's first write's index.
 /// The transcript entry starts with the command as written, so a difference names it.
 fn etcdctl(server: &Server, command: &str, first_index: u64) -> String {
-    let mut args = vec!["--endpoints".to_string(), server.client_url()];
     let actual = command.replace("{first}", &first_index.to_string());
-    args.extend(actual.split_whitespace().map(str::to_string));
     format!(
         "$ etcdctl {command}\n{}",
-        run(ETCDCTL_PATH, &args, &[("ETCDCTL_API", "2")])
+        run_etcdctl(&server.client_url(), &actual)
     )
 }
 
@@ -220,17 +225,13 @@ fn etcdctl_uses_a_new_cluster_at_once_and_rides_out_a_leader_kill() {
     require_etcdctl();
     let mut cluster = Cluster::start(ClusterConfig::new(3, "etcdctl"));
     let endpoints: Vec<String> = cluster.nodes.iter().map(|node| node.client_url()).collect();
+    // etcdctl's own retry budget (5 s) is wider than a failover, but not on a loaded CI
+    // machine; the bound is on the whole command.
     let etcdctl = |command: &str| {
-        // etcdctl's own retry budget (5 s) is wider than a failover, but not on a loaded CI
-        // machine; the bound is on the whole command.
-        let mut args = vec![
-            "--endpoints".to_string(),
-            endpoints.join(","),
-            "--total-timeout".into(),
-            "20s".into(),
-        ];
-        args.extend(command.split_whitespace().map(str::to_string));
-        run(ETCDCTL_PATH, &args, &[("ETCDCTL_API", "2")])
+        run_etcdctl(
+            &endpoints.join(","),
+            &format!("--total-timeout 20s {command}"),
+        )
     };
     assert_eq!(etcdctl("set /svc/a one"), "one\n[exit 0]");
     assert_eq!(etcdctl("get /svc/a"), "one\n[exit 0]");

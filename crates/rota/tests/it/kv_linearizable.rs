@@ -224,6 +224,23 @@ struct KillPlan {
     also_down: usize,
 }
 
+impl KillPlan {
+    /// The cluster runs' schedule: 45 s; from ~6 s, every 10 s ± 0.5 s, SIGKILL the leader
+    /// (and `also_down` other nodes) and restart after 2 s; 3 s of load after the last.
+    fn leader_kills(also_down: usize) -> KillPlan {
+        KillPlan {
+            duration: Duration::from_secs(45),
+            first_fault_at: Duration::from_secs(6),
+            every: Duration::from_secs(10),
+            jitter: Duration::from_millis(500),
+            down_for: Duration::from_secs(2),
+            quiet_tail: Duration::from_secs(3),
+            kill_leader: true,
+            also_down,
+        }
+    }
+}
+
 /// Runs the workload against `cluster` with SIGKILL + restart faults; returns the checked
 /// history and the stats.
 fn kill_run(name: &str, cluster: &mut Cluster, plan: &KillPlan, seed: u64) -> (linearizability::Report, Vec<String>, RunStats) {
@@ -367,16 +384,7 @@ fn cluster_history_is_linearizable_under_leader_kills() {
         let seed = base_seed.wrapping_add(run_number);
         let name = format!("leader-kill-{run_number}");
         let mut cluster = Cluster::start(ClusterConfig::new(3, &token(&name)));
-        let plan = KillPlan {
-            duration: Duration::from_secs(45),
-            first_fault_at: Duration::from_secs(6),
-            every: Duration::from_secs(10),
-            jitter: Duration::from_millis(500),
-            down_for: Duration::from_secs(2),
-            quiet_tail: Duration::from_secs(3),
-            kill_leader: true,
-            also_down: 0,
-        };
+        let plan = KillPlan::leader_kills(0);
         eprintln!("{name}: seed {seed}");
         let (report, lost, stats) = kill_run(&name, &mut cluster, &plan, seed);
         assert_passes(&name, &report, &lost, &stats, || cluster.logs(30));
@@ -401,16 +409,7 @@ fn five_node_cluster_history_is_linearizable_with_leader_and_another_node_killed
     let seed = crash::seed();
     let name = "five-double-kill";
     let mut cluster = Cluster::start(ClusterConfig::new(5, &token(name)));
-    let plan = KillPlan {
-        duration: Duration::from_secs(45),
-        first_fault_at: Duration::from_secs(6),
-        every: Duration::from_secs(10),
-        jitter: Duration::from_millis(500),
-        down_for: Duration::from_secs(2),
-        quiet_tail: Duration::from_secs(3),
-        kill_leader: true,
-        also_down: 1,
-    };
+    let plan = KillPlan::leader_kills(1);
     eprintln!("{name}: seed {seed}");
     let (report, lost, stats) = kill_run(name, &mut cluster, &plan, seed);
     assert_passes(name, &report, &lost, &stats, || cluster.logs(30));
