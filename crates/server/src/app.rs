@@ -351,8 +351,11 @@ impl<B: Backend> App<B> {
             return (Route::Keys, response);
         }
 
+        // etcd makes a quorum GET a Raft read (`QGET`) before it looks at `wait`, so the
+        // pair is a plain linearizable read, never a watch.
+        let watch = params.wait && !(*method == Method::GET && params.quorum);
         match *method {
-            Method::GET | Method::HEAD if params.wait => (
+            Method::GET | Method::HEAD if watch => (
                 Route::Watch,
                 self.watch(key, params.recursive, params.stream, params.wait_index)
                     .await,

@@ -81,6 +81,7 @@ diff_tests!(
     members_shape,
     stats_self_shape,
     quorum_get_has_the_same_shape,
+    quorum_get_ignores_wait,
     missing_value_is_empty_string_and_dir_ignores_value,
 );
 
@@ -788,6 +789,17 @@ pub mod scenarios {
         s.get("/v2/keys/qk?quorum=true");
         s.get("/v2/keys/?quorum=true&recursive=true");
         s.get("/v2/keys/missing?quorum=true");
+    }
+
+    pub fn quorum_get_ignores_wait(s: &mut Session) {
+        // etcd turns a quorum GET into a Raft read (QGET) before it looks at `wait`: the
+        // answer is the current node, not an event from history, and it never blocks.
+        s.put("/v2/keys/qw", "value=first");
+        s.put("/v2/keys/qw", "value=second");
+        s.get(&format!("/v2/keys/qw?wait=true&waitIndex={}&quorum=true", s.idx(1)));
+        s.get("/v2/keys/qw?wait=true&quorum=true");
+        s.get("/v2/keys/qw?wait=true&stream=true&quorum=true");
+        s.get("/v2/keys/?wait=true&recursive=true&quorum=true&sorted=true");
     }
 
     pub fn missing_value_is_empty_string_and_dir_ignores_value(s: &mut Session) {
