@@ -78,6 +78,18 @@ pub enum JobCommand {
     Retry { id: JobId },
     /// `POST /v1/counters/{name}`.
     IncrementCounter { name: String, by: u64 },
+    /// `POST /v1/jobs/{id}/complete` with `lease_next`: [`JobCommand::Complete`], then a
+    /// [`JobCommand::Lease`] of up to `max` jobs from the completed job's queue, in one
+    /// command, so a worker finishes a job and takes the next in one durable round trip.
+    /// The lease's fields are checked first: a refused command changes nothing.
+    CompleteAndLease {
+        id: JobId,
+        lease_token: u64,
+        result: Option<String>,
+        worker: String,
+        max: u32,
+        lease_ttl_ms: Option<u64>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -102,6 +114,12 @@ pub enum JobResponse {
     Counter {
         name: String,
         value: u64,
+    },
+    /// The completed job, then the leased ones as in [`JobResponse::Leased`].
+    CompletedAndLeased {
+        job: Job,
+        jobs: Vec<Job>,
+        blocked: Option<LeaseBlocked>,
     },
 }
 
@@ -223,6 +241,17 @@ impl Jobs {
             JobCommand::Cancel { id } => self.cancel(now_ms, *id),
             JobCommand::Retry { id } => self.retry(now_ms, *id),
             JobCommand::IncrementCounter { name, by } => self.increment_counter(name, *by),
+            JobCommand::CompleteAndLease { id, lease_token, result, worker, max, lease_ttl_ms } => {
+                check_lease_request(worker, *max, *lease_ttl_ms)?;
+                let JobResponse::Job(job) = self.complete(now_ms, *id, *lease_token, result.as_deref())? else {
+                    unreachable!("complete answers the job")
+                };
+                let queue = self.queues[&self.jobs[id].queue].name.clone();
+                match self.lease(now_ms, &queue, worker, *max, *lease_ttl_ms)? {
+                    JobResponse::Leased { jobs, blocked } => Ok(JobResponse::CompletedAndLeased { job, jobs, blocked }),
+                    _ => unreachable!("lease answers leased jobs"),
+                }
+            }
         }
     }
 
@@ -425,13 +454,7 @@ impl Jobs {
         lease_ttl_ms: Option<u64>,
     ) -> Result<JobResponse, JobError> {
         check_name("queue", queue_name)?;
-        if worker.is_empty() || worker.len() > WORKER_BYTES_MAX {
-            return Err(JobError::invalid("worker", format!("worker must be 1 to {WORKER_BYTES_MAX} bytes")));
-        }
-        check_range("max", u64::from(max), 1, u64::from(LEASE_BATCH_MAX))?;
-        if let Some(lease_ttl_ms) = lease_ttl_ms {
-            check_lease_ttl("lease_ttl", lease_ttl_ms)?;
-        }
+        check_lease_request(worker, max, lease_ttl_ms)?;
         let blocked = |reason, retry_at_ms| Some(LeaseBlocked { reason, retry_at_ms });
         // Leasing never creates a queue: an unknown queue simply has nothing to lease.
         let Some(&queue_id) = self.queue_ids.get(queue_name) else {
@@ -808,6 +831,18 @@ fn validate_new_job(new_job: &NewJob, now_ms: u64, field: &dyn Fn(&str) -> Strin
     }
     if let Some(max_attempts) = new_job.max_attempts {
         check_max_attempts(&field("max_attempts"), max_attempts)?;
+    }
+    Ok(())
+}
+
+/// The fields of a lease request other than its queue.
+fn check_lease_request(worker: &str, max: u32, lease_ttl_ms: Option<u64>) -> Result<(), JobError> {
+    if worker.is_empty() || worker.len() > WORKER_BYTES_MAX {
+        return Err(JobError::invalid("worker", format!("worker must be 1 to {WORKER_BYTES_MAX} bytes")));
+    }
+    check_range("max", u64::from(max), 1, u64::from(LEASE_BATCH_MAX))?;
+    if let Some(lease_ttl_ms) = lease_ttl_ms {
+        check_lease_ttl("lease_ttl", lease_ttl_ms)?;
     }
     Ok(())
 }

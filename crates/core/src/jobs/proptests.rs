@@ -40,6 +40,7 @@ enum Op {
     Lease { queue: usize, max: u32, lease_ttl_ms: Option<u64> },
     Heartbeat { job: usize, token: TokenPick, lease_ttl_ms: Option<u64> },
     Complete { job: usize, token: TokenPick },
+    CompleteAndLease { job: usize, token: TokenPick, max: u32 },
     Fail { job: usize, token: TokenPick, retry: bool, retry_after_ms: Option<u64> },
     Release { job: usize, token: TokenPick },
     Cancel { job: usize },
@@ -91,6 +92,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => (job.clone(), token_strategy(), proptest::option::weighted(0.3, 1u64..60))
             .prop_map(|(job, token, lease_ttl_ms)| Op::Heartbeat { job, token, lease_ttl_ms }),
         5 => (job.clone(), token_strategy()).prop_map(|(job, token)| Op::Complete { job, token }),
+        3 => (job.clone(), token_strategy(), 1u32..3)
+            .prop_map(|(job, token, max)| Op::CompleteAndLease { job, token, max }),
         4 => (job.clone(), token_strategy(), proptest::bool::weighted(0.8), proptest::option::weighted(0.3, 0u64..40))
             .prop_map(|(job, token, retry, retry_after_ms)| Op::Fail { job, token, retry, retry_after_ms }),
         2 => (job.clone(), token_strategy()).prop_map(|(job, token)| Op::Release { job, token }),
@@ -237,6 +240,11 @@ impl Model {
 
     fn apply(&mut self, now_ms: u64, command: &JobCommand) -> ModelResult {
         self.advance(now_ms);
+        self.apply_now(now_ms, command)
+    }
+
+    /// `command` at `now_ms`, time already advanced.
+    fn apply_now(&mut self, now_ms: u64, command: &JobCommand) -> ModelResult {
         match command {
             JobCommand::PutQueue { queue, config } => {
                 let bucket = match (self.queues.get(queue), &config.rate) {
@@ -381,6 +389,15 @@ impl Model {
                 Ok(vec![*id])
             }
             JobCommand::IncrementCounter { .. } => unreachable!("counters are not part of these histories"),
+            JobCommand::CompleteAndLease { id, lease_token, result, worker, max, lease_ttl_ms } => {
+                let complete = JobCommand::Complete { id: *id, lease_token: *lease_token, result: result.clone() };
+                let mut ids = self.apply_now(now_ms, &complete)?;
+                let queue = self.jobs[id].queue.clone();
+                let lease =
+                    JobCommand::Lease { queue, worker: worker.clone(), max: *max, lease_ttl_ms: *lease_ttl_ms };
+                ids.extend(self.apply_now(now_ms, &lease)?);
+                Ok(ids)
+            }
         }
     }
 
@@ -481,6 +498,17 @@ fn to_command(op: &Op, history: &History, jobs: &Jobs) -> Option<JobCommand> {
                 result: Some(format!("{id}")),
             }
         }
+        Op::CompleteAndLease { job, token, max } => {
+            let id = pick_job(history, *job);
+            JobCommand::CompleteAndLease {
+                id,
+                lease_token: pick_token(history, jobs, id, token),
+                result: Some(format!("{id}")),
+                worker: "next".into(),
+                max: *max,
+                lease_ttl_ms: None,
+            }
+        }
         Op::Fail { job, token, retry, retry_after_ms } => {
             let id = pick_job(history, *job);
             JobCommand::Fail {
@@ -542,6 +570,9 @@ fn run_history(configs: Vec<QueueConfig>, ops: Vec<Op>) -> Result<(), TestCaseEr
                         jobs.iter().map(|job| job.id).collect()
                     }
                     JobResponse::Job(job) => vec![job.id],
+                    JobResponse::CompletedAndLeased { job, jobs, .. } => {
+                        std::iter::once(job.id).chain(jobs.iter().map(|job| job.id)).collect()
+                    }
                     JobResponse::QueueDeleted { jobs_removed, .. } => {
                         prop_assert_eq!(*jobs_removed as usize, expected_ids.len(), "{}", context);
                         history.deleted.extend(expected_ids);
@@ -555,9 +586,17 @@ fn run_history(configs: Vec<QueueConfig>, ops: Vec<Op>) -> Result<(), TestCaseEr
         }
 
         // History checks of leases.
-        if let (Some(JobCommand::Lease { queue, max, .. }), Some(Ok(JobResponse::Leased { jobs: leased, blocked }))) =
-            (&command, &result)
-        {
+        let lease_outcome = match (&command, &result) {
+            (Some(JobCommand::Lease { queue, max, .. }), Some(Ok(JobResponse::Leased { jobs: leased, blocked }))) => {
+                Some((queue, max, leased, blocked))
+            }
+            (
+                Some(JobCommand::CompleteAndLease { max, .. }),
+                Some(Ok(JobResponse::CompletedAndLeased { job, jobs: leased, blocked })),
+            ) => Some((&job.queue, max, leased, blocked)),
+            _ => None,
+        };
+        if let Some((queue, max, leased, blocked)) = lease_outcome {
             let leased_ids: Vec<JobId> = leased.iter().map(|job| job.id).collect();
             let eligible = &model_queued_before[queue.as_str()];
             prop_assert_eq!(

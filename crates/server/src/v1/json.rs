@@ -331,6 +331,22 @@ pub(crate) fn job_body(job: &Job) -> Vec<u8> {
     out
 }
 
+/// `{"job": {...}, "jobs": [...]}`: a complete with `lease_next`.
+pub(crate) fn completed_and_leased_body(job: &Job, jobs: &[Job]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + job_capacity(job) + jobs.iter().map(job_capacity).sum::<usize>());
+    out.extend_from_slice(b"{\"job\":");
+    push_job(&mut out, job);
+    out.extend_from_slice(b",\"jobs\":[");
+    for (index, job) in jobs.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        push_job(&mut out, job);
+    }
+    out.extend_from_slice(b"]}\n");
+    out
+}
+
 /// `{"jobs": [...]}` plus any extra members (`"next"`), already rendered.
 pub(crate) fn jobs_body(jobs: &[Job], extra: Option<(&str, Option<u64>)>) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + jobs.iter().map(job_capacity).sum::<usize>());

@@ -56,6 +56,20 @@ struct CompleteBody<'a> {
     lease_token: u64,
     #[serde(borrow, default)]
     result: Option<Raw<'a>>,
+    #[serde(default)]
+    lease_next: Option<LeaseNextBody>,
+}
+
+/// `lease_next` of a complete: a lease from the same queue in the same entry (no `wait`:
+/// a worker that gets nothing asks the queue's lease endpoint, which long-polls in line).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseNextBody {
+    worker: String,
+    #[serde(default)]
+    max: Option<u32>,
+    #[serde(default)]
+    lease_ttl: Option<DurationMs>,
 }
 
 #[derive(Deserialize)]
@@ -108,7 +122,30 @@ pub(crate) async fn on_lease<B: Backend>(
                     ));
                 }
             }
-            JobCommand::Complete { id, lease_token: body.lease_token, result: result.map(json::minify) }
+            let result = result.map(json::minify);
+            if let Some(next) = body.lease_next {
+                check_worker("lease_next.worker", &next.worker)?;
+                let max = next.max.unwrap_or(1);
+                json::check_range("lease_next.max", u64::from(max), 1, u64::from(core_limits::LEASE_BATCH_MAX))?;
+                let lease_ttl_ms = match next.lease_ttl {
+                    Some(DurationMs(ms)) => {
+                        let (low, high) = (core_limits::LEASE_TTL_MIN_MS, core_limits::LEASE_TTL_MAX_MS);
+                        json::check_range_ms("lease_next.lease_ttl", ms, low, high)?;
+                        Some(ms)
+                    }
+                    None => None,
+                };
+                let command = JobCommand::CompleteAndLease {
+                    id,
+                    lease_token: body.lease_token,
+                    result,
+                    worker: next.worker,
+                    max,
+                    lease_ttl_ms,
+                };
+                return complete_and_lease(app, call, command).await;
+            }
+            JobCommand::Complete { id, lease_token: body.lease_token, result }
         }
         "fail" => {
             let body: FailBody = json::decode(&body)?;
@@ -138,6 +175,52 @@ pub(crate) async fn on_lease<B: Backend>(
     job_command(app, call, command).await
 }
 
+fn check_worker(field: &str, worker: &str) -> Result<(), ApiError> {
+    if worker.is_empty() || worker.len() > core_limits::WORKER_BYTES_MAX {
+        return Err(ApiError::invalid(field, format!("worker must be 1 to {} bytes", core_limits::WORKER_BYTES_MAX)));
+    }
+    Ok(())
+}
+
+/// A complete with `lease_next`: `{"job": the completed job, "jobs": [leased...]}`.
+///
+/// The lease is left out (`"jobs": []`, the job only completed) when workers wait in the
+/// queue's line, so a worker finishing a job never overtakes one that has been waiting, and
+/// when the disk is short of space (a complete is still taken then, a lease is not). Both
+/// forms are proposed under the request's key with the fingerprint of the whole request,
+/// so a retry replays whichever took effect.
+async fn complete_and_lease<B: Backend>(
+    app: &Arc<App<B>>,
+    call: &Call<'_>,
+    command: JobCommand,
+) -> Result<Response<Body>, ApiError> {
+    let JobCommand::CompleteAndLease { id, lease_token, result, .. } = &command else {
+        unreachable!("called with a complete-and-lease")
+    };
+    let complete_only = JobCommand::Complete { id: *id, lease_token: *lease_token, result: result.clone() };
+    let fingerprint = if call.idempotency_key.is_some() { fingerprint(call, &command) } else { 0 };
+    let key = call.idempotency_key.as_deref();
+    let queue = app.backend.read(|state| state.jobs.job(*id).map(|job| job.queue));
+    let line_waiting = queue.is_some_and(|queue| app.v1.waiters.has_waiters(&queue));
+    let first = if line_waiting { complete_only.clone() } else { command };
+    let outcome = match propose(app, call, key, fingerprint, first).await {
+        Err((error, false)) if error.code == super::errors::NO_SPACE && !line_waiting => {
+            propose(app, call, key, fingerprint, complete_only).await
+        }
+        other => other,
+    };
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err((error, replayed)) => return Ok(error_reply(&error, replayed)),
+    };
+    let body = match &outcome.response {
+        JobResponse::CompletedAndLeased { job, jobs, .. } => json::completed_and_leased_body(job, jobs),
+        JobResponse::Job(job) => json::completed_and_leased_body(job, &[]),
+        other => return Err(unexpected(other)),
+    };
+    Ok(reply(200, body, outcome.replayed))
+}
+
 /// `POST /v1/queues/{q}/lease`.
 pub(crate) async fn lease<B: Backend>(
     app: &Arc<App<B>>,
@@ -149,9 +232,7 @@ pub(crate) async fn lease<B: Backend>(
     json::check_name("queue", queue)?;
     let body = json::read_body(request).await?;
     let body: LeaseBody = json::decode(&body)?;
-    if body.worker.is_empty() || body.worker.len() > core_limits::WORKER_BYTES_MAX {
-        return Err(ApiError::invalid("worker", format!("worker must be 1 to {} bytes", core_limits::WORKER_BYTES_MAX)));
-    }
+    check_worker("worker", &body.worker)?;
     let max = body.max.unwrap_or(1);
     json::check_range("max", u64::from(max), 1, u64::from(core_limits::LEASE_BATCH_MAX))?;
     let wait_ms = body.wait.map_or(0, |wait| wait.0);

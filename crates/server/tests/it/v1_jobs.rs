@@ -114,6 +114,86 @@ async fn lease_complete_stores_the_result() {
 }
 
 #[tokio::test]
+async fn complete_with_lease_next_takes_the_next_job_in_the_same_entry() {
+    let app = app();
+    put_json(&app, "/v1/queues/q", json!({"concurrency": 1})).await;
+    for priority in [1, 9, 5] {
+        submit(&app, "q", json!({"priority": priority})).await;
+    }
+    let first = lease(&app, "q", 1).await.remove(0);
+    assert_eq!(first["id"], 2, "priority 9 first");
+    let before = applied_index(&app);
+    let uri = format!("/v1/jobs/{}/complete", first["id"]);
+    let body = json!({"lease_token": first["lease_token"], "result": "r2", "lease_next": {"worker": "w2", "lease_ttl": "1m"}});
+    let reply = post(&app, &uri, body).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(applied_index(&app), before + 1, "one Raft entry");
+    let answer = reply.json();
+    assert_eq!((answer["job"]["id"].as_u64(), answer["job"]["state"].as_str()), (Some(2), Some("succeeded")));
+    assert_eq!(answer["job"]["result"], "r2");
+    let next = answer["jobs"].as_array().expect("jobs");
+    assert_eq!(next.len(), 1, "the complete freed the only slot: {answer}");
+    assert_eq!((next[0]["id"].as_u64(), next[0]["worker"].as_str()), (Some(3), Some("w2")), "then priority 5");
+    assert!(next[0]["lease_token"].as_u64() > first["lease_token"].as_u64(), "a newer token");
+    // The last job, then nothing left: the complete still happens, with an empty list.
+    let uri = format!("/v1/jobs/{}/complete", next[0]["id"]);
+    let body = json!({"lease_token": next[0]["lease_token"], "lease_next": {"worker": "w2", "max": 5}});
+    let answer = post(&app, &uri, body).await.json();
+    assert_eq!(answer["jobs"].as_array().map(Vec::len), Some(1));
+    let last = answer["jobs"][0].clone();
+    let uri = format!("/v1/jobs/{}/complete", last["id"]);
+    let answer = post(&app, &uri, json!({"lease_token": last["lease_token"], "lease_next": {"worker": "w2"}})).await.json();
+    assert_eq!((answer["job"]["state"].as_str(), answer["jobs"].clone()), (Some("succeeded"), json!([])));
+    assert_eq!(get(&app, "/v1/queues/q").await.json()["counts"]["succeeded"], 3);
+}
+
+#[tokio::test]
+async fn complete_with_lease_next_refused_changes_nothing() {
+    let app = app();
+    submit(&app, "q", json!({})).await;
+    submit(&app, "q", json!({})).await;
+    let job = lease(&app, "q", 1).await.remove(0);
+    let uri = format!("/v1/jobs/{}/complete", job["id"]);
+    let token = job["lease_token"].clone();
+    let before = snapshot(&app);
+    let cases = [
+        (json!({"lease_token": token, "lease_next": {"worker": ""}}), 400, "invalid", Some("lease_next.worker")),
+        (json!({"lease_token": token, "lease_next": {"worker": "w", "max": 0}}), 400, "invalid", Some("lease_next.max")),
+        (json!({"lease_token": token, "lease_next": {"worker": "w", "lease_ttl": "-1s"}}), 400, "invalid", Some("lease_next.lease_ttl")),
+        (json!({"lease_token": token, "lease_next": {"worker": "w", "wait": "1s"}}), 400, "invalid", None),
+        (json!({"lease_token": token, "lease_next": "w"}), 400, "invalid", None),
+        (json!({"lease_token": 999, "lease_next": {"worker": "w"}}), 409, "stale_lease", Some("lease_token")),
+    ];
+    for (body, status, code, field) in cases {
+        let reply = post(&app, &uri, body.clone()).await;
+        assert_eq!(reply.status, status, "{body}: {}", reply.body);
+        assert_eq!(reply.json()["error"]["code"], code, "{body}: {}", reply.body);
+        if field.is_some() {
+            assert_error(&reply, status, code, field);
+        }
+        assert_eq!(snapshot(&app), before, "{body} changed the state");
+    }
+}
+
+#[tokio::test]
+async fn complete_with_lease_next_replays_under_its_idempotency_key() {
+    let app = app();
+    submit(&app, "q", json!({})).await;
+    submit(&app, "q", json!({})).await;
+    let job = lease(&app, "q", 1).await.remove(0);
+    let uri = format!("/v1/jobs/{}/complete", job["id"]);
+    let body = json!({"lease_token": job["lease_token"], "lease_next": {"worker": "w"}}).to_string();
+    let first = call(&app, "POST", &uri, Some(&body), &[("idempotency-key", "c1")]).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let before = snapshot(&app);
+    let again = call(&app, "POST", &uri, Some(&body), &[("idempotency-key", "c1")]).await;
+    assert_eq!((again.status, again.header("idempotent-replayed")), (200, Some("true")));
+    assert_eq!(again.json(), first.json(), "the same job leased, not a second one");
+    assert_eq!(snapshot(&app).jobs.queue("q", 0).expect("q").counts.leased, 1);
+    let _ = before;
+}
+
+#[tokio::test]
 async fn leases_take_the_highest_priority_then_the_oldest() {
     let app = app();
     for priority in [1, 5, 5, 3] {

@@ -176,3 +176,22 @@ async fn a_dropped_result_wait_releases_its_slot() {
     let app2 = app.clone();
     eventually(PATIENCE, "the slot is released", move || rota_server::v1::result_waiter_count(&app2) == 0).await;
 }
+
+#[tokio::test]
+async fn complete_with_lease_next_does_not_overtake_a_waiting_lease() {
+    let app = app();
+    put_json(&app, "/v1/queues/q", json!({"concurrency": 1})).await;
+    submit(&app, "q", json!({"payload": "a"})).await;
+    submit(&app, "q", json!({"payload": "b"})).await;
+    let held = lease(&app, "q", 1).await.remove(0);
+    let waiting = spawn_lease(&app, "q", "patient", "30s");
+    wait_for_waiters(&app, 1).await;
+    let uri = format!("/v1/jobs/{}/complete", held["id"]);
+    let reply = post(&app, &uri, json!({"lease_token": held["lease_token"], "lease_next": {"worker": "eager"}})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["job"]["state"], "succeeded");
+    assert_eq!(reply.json()["jobs"], json!([]), "the waiting worker is first in line");
+    let served = tokio::time::timeout(PATIENCE, waiting).await.expect("served").expect("task");
+    assert_eq!((served.len(), served[0]["worker"].as_str()), (1, Some("patient")));
+}
+
