@@ -84,7 +84,7 @@ fn new_job(body: JobBody<'_>, prefix: &str) -> Result<NewJob, ApiError> {
         json::check_range(&field("max_attempts"), u64::from(max_attempts), 1, u64::from(core_limits::MAX_ATTEMPTS_MAX))?;
     }
     Ok(NewJob {
-        payload: json::minify(payload),
+        payload: json::portable(&field("payload"), payload)?,
         priority,
         delay_ms: body.delay.map(|delay| delay.0),
         run_at_ms: body.run_at.map(|run_at| run_at.0),

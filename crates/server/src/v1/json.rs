@@ -186,6 +186,44 @@ pub(crate) type Raw<'a> = &'a RawValue;
 /// stored, so the same value sent with different spacing is the same request (idempotency
 /// fingerprints) and takes no bytes for indentation. One pass, one allocation (the copy the
 /// command needs anyway).
+/// A payload or result as stored: minified, after refusing JSON that the server accepts as
+/// text but common decoders cannot read back (nesting deeper than [`JSON_DEPTH_MAX`],
+/// numbers beyond a double's range such as `1e400`, lone UTF-16 surrogates such as
+/// `"\ud800"`). Stored, such a job would break every client that lists or leases it.
+///
+/// [`JSON_DEPTH_MAX`]: super::limits::JSON_DEPTH_MAX
+pub(crate) fn portable(field: &str, json: &str) -> Result<String, ApiError> {
+    let depth_max = super::limits::JSON_DEPTH_MAX;
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in json.as_bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > depth_max {
+                    return Err(ApiError::invalid(field, format!("{field} nests deeper than {depth_max} levels")));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if let Err(error) = serde_json::from_str::<serde_json::Value>(json) {
+        return Err(ApiError::invalid(field, format!("{field} is JSON that decoders cannot read back: {error}")));
+    }
+    Ok(minify(json))
+}
+
 pub(crate) fn minify(json: &str) -> String {
     let mut out = Vec::with_capacity(json.len());
     let (mut in_string, mut escaped) = (false, false);

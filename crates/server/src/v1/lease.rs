@@ -122,7 +122,7 @@ pub(crate) async fn on_lease<B: Backend>(
                     ));
                 }
             }
-            let result = result.map(json::minify);
+            let result = result.map(|result| json::portable("result", result)).transpose()?;
             if let Some(next) = body.lease_next {
                 check_worker("lease_next.worker", &next.worker)?;
                 let max = next.max.unwrap_or(1);

@@ -7,6 +7,11 @@ use std::time::Duration;
 /// them. (A command is also bounded by the Raft entry size; over that it is a 413 too.)
 pub const BODY_BYTES_MAX: usize = 17 * 1024 * 1024;
 
+/// How deep arrays and objects may nest in a job's payload or result. Answers wrap them in
+/// up to three more levels, and common JSON decoders (serde_json, Go's, Python's at its
+/// default recursion limit in nested calls) stop at 128 or below.
+pub const JSON_DEPTH_MAX: usize = 64;
+
 /// The longest long-poll of a lease (`wait` in the lease body).
 pub const LEASE_WAIT_MS_MAX: u64 = 60_000;
 

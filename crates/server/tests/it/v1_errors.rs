@@ -146,3 +146,24 @@ async fn assert_refused_after_propose(app: &TestApp, uri: &str, body: &str, stat
     assert_eq!(reply.json()["error"]["code"], code);
     assert_eq!(snapshot(app), state, "{uri}: state unchanged");
 }
+
+#[tokio::test]
+async fn json_that_decoders_cannot_read_back_is_refused_as_payload_or_result() {
+    let app = leased_app().await;
+    let deep = |levels: usize| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+    let unreadable = [deep(65), deep(100_000), "1e400".to_owned(), "[-1e400]".to_owned(), r#""\ud800""#.to_owned(), r#"{"a":"\udc00x"}"#.to_owned()];
+    for payload in &unreadable {
+        let body = format!(r#"{{"payload": {payload}}}"#);
+        assert_refused(&app, "POST", "/v1/queues/q/jobs", &body, 400, "invalid", Some("payload")).await;
+        let body = format!(r#"{{"jobs": [{{}}, {{"payload": {payload}}}]}}"#);
+        assert_refused(&app, "POST", "/v1/queues/q/jobs", &body, 400, "invalid", Some("jobs[1].payload")).await;
+        let body = format!(r#"{{"lease_token": 1, "result": {payload}}}"#);
+        assert_refused(&app, "POST", "/v1/jobs/1/complete", &body, 400, "invalid", Some("result")).await;
+    }
+    // What decoders do read is kept: 64 levels, large and tiny numbers, paired surrogates.
+    for payload in [deep(64), "1e300".to_owned(), "123456789012345678901234567890".to_owned(), r#""\ud83d\ude00""#.to_owned()] {
+        let sent = call(&app, "POST", "/v1/queues/q/jobs", Some(&format!(r#"{{"payload": {payload}}}"#)), &[]).await;
+        assert_eq!(sent.status, 202, "{payload}: {}", sent.body);
+        assert!(serde_json::from_str::<serde_json::Value>(&sent.body).is_ok(), "the answer decodes: {}", sent.body);
+    }
+}
