@@ -392,6 +392,20 @@ impl V1Answer {
     }
 }
 
+/// A queue or counter name as a path segment, refused here by the server's own rule (the
+/// answer the server would give) so that a name such as `../jobs/7` never reaches a URL.
+fn name_segment(field: &str, name: &str) -> Result<String, JobsError> {
+    match rota_core::jobs::check_name(field, name) {
+        Ok(()) => Ok(segment(name)),
+        Err(error) => Err(JobsError::Api(ApiError {
+            status: 400,
+            code: error.code,
+            message: error.message,
+            field: error.field,
+        })),
+    }
+}
+
 fn segment(text: &str) -> String {
     utf8_percent_encode(text, FORM_KEEP).to_string()
 }
@@ -416,7 +430,7 @@ impl Client {
             serde_json::to_value(config).map_err(|error| JobsError::Client(error.to_string()))?;
         let request = self.mutation(
             reqwest::Method::PUT,
-            format!("/v1/queues/{}", segment(queue)),
+            format!("/v1/queues/{}", name_segment("queue", queue)?),
             Some(body),
             &idempotency_key(),
         );
@@ -425,7 +439,7 @@ impl Client {
 
     /// `GET /v1/queues/{q}`.
     pub async fn get_queue(&self, queue: &str) -> Result<Queue, JobsError> {
-        self.send_v1(self.read(format!("/v1/queues/{}", segment(queue)), None))
+        self.send_v1(self.read(format!("/v1/queues/{}", name_segment("queue", queue)?), None))
             .await?
             .parse()
     }
@@ -445,7 +459,7 @@ impl Client {
 
     /// `DELETE /v1/queues/{q}`: with `force`, also while it has unfinished jobs.
     pub async fn delete_queue(&self, queue: &str, force: bool) -> Result<QueueDeleted, JobsError> {
-        let mut target = format!("/v1/queues/{}", segment(queue));
+        let mut target = format!("/v1/queues/{}", name_segment("queue", queue)?);
         if force {
             target.push_str("?force=true");
         }
@@ -477,7 +491,7 @@ impl Client {
         wait: Option<Duration>,
     ) -> Result<Submitted, JobsError> {
         let started = Instant::now();
-        let mut target = format!("/v1/queues/{}/jobs", segment(queue));
+        let mut target = format!("/v1/queues/{}/jobs", name_segment("queue", queue)?);
         let server_wait = wait.map(|wait| wait.min(SERVER_WAIT_MAX));
         if let Some(server_wait) = server_wait {
             target.push_str(&query_string(&[("wait", duration_text(server_wait))]));
@@ -509,7 +523,7 @@ impl Client {
             serde_json::json!({ "jobs": jobs.iter().map(NewJob::to_json).collect::<Vec<_>>() });
         let request = self.mutation(
             reqwest::Method::POST,
-            format!("/v1/queues/{}/jobs", segment(queue)),
+            format!("/v1/queues/{}/jobs", name_segment("queue", queue)?),
             Some(body),
             &idempotency_key(),
         );
@@ -582,7 +596,7 @@ impl Client {
         if let Some(after) = filter.after {
             query.push(("after", after.to_string()));
         }
-        let target = format!("/v1/queues/{}/jobs{}", segment(queue), query_string(&query));
+        let target = format!("/v1/queues/{}/jobs{}", name_segment("queue", queue)?, query_string(&query));
         self.send_v1(self.read(target, None)).await?.parse()
     }
 
@@ -610,7 +624,7 @@ impl Client {
         }
         let mut http = self.mutation(
             reqwest::Method::POST,
-            format!("/v1/queues/{}/lease", segment(queue)),
+            format!("/v1/queues/{}/lease", name_segment("queue", queue)?),
             Some(body),
             key,
         );
@@ -729,7 +743,7 @@ impl Client {
         let body = serde_json::json!({ "by": by });
         let request = self.mutation(
             reqwest::Method::POST,
-            format!("/v1/counters/{}", segment(name)),
+            format!("/v1/counters/{}", name_segment("name", name)?),
             Some(body),
             &idempotency_key(),
         );
@@ -740,7 +754,7 @@ impl Client {
     /// The counter's value (0 if never incremented).
     pub async fn counter_get(&self, name: &str) -> Result<u64, JobsError> {
         let counter: Counter = self
-            .send_v1(self.read(format!("/v1/counters/{}", segment(name)), None))
+            .send_v1(self.read(format!("/v1/counters/{}", name_segment("name", name)?), None))
             .await?
             .parse()?;
         Ok(counter.value)
@@ -927,6 +941,19 @@ mod tests {
             error.to_string(),
             "409 stale_lease: lease token 3 is stale (field: lease_token)"
         );
+    }
+
+    #[tokio::test]
+    async fn bad_names_are_refused_before_anything_is_sent() {
+        // Port 1 refuses at once: a request sent would be Unavailable, not a 400.
+        let client = Client::new(["http://127.0.0.1:1"]).expect("client");
+        for name in ["../jobs/7", "..", ".", "", "a/b", "a b", &"q".repeat(129)] {
+            let error = client.delete_queue(name, true).await.expect_err(name);
+            assert_eq!((error.status(), error.code()), (Some(400), Some("invalid")), "{name:?}: {error}");
+            assert!(error.to_string().contains("(field: queue)"), "{error}");
+            let error = client.counter_add(name, 1).await.expect_err(name);
+            assert_eq!(error.code(), Some("invalid"), "{name:?}: {error}");
+        }
     }
 
     #[test]

@@ -45,6 +45,8 @@ const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const REPORT_RETRY_FOR: Duration = Duration::from_secs(600);
 /// Pause between rounds of a call that found no server (the client itself already retried).
 const UNREACHABLE_PAUSE: Duration = Duration::from_secs(1);
+/// A call still unanswered after this long is reported (the client keeps retrying).
+const SLOW_ANSWER_NOTICE: Duration = Duration::from_secs(3);
 /// Between lease requests while the server refuses them for lack of disk space.
 const NO_SPACE_PAUSE: Duration = Duration::from_secs(5);
 /// Heartbeats never come more often than this, whatever the lease ttl.
@@ -81,7 +83,7 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub worker_id: Option<String>,
     /// How long one lease request waits for a job on the server (at most 60s).
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = parse_poll_wait, default_value = "10s")]
     pub poll_wait: Duration,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
@@ -106,6 +108,8 @@ struct Context {
     command: Vec<OsString>,
     heartbeat_every: Duration,
     phase: watch::Receiver<Phase>,
+    /// `--endpoints`, for messages.
+    endpoints: String,
 }
 
 impl Context {
@@ -139,9 +143,12 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
         command: args.command.clone(),
         heartbeat_every: Duration::ZERO,
         phase: phase_rx,
+        endpoints: args.endpoints.clone(),
     };
-    let Some(lease_ttl) = resolve_lease_ttl(&context, args.lease_ttl).await else {
-        return ExitCode::SUCCESS; // Stopped by a signal before the first lease.
+    let lease_ttl = match resolve_lease_ttl(&context, args.lease_ttl).await {
+        Resolved::Ttl(lease_ttl) => lease_ttl,
+        Resolved::Stopped => return ExitCode::SUCCESS, // A signal before the first lease.
+        Resolved::Refused => return ExitCode::FAILURE,
     };
     context.heartbeat_every = (lease_ttl / 3).max(HEARTBEAT_EVERY_MIN);
     let command_text: Vec<String> = args
@@ -194,7 +201,7 @@ async fn lease_loop(context: &Arc<Context>, args: &WorkerArgs, lease_ttl: Durati
         let request = LeaseRequest {
             worker: context.worker_id.clone(),
             max: u32::try_from(permits.len()).unwrap_or(1),
-            wait: args.poll_wait.min(POLL_WAIT_MAX),
+            wait: args.poll_wait,
             lease_ttl: Some(lease_ttl),
         };
         // An in-flight lease is not abandoned at a signal: the server may grant jobs to it at
@@ -253,21 +260,44 @@ async fn lease_loop(context: &Arc<Context>, args: &WorkerArgs, lease_ttl: Durati
 
 /// Finds the lease ttl to ask for: the flag, else the queue's (a queue that does not exist
 /// yet has the default). `None` when a signal came first.
-async fn resolve_lease_ttl(context: &Context, flag: Option<Duration>) -> Option<Duration> {
+async fn resolve_lease_ttl(context: &Context, flag: Option<Duration>) -> Resolved {
     if let Some(lease_ttl) = flag {
-        return Some(lease_ttl);
+        return Resolved::Ttl(lease_ttl);
     }
     let mut phase = context.phase.clone();
     loop {
         if *phase.borrow() != Phase::Running {
-            return None;
+            return Resolved::Stopped;
         }
-        match context.client.get_queue(&context.queue).await {
+        // The client retries an unreachable cluster for a while on its own: say so, and
+        // stop at a signal instead of waiting for it.
+        let mut ask = std::pin::pin!(context.client.get_queue(&context.queue));
+        let mut still_waiting = std::pin::pin!(tokio::time::sleep(SLOW_ANSWER_NOTICE));
+        let answer = loop {
+            tokio::select! {
+                answer = &mut ask => break answer,
+                changed = phase.changed() => {
+                    if changed.is_err() || *phase.borrow() != Phase::Running {
+                        return Resolved::Stopped;
+                    }
+                }
+                () = &mut still_waiting => {
+                    context.log(format_args!("no answer yet from {}; still trying", context.endpoints));
+                    still_waiting.set(tokio::time::sleep(SLOW_ANSWER_NOTICE));
+                }
+            }
+        };
+        match answer {
             Ok(queue) => {
                 let text = queue.config.lease_ttl.unwrap_or_default();
-                return Some(parse_duration(&text).unwrap_or(LEASE_TTL_DEFAULT));
+                return Resolved::Ttl(parse_duration(&text).unwrap_or(LEASE_TTL_DEFAULT));
             }
-            Err(error) if error.code() == Some("not_found") => return Some(LEASE_TTL_DEFAULT),
+            Err(error) if error.code() == Some("not_found") => return Resolved::Ttl(LEASE_TTL_DEFAULT),
+            // A refusal (a bad queue name) will not change by asking again.
+            Err(error @ JobsError::Api(_)) if error.status().is_some_and(|status| (400..500).contains(&status) && status != 429) => {
+                context.log(format_args!("cannot read queue {}: {error}; stopping", context.queue));
+                return Resolved::Refused;
+            }
             Err(error) => {
                 context.log(format_args!(
                     "cannot read queue {}: {error}; still trying",
@@ -277,6 +307,23 @@ async fn resolve_lease_ttl(context: &Context, flag: Option<Duration>) -> Option<
             }
         }
     }
+}
+
+/// What the worker leases with, or why it does not start.
+enum Resolved {
+    Ttl(Duration),
+    /// A signal came first.
+    Stopped,
+    /// The server refused the queue (its name).
+    Refused,
+}
+
+fn parse_poll_wait(text: &str) -> Result<Duration, String> {
+    let wait = parse_duration(text)?;
+    if wait > POLL_WAIT_MAX {
+        return Err(format!("at most {}", jobs::duration_text(POLL_WAIT_MAX)));
+    }
+    Ok(wait)
 }
 
 /// How one run of the command ended.

@@ -151,7 +151,10 @@ impl<B: Backend> App<B> {
             Ok(decoded) => decoded,
             Err(_) => return (Route::Other, respond::go_bad_request()),
         };
-        if decoded.contains("//") || decoded.contains("/.") {
+        // Go's mux redirects unclean paths, and etcd clients expect it; `/v1` is rota's own
+        // API, where a `..` segment (from a name like `../jobs/7`) must not lead elsewhere.
+        let is_v1 = decoded == "/v1" || decoded.starts_with("/v1/");
+        if !is_v1 && (decoded.contains("//") || decoded.contains("/.")) {
             if let Some(location) = crate::path::redirect_location(&decoded, request.uri().query())
             {
                 let method = request.method();

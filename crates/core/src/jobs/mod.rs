@@ -41,11 +41,11 @@ use serde::{Deserialize, Serialize};
 
 pub use error::JobError;
 pub use job::{AttemptError, Job, JobId, JobState, LeaseInfo, NewJob};
-pub use queue::{Backoff, JobCounts, QueueConfig, QueueInfo, RateLimit};
+pub use queue::{check_name, Backoff, JobCounts, QueueConfig, QueueInfo, RateLimit};
 
 use job::{Lease, StoredJob};
 use limits::*;
-use queue::{check_lease_ttl, check_max_attempts, check_name, check_range, Queue, QueueId};
+use queue::{check_lease_ttl, check_max_attempts, check_range, Queue, QueueId};
 
 use crate::sharded::ShardedMap;
 

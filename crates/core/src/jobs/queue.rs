@@ -121,7 +121,8 @@ pub(crate) fn check_max_attempts(field: &str, max_attempts: u32) -> Result<(), J
 
 /// Queue and counter names: 1-128 bytes of `[A-Za-z0-9_.-]`, not `.` or `..` (they would
 /// not survive in a URL path).
-pub(crate) fn check_name(field: &str, name: &str) -> Result<(), JobError> {
+/// The rule for queue and counter names (they are path segments of the `/v1` API).
+pub fn check_name(field: &str, name: &str) -> Result<(), JobError> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
     if name.is_empty() || name.len() > NAME_BYTES_MAX || !name.chars().all(allowed) || name == "." || name == ".." {
         return Err(JobError::invalid(

@@ -453,3 +453,25 @@ fn jobs_paused_queue_leases_nothing_until_resumed_and_keeps_its_settings() {
         },
     );
 }
+
+#[test]
+fn worker_stops_at_once_on_a_bad_queue_name_and_at_sigterm_while_no_server_answers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Port 1 on loopback: nothing listens. A bad name is refused before anything is sent.
+    let out = rota(
+        dir.path(),
+        &["worker", "--queue", "bad name", "--endpoints", "http://127.0.0.1:1", "--", "true"].map(String::from),
+    );
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(out.stderr.contains("(field: queue)") && out.stderr.contains("stopping"), "{}", out.stderr);
+
+    let worker_args = ["worker", "--queue", "q", "--endpoints", "http://127.0.0.1:1", "--", "true"].map(String::from);
+    let mut worker = Proc::spawn(dir.path(), "worker-no-server", &worker_args, &[]);
+    wait_until(Duration::from_secs(20), "the worker says it is still trying", || {
+        worker.stderr().contains("no answer yet from http://127.0.0.1:1; still trying").then_some(())
+    });
+    worker.terminate();
+    // The client alone would retry for 30 s before giving up.
+    let status = worker.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}: {}", worker.stderr());
+}

@@ -575,15 +575,7 @@ pub(crate) fn check_range(field: &str, value: u64, min: u64, max: u64) -> Result
 /// Queue and counter names (the rule of `rota_core::jobs`, checked here too so a read of a
 /// bad name is a 400 rather than a 404).
 pub(crate) fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
-    use rota_core::jobs::limits::NAME_BYTES_MAX;
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
-    if name.is_empty() || name.len() > NAME_BYTES_MAX || !name.chars().all(allowed) || name == "." || name == ".." {
-        return Err(ApiError::invalid(
-            field,
-            format!("{field} must be 1 to {NAME_BYTES_MAX} characters of A-Z a-z 0-9 _ . - (not . or ..)"),
-        ));
-    }
-    Ok(())
+    rota_core::jobs::check_name(field, name).map_err(|error| ApiError::from_job_error(&error))
 }
 
 #[cfg(test)]

@@ -311,3 +311,18 @@ async fn unknown_endpoints_and_methods_answer_json_errors() {
     assert_error(&post(&app, "/v1/jobs/1/explode", json!({})).await, 404, "not_found", None);
     assert_error(&get(&app, "/v1/jobs/abc").await, 400, "invalid", Some("id"));
 }
+
+#[tokio::test]
+async fn dot_segments_in_v1_paths_lead_nowhere_else() {
+    // A queue named `../jobs/1` sent raw (curl --path-as-is, a client that does not check)
+    // must not reach `/v1/jobs/1`: `/v1` is not redirected to a cleaned path as `/v2` is.
+    let app = app();
+    let id = submit(&app, "q", json!({})).await["id"].as_u64().expect("id");
+    let before = snapshot(&app);
+    for path in [format!("/v1/queues/../jobs/{id}"), format!("/v1/queues/..%2Fjobs%2F{id}"), format!("/v1//jobs/{id}")] {
+        let reply = call(&app, "DELETE", &path, None, &[]).await;
+        assert_eq!(reply.status, 404, "{path}: {}", reply.body);
+        assert_eq!(snapshot(&app), before, "{path} changed the state");
+    }
+    assert_eq!(get(&app, &format!("/v1/jobs/{id}")).await.json()["state"], "queued");
+}
