@@ -15,7 +15,7 @@ use axum::http::header::CONTENT_LENGTH;
 use axum::http::Request;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt as _;
-use rota_core::jobs::{Job, QueueConfig, QueueInfo};
+use rota_core::jobs::{Job, LeaseBlockReason, LeaseBlocked, QueueConfig, QueueInfo};
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde_json::value::RawValue;
 
@@ -369,19 +369,39 @@ pub(crate) fn job_body(job: &Job) -> Vec<u8> {
     out
 }
 
-/// `{"job": {...}, "jobs": [...]}`: a complete with `lease_next`.
-pub(crate) fn completed_and_leased_body(job: &Job, jobs: &[Job]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + job_capacity(job) + jobs.iter().map(job_capacity).sum::<usize>());
+/// `{"job": {...}, "jobs": [...], "blocked": ...}`: a complete with `lease_next`.
+pub(crate) fn completed_and_leased_body(job: &Job, jobs: &[Job], blocked: Option<&LeaseBlocked>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(job_capacity(job) + 8);
     out.extend_from_slice(b"{\"job\":");
     push_job(&mut out, job);
-    out.extend_from_slice(b",\"jobs\":[");
-    for (index, job) in jobs.iter().enumerate() {
-        if index > 0 {
-            out.push(b',');
+    out.push(b',');
+    let lease = lease_body(jobs, blocked);
+    out.extend_from_slice(&lease[1..]);
+    out
+}
+
+/// A lease's answer: `{"jobs": [...]}`, and when it leased fewer than asked, why and when
+/// asking again may help: `"blocked": {"reason": "paused" | "empty" | "concurrency" |
+/// "rate", "retry_at": time | null}`.
+pub(crate) fn lease_body(jobs: &[Job], blocked: Option<&LeaseBlocked>) -> Vec<u8> {
+    let mut out = jobs_body(jobs, None);
+    if let Some(blocked) = blocked {
+        out.truncate(out.len() - 2); // "}\n"
+        out.extend_from_slice(b",\"blocked\":{\"reason\":");
+        let reason = match blocked.reason {
+            LeaseBlockReason::Paused => "paused",
+            LeaseBlockReason::Empty => "empty",
+            LeaseBlockReason::Concurrency => "concurrency",
+            LeaseBlockReason::Rate => "rate",
+        };
+        push_string(&mut out, reason);
+        out.extend_from_slice(b",\"retry_at\":");
+        match blocked.retry_at_ms {
+            Some(at_ms) => push_time(&mut out, at_ms),
+            None => out.extend_from_slice(b"null"),
         }
-        push_job(&mut out, job);
+        out.extend_from_slice(b"}}\n");
     }
-    out.extend_from_slice(b"]}\n");
     out
 }
 

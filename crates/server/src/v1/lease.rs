@@ -214,8 +214,10 @@ async fn complete_and_lease<B: Backend>(
         Err((error, replayed)) => return Ok(error_reply(&error, replayed)),
     };
     let body = match &outcome.response {
-        JobResponse::CompletedAndLeased { job, jobs, .. } => json::completed_and_leased_body(job, jobs),
-        JobResponse::Job(job) => json::completed_and_leased_body(job, &[]),
+        JobResponse::CompletedAndLeased { job, jobs, blocked } => {
+            json::completed_and_leased_body(job, jobs, blocked.as_ref())
+        }
+        JobResponse::Job(job) => json::completed_and_leased_body(job, &[], None),
         other => return Err(unexpected(other)),
     };
     Ok(reply(200, body, outcome.replayed))
@@ -244,20 +246,25 @@ pub(crate) async fn lease<B: Backend>(
         next: 0,
         command,
     };
-    let answer = |jobs: &[Job], replayed: bool| reply(200, json::jobs_body(jobs, None), replayed);
+    let answer = |jobs: &[Job], blocked: Option<&LeaseBlocked>, replayed: bool| {
+        reply(200, json::lease_body(jobs, blocked), replayed)
+    };
 
+    // Why the last attempt came back empty, for the answer if the wait runs out.
+    let mut last_blocked: Option<LeaseBlocked> = None;
     // At once: nobody waits on this queue, or this request won't wait anyway.
     let waiters = &app.v1.waiters;
     if wait_ms == 0 || !waiters.has_waiters(queue) {
         match attempts.attempt(app, call).await {
-            Ok(Attempt::Leased { jobs, replayed }) => return Ok(answer(&jobs, replayed)),
-            Ok(Attempt::Blocked(_)) if wait_ms == 0 => return Ok(answer(&[], false)),
-            Ok(Attempt::Blocked(_)) => {}
+            Ok(Attempt::Leased { jobs, blocked, replayed }) => return Ok(answer(&jobs, blocked.as_ref(), replayed)),
+            Ok(Attempt::Blocked(blocked)) if wait_ms == 0 => return Ok(answer(&[], blocked.as_ref(), false)),
+            Ok(Attempt::Blocked(blocked)) => last_blocked = blocked,
             Err((error, replayed)) => return Ok(error_reply(&error, replayed)),
         }
     }
 
     // Long-poll in this queue's line.
+    let mut last_blocked = last_blocked;
     let Some(place) = waiters.join(queue) else {
         return Err(ApiError::new(503, super::errors::UNAVAILABLE, "too many lease requests waiting", None));
     };
@@ -275,7 +282,7 @@ pub(crate) async fn lease<B: Backend>(
     loop {
         if tokio::time::Instant::now() >= deadline {
             record.end = LeaseWaitEnd::TimedOut;
-            return Ok(answer(&[], false));
+            return Ok(answer(&[], last_blocked.as_ref(), false));
         }
         applied.borrow_and_update();
         let now_ms = unix_now_ms();
@@ -286,11 +293,12 @@ pub(crate) async fn lease<B: Backend>(
                 place.wake_followers(room.leases);
             }
             match attempts.attempt(app, call).await {
-                Ok(Attempt::Leased { jobs, replayed }) => {
+                Ok(Attempt::Leased { jobs, blocked, replayed }) => {
                     record.end = LeaseWaitEnd::Served;
-                    return Ok(answer(&jobs, replayed));
+                    return Ok(answer(&jobs, blocked.as_ref(), replayed));
                 }
                 Ok(Attempt::Blocked(blocked)) => {
+                    last_blocked.clone_from(&blocked);
                     miss_backoff_ms = (miss_backoff_ms * 2).clamp(1, MISS_BACKOFF_MS_MAX);
                     not_before_ms = unix_now_ms().saturating_add(miss_backoff_ms);
                     if let Some(LeaseBlocked { reason: LeaseBlockReason::Rate, retry_at_ms: Some(at_ms) }) = blocked {
@@ -314,7 +322,7 @@ pub(crate) async fn lease<B: Backend>(
             changed = applied.changed(), if is_head => {
                 if changed.is_err() {
                     record.end = LeaseWaitEnd::TimedOut;
-                    return Ok(answer(&[], false));
+                    return Ok(answer(&[], last_blocked.as_ref(), false));
                 }
             }
             () = async { if let Some(timer) = timer { tokio::time::sleep_until(timer).await } }, if timer.is_some() => {}
@@ -328,7 +336,7 @@ pub(crate) async fn lease<B: Backend>(
 const MISS_BACKOFF_MS_MAX: u64 = 50;
 
 enum Attempt {
-    Leased { jobs: Vec<Job>, replayed: bool },
+    Leased { jobs: Vec<Job>, blocked: Option<LeaseBlocked>, replayed: bool },
     Blocked(Option<LeaseBlocked>),
 }
 
@@ -356,7 +364,7 @@ impl Attempts {
                 return Err((unexpected(&outcome.response), false));
             };
             if !jobs.is_empty() {
-                return Ok(Attempt::Leased { jobs, replayed: outcome.replayed });
+                return Ok(Attempt::Leased { jobs, blocked, replayed: outcome.replayed });
             }
             if !(outcome.replayed && number < LEASE_ATTEMPTS_REPLAYED_MAX) {
                 return Ok(Attempt::Blocked(blocked));

@@ -326,3 +326,38 @@ async fn dot_segments_in_v1_paths_lead_nowhere_else() {
     }
     assert_eq!(get(&app, &format!("/v1/jobs/{id}")).await.json()["state"], "queued");
 }
+
+#[tokio::test]
+async fn a_short_lease_says_why_and_when_to_ask_again() {
+    let app = app();
+    let blocked = |reply: &crate::support::Reply| reply.json()["blocked"].clone();
+    let reply = post(&app, "/v1/queues/q/lease", json!({"worker": "w"})).await;
+    assert_eq!(blocked(&reply), json!({"reason": "empty", "retry_at": null}), "{}", reply.body);
+    put_json(&app, "/v1/queues/q", json!({"concurrency": 1, "rate": {"limit": 1, "per": "1h", "burst": 2}})).await;
+    let scheduled = submit(&app, "q", json!({"delay": "1m"})).await;
+    let reply = post(&app, "/v1/queues/q/lease", json!({"worker": "w"})).await;
+    assert_eq!(blocked(&reply), json!({"reason": "empty", "retry_at": scheduled["run_at"]}), "the next scheduled job");
+    submit(&app, "q", json!({})).await;
+    submit(&app, "q", json!({})).await;
+    let reply = post(&app, "/v1/queues/q/lease", json!({"worker": "w", "max": 2})).await;
+    let leased = reply.json()["jobs"][0].clone();
+    assert_eq!(blocked(&reply)["reason"], "concurrency", "{}", reply.body);
+    assert_eq!(blocked(&reply)["retry_at"], leased["lease_expires_at"], "the lease's expiry");
+    complete_job(&app, &leased).await;
+    let reply = post(&app, "/v1/queues/q/lease", json!({"worker": "w"})).await;
+    assert_eq!(reply.json()["jobs"].as_array().map(Vec::len), Some(1), "{}", reply.body);
+    assert!(reply.json().get("blocked").is_none(), "not short: {}", reply.body);
+    complete_job(&app, &reply.json()["jobs"][0]).await;
+    submit(&app, "q", json!({})).await;
+    let reply = post(&app, "/v1/queues/q/lease", json!({"worker": "w"})).await;
+    assert_eq!(blocked(&reply)["reason"], "rate", "burst 2 used: {}", reply.body);
+    assert!(blocked(&reply)["retry_at"].is_string(), "{}", reply.body);
+    put_json(&app, "/v1/queues/q", json!({"paused": true})).await;
+    let reply = post(&app, "/v1/queues/q/lease", json!({"worker": "w", "wait": "20ms"})).await;
+    assert_eq!(blocked(&reply), json!({"reason": "paused", "retry_at": null}), "also after a wait: {}", reply.body);
+}
+
+async fn complete_job(app: &crate::support::TestApp, job: &Value) {
+    let reply = post(app, &format!("/v1/jobs/{}/complete", job["id"]), json!({"lease_token": job["lease_token"]})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}

@@ -82,7 +82,7 @@ async fn a_lease_long_poll_ends_empty_when_its_wait_runs_out() {
     let app = app();
     let reply = post(&app, "/v1/queues/q/lease", json!({"worker": "w", "wait": "50ms"})).await;
     assert_eq!(reply.status, 200);
-    assert_eq!(reply.json(), json!({"jobs": []}));
+    assert_eq!(reply.json(), json!({"jobs": [], "blocked": {"reason": "empty", "retry_at": null}}));
     assert_eq!(rota_server::v1::lease_waiter_count(&app), 0);
 }
 
