@@ -2,6 +2,8 @@
 # Full job cycle (submit → lease → complete, one job per request, every step durable) in ONE run on
 # this machine, one load generator (bench/ rota-bench, Rust) for every system:
 #   rota (1 node)                  POST jobs → POST lease → POST complete, each fsynced before its answer
+#   rota-lease-next (1 node)       POST jobs → POST complete with lease_next (it leases the
+#                                  consumer's next job in the same durable entry)
 #   Redis 7, appendfsync always    LPUSH → BLMOVE → LREM (the reliable-queue pattern)
 #   beanstalkd 1.12, -f 0          put → reserve → delete, binlog fsync on every write
 #   beanstalkd 1.12, -f 50         the same, fsync at most every 50 ms (may lose 50 ms of work)
@@ -26,6 +28,12 @@ for mode in $MODES; do
       --advertise-client-urls http://127.0.0.1:33379 --listen-peer-urls http://127.0.0.1:33380 > "$D/rota.log" 2>&1 &
     STARTED_PIDS+=($!); wait_http http://127.0.0.1:33379/health || exit 1
     stamp "rota mode=$mode n=$N run=$r"; gen --backend rota --addr 127.0.0.1:33379 --mode "$mode" --label rota
+    stop_started
+    rm -rf "$D/rota"; "$ROTA" serve --name b1 --data-dir "$D/rota" --listen-client-urls http://127.0.0.1:33379 \
+      --advertise-client-urls http://127.0.0.1:33379 --listen-peer-urls http://127.0.0.1:33380 > "$D/rota.log" 2>&1 &
+    STARTED_PIDS+=($!); wait_http http://127.0.0.1:33379/health || exit 1
+    stamp "rota-lease-next mode=$mode n=$N run=$r"
+    gen --backend rota --addr 127.0.0.1:33379 --mode "$mode" --label rota-lease-next --lease-next
     stop_started
 
     redis-server --port 36379 --bind 127.0.0.1 --dir "$D" --save '' --appendonly yes --appendfsync always \
@@ -52,9 +60,9 @@ for line in open(sys.argv[1]):
     m = re.match(r"(\S+) mode=(\S+) .*\| median (.*)$", line)
     if m: rows[(m.group(1), m.group(2))] = {k: float(v) for k, v in (kv.split("=") for kv in m.group(3).split())}
 for (who, mode), v in rows.items():
-    if who != "rota": continue
+    if not who.startswith("rota"): continue
     for (peer, pmode), p in rows.items():
-        if peer == "rota" or pmode != mode: continue
+        if peer.startswith("rota") or pmode != mode: continue
         print(f"{mode}: rota {v['jobs_per_s']:.0f} jobs/s (e2e p50 {v['e2e_p50_ms']:.2f} ms, p99 {v['e2e_p99_ms']:.2f} ms) vs "
               f"{peer} {p['jobs_per_s']:.0f} jobs/s (p50 {p['e2e_p50_ms']:.2f}, p99 {p['e2e_p99_ms']:.2f}): x{v['jobs_per_s']/p['jobs_per_s']:.2f}")
 PY

@@ -2,6 +2,8 @@
 //! system is driven by the same client code over its own protocol:
 //!
 //! - `rota`:      POST /v1/queues/{q}/jobs → POST /v1/queues/{q}/lease → POST /v1/jobs/{id}/complete
+//!   (with `--lease-next`, the complete carries `lease_next` and leases the consumer's next
+//!   job, so the lease request is made only when that came back empty)
 //! - `redis`:     LPUSH q job → BLMOVE q q:processing RIGHT LEFT → LREM q:processing 1 job
 //! - `beanstalk`: put → reserve-with-timeout → delete
 //!
@@ -74,6 +76,10 @@ struct Args {
     /// like the producers'), so a run can measure leasing at a large queue depth.
     #[arg(long, default_value_t = 0)]
     prefill: usize,
+    /// rota only: consumers complete with `lease_next`, taking the next job in the same
+    /// request (one request per job instead of a lease and a complete).
+    #[arg(long)]
+    lease_next: bool,
 }
 
 /// What one task reports: jobs it sent, jobs it finished, and the enqueue→ack latency of each
@@ -110,7 +116,9 @@ async fn run(args: Args) -> Result<()> {
     }
     let mut conns = Vec::new();
     for _ in 0..producers + consumers {
-        conns.push(Conn::connect(args.backend, &args.addr, &args.queue).await?);
+        let mut conn = Conn::connect(args.backend, &args.addr, &args.queue).await?;
+        conn.set_lease_next(args.lease_next);
+        conns.push(conn);
     }
     let producers_done = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();

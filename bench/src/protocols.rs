@@ -18,13 +18,17 @@ pub struct Conn {
     host: String,
     stream: BufReader<TcpStream>,
     out: Vec<u8>,
+    /// rota: complete with `lease_next`, so a consumer's cycle is one request per job.
+    lease_next: bool,
+    /// rota: the job the last complete leased, worked on next.
+    next: Option<serde_json::Value>,
 }
 
 impl Conn {
     pub async fn connect(backend: Backend, addr: &str, queue: &str) -> Result<Conn> {
         let stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
-        let mut conn = Conn { backend, queue: queue.to_string(), host: addr.to_string(), stream: BufReader::new(stream), out: Vec::with_capacity(512) };
+        let mut conn = Conn { backend, queue: queue.to_string(), host: addr.to_string(), stream: BufReader::new(stream), out: Vec::with_capacity(512), lease_next: false, next: None };
         if backend == Backend::Beanstalk {
             let queue = conn.queue.clone();
             conn.beanstalk(format!("use {queue}\r\n").as_bytes(), "USING").await?;
@@ -113,25 +117,47 @@ impl Conn {
                 Ok(Some(String::from_utf8_lossy(&body[..body.len() - 2]).into_owned()))
             }
             Backend::Rota => {
-                let path = format!("/v1/queues/{}/lease", self.queue);
-                let wait_ms = wait.as_millis();
-                let request = format!(r#"{{"worker":"bench","max":1,"wait":"{wait_ms}ms"}}"#);
-                let (status, body) = self.http_post(&path, &request).await?;
-                if status != 200 {
-                    bail!("lease answered {status}: {}", String::from_utf8_lossy(&body));
-                }
-                let reply: serde_json::Value = serde_json::from_slice(&body)?;
-                let Some(job) = reply["jobs"].as_array().and_then(|jobs| jobs.first()) else { return Ok(None) };
+                let job = match self.next.take() {
+                    Some(job) => job,
+                    None => {
+                        let path = format!("/v1/queues/{}/lease", self.queue);
+                        let wait_ms = wait.as_millis();
+                        let request = format!(r#"{{"worker":"bench","max":1,"wait":"{wait_ms}ms"}}"#);
+                        let (status, body) = self.http_post(&path, &request).await?;
+                        if status != 200 {
+                            bail!("lease answered {status}: {}", String::from_utf8_lossy(&body));
+                        }
+                        let mut reply: serde_json::Value = serde_json::from_slice(&body)?;
+                        match reply["jobs"].as_array_mut().and_then(|jobs| jobs.pop()) {
+                            Some(job) => job,
+                            None => return Ok(None),
+                        }
+                    }
+                };
                 let id = job["id"].as_u64().ok_or_else(|| anyhow!("leased job without id: {job}"))?;
                 let token = job["lease_token"].as_u64().ok_or_else(|| anyhow!("leased job without lease_token: {job}"))?;
                 let payload = job["payload"].as_str().unwrap_or_default().to_string();
-                let (status, body) = self.http_post(&format!("/v1/jobs/{id}/complete"), &format!(r#"{{"lease_token":{token}}}"#)).await?;
+                let request = if self.lease_next {
+                    format!(r#"{{"lease_token":{token},"lease_next":{{"worker":"bench"}}}}"#)
+                } else {
+                    format!(r#"{{"lease_token":{token}}}"#)
+                };
+                let (status, body) = self.http_post(&format!("/v1/jobs/{id}/complete"), &request).await?;
                 if status != 200 {
                     bail!("complete answered {status}: {}", String::from_utf8_lossy(&body));
+                }
+                if self.lease_next {
+                    let mut reply: serde_json::Value = serde_json::from_slice(&body)?;
+                    self.next = reply["jobs"].as_array_mut().and_then(|jobs| jobs.pop());
                 }
                 Ok(Some(payload))
             }
         }
+    }
+
+    /// rota: complete each job with `lease_next` (one request per job for a consumer).
+    pub fn set_lease_next(&mut self, lease_next: bool) {
+        self.lease_next = lease_next;
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<()> {
