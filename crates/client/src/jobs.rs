@@ -288,6 +288,26 @@ pub struct JobPage {
     pub next: Option<JobId>,
 }
 
+/// `lease_next` of a complete: the next lease, taken in the same entry as the complete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseNext {
+    pub worker: String,
+    /// Jobs wanted, 1 to 1000.
+    pub max: u32,
+    /// The lease's ttl; `None` takes the queue's.
+    pub lease_ttl: Option<Duration>,
+}
+
+/// A complete with `lease_next`: the completed job and what was leased after it (`leased`
+/// is empty, with the reason in `leased.extra["blocked"]` when there is one, if nothing
+/// could be leased at once).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct CompletedNext {
+    pub job: Job,
+    #[serde(flatten)]
+    pub leased: Leased,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JobFilter {
     pub state: Option<JobState>,
@@ -671,6 +691,31 @@ impl Client {
         result: &Value,
     ) -> Result<Job, JobsError> {
         let body = serde_json::json!({ "lease_token": lease_token, "result": result });
+        let request = self.mutation(
+            reqwest::Method::POST,
+            format!("/v1/jobs/{id}/complete"),
+            Some(body),
+            key,
+        );
+        self.send_v1(request).await?.parse()
+    }
+
+    /// The job succeeded with `result`, and the next lease from its queue is taken in the
+    /// same Raft entry (one round trip where a complete and a lease take two). The lease
+    /// never waits: with nothing leased, ask [`Client::lease`] with a `wait`.
+    pub async fn complete_next_keyed(
+        &self,
+        key: &str,
+        id: JobId,
+        lease_token: u64,
+        result: &Value,
+        next: &LeaseNext,
+    ) -> Result<CompletedNext, JobsError> {
+        let mut lease_next = serde_json::json!({ "worker": next.worker, "max": next.max });
+        if let Some(lease_ttl) = next.lease_ttl {
+            lease_next["lease_ttl"] = duration_text(lease_ttl).into();
+        }
+        let body = serde_json::json!({ "lease_token": lease_token, "result": result, "lease_next": lease_next });
         let request = self.mutation(
             reqwest::Method::POST,
             format!("/v1/jobs/{id}/complete"),

@@ -53,7 +53,7 @@ pub struct ClientFlags {
 pub enum Output {
     /// Lines and tables for people.
     Table,
-    /// The server's JSON, one object per line.
+    /// The objects as JSON, one per line (the server's fields, re-encoded).
     Json,
 }
 
@@ -94,7 +94,8 @@ pub struct QueueSet {
     /// Rate limit: LIMIT/PER, e.g. `5/1s`, `5/s`, `100/1m`.
     #[arg(long, value_parser = parse_rate, conflicts_with = "no_rate")]
     pub rate: Option<(u64, Duration)>,
-    /// Tokens the rate bucket holds (default: the rate's limit).
+    /// Tokens the rate bucket holds (default: the rate's limit, also when --rate replaces a
+    /// rate that had another burst).
     #[arg(long)]
     pub burst: Option<u64>,
     /// No rate limit.

@@ -19,11 +19,12 @@
 
 use std::ffi::OsString;
 use std::process::{ExitCode, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use rota_client::jobs::{self, FailRequest, Job, JobsError, LeaseRequest};
+use rota_client::jobs::{self, FailRequest, Job, JobsError, LeaseNext, LeaseRequest};
 use rota_client::{idempotency_key, Client};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -110,11 +111,39 @@ struct Context {
     phase: watch::Receiver<Phase>,
     /// `--endpoints`, for messages.
     endpoints: String,
+    /// Jobs leased so far, counted against `max_jobs` (by the lease loop and by completes
+    /// that lease the next job).
+    leased: AtomicU64,
+    max_jobs: Option<u64>,
+    /// The ttl leases ask for.
+    lease_ttl: Duration,
 }
 
 impl Context {
     fn log(&self, line: std::fmt::Arguments<'_>) {
         eprintln!("rota worker {}: {line}", self.worker_id);
+    }
+
+    /// Takes up to `want` jobs from what `--max-jobs` leaves; `give_back` returns what a
+    /// lease did not use.
+    fn take_budget(&self, want: u64) -> u64 {
+        let Some(max) = self.max_jobs else { return want };
+        let mut taken = 0;
+        let _ = self.leased.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |leased| {
+            taken = want.min(max.saturating_sub(leased));
+            Some(leased + taken)
+        });
+        taken
+    }
+
+    fn give_back(&self, count: u64) {
+        if self.max_jobs.is_some() {
+            self.leased.fetch_sub(count, Ordering::SeqCst);
+        }
+    }
+
+    fn budget_spent(&self) -> bool {
+        self.max_jobs.is_some_and(|max| self.leased.load(Ordering::SeqCst) >= max)
     }
 }
 
@@ -144,6 +173,9 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
         heartbeat_every: Duration::ZERO,
         phase: phase_rx,
         endpoints: args.endpoints.clone(),
+        leased: AtomicU64::new(0),
+        max_jobs: args.max_jobs,
+        lease_ttl: Duration::ZERO,
     };
     let lease_ttl = match resolve_lease_ttl(&context, args.lease_ttl).await {
         Resolved::Ttl(lease_ttl) => lease_ttl,
@@ -151,6 +183,7 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
         Resolved::Refused => return ExitCode::FAILURE,
     };
     context.heartbeat_every = (lease_ttl / 3).max(HEARTBEAT_EVERY_MIN);
+    context.lease_ttl = lease_ttl;
     let command_text: Vec<String> = args
         .command
         .iter()
@@ -173,15 +206,21 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
 async fn lease_loop(context: &Arc<Context>, args: &WorkerArgs, lease_ttl: Duration) -> ExitCode {
     let slots = Arc::new(Semaphore::new(args.concurrency as usize));
     let mut tasks = JoinSet::new();
-    let mut leased_total: u64 = 0;
     let mut phase = context.phase.clone();
     let mut code = ExitCode::SUCCESS;
     loop {
         // Reap finished tasks as we go so the set stays bounded by the concurrency.
         while tasks.try_join_next().is_some() {}
-        if *phase.borrow() != Phase::Running || args.max_jobs.is_some_and(|max| leased_total >= max)
-        {
+        if *phase.borrow() != Phase::Running {
             break;
+        }
+        if context.budget_spent() {
+            // A running job's complete may give back what it took for a next job that did
+            // not come: look again when a task ends, stop when none is left.
+            if tasks.join_next().await.is_none() {
+                break;
+            }
+            continue;
         }
         let first = tokio::select! {
             permit = slots.clone().acquire_owned() => match permit {
@@ -190,17 +229,21 @@ async fn lease_loop(context: &Arc<Context>, args: &WorkerArgs, lease_ttl: Durati
             },
             _ = phase.changed() => continue,
         };
-        let may_take = args.max_jobs.map_or(u64::MAX, |max| max - leased_total);
         let mut permits = vec![first];
-        while (permits.len() as u64) < may_take {
-            match slots.clone().try_acquire_owned() {
-                Ok(permit) => permits.push(permit),
-                Err(_) => break,
-            }
+        while let Ok(permit) = slots.clone().try_acquire_owned() {
+            permits.push(permit);
         }
+        // A job task that completes with `lease_next` takes from the budget too.
+        let budget = context.take_budget(permits.len() as u64);
+        if budget == 0 {
+            drop(permits);
+            // Spent, or a running task holds the rest: wait for a slot to come back.
+            continue;
+        }
+        permits.truncate(budget as usize);
         let request = LeaseRequest {
             worker: context.worker_id.clone(),
-            max: u32::try_from(permits.len()).unwrap_or(1),
+            max: u32::try_from(budget).unwrap_or(1),
             wait: args.poll_wait,
             lease_ttl: Some(lease_ttl),
         };
@@ -219,15 +262,16 @@ async fn lease_loop(context: &Arc<Context>, args: &WorkerArgs, lease_ttl: Durati
                 tokio::time::sleep(answer_bound).await;
             } => break,
         };
+        let got = leased.as_ref().map_or(0, |leased| leased.jobs.len() as u64);
+        context.give_back(budget.saturating_sub(got));
         match leased {
             Ok(leased) => {
                 for job in leased.jobs {
-                    leased_total += 1;
                     let context = Arc::clone(context);
                     if *phase.borrow() == Phase::Running {
                         let permit = permits.pop();
                         tasks.spawn(async move {
-                            run_job(&context, job).await;
+                            run_jobs(&context, job).await;
                             drop(permit);
                         });
                     } else {
@@ -338,13 +382,27 @@ enum Ending {
     CannotStart(std::io::Error),
 }
 
-async fn run_job(context: &Context, job: Job) {
+/// Runs `job`, then each job its complete leased next (`lease_next`), in one slot.
+async fn run_jobs(context: &Context, job: Job) {
+    let mut next = run_job(context, job).await;
+    while let Some(job) = next {
+        if *context.phase.borrow() != Phase::Running {
+            release_unstarted(context, job).await;
+            return;
+        }
+        next = run_job(context, job).await;
+    }
+}
+
+/// Runs one job and reports its outcome; on success, while running and within
+/// `--max-jobs`, the complete also leases this slot's next job, which is returned.
+async fn run_job(context: &Context, job: Job) -> Option<Job> {
     let Some(token) = job.lease_token else {
         context.log(format_args!(
             "job {} came without a lease token; ignored",
             job.id
         ));
-        return;
+        return None;
     };
     let started = Instant::now();
     context.log(format_args!(
@@ -432,16 +490,29 @@ async fn run_job(context: &Context, job: Job) {
             if stdout.overflowed {
                 let error = format!("stdout is over {STDOUT_BYTES_MAX} bytes, the result limit");
                 report_failure(context, &job, token, error, &took).await;
-                return;
+                return None;
             }
             let result = result_from_stdout(&stdout.bytes);
             let key = idempotency_key();
-            match report(context, || {
-                context.client.complete_keyed(&key, job.id, token, &result)
+            let lease_next = *context.phase.borrow() == Phase::Running && context.take_budget(1) == 1;
+            let next = LeaseNext { worker: context.worker_id.clone(), max: 1, lease_ttl: Some(context.lease_ttl) };
+            let completed = report(context, || async {
+                if lease_next {
+                    let completed = context.client.complete_next_keyed(&key, job.id, token, &result, &next).await?;
+                    Ok(completed.leased.jobs.into_iter().next())
+                } else {
+                    context.client.complete_keyed(&key, job.id, token, &result).await.map(|_| None)
+                }
             })
-            .await
-            {
-                Ok(_) => context.log(format_args!("job {} succeeded in {took}", job.id)),
+            .await;
+            if lease_next && !matches!(completed, Ok(Some(_))) {
+                context.give_back(1);
+            }
+            match completed {
+                Ok(next) => {
+                    context.log(format_args!("job {} succeeded in {took}", job.id));
+                    return next;
+                }
                 Err(error) if error.code() == Some("too_large") => {
                     report_failure(
                         context,
@@ -487,6 +558,7 @@ async fn run_job(context: &Context, job: Job) {
             }
         }
     }
+    None
 }
 
 async fn report_failure(context: &Context, job: &Job, token: u64, error: String, took: &str) {

@@ -41,11 +41,11 @@ use serde::{Deserialize, Serialize};
 
 pub use error::JobError;
 pub use job::{AttemptError, Job, JobId, JobState, LeaseInfo, NewJob};
-pub use queue::{check_name, Backoff, JobCounts, QueueConfig, QueueInfo, RateLimit};
+pub use queue::{check_name, format_duration_ms, Backoff, JobCounts, QueueConfig, QueueInfo, RateLimit};
 
 use job::{Lease, StoredJob};
 use limits::*;
-use queue::{check_lease_ttl, check_max_attempts, check_range, Queue, QueueId};
+use queue::{check_lease_ttl, check_max_attempts, check_range, check_range_ms, Queue, QueueId};
 
 use crate::sharded::ShardedMap;
 
@@ -817,13 +817,13 @@ fn validate_new_job(new_job: &NewJob, now_ms: u64, field: &dyn Fn(&str) -> Strin
     }
     match (new_job.delay_ms, new_job.run_at_ms) {
         (Some(_), Some(_)) => return Err(JobError::invalid(&field("run_at"), "give delay or run_at, not both")),
-        (Some(delay_ms), None) => check_range(&field("delay"), delay_ms, 0, DELAY_MS_MAX)?,
+        (Some(delay_ms), None) => check_range_ms(&field("delay"), delay_ms, 0, DELAY_MS_MAX)?,
         (None, Some(run_at_ms)) => {
             let latest_ms = now_ms.saturating_add(DELAY_MS_MAX);
             if run_at_ms > latest_ms {
                 return Err(JobError::invalid(
                     &field("run_at"),
-                    format!("run_at must be at most {DELAY_MS_MAX} ms from now"),
+                    format!("run_at must be at most {} from now", format_duration_ms(DELAY_MS_MAX)),
                 ));
             }
         }

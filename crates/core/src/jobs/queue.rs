@@ -92,14 +92,14 @@ impl QueueConfig {
         }
         if let Some(rate) = &self.rate {
             check_range("rate.limit", rate.limit, 1, RATE_LIMIT_MAX)?;
-            check_range("rate.per", rate.per_ms, 1, RATE_PER_MS_MAX)?;
+            check_range_ms("rate.per", rate.per_ms, 1, RATE_PER_MS_MAX)?;
             check_range("rate.burst", rate.burst, 1, RATE_BURST_MAX)?;
         }
         check_lease_ttl("lease_ttl", self.lease_ttl_ms)?;
         check_max_attempts("max_attempts", self.max_attempts)?;
-        check_range("backoff.base", self.backoff.base_ms, 0, BACKOFF_MS_MAX)?;
-        check_range("backoff.max", self.backoff.max_ms, self.backoff.base_ms, BACKOFF_MS_MAX)?;
-        check_range("retention", self.retention_ms, 0, RETENTION_MS_MAX)?;
+        check_range_ms("backoff.base", self.backoff.base_ms, 0, BACKOFF_MS_MAX)?;
+        check_range_ms("backoff.max", self.backoff.max_ms, self.backoff.base_ms, BACKOFF_MS_MAX)?;
+        check_range_ms("retention", self.retention_ms, 0, RETENTION_MS_MAX)?;
         Ok(())
     }
 }
@@ -111,8 +111,35 @@ pub(crate) fn check_range(field: &str, value: u64, min: u64, max: u64) -> Result
     Ok(())
 }
 
+/// [`check_range`] for a duration in milliseconds, written as the API writes durations.
+pub(crate) fn check_range_ms(field: &str, ms: u64, min_ms: u64, max_ms: u64) -> Result<(), JobError> {
+    if ms < min_ms || ms > max_ms {
+        let (min, max, value) = (format_duration_ms(min_ms), format_duration_ms(max_ms), format_duration_ms(ms));
+        return Err(JobError::invalid(field, format!("{field} must be between {min} and {max}, got {value}")));
+    }
+    Ok(())
+}
+
+/// A duration as the API writes it: `1h30m`, `500ms`, `0s`.
+pub fn format_duration_ms(ms: u64) -> String {
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    let (hours, rest) = (ms / 3_600_000, ms % 3_600_000);
+    let (minutes, rest) = (rest / 60_000, rest % 60_000);
+    let (seconds, millis) = (rest / 1_000, rest % 1_000);
+    let mut text = String::new();
+    for (value, unit) in [(hours, "h"), (minutes, "m"), (seconds, "s"), (millis, "ms")] {
+        if value > 0 {
+            text.push_str(&value.to_string());
+            text.push_str(unit);
+        }
+    }
+    text
+}
+
 pub(crate) fn check_lease_ttl(field: &str, lease_ttl_ms: u64) -> Result<(), JobError> {
-    check_range(field, lease_ttl_ms, LEASE_TTL_MIN_MS, LEASE_TTL_MAX_MS)
+    check_range_ms(field, lease_ttl_ms, LEASE_TTL_MIN_MS, LEASE_TTL_MAX_MS)
 }
 
 pub(crate) fn check_max_attempts(field: &str, max_attempts: u32) -> Result<(), JobError> {

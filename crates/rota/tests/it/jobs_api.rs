@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::harness::{Kind, Server};
 use crate::jobs_util::{
@@ -474,4 +474,41 @@ fn worker_stops_at_once_on_a_bad_queue_name_and_at_sigterm_while_no_server_answe
     // The client alone would retry for 30 s before giving up.
     let status = worker.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status:?}: {}", worker.stderr());
+}
+
+#[test]
+fn worker_completes_each_job_and_takes_the_next_in_one_request() {
+    let server = Server::start(Kind::Rota);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let jobs: Vec<Value> = (0..5).map(|i| json!({"payload": i, "priority": i})).collect();
+    let submitted = api(&server, "POST", "/v1/queues/chain/jobs", Some(&json!({"jobs": jobs})), None);
+    assert_eq!(submitted.status(), 202, "{}", submitted.text());
+    let ids: Vec<u64> = submitted.json()["jobs"].as_array().expect("jobs").iter().map(|job| job["id"].as_u64().expect("id")).collect();
+    let mut worker_args = args(&server, &["worker", "--queue", "chain", "--max-jobs", "5", "--poll-wait", "1s"]);
+    worker_args.extend(["--".into(), "cat".into()]);
+    let mut worker = Proc::spawn(dir.path(), "chain-worker", &worker_args, &[]);
+    let status = worker.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}: {}", worker.stderr());
+    for &id in &ids {
+        let job = get_job(&server, id);
+        assert_eq!(job["state"], "succeeded", "{job}");
+        assert_eq!(job["result"], job["payload"], "cat echoes the payload: {job}");
+    }
+    // The worker logs each start: highest priority (the last id) first along the chain.
+    let stderr = worker.stderr();
+    let started: Vec<u64> = stderr
+        .lines()
+        .filter_map(|line| line.split("job ").nth(1)?.split_once(" attempt ")?.0.parse().ok())
+        .collect();
+    let expected: Vec<u64> = ids.iter().rev().copied().collect();
+    assert_eq!(started, expected, "{stderr}");
+    // One lease request; each complete leased the next job (the last one asked for none:
+    // --max-jobs was spent).
+    let metrics = api(&server, "GET", "/metrics", None, None).text();
+    let lease_requests: f64 = metrics
+        .lines()
+        .filter(|line| line.starts_with("rota_http_requests_total") && line.contains("route=\"/v1/queues/{q}/lease\""))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(lease_requests, 1.0, "{metrics}");
 }

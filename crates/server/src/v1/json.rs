@@ -85,6 +85,11 @@ pub(crate) fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiErr
             .map_err(|error| ApiError::new(400, errors::MALFORMED_JSON, format!("malformed JSON: {error}"), None))?;
         return Ok(value);
     }
+    // A body that is not JSON at all is malformed wherever the typed decode stopped first
+    // (`{"a":` would otherwise be reported as the unknown field `a`).
+    if let Err(error) = serde_json::from_slice::<de::IgnoredAny>(body) {
+        return Err(ApiError::new(400, errors::MALFORMED_JSON, format!("malformed JSON: {error}"), None));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     match serde_path_to_error::deserialize::<_, T>(&mut deserializer) {
         Err(error) => Err(errors::from_json_error(error)),
@@ -126,6 +131,9 @@ impl<'de> Deserialize<'de> for DurationMs {
             fn visit_str<E: de::Error>(self, text: &str) -> Result<DurationMs, E> {
                 let duration = humantime::parse_duration(text.trim())
                     .map_err(|error| E::custom(format_args!("invalid duration {text:?}: {error}")))?;
+                if duration.subsec_nanos() % 1_000_000 != 0 {
+                    return Err(E::custom(format_args!("invalid duration {text:?}: give whole milliseconds")));
+                }
                 Ok(DurationMs(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)))
             }
         }
@@ -280,22 +288,7 @@ fn push_optional_time(out: &mut Vec<u8>, unix_ms: Option<u64>) {
 
 /// A duration as hours, minutes, seconds and milliseconds (`"168h"`, `"1h30m"`, `"500ms"`,
 /// `"0s"`): what humantime parses back, without its days and months.
-pub(crate) fn format_duration_ms(ms: u64) -> String {
-    if ms == 0 {
-        return "0s".to_owned();
-    }
-    let (hours, rest) = (ms / 3_600_000, ms % 3_600_000);
-    let (minutes, rest) = (rest / 60_000, rest % 60_000);
-    let (seconds, millis) = (rest / 1_000, rest % 1_000);
-    let mut text = String::new();
-    for (value, unit) in [(hours, "h"), (minutes, "m"), (seconds, "s"), (millis, "ms")] {
-        if value > 0 {
-            text.push_str(&value.to_string());
-            text.push_str(unit);
-        }
-    }
-    text
-}
+pub(crate) use rota_core::jobs::format_duration_ms;
 
 fn push_duration(out: &mut Vec<u8>, ms: u64) {
     out.push(b'"');

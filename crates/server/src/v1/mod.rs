@@ -123,13 +123,16 @@ async fn route<B: Backend>(app: &Arc<App<B>>, request: Request<Body>, path: &str
         }
         ["jobs", id, action] => {
             let id = job_id(id)?;
+            let known = matches!(*action, "heartbeat" | "complete" | "fail" | "release" | "retry");
+            if !known {
+                return Err(ApiError::not_found(format!("no such endpoint: {path}")));
+            }
             if method != Method::POST {
                 return Err(ApiError::method_not_allowed("POST"));
             }
             match *action {
-                "heartbeat" | "complete" | "fail" | "release" => lease::on_lease(app, &call, id, action, request).await,
                 "retry" => jobs::retry(app, &call, id, request).await,
-                _ => Err(ApiError::not_found(format!("no such endpoint: {path}"))),
+                _ => lease::on_lease(app, &call, id, action, request).await,
             }
         }
         ["counters", name] => match method {

@@ -26,7 +26,7 @@ async fn leased_app() -> TestApp {
 #[tokio::test]
 async fn malformed_json_is_400_malformed_json() {
     let app = app();
-    for body in ["{", "{\"payload\": }", "not json", "{\"payload\": 1} trailing", "{\"payload\":1,}"] {
+    for body in ["{", "{\"payload\": }", "not json", "{\"payload\": 1} trailing", "{\"payload\":1,}", "{\"a\":", "{\"bogus\": 1, \"payload\": ]"] {
         assert_refused(&app, "POST", "/v1/queues/q/jobs", body, 400, "malformed_json", None).await;
     }
 }
@@ -76,6 +76,8 @@ async fn durations_must_be_strings_within_their_field_maximum() {
         ("PUT", "/v1/queues/q", r#"{"lease_ttl": "soon"}"#, "lease_ttl"),
         ("PUT", "/v1/queues/q", r#"{"lease_ttl": "25h"}"#, "lease_ttl"),
         ("PUT", "/v1/queues/q", r#"{"lease_ttl": "0s"}"#, "lease_ttl"),
+        ("PUT", "/v1/queues/q", r#"{"lease_ttl": "1500us"}"#, "lease_ttl"),
+        ("POST", "/v1/queues/q/jobs", r#"{"delay": "1ms 1ns"}"#, "delay"),
         ("PUT", "/v1/queues/q", r#"{"retention": "91days"}"#, "retention"),
         ("PUT", "/v1/queues/q", r#"{"backoff": {"base": "8days"}}"#, "backoff.base"),
         ("PUT", "/v1/queues/q", r#"{"rate": {"limit": 1, "per": "32days"}}"#, "rate.per"),

@@ -309,6 +309,8 @@ async fn unknown_endpoints_and_methods_answer_json_errors() {
     assert_error(&reply, 405, "method_not_allowed", None);
     assert_eq!(reply.header("allow"), Some("GET, PUT, DELETE"));
     assert_error(&post(&app, "/v1/jobs/1/explode", json!({})).await, 404, "not_found", None);
+    assert_error(&get(&app, "/v1/jobs/1/explode").await, 404, "not_found", None);
+    assert_error(&get(&app, "/v1/jobs/1/complete").await, 405, "method_not_allowed", None);
     assert_error(&get(&app, "/v1/jobs/abc").await, 400, "invalid", Some("id"));
 }
 
