@@ -534,6 +534,41 @@ impl Node {
     }
 }
 
+/// `--initial-cluster-state new` with an empty data dir, in a cluster of several members:
+/// refuses to start when a listed peer already knows this member as started (it published
+/// its client URLs), as etcd refuses ("member ... has already been bootstrapped"). Such a
+/// member lost its data dir; initializing afresh would give it an empty log and let it vote
+/// as if it had never acknowledged anything. Peers that do not answer (a new cluster
+/// starting up) are no reason to wait: each is asked once.
+pub(crate) async fn refuse_rebootstrap(config: &NodeConfig, id: NodeId, cluster_id: u64) -> Result<(), StartError> {
+    debug_assert_eq!(config.initial_cluster_state, ClusterState::New);
+    let hints = std::sync::Arc::new(crate::split_vote::ElectionHints::new(config.election_timeout_max_ms));
+    let transport = PeerTransport::new(config.cluster_token.clone(), 0, hints, config.peer_source_ip);
+    let peers = config
+        .initial_cluster
+        .iter()
+        .filter(|member| member.name != config.name)
+        .flat_map(|member| member.peer_urls.iter())
+        .filter(|url| !config.advertise_peer_urls.contains(url));
+    for url in peers {
+        let Ok(info) = transport.call_url::<(), ClusterInfo>(0, url, PeerRpc::ClusterInfo, &(), CLUSTER_INFO_TIMEOUT).await
+        else {
+            continue;
+        };
+        let started = info.members.iter().any(|(member, details)| *member == id && !details.client_urls.is_empty());
+        if info.cluster_id == cluster_id && started {
+            let peer_urls = config.advertise_peer_urls.join(",");
+            return Err(StartError::Join(format!(
+                "member {id:x} has already been bootstrapped (peer {url} knows it as started) but its data dir is empty; \
+                 to start it over, remove it (`rota member rm {id:x}`), add it again (`rota member add {} {peer_urls}`) \
+                 and start it with --initial-cluster-state existing",
+                config.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `--initial-cluster-state existing` with an empty data dir: ask the listed peers for the
 /// membership and take the id the leader assigned to our peer URLs.
 pub(crate) async fn join_identity(config: &NodeConfig) -> Result<Identity, StartError> {

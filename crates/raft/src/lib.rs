@@ -508,6 +508,9 @@ impl Node {
             Err(error) => return Err(StartError::Corrupt(error.to_string())),
         };
         let id = identity.node_id;
+        if pristine && config.initial_cluster_state == ClusterState::New {
+            forward::refuse_rebootstrap(&config, id, identity.cluster_id).await?;
+        }
         let hints = Arc::new(split_vote::ElectionHints::new(
             config.election_timeout_max_ms,
         ));

@@ -436,6 +436,42 @@ fn cluster_membership_removed_follower_is_told_by_its_peers_and_exits() {
     }
 }
 
+#[test]
+fn cluster_membership_follower_back_with_an_empty_data_dir_is_refused_and_the_leader_serves_on() {
+    let name = "wiped-follower";
+    let (mut cluster, endpoints, leader) = three_with_a_leader(name);
+    wait_until(CHANGE_TIMEOUT, "every member listed with its client URLs", || {
+        endpoints.iter().all(|addr| all_client_urls_published(addr, endpoints.len())).then_some(())
+    });
+    let leader_addr = endpoints[leader];
+    for i in 0..20 {
+        let response = put_until_answered(leader_addr, &format!("/wiped/before-{i}"), "1");
+        assert!(matches!(response.status(), 200 | 201), "{name}: {} {}", response.status(), response.text());
+    }
+    // The follower's disk is replaced: SIGKILL, empty data dir, the same flags as before.
+    let follower = (leader + 1) % endpoints.len();
+    cluster.kill(follower);
+    let data_dir = cluster.nodes[follower].data_dir();
+    std::fs::remove_dir_all(&data_dir).expect("remove the data dir");
+    std::fs::create_dir_all(&data_dir).expect("an empty data dir");
+    cluster.start_again(follower);
+    let exit = wait_exit(&mut cluster, follower, Instant::now());
+    let log = cluster.nodes[follower].log_tail(usize::MAX);
+    assert!(
+        exit.is_some_and(|(status, _)| !status.success()) && log.contains("has already been bootstrapped"),
+        "{name}: the wiped member must refuse to start, as etcd's does: {exit:?}\n{log}"
+    );
+    assert!(log.contains("rota member rm") && log.contains("--initial-cluster-state existing"), "{name}: says how to start it over:\n{log}");
+    // The leader never saw a member whose log went backwards: it serves on, no panic.
+    for i in 0..5 {
+        let response = put_until_answered(leader_addr, &format!("/wiped/after-{i}"), "1");
+        assert!(matches!(response.status(), 200 | 201), "{name}: a write after: {} {}", response.status(), response.text());
+    }
+    assert!(cluster.try_wait(leader).is_none(), "{name}: the leader exited\n{}", cluster.logs(40));
+    let leader_log = cluster.nodes[leader].log_tail(usize::MAX);
+    assert!(!leader_log.contains("panicked"), "{name}: the leader panicked:\n{leader_log}");
+}
+
 const REMOVED_FOLLOWER_DIR: &str = "/removed-follower";
 
 /// Waits up to [`REMOVED_EXIT_WITHIN`] from `since` for node `i` to exit: its status and when.
