@@ -408,6 +408,7 @@ impl Node {
         rpc: PeerRpc,
         token: &str,
         from: u64,
+        to: u64,
         body: &[u8],
     ) -> Result<Vec<u8>, PeerError> {
         if token != self.inner.cluster_token {
@@ -417,6 +418,12 @@ impl Node {
                 from,
             };
             tracing::error!(%error, "refusing a peer of another cluster");
+            return Err(error);
+        }
+        // 0: meant for whoever answers here (membership questions before joining).
+        if to != 0 && to != self.id() {
+            let error = PeerError::WrongMember { ours: self.id(), meant: to };
+            tracing::warn!(%error, from = %format!("{from:x}"), "refusing a peer RPC meant for another member");
             return Err(error);
         }
         if self.is_shutting_down() {

@@ -33,7 +33,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::peer::{
-    self, PeerRpc, PEER_FROM_HEADER, PEER_PATH_PREFIX, PEER_REMOVED_STATUS, PEER_TOKEN_HEADER,
+    self, PeerRpc, PEER_FROM_HEADER, PEER_PATH_PREFIX, PEER_REMOVED_STATUS, PEER_TOKEN_HEADER, PEER_TO_HEADER,
+    PEER_WRONG_MEMBER_STATUS,
 };
 use crate::types::{Member, NodeId, TypeConfig};
 use crate::MEMBER_REMOVED;
@@ -221,17 +222,17 @@ impl PeerTransport {
             rpc.name()
         );
         let body = peer::encode(request);
-        let sent = self
+        let mut post = self
             .inner
             .http
             .post(&url)
             .header(PEER_TOKEN_HEADER, &self.inner.token)
             .header(PEER_FROM_HEADER, format!("{:016x}", self.inner.from))
-            .header("content-type", "application/octet-stream")
-            .timeout(timeout)
-            .body(body)
-            .send()
-            .await;
+            .header("content-type", "application/octet-stream");
+        if target != 0 {
+            post = post.header(PEER_TO_HEADER, format!("{target:016x}"));
+        }
+        let sent = post.timeout(timeout).body(body).send().await;
         let response = match sent {
             Ok(response) => response,
             Err(error) if error.is_connect() => {
@@ -259,6 +260,9 @@ impl PeerTransport {
             let reason = String::from_utf8_lossy(&bytes).into_owned();
             if status == 403 {
                 tracing::error!(target = %format!("{target:x}"), %url, %reason, "peer refused us: cluster token mismatch");
+            }
+            if status == PEER_WRONG_MEMBER_STATUS {
+                tracing::error!(target = %format!("{target:x}"), %url, %reason, "peer refused us: another member answers at this URL");
             }
             // A member of our cluster (the token matched) says we were removed: the body
             // must say so too, so that a 410 from something else at that URL does not count.

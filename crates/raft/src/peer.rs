@@ -25,9 +25,17 @@ pub const PEER_TOKEN_HEADER: &str = "x-rota-cluster-token";
 /// Header with the sender's node id (16 hex digits; 0 for a process that is not a member
 /// yet, e.g. a joining node asking for the membership).
 pub const PEER_FROM_HEADER: &str = "x-rota-from";
+/// The member id a peer RPC is meant for (hex). Absent for calls to whoever answers at a
+/// URL (asking for the membership before joining). A process of another id at that URL (a
+/// different rota, or a removed member on its old data dir) refuses the call, so a leader
+/// never replicates to, nor promotes, the wrong process.
+pub const PEER_TO_HEADER: &str = "x-rota-to";
 /// The largest peer request body accepted: a snapshot chunk or an append of at most
 /// `max_payload_entries` entries of at most `batch_bytes_max` each stays well below it.
 pub const PEER_BODY_BYTES_MAX: usize = 128 << 20;
+
+/// The HTTP status of [`PeerError::WrongMember`]: 421 Misdirected Request.
+pub const PEER_WRONG_MEMBER_STATUS: u16 = 421;
 
 /// The HTTP status of [`PeerError::SenderRemoved`] (etcd's peers answer a removed member's
 /// messages with 410 Gone).
@@ -99,6 +107,8 @@ pub enum PeerError {
     /// knows it was removed and stops.
     #[error("member {from:x}: {MEMBER_REMOVED}")]
     SenderRemoved { from: u64 },
+    #[error("this is member {ours:x}, not member {meant:x}: the peer URL reaches another process than the member it was given for")]
+    WrongMember { ours: u64, meant: u64 },
 }
 
 impl PeerError {
@@ -108,6 +118,7 @@ impl PeerError {
             PeerError::BadRequest { .. } => 400,
             PeerError::ShuttingDown => 503,
             PeerError::SenderRemoved { .. } => PEER_REMOVED_STATUS,
+            PeerError::WrongMember { .. } => PEER_WRONG_MEMBER_STATUS,
         }
     }
 }

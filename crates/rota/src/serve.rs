@@ -193,6 +193,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
+    let peers_text = if peer_listeners.is_empty() {
+        "no peers (a one-member cluster does not listen for them)".to_owned()
+    } else {
+        format!("peers on {}", listen_peer_urls.join(","))
+    };
     let client_urls = split_urls(&args.advertise_client_urls);
     let mut config = NodeConfig::single(args.name.clone(), data_dir.clone());
     config.core.v2_history_max = args.history_events_max.max(1);
@@ -252,10 +257,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let app = App::new(node.clone(), server_config);
     tracing::info!(
-        "rota {} serving clients on {} and peers on {} with data in {} (member {} id {:x}, cluster {:016x})",
+        "rota {} serving clients on {} and {} with data in {} (member {} id {:x}, cluster {:016x})",
         env!("CARGO_PKG_VERSION"),
         listen_urls.join(","),
-        listen_peer_urls.join(","),
+        peers_text,
         data_dir.display(),
         args.name,
         node.id(),

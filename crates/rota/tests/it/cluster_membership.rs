@@ -472,6 +472,70 @@ fn cluster_membership_follower_back_with_an_empty_data_dir_is_refused_and_the_le
     assert!(!leader_log.contains("panicked"), "{name}: the leader panicked:\n{leader_log}");
 }
 
+#[test]
+fn cluster_membership_another_process_at_a_new_members_peer_url_is_neither_fed_nor_promoted() {
+    let name = "impostor";
+    let (cluster, endpoints, leader) = three_with_a_leader(name);
+    let (client_port, peer_port) = (free_port(), free_port());
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let added_id = add_member(&endpoints, &peer_url);
+    // Another rota answers there: a member of a two-member cluster of its own (one member
+    // listens for peers), by mistake with the same token.
+    let dir = tempfile::Builder::new().prefix("rota-impostor-").tempdir().expect("temp dir");
+    let log_path = dir.path().join("stderr.log");
+    let client_url = format!("http://127.0.0.1:{client_port}");
+    let token = format!("{name}-{}", std::process::id());
+    let impostor = Command::new(harness::rota_bin())
+        .arg("serve")
+        .args(["--name", "zz", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("zz={peer_url},yy=http://127.0.0.1:{}", free_port())])
+        .args(["--initial-cluster-token", &token])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("log file"))
+        .spawn()
+        .expect("start the other rota");
+    let _impostor = KillOnDrop(impostor);
+    let impostor_addr = SocketAddr::from(([127, 0, 0, 1], client_port));
+    let response = put_until_answered(endpoints[leader], "/impostor/cluster", "theirs");
+    assert!(matches!(response.status(), 200 | 201), "{name}: {} {}", response.status(), response.text());
+    // The leader tries to replicate to the new member and is refused by what answers there.
+    let deadline = Instant::now() + CHANGE_TIMEOUT;
+    while !cluster.nodes[leader].log_tail(usize::MAX).contains("another member answers at this URL") {
+        assert!(
+            Instant::now() < deadline,
+            "{name}: the leader was not refused at {peer_url} within {CHANGE_TIMEOUT:?}\n{}\n--- the other rota ---\n{}",
+            cluster.logs(30),
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let leader_log = cluster.nodes[leader].log_tail(usize::MAX);
+    assert!(
+        !leader_log.lines().any(|line| line.contains("learner caught up: now a voter") && line.contains(&format!("member={added_id}"))),
+        "{name}: the leader promoted {added_id}:\n{leader_log}"
+    );
+    let read = |key: &str| http::send_with_timeout(impostor_addr, &Request::new("GET", &format!("/v2/keys{key}")), PROBE_TIMEOUT);
+    assert_eq!(read("/impostor/cluster").map(|r| r.status()).ok(), Some(404), "{name}: the cluster's data never reached it");
+    let mut members: Vec<String> = try_member_names(&impostor_addr).map(|m| m.into_values().collect()).unwrap_or_default();
+    members.sort();
+    assert_eq!(members, ["yy", "zz"], "{name}: the other rota keeps its own membership");
+    let impostor_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(impostor_log.contains("refusing a peer RPC meant for another member"), "{name}: the other rota says why:\n{impostor_log}");
+}
+
+/// Kills the child when dropped (also when the test fails).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 const REMOVED_FOLLOWER_DIR: &str = "/removed-follower";
 
 /// Waits up to [`REMOVED_EXIT_WITHIN`] from `since` for node `i` to exit: its status and when.
