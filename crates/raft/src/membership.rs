@@ -82,12 +82,20 @@ fn validate_peer_urls(peer_urls: &[String]) -> Result<(), MemberError> {
         )));
     }
     for url in peer_urls {
-        let valid = url
-            .strip_prefix("http://")
-            .is_some_and(|rest| !rest.is_empty() && rest.len() <= 255);
-        if !valid {
+        let Some(rest) = url.strip_prefix("http://") else {
+            return Err(MemberError::InvalidPeerUrls(format!("URL scheme must be http: {url}")));
+        };
+        // As etcd: `host:port`, no path (a trailing slash is no path).
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains(['/', '?', '#']) {
+            return Err(MemberError::InvalidPeerUrls(format!("URL must not contain a path: {url}")));
+        }
+        let host_port = authority
+            .rsplit_once(':')
+            .filter(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port > 0));
+        if host_port.is_none() || authority.len() > 255 {
             return Err(MemberError::InvalidPeerUrls(format!(
-                "URL scheme must be http: {url:?}"
+                "URL address does not have the form \"host:port\": {url}"
             )));
         }
     }
@@ -629,6 +637,29 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_urls_are_http_host_and_port_without_a_path_as_etcd_checks() {
+        let check = |url: &str| validate_peer_urls(&[url.to_string()]).map_err(|error| error.to_string());
+        for good in ["http://127.0.0.1:2380", "http://10.0.1.12:2380/", "http://infra2.example:12380", "http://[::1]:2380"] {
+            assert_eq!(check(good), Ok(()), "{good}");
+        }
+        for (bad, says) in [
+            ("https://127.0.0.1:2380", "scheme"),
+            ("127.0.0.1:2380", "scheme"),
+            ("http://127.0.0.1", "host:port"),
+            ("http://127.0.0.1:", "host:port"),
+            ("http://:2380", "host:port"),
+            ("http://127.0.0.1:99999", "host:port"),
+            ("http://127.0.0.1:0", "host:port"),
+            ("http://127.0.0.1:2380/raft", "path"),
+            ("http://127.0.0.1:2380?x=1", "path"),
+        ] {
+            let error = check(bad).expect_err(bad);
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+        assert!(validate_peer_urls(&[]).is_err(), "at least one URL");
+    }
 
     fn member(name: &str) -> Member {
         Member {

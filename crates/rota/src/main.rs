@@ -45,6 +45,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(argv::rewrite_go_flags(std::env::args_os()));
+    if !matches!(cli.command, Command::Serve(_) | Command::Worker(_)) {
+        stdout_closed_ends_quietly();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -63,6 +66,24 @@ fn main() -> ExitCode {
         Command::Worker(args) => runtime.block_on(worker::run(args)),
         Command::Member(args) => runtime.block_on(member::run(args)),
         Command::Status(args) => runtime.block_on(status::run(args)),
+    }
+}
+
+/// A client command whose output goes to a pipe closed early (`rota kv ls / | head`) ends
+/// as other Unix tools (etcdctl among them) do, killed by SIGPIPE, instead of panicking in
+/// `println!`. Rust ignores SIGPIPE by default; sockets are unaffected (std sends with
+/// `MSG_NOSIGNAL`). Not for `serve` and `worker`, which write to sockets and child pipes
+/// that may close at any time.
+fn stdout_closed_ends_quietly() {
+    extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    const SIGPIPE: i32 = 13;
+    const SIG_DFL: usize = 0;
+    // SAFETY: restores the default disposition of one signal before any thread is started
+    // by this program's code; no handler function is installed.
+    unsafe {
+        signal(SIGPIPE, SIG_DFL);
     }
 }
 

@@ -20,49 +20,52 @@ use rota_server::{App, ServerConfig};
 /// (etcd: `stopWithDelay(10 * TickMs)`).
 const REMOVED_STOP_DELAY_HEARTBEATS: u64 = 10;
 
+/// Every etcd flag can also come from etcd's environment variable (`ETCD_NAME`,
+/// `ETCD_INITIAL_CLUSTER`, ...), as `etcdctl member add` and `rota member add` print them;
+/// a flag on the command line wins.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Human-readable name of this member; its id derives from it.
-    #[arg(long, default_value = "default")]
+    #[arg(env = "ETCD_NAME", long, default_value = "default")]
     pub name: String,
     /// Where the Raft log and snapshots live [default: <name>.rota]. An empty or missing
     /// directory starts a new member.
-    #[arg(long)]
+    #[arg(env = "ETCD_DATA_DIR", long)]
     pub data_dir: Option<PathBuf>,
     /// Comma-separated URLs to serve clients on (http only).
-    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    #[arg(env = "ETCD_LISTEN_CLIENT_URLS", long, default_value = "http://127.0.0.1:2379")]
     pub listen_client_urls: String,
     /// Comma-separated client URLs to tell other members and clients (/v2/members).
-    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    #[arg(env = "ETCD_ADVERTISE_CLIENT_URLS", long, default_value = "http://127.0.0.1:2379")]
     pub advertise_client_urls: String,
     /// Comma-separated URLs to listen on for peers (used by multi-member clusters).
-    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    #[arg(env = "ETCD_LISTEN_PEER_URLS", long, default_value = "http://127.0.0.1:2380")]
     pub listen_peer_urls: String,
     /// This member's peer URLs, as the rest of the cluster reaches it.
-    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    #[arg(env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", long, default_value = "http://127.0.0.1:2380")]
     pub initial_advertise_peer_urls: String,
     /// The initial cluster, `name=peerURL,...` [default: <name>=<initial-advertise-peer-urls>].
-    #[arg(long)]
+    #[arg(env = "ETCD_INITIAL_CLUSTER", long)]
     pub initial_cluster: Option<String>,
     /// `new` for a new cluster, `existing` to join one.
-    #[arg(long, default_value = "new", value_parser = ["new", "existing"])]
+    #[arg(env = "ETCD_INITIAL_CLUSTER_STATE", long, default_value = "new", value_parser = ["new", "existing"])]
     pub initial_cluster_state: String,
     /// Distinguishes clusters with the same members (part of the cluster id).
-    #[arg(long, default_value = "etcd-cluster")]
+    #[arg(env = "ETCD_INITIAL_CLUSTER_TOKEN", long, default_value = "etcd-cluster")]
     pub initial_cluster_token: String,
     /// Raft heartbeat interval in milliseconds.
-    #[arg(long = "heartbeat-interval", default_value_t = 100)]
+    #[arg(env = "ETCD_HEARTBEAT_INTERVAL", long = "heartbeat-interval", default_value_t = 100)]
     pub heartbeat_interval_ms: u64,
     /// Raft election timeout in milliseconds: a follower campaigns after about 1 to 1.2
     /// times this without hearing from a leader.
-    #[arg(long = "election-timeout", default_value_t = 1000)]
+    #[arg(env = "ETCD_ELECTION_TIMEOUT", long = "election-timeout", default_value_t = 1000)]
     pub election_timeout_ms: u64,
     /// Watch events kept for `waitIndex` (etcd keeps 1000).
     #[arg(long = "max-history", default_value_t = 1000)]
     pub history_events_max: usize,
     /// Applied entries between snapshots (the log before a snapshot is purged); etcd 3.4's
     /// default. A snapshot is also taken once 64 MiB of log were appended since the last.
-    #[arg(long = "snapshot-count", default_value_t = 100_000)]
+    #[arg(env = "ETCD_SNAPSHOT_COUNT", long = "snapshot-count", default_value_t = 100_000)]
     pub snapshot_entries: u64,
     /// Refuse writes (507) while the data dir's file system has less than this many MiB
     /// plus room for the next snapshot free; deletes and reads go on. 0: never refuse.

@@ -2,7 +2,9 @@
 
 use crate::harness::{Kind, Server};
 use crate::http::{self, Request};
-use crate::jobs_util::rota;
+use std::time::Duration;
+
+use crate::jobs_util::{rota, wait_until, Proc};
 
 #[test]
 fn status_shows_each_endpoint_and_fails_for_one_that_does_not_answer() {
@@ -39,4 +41,30 @@ fn status_shows_each_endpoint_and_fails_for_one_that_does_not_answer() {
     let one = rota(dir.path(), &["status".into(), "--endpoints".into(), server.client_url()]);
     assert!(one.status.success(), "{one:?}");
     assert_eq!(one.stdout.lines().count(), 2, "{one:?}");
+}
+
+#[test]
+fn serve_takes_etcds_environment_variables_and_a_flag_wins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let url = format!("http://127.0.0.1:{port}");
+    let data_dir = dir.path().join("from-env");
+    let envs = [
+        ("ETCD_NAME", "from-env".to_owned()),
+        ("ETCD_DATA_DIR", data_dir.display().to_string()),
+        ("ETCD_LISTEN_CLIENT_URLS", url.clone()),
+        ("ETCD_ADVERTISE_CLIENT_URLS", url.clone()),
+        ("ETCD_INITIAL_CLUSTER_TOKEN", "env-token".to_owned()),
+    ];
+    let mut node = Proc::spawn(dir.path(), "env-node", &["serve".into(), "--name".into(), "from-flag".into()], &envs);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let members = wait_until(Duration::from_secs(30), "the node answers /v2/members", || {
+        http::send(addr, &Request::new("GET", "/v2/members")).ok().filter(|r| r.status() == 200).map(|r| r.json())
+    });
+    let member = &members["members"][0];
+    assert_eq!(member["name"], "from-flag", "the flag wins over ETCD_NAME: {members}");
+    assert_eq!(member["clientURLs"][0], url.as_str(), "ETCD_ADVERTISE_CLIENT_URLS: {members}");
+    assert!(data_dir.join("identity").exists(), "ETCD_DATA_DIR holds the data: {}", node.stderr());
+    node.terminate();
+    assert!(node.wait_exit(Duration::from_secs(10)).success(), "{}", node.stderr());
 }
