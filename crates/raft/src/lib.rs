@@ -126,6 +126,9 @@ pub struct NodeConfig {
     /// one loopback address (see `peer_source_ip` there).
     pub peer_source_ip: Option<std::net::IpAddr>,
     /// `--initial-cluster` as members (names and peer URLs). Empty: this member alone.
+    /// False for a one-member cluster started without a peer listener: members cannot be
+    /// added to it (a new member could not reach it), and `add_member` says so.
+    pub listens_for_peers: bool,
     pub initial_cluster: Vec<Member>,
     /// `--initial-cluster-state`.
     pub initial_cluster_state: ClusterState,
@@ -156,6 +159,7 @@ impl NodeConfig {
             advertise_peer_urls: Vec::new(),
             advertise_client_urls: Vec::new(),
             peer_source_ip: None,
+            listens_for_peers: true,
             initial_cluster: Vec::new(),
             initial_cluster_state: ClusterState::New,
             cluster_token: "etcd-cluster".to_string(),
@@ -332,6 +336,9 @@ pub enum MemberError {
     Conflict(String),
     #[error("{0}")]
     InvalidPeerUrls(String),
+    /// A one-member cluster without a peer listener cannot take members.
+    #[error("this member does not listen for peers (a one-member cluster started without --listen-peer-urls): restart it with --listen-peer-urls and --initial-advertise-peer-urls before adding members")]
+    NoPeerListener,
     #[error("no leader")]
     NoLeader,
     #[error("node is shutting down")]
@@ -383,6 +390,7 @@ struct NodeInner {
     cluster_id: u64,
     cluster_token: String,
     advertise_client_urls: Vec<String>,
+    listens_for_peers: bool,
     leader_wait: Duration,
     /// Set while this leader hands leadership over: new proposals wait for the next leader
     /// instead of growing the log the successor must have before it can win.
@@ -641,6 +649,7 @@ impl Node {
                 cluster_id: identity.cluster_id,
                 cluster_token: config.cluster_token.clone(),
                 advertise_client_urls: config.advertise_client_urls.clone(),
+                listens_for_peers: config.listens_for_peers,
                 leader_wait: config.leader_wait(),
                 handing_over: std::sync::atomic::AtomicBool::new(false),
                 removed,

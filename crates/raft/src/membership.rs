@@ -56,6 +56,9 @@ impl Node {
     /// its id and entry (empty name and client URLs until it starts and publishes them).
     pub async fn add_member(&self, peer_urls: Vec<String>) -> Result<(u64, Member), MemberError> {
         validate_peer_urls(&peer_urls)?;
+        if !self.inner.listens_for_peers {
+            return Err(MemberError::NoPeerListener);
+        }
         forward::change_members(self, MemberChange::Add { peer_urls }).await
     }
 

@@ -20,6 +20,9 @@ use rota_server::{App, ServerConfig};
 /// (etcd: `stopWithDelay(10 * TickMs)`).
 const REMOVED_STOP_DELAY_HEARTBEATS: u64 = 10;
 
+/// etcd's default peer URL.
+const DEFAULT_PEER_URL: &str = "http://127.0.0.1:2380";
+
 /// Every etcd flag can also come from etcd's environment variable (`ETCD_NAME`,
 /// `ETCD_INITIAL_CLUSTER`, ...), as `etcdctl member add` and `rota member add` print them;
 /// a flag on the command line wins.
@@ -38,9 +41,10 @@ pub struct ServeArgs {
     /// Comma-separated client URLs to tell other members and clients (/v2/members).
     #[arg(env = "ETCD_ADVERTISE_CLIENT_URLS", long, default_value = "http://127.0.0.1:2379")]
     pub advertise_client_urls: String,
-    /// Comma-separated URLs to listen on for peers (used by multi-member clusters).
-    #[arg(env = "ETCD_LISTEN_PEER_URLS", long, default_value = "http://127.0.0.1:2380")]
-    pub listen_peer_urls: String,
+    /// Comma-separated URLs to listen on for peers [default: http://127.0.0.1:2380]. A
+    /// one-member cluster listens only when this is given (so that it can grow later).
+    #[arg(env = "ETCD_LISTEN_PEER_URLS", long)]
+    pub listen_peer_urls: Option<String>,
     /// This member's peer URLs, as the rest of the cluster reaches it.
     #[arg(env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", long, default_value = "http://127.0.0.1:2380")]
     pub initial_advertise_peer_urls: String,
@@ -180,8 +184,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // by another single node on the same machine, as with etcd's defaults it would not be).
     let mut peer_listeners = Vec::new();
     let mut peer_addresses = Vec::new();
-    let listen_peer_urls = split_urls(&args.listen_peer_urls);
-    if initial_cluster.len() > 1 || args.initial_cluster_state == "existing" {
+    let listen_peer_urls = split_urls(args.listen_peer_urls.as_deref().unwrap_or(DEFAULT_PEER_URL));
+    if initial_cluster.len() > 1 || args.initial_cluster_state == "existing" || args.listen_peer_urls.is_some() {
         for url in &listen_peer_urls {
             for address in resolve(url).await? {
                 let listener = rota_server::bind(address).map_err(|error| {
@@ -212,6 +216,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.advertise_client_urls = client_urls.clone();
     config.advertise_peer_urls = peer_urls.clone();
     config.peer_source_ip = peer_source_ip(&peer_addresses);
+    config.listens_for_peers = !peer_listeners.is_empty();
     if let Some(ip) = config.peer_source_ip {
         tracing::info!(%ip, "peer connections to other members come from the peer listen address");
     }

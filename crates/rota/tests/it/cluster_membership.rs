@@ -526,6 +526,61 @@ fn cluster_membership_another_process_at_a_new_members_peer_url_is_neither_fed_n
     assert!(impostor_log.contains("refusing a peer RPC meant for another member"), "{name}: the other rota says why:\n{impostor_log}");
 }
 
+#[test]
+fn cluster_membership_a_single_node_grows_into_a_cluster_only_when_it_listens_for_peers() {
+    let name = "grow";
+    let dir = tempfile::Builder::new().prefix("rota-grow-").tempdir().expect("temp dir");
+    let token = format!("{name}-{}", std::process::id());
+    let serve = |member: &str, client_port: u16, peer_port: Option<u16>, extra: &[String]| {
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let mut command = Command::new(harness::rota_bin());
+        command
+            .arg("serve")
+            .args(["--name", member, "--data-dir"])
+            .arg(dir.path().join(member))
+            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+            .args(["--initial-cluster-token", &token]);
+        if let Some(peer_port) = peer_port {
+            let peer_url = format!("http://127.0.0.1:{peer_port}");
+            command.args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url]);
+        }
+        let log = std::fs::File::create(dir.path().join(format!("{member}.log"))).expect("log file");
+        KillOnDrop(command.args(extra).stdout(Stdio::null()).stderr(log).spawn().expect("start rota"))
+    };
+    let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+
+    // Without peer URLs a single node cannot take a member, and says why.
+    let lone_port = free_port();
+    let _lone = serve("lone", lone_port, None, &[]);
+    put_until_answered(addr(lone_port), "/grow/lone", "1");
+    let request = Request::new("POST", "/v2/members")
+        .header("Content-Type", "application/json")
+        .raw_body(format!("{{\"peerURLs\":[\"http://127.0.0.1:{}\"]}}", free_port()).into_bytes());
+    let refused = send_until_answered(&[addr(lone_port)], &request);
+    assert_eq!(refused.status(), 412, "{name}: {}", refused.text());
+    assert!(refused.text().contains("--listen-peer-urls"), "{name}: {}", refused.text());
+    assert_eq!(try_member_names(&addr(lone_port)).map(|m| m.len()), Some(1), "{name}: nothing was added");
+
+    // With them, it takes a second member that joins, catches up and takes writes.
+    let (c1, p1, c2, p2) = (free_port(), free_port(), free_port(), free_port());
+    let _n1 = serve("n1", c1, Some(p1), &[]);
+    let before = put_until_answered(addr(c1), "/grow/before", "1");
+    assert_eq!(before.status(), 201, "{name}: {}", before.text());
+    add_member(&[addr(c1)], &format!("http://127.0.0.1:{p2}"));
+    let cluster = format!("n1=http://127.0.0.1:{p1},n2=http://127.0.0.1:{p2}");
+    let existing = ["--initial-cluster".to_owned(), cluster, "--initial-cluster-state".to_owned(), "existing".to_owned()];
+    let _n2 = serve("n2", c2, Some(p2), &existing);
+    wait_until(CHANGE_TIMEOUT, "n2 has the write made before it joined", || {
+        let read = http::send_with_timeout(addr(c2), &Request::new("GET", "/v2/keys/grow/before"), PROBE_TIMEOUT).ok()?;
+        (read.status() == 200).then_some(())
+    });
+    wait_until(CHANGE_TIMEOUT, "both members listed with their client URLs", || all_client_urls_published(&addr(c1), 2).then_some(()));
+    let after = put_until_answered(addr(c2), "/grow/after", "2");
+    assert!(matches!(after.status(), 200 | 201), "{name}: a write through the new member: {} {}", after.status(), after.text());
+    let read = http::send_with_timeout(addr(c1), &Request::new("GET", "/v2/keys/grow/after?quorum=true"), PROBE_TIMEOUT).expect("read");
+    assert_eq!(read.json()["node"]["value"], "2", "{name}: {}", read.text());
+}
+
 /// Kills the child when dropped (also when the test fails).
 struct KillOnDrop(Child);
 
