@@ -61,7 +61,14 @@ struct TransportInner {
     /// This member's "removed from the cluster" flag (the node's `removed`): set when a peer
     /// answers that we were removed.
     removed: tokio::sync::watch::Sender<bool>,
+    /// Peers whose last call failed to get through: since when, and when that was last
+    /// logged. openraft retries an unreachable follower five times a second and logs each
+    /// failure; rota logs the change (and a reminder each [`STILL_UNREACHABLE_EVERY`]).
+    unreachable: Mutex<BTreeMap<NodeId, (Instant, Instant)>>,
 }
+
+/// How often a peer that stays unreachable is logged again.
+const STILL_UNREACHABLE_EVERY: Duration = Duration::from_secs(60);
 
 /// Counts of appends sent to followers and received from a leader (`/v2/stats/*`).
 #[derive(Default)]
@@ -175,7 +182,37 @@ impl PeerTransport {
                 stats: PeerStats::default(),
                 hints,
                 removed: tokio::sync::watch::Sender::new(false),
+                unreachable: Mutex::new(BTreeMap::new()),
             }),
+        }
+    }
+
+    /// Logs a peer becoming unreachable once, then every [`STILL_UNREACHABLE_EVERY`].
+    fn note_unreachable(&self, target: NodeId, url: &str, reason: &str) {
+        if target == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut unreachable = self.inner.unreachable.lock().unwrap_or_else(|e| e.into_inner());
+        match unreachable.get_mut(&target) {
+            None => {
+                unreachable.insert(target, (now, now));
+                tracing::warn!(peer = %format!("{target:x}"), %url, %reason, "peer unreachable; retrying");
+            }
+            Some((since, logged)) if now.duration_since(*logged) >= STILL_UNREACHABLE_EVERY => {
+                *logged = now;
+                let for_s = now.duration_since(*since).as_secs();
+                tracing::warn!(peer = %format!("{target:x}"), %url, %reason, for_s, "peer still unreachable; retrying");
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn note_reachable(&self, target: NodeId, url: &str) {
+        let mut unreachable = self.inner.unreachable.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((since, _)) = unreachable.remove(&target) {
+            let after_ms = since.elapsed().as_millis() as u64;
+            tracing::info!(peer = %format!("{target:x}"), %url, after_ms, "peer reachable again");
         }
     }
 
@@ -234,20 +271,19 @@ impl PeerTransport {
         }
         let sent = post.timeout(timeout).body(body).send().await;
         let response = match sent {
-            Ok(response) => response,
+            Ok(response) => {
+                self.note_reachable(target, &url);
+                response
+            }
             Err(error) if error.is_connect() => {
-                return Err(CallError::Unreachable {
-                    target,
-                    url,
-                    reason: error_chain(&error),
-                })
+                let reason = error_chain(&error);
+                self.note_unreachable(target, &url, &reason);
+                return Err(CallError::Unreachable { target, url, reason });
             }
             Err(error) => {
-                return Err(CallError::Network {
-                    target,
-                    url,
-                    reason: error_chain(&error),
-                })
+                let reason = error_chain(&error);
+                self.note_unreachable(target, &url, &reason);
+                return Err(CallError::Network { target, url, reason });
             }
         };
         let status = response.status().as_u16();

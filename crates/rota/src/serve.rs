@@ -335,7 +335,13 @@ async fn shutdown_signal() -> &'static str {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+        // openraft logs every failed retry to an unreachable follower (about 15 lines a
+        // second each); the peer transport logs when a peer goes away and comes back.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(
+                "info,openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off",
+            )
+        });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -581,6 +581,31 @@ fn cluster_membership_a_single_node_grows_into_a_cluster_only_when_it_listens_fo
     assert_eq!(read.json()["node"]["value"], "2", "{name}: {}", read.text());
 }
 
+#[test]
+fn cluster_membership_a_follower_down_is_logged_when_it_goes_and_when_it_comes_back() {
+    let name = "down-follower-log";
+    let (mut cluster, endpoints, leader) = three_with_a_leader(name);
+    let follower = (leader + 1) % endpoints.len();
+    put_until_answered(endpoints[leader], "/down/before", "1");
+    cluster.kill(follower);
+    // Writes go on with two of three; the leader keeps retrying the follower meanwhile.
+    for i in 0..20 {
+        put_until_answered(endpoints[leader], &format!("/down/during-{i}"), "1");
+    }
+    wait_until(CHANGE_TIMEOUT, "the leader logs the follower unreachable", || {
+        cluster.nodes[leader].log_tail(usize::MAX).contains("peer unreachable; retrying").then_some(())
+    });
+    cluster.restart(follower);
+    wait_until(CHANGE_TIMEOUT, "the leader logs the follower back", || {
+        cluster.nodes[leader].log_tail(usize::MAX).contains("peer reachable again").then_some(())
+    });
+    let log = cluster.nodes[leader].log_tail(usize::MAX);
+    let unreachable_lines = log.lines().filter(|line| line.contains("peer unreachable")).count();
+    assert_eq!(unreachable_lines, 1, "{name}: one line for the outage, not one per retry:\n{log}");
+    let retry_lines = log.lines().filter(|line| line.contains("openraft::replication")).count();
+    assert_eq!(retry_lines, 0, "{name}: openraft's per-retry lines are off:\n{log}");
+}
+
 /// Kills the child when dropped (also when the test fails).
 struct KillOnDrop(Child);
 
