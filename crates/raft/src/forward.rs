@@ -27,6 +27,9 @@ use crate::{
 
 /// A forwarded proposal may wait in the leader's queue behind a full batch and an fsync.
 const FORWARD_PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a forwarded proposal still waits for its leader's answer once another leader
+/// was elected (see `Node::wait_for_another_leader`).
+const REPLACED_LEADER_GRACE: Duration = Duration::from_millis(500);
 /// Commands per forwarded batch, at most (the leader refuses more).
 pub(crate) const FORWARD_BATCH_COMMANDS_MAX: usize = 1024;
 /// Encoded command bytes per forwarded batch, at most (one command may exceed it alone).
@@ -214,6 +217,17 @@ impl Node {
     }
 
     /// Sleeps until the known leader changes or `LEADER_POLL` passed, whichever is first.
+    /// Returns [`REPLACED_LEADER_GRACE`] after this member learned of a leader other than
+    /// `leader` (never, if it does not): a leader that stepped down in good order answers
+    /// what it held by then.
+    async fn wait_for_another_leader(&self, leader: NodeId) {
+        let mut metrics = self.inner.raft.server_metrics();
+        if metrics.wait_for(|m| m.current_leader.is_some_and(|current| current != leader)).await.is_err() {
+            std::future::pending::<()>().await; // Raft stopped: the forward ends on its own.
+        }
+        tokio::time::sleep(REPLACED_LEADER_GRACE).await;
+    }
+
     async fn wait_for_leader_change(&self, deadline: Instant) {
         let mut metrics = self.inner.raft.server_metrics();
         let seen = metrics.borrow_and_update().current_leader;
@@ -238,12 +252,15 @@ pub(crate) async fn propose(node: &Node, command: Command) -> Result<Proposed, P
         match node.route() {
             Route::Local => return node.inner.proposals.propose(command).await,
             Route::Leader(leader, member) => {
-                match node
-                    .inner
-                    .forwarder
-                    .forward(leader, member, command.clone())
-                    .await
-                {
+                // A leader that froze or was cut off holds the request until the forward
+                // times out; once another leader is elected there is no point waiting.
+                let forwarded = tokio::select! {
+                    forwarded = node.inner.forwarder.forward(leader, member, command.clone()) => forwarded,
+                    () = node.wait_for_another_leader(leader) => Err(ForwardFailure::Unknown(format!(
+                        "leader {leader:x} was replaced before it answered"
+                    ))),
+                };
+                match forwarded {
                     // That leader removed itself from the cluster before it proposed the
                     // command: not applied, the next leader takes it.
                     Ok(ForwardedProposal::Done(Err(ProposeError::Removed))) => {}
@@ -254,7 +271,7 @@ pub(crate) async fn propose(node: &Node, command: Command) -> Result<Proposed, P
                     }
                     Err(ForwardFailure::Unknown(reason)) => {
                         tracing::warn!(%reason, "forwarded proposal's outcome is unknown");
-                        return Err(ProposeError::NoLeader);
+                        return Err(ProposeError::OutcomeUnknown(reason));
                     }
                 }
             }

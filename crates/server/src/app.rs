@@ -644,9 +644,11 @@ pub(crate) fn propose_error(error: &ProposeError) -> Response<Body> {
         // Another member (or this one, a moment later) can take the request, so clients get
         // 503 + Retry-After, which they retry. (A node shutting down, or removed from the
         // cluster, answers its queued writes this way; they were not applied.)
-        ProposeError::NoLeader | ProposeError::ShuttingDown | ProposeError::Removed => {
+        ProposeError::NoLeader | ProposeError::OutcomeUnknown(_) | ProposeError::ShuttingDown | ProposeError::Removed => {
             let cause = match error {
                 ProposeError::NoLeader => "etcdserver: no leader (request timed out waiting for one)".to_string(),
+                // etcd's words (ErrTimeoutDueToLeaderFail).
+                ProposeError::OutcomeUnknown(_) => "etcdserver: request timed out, possibly due to previous leader failure".to_string(),
                 ProposeError::Removed => error.to_string(),
                 other => format!("{other}; retry on another member"),
             };

@@ -606,6 +606,30 @@ fn cluster_membership_a_follower_down_is_logged_when_it_goes_and_when_it_comes_b
     assert_eq!(retry_lines, 0, "{name}: openraft's per-retry lines are off:\n{log}");
 }
 
+#[test]
+fn cluster_membership_a_write_held_by_a_frozen_leader_is_answered_once_another_leads() {
+    let name = "frozen-leader";
+    let (mut cluster, endpoints, leader) = three_with_a_leader(name);
+    let follower = (leader + 1) % endpoints.len();
+    let before = put_until_answered(endpoints[follower], "/frozen/before", "1");
+    assert!(matches!(before.status(), 200 | 201), "{name}: {}", before.text());
+    cluster.pause(leader);
+    // Forwarded to the frozen leader, the write waits; once the others elect a leader the
+    // follower stops waiting (before, it held it for the whole 10 s forward timeout and
+    // then said "no leader").
+    let request = Request::new("PUT", "/v2/keys/frozen/held").form("value=1");
+    let answer = http::send_with_timeout(endpoints[follower], &request, Duration::from_secs(30)).expect("an answer");
+    cluster.resume(leader);
+    assert_eq!(answer.status(), 503, "{name}: {}", answer.text());
+    assert!(answer.text().contains("possibly due to previous leader failure"), "{name}: {}", answer.text());
+    assert_eq!(answer.header("retry-after"), Some("1"), "{name}");
+    let log = cluster.nodes[follower].log_tail(usize::MAX);
+    assert!(log.contains("was replaced before it answered"), "{name}: the follower gave up on the old leader:\n{log}");
+    // The cluster goes on: a write through the same follower now reaches the new leader.
+    let after = put_until_answered(endpoints[follower], "/frozen/after", "1");
+    assert!(matches!(after.status(), 200 | 201), "{name}: {}", after.text());
+}
+
 /// Kills the child when dropped (also when the test fails).
 struct KillOnDrop(Child);
 

@@ -81,6 +81,12 @@ impl ApiError {
     pub fn from_propose_error(error: &ProposeError) -> ApiError {
         match error {
             ProposeError::NoLeader => ApiError::new(503, NO_LEADER, error.to_string(), None),
+            ProposeError::OutcomeUnknown(_) => ApiError::new(
+                503,
+                UNAVAILABLE,
+                format!("{error}; the request may or may not have been applied: retry it with the same Idempotency-Key"),
+                None,
+            ),
             ProposeError::TooLarge { .. } => ApiError::too_large(None, error.to_string()),
             ProposeError::ShuttingDown | ProposeError::Fatal(_) | ProposeError::Removed => {
                 ApiError::new(503, UNAVAILABLE, error.to_string(), None)
