@@ -14,6 +14,9 @@ set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED:-$ROOT/../shared/bench}
 source "$SHARED/lib.sh"
+for tool in redis-server beanstalkd; do
+  command -v "$tool" >/dev/null || { echo "needs $tool (see the script's header: apt-get install -y ...)" >&2; exit 1; }
+done
 N=${N:-8}; JOBS=${JOBS:-30000}; MODES=${MODES:-split}
 OUT=${OUT:-$(mktemp -d /tmp/rota-jobs-bench.XXXX)}; mkdir -p "$OUT"; echo "results in $OUT"
 (cd "$ROOT" && cargo build --release -q -p rota -p rota-bench) || exit 1

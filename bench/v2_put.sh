@@ -14,6 +14,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED:-$ROOT/../shared/bench}
 [ -f "$SHARED/lib.sh" ] || { echo "peer scripts not found at $SHARED (set SHARED=.../shared/bench)" >&2; exit 1; }
 source "$SHARED/lib.sh"
+for tool in etcd wrk curl; do
+  command -v "$tool" >/dev/null || { echo "needs $tool (see the script's header: apt-get install -y ...)" >&2; exit 1; }
+done
 export RUNS DUR
 OUT=${OUT:-$(mktemp -d /tmp/rota-bench.XXXX)}; mkdir -p "$OUT"
 echo "results in $OUT"

@@ -234,7 +234,7 @@ impl ClusterInfo {
         }
         let status = backend.status();
         if !status.is_leader {
-            return respond::json(403, "{\"message\":\"not current leader\"}\n");
+            return message_json(403, "not current leader");
         }
         let mut body = format!("{{\"leader\":\"{:x}\",\"followers\":{{", status.id);
         for (at, (id, follower)) in backend.peer_stats().followers.iter().enumerate() {
@@ -301,7 +301,8 @@ impl ClusterInfo {
 fn message_json(status: u16, message: &str) -> Response<Body> {
     let mut body = String::from("{\"message\":");
     push_go_json_string(&mut body, message);
-    body.push_str("}\n");
+    // etcd writes these with json.Marshal: no newline after the object.
+    body.push('}');
     respond::json(status, body)
 }
 
