@@ -134,7 +134,10 @@ async fn wait_leader(members: &[Running]) -> usize {
     let started = Instant::now();
     loop {
         let leaders: Vec<Option<u64>> = members.iter().map(|m| m.node.status().leader_id).collect();
-        if let Some(Some(leader)) = leaders.first() {
+        // Each member also stamped when it first saw that leader (its metrics follower runs
+        // a moment after openraft's metrics change; a loaded machine can delay it).
+        let stamped = members.iter().all(|m| m.node.status().leader_since.is_some());
+        if let (Some(Some(leader)), true) = (leaders.first(), stamped) {
             if leaders.iter().all(|l| *l == Some(*leader)) {
                 if let Some(at) = members.iter().position(|m| m.node.id() == *leader) {
                     return at;
