@@ -31,6 +31,14 @@ struct StatsSelf {
     id: String,
     name: String,
     state: String,
+    #[serde(rename = "leaderInfo", default)]
+    leader_info: LeaderInfo,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct LeaderInfo {
+    #[serde(default)]
+    leader: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -44,6 +52,8 @@ struct Status {
     id: String,
     name: String,
     leader: bool,
+    /// The member knows who leads (it may be itself).
+    knows_leader: bool,
     term: u64,
     commit_index: u64,
     applied_index: u64,
@@ -67,31 +77,43 @@ pub async fn run(args: StatusArgs) -> ExitCode {
         "ENDPOINT", "ID", "NAME", "LEADER", "TERM", "COMMIT", "APPLIED", "FREE_MIB", "WRITES"
     );
     let mut unreachable = false;
+    let mut leaderless = Vec::new();
     for url in &urls {
         match status(&http, url.trim_end_matches('/')).await {
-            Ok(s) => println!(
-                "{url:<width$}  {:<16}  {:<12}  {:<6}  {:>5}  {:>10}  {:>10}  {:>9}  {:<7}  {}",
-                s.id,
-                s.name,
-                s.leader,
-                s.term,
-                s.commit_index,
-                s.applied_index,
-                s.free_mib,
-                if s.takes_writes { "ok" } else { "refused" },
-                s.version
-            ),
+            Ok(s) if !s.knows_leader => {
+                leaderless.push(url.clone());
+                print_status(url, width, &s);
+            }
+            Ok(s) => print_status(url, width, &s),
             Err(error) => {
                 unreachable = true;
                 println!("{url:<width$}  error: {error}");
             }
         }
     }
+    for url in leaderless {
+        eprintln!("warning: {url} knows no leader: writes and quorum reads there wait, then answer 503, until one is elected");
+    }
     if unreachable {
         ExitCode::from(EXIT_BAD_CONNECTION)
     } else {
         ExitCode::SUCCESS
     }
+}
+
+fn print_status(url: &str, width: usize, s: &Status) {
+    println!(
+        "{url:<width$}  {:<16}  {:<12}  {:<6}  {:>5}  {:>10}  {:>10}  {:>9}  {:<7}  {}",
+        s.id,
+        s.name,
+        s.leader,
+        s.term,
+        s.commit_index,
+        s.applied_index,
+        s.free_mib,
+        if s.takes_writes { "ok" } else { "refused" },
+        s.version
+    );
 }
 
 async fn status(http: &reqwest::Client, url: &str) -> Result<Status, String> {
@@ -104,6 +126,7 @@ async fn status(http: &reqwest::Client, url: &str) -> Result<Status, String> {
         id: stats.id,
         name: stats.name,
         leader: stats.state == "StateLeader",
+        knows_leader: !stats.leader_info.leader.is_empty(),
         term: gauge("rota_raft_term")?,
         commit_index: gauge("rota_raft_commit_index")?,
         applied_index: gauge("rota_raft_applied_index")?,

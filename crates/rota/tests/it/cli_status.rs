@@ -68,3 +68,32 @@ fn serve_takes_etcds_environment_variables_and_a_flag_wins() {
     node.terminate();
     assert!(node.wait_exit(Duration::from_secs(10)).success(), "{}", node.stderr());
 }
+
+#[test]
+fn status_warns_about_a_member_that_knows_no_leader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = |_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let (client, peer, absent_a, absent_b) = (port(0), port(1), port(2), port(3));
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    // One of three members: it never has a quorum, so it never knows a leader.
+    let cluster = format!("a={peer_url},b=http://127.0.0.1:{absent_a},c=http://127.0.0.1:{absent_b}");
+    let data_dir = dir.path().join("a").display().to_string();
+    let args: Vec<String> = [
+        "serve", "--name", "a", "--data-dir", &data_dir, "--listen-client-urls", &client_url, "--advertise-client-urls", &client_url,
+        "--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url, "--initial-cluster", &cluster,
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut node = Proc::spawn(dir.path(), "leaderless", &args, &[]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{client}").parse().expect("addr");
+    wait_until(Duration::from_secs(30), "the member answers /v2/stats/self", || {
+        http::send(addr, &Request::new("GET", "/v2/stats/self")).ok().filter(|r| r.status() == 200).map(|_| ())
+    });
+    let out = rota(dir.path(), &["status".into(), "--endpoints".into(), client_url.clone()]);
+    assert!(out.status.success(), "the endpoint answered: {out:?}");
+    assert!(out.stdout.lines().nth(1).is_some_and(|line| line.starts_with(&client_url)), "{out:?}");
+    assert!(out.stderr.contains(&format!("warning: {client_url} knows no leader")), "{out:?}");
+    node.terminate();
+    node.wait_exit(Duration::from_secs(10));
+}
