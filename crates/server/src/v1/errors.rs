@@ -148,7 +148,7 @@ pub(crate) fn from_json_error(error: serde_path_to_error::Error<serde_json::Erro
             let parent = if path == "." { String::new() } else { path };
             // serde names unknown and missing fields in backquotes; the path stops at the
             // struct that holds them.
-            let named = ["unknown field `", "missing field `"]
+            let named = ["unknown field `", "missing field `", "duplicate field `"]
                 .iter()
                 .find_map(|prefix| message.strip_prefix(prefix))
                 .and_then(|rest| rest.split('`').next());

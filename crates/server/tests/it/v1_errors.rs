@@ -34,6 +34,7 @@ async fn malformed_json_is_400_malformed_json() {
 #[tokio::test]
 async fn unknown_fields_are_refused_by_name() {
     let app = app();
+    assert_refused(&app, "PUT", "/v1/queues/q", r#"{"concurrency": 1, "concurrency": 2}"#, 400, "invalid", Some("concurrency")).await;
     assert_refused(&app, "POST", "/v1/queues/q/jobs", r#"{"payload": 1, "prio": 2}"#, 400, "invalid", Some("prio")).await;
     assert_refused(&app, "POST", "/v1/queues/q/jobs", r#"{"jobs": [{}, {"bogus": 1}]}"#, 400, "invalid", Some("jobs[1].bogus")).await;
     assert_refused(&app, "PUT", "/v1/queues/q", r#"{"rate": {"limit": 1, "per": "1s", "brust": 1}}"#, 400, "invalid", Some("rate.brust")).await;
