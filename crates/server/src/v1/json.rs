@@ -130,7 +130,9 @@ impl<'de> Deserialize<'de> for DurationMs {
             }
             fn visit_str<E: de::Error>(self, text: &str) -> Result<DurationMs, E> {
                 let duration = humantime::parse_duration(text.trim())
-                    .map_err(|error| E::custom(format_args!("invalid duration {text:?}: {error}")))?;
+                    .map_err(|error| {
+                        E::custom(format_args!("invalid duration {text:?} ({error}): write durations like \"500ms\", \"30s\", \"1h30m\""))
+                    })?;
                 if duration.subsec_nanos() % 1_000_000 != 0 {
                     return Err(E::custom(format_args!("invalid duration {text:?}: give whole milliseconds")));
                 }
