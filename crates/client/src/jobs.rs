@@ -691,13 +691,7 @@ impl Client {
         result: &Value,
     ) -> Result<Job, JobsError> {
         let body = serde_json::json!({ "lease_token": lease_token, "result": result });
-        let request = self.mutation(
-            reqwest::Method::POST,
-            format!("/v1/jobs/{id}/complete"),
-            Some(body),
-            key,
-        );
-        self.send_v1(request).await?.parse()
+        self.send_complete(key, id, body).await
     }
 
     /// The job succeeded with `result`, and the next lease from its queue is taken in the
@@ -716,12 +710,11 @@ impl Client {
             lease_next["lease_ttl"] = duration_text(lease_ttl).into();
         }
         let body = serde_json::json!({ "lease_token": lease_token, "result": result, "lease_next": lease_next });
-        let request = self.mutation(
-            reqwest::Method::POST,
-            format!("/v1/jobs/{id}/complete"),
-            Some(body),
-            key,
-        );
+        self.send_complete(key, id, body).await
+    }
+
+    async fn send_complete<T: serde::de::DeserializeOwned>(&self, key: &str, id: JobId, body: Value) -> Result<T, JobsError> {
+        let request = self.mutation(reqwest::Method::POST, format!("/v1/jobs/{id}/complete"), Some(body), key);
         self.send_v1(request).await?.parse()
     }
 

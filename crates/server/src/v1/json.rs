@@ -192,21 +192,23 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
 /// A borrowed JSON value, kept as text.
 pub(crate) type Raw<'a> = &'a RawValue;
 
-/// Valid JSON text without the whitespace between tokens: how payloads and results are
-/// stored, so the same value sent with different spacing is the same request (idempotency
-/// fingerprints) and takes no bytes for indentation. One pass, one allocation (the copy the
-/// command needs anyway).
-/// A payload or result as stored: minified, after refusing JSON that the server accepts as
-/// text but common decoders cannot read back (nesting deeper than [`JSON_DEPTH_MAX`],
-/// numbers beyond a double's range such as `1e400`, lone UTF-16 surrogates such as
-/// `"\ud800"`). Stored, such a job would break every client that lists or leases it.
+/// A payload or result as stored: valid JSON text without the whitespace between tokens,
+/// so the same value sent with different spacing is the same request (idempotency
+/// fingerprints) and takes no bytes for indentation. JSON that the server would accept as
+/// text but common decoders cannot read back is refused first (nesting deeper than
+/// [`JSON_DEPTH_MAX`], numbers beyond a double's range such as `1e400`, lone UTF-16
+/// surrogates such as `"\ud800"`): stored, such a job would break every client that lists
+/// or leases it. One pass over the bytes with one allocation (the copy the command needs
+/// anyway), then a decode for numbers and escapes.
 ///
 /// [`JSON_DEPTH_MAX`]: super::limits::JSON_DEPTH_MAX
 pub(crate) fn portable(field: &str, json: &str) -> Result<String, ApiError> {
     let depth_max = super::limits::JSON_DEPTH_MAX;
+    let mut out = Vec::with_capacity(json.len());
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for &byte in json.as_bytes() {
         if in_string {
+            out.push(byte);
             if escaped {
                 escaped = false;
             } else if byte == b'\\' {
@@ -217,6 +219,7 @@ pub(crate) fn portable(field: &str, json: &str) -> Result<String, ApiError> {
             continue;
         }
         match byte {
+            b' ' | b'\t' | b'\n' | b'\r' => continue,
             b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
@@ -227,33 +230,13 @@ pub(crate) fn portable(field: &str, json: &str) -> Result<String, ApiError> {
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        out.push(byte);
     }
     if let Err(error) = serde_json::from_str::<serde_json::Value>(json) {
         return Err(ApiError::invalid(field, format!("{field} is JSON that decoders cannot read back: {error}")));
     }
-    Ok(minify(json))
-}
-
-pub(crate) fn minify(json: &str) -> String {
-    let mut out = Vec::with_capacity(json.len());
-    let (mut in_string, mut escaped) = (false, false);
-    for &byte in json.as_bytes() {
-        if in_string {
-            out.push(byte);
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
-            }
-        } else if !matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
-            in_string = byte == b'"';
-            out.push(byte);
-        }
-    }
     // Only ASCII whitespace outside strings was dropped, so the bytes are still UTF-8.
-    String::from_utf8(out).unwrap_or_else(|_| json.to_owned())
+    Ok(String::from_utf8(out).unwrap_or_else(|_| json.to_owned()))
 }
 
 // ---- rendering ----
@@ -598,7 +581,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn minify_drops_whitespace_between_tokens_only() {
+    fn portable_json_drops_whitespace_between_tokens_only() {
+        let minify = |json: &str| portable("payload", json).expect("portable");
         assert_eq!(minify(" { \"a b\" : [ 1 , \"x \\\" y\" ] }\n"), "{\"a b\":[1,\"x \\\" y\"]}");
         assert_eq!(minify("\"\\\\\" "), "\"\\\\\"");
     }
