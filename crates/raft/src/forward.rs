@@ -216,7 +216,6 @@ impl Node {
         }
     }
 
-    /// Sleeps until the known leader changes or `LEADER_POLL` passed, whichever is first.
     /// Returns [`REPLACED_LEADER_GRACE`] after this member learned of a leader other than
     /// `leader` (never, if it does not): a leader that stepped down in good order answers
     /// what it held by then.
@@ -228,6 +227,7 @@ impl Node {
         tokio::time::sleep(REPLACED_LEADER_GRACE).await;
     }
 
+    /// Sleeps until the known leader changes or `LEADER_POLL` passed, whichever is first.
     async fn wait_for_leader_change(&self, deadline: Instant) {
         let mut metrics = self.inner.raft.server_metrics();
         let seen = metrics.borrow_and_update().current_leader;
@@ -558,6 +558,23 @@ impl Node {
     }
 }
 
+/// A transport for questions to the peers before this node runs (who is a member): it
+/// sends as node 0 and takes part in no election.
+fn start_up_transport(config: &NodeConfig) -> PeerTransport {
+    let hints = std::sync::Arc::new(crate::split_vote::ElectionHints::new(config.election_timeout_max_ms));
+    PeerTransport::new(config.cluster_token.clone(), 0, hints, config.peer_source_ip)
+}
+
+/// The peer URLs of `--initial-cluster` other than this member's own.
+fn other_peer_urls(config: &NodeConfig) -> impl Iterator<Item = &String> {
+    config
+        .initial_cluster
+        .iter()
+        .filter(|member| member.name != config.name)
+        .flat_map(|member| member.peer_urls.iter())
+        .filter(|url| !config.advertise_peer_urls.contains(url))
+}
+
 /// `--initial-cluster-state new` with an empty data dir, in a cluster of several members:
 /// refuses to start when a listed peer already knows this member as started (it published
 /// its client URLs), as etcd refuses ("member ... has already been bootstrapped"). Such a
@@ -566,15 +583,8 @@ impl Node {
 /// starting up) are no reason to wait: each is asked once.
 pub(crate) async fn refuse_rebootstrap(config: &NodeConfig, id: NodeId, cluster_id: u64) -> Result<(), StartError> {
     debug_assert_eq!(config.initial_cluster_state, ClusterState::New);
-    let hints = std::sync::Arc::new(crate::split_vote::ElectionHints::new(config.election_timeout_max_ms));
-    let transport = PeerTransport::new(config.cluster_token.clone(), 0, hints, config.peer_source_ip);
-    let peers = config
-        .initial_cluster
-        .iter()
-        .filter(|member| member.name != config.name)
-        .flat_map(|member| member.peer_urls.iter())
-        .filter(|url| !config.advertise_peer_urls.contains(url));
-    for url in peers {
+    let transport = start_up_transport(config);
+    for url in other_peer_urls(config) {
         let Ok(info) = transport.call_url::<(), ClusterInfo>(0, url, PeerRpc::ClusterInfo, &(), CLUSTER_INFO_TIMEOUT).await
         else {
             continue;
@@ -597,16 +607,8 @@ pub(crate) async fn refuse_rebootstrap(config: &NodeConfig, id: NodeId, cluster_
 /// membership and take the id the leader assigned to our peer URLs.
 pub(crate) async fn join_identity(config: &NodeConfig) -> Result<Identity, StartError> {
     debug_assert_eq!(config.initial_cluster_state, ClusterState::Existing);
-    // Only used to ask the peers who is a member: no elections here.
-    let hints = std::sync::Arc::new(crate::split_vote::ElectionHints::new(config.election_timeout_max_ms));
-    let transport = PeerTransport::new(config.cluster_token.clone(), 0, hints, config.peer_source_ip);
-    let peers: Vec<&String> = config
-        .initial_cluster
-        .iter()
-        .filter(|member| member.name != config.name)
-        .flat_map(|member| member.peer_urls.iter())
-        .filter(|url| !config.advertise_peer_urls.contains(url))
-        .collect();
+    let transport = start_up_transport(config);
+    let peers: Vec<&String> = other_peer_urls(config).collect();
     if peers.is_empty() {
         return Err(StartError::Join(
             "--initial-cluster lists no other member to join".to_string(),

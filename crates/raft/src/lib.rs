@@ -125,10 +125,10 @@ pub struct NodeConfig {
     /// operating system picks it. `rota serve` sets it when the member listens for peers on
     /// one loopback address (see `peer_source_ip` there).
     pub peer_source_ip: Option<std::net::IpAddr>,
-    /// `--initial-cluster` as members (names and peer URLs). Empty: this member alone.
     /// False for a one-member cluster started without a peer listener: members cannot be
     /// added to it (a new member could not reach it), and `add_member` says so.
     pub listens_for_peers: bool,
+    /// `--initial-cluster` as members (names and peer URLs). Empty: this member alone.
     pub initial_cluster: Vec<Member>,
     /// `--initial-cluster-state`.
     pub initial_cluster_state: ClusterState,

@@ -313,6 +313,11 @@ impl Jobs {
         self.jobs.get(&id).map(|job| self.view(id, job))
     }
 
+    /// The name of the queue job `id` belongs to (without building the job's view).
+    pub fn queue_of(&self, id: JobId) -> Option<&str> {
+        self.jobs.get(&id).map(|job| self.queues[&job.queue].name.as_str())
+    }
+
     /// Jobs of `queue` in id order, those in `state` or all, with ids after `after`: one
     /// page of at most `limit` (1 to [`LIST_LIMIT_MAX`]).
     pub fn list_jobs(

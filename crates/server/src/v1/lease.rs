@@ -90,9 +90,9 @@ struct ReleaseBody {
     lease_token: u64,
 }
 
-fn check_lease_ttl(lease_ttl: Option<DurationMs>) -> Result<Option<u64>, ApiError> {
+fn check_lease_ttl(field: &str, lease_ttl: Option<DurationMs>) -> Result<Option<u64>, ApiError> {
     let Some(DurationMs(ms)) = lease_ttl else { return Ok(None) };
-    json::check_range_ms("lease_ttl", ms, core_limits::LEASE_TTL_MIN_MS, core_limits::LEASE_TTL_MAX_MS)?;
+    json::check_range_ms(field, ms, core_limits::LEASE_TTL_MIN_MS, core_limits::LEASE_TTL_MAX_MS)?;
     Ok(Some(ms))
 }
 
@@ -109,7 +109,7 @@ pub(crate) async fn on_lease<B: Backend>(
     let command = match action {
         "heartbeat" => {
             let body: HeartbeatBody = json::decode(&body)?;
-            JobCommand::Heartbeat { id, lease_token: body.lease_token, lease_ttl_ms: check_lease_ttl(body.lease_ttl)? }
+            JobCommand::Heartbeat { id, lease_token: body.lease_token, lease_ttl_ms: check_lease_ttl("lease_ttl", body.lease_ttl)? }
         }
         "complete" => {
             let body: CompleteBody<'_> = json::decode(&body)?;
@@ -127,14 +127,7 @@ pub(crate) async fn on_lease<B: Backend>(
                 check_worker("lease_next.worker", &next.worker)?;
                 let max = next.max.unwrap_or(1);
                 json::check_range("lease_next.max", u64::from(max), 1, u64::from(core_limits::LEASE_BATCH_MAX))?;
-                let lease_ttl_ms = match next.lease_ttl {
-                    Some(DurationMs(ms)) => {
-                        let (low, high) = (core_limits::LEASE_TTL_MIN_MS, core_limits::LEASE_TTL_MAX_MS);
-                        json::check_range_ms("lease_next.lease_ttl", ms, low, high)?;
-                        Some(ms)
-                    }
-                    None => None,
-                };
+                let lease_ttl_ms = check_lease_ttl("lease_next.lease_ttl", next.lease_ttl)?;
                 let command = JobCommand::CompleteAndLease {
                     id,
                     lease_token: body.lease_token,
@@ -200,7 +193,7 @@ async fn complete_and_lease<B: Backend>(
     let complete_only = JobCommand::Complete { id: *id, lease_token: *lease_token, result: result.clone() };
     let fingerprint = if call.idempotency_key.is_some() { fingerprint(call, &command) } else { 0 };
     let key = call.idempotency_key.as_deref();
-    let queue = app.backend.read(|state| state.jobs.job(*id).map(|job| job.queue));
+    let queue = app.backend.read(|state| state.jobs.queue_of(*id).map(str::to_owned));
     let line_waiting = queue.is_some_and(|queue| app.v1.waiters.has_waiters(&queue));
     let first = if line_waiting { complete_only.clone() } else { command };
     let outcome = match propose(app, call, key, fingerprint, first).await {
@@ -239,7 +232,7 @@ pub(crate) async fn lease<B: Backend>(
     json::check_range("max", u64::from(max), 1, u64::from(core_limits::LEASE_BATCH_MAX))?;
     let wait_ms = body.wait.map_or(0, |wait| wait.0);
     json::check_range_ms("wait", wait_ms, 0, LEASE_WAIT_MS_MAX)?;
-    let lease_ttl_ms = check_lease_ttl(body.lease_ttl)?;
+    let lease_ttl_ms = check_lease_ttl("lease_ttl", body.lease_ttl)?;
     let command = JobCommand::Lease { queue: queue.to_owned(), worker: body.worker, max, lease_ttl_ms };
     let mut attempts = Attempts {
         fingerprint: if call.idempotency_key.is_some() { fingerprint(call, &command) } else { 0 },
@@ -264,7 +257,6 @@ pub(crate) async fn lease<B: Backend>(
     }
 
     // Long-poll in this queue's line.
-    let mut last_blocked = last_blocked;
     let Some(place) = waiters.join(queue) else {
         return Err(ApiError::new(503, super::errors::UNAVAILABLE, "too many lease requests waiting", None));
     };
