@@ -48,10 +48,14 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Serve(_) | Command::Worker(_)) {
         stdout_closed_ends_quietly();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if matches!(cli.command, Command::Serve(_)) {
+        if let Some(threads) = serve::http_worker_threads() {
+            builder.worker_threads(threads);
+        }
+    }
+    let runtime = match builder.build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("Error:  cannot start the async runtime: {error}");

@@ -317,6 +317,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// How many threads serve HTTP: one core fewer than the machine has (at least one), unless
+/// `TOKIO_WORKER_THREADS` says otherwise (`None`: tokio reads it itself).
+///
+/// The remaining core is the Raft thread's and the log flush thread's: a write crosses from
+/// an HTTP worker to them and back, and an answer that comes back while every HTTP worker
+/// sleeps wakes one of them, which under tokio's work stealing often wakes a second to take
+/// the task. With two cores, one HTTP worker took the median single-client write from
+/// 0.39–0.41 ms to 0.30–0.32 ms and left throughput at 16 and 64 clients, reads, jobs and
+/// a 3-node cluster unchanged (bench/RESULTS.md, 2026-12-06 (second session)).
+pub(crate) fn http_worker_threads() -> Option<usize> {
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
+        return None;
+    }
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    Some(cores.saturating_sub(1).max(1))
+}
+
 /// Resolves on SIGTERM or SIGINT with the signal's name.
 async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
