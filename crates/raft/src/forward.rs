@@ -434,13 +434,17 @@ impl Node {
                 theirs: token.to_string(),
                 from,
             };
-            tracing::error!(%error, "refusing a peer of another cluster");
+            if self.transport().log_refusal(from, "token") {
+                tracing::error!(%error, "refusing a peer of another cluster (logged again in a minute if it goes on)");
+            }
             return Err(error);
         }
         // 0: meant for whoever answers here (membership questions before joining).
         if to != 0 && to != self.id() {
             let error = PeerError::WrongMember { ours: self.id(), meant: to };
-            tracing::warn!(%error, from = %format!("{from:x}"), "refusing a peer RPC meant for another member");
+            if self.transport().log_refusal(from, "member") {
+                tracing::warn!(%error, from = %format!("{from:x}"), "refusing a peer RPC meant for another member (logged again in a minute if it goes on)");
+            }
             return Err(error);
         }
         if self.is_shutting_down() {

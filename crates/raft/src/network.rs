@@ -64,7 +64,11 @@ struct TransportInner {
     /// Peers whose last call failed to get through: since when, and when that was last
     /// logged. openraft retries an unreachable follower five times a second and logs each
     /// failure; rota logs the change (and a reminder each [`STILL_UNREACHABLE_EVERY`]).
-    unreachable: Mutex<BTreeMap<NodeId, (Instant, Instant)>>,
+    /// The kind of trouble is kept too: a change (unreachable, then refused) is logged.
+    unreachable: Mutex<BTreeMap<NodeId, (Instant, Instant, Trouble)>>,
+    /// Senders whose RPCs we refuse (another token, meant for another member), by kind:
+    /// when that was last logged. Their heartbeats come several times a second.
+    refusing: Mutex<BTreeMap<(NodeId, &'static str), Instant>>,
 }
 
 /// How often a peer that stays unreachable is logged again.
@@ -183,34 +187,78 @@ impl PeerTransport {
                 hints,
                 removed: tokio::sync::watch::Sender::new(false),
                 unreachable: Mutex::new(BTreeMap::new()),
+                refusing: Mutex::new(BTreeMap::new()),
             }),
         }
     }
 
     /// Logs a peer becoming unreachable once, then every [`STILL_UNREACHABLE_EVERY`].
     fn note_unreachable(&self, target: NodeId, url: &str, reason: &str) {
+        self.note_trouble(target, url, reason, Trouble::Unreachable);
+    }
+
+    /// Like [`Self::note_unreachable`], for a peer URL where something answers and refuses
+    /// us (another cluster's token, another member): once, then every
+    /// [`STILL_UNREACHABLE_EVERY`], not at each heartbeat.
+    fn note_refused(&self, target: NodeId, url: &str, reason: &str) {
+        self.note_trouble(target, url, reason, Trouble::Refused);
+    }
+
+    /// Whether refusing an RPC of `kind` from `from` should be logged now: the first time,
+    /// then every [`STILL_UNREACHABLE_EVERY`].
+    pub(crate) fn log_refusal(&self, from: NodeId, kind: &'static str) -> bool {
+        let now = Instant::now();
+        let mut refusing = self.inner.refusing.lock().unwrap_or_else(|e| e.into_inner());
+        match refusing.get(&(from, kind)) {
+            Some(logged) if now.duration_since(*logged) < STILL_UNREACHABLE_EVERY => false,
+            _ => {
+                refusing.insert((from, kind), now);
+                true
+            }
+        }
+    }
+
+    fn note_trouble(&self, target: NodeId, url: &str, reason: &str, trouble: Trouble) {
         if target == 0 {
             return;
         }
         let now = Instant::now();
         let mut unreachable = self.inner.unreachable.lock().unwrap_or_else(|e| e.into_inner());
-        match unreachable.get_mut(&target) {
+        let for_s = match unreachable.get_mut(&target) {
+            Some((_, _, was)) if *was != trouble => {
+                unreachable.insert(target, (now, now, trouble));
+                None
+            }
             None => {
-                unreachable.insert(target, (now, now));
-                tracing::warn!(peer = %format!("{target:x}"), %url, %reason, "peer unreachable; retrying");
+                unreachable.insert(target, (now, now, trouble));
+                None
             }
-            Some((since, logged)) if now.duration_since(*logged) >= STILL_UNREACHABLE_EVERY => {
+            Some((since, logged, _)) if now.duration_since(*logged) >= STILL_UNREACHABLE_EVERY => {
                 *logged = now;
-                let for_s = now.duration_since(*since).as_secs();
-                tracing::warn!(peer = %format!("{target:x}"), %url, %reason, for_s, "peer still unreachable; retrying");
+                Some(now.duration_since(*since).as_secs())
             }
-            Some(_) => {}
+            Some(_) => return,
+        };
+        let peer = format!("{target:x}");
+        match (trouble, for_s) {
+            (Trouble::Unreachable, None) => {
+                tracing::warn!(%peer, %url, %reason, "peer unreachable; retrying")
+            }
+            (Trouble::Unreachable, Some(for_s)) => {
+                tracing::warn!(%peer, %url, %reason, for_s, "peer still unreachable; retrying")
+            }
+            (Trouble::Refused, None) => {
+                tracing::error!(%peer, %url, %reason, "peer refused us; retrying")
+            }
+            (Trouble::Refused, Some(for_s)) => {
+                tracing::error!(%peer, %url, %reason, for_s, "peer still refuses us; retrying")
+            }
         }
     }
 
     fn note_reachable(&self, target: NodeId, url: &str) {
         let mut unreachable = self.inner.unreachable.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((since, _)) = unreachable.remove(&target) {
+        if let Some((since, _, _)) = unreachable.remove(&target) {
             let after_ms = since.elapsed().as_millis() as u64;
             tracing::info!(peer = %format!("{target:x}"), %url, after_ms, "peer reachable again");
         }
@@ -271,10 +319,7 @@ impl PeerTransport {
         }
         let sent = post.timeout(timeout).body(body).send().await;
         let response = match sent {
-            Ok(response) => {
-                self.note_reachable(target, &url);
-                response
-            }
+            Ok(response) => response,
             Err(error) if error.is_connect() => {
                 let reason = error_chain(&error);
                 self.note_unreachable(target, &url, &reason);
@@ -292,14 +337,20 @@ impl PeerTransport {
             url: url.clone(),
             reason: error_chain(&error),
         })?;
+        let refusal = match status {
+            403 => Some("cluster token mismatch"),
+            PEER_WRONG_MEMBER_STATUS => Some("another member answers at this URL"),
+            _ => None,
+        };
+        match refusal {
+            Some(what) => {
+                let reason = format!("{what}: {}", String::from_utf8_lossy(&bytes));
+                self.note_refused(target, &url, &reason);
+            }
+            None => self.note_reachable(target, &url),
+        }
         if status != 200 {
             let reason = String::from_utf8_lossy(&bytes).into_owned();
-            if status == 403 {
-                tracing::error!(target = %format!("{target:x}"), %url, %reason, "peer refused us: cluster token mismatch");
-            }
-            if status == PEER_WRONG_MEMBER_STATUS {
-                tracing::error!(target = %format!("{target:x}"), %url, %reason, "peer refused us: another member answers at this URL");
-            }
             // A member of our cluster (the token matched) says we were removed: the body
             // must say so too, so that a 410 from something else at that URL does not count.
             let told_removed = status == PEER_REMOVED_STATUS && reason.contains(MEMBER_REMOVED);
@@ -325,6 +376,13 @@ impl PeerTransport {
             reason: format!("undecodable answer: {error}"),
         })
     }
+}
+
+/// What [`PeerTransport::note_trouble`] logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trouble {
+    Unreachable,
+    Refused,
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
