@@ -120,6 +120,12 @@ async fn status(http: &reqwest::Client, url: &str) -> Result<Status, String> {
     let stats: StatsSelf = get_json(http, &format!("{url}/v2/stats/self")).await?;
     let version: Version = get_json(http, &format!("{url}/version")).await?;
     let metrics = get_text(http, &format!("{url}/metrics")).await?;
+    if metric(&metrics, "rota_raft_term").is_none() {
+        // etcd answers the first two as rota does; its metrics have other names.
+        return Err(format!(
+            "not a rota server ({url}/metrics has no rota_raft_term); for etcd, use `etcdctl endpoint status`"
+        ));
+    }
     let gauge =
         |name: &str| metric(&metrics, name).ok_or_else(|| format!("{url}/metrics has no {name}"));
     Ok(Status {

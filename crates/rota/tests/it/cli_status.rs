@@ -97,3 +97,13 @@ fn status_warns_about_a_member_that_knows_no_leader() {
     node.terminate();
     node.wait_exit(Duration::from_secs(10));
 }
+
+#[test]
+fn status_pointed_at_etcd_says_it_is_not_a_rota_server() {
+    crate::harness::require_etcd();
+    let etcd = Server::start(Kind::Etcd);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = rota(dir.path(), &["status".into(), "--endpoints".into(), etcd.client_url()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stdout.contains("not a rota server") && out.stdout.contains("etcdctl endpoint status"), "{out:?}");
+}
