@@ -98,7 +98,8 @@ pub enum KvCommand {
         /// Keep watching instead of exiting after the first change.
         #[arg(long)]
         forever: bool,
-        /// Start from this index (`waitIndex`): changes at or after it, from history.
+        /// Changes after this index (as etcdctl: `waitIndex` is N + 1), from history, so a
+        /// watch resumed with the last event's index does not see that event again.
         #[arg(long)]
         after_index: Option<u64>,
     },
@@ -210,7 +211,8 @@ async fn execute(client: &Client, command: KvCommand) -> Result<ExitCode, Error>
             forever,
             after_index,
         } => {
-            let mut wait_index = after_index;
+            // etcdctl: `--after-index 0` is no index at all.
+            let mut wait_index = after_index.filter(|&n| n > 0).map(|n| n.saturating_add(1));
             loop {
                 let event = client
                     .kv_watch(
@@ -221,6 +223,14 @@ async fn execute(client: &Client, command: KvCommand) -> Result<ExitCode, Error>
                         },
                     )
                     .await?;
+                if recursive {
+                    // etcdctl names the event's action and key first, then prints as usual.
+                    println!(
+                        "[{}] {}",
+                        event.action,
+                        event.node.key.as_deref().unwrap_or("/")
+                    );
+                }
                 print_value(&event);
                 if !forever {
                     break;
@@ -232,12 +242,11 @@ async fn execute(client: &Client, command: KvCommand) -> Result<ExitCode, Error>
     Ok(ExitCode::SUCCESS)
 }
 
-/// etcdctl's "simple" output: the node's value, or for a delete the previous value.
+/// etcdctl's "simple" output: the node's value, or for a `delete` the previous value. As in
+/// etcdctl, only `delete`: a `compareAndDelete` or an `expire` prints the node's value,
+/// which is empty.
 fn print_value(response: &KvResponse) {
-    if matches!(
-        response.action.as_str(),
-        "delete" | "compareAndDelete" | "expire"
-    ) {
+    if response.action == "delete" {
         let previous = response
             .prev_node
             .as_ref()

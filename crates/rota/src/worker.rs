@@ -513,7 +513,7 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
                     context.log(format_args!("job {} succeeded in {took}", job.id));
                     return next;
                 }
-                Err(error) if error.code() == Some("too_large") => {
+                Err(error) if refuses_the_result(&error) => {
                     report_failure(
                         context,
                         &job,
@@ -580,6 +580,18 @@ async fn report_failure(context: &Context, job: &Job, token: u64, error: String,
             after.state
         )),
         Err(error) => log_lost_report(context, job, "its failure", &error),
+    }
+}
+
+/// Whether the server refused a `complete` for its result (too large, too deeply nested,
+/// not portable JSON): the attempt then failed, and the worker says so with `fail` instead
+/// of leaving the lease to expire.
+fn refuses_the_result(error: &JobsError) -> bool {
+    match error {
+        JobsError::Api(refusal) => {
+            refusal.code == "too_large" || refusal.field.as_deref() == Some("result")
+        }
+        _ => false,
     }
 }
 

@@ -216,6 +216,78 @@ fn etcdctl_v2_session_prints_the_same_against_etcd_and_rota() {
     });
 }
 
+/// `rota kv` prints what `etcdctl` (v2) prints: the same session through etcdctl against
+/// etcd and through `rota kv` against rota, compared like the sessions above. Each step is
+/// one command line for both tools, except `ls`, which rota always sorts and etcdctl sorts
+/// only with `--sort`.
+#[test]
+fn rota_kv_prints_what_etcdctl_prints() {
+    require_etcdctl();
+    compare("rota kv", |server, base| {
+        let first = (base + 1).to_string();
+        let commands = [
+            "set /foo bar",
+            "get /foo",
+            "get /nope",
+            "mk /foo x",
+            "mk /foo2 x",
+            "set /d/a one",
+            "set /d/e/f two",
+            "get /d",
+            "ls /d",
+            "ls --recursive /d",
+            "ls -p /",
+            "ls /foo",
+            "ls /nope",
+            "set /c one --swap-with-value nine",
+            "set /c two --swap-with-value bar",
+            "set /foo two --swap-with-value bar",
+            "set /foo three --swap-with-index {first}",
+            "rm /foo --with-value nine",
+            "rm /foo --with-index {first}",
+            "rm /foo --with-value two",
+            "rm /d",
+            "rm /d/e --dir",
+            "rm /d --recursive",
+            "rm /d --recursive",
+            "mk --in-order /q job",
+            "ls /q",
+            "get --quorum /foo2",
+            "set /t v --ttl 100",
+            // The first event after the session's first write is `mk /foo2 x`; etcdctl asks
+            // for index + 1 (a resumed watch does not see its last event again).
+            "watch --after-index {first} /foo2",
+            "watch --after-index {first} --recursive /d",
+            // An expiry event: the watch waits for it.
+            "set /gone v --ttl 1",
+            "watch /gone",
+        ];
+        let lines = commands
+            .iter()
+            .map(|command| {
+                let actual = command.replace("{first}", &first);
+                let output = match server.kind {
+                    Kind::Etcd => {
+                        let sorted = match actual.strip_prefix("ls ") {
+                            Some(rest) => format!("ls --sort {rest}"),
+                            None => actual,
+                        };
+                        run_etcdctl(&server.client_url(), &sorted)
+                    }
+                    _ => {
+                        let mut args = vec!["kv".to_string()];
+                        args.extend(actual.split_whitespace().map(str::to_string));
+                        args.extend(["--endpoints".to_string(), server.client_url()]);
+                        run(crate::harness::rota_bin(), &args, &[])
+                    }
+                };
+                format!("$ {command}\n{output}")
+            })
+            .collect();
+        Transcript { lines }
+    });
+}
+
 /// `etcdctl` given every member of a 3-node cluster, as users run it: it works the moment
 /// the cluster is up (each member lists its own client URLs even before it published them
 /// through Raft, else etcdctl refuses the cluster), and a write rides out a SIGKILL of the

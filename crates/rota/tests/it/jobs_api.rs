@@ -512,3 +512,26 @@ fn worker_completes_each_job_and_takes_the_next_in_one_request() {
         .sum();
     assert_eq!(lease_requests, 1.0, "{metrics}");
 }
+
+#[test]
+fn worker_reports_a_result_the_server_refuses_as_a_failed_attempt_at_once() {
+    let server = Server::start(Kind::Rota);
+    let dir = tempfile::tempdir().expect("temp dir");
+    // One attempt and a lease far longer than the test: only the worker's `fail` can end it.
+    let queue = api(&server, "PUT", "/v1/queues/deep", Some(&json!({"max_attempts": 1, "lease_ttl": "10m"})), None);
+    assert_eq!(queue.status(), 200, "{}", queue.text());
+    let submitted = api(&server, "POST", "/v1/queues/deep/jobs", Some(&json!({"payload": "x"})), None);
+    assert_eq!(submitted.status(), 202, "{}", submitted.text());
+    let id = submitted.json()["id"].as_u64().expect("id");
+    // Valid JSON, 100 levels deep: over the server's nesting limit for a result (400).
+    let deep = "BEGIN { for (i = 0; i < 100; i++) printf \"[\"; for (i = 0; i < 100; i++) printf \"]\" }";
+    let mut worker_args = args(&server, &["worker", "--queue", "deep", "--max-jobs", "1", "--poll-wait", "1s"]);
+    worker_args.extend(["--".into(), "awk".into(), deep.into()]);
+    let mut worker = Proc::spawn(dir.path(), "deep-worker", &worker_args, &[]);
+    let status = worker.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}: {}", worker.stderr());
+    let job = get_job(&server, id);
+    assert_eq!(job["state"], "dead", "{job}\n{}", worker.stderr());
+    let error = job["errors"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("the result was refused") && error.contains("nests deeper"), "{job}");
+}
