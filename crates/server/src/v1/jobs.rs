@@ -160,8 +160,14 @@ pub(crate) async fn submit<B: Backend>(
         Some(wait_ms) if wait_ms > 0 && !job.state.is_terminal() => match wait_finished(app, id, wait_ms).await? {
             Some(job) if job.state.is_terminal() => (200, job),
             Some(job) => (202, job),
-            // Removed while we waited (its queue deleted): the last we saw.
-            None => (202, job),
+            // Removed while we waited: its queue was deleted (or it finished and its queue
+            // keeps nothing, and the removal came before we looked). What we saw last would
+            // be a state it no longer has; `GET /v1/jobs/{id}?wait` answers this case alike.
+            None => {
+                return Err(ApiError::not_found(format!(
+                    "job {id} was accepted, then removed while the request waited (its queue was deleted, or it finished and its queue's retention is 0)"
+                )))
+            }
         },
         Some(_) if job.state.is_terminal() => (200, job),
         _ => (202, job),

@@ -60,6 +60,24 @@ async fn submit_with_wait_answers_202_when_the_wait_ends_first() {
 }
 
 #[tokio::test]
+async fn submit_with_wait_answers_not_found_when_its_queue_is_deleted_meanwhile() {
+    let app = app();
+    let waiting = {
+        let app = app.clone();
+        tokio::spawn(async move { post(&app, "/v1/queues/gone/jobs?wait=30s", json!({"payload": 1})).await })
+    };
+    let app2 = app.clone();
+    eventually(PATIENCE, "the job is submitted", move || rota_server::v1::result_waiter_count(&app2) == 1).await;
+    let deleted = call(&app, "DELETE", "/v1/queues/gone?force=true", None, &[]).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    let reply = tokio::time::timeout(PATIENCE, waiting).await.expect("answered").expect("task");
+    // Not the job as it was ("queued"): it no longer exists, as a GET would say.
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    assert_eq!(reply.json()["error"]["code"], "not_found", "{}", reply.body);
+    assert_eq!(rota_server::v1::result_waiter_count(&app), 0);
+}
+
+#[tokio::test]
 async fn get_with_wait_answers_the_finished_job() {
     let app = app();
     let id = submit(&app, "q", json!({})).await["id"].clone();
