@@ -195,10 +195,18 @@ pub struct JobSubmit {
     pub idempotency_key: Option<String>,
 }
 
-/// A humantime duration: `500ms`, `30s`, `1h30m`.
+/// A humantime duration in whole milliseconds: `500ms`, `30s`, `1h30m`. A fraction of a
+/// millisecond (`1500us`) is refused, as the server refuses it, instead of being rounded
+/// down to something the user did not write (`--lease-ttl 1500us` was 1 ms).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|error| format!("{error} (write durations like 500ms, 30s, 5m, 1h)"))
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|error| format!("{error} (write durations like 500ms, 30s, 5m, 1h)"))?;
+    if duration.subsec_nanos() % 1_000_000 != 0 {
+        return Err(format!(
+            "{text:?} is not a whole number of milliseconds (write durations like 500ms, 30s, 5m, 1h)"
+        ));
+    }
+    Ok(duration)
 }
 
 /// `5/1s`, `5/s`, `100/1m`: a limit and the period it refills in.
@@ -698,6 +706,20 @@ mod tests {
         assert!(parse_rate("5").is_err());
         assert!(parse_rate("x/1s").is_err());
         assert!(parse_rate("5/0s").is_err());
+    }
+
+    #[test]
+    fn durations_are_whole_milliseconds_or_refused() {
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration(" 1h30m "), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("2000us"), Ok(Duration::from_millis(2)));
+        for fraction in ["1500us", "500us", "1ns", "1ms 1us"] {
+            let error = parse_duration(fraction).expect_err(fraction);
+            assert!(error.contains("whole number of milliseconds"), "{fraction}: {error}");
+        }
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_rate("5/1500us").is_err());
     }
 
     #[test]
