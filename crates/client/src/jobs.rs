@@ -213,14 +213,16 @@ pub struct Backoff {
     pub max: String,
 }
 
-/// A queue's configuration. `PUT` replaces the whole configuration: a `None` is sent as
-/// "omitted", which is the default (unlimited concurrency, no rate, 30s lease ttl, 5
-/// attempts, backoff 1s..1h, retention 168h, not paused). Durations are strings.
+/// A queue's configuration. `PUT` replaces the whole configuration: a `None` is the
+/// default (unlimited concurrency, no rate, 30s lease ttl, 5 attempts, backoff 1s..1h,
+/// retention 168h, not paused). Durations are strings. `concurrency` and `rate` are written
+/// as `null` when `None` (the server's own "unlimited" and "no rate", as it answers them),
+/// the others are left out.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub concurrency: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub rate: Option<Rate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_ttl: Option<String>,
@@ -237,9 +239,9 @@ pub struct QueueConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobCounts {
     #[serde(default)]
-    pub scheduled: u64,
-    #[serde(default)]
     pub queued: u64,
+    #[serde(default)]
+    pub scheduled: u64,
     #[serde(default)]
     pub leased: u64,
     #[serde(default)]
@@ -257,14 +259,14 @@ pub struct Queue {
     pub config: QueueConfig,
     #[serde(default)]
     pub counts: JobCounts,
-    /// Rate tokens available now (absent without a rate).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_tokens: Option<f64>,
+    /// Rate tokens available now (`None` without a rate), as the server wrote the number.
+    #[serde(default)]
+    pub rate_tokens: Option<serde_json::Number>,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, Value>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueDeleted {
     pub queue: String,
     pub jobs_removed: u64,
@@ -281,7 +283,7 @@ pub struct Submitted {
 }
 
 /// One page of a job listing; `next` is the `after` of the next page.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobPage {
     pub jobs: Vec<Job>,
     #[serde(default)]
@@ -945,9 +947,14 @@ mod tests {
             paused: Some(true),
             ..QueueConfig::default()
         };
+        // `rate: null` is the server's "no rate", its default, as the server writes it.
         assert_eq!(
             serde_json::to_value(&config).expect("json"),
-            serde_json::json!({"concurrency": 1, "paused": true})
+            serde_json::json!({"concurrency": 1, "rate": null, "paused": true})
+        );
+        assert_eq!(
+            serde_json::to_string(&QueueConfig::default()).expect("json"),
+            r#"{"concurrency":null,"rate":null}"#
         );
     }
 

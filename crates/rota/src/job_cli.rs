@@ -259,7 +259,7 @@ pub async fn run_queue(args: QueueArgs) -> ExitCode {
         QueueCommand::Ls => client.list_queues().await.map(|queues| print_queues(&queues, output)),
         QueueCommand::Stats { queue } => client.get_queue(&queue).await.map(|queue| print_queue(&queue, output)),
         QueueCommand::Rm { queue, force } => client.delete_queue(&queue, force).await.map(|deleted| match output {
-            Output::Json => println!("{}", serde_json::json!({"queue": deleted.queue, "jobs_removed": deleted.jobs_removed})),
+            Output::Json => println!("{}", json_line(serde_json::to_string(&deleted))),
             Output::Table => println!("queue {} deleted with {} jobs", deleted.queue, deleted.jobs_removed),
         }),
     };
@@ -518,7 +518,13 @@ fn print_job(job: &Job, output: Output) {
 
 fn print_jobs(jobs: &[Job], next: Option<JobId>, output: Output) {
     if output == Output::Json {
-        println!("{}", serde_json::json!({"jobs": jobs, "next": next}));
+        // Fields in the server's order (a `json!` object would sort them).
+        #[derive(serde::Serialize)]
+        struct Page<'a> {
+            jobs: &'a [Job],
+            next: Option<JobId>,
+        }
+        println!("{}", json_line(serde_json::to_string(&Page { jobs, next })));
         return;
     }
     let rows: Vec<Vec<String>> = jobs
@@ -563,7 +569,7 @@ fn print_queue(queue: &Queue, output: Output) {
     println!("name:         {}", queue.name);
     println!("concurrency:  {}", concurrency_text(config));
     println!("rate:         {}", rate_text(config));
-    if let Some(tokens) = queue.rate_tokens {
+    if let Some(tokens) = &queue.rate_tokens {
         println!("rate tokens:  {tokens}");
     }
     println!(
@@ -598,7 +604,11 @@ fn print_queue(queue: &Queue, output: Output) {
 
 fn print_queues(queues: &[Queue], output: Output) {
     if output == Output::Json {
-        println!("{}", serde_json::json!({ "queues": queues }));
+        #[derive(serde::Serialize)]
+        struct Queues<'a> {
+            queues: &'a [Queue],
+        }
+        println!("{}", json_line(serde_json::to_string(&Queues { queues })));
         return;
     }
     let rows: Vec<Vec<String>> = queues

@@ -535,3 +535,33 @@ fn worker_reports_a_result_the_server_refuses_as_a_failed_attempt_at_once() {
     let error = job["errors"][0]["error"].as_str().unwrap_or_default();
     assert!(error.contains("the result was refused") && error.contains("nests deeper"), "{job}");
 }
+
+/// `-o json` of the read commands prints what the server answered, byte for byte: nulls
+/// kept (`"concurrency": null`), numbers as written (`"rate_tokens": 5`), fields in order.
+#[test]
+fn cli_json_output_is_the_servers_answer() {
+    let server = Server::start(Kind::Rota);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let limited = api(&server, "PUT", "/v1/queues/limited", Some(&json!({"rate": {"limit": 5, "per": "1s"}})), None);
+    assert_eq!(limited.status(), 200, "{}", limited.text());
+    for queue in ["limited", "plain"] {
+        let submitted = api(&server, "POST", &format!("/v1/queues/{queue}/jobs"), Some(&json!({"payload": {"n": 1}, "priority": 3})), None);
+        assert_eq!(submitted.status(), 202, "{}", submitted.text());
+    }
+    let cases = [
+        (vec!["queue", "stats", "limited"], "/v1/queues/limited"),
+        (vec!["queue", "stats", "plain"], "/v1/queues/plain"),
+        (vec!["queue", "ls"], "/v1/queues"),
+        (vec!["job", "ls", "plain"], "/v1/queues/plain/jobs"),
+        (vec!["job", "get", "1"], "/v1/jobs/1"),
+    ];
+    for (command, target) in cases {
+        let mut command_args = command.clone();
+        command_args.extend(["-o", "json"]);
+        let printed = rota(dir.path(), &args(&server, &command_args));
+        assert!(printed.status.success(), "{printed:?}");
+        let answered = api(&server, "GET", target, None, None);
+        assert_eq!(answered.status(), 200, "{}", answered.text());
+        assert_eq!(printed.stdout.trim_end(), answered.text().trim_end(), "rota {}", command.join(" "));
+    }
+}
