@@ -699,3 +699,36 @@ fn check_every_old_token_is_stale(endpoints: &[SocketAddr], runs: &[Run]) -> usi
     }
     pairs.len()
 }
+
+/// A submit with `?wait` at a follower waits for the job like one at the leader, even when
+/// the job is leased at once: the follower answered before it had applied the submit
+/// itself, found no such job and said it was removed (404), though it then ran and
+/// succeeded. Each round: a lease long-polls at the leader, the submit waits at a
+/// follower, the leased job is completed at the leader; the submit must answer 200 with
+/// the job succeeded.
+#[test]
+fn cluster_jobs_submit_waiting_at_a_follower_sees_its_job_finish() {
+    let cluster = Cluster::start(ClusterConfig::new(NODES, "waitfollower"));
+    let leader = cluster.wait_leader(Duration::from_secs(20)).expect("a leader");
+    let endpoints = cluster.endpoints();
+    let (leader_addr, follower_addr) = (endpoints[leader], endpoints[(leader + 1) % NODES]);
+    for round in 0..5 {
+        let lease = std::thread::spawn(move || {
+            let request = json_request("POST", "/v1/queues/waits/lease", &json!({"worker": "t", "wait": "20s"}), None);
+            http::send_with_timeout(leader_addr, &request, Duration::from_secs(30)).expect("lease")
+        });
+        // The lease is waiting (a submit before it is fine too: it is leased right away).
+        let submit = json_request("POST", "/v1/queues/waits/jobs?wait=20s", &json!({"payload": round}), None);
+        let submitted = std::thread::spawn(move || http::send_with_timeout(follower_addr, &submit, Duration::from_secs(30)).expect("submit"));
+        let leased = lease.join().expect("lease thread");
+        assert_eq!(leased.status(), 200, "round {round}: {}", leased.text());
+        let job = leased.json()["jobs"][0].clone();
+        let complete = json_request("POST", &format!("/v1/jobs/{}/complete", job["id"]), &json!({"lease_token": job["lease_token"], "result": round}), None);
+        let completed = http::send(leader_addr, &complete).expect("complete");
+        assert_eq!(completed.status(), 200, "round {round}: {}", completed.text());
+        let answer = submitted.join().expect("submit thread");
+        assert_eq!(answer.status(), 200, "round {round}: {}", answer.text());
+        assert_eq!(answer.json()["state"], "succeeded", "round {round}: {}", answer.text());
+        assert_eq!(answer.json()["result"], json!(round), "round {round}: {}", answer.text());
+    }
+}

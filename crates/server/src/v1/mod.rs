@@ -166,6 +166,9 @@ pub(crate) fn reply(status: u16, body: Vec<u8>, replayed: bool) -> Response<Body
 pub(crate) struct Outcome {
     pub response: JobResponse,
     pub replayed: bool,
+    /// The Raft index the command was applied at (by the leader: a follower that forwarded
+    /// it may not have applied it yet).
+    pub raft_index: u64,
 }
 
 /// Proposes `command`, under the request's idempotency key if it has one (`key` overrides
@@ -184,12 +187,13 @@ pub(crate) async fn propose<B: Backend>(
         None => Command::Jobs(command),
     };
     let proposed = app.backend.propose(command).await.map_err(|error| (ApiError::from_propose_error(&error), false))?;
+    let raft_index = proposed.raft_index;
     let (response, replayed) = match proposed.response {
         rota_core::Response::Replayed(inner) => (*inner, true),
         other => (other, false),
     };
     match response {
-        rota_core::Response::Jobs(Ok(response)) => Ok(Outcome { response, replayed }),
+        rota_core::Response::Jobs(Ok(response)) => Ok(Outcome { response, replayed, raft_index }),
         rota_core::Response::Jobs(Err(error)) => Err((ApiError::from_job_error(&error), replayed)),
         rota_core::Response::IdempotencyKeyReused { key } => Err((ApiError::idempotency_key_reused(&key), false)),
         other => {
