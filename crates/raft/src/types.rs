@@ -158,6 +158,15 @@ pub fn parse_initial_cluster(flag: &str) -> Result<Vec<Member>, String> {
                 "--initial-cluster URL {url:?}: only http:// is supported"
             ));
         }
+        // etcd: "has duplicate url"; two members at one URL could never both be reached.
+        let normalized = url.trim_end_matches('/');
+        if members
+            .iter()
+            .flat_map(|member| &member.peer_urls)
+            .any(|other| other.trim_end_matches('/') == normalized)
+        {
+            return Err(format!("--initial-cluster has the URL {url:?} twice"));
+        }
         match members.iter_mut().find(|member| member.name == name) {
             Some(member) => member.peer_urls.push(url.to_string()),
             None => members.push(Member {
@@ -223,6 +232,9 @@ mod tests {
         assert_eq!(members.len(), 2);
         assert_eq!(members[0].peer_urls, ["http://h:1", "http://h:3"]);
         assert!(parse_initial_cluster("a").is_err());
+        let twice = parse_initial_cluster("a=http://h:1,b=http://h:1/,c=http://h:3").expect_err("same URL twice");
+        assert!(twice.contains("\"http://h:1/\" twice"), "{twice}");
+        assert!(parse_initial_cluster("a=http://h:1,a=http://h:1").is_err());
         assert!(parse_initial_cluster("a=https://h:1").is_err());
         assert!(parse_initial_cluster("").is_err());
     }
