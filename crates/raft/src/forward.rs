@@ -637,6 +637,7 @@ pub(crate) async fn join_identity(config: &NodeConfig) -> Result<Identity, Start
                         Some((id, _)) => Ok(Identity {
                             cluster_id: info.cluster_id,
                             node_id: *id,
+                            token: Some(config.cluster_token.clone()),
                         }),
                         None => Err(StartError::Join(format!(
                             "this member's peer URLs {:?} are not in the cluster's membership; add it first (`rota member add` or POST /v2/members)",

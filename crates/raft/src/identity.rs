@@ -11,8 +11,14 @@
 //! rota-identity 1
 //! cluster_id <16 hex>
 //! node_id <16 hex>
+//! token <hex of the cluster token's bytes>      (optional: absent in older files)
 //! crc32 <8 hex of the lines above, newlines included>
 //! ```
+//!
+//! The cluster token is kept here for the same reason as the ids: etcd uses the
+//! `--initial-*` flags only when a member starts for the first time, and operators restart
+//! members without them. A member that took `--initial-cluster-token` from each start's
+//! flags was cut off from its cluster (every peer refused it) when restarted without it.
 //!
 //! Written to a temp file, fsynced, renamed, directory fsynced.
 
@@ -23,10 +29,12 @@ use std::path::{Path, PathBuf};
 const FILE_NAME: &str = "identity";
 const HEADER: &str = "rota-identity 1";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Identity {
     pub cluster_id: u64,
     pub node_id: u64,
+    /// The cluster token; `None` in a file written before it was kept.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,10 +47,18 @@ pub(crate) enum IdentityError {
 
 impl Identity {
     fn body(&self) -> String {
-        format!(
+        let mut body = format!(
             "{HEADER}\ncluster_id {:016x}\nnode_id {:016x}\n",
             self.cluster_id, self.node_id
-        )
+        );
+        if let Some(token) = &self.token {
+            body.push_str("token ");
+            for byte in token.as_bytes() {
+                body.push_str(&format!("{byte:02x}"));
+            }
+            body.push('\n');
+        }
+        body
     }
 
     /// The identity stored in `data_dir`, if any.
@@ -81,9 +97,17 @@ impl Identity {
         };
         let cluster_id = field("cluster_id")?;
         let node_id = field("node_id")?;
+        let token = match lines.next() {
+            None => None,
+            Some(line) => {
+                let hex = line.strip_prefix("token ").ok_or_else(|| corrupt("bad token line"))?;
+                Some(decode_hex(hex).ok_or_else(|| corrupt("bad token line"))?)
+            }
+        };
         Ok(Some(Identity {
             cluster_id,
             node_id,
+            token,
         }))
     }
 
@@ -107,6 +131,18 @@ impl Identity {
     }
 }
 
+/// The text whose UTF-8 bytes `hex` spells, two lowercase hex digits per byte.
+fn decode_hex(hex: &str) -> Option<String> {
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(hex.get(at..at + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,9 +154,15 @@ mod tests {
         let identity = Identity {
             cluster_id: 0x8000_0000_0000_00ff,
             node_id: 42,
+            token: Some("prod token/ü".to_string()),
         };
         identity.store(dir.path()).expect("store");
-        assert_eq!(Identity::load(dir.path()).expect("load"), Some(identity));
+        assert_eq!(Identity::load(dir.path()).expect("load"), Some(identity.clone()));
+        // A file from before the token was kept: no token line.
+        let old = Identity { token: None, ..identity.clone() };
+        old.store(dir.path()).expect("store");
+        assert_eq!(Identity::load(dir.path()).expect("load"), Some(old));
+        identity.store(dir.path()).expect("store");
         let path = dir.path().join(FILE_NAME);
         let text = fs::read_to_string(&path).expect("read");
         fs::write(

@@ -510,6 +510,7 @@ impl Node {
                     Identity {
                         cluster_id: config.initial_cluster_id(),
                         node_id: node_id_from_name(&config.name),
+                        token: Some(config.cluster_token.clone()),
                     }
                 };
                 identity
@@ -520,6 +521,18 @@ impl Node {
             Err(error) => return Err(StartError::Corrupt(error.to_string())),
         };
         let id = identity.node_id;
+        // As etcd: the token is the one this member started with, whatever the flag says now.
+        let mut config = config;
+        if let Some(token) = &identity.token {
+            if *token != config.cluster_token {
+                tracing::info!(
+                    stored = %token,
+                    flag = %config.cluster_token,
+                    "this member belongs to the cluster token in its data dir; --initial-cluster-token applies only to a new member"
+                );
+                config.cluster_token = token.clone();
+            }
+        }
         if pristine && config.initial_cluster_state == ClusterState::New {
             forward::refuse_rebootstrap(&config, id, identity.cluster_id).await?;
         }

@@ -1317,3 +1317,30 @@ fn delete_member_on_leader(cluster: &Cluster, leader_addr: SocketAddr, id: &str,
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A member restarted without its `--initial-cluster-token` (the flag left out, so the
+/// default) is still a member of its cluster, as with etcd, which reads `--initial-*` flags
+/// only on a member's first start: the token is the one in its data dir. rota took the
+/// flag on every start, and every peer then refused the restarted member: it served stale
+/// reads and never caught up.
+#[test]
+fn cluster_membership_a_member_restarted_without_its_token_stays_in_the_cluster() {
+    let name = "tokenkept";
+    let mut cluster = Cluster::start(ClusterConfig::new(3, &format!("{name}-{}", std::process::id())));
+    let leader = cluster.wait_leader(CHANGE_TIMEOUT).expect("a leader");
+    let follower = (leader + 1) % 3;
+    cluster.kill(follower);
+    cluster.config.token = "etcd-cluster".to_string(); // the default: as if the flag were left out
+    cluster.restart(follower);
+    let leader = cluster.wait_leader(CHANGE_TIMEOUT).expect("a leader");
+    let response = put_until_answered(cluster.nodes[leader].client_addr(), "/tokenkept/after", "yes");
+    assert!(matches!(response.status(), 200 | 201), "{name}: {} {}", response.status(), response.text());
+    let restarted = cluster.nodes[follower].client_addr();
+    let seen = wait_until(CHANGE_TIMEOUT, "the restarted member catches up", || {
+        let read = http::send_with_timeout(restarted, &Request::new("GET", "/v2/keys/tokenkept/after"), WRITE_TIMEOUT).ok()?;
+        (read.status() == 200).then(|| read.json()["node"]["value"].clone())
+    });
+    assert_eq!(seen, "yes", "{name}");
+    let log = cluster.nodes[follower].log_tail(usize::MAX);
+    assert!(!log.contains("token mismatch"), "{name}: the restarted member was refused:\n{log}");
+}
