@@ -202,7 +202,7 @@ impl Node {
                     .load(std::sync::atomic::Ordering::SeqCst);
                 // Our own vote names us, but we are not leading (a removed leader that
                 // stepped down): no leader as far as this node can tell.
-                if handing_over || !crate::leads(&metrics, self.inner.id) {
+                if handing_over || !crate::leads(&metrics, self.inner.id) || self.lost_quorum(&metrics) {
                     Route::NoLeader
                 } else {
                     Route::Local

@@ -235,6 +235,12 @@ impl NodeConfig {
         Duration::from_millis(2 * self.election_timeout_max_ms + LEADER_WAIT_MARGIN_MS)
     }
 
+    /// etcd's request timeout: 5 s plus two election timeouts (7 s with the defaults).
+    fn request_timeout(&self) -> Duration {
+        let election_timeout_ms = self.election_timeout_max_ms * 5 / 3;
+        Duration::from_millis(5_000 + 2 * election_timeout_ms)
+    }
+
     fn openraft_config(&self) -> Result<openraft::Config, StartError> {
         let config = openraft::Config {
             cluster_name: "rota".to_string(),
@@ -396,6 +402,9 @@ struct NodeInner {
     advertise_client_urls: Vec<String>,
     listens_for_peers: bool,
     leader_wait: Duration,
+    /// A leader that has not heard from a quorum of voters for longer than this counts as no
+    /// leader (see [`Node::lost_quorum`]).
+    quorum_silence_max: Duration,
     /// Set while this leader hands leadership over: new proposals wait for the next leader
     /// instead of growing the log the successor must have before it can win.
     handing_over: std::sync::atomic::AtomicBool,
@@ -611,6 +620,7 @@ impl Node {
             tx,
             batch_bytes_max: config.batch_bytes_max,
             disk_space: disk_space.clone(),
+            answer_max: config.request_timeout(),
         };
         let limits = ProposerLimits {
             batch_commands_max: config.batch_commands_max,
@@ -668,6 +678,7 @@ impl Node {
                 advertise_client_urls: config.advertise_client_urls.clone(),
                 listens_for_peers: config.listens_for_peers,
                 leader_wait: config.leader_wait(),
+                quorum_silence_max: Duration::from_millis(2 * config.election_timeout_max_ms),
                 handing_over: std::sync::atomic::AtomicBool::new(false),
                 removed,
                 proposal_gate,
@@ -829,12 +840,13 @@ impl Node {
         let metrics = self.inner.raft.metrics();
         let metrics = metrics.borrow();
         let removed = self.is_removed();
+        let lost = self.lost_quorum(&metrics);
         Status {
             id: self.inner.id,
             name: self.inner.name.clone(),
             term: metrics.current_term,
-            leader_id: metrics.current_leader.filter(|_| !removed),
-            is_leader: !removed && leads(&metrics, self.inner.id),
+            leader_id: metrics.current_leader.filter(|_| !removed && !lost),
+            is_leader: !removed && !lost && leads(&metrics, self.inner.id),
             last_log_index: metrics.last_log_index.unwrap_or(0),
             commit_index: self.inner.log_store.committed_index(),
             applied_index: self.inner.shared.applied_tx.borrow().raft_index,
@@ -846,8 +858,30 @@ impl Node {
                     .leader_seen
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
-                seen.leader.filter(|_| !removed).map(|_| seen.since)
+                seen.leader.filter(|_| !removed && !lost).map(|_| seen.since)
             },
+        }
+    }
+
+    /// Whether this node leads but has not heard from a quorum of voters for longer than
+    /// two election timeouts: its followers are down or cut off. openraft 0.9 has no
+    /// CheckQuorum, so such a leader stays leader (until it hears of a higher term), and
+    /// writes proposed there wait until a quorum is back. etcd's leader steps down instead.
+    /// rota's then counts as no leader: `/health` is false, the status shows no leader,
+    /// and writes wait for a leader like at a follower, then answer 503, instead of
+    /// hanging; they go through again as soon as a quorum answers.
+    pub(crate) fn lost_quorum(&self, metrics: &openraft::RaftMetrics<NodeId, Member>) -> bool {
+        if !leads(metrics, self.inner.id) || metrics.membership_config.membership().voter_ids().nth(1).is_none() {
+            return false;
+        }
+        let limit = self.inner.quorum_silence_max;
+        match metrics.millis_since_quorum_ack {
+            Some(ms) => Duration::from_millis(ms) > limit,
+            // Not acknowledged yet since it was elected: lost once it has led that long.
+            None => {
+                let seen = *self.inner.leader_seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                seen.since.elapsed().map_or(false, |led| led > limit)
+            }
         }
     }
 

@@ -51,6 +51,10 @@ pub(crate) struct ProposalSender {
     pub batch_bytes_max: usize,
     /// Commands that add data are refused while the data dir is short of space.
     pub disk_space: Arc<crate::disk::DiskSpace>,
+    /// How long a caller waits for its command's outcome before it is answered
+    /// `OutcomeUnknown` (etcd's request timeout): a leader cut off from its followers after
+    /// it proposed cannot commit until they are back.
+    pub answer_max: std::time::Duration,
 }
 
 impl ProposalSender {
@@ -84,7 +88,14 @@ impl ProposalSender {
             .map_err(|_| ProposeError::ShuttingDown)?;
         // The proposer task is woken: a spinning Raft thread can stop spinning.
         drop(crate::spin::NoteWakeOnDrop);
-        outcome.await.unwrap_or(Err(ProposeError::ShuttingDown))
+        match tokio::time::timeout(self.answer_max, outcome).await {
+            Ok(outcome) => outcome.unwrap_or(Err(ProposeError::ShuttingDown)),
+            // It may still be applied later, once a quorum is back.
+            Err(_) => Err(ProposeError::OutcomeUnknown(format!(
+                "not committed within {:?}",
+                self.answer_max
+            ))),
+        }
     }
 }
 

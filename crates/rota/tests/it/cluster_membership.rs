@@ -1344,3 +1344,39 @@ fn cluster_membership_a_member_restarted_without_its_token_stays_in_the_cluster(
     let log = cluster.nodes[follower].log_tail(usize::MAX);
     assert!(!log.contains("token mismatch"), "{name}: the restarted member was refused:\n{log}");
 }
+
+/// A leader whose followers are all down leads no quorum: like etcd's (which steps down),
+/// it says it is unhealthy, names no leader, and answers a write with a retriable 503
+/// within about etcd's request timeout instead of holding it until a follower is back.
+/// With a follower back, writes go through again. (openraft keeps such a node leader: it
+/// said `health: true` and a write hung for as long as the followers were down.)
+#[test]
+fn cluster_membership_a_leader_without_a_quorum_says_so_and_answers_writes() {
+    let name = "noquorum";
+    let mut cluster = Cluster::start(ClusterConfig::new(3, &format!("{name}-{}", std::process::id())));
+    let leader = cluster.wait_leader(CHANGE_TIMEOUT).expect("a leader");
+    let addr = cluster.nodes[leader].client_addr();
+    let before = put_until_answered(addr, "/noquorum/before", "1");
+    assert!(matches!(before.status(), 200 | 201), "{name}: {} {}", before.status(), before.text());
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    for &i in &followers {
+        cluster.kill(i);
+    }
+    let get = |path: &str| http::send_with_timeout(addr, &Request::new("GET", path), WRITE_TIMEOUT);
+    wait_until(CHANGE_TIMEOUT, "the leader says it is unhealthy", || {
+        let health = get("/health").ok()?;
+        (health.status() == 503 && health.text().contains("false")).then_some(())
+    });
+    let stats = get("/v2/stats/self").expect("stats").json();
+    assert_eq!(stats["leaderInfo"]["leader"], "", "{name}: {stats}");
+    // etcd's request timeout is 7 s with these settings; well within this bound.
+    let started = Instant::now();
+    let request = Request::new("PUT", "/v2/keys/noquorum/during").form("value=1");
+    let during = http::send_with_timeout(addr, &request, Duration::from_secs(30)).expect("an answer, not a hang");
+    assert_eq!(during.status(), 503, "{name}: {}", during.text());
+    assert!(during.header("retry-after").is_some(), "{name}: {:?}", during.text());
+    assert!(started.elapsed() < Duration::from_secs(20), "{name}: answered after {:?}", started.elapsed());
+    cluster.restart(followers[0]);
+    let after = put_until_answered(addr, "/noquorum/after", "1");
+    assert!(matches!(after.status(), 200 | 201), "{name}: {} {}", after.status(), after.text());
+}
