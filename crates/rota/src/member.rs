@@ -159,6 +159,11 @@ async fn list(endpoints: &Endpoints) -> Result<(), Failure> {
         _ => None,
     };
     for member in members {
+        // etcdctl's form for a member added but not started yet (it has no name).
+        if member.name.is_empty() {
+            println!("{}[unstarted]: peerURLs={}", member.id, member.peer_urls.join(","));
+            continue;
+        }
         println!(
             "{}: name={} peerURLs={} clientURLs={} isLeader={}",
             member.id,

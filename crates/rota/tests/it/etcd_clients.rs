@@ -288,6 +288,34 @@ fn rota_kv_prints_what_etcdctl_prints() {
     });
 }
 
+/// `rota member ls` prints what `etcdctl member list` prints for the same server: a started
+/// member, and one added but not started yet (`<id>[unstarted]: peerURLs=...`).
+#[test]
+fn rota_member_ls_prints_what_etcdctl_member_list_prints() {
+    require_etcdctl();
+    let server = Server::start(Kind::Rota);
+    let list = |server: &Server| {
+        let etcdctl = run_etcdctl(&server.client_url(), "member list");
+        let args = ["member", "ls", "--endpoints", &server.client_url()].map(str::to_string);
+        let rota = run(crate::harness::rota_bin(), &args, &[]);
+        (etcdctl, rota)
+    };
+    let (etcdctl, rota) = list(&server);
+    assert!(etcdctl.contains("isLeader=true"), "{etcdctl}");
+    assert_eq!(rota, etcdctl);
+    let added = http::send(
+        server.addr(),
+        &Request::new("POST", "/v2/members")
+            .header("Content-Type", "application/json")
+            .raw_body(br#"{"peerURLs":["http://127.0.0.1:9"]}"#.to_vec()),
+    )
+    .expect("member add");
+    assert_eq!(added.status(), 201, "{}", added.text());
+    let (etcdctl, rota) = list(&server);
+    assert!(etcdctl.contains("[unstarted]: peerURLs=http://127.0.0.1:9"), "{etcdctl}");
+    assert_eq!(rota, etcdctl);
+}
+
 /// `etcdctl` given every member of a 3-node cluster, as users run it: it works the moment
 /// the cluster is up (each member lists its own client URLs even before it published them
 /// through Raft, else etcdctl refuses the cluster), and a write rides out a SIGKILL of the
