@@ -430,7 +430,10 @@ impl Node {
         to: u64,
         body: &[u8],
     ) -> Result<Vec<u8>, PeerError> {
-        if token != self.inner.cluster_token {
+        // A process that is not a member yet (`from` 0) may ask what the cluster is: one
+        // joining with `--initial-cluster-state existing` learns the token from the answer.
+        let joining_question = rpc == PeerRpc::ClusterInfo && from == 0;
+        if token != self.inner.cluster_token && !joining_question {
             let error = PeerError::TokenMismatch {
                 ours: self.inner.cluster_token.clone(),
                 theirs: token.to_string(),
@@ -644,11 +647,16 @@ pub(crate) async fn join_identity(config: &NodeConfig) -> Result<Identity, Start
                             .any(|url| config.advertise_peer_urls.contains(url))
                     });
                     return match mine {
-                        Some((id, _)) => Ok(Identity {
-                            cluster_id: info.cluster_id,
-                            node_id: *id,
-                            token: Some(config.cluster_token.clone()),
-                        }),
+                        Some((id, _)) => {
+                            if info.token != config.cluster_token {
+                                tracing::info!(token = %info.token, "joining with the cluster's token (--initial-cluster-token is not needed to join)");
+                            }
+                            Ok(Identity {
+                                cluster_id: info.cluster_id,
+                                node_id: *id,
+                                token: Some(info.token.clone()),
+                            })
+                        }
                         None => Err(StartError::Join(format!(
                             "this member's peer URLs {:?} are not in the cluster's membership; add it first (`rota member add` or POST /v2/members)",
                             config.advertise_peer_urls

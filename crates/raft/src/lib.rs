@@ -815,6 +815,7 @@ impl Node {
                 .map(|(id, member)| (*id, member.clone()))
                 .collect(),
             voters: membership.voter_ids().collect(),
+            token: self.inner.cluster_token.clone(),
         }
     }
 

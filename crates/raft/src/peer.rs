@@ -153,6 +153,12 @@ pub struct ClusterInfo {
     pub leader: Option<NodeId>,
     pub members: Vec<(NodeId, Member)>,
     pub voters: Vec<NodeId>,
+    /// The cluster token, for a member joining with `--initial-cluster-state existing`: it
+    /// takes the cluster's token as it takes its id, so it needs no `--initial-cluster-token`
+    /// (etcd's joining members need none). Being added first (`member add`) is what lets a
+    /// process join; the token only keeps apart clusters that were set up by mistake to
+    /// talk to each other.
+    pub token: String,
 }
 
 /// A membership change as the leader carries it out.

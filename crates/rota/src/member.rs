@@ -213,8 +213,6 @@ async fn add(endpoints: &Endpoints, name: &str, peer_urls: &str) -> Result<(), F
     println!("ETCD_NAME=\"{name}\"");
     println!("ETCD_INITIAL_CLUSTER=\"{}\"", initial_cluster.join(","));
     println!("ETCD_INITIAL_CLUSTER_STATE=\"existing\"");
-    // The token is the cluster's secret handshake; the members API does not tell it.
-    println!("# and the cluster's token, if it is not the default: ETCD_INITIAL_CLUSTER_TOKEN=\"...\"");
     Ok(())
 }
 

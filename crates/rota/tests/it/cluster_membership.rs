@@ -575,7 +575,16 @@ fn cluster_membership_a_single_node_grows_into_a_cluster_only_when_it_listens_fo
     assert_eq!(before.status(), 201, "{name}: {}", before.text());
     add_member(&[addr(c1)], &format!("http://127.0.0.1:{p2}"));
     let cluster = format!("n1=http://127.0.0.1:{p1},n2=http://127.0.0.1:{p2}");
-    let existing = ["--initial-cluster".to_owned(), cluster, "--initial-cluster-state".to_owned(), "existing".to_owned()];
+    // Started as `etcdctl member add` says, without the cluster's token (the default one
+    // given last wins over the closure's): a joining member takes the cluster's token.
+    let existing = [
+        "--initial-cluster".to_owned(),
+        cluster,
+        "--initial-cluster-state".to_owned(),
+        "existing".to_owned(),
+        "--initial-cluster-token".to_owned(),
+        "etcd-cluster".to_owned(),
+    ];
     let _n2 = serve("n2", c2, Some(p2), &existing);
     wait_until(CHANGE_TIMEOUT, "n2 has the write made before it joined", || {
         let read = http::send_with_timeout(addr(c2), &Request::new("GET", "/v2/keys/grow/before"), PROBE_TIMEOUT).ok()?;
