@@ -353,10 +353,12 @@ async fn shutdown_signal() -> &'static str {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // openraft logs every failed retry to an unreachable follower (about 15 lines a
-        // second each); the peer transport logs when a peer goes away and comes back.
+        // second each); the peer transport logs when a peer goes away and comes back. Its
+        // core warns of messages it ignores as stale (every start, every election): those
+        // are kept from a normal log, its errors are not.
         .unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new(
-                "info,openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off",
+                "info,openraft=warn,openraft::core::raft_core=error,openraft::replication=off,openraft::engine::handler::replication_handler=off",
             )
         });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
