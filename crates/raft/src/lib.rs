@@ -310,8 +310,9 @@ pub struct Status {
 pub enum ProposeError {
     #[error("no leader")]
     NoLeader,
-    /// A forwarded command's leader did not answer (it died, froze or was cut off, and
-    /// another leader took over): the command may or may not have been applied.
+    /// The command was not answered in time: a forwarded command's leader died, froze or
+    /// was cut off and another leader took over, or this leader could not commit it within
+    /// the request timeout. It may or may not have been applied.
     #[error("request timed out, possibly due to previous leader failure: {0}")]
     OutcomeUnknown(String),
     #[error("node is shutting down")]

@@ -225,19 +225,18 @@ impl PeerTransport {
         let now = Instant::now();
         let mut unreachable = self.inner.unreachable.lock().unwrap_or_else(|e| e.into_inner());
         let for_s = match unreachable.get_mut(&target) {
-            Some((_, _, was)) if *was != trouble => {
-                unreachable.insert(target, (now, now, trouble));
-                None
-            }
-            None => {
-                unreachable.insert(target, (now, now, trouble));
-                None
-            }
-            Some((since, logged, _)) if now.duration_since(*logged) >= STILL_UNREACHABLE_EVERY => {
+            Some((since, logged, was)) if *was == trouble => {
+                if now.duration_since(*logged) < STILL_UNREACHABLE_EVERY {
+                    return;
+                }
                 *logged = now;
                 Some(now.duration_since(*since).as_secs())
             }
-            Some(_) => return,
+            // New, or another kind of trouble than before: logged at once.
+            _ => {
+                unreachable.insert(target, (now, now, trouble));
+                None
+            }
         };
         let peer = format!("{target:x}");
         match (trouble, for_s) {

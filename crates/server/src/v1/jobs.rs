@@ -157,7 +157,7 @@ pub(crate) async fn submit<B: Backend>(
     let Some(job) = jobs.into_iter().next() else { return Err(ApiError::invalid("jobs", "nothing submitted")) };
     let id = job.id;
     let (status, job) = match wait_ms {
-        Some(wait_ms) if wait_ms > 0 && !job.state.is_terminal() => match wait_finished(app, id, wait_ms, (outcome.raft_index, Some(&job))).await? {
+        Some(wait_ms) if wait_ms > 0 && !job.state.is_terminal() => match wait_finished(app, id, wait_ms, Some((outcome.raft_index, &job))).await? {
             Some(job) if job.state.is_terminal() => (200, job),
             Some(job) => (202, job),
             // Removed while we waited: its queue was deleted (or it finished and its queue
@@ -185,7 +185,7 @@ pub(crate) async fn get<B: Backend>(app: &Arc<App<B>>, call: &Call<'_>, id: JobI
     let wait_ms = json::query_duration_ms(&params, "wait", RESULT_WAIT_MS_MAX)?;
     read_point(app, json::query_local(&params)?).await?;
     let job = match wait_ms {
-        Some(wait_ms) if wait_ms > 0 => wait_finished(app, id, wait_ms, (0, None)).await?,
+        Some(wait_ms) if wait_ms > 0 => wait_finished(app, id, wait_ms, None).await?,
         _ => app.backend.read(|state| state.jobs.job(id)),
     };
     match job {
@@ -197,15 +197,14 @@ pub(crate) async fn get<B: Backend>(app: &Arc<App<B>>, call: &Call<'_>, id: JobI
 /// Waits until job `id` is finished, or `wait_ms` passed, re-reading it after each applied
 /// entry. `None` if it does not exist (or stopped existing).
 ///
-/// `(applied_from, submitted)`: the Raft index of the entry that created the job and the
-/// job as that entry answered. A follower that forwarded the submit may not have applied
-/// it yet; until it has, a missing job is not there yet rather than removed: the wait goes
-/// on, and if it ends first, the answer is `submitted`.
+/// `created`: the Raft index of the entry that created the job and the job as that entry
+/// answered. A follower that forwarded the submit may not have applied it yet; until it
+/// has, the job is as created (not missing, which would read as removed).
 async fn wait_finished<B: Backend>(
     app: &App<B>,
     id: JobId,
     wait_ms: u64,
-    (applied_from, submitted): (u64, Option<&Job>),
+    created: Option<(u64, &Job)>,
 ) -> Result<Option<Job>, ApiError> {
     let Some(_slot) = app.v1.result_waiters.acquire() else {
         return Err(ApiError::new(503, super::errors::UNAVAILABLE, "too many requests waiting for results", None));
@@ -214,17 +213,13 @@ async fn wait_finished<B: Backend>(
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     let mut applied = app.backend.subscribe();
     let result = loop {
-        let caught_up = applied.borrow_and_update().raft_index >= applied_from;
-        if !caught_up {
-            match tokio::time::timeout_at(deadline, applied.changed()).await {
-                Ok(Ok(())) => continue,
-                // Not applied here within the wait: the job as the leader answered it.
-                Ok(Err(_)) | Err(_) => break submitted.cloned(),
-            }
-        }
-        // Reads the whole job each time; fine for the entries a job's life takes. A cheaper
-        // state-only read in core would help if many wait on busy servers.
-        let job = app.backend.read(|state| state.jobs.job(id));
+        let applied_index = applied.borrow_and_update().raft_index;
+        let job = match created {
+            Some((created_at, job)) if applied_index < created_at => Some(job.clone()),
+            // Reads the whole job each time; fine for the entries a job's life takes. A
+            // cheaper state-only read in core would help if many wait on busy servers.
+            _ => app.backend.read(|state| state.jobs.job(id)),
+        };
         match job {
             Some(job) if !job.state.is_terminal() => {
                 match tokio::time::timeout_at(deadline, applied.changed()).await {

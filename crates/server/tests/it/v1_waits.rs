@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{app, eventually, TestApp};
+use crate::support::{app, eventually, Reply, TestApp};
 use crate::v1_support::*;
 
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -26,6 +26,18 @@ async fn wait_for_waiters(app: &TestApp, count: usize) {
     eventually(PATIENCE, &format!("{count} lease waiters"), move || rota_server::v1::lease_waiter_count(&app) == count).await;
 }
 
+/// Submits a job to `queue` with `?wait=30s` as its own task; returns once the submit
+/// waits for the job to finish.
+async fn submit_and_wait(app: &TestApp, queue: &str) -> tokio::task::JoinHandle<Reply> {
+    let (app, uri) = (app.clone(), format!("/v1/queues/{queue}/jobs?wait=30s"));
+    let waiting = {
+        let app = app.clone();
+        tokio::spawn(async move { post(&app, &uri, json!({"payload": 1})).await })
+    };
+    eventually(PATIENCE, "the job is submitted", move || rota_server::v1::result_waiter_count(&app) == 1).await;
+    waiting
+}
+
 async fn complete(app: &TestApp, job: &Value) {
     let uri = format!("/v1/jobs/{}/complete", job["id"]);
     let reply = post(app, &uri, json!({"lease_token": job["lease_token"], "result": "done"})).await;
@@ -35,12 +47,7 @@ async fn complete(app: &TestApp, job: &Value) {
 #[tokio::test]
 async fn submit_with_wait_answers_200_once_the_job_finished() {
     let app = app();
-    let waiting = {
-        let app = app.clone();
-        tokio::spawn(async move { post(&app, "/v1/queues/q/jobs?wait=30s", json!({"payload": 1})).await })
-    };
-    let app2 = app.clone();
-    eventually(PATIENCE, "the job is submitted", move || rota_server::v1::result_waiter_count(&app2) == 1).await;
+    let waiting = submit_and_wait(&app, "q").await;
     let job = lease(&app, "q", 1).await.remove(0);
     complete(&app, &job).await;
     let reply = tokio::time::timeout(PATIENCE, waiting).await.expect("answered").expect("task");
@@ -62,12 +69,7 @@ async fn submit_with_wait_answers_202_when_the_wait_ends_first() {
 #[tokio::test]
 async fn submit_with_wait_answers_not_found_when_its_queue_is_deleted_meanwhile() {
     let app = app();
-    let waiting = {
-        let app = app.clone();
-        tokio::spawn(async move { post(&app, "/v1/queues/gone/jobs?wait=30s", json!({"payload": 1})).await })
-    };
-    let app2 = app.clone();
-    eventually(PATIENCE, "the job is submitted", move || rota_server::v1::result_waiter_count(&app2) == 1).await;
+    let waiting = submit_and_wait(&app, "gone").await;
     let deleted = call(&app, "DELETE", "/v1/queues/gone?force=true", None, &[]).await;
     assert_eq!(deleted.status, 200, "{}", deleted.body);
     let reply = tokio::time::timeout(PATIENCE, waiting).await.expect("answered").expect("task");
