@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{Method, Request, Response, StatusCode};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt as _;
@@ -190,7 +190,7 @@ impl<B: Backend> App<B> {
                     cluster.stats_store(&method, &self.backend, &self.get_stats, watchers),
                 )
             }
-            "/metrics" => (Route::Metrics, self.metrics_response(&method)),
+            "/metrics" => (Route::Metrics, self.metrics_response(&request)),
             _ if path.starts_with("/v2/auth/") => {
                 let mut response = crate::auth::handle(&method, path);
                 // etcd's JSON answers carry the cluster id; its 405 page does not.
@@ -212,21 +212,43 @@ impl<B: Backend> App<B> {
         }
     }
 
-    fn metrics_response(&self, method: &Method) -> Response<Body> {
+    /// `/metrics`: the Prometheus text format (0.0.4), as etcd serves it; OpenMetrics to a
+    /// scraper whose `Accept` asks for it (Prometheus does).
+    fn metrics_response(&self, request: &Request<Body>) -> Response<Body> {
+        let method = request.method();
         if method != Method::GET && method != Method::HEAD {
             return respond::method_not_allowed("GET");
         }
-        let etcd_index = self.backend.read(|state| state.v2.index());
+        let (etcd_index, queues) = self.backend.read(|state| {
+            let now_ms = unix_now_ms().max(state.time_ms());
+            let queues = state.jobs.queues(now_ms);
+            let queues = queues.into_iter().map(|queue| (queue.name, queue.counts));
+            (state.v2.index(), queues.collect())
+        });
         self.backend.refresh_metrics();
-        let text = self.metrics.render(crate::metrics::NodeSample {
+        let openmetrics = self.metrics.render(crate::metrics::NodeSample {
             etcd_index,
             watchers: self.watcher_count(),
+            queues,
         });
+        let wants_openmetrics = request
+            .headers()
+            .get_all(ACCEPT)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .any(|value| value.contains("application/openmetrics-text"));
+        let (text, content_type) = if wants_openmetrics {
+            (openmetrics, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+        } else {
+            (
+                crate::metrics::prometheus_text(&openmetrics),
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+        };
         let mut response = respond::with_status(200, text);
-        response.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        );
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         response
     }
 

@@ -1,9 +1,17 @@
 //! `/metrics`: requests by route and status, a latency histogram per route, the store
-//! index and the watcher count, plus whatever the backend registers (the Raft node adds
-//! `rota_raft_*`: term, indexes, leader changes, fsync latency, batch sizes). One registry
-//! per server, so in-process test clusters don't mix their numbers.
+//! index, the watcher count and the jobs per queue and state, plus whatever the backend
+//! registers (the Raft node adds `rota_raft_*`: term, indexes, leader changes, fsync
+//! latency, batch sizes). One registry per server, so in-process test clusters don't mix
+//! their numbers.
+//!
+//! The registry renders OpenMetrics; [`prometheus_text`] turns that into the Prometheus
+//! text format (0.0.4) that etcd serves and that a scraper gets unless it asks for
+//! OpenMetrics.
 
+use std::collections::HashSet;
 use std::time::Duration;
+
+use rota_core::jobs::JobCounts;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -86,6 +94,12 @@ struct RouteLabels {
     route: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueStateLabels {
+    queue: String,
+    state: &'static str,
+}
+
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -94,13 +108,16 @@ pub struct Metrics {
     latency_seconds: HistogramFamily,
     etcd_index: Gauge,
     watchers: Gauge,
+    queue_jobs: Family<QueueStateLabels, Gauge>,
 }
 
 /// Store numbers, read at scrape time.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct NodeSample {
     pub etcd_index: u64,
     pub watchers: usize,
+    /// Every queue with its jobs per state.
+    pub queues: Vec<(String, JobCounts)>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -140,6 +157,12 @@ impl Metrics {
             "etcd v2 store index (X-Etcd-Index)",
         );
         let watchers = gauge(&mut registry, "rota_watchers", "Open /v2/keys watches");
+        let queue_jobs = Family::<QueueStateLabels, Gauge>::default();
+        registry.register(
+            "rota_queue_jobs",
+            "Jobs in each queue by state (queued and scheduled are the queue's depth)",
+            queue_jobs.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -157,6 +180,7 @@ impl Metrics {
             latency_seconds,
             etcd_index,
             watchers,
+            queue_jobs,
         }
     }
 
@@ -196,12 +220,32 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// The Prometheus text exposition, after sampling the node.
+    /// The OpenMetrics exposition, after sampling the node.
     pub fn render(&self, sample: NodeSample) -> String {
         let as_i64 = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         self.etcd_index.set(as_i64(sample.etcd_index));
         self.watchers
             .set(i64::try_from(sample.watchers).unwrap_or(i64::MAX));
+        // Rebuilt on every scrape, so a deleted queue's series go away.
+        self.queue_jobs.clear();
+        for (queue, counts) in sample.queues {
+            let states = [
+                ("scheduled", counts.scheduled),
+                ("queued", counts.queued),
+                ("leased", counts.leased),
+                ("succeeded", counts.succeeded),
+                ("dead", counts.dead),
+                ("cancelled", counts.cancelled),
+            ];
+            for (state, count) in states {
+                self.queue_jobs
+                    .get_or_create(&QueueStateLabels {
+                        queue: queue.clone(),
+                        state,
+                    })
+                    .set(as_i64(count));
+            }
+        }
         let mut text = String::with_capacity(8192);
         if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
             text.clear();
@@ -210,9 +254,71 @@ impl Metrics {
     }
 }
 
+/// The Prometheus text format (0.0.4) of an OpenMetrics exposition as `prometheus-client`
+/// writes it: a counter's `HELP` and `TYPE` lines name its `_total` sample, and the
+/// OpenMetrics-only `UNIT` and `EOF` lines go. Everything else reads the same in both.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let counters: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let metadata = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
+        match metadata {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                text.push_str(prefix);
+                text.push_str(name);
+                if counters.contains(name) {
+                    text.push_str("_total");
+                }
+                text.push(' ');
+                text.push_str(tail);
+            }
+            None => text.push_str(line),
+        }
+        text.push('\n');
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Route;
+    use super::{prometheus_text, Route};
+
+    #[test]
+    fn prometheus_text_names_counters_by_their_samples_and_drops_openmetrics_lines() {
+        let openmetrics = "# HELP rota_http_requests HTTP requests.\n\
+                           # TYPE rota_http_requests counter\n\
+                           rota_http_requests_total{route=\"/v2/keys\"} 3\n\
+                           # HELP rota_etcd_index etcd v2 store index.\n\
+                           # TYPE rota_etcd_index gauge\n\
+                           rota_etcd_index 7\n\
+                           # HELP rota_sync_seconds Sync time.\n\
+                           # TYPE rota_sync_seconds histogram\n\
+                           # UNIT rota_sync_seconds seconds\n\
+                           rota_sync_seconds_sum 0.5\n\
+                           # EOF\n";
+        assert_eq!(
+            prometheus_text(openmetrics),
+            "# HELP rota_http_requests_total HTTP requests.\n\
+             # TYPE rota_http_requests_total counter\n\
+             rota_http_requests_total{route=\"/v2/keys\"} 3\n\
+             # HELP rota_etcd_index etcd v2 store index.\n\
+             # TYPE rota_etcd_index gauge\n\
+             rota_etcd_index 7\n\
+             # HELP rota_sync_seconds Sync time.\n\
+             # TYPE rota_sync_seconds histogram\n\
+             rota_sync_seconds_sum 0.5\n"
+        );
+    }
 
     #[test]
     fn v1_paths_get_one_bounded_label_per_endpoint_family() {

@@ -105,3 +105,65 @@ async fn metrics_count_requests_by_route_and_status() {
     );
     assert!(reply.body.contains("rota_etcd_index 0"), "{}", reply.body);
 }
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_unless_the_scraper_asks_for_openmetrics() {
+    let app = app();
+    get(&app, "/v2/keys/missing").await;
+    let text = get(&app, "/metrics").await;
+    assert_eq!(text.status, 200);
+    assert_eq!(
+        text.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    // In the text format a counter's metadata names its sample.
+    assert!(
+        text.body
+            .contains("# TYPE rota_http_requests_total counter\n"),
+        "{}",
+        text.body
+    );
+    assert!(!text.body.contains("# EOF"), "{}", text.body);
+
+    // What Prometheus sends: OpenMetrics first.
+    let accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let request = axum::http::Request::builder()
+        .uri("/metrics")
+        .header("accept", accept)
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let openmetrics = send_request(&app, request).await;
+    assert_eq!(
+        openmetrics.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert!(
+        openmetrics
+            .body
+            .contains("# TYPE rota_http_requests counter\n"),
+        "{}",
+        openmetrics.body
+    );
+    assert!(openmetrics.body.ends_with("# EOF\n"), "{}", openmetrics.body);
+}
+
+#[tokio::test]
+async fn metrics_count_each_queues_jobs_by_state() {
+    let app = app();
+    crate::v1_support::submit(&app, "api", serde_json::json!({"payload": 1})).await;
+    crate::v1_support::submit(&app, "api", serde_json::json!({"payload": 2})).await;
+    crate::v1_support::lease(&app, "api", 1).await;
+    let metrics = get(&app, "/metrics").await.body;
+    for line in [
+        r#"rota_queue_jobs{queue="api",state="queued"} 1"#,
+        r#"rota_queue_jobs{queue="api",state="leased"} 1"#,
+        r#"rota_queue_jobs{queue="api",state="dead"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    // A deleted queue's series go with it.
+    let deleted = crate::v1_support::call(&app, "DELETE", "/v1/queues/api?force=true", None, &[]).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    let metrics = get(&app, "/metrics").await.body;
+    assert!(!metrics.contains("rota_queue_jobs{"), "{metrics}");
+}
