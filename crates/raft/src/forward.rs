@@ -30,6 +30,10 @@ const FORWARD_PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a forwarded proposal still waits for its leader's answer once another leader
 /// was elected (see `Node::wait_for_another_leader`).
 const REPLACED_LEADER_GRACE: Duration = Duration::from_millis(500);
+/// How long a follower waits to apply a forwarded write the leader answered before it
+/// answers too (normally one replication round: the leader sends the new commit index at
+/// once).
+const FORWARDED_APPLY_WAIT: Duration = Duration::from_secs(2);
 /// Commands per forwarded batch, at most (the leader refuses more).
 pub(crate) const FORWARD_BATCH_COMMANDS_MAX: usize = 1024;
 /// Encoded command bytes per forwarded batch, at most (one command may exceed it alone).
@@ -266,6 +270,12 @@ pub(crate) async fn propose(node: &Node, command: Command) -> Result<Proposed, P
                     // That leader removed itself from the cluster before it proposed the
                     // command: not applied, the next leader takes it.
                     Ok(ForwardedProposal::Done(Err(ProposeError::Removed))) => {}
+                    Ok(ForwardedProposal::Done(Ok(proposed))) => {
+                        // As etcd's members do, answer once this member applied the write
+                        // too, so that a client reading here next reads its own write.
+                        wait_applied_to_answer(node, proposed.raft_index).await;
+                        return Ok(proposed);
+                    }
                     Ok(ForwardedProposal::Done(result)) => return result,
                     Ok(ForwardedProposal::NotLeader { .. }) => {}
                     Err(ForwardFailure::NotDelivered(reason)) => {
@@ -353,6 +363,20 @@ async fn wait_applied(node: &Node, index: u64, deadline: Instant) -> Result<Appl
     }
 }
 
+/// Waits until this node applied `index`, the entry of a write the leader committed and
+/// answered. The answer stands whatever happens (the write is committed): a follower cut
+/// off from the leader right after it answered gives up waiting after
+/// [`FORWARDED_APPLY_WAIT`] and answers, later reads here may then not show the write yet.
+async fn wait_applied_to_answer(node: &Node, index: u64) {
+    let mut applied = node.inner.shared.applied_tx.subscribe();
+    let waited =
+        tokio::time::timeout(FORWARDED_APPLY_WAIT, applied.wait_for(|a| a.raft_index >= index))
+            .await;
+    if waited.is_err() {
+        tracing::debug!(index, "answering a forwarded write before this member applied it");
+    }
+}
+
 /// Runs a membership change on the leader, forwarding it if this node is a follower.
 pub(crate) async fn change_members(
     node: &Node,
@@ -382,6 +406,14 @@ pub(crate) async fn change_members(
                     )
                     .await;
                 match answer {
+                    Ok(MemberChangeReply::Done(Ok(changed))) => {
+                        // So that `/v2/members` here lists the change once it is answered
+                        // (the leader committed it; this catches up to the leader's commit).
+                        if let Err(error) = linearizable_read(node).await {
+                            tracing::debug!(%error, "answering a member change before this member has it");
+                        }
+                        return Ok(changed);
+                    }
                     Ok(MemberChangeReply::Done(result)) => return result,
                     Ok(MemberChangeReply::NotLeader { .. }) => {}
                     Err(error) if error.not_delivered() => {}

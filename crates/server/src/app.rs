@@ -666,11 +666,9 @@ pub(crate) fn propose_error(error: &ProposeError) -> Response<Body> {
         // Another member (or this one, a moment later) can take the request, so clients get
         // 503 + Retry-After, which they retry. (A node shutting down, or removed from the
         // cluster, answers its queued writes this way; they were not applied.)
-        ProposeError::NoLeader | ProposeError::OutcomeUnknown(_) | ProposeError::ShuttingDown | ProposeError::Removed => {
+        ProposeError::NoLeader | ProposeError::ShuttingDown | ProposeError::Removed => {
             let cause = match error {
                 ProposeError::NoLeader => "etcdserver: no leader (request timed out waiting for one)".to_string(),
-                // etcd's words (ErrTimeoutDueToLeaderFail).
-                ProposeError::OutcomeUnknown(_) => "etcdserver: request timed out, possibly due to previous leader failure".to_string(),
                 ProposeError::Removed => error.to_string(),
                 other => format!("{other}; retry on another member"),
             };
@@ -682,6 +680,15 @@ pub(crate) fn propose_error(error: &ProposeError) -> Response<Body> {
             );
             response
         }
+        // The write may still be applied: etcd's 500 (errorCode 300, its timeout's words),
+        // without Retry-After, which HTTP libraries take as leave to send a PUT or DELETE
+        // again (urllib3 does, under python-etcd): a compare-and-swap sent twice could
+        // report that it failed when its first copy won.
+        ProposeError::OutcomeUnknown(_) => respond::v2_error(&V2Error::new(
+            300,
+            Some("etcdserver: request timed out, possibly due to previous leader failure".to_string()),
+            0,
+        )),
         ProposeError::TooLarge { .. } => respond::rota_error(
             413,
             limits::BODY_TOO_LARGE_CODE,
