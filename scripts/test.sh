@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, property, HTTP, end-to-end against real etcd, crash tests.
 # Installs what the tests need when missing: etcd 3.4 for the differential tests, etcdctl and
-# the python-etcd library (in a virtualenv under target/) for the client tests, cargo-nextest.
+# the python-etcd library (in a virtualenv under target/) for the client tests, Chromium for
+# the dashboard tests (headless), cargo-nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,7 @@ need_apt=()
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if ! command -v python3 >/dev/null 2>&1; then need_apt+=(python3 python3-venv)
 elif ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then need_apt+=(python3-venv); fi
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -191,6 +191,9 @@ impl<B: Backend> App<B> {
                 )
             }
             "/metrics" => (Route::Metrics, self.metrics_response(&request)),
+            _ if path == "/ui" || path.starts_with("/ui/") => {
+                (Route::Ui, crate::ui::handle(&method, path))
+            }
             _ if path.starts_with("/v2/auth/") => {
                 let mut response = crate::auth::handle(&method, path);
                 // etcd's JSON answers carry the cluster id; its 405 page does not.

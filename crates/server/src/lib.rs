@@ -2,13 +2,14 @@
 //!
 //! Serves etcd's v2 keys API (`/v2/keys`) and its cluster endpoints (`/version`, `/health`,
 //! `/v2/members`, `/v2/machines`, `/v2/stats/*`) byte-compatibly with etcd 3.4, plus
-//! `/metrics`. The handlers map requests to `rota_core` commands and answers back, nothing
-//! more: semantics live in `rota-core`, consensus in `rota-raft`, behind [`Backend`].
+//! `/metrics` and the `/ui` dashboard. The handlers map requests to `rota_core` commands
+//! and answers back, nothing more: semantics live in `rota-core`, consensus in `rota-raft`,
+//! behind [`Backend`].
 //!
 //! Module map: [`form`] (Go's form decoding), [`path`] (Go's path cleaning), [`params`]
 //! (etcd's parameter validation), `app` (routing and the keys handlers), `watch`
-//! (long-poll watches), `cluster` (members, stats, version), [`metrics`], [`serve`]
-//! (sockets and connections), [`limits`] (every bound).
+//! (long-poll watches), `cluster` (members, stats, version), [`metrics`], `ui` (the
+//! dashboard's static files), [`serve`] (sockets and connections), [`limits`] (every bound).
 
 mod app;
 mod auth;
@@ -23,6 +24,7 @@ pub mod path;
 pub mod peer;
 mod respond;
 pub mod serve;
+mod ui;
 mod watch;
 pub mod v1;
 

@@ -37,6 +37,7 @@ pub enum Route {
     V1Jobs,
     V1Counters,
     V1Watch,
+    Ui,
     Other,
 }
 
@@ -72,6 +73,7 @@ impl Route {
             Route::V1Jobs => "/v1/jobs",
             Route::V1Counters => "/v1/counters",
             Route::V1Watch => "/v1/watch",
+            Route::Ui => "/ui",
             Route::Other => "other",
         }
     }

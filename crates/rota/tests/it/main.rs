@@ -1,7 +1,8 @@
 //! End-to-end tests of the `rota` binary with real processes: a differential test against
 //! real etcd 3.4 (`etcd_diff`), crash durability under SIGKILL (`crash`) and bad input end
-//! to end (`bad_input`). etcd must be installed (`/usr/bin/etcd`, Debian's `etcd-server`);
-//! the tests fail, never skip, without it.
+//! to end (`bad_input`). etcd must be installed (`/usr/bin/etcd`, Debian's `etcd-server`),
+//! and Chromium for the dashboard (`ui`, `/usr/bin/chromium`); the tests fail, never skip,
+//! without them.
 //!
 //! `ROTA_IT_AGAINST=etcd` runs the differential and bad-input comparisons etcd against etcd,
 //! which must always agree: that checks the normalizer and the scenarios themselves.
@@ -28,3 +29,4 @@ mod kv_linearizable;
 mod linearizability;
 mod normalize;
 mod session;
+mod ui;
