@@ -460,6 +460,7 @@ impl Node {
         token: &str,
         from: u64,
         to: u64,
+        cluster_id: u64,
         body: &[u8],
     ) -> Result<Vec<u8>, PeerError> {
         // A process that is not a member yet (`from` 0) may ask what the cluster is: one
@@ -481,6 +482,18 @@ impl Node {
             let error = PeerError::WrongMember { ours: self.id(), meant: to };
             if self.transport().log_refusal(from, "member") {
                 tracing::warn!(%error, from = %format!("{from:x}"), "refusing a peer RPC meant for another member (logged again in a minute if it goes on)");
+            }
+            return Err(error);
+        }
+        // 0: a process that is not a member yet, asking questions.
+        if cluster_id != 0 && cluster_id != self.inner.cluster_id && !joining_question {
+            let error = PeerError::ClusterIdMismatch {
+                ours: self.inner.cluster_id,
+                theirs: cluster_id,
+                from,
+            };
+            if self.transport().log_refusal(from, "cluster id") {
+                tracing::error!(%error, "refusing a peer of another cluster (logged again in a minute if it goes on)");
             }
             return Err(error);
         }
@@ -603,7 +616,7 @@ impl Node {
 /// sends as node 0 and takes part in no election.
 fn start_up_transport(config: &NodeConfig) -> PeerTransport {
     let hints = std::sync::Arc::new(crate::split_vote::ElectionHints::new(config.election_timeout_max_ms));
-    PeerTransport::new(config.cluster_token.clone(), 0, hints, config.peer_source_ip)
+    PeerTransport::new(config.cluster_token.clone(), 0, 0, hints, config.peer_source_ip)
 }
 
 /// The peer URLs of `--initial-cluster` other than this member's own.
@@ -622,7 +635,12 @@ fn other_peer_urls(config: &NodeConfig) -> impl Iterator<Item = &String> {
 /// member lost its data dir; initializing afresh would give it an empty log and let it vote
 /// as if it had never acknowledged anything. Peers that do not answer (a new cluster
 /// starting up) are no reason to wait: each is asked once.
-pub(crate) async fn refuse_rebootstrap(config: &NodeConfig, id: NodeId, cluster_id: u64) -> Result<(), StartError> {
+///
+/// "This member" is the member with its id or with one of its peer URLs, in whatever
+/// cluster the peer is in: a member added at runtime has an id the leader gave it, not the
+/// one its name gives, and a member whose flags changed since (another `--initial-cluster`
+/// after members were added or moved) computes another cluster id; neither may start over.
+pub(crate) async fn refuse_rebootstrap(config: &NodeConfig, id: NodeId) -> Result<(), StartError> {
     debug_assert_eq!(config.initial_cluster_state, ClusterState::New);
     let transport = start_up_transport(config);
     // All peers at once, each within a short bound: members of a new cluster start
@@ -638,14 +656,17 @@ pub(crate) async fn refuse_rebootstrap(config: &NodeConfig, id: NodeId, cluster_
         let Ok(info) = answer else {
             continue;
         };
-        let started = info.members.iter().any(|(member, details)| *member == id && !details.client_urls.is_empty());
-        if info.cluster_id == cluster_id && started {
+        let started = info.members.iter().find(|(member, details)| {
+            let mine = *member == id || details.peer_urls.iter().any(|url| config.advertise_peer_urls.contains(url));
+            mine && !details.client_urls.is_empty()
+        });
+        if let Some((started_id, _)) = started {
             let peer_urls = config.advertise_peer_urls.join(",");
             return Err(StartError::Join(format!(
-                "member {id:x} has already been bootstrapped (peer {url} knows it as started) but its data dir is empty; \
-                 to start it over, remove it (`rota member rm {id:x}`), add it again (`rota member add {} {peer_urls}`) \
-                 and start it with --initial-cluster-state existing",
-                config.name
+                "member {started_id:x} has already been bootstrapped (peer {url} of cluster {:016x} knows it as started) but this \
+                 data dir is empty; to start it over, remove it (`rota member rm {started_id:x}`), add it again \
+                 (`rota member add {} {peer_urls}`) and start it with --initial-cluster-state existing",
+                info.cluster_id, config.name
             )));
         }
     }

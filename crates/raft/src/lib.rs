@@ -544,7 +544,7 @@ impl Node {
             }
         }
         if pristine && config.initial_cluster_state == ClusterState::New {
-            forward::refuse_rebootstrap(&config, id, identity.cluster_id).await?;
+            forward::refuse_rebootstrap(&config, id).await?;
         }
         let hints = Arc::new(split_vote::ElectionHints::new(
             config.election_timeout_max_ms,
@@ -552,6 +552,7 @@ impl Node {
         let transport = PeerTransport::new(
             config.cluster_token.clone(),
             id,
+            identity.cluster_id,
             hints,
             config.peer_source_ip,
         );

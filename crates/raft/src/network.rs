@@ -33,7 +33,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::peer::{
-    self, PeerRpc, PEER_FROM_HEADER, PEER_PATH_PREFIX, PEER_REMOVED_STATUS, PEER_TOKEN_HEADER, PEER_TO_HEADER,
+    self, PeerRpc, PEER_CLUSTER_ID_HEADER, PEER_FROM_HEADER, PEER_PATH_PREFIX, PEER_REMOVED_STATUS, PEER_TOKEN_HEADER, PEER_TO_HEADER,
     PEER_WRONG_MEMBER_STATUS,
 };
 use crate::types::{Member, NodeId, TypeConfig};
@@ -56,6 +56,8 @@ struct TransportInner {
     http: reqwest::Client,
     token: String,
     from: NodeId,
+    /// Sent with every call; 0 (a process that is not a member yet) sends none.
+    cluster_id: u64,
     stats: PeerStats,
     hints: Arc<crate::split_vote::ElectionHints>,
     /// This member's "removed from the cluster" flag (the node's `removed`): set when a peer
@@ -166,6 +168,7 @@ impl PeerTransport {
     pub(crate) fn new(
         token: String,
         from: NodeId,
+        cluster_id: u64,
         hints: Arc<crate::split_vote::ElectionHints>,
         source_ip: Option<std::net::IpAddr>,
     ) -> PeerTransport {
@@ -183,6 +186,7 @@ impl PeerTransport {
                 http,
                 token,
                 from,
+                cluster_id,
                 stats: PeerStats::default(),
                 hints,
                 removed: tokio::sync::watch::Sender::new(false),
@@ -316,6 +320,9 @@ impl PeerTransport {
         if target != 0 {
             post = post.header(PEER_TO_HEADER, format!("{target:016x}"));
         }
+        if self.inner.cluster_id != 0 {
+            post = post.header(PEER_CLUSTER_ID_HEADER, format!("{:016x}", self.inner.cluster_id));
+        }
         let sent = post.timeout(timeout).body(body).send().await;
         let response = match sent {
             Ok(response) => response,
@@ -338,6 +345,7 @@ impl PeerTransport {
         })?;
         let refusal = match status {
             403 => Some("cluster token mismatch"),
+            412 => Some("cluster id mismatch"),
             PEER_WRONG_MEMBER_STATUS => Some("another member answers at this URL"),
             _ => None,
         };

@@ -30,6 +30,10 @@ pub const PEER_FROM_HEADER: &str = "x-rota-from";
 /// different rota, or a removed member on its old data dir) refuses the call, so a leader
 /// never replicates to, nor promotes, the wrong process.
 pub const PEER_TO_HEADER: &str = "x-rota-to";
+/// The sender's cluster id (16 hex digits), as etcd's peers send `X-Etcd-Cluster-ID`: a
+/// member refuses Raft traffic of another cluster id. Absent from a process that is not a
+/// member yet (its membership questions).
+pub const PEER_CLUSTER_ID_HEADER: &str = "x-rota-cluster-id";
 /// The largest peer request body accepted: a snapshot chunk or an append of at most
 /// `max_payload_entries` entries of at most `batch_bytes_max` each stays well below it.
 pub const PEER_BODY_BYTES_MAX: usize = 128 << 20;
@@ -98,6 +102,11 @@ pub enum PeerError {
         theirs: String,
         from: u64,
     },
+    /// The sender belongs to another cluster id under the same token: typically a member
+    /// that lost its data dir and bootstrapped a cluster of its own with changed flags. Its
+    /// votes and entries must not reach this cluster.
+    #[error("cluster id mismatch: this member belongs to cluster {ours:016x}, the request came from node {from:x} of cluster {theirs:016x} (a member whose data dir was lost and that started a new cluster?)")]
+    ClusterIdMismatch { ours: u64, theirs: u64, from: u64 },
     #[error("undecodable {rpc} request: {reason}")]
     BadRequest { rpc: &'static str, reason: String },
     #[error("node is shutting down")]
@@ -115,6 +124,8 @@ impl PeerError {
     pub fn http_status(&self) -> u16 {
         match self {
             PeerError::TokenMismatch { .. } => 403,
+            // etcd's answer to a peer of another cluster id.
+            PeerError::ClusterIdMismatch { .. } => 412,
             PeerError::BadRequest { .. } => 400,
             PeerError::ShuttingDown => 503,
             PeerError::SenderRemoved { .. } => PEER_REMOVED_STATUS,

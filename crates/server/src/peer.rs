@@ -17,7 +17,9 @@ use axum::http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use rota_raft::peer::{PeerRpc, PEER_FROM_HEADER, PEER_PATH_PREFIX, PEER_TOKEN_HEADER, PEER_TO_HEADER};
+use rota_raft::peer::{
+    PeerRpc, PEER_CLUSTER_ID_HEADER, PEER_FROM_HEADER, PEER_PATH_PREFIX, PEER_TOKEN_HEADER, PEER_TO_HEADER,
+};
 use rota_raft::Node;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -138,11 +140,18 @@ pub async fn handle(node: &Node, request: Request<Body>) -> Response<Body> {
             Err(_) => return text(400, "malformed target id header"),
         },
     };
+    let cluster_id = match header_text(&request, PEER_CLUSTER_ID_HEADER).as_str() {
+        "" => 0,
+        hex => match u64::from_str_radix(hex, 16) {
+            Ok(cluster_id) => cluster_id,
+            Err(_) => return text(400, "malformed cluster id header"),
+        },
+    };
     let body = match axum::body::to_bytes(request.into_body(), limits::PEER_BODY_BYTES_MAX).await {
         Ok(body) => body,
         Err(_) => return text(413, "peer request body too large or unreadable"),
     };
-    match node.handle_peer(rpc, &token, from, to, &body).await {
+    match node.handle_peer(rpc, &token, from, to, cluster_id, &body).await {
         Ok(reply) => {
             let mut response = Response::new(Body::from(reply));
             response.headers_mut().insert(

@@ -462,6 +462,48 @@ fn cluster_membership_follower_back_with_an_empty_data_dir_is_refused_and_the_le
         "{name}: the wiped member must refuse to start, as etcd's does: {exit:?}\n{log}"
     );
     assert!(log.contains("rota member rm") && log.contains("--initial-cluster-state existing"), "{name}: says how to start it over:\n{log}");
+
+    // Started with another --initial-cluster (members were added since, or moved): another
+    // cluster id, the same member. Refused all the same.
+    let wipe = |cluster: &Cluster| {
+        std::fs::remove_dir_all(&data_dir).expect("remove the data dir");
+        std::fs::create_dir_all(&data_dir).expect("an empty data dir");
+        let _ = cluster;
+    };
+    wipe(&cluster);
+    let ghost = format!("ghost=http://127.0.0.1:{}", free_port());
+    let initial_cluster: Vec<String> =
+        cluster.nodes.iter().map(|node| format!("{}={}", node.name, node.peer_url())).chain([ghost]).collect();
+    cluster.config.extra_args = vec!["--initial-cluster".into(), initial_cluster.join(",")];
+    cluster.start_again(follower);
+    let exit = wait_exit(&mut cluster, follower, Instant::now());
+    let log = cluster.nodes[follower].log_tail(usize::MAX);
+    assert!(
+        exit.is_some_and(|(status, _)| !status.success()) && log.contains("has already been bootstrapped"),
+        "{name}: with changed flags too: {exit:?}\n{log}"
+    );
+
+    // Its peers frozen while it starts, nobody can tell it that it was a member: it
+    // bootstraps a cluster of its own (etcd's members do the same). Its cluster id is not
+    // theirs, so they refuse its campaigns (before, its vote requests reached them and a
+    // member that had voted for it could elect it with an empty log).
+    wipe(&cluster);
+    let others: Vec<usize> = (0..endpoints.len()).filter(|&i| i != follower).collect();
+    for &i in &others {
+        cluster.pause(i);
+    }
+    cluster.start_again(follower);
+    let wiped = endpoints[follower];
+    wait_until(CHANGE_TIMEOUT, "the wiped member up on its own", || {
+        http::send_with_timeout(wiped, &Request::new("GET", "/version"), PROBE_TIMEOUT).ok().filter(|r| r.status() == 200)
+    });
+    for &i in &others {
+        cluster.resume(i);
+    }
+    wait_until(CHANGE_TIMEOUT, "the members refuse the wiped member's campaigns", || {
+        others.iter().any(|&i| cluster.nodes[i].log_tail(usize::MAX).to_lowercase().contains("cluster id mismatch")).then_some(())
+    });
+    cluster.kill(follower);
     // The leader never saw a member whose log went backwards: it serves on, no panic.
     for i in 0..5 {
         let response = put_until_answered(leader_addr, &format!("/wiped/after-{i}"), "1");
