@@ -1150,6 +1150,15 @@ async fn follow_raft_metrics(
                 && current.current_leader == Some(id);
             metrics.is_leader.set(i64::from(leads));
             if current.current_leader != leader {
+                let term = current.vote.leader_id.term;
+                match current.current_leader {
+                    Some(new) if new == id => tracing::info!(term, "this member is the leader"),
+                    Some(new) => tracing::info!(term, leader = %format!("{new:x}"), "following a new leader"),
+                    // etcd logs "lost leader" too; the election that follows is logged by
+                    // its outcome.
+                    None if leader.is_some() => tracing::info!(term, "no leader: an election is under way"),
+                    None => {}
+                }
                 if current.current_leader.is_some() {
                     metrics.leader_changes.inc();
                 }
