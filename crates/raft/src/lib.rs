@@ -659,6 +659,8 @@ impl Node {
             config.data_dir.clone(),
             config.min_free_bytes,
             disk_space,
+            raft.clone(),
+            log_store.clone(),
             metrics.clone(),
             shutdown_tx.subscribe(),
         ));
@@ -1037,12 +1039,22 @@ fn snapshot_start_error(error: SnapshotFileError) -> StartError {
 
 /// Looks at the data dir's free space every [`disk::CHECK_INTERVAL`] (see `disk`). The
 /// threshold is `min_free_bytes` plus room for the next snapshot: the newest snapshot's
-/// size plus three times the log's (each logged write may add its value to the state up
-/// to three times: the key's node, and a watch event's node and previous node).
+/// size plus three times the log written since it (each logged write may add its value to
+/// the state up to three times: the key's node, and a watch event's node and previous
+/// node). Until this process saw a snapshot taken, the whole log dir counts as written
+/// since (the log left by an earlier run is replayed on top of its snapshot).
+///
+/// While short of space it asks for a snapshot, once per snapshot, when there is room to
+/// write one: after deletes the state (and so the next snapshot) is small, and once it is
+/// taken the log before it no longer counts, so writes resume without an operator. (Before,
+/// the threshold counted the whole log dir, which deletes only grow: a node short of space
+/// stayed so whatever was deleted.)
 async fn watch_disk_space(
     data_dir: PathBuf,
     min_free_bytes: u64,
     space: Arc<disk::DiskSpace>,
+    raft: Raft,
+    log_store: LogStore,
     metrics: RaftMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -1052,25 +1064,65 @@ async fn watch_disk_space(
     let mut interval = tokio::time::interval(disk::CHECK_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failed_before = false;
+    // The newest snapshot file at the first look, then whenever it changes; with it, the
+    // bytes this process had appended then (`None` until a snapshot was taken in this
+    // process: openraft's metrics name the snapshot loaded at start only a moment after).
+    let mut last_snapshot: Option<Option<u64>> = None;
+    let mut appended_at_snapshot: Option<u64> = None;
+    let mut asked_for_snapshot = false;
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,
             _ = interval.tick() => {}
         }
+        let appended = log_store.appended_bytes();
+        let dir = data_dir.clone();
+        let newest = tokio::task::spawn_blocking(move || newest_snapshot_index(&dir.join(SNAPSHOT_DIR))).await;
+        let Ok(Ok(newest)) = newest else {
+            continue;
+        };
+        match last_snapshot {
+            Some(seen) if seen != newest => {
+                appended_at_snapshot = Some(appended);
+                asked_for_snapshot = false;
+            }
+            _ => {}
+        }
+        last_snapshot = Some(newest);
         let data_dir = data_dir.clone();
         let looked = tokio::task::spawn_blocking(move || {
             let snapshot = disk::tree_bytes(&data_dir.join(SNAPSHOT_DIR))?;
-            let log = disk::tree_bytes(&data_dir.join(LOG_DIR))?;
+            let log = match appended_at_snapshot {
+                Some(at_snapshot) => appended.saturating_sub(at_snapshot),
+                None => disk::tree_bytes(&data_dir.join(LOG_DIR))?,
+            };
             let next_snapshot = snapshot.saturating_add(log.saturating_mul(3));
             Ok::<_, std::io::Error>((disk::available_bytes(&data_dir)?, next_snapshot))
         })
         .await;
+        let unsnapshotted = {
+            let metrics = raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.last_applied.map(|id| id.index) > metrics.snapshot.map(|id| id.index)
+        };
         match looked {
             Ok(Ok((available, next_snapshot))) => {
                 failed_before = false;
-                let short = space.record(available, min_free_bytes.saturating_add(next_snapshot));
+                let needed = min_free_bytes.saturating_add(next_snapshot);
+                let short = space.record(available, needed);
+                metrics.data_dir_needed_bytes.set(i64::try_from(needed).unwrap_or(i64::MAX));
                 metrics.data_dir_available_bytes.set(i64::try_from(available).unwrap_or(i64::MAX));
                 metrics.data_dir_short_of_space.set(i64::from(short));
+                if short && unsnapshotted && !asked_for_snapshot && available > next_snapshot {
+                    asked_for_snapshot = true;
+                    tracing::info!(
+                        available_mib = available >> 20,
+                        "snapshot: the data dir is short of space; a snapshot lets the log before it go"
+                    );
+                    if raft.trigger().snapshot().await.is_err() {
+                        return;
+                    }
+                }
             }
             Ok(Err(error)) if !failed_before => {
                 failed_before = true;
@@ -1079,6 +1131,20 @@ async fn watch_disk_space(
             _ => {}
         }
     }
+}
+
+/// The log index of the newest `snapshot-<index>-<term>.snap` in `dir`, if any.
+fn newest_snapshot_index(dir: &std::path::Path) -> std::io::Result<Option<u64>> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let index = name
+            .to_str()
+            .and_then(|name| name.strip_prefix("snapshot-")?.strip_suffix(".snap"))
+            .and_then(|rest| rest.split('-').next()?.parse::<u64>().ok());
+        newest = newest.max(index);
+    }
+    Ok(newest)
 }
 
 /// How often [`snapshot_by_log_bytes`] looks at the log.

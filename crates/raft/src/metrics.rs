@@ -32,6 +32,8 @@ pub struct RaftMetrics {
     pub data_dir_available_bytes: Gauge,
     /// 1 while writes are refused for lack of space (see `disk`).
     pub data_dir_short_of_space: Gauge,
+    /// Free space below which writes are refused (see `disk`).
+    pub data_dir_needed_bytes: Gauge,
 }
 
 impl Default for RaftMetrics {
@@ -54,6 +56,7 @@ impl Default for RaftMetrics {
             proposals: Counter::default(),
             data_dir_available_bytes: Gauge::default(),
             data_dir_short_of_space: Gauge::default(),
+            data_dir_needed_bytes: Gauge::default(),
         }
     }
 }
@@ -110,6 +113,12 @@ impl RaftMetrics {
             "Free space on the data dir's file system",
             Unit::Bytes,
             self.data_dir_available_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "data_dir_needed",
+            "Free space below which writes are refused: --min-free-mb plus room for the next snapshot",
+            Unit::Bytes,
+            self.data_dir_needed_bytes.clone(),
         );
         registry.register(
             "data_dir_short_of_space",
