@@ -26,7 +26,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-const FILE_NAME: &str = "identity";
+pub(crate) const FILE_NAME: &str = "identity";
 const HEADER: &str = "rota-identity 1";
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -664,6 +664,11 @@ impl Node {
             metrics.clone(),
             shutdown_tx.subscribe(),
         ));
+        let data_dir_task = tokio::spawn(watch_data_dir(
+            config.data_dir.clone(),
+            raft.clone(),
+            shutdown_tx.subscribe(),
+        ));
         let leader_seen = Arc::new(std::sync::Mutex::new(LeaderSeen::default()));
         let metrics_task = tokio::spawn(follow_raft_metrics(
             raft.clone(),
@@ -696,7 +701,7 @@ impl Node {
                 metrics,
                 shutdown_tx,
                 proposer_task: Mutex::new(Some(proposer_task)),
-                background_tasks: Mutex::new(vec![ticker_task, metrics_task, snapshot_task, disk_task]),
+                background_tasks: Mutex::new(vec![ticker_task, metrics_task, snapshot_task, disk_task, data_dir_task]),
                 shut_down: tokio::sync::Mutex::new(false),
                 raft_runtime,
             }),
@@ -1129,6 +1134,40 @@ async fn watch_disk_space(
                 tracing::warn!(%error, "cannot read the data dir's free space");
             }
             _ => {}
+        }
+    }
+}
+
+/// How often [`watch_data_dir`] looks.
+const DATA_DIR_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Stops Raft when the data dir's identity file is gone (the data dir was deleted or
+/// replaced under the running node): the open log files still take writes, but nothing
+/// acknowledged from then on would survive a restart, and a member that restarts empty
+/// under its old name is the member that lost its data. (etcd does not notice; before,
+/// neither did rota: writes were acknowledged and `/health` said true.)
+async fn watch_data_dir(data_dir: PathBuf, raft: Raft, mut shutdown: watch::Receiver<bool>) {
+    let identity = data_dir.join(identity::FILE_NAME);
+    let mut interval = tokio::time::interval(DATA_DIR_CHECK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = interval.tick() => {}
+        }
+        let path = identity.clone();
+        let looked = tokio::task::spawn_blocking(move || std::fs::metadata(path)).await;
+        if let Ok(Err(error)) = looked {
+            if error.kind() == std::io::ErrorKind::NotFound {
+                tracing::error!(
+                    data_dir = %data_dir.display(),
+                    "the data dir was removed or replaced while this node ran ({} is gone): stopping, since \
+                     nothing acknowledged from now on would survive a restart",
+                    identity.display()
+                );
+                let _ = raft.shutdown().await;
+                return;
+            }
         }
     }
 }

@@ -286,3 +286,21 @@ fn sigterm_shuts_down_gracefully_and_keeps_data() {
         "store index went backwards across a graceful restart"
     );
 }
+
+/// A data dir deleted under a running node: its writes could no longer survive a restart,
+/// so the node stops with the reason instead of acknowledging them (it used to go on, with
+/// `/health` true, and come back empty on the next start).
+#[test]
+fn a_node_whose_data_dir_is_deleted_stops_and_says_why() {
+    let mut server = Server::start(harness::Kind::Rota);
+    let put = http::send(server.addr(), &Request::new("PUT", "/v2/keys/gone/k").form("value=1")).expect("PUT");
+    assert_eq!(put.status(), 201, "{}", put.text());
+    std::fs::remove_dir_all(server.data_dir()).expect("delete the data dir");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while server.is_running() {
+        assert!(std::time::Instant::now() < deadline, "still running: {}", server.stderr_tail());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = server.stderr_tail();
+    assert!(log.contains("the data dir was removed or replaced while this node ran"), "{log}");
+}
