@@ -47,8 +47,18 @@ struct SubmitBody<'a> {
     run_at: Option<TimeMs>,
     #[serde(default)]
     max_attempts: Option<u32>,
-    #[serde(borrow, default)]
-    jobs: Option<Vec<Object<JobBody<'a>>>>,
+    /// `Some(None)`: `"jobs": null`, refused (it read as a single job with no payload).
+    #[serde(borrow, default, deserialize_with = "present")]
+    jobs: Option<Option<Vec<Object<JobBody<'a>>>>>,
+}
+
+/// A field that is there, even as `null` (serde's `default` covers the absent case).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 /// An empty body (`retry` takes no fields).
@@ -98,6 +108,9 @@ fn new_jobs(body: SubmitBody<'_>) -> Result<(Vec<NewJob>, bool), ApiError> {
     let Some(jobs) = jobs else {
         let single = JobBody { payload, priority, delay, run_at, max_attempts };
         return Ok((vec![new_job(single, "")?], false));
+    };
+    let Some(jobs) = jobs else {
+        return Err(ApiError::invalid("jobs", "jobs must be an array of jobs, not null"));
     };
     if payload.is_some() || priority.is_some() || delay.is_some() || run_at.is_some() || max_attempts.is_some() {
         return Err(ApiError::invalid("jobs", "give one job's fields or jobs, not both"));

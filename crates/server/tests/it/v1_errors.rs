@@ -107,6 +107,8 @@ async fn counts_and_sizes_over_their_limits_are_refused() {
     assert_refused(&app, "POST", "/v1/queues/q/jobs", r#"{"max_attempts": 1001}"#, 400, "invalid", Some("max_attempts")).await;
     assert_refused(&app, "POST", "/v1/queues/q/jobs", r#"{"priority": 9007199254740992}"#, 400, "invalid", Some("priority")).await;
     assert_refused(&app, "POST", "/v1/queues/q/jobs", r#"{"jobs": []}"#, 400, "invalid", Some("jobs")).await;
+    // `null` is not a batch (it read as one job with no payload).
+    assert_refused(&app, "POST", "/v1/queues/q/jobs", r#"{"jobs": null}"#, 400, "invalid", Some("jobs")).await;
     assert_refused(&app, "POST", "/v1/counters/c", r#"{"by": 0}"#, 400, "invalid", Some("by")).await;
     let big = format!(r#"{{"payload": "{}"}}"#, "x".repeat(256 * 1024));
     assert_refused(&app, "POST", "/v1/queues/q/jobs", &big, 413, "too_large", Some("payload")).await;
