@@ -192,7 +192,11 @@ async fn change_members_one_at_a_time(node: &Node, change: MemberChange) -> Memb
         if membership.get_node(&node.inner.id).is_none() {
             return MemberChangeReply::NotLeader { leader: None };
         }
-        let (changes, answer) = match plan(node.inner.cluster_id, &membership, &change) {
+        // Salts a new member's id: a member removed and added again with the same peer URLs
+        // gets a new id, so the old member's data dir cannot rejoin as it (etcd mixes in
+        // the time for the same reason).
+        let id_salt = node.inner.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let (changes, answer) = match plan(node.inner.cluster_id, id_salt, &membership, &change) {
             Ok(Plan::Nothing(answer)) => return MemberChangeReply::Done(Ok(answer)),
             Ok(Plan::Change(changes, answer)) => (changes, answer),
             Err(error) => return MemberChangeReply::Done(Err(error)),
@@ -232,6 +236,7 @@ async fn change_members_one_at_a_time(node: &Node, change: MemberChange) -> Memb
 /// `change` against `membership`: what to ask openraft for, and the answer to give.
 fn plan(
     cluster_id: u64,
+    id_salt: u64,
     membership: &Membership<NodeId, Member>,
     change: &MemberChange,
 ) -> Result<Plan, MemberError> {
@@ -254,7 +259,7 @@ fn plan(
             if let Some(error) = conflict(None, &peer_urls) {
                 return Err(error);
             }
-            let id = member_id_from_peer_urls(cluster_id, &peer_urls);
+            let id = member_id_from_peer_urls(cluster_id, id_salt, &peer_urls);
             if members.contains_key(&id) {
                 return Err(MemberError::Conflict(format!("member id {id:x} exists")));
             }
@@ -788,7 +793,7 @@ mod tests {
         for change in [publish, update, MemberChange::Remove { id: 3 }] {
             assert!(
                 matches!(
-                    plan(7, &two_voters(), &change),
+                    plan(7, 0, &two_voters(), &change),
                     Err(MemberError::NotFound(3))
                 ),
                 "{change:?}"
@@ -804,7 +809,7 @@ mod tests {
             client_urls: member("n2").client_urls,
         };
         assert!(matches!(
-            plan(7, &two_voters(), &same),
+            plan(7, 0, &two_voters(), &same),
             Ok(Plan::Nothing((2, _)))
         ));
         let renamed = MemberChange::Publish {
@@ -812,7 +817,7 @@ mod tests {
             name: "n2b".to_string(),
             client_urls: member("n2").client_urls,
         };
-        match plan(7, &two_voters(), &renamed) {
+        match plan(7, 0, &two_voters(), &renamed) {
             Ok(Plan::Change(ChangeMembers::SetNodes(nodes), (2, answer))) => {
                 assert_eq!(answer.name, "n2b");
                 assert_eq!(
@@ -831,13 +836,13 @@ mod tests {
         let mut nodes = BTreeMap::from([(1, member("n1")), (2, member("n2"))]);
         nodes.insert(4, member("n4"));
         let with_learner = Membership::new(vec![BTreeSet::from([1, 2])], nodes);
-        match plan(7, &with_learner, &MemberChange::Remove { id: 2 }) {
+        match plan(7, 0, &with_learner, &MemberChange::Remove { id: 2 }) {
             Ok(Plan::Change(ChangeMembers::RemoveVoters(ids), _)) => {
                 assert_eq!(ids, BTreeSet::from([2]))
             }
             _ => panic!("a voter is removed from the voters"),
         }
-        match plan(7, &with_learner, &MemberChange::Remove { id: 4 }) {
+        match plan(7, 0, &with_learner, &MemberChange::Remove { id: 4 }) {
             Ok(Plan::Change(ChangeMembers::RemoveNodes(ids), _)) => {
                 assert_eq!(ids, BTreeSet::from([4]))
             }

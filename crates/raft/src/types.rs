@@ -126,13 +126,16 @@ pub fn cluster_id(initial_cluster: &str, token: &str) -> u64 {
 }
 
 /// The id the leader assigns to a member added at runtime (`POST /v2/members`): FNV-1a of
-/// the cluster id and the sorted peer URLs (etcd derives it from the same inputs plus the
-/// time; ours is reproducible, and a clash is refused as a conflict).
-pub(crate) fn member_id_from_peer_urls(cluster_id: u64, peer_urls: &[String]) -> NodeId {
+/// the cluster id, `salt` (the leader's last log index) and the sorted peer URLs. etcd
+/// derives it from the same inputs plus the time: a member added again with the same URLs
+/// after its removal gets a new id, so its old data dir is refused. A clash is refused as
+/// a conflict.
+pub(crate) fn member_id_from_peer_urls(cluster_id: u64, salt: u64, peer_urls: &[String]) -> NodeId {
     let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
     urls.sort_unstable();
     let mut hash = Fnv1a::default();
     hash.feed(&cluster_id.to_be_bytes());
+    hash.feed(&salt.to_be_bytes());
     hash.feed(urls.join(",").as_bytes());
     if hash.0 == 0 {
         1
@@ -237,6 +240,15 @@ mod tests {
         assert!(parse_initial_cluster("a=http://h:1,a=http://h:1").is_err());
         assert!(parse_initial_cluster("a=https://h:1").is_err());
         assert!(parse_initial_cluster("").is_err());
+    }
+
+    #[test]
+    fn a_member_added_again_with_the_same_urls_gets_another_id() {
+        let urls = vec!["http://10.0.1.13:2380".to_string(), "http://n4:2380".to_string()];
+        let reversed: Vec<String> = urls.iter().rev().cloned().collect();
+        assert_eq!(member_id_from_peer_urls(7, 40, &urls), member_id_from_peer_urls(7, 40, &reversed));
+        assert_ne!(member_id_from_peer_urls(7, 40, &urls), member_id_from_peer_urls(7, 97, &urls));
+        assert_ne!(member_id_from_peer_urls(7, 40, &urls), member_id_from_peer_urls(8, 40, &urls));
     }
 
     #[test]
