@@ -151,7 +151,7 @@ impl ClusterInfo {
                         body.push('\n');
                         respond::json(200, body)
                     }
-                    None => no_leader_json("During leader election"),
+                    None => no_leader_json("During election"),
                 }
             }
             (&Method::GET, _) => message_json(404, "Not found"),
