@@ -262,6 +262,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         client_urls,
         peer_urls,
         watchers_max: rota_server::limits::WATCHERS_MAX,
+        body_budget_bytes_max: rota_server::limits::BODY_BUDGET_BYTES_MAX,
     };
     let app = App::new(node.clone(), server_config);
     tracing::info!(

@@ -19,6 +19,7 @@ use rota_core::v2::{
 use rota_core::Command;
 
 use crate::backend::{Applied, Backend, ProposeError, Proposed};
+use crate::body_budget::{BodyBudget, BodyReservation};
 use crate::cluster::{ClusterInfo, GetStats};
 use crate::form::{parse_media_type, Form};
 use crate::limits;
@@ -42,6 +43,9 @@ pub struct ServerConfig {
     pub peer_urls: Vec<String>,
     /// Concurrent watches allowed; [`limits::WATCHERS_MAX`] unless a test lowers it.
     pub watchers_max: usize,
+    /// Request-body bytes buffered at once; [`limits::BODY_BUDGET_BYTES_MAX`] unless a test
+    /// lowers it.
+    pub body_budget_bytes_max: usize,
 }
 
 impl ServerConfig {
@@ -52,6 +56,7 @@ impl ServerConfig {
             client_urls: vec!["http://127.0.0.1:2379".into()],
             peer_urls: vec!["http://127.0.0.1:2380".into()],
             watchers_max: limits::WATCHERS_MAX,
+            body_budget_bytes_max: limits::BODY_BUDGET_BYTES_MAX,
         }
     }
 }
@@ -63,6 +68,8 @@ pub struct App<B> {
     pub(crate) cluster_id_header: HeaderValue,
     pub(crate) watchers: Arc<AtomicUsize>,
     pub(crate) watchers_max: usize,
+    /// Shared by every request that buffers a body (see `body_budget`).
+    pub(crate) body_budget: Arc<BodyBudget>,
     pub(crate) metrics: Metrics,
     pub(crate) get_stats: GetStats,
     pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
@@ -87,6 +94,7 @@ impl<B: Backend> App<B> {
             backend,
             watchers: Arc::new(AtomicUsize::new(0)),
             watchers_max: config.watchers_max,
+            body_budget: BodyBudget::new(config.body_budget_bytes_max),
             cluster: ClusterInfo::new(config),
             cluster_id_header,
             metrics,
@@ -104,6 +112,11 @@ impl<B: Backend> App<B> {
     /// Open watches right now.
     pub fn watcher_count(&self) -> usize {
         self.watchers.load(Ordering::SeqCst)
+    }
+
+    /// Request-body bytes reserved right now (see [`limits::BODY_BUDGET_BYTES_MAX`]).
+    pub fn body_bytes_reserved(&self) -> usize {
+        self.body_budget.reserved_bytes()
     }
 
     /// Requests answered since start.
@@ -339,9 +352,12 @@ impl<B: Backend> App<B> {
             false
         };
         let query = query.to_string();
+        // Held until the request is answered: the form decoded from the body is about as big.
+        let mut _body_reservation = None;
         if has_form_body {
-            match read_body(request).await {
-                Ok(FormBody::Read(body)) => {
+            match read_body(request, &self.body_budget).await {
+                Ok(FormBody::Read(body, reservation)) => {
+                    _body_reservation = Some(reservation);
                     if let Err(error) = form.extend_from_urlencoded(&body) {
                         form_error = Some(error.to_string());
                     }
@@ -581,16 +597,41 @@ fn idempotency_key(request: &Request<Body>) -> Result<Option<String>, Response<B
 const GO_FORM_BYTES_MAX: u64 = 10 << 20;
 
 enum FormBody {
-    Read(Bytes),
+    /// The body, and its share of the body budget (given back when dropped).
+    Read(Bytes, BodyReservation),
     /// Over Go's form limit: answered as etcd answers it.
     OverGoLimit,
 }
 
+/// 503 with `Retry-After: 1` in etcd's envelope: the node-wide body budget
+/// ([`limits::BODY_BUDGET_BYTES_MAX`]) can't take a body of this size now.
+fn body_budget_exhausted(budget_bytes_max: usize) -> Response<Body> {
+    let cause = format!(
+        "request bodies being read use the node's {budget_bytes_max} byte budget; retry shortly"
+    );
+    let mut response = respond::rota_error(
+        503,
+        limits::BODY_BUDGET_EXHAUSTED_CODE,
+        "Too many request bodies in flight",
+        &cause,
+        0,
+    );
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        HeaderValue::from_static("1"),
+    );
+    response
+}
+
 /// Reads a form body, bounded in size ([`limits::REQUEST_BODY_BYTES_MAX`], 413; over Go's
-/// own 10 MiB form limit, etcd's 210) and time ([`limits::BODY_READ_TIMEOUT`], 408). Past
-/// rota's limit the rest is read and dropped, only to tell the two answers apart.
+/// own 10 MiB form limit, etcd's 210), in time ([`limits::BODY_READ_TIMEOUT`], 408) and by
+/// the node-wide `budget` (503). Past rota's limit the rest is read and dropped, only to tell
+/// the two answers apart; the reservation made so far is kept until then.
 #[allow(clippy::result_large_err)]
-async fn read_body(request: Request<Body>) -> Result<FormBody, Response<Body>> {
+async fn read_body(
+    request: Request<Body>,
+    budget: &Arc<BodyBudget>,
+) -> Result<FormBody, Response<Body>> {
     let too_large = || {
         let cause = format!("limit {} bytes", limits::REQUEST_BODY_BYTES_MAX);
         respond::rota_error(
@@ -611,9 +652,15 @@ async fn read_body(request: Request<Body>) -> Result<FormBody, Response<Body>> {
         Some(bytes) if bytes > limits::REQUEST_BODY_BYTES_MAX as u64 => return Err(too_large()),
         _ => {}
     }
+    // Under the body limit now, so the cast is exact.
+    let declared_bytes = declared.unwrap_or(0) as usize;
+    let mut reservation = budget.reservation();
+    if !reservation.cover(declared_bytes) {
+        return Err(body_budget_exhausted(budget.bytes_max()));
+    }
     let read = async {
         let mut stream = request.into_body().into_data_stream();
-        let mut body = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+        let mut body = BytesMut::with_capacity(declared_bytes);
         let mut total_bytes: u64 = 0;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|_| {
@@ -633,16 +680,20 @@ async fn read_body(request: Request<Body>) -> Result<FormBody, Response<Body>> {
                 body = BytesMut::new();
                 continue;
             }
+            // A chunked body: reserve what it has grown to before keeping it.
+            if !reservation.cover(total_bytes as usize) {
+                return Err(body_budget_exhausted(budget.bytes_max()));
+            }
             if body.is_empty() && Some(chunk.len() as u64) == declared {
                 // The whole body in one chunk, the common case: no copy.
-                return Ok(FormBody::Read(chunk));
+                return Ok(FormBody::Read(chunk, reservation));
             }
             body.extend_from_slice(&chunk);
         }
         if total_bytes > limits::REQUEST_BODY_BYTES_MAX as u64 {
             return Err(too_large());
         }
-        Ok(FormBody::Read(body.freeze()))
+        Ok(FormBody::Read(body.freeze(), reservation))
     };
     match tokio::time::timeout(limits::BODY_READ_TIMEOUT, read).await {
         Ok(result) => result,

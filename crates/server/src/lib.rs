@@ -9,10 +9,12 @@
 //! Module map: [`form`] (Go's form decoding), [`path`] (Go's path cleaning), [`params`]
 //! (etcd's parameter validation), `app` (routing and the keys handlers), `watch`
 //! (long-poll watches), `cluster` (members, stats, version), [`metrics`], `ui` (the
-//! dashboard's static files), [`serve`] (sockets and connections), [`limits`] (every bound).
+//! dashboard's static files), [`serve`] (sockets and connections), [`limits`] (every bound),
+//! `body_budget` (request-body bytes buffered at once, node-wide).
 
 mod app;
 mod auth;
+mod body_budget;
 pub mod backend;
 mod cluster;
 mod fnv;

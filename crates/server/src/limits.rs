@@ -5,8 +5,20 @@
 use std::time::Duration;
 
 /// A request body larger than this is refused with 413 before it is read
-/// (`Content-Length`) or as soon as it grows past it (chunked).
+/// (`Content-Length`); a chunked one is no longer kept once it grows past it, but is read to
+/// its end (and dropped) so that one over Go's 10 MiB form limit gets etcd's 210 instead.
 pub const REQUEST_BODY_BYTES_MAX: usize = 1536 * 1024;
+
+/// Request-body bytes buffered at once across all requests (`/v2` and `/v1`): a body over
+/// [`BODY_BUDGET_EXEMPT_BYTES`] reserves its size before it is read, and when the budget
+/// can't cover it the request gets 503 with `Retry-After: 1` at once. Without it, stalled
+/// uploads could hold `CONNECTIONS_MAX` × 17 MiB (~70 GB).
+pub const BODY_BUDGET_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// Bodies up to this size don't take from [`BODY_BUDGET_BYTES_MAX`], so ordinary requests
+/// never contend with big uploads (all connections at once hold at most 4,096 × 64 KiB
+/// = 256 MiB of them).
+pub const BODY_BUDGET_EXEMPT_BYTES: usize = 64 * 1024;
 
 /// The largest `value` a key may hold (after form decoding): 413.
 pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
@@ -19,6 +31,10 @@ pub const QUERY_BYTES_MAX: usize = 32 * 1024;
 
 /// Request line plus headers; hyper answers 431 over it.
 pub const HEADER_SECTION_BYTES_MAX: usize = 64 * 1024;
+
+/// Header fields in one request; hyper answers 431 over it (its default is 100; etcd, like
+/// any Go server, bounds only the bytes). Within [`HEADER_SECTION_BYTES_MAX`] either way.
+pub const HEADERS_MAX: usize = 1000;
 
 /// Open client connections at once. The accept loop stops accepting at the bound (new
 /// clients wait in the kernel backlog) rather than failing them.
@@ -63,3 +79,4 @@ pub const BODY_TIMEOUT_CODE: u16 = 408;
 pub const IDEMPOTENCY_KEY_REUSED_CODE: u16 = 422;
 pub const IDEMPOTENCY_KEY_INVALID_CODE: u16 = 400;
 pub const TOO_MANY_WATCHERS_CODE: u16 = 503;
+pub const BODY_BUDGET_EXHAUSTED_CODE: u16 = 503;

@@ -1,6 +1,7 @@
 //! Sockets and connections: binding with `SO_REUSEADDR` (so a restart right after a SIGKILL
 //! rebinds at once), the accept loop with its connection bound, hyper's HTTP/1 settings
-//! (header read timeout against slowloris, header size bound) and graceful shutdown.
+//! (header read timeout against slowloris, header size and count bounds) and graceful
+//! shutdown.
 //!
 //! Each connection is one task that runs hyper's HTTP/1 state machine with the handler
 //! inline: a request costs no task hop beyond its connection's.
@@ -79,6 +80,7 @@ pub async fn serve_with<B: Backend>(
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
         .max_header_size(limits::HEADER_SECTION_BYTES_MAX)
+        .max_headers(limits::HEADERS_MAX)
         .keep_alive(true);
     let builder = Arc::new(builder);
 

@@ -5,20 +5,34 @@
 //! subtraction, as in etcd's `EventHistory`. Two windows:
 //! - the *logical* window, the last `window_max` entries (etcd's 1000): a new watch asking
 //!   for an older index gets error 401, exactly where etcd would answer it;
-//! - the *physical* buffer, `2 × window_max`: watchers that already waited (`live`) may
-//!   read back this far, because etcd's registered watchers are pushed every event and never
-//!   miss one, while ours catch up by reading the history after a wake-up.
+//! - a *slack* of older entries that watchers already waiting (`live`) may still read back,
+//!   because etcd's registered watchers are pushed every event and never miss one, while
+//!   ours catch up by reading the history after a wake-up (one applied batch may hold more
+//!   events than the window). The slack holds at most `window_max` entries and at most
+//!   [`SLACK_BYTES_MAX`] of keys and values, so with large values the history holds about
+//!   the window and no more (2 × 1000 events of 1 MB values were 4 GB before this bound).
+//!
+//! Memory: an event's values are the store's own `Arc<str>`s, so the node of a `set` event,
+//! the key's node in the tree and the next event's `prevNode` share one copy of the bytes.
+//! The serialized form (snapshots) is unchanged and writes each value out in full; loading
+//! it links equal values again ([`EventHistory::from`]).
 //!
 //! Which events a watch sees follows etcd's two code paths (etcd-v2-api.md §7):
 //! `scan_matches` is `EventHistory.scan` (used by a watch whose `waitIndex` is already in
 //! the history), `live_matches` is `watcherHub.notify` (used by a registered watcher).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::tree::{is_hidden_below, is_strict_ancestor, CODE_EVENT_INDEX_CLEARED, ROOT};
-use super::{Action, V2Error, V2Response};
+use super::{Action, NodeView, V2Error, V2Response};
+
+/// The most key and value bytes the entries older than the logical window may hold (they are
+/// kept only for watchers already waiting). Counted per event as its node's and previous
+/// node's key and value, so values shared between events count twice: a conservative bound.
+pub(super) const SLACK_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct HistoryEntry {
@@ -29,18 +43,65 @@ struct HistoryEntry {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "EventHistoryWire")]
 pub(super) struct EventHistory {
+    entries: VecDeque<HistoryEntry>,
+    window_max: usize,
+    /// [`entry_bytes`] summed over the entries older than the logical window. Derived, not
+    /// serialized (so the snapshot format is the one before the slack had a byte bound).
+    #[serde(skip)]
+    slack_bytes: usize,
+}
+
+/// The serialized form of [`EventHistory`]: the same fields, in the same order.
+#[derive(Deserialize)]
+struct EventHistoryWire {
     entries: VecDeque<HistoryEntry>,
     window_max: usize,
 }
 
+impl From<EventHistoryWire> for EventHistory {
+    /// Rebuilds the derived byte count and shares each value that a later event's
+    /// `prevNode` repeats (same key, same `modifiedIndex`, same bytes) with the earlier
+    /// event's node, as the history built by `push` does.
+    fn from(wire: EventHistoryWire) -> EventHistory {
+        let EventHistoryWire { mut entries, window_max } = wire;
+        let mut written: HashMap<(String, u64), Arc<str>> = HashMap::new();
+        for entry in entries.iter_mut() {
+            if let Some(prev) = entry.event.prev_node.as_mut() {
+                if let (Some(key), Some(index), Some(value)) = (&prev.key, prev.modified_index, &prev.value) {
+                    if let Some(shared) = written.get(&(key.clone(), index)) {
+                        if shared == value {
+                            prev.value = Some(Arc::clone(shared));
+                        }
+                    }
+                }
+            }
+            let node = &entry.event.node;
+            if let (Some(key), Some(index), Some(value)) = (&node.key, node.modified_index, &node.value) {
+                written.insert((key.clone(), index), Arc::clone(value));
+            }
+        }
+        let window_max = window_max.max(1);
+        let slack_bytes = entries.iter().take(entries.len().saturating_sub(window_max)).map(entry_bytes).sum();
+        let mut history = EventHistory { entries, window_max, slack_bytes };
+        history.trim();
+        history
+    }
+}
+
+fn view_bytes(view: &NodeView) -> usize {
+    view.key.as_ref().map_or(0, String::len) + view.value.as_ref().map_or(0, |value| value.len())
+}
+
+/// What an entry counts against [`SLACK_BYTES_MAX`].
+fn entry_bytes(entry: &HistoryEntry) -> usize {
+    view_bytes(&entry.event.node) + entry.event.prev_node.as_ref().map_or(0, view_bytes)
+}
+
 impl EventHistory {
     pub fn new(window_max: usize) -> EventHistory {
-        EventHistory { entries: VecDeque::new(), window_max: window_max.max(1) }
-    }
-
-    fn capacity(&self) -> usize {
-        self.window_max.saturating_mul(2)
+        EventHistory { entries: VecDeque::new(), window_max: window_max.max(1), slack_bytes: 0 }
     }
 
     pub fn push(&mut self, event: V2Response, refresh: bool) {
@@ -48,10 +109,27 @@ impl EventHistory {
             self.entries.back().is_none_or(|last| last.event.etcd_index + 1 == event.etcd_index),
             "history indices must be contiguous"
         );
-        if self.entries.len() >= self.capacity() {
-            self.entries.pop_front();
-        }
         self.entries.push_back(HistoryEntry { event, refresh });
+        if let Some(left_window) = self.entries.len().checked_sub(self.window_max + 1) {
+            // The entry that just fell out of the logical window joins the slack.
+            self.slack_bytes += entry_bytes(&self.entries[left_window]);
+        }
+        self.trim();
+    }
+
+    /// Drops the oldest slack entries while the slack is over either bound: amortized O(1)
+    /// per push, since each entry is dropped once.
+    fn trim(&mut self) {
+        while self.entries.len() > self.window_max {
+            let slack_entries = self.entries.len() - self.window_max;
+            if slack_entries <= self.window_max && self.slack_bytes <= SLACK_BYTES_MAX {
+                break;
+            }
+            if let Some(dropped) = self.entries.pop_front() {
+                self.slack_bytes -= entry_bytes(&dropped);
+            }
+        }
+        debug_assert!(self.entries.len() <= self.window_max.saturating_mul(2));
     }
 
     fn first_index(&self) -> Option<u64> {

@@ -8,6 +8,8 @@
 //! Time: `now_ms` is the applied entry's time for mutations and the reader's clock for
 //! reads (only to render the remaining `ttl`). Expiry happens only in `expire_until`.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// A mutation of the keys store. Keys are absolute, cleaned paths (`/a/b`); the root is `/`.
@@ -81,8 +83,9 @@ impl Action {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeView {
     pub key: Option<String>,
-    /// `Some` on files (also `""`), `None` on directories.
-    pub value: Option<String>,
+    /// `Some` on files (also `""`), `None` on directories. Shared with the store's node and
+    /// with the events that carry the same value (serialized as a plain string).
+    pub value: Option<Arc<str>>,
     pub dir: bool,
     /// Absolute expiry, Unix nanoseconds; `None` for permanent nodes.
     pub expiration_ns: Option<u64>,

@@ -11,6 +11,7 @@
 //! only recursive deletes, dir expiry and recursive GETs touch a subtree.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -200,8 +201,8 @@ impl Store {
         };
         let prev_node = existing.map(|node| self.view(&path, node, ViewDepth::Node, now_ns));
         let value = match existing {
-            Some(node) if set.refresh => node.value().to_string(),
-            _ => set.value.clone(),
+            Some(node) if set.refresh => node.shared_value(),
+            _ => Arc::from(set.value.as_str()),
         };
         let expiration_ns = expiration_ns(now_ns, set.ttl_s);
         let mut response = self.create_node(now_ns, &path, set.is_dir, value, true, expiration_ns, Action::Set)?;
@@ -224,7 +225,7 @@ impl Store {
         if unique {
             path = clean_path(&format!("{path}/{:020}", self.index + 1));
         }
-        let response = self.create_node(now_ns, &path, is_dir, value.to_string(), false, expiration_ns, Action::Create)?;
+        let response = self.create_node(now_ns, &path, is_dir, Arc::from(value), false, expiration_ns, Action::Create)?;
         self.record(&response, false);
         Ok(response)
     }
@@ -236,7 +237,7 @@ impl Store {
         now_ns: i64,
         path: &str,
         is_dir: bool,
-        value: String,
+        value: Arc<str>,
         replace: bool,
         expiration_ns: Option<u64>,
         action: Action,
@@ -295,7 +296,7 @@ impl Store {
             return Err(V2Error::new(CODE_NOT_FILE, Some(path.clone()), current));
         }
         let prev_node = self.view(&path, node, ViewDepth::Node, now_ns);
-        let value = if set.refresh { node.value().to_string() } else { set.value.clone() };
+        let value = if set.refresh { node.shared_value() } else { Arc::from(set.value.as_str()) };
         let expiration_ns = expiration_ns(now_ns, set.ttl_s);
         let node = self.write(&path, (!node.is_dir()).then_some(value), next, expiration_ns);
         let mut view = self.view(&path, &node, ViewDepth::Node, now_ns);
@@ -330,7 +331,7 @@ impl Store {
             }
         };
         let prev_node = self.view(&path, node, ViewDepth::Node, now_ns);
-        let value = if set.refresh { node.value().to_string() } else { set.value.clone() };
+        let value = if set.refresh { node.shared_value() } else { Arc::from(set.value.as_str()) };
         let expiration_ns = expiration_ns(now_ns, set.ttl_s);
         let node = self.write(&path, Some(value), next, expiration_ns);
         let view = self.view(&path, &node, ViewDepth::Node, now_ns);
@@ -418,10 +419,10 @@ impl Store {
 
     /// Writes a file's value (`None` leaves a directory as it is) and sets the expiration,
     /// keeping the TTL index in step. Returns a copy of the node's new header.
-    fn write(&mut self, path: &str, value: Option<String>, index: u64, expiration_ns: Option<u64>) -> Node {
+    fn write(&mut self, path: &str, value: Option<Arc<str>>, index: u64, expiration_ns: Option<u64>) -> Node {
         let Some(node) = self.tree.get_mut(path) else { unreachable!("write to a looked-up node") };
         if let (Some(new_value), NodeKind::File { value }) = (value, &mut node.kind) {
-            *value = new_value.into();
+            *value = new_value;
             node.modified_index = index;
         }
         let old_expiration = std::mem::replace(&mut node.expiration_ns, expiration_ns);
@@ -474,7 +475,7 @@ impl Store {
             created_index: (!is_root).then_some(node.created_index),
         };
         match &node.kind {
-            NodeKind::File { value } => view.value = Some(value.to_string()),
+            NodeKind::File { value } => view.value = Some(Arc::clone(value)),
             NodeKind::Dir { children } => {
                 view.dir = true;
                 if let ViewDepth::Children { recursive } = depth {

@@ -3,6 +3,8 @@
 //! event_test.go) plus etcd-v2-api.md; expected bodies and causes marked "etcd:" were
 //! observed on a real etcd 3.4.23 (indices renumbered to ours: etcd starts user writes at 4).
 
+use std::sync::Arc;
+
 use super::history::{live_matches, scan_matches, EventHistory};
 use super::tree::clean_path;
 use super::*;
@@ -496,7 +498,7 @@ fn in_order_keys_are_zero_padded_and_sort_by_creation() {
     let queue = s.get("/queue", false, true, T0_MS).expect("queue").node;
     assert_eq!((queue.created_index, queue.modified_index), (Some(2), Some(2)), "parent made with the first item");
     let values: Vec<_> = queue.nodes.expect("items").into_iter().filter_map(|n| n.value).collect();
-    assert_eq!(values, ["Job1", "Job2"]);
+    assert_eq!(values, [Arc::from("Job1"), Arc::from("Job2")]);
 }
 
 #[test]
@@ -677,7 +679,7 @@ fn refresh_takes_an_index_makes_no_event_and_keeps_the_value() {
     s.expire_until(T0_MS + 10_000);
     let event = found(s.watch("/foo", false, 2, false).expect("watch"));
     assert_eq!((event.action, event.etcd_index), (Action::Expire, 5));
-    assert_eq!(event.prev_node.and_then(|prev| prev.value), Some("bar".to_string()));
+    assert_eq!(event.prev_node.and_then(|prev| prev.value).as_deref(), Some("bar"));
 }
 
 #[test]
@@ -778,6 +780,72 @@ fn history_window_is_exactly_history_max_events() {
     assert_eq!(found(s.watch("/k", false, 308, true).expect("slack")).etcd_index, 308);
     let error = s.watch("/k", false, 307, true).expect_err("beyond the slack");
     assert_eq!(error.cause.as_deref(), Some("the requested history has been cleared [308/307]"));
+}
+
+#[test]
+fn history_slack_is_bounded_in_bytes_so_large_values_keep_about_the_window() {
+    // 4 MiB values, window 10: the window keeps its 10 events (etcd's 401 boundary is
+    // unchanged), the slack for live watchers only what fits in SLACK_BYTES_MAX.
+    let mut s = Store::new(10);
+    let value = "v".repeat(4 * 1024 * 1024);
+    for _ in 0..30 {
+        ok(&mut s, put("/big", &value));
+    }
+    assert_eq!(s.history_oldest_index(), Some(21));
+    assert_eq!(found(s.watch("/big", false, 21, false).expect("window")).etcd_index, 21);
+    // Each event counts its value and its previous value (shared, but counted twice) and keys.
+    let slack_events = super::history::SLACK_BYTES_MAX / (2 * value.len() + 8);
+    assert_eq!(slack_events, 7);
+    assert_eq!(s.history_len(), 10 + slack_events);
+    let oldest_kept = 30 - 10 - slack_events as u64 + 1;
+    assert_eq!(found(s.watch("/big", false, oldest_kept, true).expect("slack")).etcd_index, oldest_kept);
+    assert_eq!(s.watch("/big", false, oldest_kept - 1, true).expect_err("beyond the slack").code, 401);
+}
+
+#[test]
+fn events_share_values_with_the_store_and_with_each_other() {
+    let mut s = store();
+    ok(&mut s, put("/k", "first"));
+    ok(&mut s, put("/k", "second"));
+    let first = found(s.watch("/k", false, 1, false).expect("1"));
+    let second = found(s.watch("/k", false, 2, false).expect("2"));
+    let (first_value, previous) = (first.node.value.expect("v"), second.prev_node.and_then(|prev| prev.value).expect("prev"));
+    assert!(Arc::ptr_eq(&first_value, &previous), "the prevNode of event 2 is event 1's value");
+    let stored = s.get("/k", false, false, T0_MS).expect("get").node.value.expect("v");
+    assert!(Arc::ptr_eq(&stored, &second.node.value.expect("v")), "the store's node is event 2's value");
+    // A refresh keeps the value without copying it.
+    ok(&mut s, put_with("/k", "", |set| {
+        set.refresh = true;
+        set.ttl_s = Some(100);
+    }));
+    let refreshed = s.get("/k", false, false, T0_MS).expect("get").node.value.expect("v");
+    assert!(Arc::ptr_eq(&stored, &refreshed));
+}
+
+#[test]
+fn history_serializes_as_before_and_loading_shares_values_again() {
+    let mut history = EventHistory::new(3);
+    let view = |value: &str, index| NodeView {
+        key: Some("/k".into()),
+        value: Some(Arc::from(value)),
+        modified_index: Some(index),
+        created_index: Some(1),
+        ..NodeView::default()
+    };
+    for index in 1..=6u64 {
+        let prev_node = (index > 1).then(|| view(&format!("v{}", index - 1), index - 1));
+        history.push(V2Response { action: Action::Set, node: view(&format!("v{index}"), index), prev_node, etcd_index: index }, false);
+    }
+    // The fields the format had before the slack got its byte bound, in the same order.
+    let json = serde_json::to_value(&history).expect("serialize");
+    let fields: Vec<&String> = json.as_object().expect("object").keys().collect();
+    assert_eq!(fields, ["entries", "window_max"]);
+    let loaded: EventHistory = serde_json::from_value(json).expect("deserialize");
+    assert_eq!(loaded, history);
+    let (previous, next) = (loaded.find("/k", false, 4, true, 6), loaded.find("/k", false, 5, true, 6));
+    let written = previous.expect("ok").expect("4").node.value.clone().expect("v");
+    let repeated = next.expect("ok").expect("5").prev_node.clone().and_then(|prev| prev.value).expect("v");
+    assert!(Arc::ptr_eq(&written, &repeated));
 }
 
 #[test]

@@ -55,8 +55,8 @@ pub(super) enum NodeKind {
 }
 
 impl Node {
-    pub fn file(value: String, index: u64, expiration_ns: Option<u64>) -> Node {
-        Node { created_index: index, modified_index: index, expiration_ns, kind: NodeKind::File { value: Arc::from(value) } }
+    pub fn file(value: Arc<str>, index: u64, expiration_ns: Option<u64>) -> Node {
+        Node { created_index: index, modified_index: index, expiration_ns, kind: NodeKind::File { value } }
     }
 
     pub fn dir(index: u64, expiration_ns: Option<u64>) -> Node {
@@ -77,6 +77,14 @@ impl Node {
         match &self.kind {
             NodeKind::File { value } => value,
             NodeKind::Dir { .. } => "",
+        }
+    }
+
+    /// A file's value, shared (no bytes copied); `""` for a directory.
+    pub fn shared_value(&self) -> Arc<str> {
+        match &self.kind {
+            NodeKind::File { value } => Arc::clone(value),
+            NodeKind::Dir { .. } => Arc::from(""),
         }
     }
 

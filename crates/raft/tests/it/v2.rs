@@ -22,7 +22,7 @@ fn value_of(node: &rota_raft::Node, key: &str) -> Option<String> {
             .v2
             .get(key, false, false, state.time_ms())
             .ok()
-            .and_then(|found| found.node.value)
+            .and_then(|found| found.node.value.map(|value| value.to_string()))
     })
 }
 

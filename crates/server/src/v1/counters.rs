@@ -36,7 +36,7 @@ pub(crate) async fn increment<B: Backend>(
 ) -> Result<Response<Body>, ApiError> {
     json::parse_query(call.query.as_deref(), &[])?;
     json::check_name("name", name)?;
-    let body = json::read_body(request).await?;
+    let body = json::read_body(request, &app.body_budget).await?;
     let body: IncrementBody = json::decode(&body)?;
     json::check_range("by", body.by, 1, u64::MAX)?;
     let outcome = match propose_once(app, call, JobCommand::IncrementCounter { name: name.to_owned(), by: body.by }).await {

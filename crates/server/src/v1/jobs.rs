@@ -153,7 +153,7 @@ pub(crate) async fn submit<B: Backend>(
     let params = json::parse_query(call.query.as_deref(), &["wait"])?;
     let wait_ms = json::query_duration_ms(&params, "wait", RESULT_WAIT_MS_MAX)?;
     json::check_name("queue", queue)?;
-    let body = json::read_body(request).await?;
+    let body = json::read_body(request, &app.body_budget).await?;
     let (jobs, is_batch) = new_jobs(json::decode::<SubmitBody<'_>>(&body)?)?;
     if is_batch && wait_ms.is_some() {
         return Err(ApiError::invalid("wait", "wait is for a single job, not a batch"));
@@ -277,7 +277,7 @@ pub(crate) async fn retry<B: Backend>(
     request: Request<Body>,
 ) -> Result<Response<Body>, ApiError> {
     json::parse_query(call.query.as_deref(), &[])?;
-    let body = json::read_body(request).await?;
+    let body = json::read_body(request, &app.body_budget).await?;
     json::decode::<NoFields>(&body)?;
     job_command(app, call, JobCommand::Retry { id }).await
 }

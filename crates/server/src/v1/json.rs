@@ -8,6 +8,7 @@
 //! to the state and back ([`RawValue`]), so they are never parsed into a tree and
 //! re-serialized on the hot path. Rendering writes into one buffer per response.
 
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -21,15 +22,44 @@ use serde_json::value::RawValue;
 
 use super::errors::{self, ApiError};
 use super::limits::BODY_BYTES_MAX;
+use crate::body_budget::{BodyBudget, BodyReservation};
 use crate::limits::{BODY_READ_TIMEOUT, IDEMPOTENCY_KEY_BYTES_MAX};
 use crate::respond::IDEMPOTENCY_KEY;
 
 // ---- reading ----
 
+/// A request body with its share of the node-wide body budget, given back when this drops
+/// (so keep it for as long as the bytes, or what was decoded from them, are needed).
+pub(crate) struct ReadBody {
+    bytes: Bytes,
+    _reservation: BodyReservation,
+}
+
+impl std::ops::Deref for ReadBody {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// The whole body, bounded in size ([`BODY_BYTES_MAX`], 413 before reading when
-/// `Content-Length` says so) and in time ([`BODY_READ_TIMEOUT`], 408).
-pub(crate) async fn read_body(request: Request<Body>) -> Result<Bytes, ApiError> {
+/// `Content-Length` says so), in time ([`BODY_READ_TIMEOUT`], 408) and by the node-wide
+/// `budget` (503 `unavailable` with `Retry-After`, before reading when `Content-Length`
+/// says so, or as soon as a chunked body outgrows what is left).
+pub(crate) async fn read_body(request: Request<Body>, budget: &Arc<BodyBudget>) -> Result<ReadBody, ApiError> {
     let too_large = || ApiError::too_large(None, format!("the request body is over {BODY_BYTES_MAX} bytes"));
+    let over_budget = || {
+        ApiError::new(
+            503,
+            errors::UNAVAILABLE,
+            format!(
+                "request bodies being read use the node's {} byte budget; retry shortly",
+                budget.bytes_max()
+            ),
+            None,
+        )
+    };
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
@@ -37,6 +67,12 @@ pub(crate) async fn read_body(request: Request<Body>) -> Result<Bytes, ApiError>
         .and_then(|text| text.parse::<u64>().ok());
     if declared.is_some_and(|bytes| bytes > BODY_BYTES_MAX as u64) {
         return Err(too_large());
+    }
+    // Under the body limit now, so the cast is exact.
+    let declared_bytes = declared.unwrap_or(0) as usize;
+    let mut reservation = budget.reservation();
+    if !reservation.cover(declared_bytes) {
+        return Err(over_budget());
     }
     let read = async {
         let mut stream = request.into_body().into_data_stream();
@@ -46,13 +82,17 @@ pub(crate) async fn read_body(request: Request<Body>) -> Result<Bytes, ApiError>
             if body.len() + chunk.len() > BODY_BYTES_MAX {
                 return Err(too_large());
             }
+            // A chunked body: reserve what it has grown to before keeping it.
+            if !reservation.cover(body.len() + chunk.len()) {
+                return Err(over_budget());
+            }
             if body.is_empty() && declared == Some(chunk.len() as u64) {
                 // The whole body in one chunk, the common case: no copy.
-                return Ok(chunk);
+                return Ok(ReadBody { bytes: chunk, _reservation: reservation });
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(body.freeze())
+        Ok(ReadBody { bytes: body.freeze(), _reservation: reservation })
     };
     match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
         Ok(result) => result,

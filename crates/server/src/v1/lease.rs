@@ -105,7 +105,7 @@ pub(crate) async fn on_lease<B: Backend>(
     request: Request<Body>,
 ) -> Result<Response<Body>, ApiError> {
     json::parse_query(call.query.as_deref(), &[])?;
-    let body = json::read_body(request).await?;
+    let body = json::read_body(request, &app.body_budget).await?;
     let command = match action {
         "heartbeat" => {
             let body: HeartbeatBody = json::decode(&body)?;
@@ -225,7 +225,7 @@ pub(crate) async fn lease<B: Backend>(
 ) -> Result<Response<Body>, ApiError> {
     json::parse_query(call.query.as_deref(), &[])?;
     json::check_name("queue", queue)?;
-    let body = json::read_body(request).await?;
+    let body = json::read_body(request, &app.body_budget).await?;
     let body: LeaseBody = json::decode(&body)?;
     check_worker("worker", &body.worker)?;
     let max = body.max.unwrap_or(1);

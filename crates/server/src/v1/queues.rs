@@ -84,7 +84,7 @@ pub(crate) async fn put<B: Backend>(
 ) -> Result<Response<Body>, ApiError> {
     json::parse_query(call.query.as_deref(), &[])?;
     json::check_name("queue", name)?;
-    let body = json::read_body(request).await?;
+    let body = json::read_body(request, &app.body_budget).await?;
     let config = json::decode::<QueueBody>(&body)?.into_config();
     // The state machine checks this too; checking first keeps a bad request out of the log.
     config.validate().map_err(|error| ApiError::from_job_error(&error))?;

@@ -1,5 +1,7 @@
 //! Every bound answers a clear 4xx, changes nothing and keeps serving.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::Request;
 use rota_server::limits::{
@@ -113,5 +115,157 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     if let Ok(read) = read {
         let text = String::from_utf8_lossy(&buffer[..read]);
         assert!(read == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+}
+
+/// A request's head with `Content-Length` and no body yet.
+fn head(method: &str, path: &str, content_type: &str, content_length: usize) -> String {
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {content_length}\r\n\r\n"
+    )
+}
+
+const FORM: &str = "application/x-www-form-urlencoded";
+const MIB: usize = 1024 * 1024;
+
+#[tokio::test]
+async fn stalled_big_bodies_use_up_the_body_budget_and_later_big_bodies_get_503_until_they_close() {
+    let app = app_with(rota_server::ServerConfig {
+        body_budget_bytes_max: 4 * MIB,
+        ..rota_server::ServerConfig::single("default")
+    });
+    let served = serve(app, rota_server::ServeOptions::default()).await;
+    let app = &served.app;
+    // Three uploads that send part of their body and stall: 1.5 + 1.5 + 1 MiB reserved.
+    let mut stalled = Vec::new();
+    for (method, path, content_type, bytes) in [
+        (
+            "POST",
+            "/v1/queues/bm/jobs",
+            "application/json",
+            3 * MIB / 2,
+        ),
+        (
+            "POST",
+            "/v1/queues/bm/jobs",
+            "application/json",
+            3 * MIB / 2,
+        ),
+        ("PUT", "/v2/keys/stalled", FORM, MIB),
+    ] {
+        let mut stream = connect(served.port).await;
+        write_all(&mut stream, &head(method, path, content_type, bytes)).await;
+        write_all(&mut stream, &"a".repeat(256 * 1024)).await;
+        stalled.push(stream);
+    }
+    let reserved = || app.body_bytes_reserved();
+    eventually(
+        Duration::from_secs(5),
+        "the stalled bodies are reserved",
+        || reserved() == 4 * MIB,
+    )
+    .await;
+
+    // A new big body is refused at once, in each API's envelope, before it is sent.
+    let mut stream = connect(served.port).await;
+    write_all(&mut stream, &head("PUT", "/v2/keys/big", FORM, 512 * 1024)).await;
+    let answer = read_until(&mut stream, "}\n", Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nretry-after: 1\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("{\"errorCode\":503,\"message\":\"Too many request bodies in flight\""),
+        "{answer}"
+    );
+    let mut stream = connect(served.port).await;
+    write_all(
+        &mut stream,
+        &head("POST", "/v1/queues/bm/jobs", "application/json", 512 * 1024),
+    )
+    .await;
+    let answer = read_until(&mut stream, "}}\n", Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nretry-after: 1\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("{\"error\":{\"code\":\"unavailable\""),
+        "{answer}"
+    );
+    // A chunked body is refused once it outgrows the budget.
+    let chunks =
+        (0..20).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'a'; 64 * 1024])));
+    let body = futures::stream::iter(
+        std::iter::once(Ok(bytes::Bytes::from_static(b"value="))).chain(chunks),
+    );
+    let request = Request::put("/v2/keys/chunked")
+        .header("content-type", FORM)
+        .body(Body::from_stream(body))
+        .expect("request");
+    let reply = send_request(app, request).await;
+    assert_eq!(
+        (reply.status, reply.header("retry-after")),
+        (503, Some("1"))
+    );
+    assert_eq!(
+        reserved(),
+        4 * MIB,
+        "a refused body gives back what it reserved"
+    );
+    // Small bodies don't take from the budget.
+    assert_eq!(put(app, "/v2/keys/small", "value=fine").await.status, 201);
+    assert_eq!(store_index(app), 1, "the refused requests changed nothing");
+
+    // The stalled clients go away: their reservations come back, big bodies work again.
+    drop(stalled);
+    eventually(
+        Duration::from_secs(5),
+        "the reservations are given back",
+        || reserved() == 0,
+    )
+    .await;
+    let value = "b".repeat(512 * 1024);
+    let mut stream = connect(served.port).await;
+    write_all(
+        &mut stream,
+        &head("PUT", "/v2/keys/big", FORM, value.len() + 6),
+    )
+    .await;
+    write_all(&mut stream, &format!("value={value}")).await;
+    let answer = read_until(&mut stream, "}\n", Duration::from_secs(5)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 201"),
+        "{}",
+        &answer[..200.min(answer.len())]
+    );
+    assert_eq!(store_index(app), 2);
+    eventually(
+        Duration::from_secs(5),
+        "the answered request gives its reservation back",
+        || reserved() == 0,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_request_may_carry_up_to_a_thousand_headers() {
+    let served = serve(app(), rota_server::ServeOptions::default()).await;
+    for (count, status) in [(999, "HTTP/1.1 200"), (1001, "HTTP/1.1 431")] {
+        let headers: String = (0..count).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let mut stream = connect(served.port).await;
+        write_all(
+            &mut stream,
+            &format!("GET /version HTTP/1.1\r\nHost: x\r\n{headers}\r\n"),
+        )
+        .await;
+        let answer = read_until(&mut stream, "\r\n", Duration::from_secs(5)).await;
+        assert!(answer.starts_with(status), "{count} headers: {answer}");
     }
 }

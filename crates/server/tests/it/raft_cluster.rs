@@ -85,6 +85,7 @@ async fn start(config: NodeConfig) -> Running {
             client_urls: config.advertise_client_urls.clone(),
             peer_urls: config.advertise_peer_urls.clone(),
             watchers_max: 16,
+            body_budget_bytes_max: rota_server::limits::BODY_BUDGET_BYTES_MAX,
         },
     );
     Running {
