@@ -3,6 +3,7 @@
 
 mod argv;
 mod job_cli;
+mod job_supervisor;
 mod kv;
 mod member;
 mod serve;
@@ -44,6 +45,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `rota worker`'s per-job supervisor: hidden from the parser and its `--help`, and kept
+    // clear of the async runtime (it is a small blocking process started once per job).
+    let mut raw_args = std::env::args_os();
+    if raw_args
+        .nth(1)
+        .is_some_and(|arg| arg == job_supervisor::SUBCOMMAND)
+    {
+        return job_supervisor::run(raw_args);
+    }
     let cli = Cli::parse_from(argv::rewrite_go_flags(std::env::args_os()));
     if !matches!(cli.command, Command::Serve(_) | Command::Worker(_)) {
         stdout_closed_ends_quietly();

@@ -12,12 +12,17 @@
 //!   job went elsewhere: its command is killed and nothing is reported.
 //! - Each command runs in its own process group, so killing a job kills everything it
 //!   started, and a Ctrl-C at the terminal reaches the worker only (which then drains).
+//!   The group is led by a [`job_supervisor`] (the rota binary again), which SIGKILLs the
+//!   group when the worker dies, however it dies: a job never outlives its worker, so a
+//!   lease that expires after a worker's crash cannot lead to two runs of one job at once.
 //! - Captured output is bounded: stdout at the result limit, stderr to its last 4 KiB.
-//! - Shutdown (SIGTERM/SIGINT): no new leases; running commands get `--grace`, then are
+//! - Shutdown (SIGTERM/SIGINT/SIGHUP): no new leases; running commands get `--grace`, then are
 //!   killed and their leases released. A lease answer arriving after the signal is released
 //!   at once. A second signal ends the grace period at once.
+//! - Logging never panics: a worker whose terminal went away (SIGHUP) still drains.
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::process::{ExitCode, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,6 +38,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::job_cli::{parse_duration, EXIT_BAD_ARGS};
+use crate::job_supervisor;
 
 /// The server's limit on a result: stdout beyond it fails the job instead of being cut.
 const STDOUT_BYTES_MAX: usize = 256 << 10;
@@ -58,6 +64,9 @@ const LEASE_TTL_DEFAULT: Duration = Duration::from_secs(30);
 const LEASE_ANSWER_MARGIN: Duration = Duration::from_secs(2);
 /// The server's longest lease long-poll.
 const POLL_WAIT_MAX: Duration = Duration::from_secs(60);
+/// The shortest lease long-poll: an idle worker asks the server at most this often per slot
+/// (a wait of zero would have it ask nonstop).
+const POLL_WAIT_MIN: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
@@ -67,24 +76,26 @@ pub struct WorkerArgs {
     /// The queue to take jobs from.
     #[arg(long)]
     pub queue: String,
+    // Counts and durations take a leading `-` as their value, so that a negative one is
+    // refused by its parser ("-1 is not in 1..=1000") instead of read as an unknown flag.
     /// Commands run at once.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub concurrency: u32,
     /// Exit after this many jobs (counting every job leased).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_max_jobs)]
     pub max_jobs: Option<u64>,
     /// Lease ttl asked for (default: the queue's at start); heartbeats come every third of it.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_flag_duration)]
     pub lease_ttl: Option<Duration>,
-    /// On SIGTERM/SIGINT, how long running commands may still take before they are killed
-    /// and their jobs released.
-    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    /// On SIGTERM/SIGINT/SIGHUP, how long running commands may still take before they are
+    /// killed and their jobs released.
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_flag_duration, default_value = "30s")]
     pub grace: Duration,
     /// This worker's name in leases (default: HOSTNAME/PID).
     #[arg(long)]
     pub worker_id: Option<String>,
-    /// How long one lease request waits for a job on the server (at most 60s).
-    #[arg(long, value_parser = parse_poll_wait, default_value = "10s")]
+    /// How long one lease request waits for a job on the server (100ms to 60s).
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_poll_wait, default_value = "10s")]
     pub poll_wait: Duration,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
@@ -117,22 +128,31 @@ struct Context {
     max_jobs: Option<u64>,
     /// The ttl leases ask for.
     lease_ttl: Duration,
+    /// This process's pid, which each job supervisor checks is still its parent.
+    worker_pid: u32,
+    /// What a job supervisor writes to stderr, before the reason, when it could not start
+    /// the command (random, so no command's own stderr is taken for it).
+    start_error_marker: String,
 }
 
 impl Context {
     fn log(&self, line: std::fmt::Arguments<'_>) {
-        eprintln!("rota worker {}: {line}", self.worker_id);
+        log_line(format_args!("rota worker {}: {line}", self.worker_id));
     }
 
     /// Takes up to `want` jobs from what `--max-jobs` leaves; `give_back` returns what a
     /// lease did not use.
     fn take_budget(&self, want: u64) -> u64 {
-        let Some(max) = self.max_jobs else { return want };
+        let Some(max) = self.max_jobs else {
+            return want;
+        };
         let mut taken = 0;
-        let _ = self.leased.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |leased| {
-            taken = want.min(max.saturating_sub(leased));
-            Some(leased + taken)
-        });
+        let _ = self
+            .leased
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |leased| {
+                taken = want.min(max.saturating_sub(leased));
+                Some(leased + taken)
+            });
         taken
     }
 
@@ -143,7 +163,8 @@ impl Context {
     }
 
     fn budget_spent(&self) -> bool {
-        self.max_jobs.is_some_and(|max| self.leased.load(Ordering::SeqCst) >= max)
+        self.max_jobs
+            .is_some_and(|max| self.leased.load(Ordering::SeqCst) >= max)
     }
 }
 
@@ -176,6 +197,8 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
         leased: AtomicU64::new(0),
         max_jobs: args.max_jobs,
         lease_ttl: Duration::ZERO,
+        worker_pid: std::process::id(),
+        start_error_marker: format!("rota job supervisor {}: ", idempotency_key()),
     };
     let lease_ttl = match resolve_lease_ttl(&context, args.lease_ttl).await {
         Resolved::Ttl(lease_ttl) => lease_ttl,
@@ -336,10 +359,19 @@ async fn resolve_lease_ttl(context: &Context, flag: Option<Duration>) -> Resolve
                 let text = queue.config.lease_ttl.unwrap_or_default();
                 return Resolved::Ttl(parse_duration(&text).unwrap_or(LEASE_TTL_DEFAULT));
             }
-            Err(error) if error.code() == Some("not_found") => return Resolved::Ttl(LEASE_TTL_DEFAULT),
+            Err(error) if error.code() == Some("not_found") => {
+                return Resolved::Ttl(LEASE_TTL_DEFAULT)
+            }
             // A refusal (a bad queue name) will not change by asking again.
-            Err(error @ JobsError::Api(_)) if error.status().is_some_and(|status| (400..500).contains(&status) && status != 429) => {
-                context.log(format_args!("cannot read queue {}: {error}; stopping", context.queue));
+            Err(error @ JobsError::Api(_))
+                if error
+                    .status()
+                    .is_some_and(|status| (400..500).contains(&status) && status != 429) =>
+            {
+                context.log(format_args!(
+                    "cannot read queue {}: {error}; stopping",
+                    context.queue
+                ));
                 return Resolved::Refused;
             }
             Err(error) => {
@@ -362,10 +394,36 @@ enum Resolved {
     Refused,
 }
 
+/// `--max-jobs`: a whole number, at least 1 (a negative one is refused as such, not as "an
+/// invalid digit").
+fn parse_max_jobs(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<i128>() {
+        Ok(count) if count >= 1 => {
+            u64::try_from(count).map_err(|_| format!("at most {}", u64::MAX))
+        }
+        Ok(_) => Err("at least 1".to_string()),
+        Err(_) => Err("not a whole number".to_string()),
+    }
+}
+
+/// A duration flag's value; a negative one is refused in so many words.
+fn parse_flag_duration(text: &str) -> Result<Duration, String> {
+    if text.trim_start().starts_with('-') {
+        return Err("a duration cannot be negative".to_string());
+    }
+    parse_duration(text)
+}
+
 fn parse_poll_wait(text: &str) -> Result<Duration, String> {
-    let wait = parse_duration(text)?;
+    let wait = parse_flag_duration(text)?;
     if wait > POLL_WAIT_MAX {
         return Err(format!("at most {}", jobs::duration_text(POLL_WAIT_MAX)));
+    }
+    if wait < POLL_WAIT_MIN {
+        return Err(format!(
+            "at least {} (a shorter wait has an idle worker ask the server nonstop)",
+            jobs::duration_text(POLL_WAIT_MIN)
+        ));
     }
     Ok(wait)
 }
@@ -409,9 +467,8 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
         "job {} attempt {} started (lease {token})",
         job.id, job.attempts
     ));
-    let mut command = Command::new(&context.command[0]);
+    let mut command = supervised_command(context);
     command
-        .args(&context.command[1..])
         .env("ROTA_JOB_ID", job.id.to_string())
         .env("ROTA_JOB_ATTEMPT", job.attempts.to_string())
         .env("ROTA_JOB_PRIORITY", job.priority.to_string())
@@ -428,7 +485,10 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
     }
     let (ending, stdout, stderr) = match command.spawn() {
         Err(error) => (
-            Ending::CannotStart(error),
+            Ending::CannotStart(std::io::Error::new(
+                error.kind(),
+                format!("cannot start the job supervisor (/proc/self/exe): {error}"),
+            )),
             Captured::default(),
             Captured::default(),
         ),
@@ -494,14 +554,26 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
             }
             let result = result_from_stdout(&stdout.bytes);
             let key = idempotency_key();
-            let lease_next = *context.phase.borrow() == Phase::Running && context.take_budget(1) == 1;
-            let next = LeaseNext { worker: context.worker_id.clone(), max: 1, lease_ttl: Some(context.lease_ttl) };
+            let lease_next =
+                *context.phase.borrow() == Phase::Running && context.take_budget(1) == 1;
+            let next = LeaseNext {
+                worker: context.worker_id.clone(),
+                max: 1,
+                lease_ttl: Some(context.lease_ttl),
+            };
             let completed = report(context, || async {
                 if lease_next {
-                    let completed = context.client.complete_next_keyed(&key, job.id, token, &result, &next).await?;
+                    let completed = context
+                        .client
+                        .complete_next_keyed(&key, job.id, token, &result, &next)
+                        .await?;
                     Ok(completed.leased.jobs.into_iter().next())
                 } else {
-                    context.client.complete_keyed(&key, job.id, token, &result).await.map(|_| None)
+                    context
+                        .client
+                        .complete_keyed(&key, job.id, token, &result)
+                        .await
+                        .map(|_| None)
                 }
             })
             .await;
@@ -527,7 +599,13 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
             }
         }
         Ending::Exited { status } => {
-            let error = failure_text(&describe_status(status), &stderr.bytes);
+            let error = match start_error(context, status, &stderr.bytes) {
+                Some(reason) => format!(
+                    "cannot run {}: {reason}",
+                    context.command[0].to_string_lossy()
+                ),
+                None => failure_text(&describe_status(status), &stderr.bytes),
+            };
             report_failure(context, &job, token, error, &took).await;
         }
         Ending::CannotStart(error) => {
@@ -656,9 +734,9 @@ async fn keep_lease(client: Arc<Client>, id: u64, token: u64, every: Duration) -
             {
                 return error
             }
-            Err(error) => {
-                eprintln!("rota worker: job {id}: heartbeat failed ({error}); will try again")
-            }
+            Err(error) => log_line(format_args!(
+                "rota worker: job {id}: heartbeat failed ({error}); will try again"
+            )),
         }
     }
 }
@@ -780,29 +858,67 @@ async fn pause_unless_stopping(phase: &mut watch::Receiver<Phase>, pause: Durati
     }
 }
 
-/// First SIGTERM/SIGINT: drain, and kill after `grace`. A second one: kill now.
+/// First SIGTERM/SIGINT/SIGHUP: drain, and kill after `grace`. A second one: kill now.
+/// SIGHUP (the terminal or SSH session went away) is a request to stop like the others,
+/// not a reason to drop running jobs on the floor.
 fn watch_signals(phase: watch::Sender<Phase>, grace: Duration) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         tokio::select! {
             _ = terminate.recv() => {}
             _ = interrupt.recv() => {}
+            _ = hangup.recv() => {}
         }
-        eprintln!(
+        log_line(format_args!(
             "rota worker: stopping: no new jobs; running ones get {} to finish",
             jobs::duration_text(grace)
-        );
+        ));
         phase.send_replace(Phase::Draining);
         tokio::select! {
             _ = tokio::time::sleep(grace) => {}
             _ = terminate.recv() => {}
             _ = interrupt.recv() => {}
+            _ = hangup.recv() => {}
         }
         phase.send_replace(Phase::Killing);
     });
     Ok(())
+}
+
+/// One line to stderr. Unlike `eprintln!`, never panics: after SIGHUP the terminal may be
+/// gone (writes fail with EIO), and the worker must still drain and release its jobs.
+fn log_line(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// `rota __job-supervisor WORKER_PID START_ERROR_MARKER CMD ARGS...` (see
+/// [`job_supervisor`]). No `pre_exec` here, so std can still spawn it with posix_spawn
+/// (vfork) rather than fork the worker.
+fn supervised_command(context: &Context) -> Command {
+    // /proc/self/exe is resolved in the new process, whose executable is still this one: it
+    // works even if the file was replaced or deleted since the worker started.
+    let mut command = Command::new("/proc/self/exe");
+    command
+        .arg0("rota")
+        .arg(job_supervisor::SUBCOMMAND)
+        .arg(context.worker_pid.to_string())
+        .arg(&context.start_error_marker)
+        .args(&context.command);
+    command
+}
+
+/// The reason a job supervisor gave for not starting the command: all it wrote to stderr,
+/// after the marker, and exit status [`job_supervisor::EXIT_CANNOT_START`]. The command
+/// never ran then, so nothing else can be in that stderr.
+fn start_error(context: &Context, status: ExitStatus, stderr: &[u8]) -> Option<String> {
+    if status.code() != Some(i32::from(job_supervisor::EXIT_CANNOT_START)) {
+        return None;
+    }
+    let reason = stderr.strip_prefix(context.start_error_marker.as_bytes())?;
+    Some(String::from_utf8_lossy(reason).trim_end().to_string())
 }
 
 fn default_worker_id() -> String {
@@ -815,14 +931,6 @@ fn default_worker_id() -> String {
     format!("{host}/{}", std::process::id())
 }
 
-extern "C" {
-    // libc's kill(2); std links libc already, so no crate is needed for one call.
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-
-const SIGKILL: i32 = 9;
-
 /// SIGKILLs the process group led by the command (`pid` = its group id).
 fn kill_group(pid: Option<u32>) {
     let Some(group) = pid
@@ -834,7 +942,7 @@ fn kill_group(pid: Option<u32>) {
     // SAFETY: kill(2) has no memory-safety preconditions; a negative pid names the group our
     // own child leads (it was spawned with process_group(0)).
     unsafe {
-        libc_kill(-group, SIGKILL);
+        libc::kill(-group, libc::SIGKILL);
     }
 }
 

@@ -1,8 +1,10 @@
 //! Leases held by real `rota worker` processes: a SIGKILLed worker's job is leased again
 //! after the lease ttl with a greater (fencing) token and the old token is refused; a
 //! SIGTERMed worker lets a running job finish within its grace period, and past it kills
-//! the command and releases the job; a worker whose lease is taken away (the job cancelled)
-//! kills its command.
+//! the command and releases the job (SIGHUP alike); a worker whose lease is taken away (the
+//! job cancelled) kills its command; a SIGKILLed worker's command dies with it, grandchildren
+//! included; the job supervisor that guarantees this leaves the command's outcome (exit
+//! code, signal, start failure) and signal state as they were.
 //!
 //! The scripts here block until the test creates a "go" file (bounded, so a leftover never
 //! runs for long), which makes "while the job is running" a state the test controls rather
@@ -11,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::harness::{Kind, Server};
 use crate::jobs_util::{
@@ -117,7 +119,7 @@ fn jobs_lease_of_a_sigkilled_worker_expires_and_its_old_token_is_fenced() {
     let first_run = wait_for_starts(&log, 1).remove(0);
     assert_eq!(first_run.job, id);
     first.kill();
-    // The first script is an orphan now, still "working"; a second worker takes over.
+    // The first script died with its worker; a second worker takes over once the lease expires.
     let mut second = spawn_worker(&server, dir.path(), "worker2", &flags, &command, &log, &go);
     let second_run = wait_for_starts(&log, 2).remove(1);
     assert_eq!(second_run.job, id, "the same job is leased again");
@@ -315,4 +317,235 @@ fn jobs_worker_kills_the_command_when_its_lease_is_lost() {
         "{}",
         worker.stderr()
     );
+}
+
+/// A script that starts a grandchild (`sleep 60`) and waits for it, after writing
+/// `<its own pid> <the sleep's pid>` to `$PID_FILE`.
+fn parent_of_a_sleep_script(dir: &Path) -> PathBuf {
+    script(
+        dir,
+        "parent.sh",
+        r#"cat > /dev/null
+sleep 60 &
+echo "$$ $!" > "$PID_FILE.tmp"
+mv "$PID_FILE.tmp" "$PID_FILE"
+wait
+"#,
+    )
+}
+
+/// SIGKILLs the processes still alive when dropped, so a failing test leaves nothing behind.
+struct KillOnDrop(Vec<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            if process_alive(pid) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
+#[test]
+fn jobs_worker_sigkilled_takes_its_command_and_the_commands_children_with_it() {
+    let server = Server::start(Kind::Rota);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pid_file = dir.path().join("pids");
+    let command = parent_of_a_sleep_script(dir.path());
+    submit(&server, dir.path(), "orphans", "{}");
+    let mut worker_args = args(
+        &server,
+        &["worker", "--queue", "orphans", "--poll-wait", "1s"],
+    );
+    worker_args.extend(["--".into(), command.display().to_string()]);
+    let envs = [("PID_FILE", pid_file.display().to_string())];
+    let mut worker = Proc::spawn(dir.path(), "worker", &worker_args, &envs);
+    let pids: Vec<u32> = wait_until(Duration::from_secs(30), "the command's pid file", || {
+        let text = std::fs::read_to_string(&pid_file).ok()?;
+        let pids: Vec<u32> = text
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .collect();
+        (pids.len() == 2).then_some(pids)
+    });
+    let _leftovers = KillOnDrop(pids.clone());
+    assert!(
+        pids.iter().all(|&pid| process_alive(pid)),
+        "the command and its child {pids:?} run"
+    );
+    worker.kill();
+    // The command's process group dies with the worker, its child (the grandchild) included:
+    // otherwise a lease expiry would let the job run again beside its orphan.
+    wait_until(
+        Duration::from_secs(10),
+        "the command and its child to die with the worker",
+        || pids.iter().all(|&pid| !process_alive(pid)).then_some(()),
+    );
+}
+
+#[test]
+fn jobs_worker_sighup_past_the_grace_period_kills_the_command_and_releases_the_job() {
+    let server = Server::start(Kind::Rota);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (log, go) = (dir.path().join("runs.log"), dir.path().join("go"));
+    let command = blocking_script(dir.path());
+    let id = submit(&server, dir.path(), "hungup", "{}");
+    let flags = ["--queue", "hungup", "--grace", "500ms", "--poll-wait", "1s"];
+    let mut worker = spawn_worker(&server, dir.path(), "worker", &flags, &command, &log, &go);
+    let run = wait_for_starts(&log, 1).remove(0);
+    // The terminal or SSH session went away: the worker stops as at SIGTERM.
+    worker.signal("HUP");
+    let status = worker.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit {status}: {}", worker.stderr());
+    assert!(
+        worker.stderr().contains("stopping"),
+        "the worker drained: {}",
+        worker.stderr()
+    );
+    assert!(
+        !process_alive(run.pid),
+        "the command (pid {}) outlived the worker",
+        run.pid
+    );
+    let job = get_job(&server, id);
+    assert_eq!(job["state"], "queued", "released: {job}");
+    assert_eq!(
+        job["attempts"], 0,
+        "a release does not count the attempt: {job}"
+    );
+    assert_eq!(job["errors"], json!([]), "{job}");
+}
+
+/// The command runs under a job supervisor (see `job_supervisor.rs`), which must be
+/// invisible: the same exit code, the same killing signal, the same "cannot run" error, and
+/// a command that starts with no signal blocked or ignored.
+#[test]
+fn worker_reports_the_commands_exit_code_signal_and_start_failure_as_its_own() {
+    let server = Server::start(Kind::Rota);
+    let dir = tempfile::tempdir().expect("temp dir");
+    for queue in ["outcomes", "unstartable"] {
+        let set = api(
+            &server,
+            "PUT",
+            &format!("/v1/queues/{queue}"),
+            Some(&json!({"max_attempts": 1})),
+            None,
+        );
+        assert_eq!(set.status(), 200, "{}", set.text());
+    }
+    let payloads = ["exit", "signal", "signals"];
+    let jobs: Vec<Value> = payloads
+        .iter()
+        .map(|payload| json!({"payload": payload}))
+        .collect();
+    let submitted = api(
+        &server,
+        "POST",
+        "/v1/queues/outcomes/jobs",
+        Some(&json!({"jobs": jobs})),
+        None,
+    );
+    assert_eq!(submitted.status(), 202, "{}", submitted.text());
+    let ids: Vec<u64> = submitted.json()["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|job| job["id"].as_u64().expect("id"))
+        .collect();
+    let outcomes = script(
+        dir.path(),
+        "outcomes.sh",
+        r#"payload=$(cat)
+case "$payload" in
+'"exit"') echo 'went wrong' >&2; exit 7 ;;
+'"signal"') echo 'about to die' >&2; kill -USR1 $$ ;;
+esac
+blocked=$(sed -n 's/^SigBlk:[[:space:]]*//p' /proc/$$/status)
+ignored=$(sed -n 's/^SigIgn:[[:space:]]*//p' /proc/$$/status)
+printf '{"blocked": "%s", "ignored": "%s"}\n' "$blocked" "$ignored"
+"#,
+    );
+    let mut worker_args = args(
+        &server,
+        &[
+            "worker",
+            "--queue",
+            "outcomes",
+            "--max-jobs",
+            "3",
+            "--poll-wait",
+            "1s",
+        ],
+    );
+    worker_args.extend(["--".into(), outcomes.display().to_string()]);
+    let mut worker = Proc::spawn(dir.path(), "outcomes-worker", &worker_args, &[]);
+    let status = worker.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}: {}", worker.stderr());
+    let [exited, signalled, signals] = [ids[0], ids[1], ids[2]].map(|id| get_job(&server, id));
+    assert_eq!(
+        exited["errors"][0]["error"], "exit status 7: went wrong",
+        "{exited}"
+    );
+    assert_eq!(
+        signalled["errors"][0]["error"], "killed by signal 10: about to die",
+        "{signalled}"
+    );
+    assert_eq!(signals["state"], "succeeded", "{signals}");
+    // The command's signal state is what the worker inherited from us: std unblocks nothing
+    // and resets only SIGPIPE (which the Rust runtime ignores) for the programs it starts.
+    // Signals 32 and 33 are glibc's own (no program can set them) and left out.
+    let standard = |mask: u64| mask & 0x7fff_ffff;
+    let sigpipe = 1u64 << (13 - 1);
+    let own = |field: &str| standard(signal_mask("/proc/thread-self/status", field));
+    let reported = |field: &str| {
+        let text = signals["result"][field].as_str().unwrap_or_default();
+        standard(u64::from_str_radix(text, 16).unwrap_or_else(|_| panic!("{signals}")))
+    };
+    assert_eq!(reported("blocked"), own("SigBlk"), "{signals}");
+    assert_eq!(reported("ignored"), own("SigIgn") & !sigpipe, "{signals}");
+
+    let submitted = api(
+        &server,
+        "POST",
+        "/v1/queues/unstartable/jobs",
+        Some(&json!({"payload": 1})),
+        None,
+    );
+    assert_eq!(submitted.status(), 202, "{}", submitted.text());
+    let id = submitted.json()["id"].as_u64().expect("id");
+    let mut worker_args = args(
+        &server,
+        &[
+            "worker",
+            "--queue",
+            "unstartable",
+            "--max-jobs",
+            "1",
+            "--poll-wait",
+            "1s",
+        ],
+    );
+    worker_args.extend(["--".into(), "/nonexistent/command".into()]);
+    let mut worker = Proc::spawn(dir.path(), "unstartable-worker", &worker_args, &[]);
+    let status = worker.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}: {}", worker.stderr());
+    let job = get_job(&server, id);
+    assert_eq!(
+        job["errors"][0]["error"],
+        "cannot run /nonexistent/command: No such file or directory (os error 2)",
+        "{job}"
+    );
+}
+
+/// A signal mask (`SigBlk`, `SigIgn`) from a `/proc/.../status` file.
+fn signal_mask(path: &str, field: &str) -> u64 {
+    let status = std::fs::read_to_string(path).expect("read status");
+    let value = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {field} in {path}"));
+    u64::from_str_radix(value.trim(), 16).expect("a hex mask")
 }

@@ -108,13 +108,18 @@ impl Proc {
 
     /// SIGTERM (through kill(1), which every test machine has).
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal named (`TERM`, `HUP`, ...) through kill(1).
+    pub fn signal(&self, name: &str) {
         let pid = self.pid();
         let status = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{name}"))
             .arg(pid.to_string())
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -TERM {pid} failed");
+        assert!(status.success(), "kill -{name} {pid} failed");
     }
 
     /// SIGKILL and reap.
