@@ -52,6 +52,11 @@ pub enum Command {
     /// A client's mutation under an `Idempotency-Key`. `fingerprint` identifies the request
     /// (method, path, body), computed by the server that received it.
     Idempotent { key: String, fingerprint: u64, command: Box<Command> },
+    /// Renews every job lease at the batch's time, *before* the batch moves time forward
+    /// (see [`Jobs::renew_leases`](crate::jobs::Jobs::renew_leases)): a new leader's first
+    /// batch carries it, so leases do not expire for the time no leader could be reached.
+    /// Answers [`Response::Tick`].
+    RenewLeases,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -97,6 +102,7 @@ impl State {
 
     /// Applies one Raft entry: advances time, then runs each command in order.
     pub fn apply_batch(&mut self, batch: &Batch) -> Vec<Response> {
+        self.renew_leases_if_asked(batch);
         let now_ms = self.advance_time(batch.time_ms);
         batch.commands.iter().map(|command| self.apply(now_ms, command)).collect()
     }
@@ -106,6 +112,7 @@ impl State {
     /// leave out the jobs (a third of the time of re-applying a million submitted jobs went
     /// into building and dropping them). Answers an idempotency key stores are complete.
     pub fn apply_batch_unobserved(&mut self, batch: &Batch) {
+        self.renew_leases_if_asked(batch);
         let now_ms = self.advance_time(batch.time_ms);
         for command in &batch.commands {
             self.jobs.unobserved = !matches!(command, Command::Idempotent { .. });
@@ -120,6 +127,12 @@ impl State {
         [self.v2.next_deadline_ms(), self.jobs.next_deadline_ms()].into_iter().flatten().min()
     }
 
+    fn renew_leases_if_asked(&mut self, batch: &Batch) {
+        if batch.commands.iter().any(|command| matches!(command, Command::RenewLeases)) {
+            self.jobs.renew_leases(self.time_ms.max(batch.time_ms));
+        }
+    }
+
     fn advance_time(&mut self, time_ms: u64) -> u64 {
         self.time_ms = self.time_ms.max(time_ms);
         let now_ms = self.time_ms;
@@ -131,7 +144,7 @@ impl State {
 
     fn apply(&mut self, now_ms: u64, command: &Command) -> Response {
         match command {
-            Command::Tick => Response::Tick,
+            Command::Tick | Command::RenewLeases => Response::Tick,
             Command::V2(command) => Response::V2(self.v2.apply(now_ms, command)),
             Command::Jobs(command) => Response::Jobs(self.jobs.apply(now_ms, command)),
             Command::Idempotent { key, fingerprint, command } => {
@@ -188,6 +201,28 @@ mod tests {
         let index = state.v2.index();
         state.apply_batch(&Batch { time_ms: 11_000, commands: vec![idempotent("k", 1, set("/a", "x"))] });
         assert_eq!(state.v2.index(), index + 1, "after expiry the key is new again");
+    }
+
+    /// A new leader's first batch renews leases before its time expires them: time ran on
+    /// while no leader could be reached, and the workers' heartbeats could not get through.
+    #[test]
+    fn renew_leases_takes_effect_before_the_batch_moves_time() {
+        use crate::jobs::{JobCommand, JobState, NewJob};
+        let submit = Command::Jobs(JobCommand::Submit { queue: "q".into(), jobs: vec![NewJob::default()] });
+        let lease = Command::Jobs(JobCommand::Lease { queue: "q".into(), worker: "w".into(), max: 1, lease_ttl_ms: Some(3_000) });
+        let mut renewed = State::new(Config::default());
+        renewed.apply_batch(&Batch { time_ms: 1_000, commands: vec![submit, lease] });
+        let mut plain = renewed.clone();
+        // The leader was gone for 9 s; the lease ended at 4 s.
+        renewed.apply_batch(&Batch { time_ms: 10_000, commands: vec![set("/a", "x"), Command::RenewLeases] });
+        plain.apply_batch(&Batch { time_ms: 10_000, commands: vec![set("/a", "x")] });
+        let expires = |state: &State| state.jobs.job(1).expect("job 1").lease.map(|lease| lease.lease_expires_at_ms);
+        assert_eq!(renewed.jobs.job(1).expect("job 1").state, JobState::Leased);
+        assert_eq!(expires(&renewed), Some(13_000));
+        assert_ne!(plain.jobs.job(1).expect("job 1").state, JobState::Leased, "without the renewal it expired");
+        // Renewed again at the same time: a lease that ends later keeps its end.
+        renewed.apply_batch(&Batch { time_ms: 9_000, commands: vec![Command::RenewLeases] });
+        assert_eq!(expires(&renewed), Some(13_000));
     }
 
     #[test]

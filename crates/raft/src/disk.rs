@@ -96,7 +96,7 @@ fn is_short(available: u64, needed: u64, was_short: bool) -> bool {
 /// Commands that remove data, finish work already leased, or only move time.
 fn allowed_when_short(command: &Command) -> bool {
     match command {
-        Command::Tick => true,
+        Command::Tick | Command::RenewLeases => true,
         Command::V2(v2) => matches!(v2, V2Command::Delete(_)),
         Command::Jobs(job) => matches!(
             job,

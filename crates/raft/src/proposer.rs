@@ -125,6 +125,9 @@ pub(crate) async fn run_proposer(
 ) {
     let in_flight = Arc::new(Semaphore::new(limits.proposals_in_flight_max.max(1)));
     let mut last_stamped_ms = 0u64;
+    // The term of the last batch proposed: the first batch of each term this node leads
+    // renews the job leases (`Command::RenewLeases`), as etcd's new leader does.
+    let mut last_term: Option<u64> = None;
     // A proposal that did not fit into the previous batch; it opens the next one.
     let mut carried: Option<Proposal> = None;
 
@@ -182,6 +185,14 @@ pub(crate) async fn run_proposer(
         last_stamped_ms = now_ms().max(last_stamped_ms).max(state_time_ms);
         metrics.batch_commands.observe(commands.len() as f64);
         metrics.batch_bytes.observe(batch_bytes as f64);
+        let term = raft.metrics().borrow().current_term;
+        let renews = last_term != Some(term);
+        last_term = Some(term);
+        if renews {
+            // Last, so the answers line up with the replies; it takes effect before the
+            // batch's time does wherever it is.
+            commands.push(Command::RenewLeases);
+        }
         let batch = Batch {
             time_ms: last_stamped_ms,
             commands,
@@ -194,7 +205,7 @@ pub(crate) async fn run_proposer(
                     let outcome = response.await;
                     drop(gate_guard);
                     drop(permit);
-                    answer(replies, outcome, &metrics);
+                    answer(replies, outcome, renews, &metrics);
                 });
             }
             Err(fatal) => {
@@ -229,9 +240,12 @@ type WriteOutcome = Result<
     oneshot::error::RecvError,
 >;
 
+/// `renewed`: the batch ended with a `RenewLeases` of the proposer's own, whose answer
+/// nobody waits for.
 fn answer(
     replies: Vec<oneshot::Sender<Result<Proposed, ProposeError>>>,
     outcome: WriteOutcome,
+    renewed: bool,
     metrics: &RaftMetrics,
 ) {
     let written = match outcome {
@@ -245,7 +259,10 @@ fn answer(
         // openraft dropped the responder: it is shutting down (or stopped on a fatal error).
         Err(_) => return answer_all(replies, &ProposeError::ShuttingDown, metrics),
     };
-    let responses = written.data.responses;
+    let mut responses = written.data.responses;
+    if renewed {
+        responses.pop();
+    }
     if responses.len() != replies.len() {
         let error = ProposeError::Fatal(format!(
             "state machine answered {} responses for {} commands",

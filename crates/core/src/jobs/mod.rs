@@ -287,6 +287,20 @@ impl Jobs {
         }
     }
 
+    /// Renews every lease to end no earlier than its ttl after `now_ms`, as etcd's lessor
+    /// renews its leases when a new leader takes over: lease time runs on while no leader
+    /// can be reached, and a worker whose heartbeats could not get through during an
+    /// outage (a restart, an election) must not lose its lease to it.
+    pub fn renew_leases(&mut self, now_ms: u64) {
+        let leased: Vec<JobId> = self.lease_deadlines.iter().map(|&(_, id)| id).collect();
+        for id in leased {
+            self.update(id, |job| {
+                let lease = job.lease.as_mut().expect("a leased job has a lease");
+                lease.expires_at_ms = lease.expires_at_ms.max(now_ms.saturating_add(lease.ttl_ms));
+            });
+        }
+    }
+
     /// The earliest lease expiry, scheduled run or purge. Rate refills are not deadlines:
     /// leases happen on request, and the server retries blocked leases at `retry_at_ms`.
     pub fn next_deadline_ms(&self) -> Option<u64> {

@@ -487,8 +487,8 @@ pub fn leader_among(endpoints: &[SocketAddr], live: &[bool]) -> Option<usize> {
 
 // ---- signals -----------------------------------------------------------------------------
 
-const SIGCONT: i32 = 18;
-const SIGSTOP: i32 = 19;
+pub const SIGCONT: i32 = 18;
+pub const SIGSTOP: i32 = 19;
 
 extern "C" {
     // libc's kill(2); std links libc already.
@@ -496,7 +496,7 @@ extern "C" {
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
-fn send_signal(pid: u32, signal: i32) {
+pub fn send_signal(pid: u32, signal: i32) {
     let pid = i32::try_from(pid).expect("pid fits in i32");
     // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child's.
     unsafe {

@@ -3,8 +3,11 @@
 //! and `rota worker`s use every node (see `docs/testing.md`, "Queue across failover").
 //!
 //! The queue has `concurrency: 1`, `rate: {limit: 5, per: 1s, burst: 1}` and a 1 s lease
-//! ttl, short enough that leases held across a failover expire and their jobs are leased
-//! again: that is the case the fencing tokens exist for. Submitters POST over raw HTTP with
+//! ttl. A new leader renews every lease (as etcd's does), so leases held across a failover
+//! survive it; between kills a "freezer" SIGSTOPs the worker running a job for longer than
+//! the ttl (a GC pause, a swapped-out host), so its lease expires with the leader up, the
+//! job is leased again, and the frozen worker's `complete` must be refused: that is the case
+//! the fencing tokens exist for. Submitters POST over raw HTTP with
 //! an `Idempotency-Key` per job, to every node in turn, and retry a request with no answer
 //! (timeout, refused, reset, 503) with the same key on the next node. Three workers, each
 //! given all endpoints (rotated), run a script that logs its start and end (`date +%s%N`),
@@ -34,8 +37,7 @@
 //!
 //! Gates (so an idle run cannot pass): ≥ 3 observed leader changes, all planned kills done,
 //! ≥ 3 zombie completes refused during the fault phase, ≥ 2 of the workers' own completes
-//! refused as stale (leases that outlived an outage: the killer strikes while a run is in
-//! progress, and an outage lasts longer than the 1 s ttl), every key accepted.
+//! refused as stale (the frozen workers'), every key accepted.
 //!
 //! Seeds: `ROTA_IT_SEED` replays the fault timing (printed).
 
@@ -89,17 +91,21 @@ const FIRST_KILL_AT: Duration = Duration::from_secs(4);
 const KILL_EVERY: Duration = Duration::from_secs(7);
 const KILL_JITTER_MS: u64 = 500;
 const DOWN_FOR: Duration = Duration::from_secs(2);
-/// How long the killer waits for a run in progress before it kills anyway. A lease held at
-/// the kill outlives its ttl: no leader can grant a heartbeat for an election timeout
-/// (1 s by default, longer than [`LEASE_TTL_MS`] minus a heartbeat period).
+/// How long the killer (and the freezer) waits for a run in progress before it goes on
+/// anyway. A lease held at the kill outlives its ttl (no leader can grant a heartbeat for an
+/// election timeout, 1 s by default), and the next leader renews it.
 const IN_FLIGHT_WAIT: Duration = Duration::from_secs(2);
 const LEADER_CHANGES_MIN: usize = 3;
 const ZOMBIE_REFUSALS_MIN: usize = 3;
 /// Leases that outlasted the 200 ms between rate tokens (about every third job is long).
 const HELD_BACK_BY_CONCURRENCY_MIN: usize = 10;
-/// Completes the workers themselves sent with a lease that expired during an outage, and
-/// the server refused: the fencing path across a failover ran (about one per kill).
+/// Completes the workers themselves sent with a lease that expired while they were frozen,
+/// and the server refused: the fencing path ran (about one per freeze).
 const WORKER_STALE_COMPLETES_MIN: usize = 2;
+/// How long the freezer stops a worker that holds a lease: longer than the ttl plus a
+/// heartbeat period, and than a renewal by a leader elected meanwhile (a restarted member
+/// may start an election) could add.
+const FREEZE_FOR: Duration = Duration::from_millis(3_000);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// One run of the worker script, from its log.
@@ -143,7 +149,7 @@ fn cluster_jobs_queue_limits_fencing_and_no_loss_across_leader_kills() {
     let protocol_errors: Arc<Mutex<Vec<String>>> = Arc::default();
 
     // Submitters run on their own threads; this thread injects the faults.
-    let (accepted, kills) = std::thread::scope(|scope| {
+    let (accepted, kills, freezes) = std::thread::scope(|scope| {
         let submitters: Vec<_> = (0..SUBMITTERS)
             .map(|submitter| {
                 let endpoints = endpoints.clone();
@@ -152,6 +158,7 @@ fn cluster_jobs_queue_limits_fencing_and_no_loss_across_leader_kills() {
             })
             .collect();
         let mut kills = 0;
+        let mut freezes = 0;
         let mut next_kill = FIRST_KILL_AT;
         for _ in 0..KILLS {
             let jitter = Duration::from_millis(rng.range(0, 2 * KILL_JITTER_MS));
@@ -168,13 +175,28 @@ fn cluster_jobs_queue_limits_fencing_and_no_loss_across_leader_kills() {
             kills += 1;
             std::thread::sleep(DOWN_FOR);
             cluster.restart(leader);
+            // Between kills, freeze the worker running a job: its lease expires under a
+            // leader that is up (no renewal), so only the token can refuse its late report.
+            let waited = Instant::now();
+            let mut holder = None;
+            while holder.is_none() && waited.elapsed() < IN_FLIGHT_WAIT {
+                holder = worker_in_progress(&log);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if let Some(n) = holder {
+                let pid = workers[n].pid();
+                crate::cluster::send_signal(pid, crate::cluster::SIGSTOP);
+                std::thread::sleep(FREEZE_FOR);
+                crate::cluster::send_signal(pid, crate::cluster::SIGCONT);
+                freezes += 1;
+            }
             next_kill += KILL_EVERY;
         }
         let mut accepted: BTreeMap<String, u64> = BTreeMap::new();
         for handle in submitters {
             accepted.extend(handle.join().expect("submitter thread panicked"));
         }
-        (accepted, kills)
+        (accepted, kills, freezes)
     });
     let submitted_by_s = started.elapsed().as_secs_f64();
     let zombie_refused_during_faults = zombie.refused.load(Ordering::SeqCst);
@@ -242,6 +264,7 @@ fn cluster_jobs_queue_limits_fencing_and_no_loss_across_leader_kills() {
 
     // Coverage gates.
     assert_eq!(kills, KILLS, "{name}: coverage: kills done");
+    assert!(freezes >= KILLS - 1, "{name}: coverage: only {freezes} workers frozen while running a job");
     assert!(
         leader_changes >= LEADER_CHANGES_MIN,
         "{name}: coverage: {leader_changes} leader changes observed, want ≥ {LEADER_CHANGES_MIN} ({timeline}; seed {seed})"
@@ -252,7 +275,7 @@ fn cluster_jobs_queue_limits_fencing_and_no_loss_across_leader_kills() {
     );
     assert!(
         discarded >= WORKER_STALE_COMPLETES_MIN,
-        "{name}: coverage: only {discarded} worker completes were refused as stale; no lease outlived an outage"
+        "{name}: coverage: only {discarded} worker completes were refused as stale after {freezes} freezes"
     );
     assert!(
         held_back_by_concurrency >= HELD_BACK_BY_CONCURRENCY_MIN,
@@ -271,6 +294,7 @@ fn start_workers(dir: &Path, endpoints: &[SocketAddr], log: &Path) -> Vec<Proc> 
         dir,
         "work.sh",
         r#"payload=$(cat)
+echo "holder $ROTA_JOB_ID $ROTA_LEASE_TOKEN $WORKER_INDEX" >> "$RUN_LOG"
 echo "start $(date +%s%N) $ROTA_JOB_ID $ROTA_LEASE_TOKEN $ROTA_LEASE_EXPIRES_AT" >> "$RUN_LOG"
 case "$payload" in
   *'"long":true'*) sleep 0.4 ;;
@@ -307,7 +331,8 @@ printf '{"id": %s, "token": %s}\n' "$ROTA_JOB_ID" "$ROTA_LEASE_TOKEN"
             .iter()
             .map(|arg| arg.to_string())
             .collect();
-            Proc::spawn(dir, &format!("worker{n}"), &args, &[("RUN_LOG", log.display().to_string())])
+            let envs = [("RUN_LOG", log.display().to_string()), ("WORKER_INDEX", n.to_string())];
+            Proc::spawn(dir, &format!("worker{n}"), &args, &envs)
         })
         .collect()
 }
@@ -540,6 +565,20 @@ fn parse_runs(lines: &[String]) -> Vec<Run> {
 /// Whether the newest run in the log has started and not ended.
 fn run_in_progress(log: &Path) -> bool {
     parse_runs(&read_lines(log)).last().is_some_and(|run| run.end_ns.is_none())
+}
+
+/// The index of the worker running the newest run, if it has not ended (from the script's
+/// `holder JOB TOKEN WORKER` lines).
+fn worker_in_progress(log: &Path) -> Option<usize> {
+    let lines = read_lines(log);
+    let run = parse_runs(&lines).pop().filter(|run| run.end_ns.is_none())?;
+    lines.iter().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            ["holder", job, token, worker] if *job == run.job.to_string() && *token == run.token.to_string() => worker.parse().ok(),
+            _ => None,
+        }
+    })
 }
 
 /// Accepted completes per job, from the workers' `job N succeeded in …` lines (one per

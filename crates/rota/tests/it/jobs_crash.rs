@@ -317,3 +317,36 @@ fn succeeded_job(line: &str) -> Option<u64> {
     let id = words.next()?.parse().ok()?;
     (words.next()? == "succeeded").then_some(id)
 }
+
+/// A lease outlives a server outage longer than its ttl, as etcd's leases outlive a leader
+/// change: the restarted node's first entry renews every lease before its clock moves, so a
+/// worker that finished during the outage stores its result instead of getting
+/// `stale_lease` and seeing the job run again (a user audit saw exactly that).
+#[test]
+fn a_lease_outlives_a_server_restart_longer_than_its_ttl() {
+    use crate::jobs_util::api;
+    let mut server = Server::start(Kind::Rota);
+    let queue = api(&server, "PUT", "/v1/queues/outage", Some(&json!({"lease_ttl": "2s"})), None);
+    assert_eq!(queue.status(), 200, "{}", queue.text());
+    let submitted = api(&server, "POST", "/v1/queues/outage/jobs", Some(&json!({"payload": 1})), None);
+    assert_eq!(submitted.status(), 202, "{}", submitted.text());
+    let leased = api(&server, "POST", "/v1/queues/outage/lease", Some(&json!({"worker": "w"})), None).json();
+    let job = &leased["jobs"][0];
+    let (id, token) = (job["id"].as_u64().expect("id"), job["lease_token"].as_u64().expect("token"));
+    server.kill();
+    // The outage: longer than the lease's 2 s.
+    std::thread::sleep(Duration::from_secs(3));
+    server.restart();
+    let after = crate::jobs_util::get_job(&server, id);
+    assert_eq!(after["state"], "leased", "the lease was renewed, not expired: {after}");
+    let completed = api(
+        &server,
+        "POST",
+        &format!("/v1/jobs/{id}/complete"),
+        Some(&json!({"lease_token": token, "result": "done"})),
+        None,
+    );
+    assert_eq!(completed.status(), 200, "{}", completed.text());
+    let done = crate::jobs_util::get_job(&server, id);
+    assert_eq!((done["state"].clone(), done["attempts"].clone()), (json!("succeeded"), json!(1)), "{done}");
+}
