@@ -148,25 +148,31 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let initial_cluster_flag = args.initial_cluster();
     let initial_cluster = rota_raft::parse_initial_cluster(&initial_cluster_flag)
         .map_err(|error| anyhow::anyhow!("{error}"))?;
-    let Some(me) = initial_cluster
-        .iter()
-        .find(|member| member.name == args.name)
-    else {
-        anyhow::bail!(
+    let data_dir = args.data_dir();
+    // As with etcd, the --initial-* flags describe a new member; a member restarting on its
+    // data dir has its cluster there, and flags left as they were at its first start (or
+    // never updated after members were added or moved) must not keep it from starting.
+    let restarting = data_dir.join("identity").exists();
+    let peer_urls = split_urls(&args.initial_advertise_peer_urls);
+    let me = initial_cluster.iter().find(|member| member.name == args.name);
+    let mismatch = match me {
+        None => Some(format!(
             "--initial-cluster {initial_cluster_flag:?} has no member named {:?}",
             args.name
-        );
-    };
-    let peer_urls = split_urls(&args.initial_advertise_peer_urls);
-    if args.initial_cluster.is_some() && me.peer_urls != peer_urls {
-        anyhow::bail!(
+        )),
+        Some(me) if args.initial_cluster.is_some() && me.peer_urls != peer_urls => Some(format!(
             "--initial-cluster gives {:?} the peer URLs {:?} but --initial-advertise-peer-urls is {:?}",
-            args.name,
-            me.peer_urls,
-            peer_urls
-        );
+            args.name, me.peer_urls, peer_urls
+        )),
+        Some(_) => None,
+    };
+    match mismatch {
+        Some(mismatch) if restarting => tracing::info!(
+            "{mismatch}: ignored, this member restarts on its data dir (the --initial-* flags apply to a new member)"
+        ),
+        Some(mismatch) => anyhow::bail!("{mismatch}"),
+        None => {}
     }
-    let data_dir = args.data_dir();
 
     let mut listeners = Vec::new();
     let listen_urls = split_urls(&args.listen_client_urls);
