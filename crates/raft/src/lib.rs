@@ -406,6 +406,8 @@ struct NodeInner {
     /// A leader that has not heard from a quorum of voters for longer than this counts as no
     /// leader (see [`Node::lost_quorum`]).
     quorum_silence_max: Duration,
+    /// The term of the vote this member started with (0: none).
+    restored_term: u64,
     /// Set while this leader hands leadership over: new proposals wait for the next leader
     /// instead of growing the log the successor must have before it can win.
     handing_over: std::sync::atomic::AtomicBool,
@@ -557,6 +559,14 @@ impl Node {
             config.peer_source_ip,
         );
 
+        // The term this member voted in before it stopped: openraft makes a member whose
+        // saved vote is its own committed leadership leader again at once, without an
+        // election (see `lost_quorum`).
+        let restored_term = {
+            use openraft::storage::RaftLogStorage as _;
+            let mut store = log_store.clone();
+            store.read_vote().await.ok().flatten().map_or(0, |vote| vote.leader_id().term)
+        };
         let raft_runtime = RaftRuntime::new().map_err(|e| StartError::Raft(e.to_string()))?;
         let raft_handle = raft_runtime
             .handle()
@@ -595,6 +605,7 @@ impl Node {
             metrics,
             raft_runtime,
             &raft_handle,
+            restored_term,
         );
         node.lead_if_only_voter().await;
         Ok(node)
@@ -610,6 +621,7 @@ impl Node {
         metrics: RaftMetrics,
         raft_runtime: RaftRuntime,
         raft_handle: &tokio::runtime::Handle,
+        restored_term: u64,
     ) -> Node {
         let id = identity.node_id;
         let (shutdown_tx, _) = watch::channel(false);
@@ -688,6 +700,7 @@ impl Node {
                 listens_for_peers: config.listens_for_peers,
                 leader_wait: config.leader_wait(),
                 quorum_silence_max: Duration::from_millis(2 * config.election_timeout_max_ms),
+                restored_term,
                 handing_over: std::sync::atomic::AtomicBool::new(false),
                 removed,
                 proposal_gate,
@@ -887,6 +900,11 @@ impl Node {
         let limit = self.inner.quorum_silence_max;
         match metrics.millis_since_quorum_ack {
             Some(ms) => Duration::from_millis(ms) > limit,
+            // Leading in the term it started with and not acknowledged yet: openraft restored
+            // the leadership from the saved vote, nobody elected it in this run (etcd's
+            // members start as followers). A leader until a quorum answers it would say
+            // `health: true` with its peers down.
+            None if metrics.current_term == self.inner.restored_term => true,
             // Not acknowledged yet since it was elected: lost once it has led that long.
             None => {
                 let seen = *self.inner.leader_seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

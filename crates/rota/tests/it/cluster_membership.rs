@@ -1475,3 +1475,38 @@ fn cluster_membership_a_follower_answers_writes_and_member_changes_it_already_sh
     let members = send(&Request::new("GET", "/v2/members"));
     assert!(members.text().contains(&url), "{name}: the follower's members after it answered the add: {}", members.text());
 }
+
+/// The leader of a cluster that went down whole, started again alone: openraft restores its
+/// leadership from its saved vote at once, without an election, and it said `health: true`
+/// and led (in `rota status` and `/v2/stats/self`) for the ~1 s until the quorum check
+/// caught up, with both peers down. etcd's members start as followers. It now counts as no
+/// leader until a quorum answers it, and leads again once a peer is back.
+#[test]
+fn cluster_membership_a_leader_restarted_alone_does_not_say_it_leads() {
+    let name = "restored";
+    let mut cluster = Cluster::start(ClusterConfig::new(3, &format!("{name}-{}", std::process::id())));
+    let leader = cluster.wait_leader(CHANGE_TIMEOUT).expect("a leader");
+    let addr = cluster.nodes[leader].client_addr();
+    let before = put_until_answered(addr, "/restored/before", "1");
+    assert!(matches!(before.status(), 200 | 201), "{name}: {} {}", before.status(), before.text());
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    cluster.start_again(leader);
+    let get = |path: &str| http::send_with_timeout(addr, &Request::new("GET", path), PROBE_TIMEOUT);
+    wait_until(CHANGE_TIMEOUT, "the restarted leader answers", || get("/health").ok());
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(2) {
+        if let Ok(health) = get("/health") {
+            assert!(!health.text().contains("\"true\""), "{name}: alone, it says it is healthy: {}", health.text());
+        }
+        if let Ok(stats) = get("/v2/stats/self") {
+            assert_ne!(stats.json()["state"], "StateLeader", "{name}: alone, it says it leads: {}", stats.text());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let peer = (leader + 1) % 3;
+    cluster.restart(peer);
+    let after = put_until_answered(addr, "/restored/after", "1");
+    assert!(matches!(after.status(), 200 | 201), "{name}: a peer back, writes go on: {} {}", after.status(), after.text());
+}
