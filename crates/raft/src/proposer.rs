@@ -17,6 +17,7 @@
 //! its removal: nobody tells a removed node what committed). Once [`Gate::removed`] is set,
 //! nothing is proposed any more: every proposal is answered `Removed` (not applied).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -125,9 +126,12 @@ pub(crate) async fn run_proposer(
 ) {
     let in_flight = Arc::new(Semaphore::new(limits.proposals_in_flight_max.max(1)));
     let mut last_stamped_ms = 0u64;
-    // The term of the last batch proposed: the first batch of each term this node leads
-    // renews the job leases (`Command::RenewLeases`), as etcd's new leader does.
-    let mut last_term: Option<u64> = None;
+    // The highest term in which a batch of this proposer's that renewed the job leases
+    // (`Command::RenewLeases`, as etcd's new leader renews its leases) was committed: until
+    // one is, in the current term, every batch carries the renewal. (Remembering the term of
+    // the last batch *proposed* instead missed a term won while a batch proposed as a
+    // candidate failed.)
+    let renewed_term = Arc::new(AtomicU64::new(0));
     // A proposal that did not fit into the previous batch; it opens the next one.
     let mut carried: Option<Proposal> = None;
 
@@ -186,8 +190,7 @@ pub(crate) async fn run_proposer(
         metrics.batch_commands.observe(commands.len() as f64);
         metrics.batch_bytes.observe(batch_bytes as f64);
         let term = raft.metrics().borrow().current_term;
-        let renews = last_term != Some(term);
-        last_term = Some(term);
+        let renews = renewed_term.load(Ordering::Relaxed) != term;
         if renews {
             // Last, so the answers line up with the replies; it takes effect before the
             // batch's time does wherever it is.
@@ -201,10 +204,14 @@ pub(crate) async fn run_proposer(
         match raft.client_write_ff(batch.into()).await {
             Ok(response) => {
                 let metrics = metrics.clone();
+                let renewed_term = renewed_term.clone();
                 tokio::spawn(async move {
                     let outcome = response.await;
                     drop(gate_guard);
                     drop(permit);
+                    if let (true, Ok(Ok(written))) = (renews, &outcome) {
+                        renewed_term.fetch_max(written.log_id.leader_id.term, Ordering::Relaxed);
+                    }
                     answer(replies, outcome, renews, &metrics);
                 });
             }
