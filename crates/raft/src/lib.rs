@@ -540,7 +540,7 @@ impl Node {
                 tracing::info!(
                     stored = %token,
                     flag = %config.cluster_token,
-                    "this member belongs to the cluster token in its data dir; --initial-cluster-token applies only to a new member"
+                    "this member belongs to the cluster token in its data dir; --initial-cluster-token (given, or its default) applies only to a new member"
                 );
                 config.cluster_token = token.clone();
             }

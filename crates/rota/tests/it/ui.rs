@@ -293,7 +293,7 @@ fn ui_renders_members_queues_jobs_and_keys_from_the_api_in_chromium() {
 #[test]
 fn ui_retry_and_cancel_buttons_change_the_jobs_in_chromium() {
     require_chromium();
-    let server = Server::start(Kind::Rota);
+    let mut server = Server::start(Kind::Rota);
     let seeded = seed(&server);
     let dead = seeded.dead_id;
     let queued = seeded.queued_ids[0];
@@ -358,6 +358,25 @@ fn ui_retry_and_cancel_buttons_change_the_jobs_in_chromium() {
         json!(true),
         "the page reported a script error"
     );
+
+    // The server goes away: one line says so, what is shown is greyed out, health is not
+    // claimed, and the time of the last good refresh stays. (It showed one red line per
+    // request, "healthy" in green and a clock that went on.)
+    server.kill();
+    page.wait_for("document.body.classList.contains('stale')");
+    assert_eq!(page.evaluate("document.querySelectorAll('#errors li').length"), json!(1));
+    let line = page.evaluate("document.querySelector('#errors li').textContent");
+    assert!(line.as_str().unwrap_or_default().starts_with("server: unreachable"), "{line}");
+    let health = page.evaluate("document.querySelector('dd[data-fact=\"health\"]').textContent");
+    assert_eq!(health, json!("unknown (server unreachable)"));
+    let updated = page.evaluate("document.getElementById('updated').textContent");
+    let refreshes = page.evaluate("Number(document.documentElement.dataset.refreshes)");
+    page.wait_for(&format!("Number(document.documentElement.dataset.refreshes) > {refreshes}"));
+    assert_eq!(page.evaluate("document.getElementById('updated').textContent"), updated);
+    // Back: fresh again, no error left.
+    server.restart();
+    page.wait_for("!document.body.classList.contains('stale') && document.querySelectorAll('#errors li').length === 0");
+    page.wait_for("document.querySelector('dd[data-fact=\"health\"]').textContent === 'healthy'");
 }
 
 /// `chromium --headless --dump-dom URL`: the DOM once the page's work (its fetches and a

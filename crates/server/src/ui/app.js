@@ -73,9 +73,17 @@ function clearError(source) {
 
 function renderErrors() {
   const list = $('errors');
-  list.replaceChildren(...[...errors].map(([source, message]) =>
+  // A server that answers nothing fails every request: one line says so, not one per
+  // request.
+  const shown = unreachable ? [['server', `unreachable: ${unreachable}`]] : [...errors];
+  list.replaceChildren(...shown.map(([source, message]) =>
     el('li', {'data-source': source}, el('strong', {}, source + ': '), message)));
 }
+
+// The network error of the last refresh in which no request reached the server, else ''.
+let unreachable = '';
+// Requests of the refresh under way that reached the server / did not.
+const reached = {yes: 0, no: 0, last: ''};
 
 function notice(text) {
   $('notice').textContent = text;
@@ -113,8 +121,11 @@ async function api(method, path, acceptStatus) {
   try {
     response = await fetch(path, {method, cache: 'no-store', headers: {Accept: 'application/json'}});
   } catch (e) {
+    reached.no += 1;
+    reached.last = e.message;
     throw new ApiError(0, `${method} ${path}: ${e.message}`);
   }
+  reached.yes += 1;
   const text = await response.text();
   let body = null;
   try { body = text ? JSON.parse(text) : null; } catch (_) { body = null; }
@@ -498,8 +509,19 @@ async function refresh() {
   try {
     do {
       refreshAgain = false;
+      Object.assign(reached, {yes: 0, no: 0, last: ''});
       await Promise.all([refreshCluster(), refreshQueues(), refreshJobs(), refreshJobDetail(), refreshKeys()]);
-      $('updated').textContent = 'updated ' + new Date().toLocaleTimeString();
+      const wasUnreachable = unreachable;
+      unreachable = reached.yes === 0 && reached.no > 0 ? reached.last || 'no answer' : '';
+      // What is on screen is from the last refresh that reached the server: greyed out,
+      // with its time kept, and no health claimed, until the server answers again.
+      document.body.classList.toggle('stale', Boolean(unreachable));
+      if (unreachable) {
+        renderFact('health', 'unknown (server unreachable)', 'bad');
+      } else {
+        $('updated').textContent = 'updated ' + new Date().toLocaleTimeString();
+      }
+      if (Boolean(unreachable) !== Boolean(wasUnreachable) || unreachable) renderErrors();
       document.documentElement.dataset.refreshes = String(Number(document.documentElement.dataset.refreshes || 0) + 1);
     } while (refreshAgain);
   } finally {
