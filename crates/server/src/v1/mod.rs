@@ -98,7 +98,7 @@ async fn route<B: Backend>(app: &Arc<App<B>>, request: Request<Body>, path: &str
     let segments: Vec<&str> = rest.split('/').collect();
     let get = method == Method::GET || method == Method::HEAD;
     match segments.as_slice() {
-        ["queues"] if get => queues::list(app, &call).await,
+        ["queues"] | ["queues", ""] if get => queues::list(app, &call).await,
         ["queues"] => Err(ApiError::method_not_allowed("GET")),
         ["queues", name] => match method {
             Method::PUT => queues::put(app, &call, name, request).await,
@@ -140,7 +140,15 @@ async fn route<B: Backend>(app: &Arc<App<B>>, request: Request<Body>, path: &str
             _ if get => counters::get(app, &call, name).await,
             _ => Err(ApiError::method_not_allowed("GET, POST")),
         },
-        ["watch"] if get => sse::watch(app, &call).await,
+        ["watch"] if get => {
+            // EventSource's reconnection: the `id:` of the last event it got (a key event's
+            // etcd index).
+            let last_event_id = request
+                .headers()
+                .get("last-event-id")
+                .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok());
+            sse::watch(app, &call, last_event_id).await
+        }
         ["watch"] => Err(ApiError::method_not_allowed("GET")),
         _ => Err(ApiError::not_found(format!("no such endpoint: {path}"))),
     }

@@ -66,9 +66,18 @@ impl Drop for OwnedGaugeGuard {
     }
 }
 
-pub(crate) async fn watch<B: Backend>(app: &Arc<App<B>>, call: &Call<'_>) -> Result<Response<Body>, ApiError> {
+/// `last_event_id`: the `Last-Event-ID` header of a reconnecting EventSource; without
+/// `since`, the stream resumes after that key event.
+pub(crate) async fn watch<B: Backend>(
+    app: &Arc<App<B>>,
+    call: &Call<'_>,
+    last_event_id: Option<u64>,
+) -> Result<Response<Body>, ApiError> {
     let params = json::parse_query(call.query.as_deref(), &["prefix", "since"])?;
-    let since = json::query_u64(&params, "since")?.unwrap_or(0);
+    let since = match json::query_u64(&params, "since")? {
+        Some(since) => since,
+        None => last_event_id.map_or(0, |id| id.saturating_add(1)),
+    };
     let prefix = json::query_value(&params, "prefix");
     let (key, jobs) = match prefix {
         None => (Some("/".to_owned()), Some(JobFilter::All)),

@@ -88,3 +88,13 @@ async fn reads_are_served_locally_with_consistency_local() {
     assert_eq!(get(&app, "/v1/queues/q?consistency=local").await.status, 200);
     assert_error(&get(&app, "/v1/queues/q?consistency=eventual").await, 400, "invalid", Some("consistency"));
 }
+
+#[tokio::test]
+async fn the_queue_list_answers_with_a_trailing_slash_too() {
+    let app = app();
+    put_json(&app, "/v1/queues/api", serde_json::json!({"concurrency": 1})).await;
+    let plain = get(&app, "/v1/queues").await;
+    let slashed = get(&app, "/v1/queues/").await;
+    assert_eq!((plain.status, slashed.status), (200, 200), "{}", slashed.body);
+    assert_eq!(plain.body, slashed.body);
+}

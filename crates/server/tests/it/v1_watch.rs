@@ -71,6 +71,23 @@ async fn since_replays_key_history_and_a_cleared_index_is_400() {
     assert_error(&get(&served.app, "/v1/watch?since=1").await, 400, "invalid", Some("since"));
 }
 
+/// An EventSource that reconnects sends the `id:` of the last event it got; the stream
+/// resumes after it (with `since`, `since` wins).
+#[tokio::test]
+async fn a_reconnecting_event_source_resumes_after_its_last_event_id() {
+    let app = app();
+    put(&app, "/v2/keys/r", "value=seen").await;
+    let seen = crate::support::store_index(&app);
+    put(&app, "/v2/keys/r", "value=missed").await;
+    let served = serve(app, Default::default()).await;
+    let mut stream = connect(served.port).await;
+    let request = format!("GET /v1/watch?prefix=/r HTTP/1.1\r\nHost: rota\r\nLast-Event-ID: {seen}\r\n\r\n");
+    write_all(&mut stream, &request).await;
+    let text = read_until(&mut stream, "\"value\":\"missed\"", PATIENCE).await;
+    assert!(!text.contains(&format!("id: {seen}\n")), "the event it had got came again: {text}");
+    assert!(text.contains(&format!("id: {}\n", seen + 1)), "{text}");
+}
+
 #[tokio::test]
 async fn a_closed_stream_gives_its_watcher_slot_back() {
     let served = serve(app(), Default::default()).await;
