@@ -252,8 +252,63 @@ impl Metrics {
         if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
             text.clear();
         }
+        // The process's own numbers, under the names every Prometheus client library (and
+        // etcd) uses, before the closing `# EOF`.
+        let process = process_metrics();
+        match text.strip_suffix("# EOF\n") {
+            Some(body) => text = format!("{body}{process}# EOF\n"),
+            None => text.push_str(&process),
+        }
         text
     }
+}
+
+/// `process_*` metrics from `/proc/self` (Linux), in OpenMetrics form; what cannot be read
+/// is left out.
+fn process_metrics() -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        let sample = if kind == "counter" { format!("{name}_total") } else { name.to_owned() };
+        let _ = write!(text, "# HELP {name} {help}\n# TYPE {name} {kind}\n{sample} {value}\n");
+    };
+    // Linux reports CPU times in USER_HZ ticks, 100 a second on every architecture rota runs on.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    const PAGE_BYTES: f64 = 4096.0;
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may hold spaces), from field 3 on.
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).and_then(|value| value.parse::<f64>().ok());
+    if let (Some(user), Some(system)) = (field(14), field(15)) {
+        metric("process_cpu_seconds", "counter", "Total user and system CPU time spent in seconds.", (user + system) / TICKS_PER_SECOND);
+    }
+    if let Some(pages) = field(24) {
+        metric("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", pages * PAGE_BYTES);
+    }
+    if let Some(bytes) = field(23) {
+        metric("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", bytes);
+    }
+    if let (Some(start_ticks), Some(boot)) = (field(22), boot_time_seconds()) {
+        metric("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.", boot + start_ticks / TICKS_PER_SECOND);
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metric("process_open_fds", "gauge", "Number of open file descriptors.", fds.count() as f64);
+    }
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let max_fds = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(3)?.parse::<f64>().ok());
+    if let Some(max_fds) = max_fds {
+        metric("process_max_fds", "gauge", "Maximum number of open file descriptors.", max_fds);
+    }
+    text
+}
+
+/// When the machine booted (`btime` of `/proc/stat`), in seconds since the epoch.
+fn boot_time_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines().find_map(|line| line.strip_prefix("btime ")?.trim().parse().ok())
 }
 
 /// The Prometheus text format (0.0.4) of an OpenMetrics exposition as `prometheus-client`

@@ -124,6 +124,10 @@ async fn metrics_are_prometheus_text_unless_the_scraper_asks_for_openmetrics() {
         text.body
     );
     assert!(!text.body.contains("# EOF"), "{}", text.body);
+    // The process's own numbers, as every Prometheus client library names them.
+    for line in ["# TYPE process_cpu_seconds_total counter\n", "\nprocess_resident_memory_bytes ", "\nprocess_open_fds "] {
+        assert!(text.body.contains(line), "{line:?} in {}", text.body);
+    }
 
     // What Prometheus sends: OpenMetrics first.
     let accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
