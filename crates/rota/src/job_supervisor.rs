@@ -1,7 +1,9 @@
-//! `rota __job-supervisor WORKER_PID START_ERROR_MARKER CMD [ARGS...]`: the process `rota worker` runs
-//! each job's command under, so that the command's process group dies with the worker, even
-//! when the worker is SIGKILLed, crashes or is OOM-killed. Not for direct use (hidden: `main`
-//! dispatches to it before the argument parser, so `--help` never lists it).
+//! `rota __job-supervisor WORKER_PID MARKER LEASE_DEADLINE_MS CMD [ARGS...]`: the process
+//! `rota worker` runs each job's command under, so that the command's process group dies with
+//! the worker, even when the worker is SIGKILLed, crashes or is OOM-killed, and dies when the
+//! job's lease may have ended, even when the worker is frozen or cut off from the servers.
+//! Not for direct use (hidden: `main` dispatches to it before the argument parser, so
+//! `--help` never lists it).
 //!
 //! Why a process of its own: the worker cannot clean up after its own SIGKILL, and the
 //! kernel's one hook for a parent's death, `PR_SET_PDEATHSIG`, signals only the direct child
@@ -32,6 +34,29 @@
 //!   too. A side channel such as an extra pipe fd would need a `pre_exec` in the worker,
 //!   which makes std fork the worker instead of using posix_spawn: slower per job.)
 //!
+//! Lease-bounded execution: once the lease may have ended the server may lease the job (or,
+//! on a `concurrency: 1` queue, the next one) to another worker, so CMD must be gone by then
+//! even if the worker cannot act (SIGSTOP, a long pause, a stalled VM, heartbeats failing).
+//! LEASE_DEADLINE_MS is the lease's end as the server stated it (`lease_expires_at`, in
+//! milliseconds since the Unix epoch) minus the worker's safety margin (for clock skew and
+//! the kill itself). Each heartbeat the server answers gives a later end, which the worker
+//! passes on with `sigqueue(SIGUSR1)` carrying the new deadline (absolute, so a worker frozen
+//! between the answer and the signal cannot extend the deadline past what the server
+//! granted). The supervisor waits with `sigtimedwait` until the deadline; when it passes it
+//! SIGKILLs CMD's group and ends with [`EXIT_LEASE_ENDED`] after writing MARKER and
+//! [`LEASE_ENDED`] to stderr, so the worker can tell this from CMD's own SIGKILL.
+//! - The deadline is on the wall clock (`CLOCK_REALTIME`), as is the server's
+//!   `lease_expires_at`; a wait is at most [`DEADLINE_RECHECK_MS`] so a step of the clock is
+//!   noticed soon. Across machines, clocks must agree within the margin, as any lease needs.
+//! - Only a SIGUSR1 queued by the worker (`si_code` SI_QUEUE, `si_pid` the worker) moves the
+//!   deadline, and only later. A plain `kill -USR1` to the group reaches CMD as any other
+//!   signal and is ignored here. A process of the same user could still forge a queued signal
+//!   and push the deadline out: that only weakens this safety net, nothing else.
+//! - To outlive the kill (and say why CMD died) the supervisor first leaves CMD's group for
+//!   the worker's (`setpgid`: same session), then SIGKILLs CMD's group, which it led: one
+//!   atomic `kill`, so nothing in the group can fork its way out. If it cannot move, it kills
+//!   the group with itself in it (the worker then sees a SIGKILL: still no overlap).
+//!
 //! Cost: one more process start per job, about a millisecond (docs/worker.md has the
 //! numbers). A single helper per worker (registering each job's group through a pipe whose
 //! end of file marks the worker's death) would avoid it, at the price of a registry that
@@ -52,14 +77,35 @@ const DEATH_SIGNAL: libc::c_int = libc::SIGTERM;
 /// The exit status when CMD cannot be started (the reason is on stderr, after the marker).
 pub const EXIT_CANNOT_START: u8 = 127;
 
+/// The exit status when CMD was killed because the lease deadline passed (stderr then ends
+/// with the marker and [`LEASE_ENDED`]).
+pub const EXIT_LEASE_ENDED: u8 = 125;
+
+/// What follows the marker on stderr when CMD was killed at the lease deadline.
+pub const LEASE_ENDED: &str = "lease deadline passed";
+
+/// The signal the worker queues (with the new deadline) after each renewal it got.
+pub const RENEWED_SIGNAL: libc::c_int = libc::SIGUSR1;
+
+/// The longest single wait for a signal: the wall clock is read again at least this often.
+const DEADLINE_RECHECK_MS: i64 = 1000;
+
+// The deadline rides in a signal's pointer-sized value.
+const _: () = assert!(std::mem::size_of::<*mut libc::c_void>() == 8);
+
 /// Runs the supervisor; `args` are those after the subcommand's name.
 pub fn run(mut args: impl Iterator<Item = OsString>) -> ExitCode {
     let worker_pid = args
         .next()
         .and_then(|arg| arg.to_str()?.parse::<libc::pid_t>().ok());
     let marker = args.next();
+    let lease_deadline_ms = args
+        .next()
+        .and_then(|arg| arg.to_str()?.parse::<i64>().ok());
     let command: Vec<OsString> = args.collect();
-    let (Some(worker_pid), Some(marker), false) = (worker_pid, marker, command.is_empty()) else {
+    let (Some(worker_pid), Some(marker), Some(lease_deadline_ms), false) =
+        (worker_pid, marker, lease_deadline_ms, command.is_empty())
+    else {
         eprintln!("Error:  `rota {SUBCOMMAND}` is run by `rota worker` only");
         return ExitCode::from(2);
     };
@@ -98,7 +144,7 @@ pub fn run(mut args: impl Iterator<Item = OsString>) -> ExitCode {
         Err(error) => return cannot_start(&marker, &error.to_string()),
     };
     let child_pid = child.id() as libc::pid_t;
-    wait_and_mirror(child_pid, worker_pid)
+    wait_and_mirror(child_pid, worker_pid, lease_deadline_ms, &marker)
 }
 
 /// Tells the worker why CMD was not started.
@@ -133,10 +179,16 @@ fn block_signals() -> std::io::Result<libc::sigset_t> {
     }
 }
 
-/// Waits for CMD to end or for the worker to die, whichever comes first. At the worker's
-/// death the whole group is SIGKILLed (this process too); otherwise this process ends as
-/// CMD did.
-fn wait_and_mirror(child_pid: libc::pid_t, worker_pid: libc::pid_t) -> ExitCode {
+/// Waits for CMD to end, for the worker to die or for the lease deadline, whichever comes
+/// first. At the worker's death the whole group is SIGKILLed (this process too); at the
+/// deadline CMD's group is (see [`kill_at_lease_end`]); otherwise this process ends as CMD
+/// did.
+fn wait_and_mirror(
+    child_pid: libc::pid_t,
+    worker_pid: libc::pid_t,
+    mut lease_deadline_ms: i64,
+    marker: &str,
+) -> ExitCode {
     // SAFETY: plain libc calls on values we own; sigset_t is initialised by sigfillset.
     unsafe {
         let mut waited: libc::sigset_t = std::mem::zeroed();
@@ -159,12 +211,55 @@ fn wait_and_mirror(child_pid: libc::pid_t, worker_pid: libc::pid_t) -> ExitCode 
             if libc::getppid() != worker_pid {
                 kill_own_group();
             }
+            let left_ms = lease_deadline_ms - now_unix_ms();
+            if left_ms <= 0 {
+                return kill_at_lease_end(child_pid, worker_pid, marker);
+            }
+            let wait_ms = left_ms.min(DEADLINE_RECHECK_MS);
+            let timeout = libc::timespec {
+                tv_sec: (wait_ms / 1000) as libc::time_t,
+                tv_nsec: ((wait_ms % 1000) * 1_000_000) as libc::c_long,
+            };
             let mut info: libc::siginfo_t = std::mem::zeroed();
-            // Returns at SIGCHLD, at the death signal, or at any signal sent to the group
-            // (ignored: CMD got its own copy). Both checks above run again after each.
-            libc::sigwaitinfo(&waited, &mut info);
+            // Returns at SIGCHLD, at the death signal, at a renewal, at the timeout, or at any
+            // signal sent to the group (ignored: CMD got its own copy). The checks above run
+            // again after each.
+            let signal = libc::sigtimedwait(&waited, &mut info, &timeout);
+            if signal == RENEWED_SIGNAL
+                && info.si_code == libc::SI_QUEUE
+                && info.si_pid() == worker_pid
+            {
+                let renewed_ms = info.si_value().sival_ptr as usize as i64;
+                lease_deadline_ms = lease_deadline_ms.max(renewed_ms);
+            }
         }
     }
+}
+
+/// The lease may have ended: CMD's group is SIGKILLed (and CMD reaped) while this process
+/// survives in the worker's group to say why on stderr, with [`EXIT_LEASE_ENDED`].
+fn kill_at_lease_end(child_pid: libc::pid_t, worker_pid: libc::pid_t, marker: &str) -> ExitCode {
+    // SAFETY: plain libc calls on values we own.
+    unsafe {
+        let own_group = libc::getpid();
+        let worker_group = libc::getpgid(worker_pid);
+        if worker_group == -1 || libc::setpgid(0, worker_group) == -1 {
+            kill_own_group();
+        }
+        libc::kill(-own_group, libc::SIGKILL);
+        let mut status: libc::c_int = 0;
+        while libc::waitpid(child_pid, &mut status, 0) == -1
+            && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+        {}
+    }
+    let _ = write!(std::io::stderr().lock(), "\n{marker}{LEASE_ENDED}\n");
+    ExitCode::from(EXIT_LEASE_ENDED)
+}
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64)
 }
 
 /// SIGKILLs this process's group: CMD, everything it started, and the supervisor.

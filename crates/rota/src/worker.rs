@@ -15,6 +15,10 @@
 //!   The group is led by a [`job_supervisor`] (the rota binary again), which SIGKILLs the
 //!   group when the worker dies, however it dies: a job never outlives its worker, so a
 //!   lease that expires after a worker's crash cannot lead to two runs of one job at once.
+//! - A command never outlives its lease: the supervisor also SIGKILLs the group at the lease's
+//!   end (minus [`lease_margin`]) unless told of a renewal first, so a worker frozen or cut off
+//!   from the servers for longer than the ttl cannot overlap the job's next attempt. Only the
+//!   task that waits for the supervisor signals it (never after reaping it: no pid reuse).
 //! - Captured output is bounded: stdout at the result limit, stderr to its last 4 KiB.
 //! - Shutdown (SIGTERM/SIGINT/SIGHUP): no new leases; running commands get `--grace`, then are
 //!   killed and their leases released. A lease answer arriving after the signal is released
@@ -58,6 +62,9 @@ const SLOW_ANSWER_NOTICE: Duration = Duration::from_secs(3);
 const NO_SPACE_PAUSE: Duration = Duration::from_secs(5);
 /// Heartbeats never come more often than this, whatever the lease ttl.
 const HEARTBEAT_EVERY_MIN: Duration = Duration::from_millis(10);
+/// The most the supervisor's deadline is set before the lease's end (for clock skew between
+/// worker and leader, and for the kill itself); less for short ttls (see [`lease_margin`]).
+const LEASE_MARGIN_MAX: Duration = Duration::from_secs(1);
 /// The lease ttl when neither `--lease-ttl` nor the queue says (the server's default).
 const LEASE_TTL_DEFAULT: Duration = Duration::from_secs(30);
 /// After a signal, a lease request still out this long past its wait is abandoned.
@@ -128,6 +135,8 @@ struct Context {
     max_jobs: Option<u64>,
     /// The ttl leases ask for.
     lease_ttl: Duration,
+    /// How long before the lease's end the supervisor kills the command ([`lease_margin`]).
+    lease_margin: Duration,
     /// This process's pid, which each job supervisor checks is still its parent.
     worker_pid: u32,
     /// What a job supervisor writes to stderr, before the reason, when it could not start
@@ -197,6 +206,7 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
         leased: AtomicU64::new(0),
         max_jobs: args.max_jobs,
         lease_ttl: Duration::ZERO,
+        lease_margin: Duration::ZERO,
         worker_pid: std::process::id(),
         start_error_marker: format!("rota job supervisor {}: ", idempotency_key()),
     };
@@ -207,6 +217,7 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
     };
     context.heartbeat_every = (lease_ttl / 3).max(HEARTBEAT_EVERY_MIN);
     context.lease_ttl = lease_ttl;
+    context.lease_margin = lease_margin(lease_ttl);
     let command_text: Vec<String> = args
         .command
         .iter()
@@ -435,6 +446,7 @@ enum Ending {
     },
     /// A heartbeat said the lease is gone; the command was killed.
     LeaseLost(JobsError),
+
     /// The grace period ended; the command was killed.
     Interrupted,
     CannotStart(std::io::Error),
@@ -467,7 +479,16 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
         "job {} attempt {} started (lease {token})",
         job.id, job.attempts
     ));
-    let mut command = supervised_command(context);
+    let lease_deadline_ms = job
+        .lease_expires_at
+        .as_deref()
+        .and_then(|expires_at| supervisor_deadline_ms(context, expires_at))
+        // Never missing from a lease; if it were, the lease began before now.
+        .unwrap_or_else(|| {
+            unix_ms(std::time::SystemTime::now()) + duration_ms(context.lease_ttl)
+                - duration_ms(context.lease_margin)
+        });
+    let mut command = supervised_command(context, lease_deadline_ms);
     command
         .env("ROTA_JOB_ID", job.id.to_string())
         .env("ROTA_JOB_ATTEMPT", job.attempts.to_string())
@@ -511,29 +532,39 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
                 .stderr
                 .take()
                 .map(|err| tokio::spawn(read_tail(err, STDERR_TAIL_BYTES)));
+            let (renewed_tx, mut renewed) = watch::channel(lease_deadline_ms);
             let mut heartbeats = tokio::spawn(keep_lease(
                 Arc::clone(&context.client),
                 job.id,
                 token,
                 context.heartbeat_every,
+                context.lease_margin,
+                renewed_tx,
             ));
-            let ending = tokio::select! {
-                status = child.wait() => match status {
-                    Ok(status) => Ending::Exited { status },
-                    Err(error) => Ending::CannotStart(error),
-                },
-                lost = &mut heartbeats => {
-                    kill_group(group);
-                    let _ = child.wait().await;
-                    match lost {
-                        Ok(error) => Ending::LeaseLost(error),
-                        Err(join) => Ending::LeaseLost(JobsError::Client(format!("heartbeat task failed: {join}"))),
+            let ending = loop {
+                tokio::select! {
+                    status = child.wait() => break match status {
+                        Ok(status) => Ending::Exited { status },
+                        Err(error) => Ending::CannotStart(error),
+                    },
+                    lost = &mut heartbeats => {
+                        kill_group(group);
+                        let _ = child.wait().await;
+                        break match lost {
+                            Ok(error) => Ending::LeaseLost(error),
+                            Err(join) => Ending::LeaseLost(JobsError::Client(format!("heartbeat task failed: {join}"))),
+                        };
                     }
-                }
-                _ = wait_for_phase(context.phase.clone(), Phase::Killing) => {
-                    kill_group(group);
-                    let _ = child.wait().await;
-                    Ending::Interrupted
+                    _ = wait_for_phase(context.phase.clone(), Phase::Killing) => {
+                        kill_group(group);
+                        let _ = child.wait().await;
+                        break Ending::Interrupted;
+                    }
+                    Ok(()) = renewed.changed() => {
+                        // `child.id()` is `None` once reaped: a reused pid is never signalled.
+                        let deadline_ms = *renewed.borrow_and_update();
+                        tell_supervisor(child.id(), deadline_ms);
+                    }
                 }
             };
             heartbeats.abort();
@@ -599,12 +630,17 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
             }
         }
         Ending::Exited { status } => {
-            let error = match start_error(context, status, &stderr.bytes) {
-                Some(reason) => format!(
+            let error = if let Some(reason) = start_error(context, status, &stderr.bytes) {
+                format!(
                     "cannot run {}: {reason}",
                     context.command[0].to_string_lossy()
-                ),
-                None => failure_text(&describe_status(status), &stderr.bytes),
+                )
+            } else if let Some(stderr_tail) = lease_ended(context, status, &stderr.bytes) {
+                // The lease may be gone already: then the report is refused and logged as
+                // discarded, like any report of a lost lease.
+                failure_text(LEASE_ENDED_ERROR, stderr_tail)
+            } else {
+                failure_text(&describe_status(status), &stderr.bytes)
             };
             report_failure(context, &job, token, error, &took).await;
         }
@@ -723,12 +759,28 @@ where
 }
 
 /// Heartbeats every `every` until the lease is refused; returns why. Network trouble is not
-/// a refusal: the lease may still be valid when the server is back.
-async fn keep_lease(client: Arc<Client>, id: u64, token: u64, every: Duration) -> JobsError {
+/// a refusal: the lease may still be valid when the server is back. Each renewal's new
+/// supervisor deadline (the lease's new end less `margin`) goes to `renewed`.
+async fn keep_lease(
+    client: Arc<Client>,
+    id: u64,
+    token: u64,
+    every: Duration,
+    margin: Duration,
+    renewed: watch::Sender<i64>,
+) -> JobsError {
     loop {
         tokio::time::sleep(every).await;
         match client.heartbeat(id, token, None).await {
-            Ok(_) => {}
+            Ok(job) => {
+                let deadline_ms = job
+                    .lease_expires_at
+                    .as_deref()
+                    .and_then(|expires_at| deadline_before(expires_at, margin));
+                if let Some(deadline_ms) = deadline_ms {
+                    renewed.send_replace(deadline_ms);
+                }
+            }
             Err(error @ JobsError::Api(_))
                 if matches!(error.code(), Some("stale_lease" | "not_found")) =>
             {
@@ -894,10 +946,72 @@ fn log_line(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
-/// `rota __job-supervisor WORKER_PID START_ERROR_MARKER CMD ARGS...` (see
+/// The error of an attempt whose command the supervisor killed at the lease deadline.
+const LEASE_ENDED_ERROR: &str =
+    "killed: the lease ended before the job finished (no heartbeat got through)";
+
+/// How long before the lease's end the command is killed: [`LEASE_MARGIN_MAX`], or a tenth
+/// of a short ttl (heartbeats come every third of it, so a renewal normally arrives with
+/// over half the ttl to spare).
+fn lease_margin(lease_ttl: Duration) -> Duration {
+    (lease_ttl / 10).min(LEASE_MARGIN_MAX)
+}
+
+fn duration_ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn unix_ms(time: std::time::SystemTime) -> i64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, duration_ms)
+}
+
+/// The supervisor's deadline (ms since the Unix epoch) for a lease ending at `expires_at`
+/// (the server's RFC 3339 time): `margin` earlier. `None` if the time does not parse.
+fn deadline_before(expires_at: &str, margin: Duration) -> Option<i64> {
+    let expires_at = humantime::parse_rfc3339_weak(expires_at).ok()?;
+    Some(unix_ms(expires_at) - duration_ms(margin))
+}
+
+fn supervisor_deadline_ms(context: &Context, expires_at: &str) -> Option<i64> {
+    deadline_before(expires_at, context.lease_margin)
+}
+
+/// Gives the supervisor `pid` (unless already reaped) its new deadline. The deadline is
+/// absolute, so a worker frozen between the heartbeat's answer and this signal cannot make
+/// it later than the server said.
+fn tell_supervisor(pid: Option<u32>, deadline_ms: i64) {
+    let Some(pid) = pid.and_then(|pid| libc::pid_t::try_from(pid).ok()) else {
+        return;
+    };
+    let value = libc::sigval {
+        sival_ptr: deadline_ms as usize as *mut libc::c_void,
+    };
+    // SAFETY: sigqueue takes plain values; the pointer is a number here, never dereferenced.
+    // The pid is our own unreaped child's, so it cannot name another process.
+    unsafe {
+        libc::sigqueue(pid, job_supervisor::RENEWED_SIGNAL, value);
+    }
+}
+
+/// When the supervisor killed the command at the lease deadline: the stderr before its
+/// notice (the command's own tail).
+fn lease_ended<'a>(context: &Context, status: ExitStatus, stderr: &'a [u8]) -> Option<&'a [u8]> {
+    if status.code() != Some(i32::from(job_supervisor::EXIT_LEASE_ENDED)) {
+        return None;
+    }
+    let notice = format!(
+        "\n{}{}\n",
+        context.start_error_marker,
+        job_supervisor::LEASE_ENDED
+    );
+    stderr.strip_suffix(notice.as_bytes())
+}
+
+/// `rota __job-supervisor WORKER_PID MARKER LEASE_DEADLINE_MS CMD ARGS...` (see
 /// [`job_supervisor`]). No `pre_exec` here, so std can still spawn it with posix_spawn
 /// (vfork) rather than fork the worker.
-fn supervised_command(context: &Context) -> Command {
+fn supervised_command(context: &Context, lease_deadline_ms: i64) -> Command {
     // /proc/self/exe is resolved in the new process, whose executable is still this one: it
     // works even if the file was replaced or deleted since the worker started.
     let mut command = Command::new("/proc/self/exe");
@@ -906,6 +1020,7 @@ fn supervised_command(context: &Context) -> Command {
         .arg(job_supervisor::SUBCOMMAND)
         .arg(context.worker_pid.to_string())
         .arg(&context.start_error_marker)
+        .arg(lease_deadline_ms.to_string())
         .args(&context.command);
     command
 }

@@ -23,6 +23,7 @@ mod jobs_api;
 mod jobs_client;
 mod jobs_crash;
 mod jobs_lease;
+mod jobs_lease_deadline;
 mod jobs_limits;
 mod jobs_util;
 mod kv_linearizable;
