@@ -189,6 +189,10 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_ARGS);
         }
     };
+    // Each call gives up after this and the worker says so ("no server answers ...; still
+    // trying"), then goes on: with the clients' 30 s a worker said nothing through a 20 s
+    // election. Reports and leases are retried beyond it with their idempotency keys.
+    jobs::set_v1_retry_for(CALL_RETRY_FOR);
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     if let Err(error) = watch_signals(phase_tx, args.grace) {
         eprintln!("Error:  cannot handle signals: {error}");
@@ -236,12 +240,17 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
     code
 }
 
+/// How long one request to the servers is retried before the worker logs that none
+/// answers and tries again.
+const CALL_RETRY_FOR: Duration = Duration::from_secs(5);
+
 /// Leases while running, hands each job to a task, then waits for all tasks.
 async fn lease_loop(context: &Arc<Context>, args: &WorkerArgs, lease_ttl: Duration) -> ExitCode {
     let slots = Arc::new(Semaphore::new(args.concurrency as usize));
     let mut tasks = JoinSet::new();
     let mut phase = context.phase.clone();
     let mut code = ExitCode::SUCCESS;
+    let mut unanswered: Option<(String, LeaseRequest)> = None;
     loop {
         // Reap finished tasks as we go so the set stays bounded by the concurrency.
         while tasks.try_join_next().is_some() {}
@@ -286,7 +295,13 @@ async fn lease_loop(context: &Arc<Context>, args: &WorkerArgs, lease_ttl: Durati
         // awaited and the jobs released instead. A server answers within `poll_wait`; a lease
         // still out well after that (no server answers, the client is retrying) is dropped,
         // and so is any lease at the end of the grace period.
-        let key = idempotency_key();
+        // A lease no server answered may have been granted all the same: asked again with
+        // the same key (and so the same request), a server answers what it granted instead
+        // of leaving those jobs leased to nobody until their ttl ends.
+        let key = match unanswered.take() {
+            Some((key, asked)) if asked == request => key,
+            _ => idempotency_key(),
+        };
         let answer_bound = request.wait + LEASE_ANSWER_MARGIN;
         let leased = tokio::select! {
             leased = context.client.lease_keyed(&key, &context.queue, &request) => leased,
@@ -314,6 +329,7 @@ async fn lease_loop(context: &Arc<Context>, args: &WorkerArgs, lease_ttl: Durati
                 }
             }
             Err(JobsError::Unavailable { last, .. }) => {
+                unanswered = Some((key, request));
                 context.log(format_args!("no server answers ({last}); still trying"));
                 pause_unless_stopping(&mut phase, UNREACHABLE_PAUSE).await;
             }

@@ -771,3 +771,43 @@ fn cluster_jobs_submit_waiting_at_a_follower_sees_its_job_finish() {
         assert_eq!(answer.json()["result"], json!(round), "round {round}: {}", answer.text());
     }
 }
+
+/// A worker whose cluster has no leader says so within seconds, not after its client's
+/// whole 30 s retry budget (a user saw nothing for the 20 s two members were down), and
+/// goes on: once a majority is back it runs the next job.
+#[test]
+fn cluster_jobs_a_worker_says_when_no_server_answers_and_goes_on() {
+    let name = "worker-no-leader";
+    let mut cluster = Cluster::start(ClusterConfig::new(NODES, &format!("{name}-{}", std::process::id())));
+    cluster.wait_leader(Duration::from_secs(20)).expect("a leader");
+    let endpoints = cluster.endpoints();
+    let urls: Vec<String> = endpoints.iter().map(|addr| format!("http://{addr}")).collect();
+    let queue = json_request("PUT", "/v1/queues/quiet", &json!({"lease_ttl": "10s"}), None);
+    let put = retry_request(&endpoints, 0, &queue).unwrap_or_else(|e| panic!("{name}: queue set: {e}"));
+    assert_eq!(put.status(), 200, "{name}: {}", put.text());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let args: Vec<String> = ["worker", "--queue", "quiet", "--poll-wait", "1s", "--endpoints", &urls.join(","), "--", "cat"]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect();
+    let mut worker = Proc::spawn(dir.path(), "worker", &args, &[]);
+    wait_until(Duration::from_secs(20), "the worker started leasing", || {
+        worker.stderr().contains("leasing from").then_some(())
+    });
+    cluster.kill(1);
+    cluster.kill(2);
+    let down = Instant::now();
+    wait_until(Duration::from_secs(20), "the worker saying no server answers", || {
+        worker.stderr().contains("no server answers").then_some(())
+    });
+    assert!(down.elapsed() < Duration::from_secs(20), "{name}: {:?}", down.elapsed());
+    cluster.restart(1);
+    cluster.restart(2);
+    let submit = json_request("POST", "/v1/queues/quiet/jobs?wait=20s", &json!({"payload": "after"}), None);
+    let done = retry_request(&endpoints, 0, &submit).unwrap_or_else(|e| panic!("{name}: submit: {e}"));
+    assert_eq!(done.status(), 200, "{name}: {}\n{}", done.text(), worker.stderr());
+    assert_eq!(done.json()["result"], json!("after"), "{name}: {}", done.text());
+    worker.terminate();
+    let status = worker.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "{name}: {status}: {}", worker.stderr());
+}
