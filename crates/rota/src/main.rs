@@ -54,7 +54,17 @@ fn main() -> ExitCode {
     {
         return job_supervisor::run(raw_args);
     }
-    let cli = Cli::parse_from(argv::rewrite_go_flags(std::env::args_os()));
+    let args = argv::rewrite_go_flags(std::env::args_os());
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            if let Some(hint) = attached_value_hint(&args) {
+                eprintln!("{hint}");
+            }
+            return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
+        }
+    };
     if !matches!(cli.command, Command::Serve(_) | Command::Worker(_)) {
         stdout_closed_ends_quietly();
     }
@@ -123,6 +133,17 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn a_wait_value_given_apart_gets_a_tip() {
+        let args = |list: &[&str]| list.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            attached_value_hint(&args(&["rota", "job", "submit", "api", "--wait", "10s"])).as_deref(),
+            Some("tip: --wait takes its value attached: --wait=10s")
+        );
+        assert_eq!(attached_value_hint(&args(&["rota", "job", "submit", "api", "--wait", "--payload", "1"])), None);
+        assert_eq!(attached_value_hint(&args(&["rota", "job", "get", "7", "--wait=10s"])), None);
+    }
+
     fn parse(args: &[&str]) -> Cli {
         Cli::try_parse_from(argv::rewrite_go_flags(
             args.iter().map(std::ffi::OsString::from),
@@ -188,3 +209,16 @@ mod tests {
         }
     }
 }
+
+/// `--wait` takes its value attached (`--wait=10s`: bare `--wait` waits the default), so
+/// `--wait 10s` reads `10s` as a stray argument and clap says only that; this says why.
+fn attached_value_hint(args: &[std::ffi::OsString]) -> Option<String> {
+    let args: Vec<&str> = args.iter().filter_map(|arg| arg.to_str()).collect();
+    args.windows(2).find_map(|pair| match pair {
+        ["--wait", value] if job_cli::parse_duration(value).is_ok() => {
+            Some(format!("tip: --wait takes its value attached: --wait={value}"))
+        }
+        _ => None,
+    })
+}
+
