@@ -368,11 +368,7 @@ async fn wait_applied(node: &Node, index: u64, deadline: Instant) -> Result<Appl
 /// off from the leader right after it answered gives up waiting after
 /// [`FORWARDED_APPLY_WAIT`] and answers, later reads here may then not show the write yet.
 async fn wait_applied_to_answer(node: &Node, index: u64) {
-    let mut applied = node.inner.shared.applied_tx.subscribe();
-    let waited =
-        tokio::time::timeout(FORWARDED_APPLY_WAIT, applied.wait_for(|a| a.raft_index >= index))
-            .await;
-    if waited.is_err() {
+    if wait_applied(node, index, Instant::now() + FORWARDED_APPLY_WAIT).await.is_err() {
         tracing::debug!(index, "answering a forwarded write before this member applied it");
     }
 }

@@ -1100,58 +1100,54 @@ async fn watch_disk_space(
         }
         let appended = log_store.appended_bytes();
         let dir = data_dir.clone();
-        let newest = tokio::task::spawn_blocking(move || newest_snapshot_index(&dir.join(SNAPSHOT_DIR))).await;
-        let Ok(Ok(newest)) = newest else {
-            continue;
-        };
-        match last_snapshot {
-            Some(seen) if seen != newest => {
-                appended_at_snapshot = Some(appended);
-                asked_for_snapshot = false;
-            }
-            _ => {}
-        }
-        last_snapshot = Some(newest);
-        let data_dir = data_dir.clone();
+        // One look at the disk: the newest snapshot, the bytes the snapshots and the log
+        // take, and the space free.
         let looked = tokio::task::spawn_blocking(move || {
-            let snapshot = disk::tree_bytes(&data_dir.join(SNAPSHOT_DIR))?;
-            let log = match appended_at_snapshot {
-                Some(at_snapshot) => appended.saturating_sub(at_snapshot),
-                None => disk::tree_bytes(&data_dir.join(LOG_DIR))?,
-            };
-            let next_snapshot = snapshot.saturating_add(log.saturating_mul(3));
-            Ok::<_, std::io::Error>((disk::available_bytes(&data_dir)?, next_snapshot))
+            let snapshots = dir.join(SNAPSHOT_DIR);
+            let newest = snapshot_file::newest_index_in(&snapshots).map_err(std::io::Error::other)?;
+            let snapshot_bytes = disk::tree_bytes(&snapshots)?;
+            let log_dir_bytes = disk::tree_bytes(&dir.join(LOG_DIR))?;
+            Ok::<_, std::io::Error>((newest, snapshot_bytes, log_dir_bytes, disk::available_bytes(&dir)?))
         })
         .await;
+        let (newest, snapshot_bytes, log_dir_bytes, available) = match looked {
+            Ok(Ok(look)) => look,
+            Ok(Err(error)) => {
+                if !failed_before {
+                    tracing::warn!(%error, "cannot read the data dir's free space");
+                }
+                failed_before = true;
+                continue;
+            }
+            Err(_) => continue,
+        };
+        failed_before = false;
+        if last_snapshot.is_some_and(|seen| seen != newest) {
+            appended_at_snapshot = Some(appended);
+            asked_for_snapshot = false;
+        }
+        last_snapshot = Some(newest);
+        let log = appended_at_snapshot.map_or(log_dir_bytes, |at_snapshot| appended.saturating_sub(at_snapshot));
+        let next_snapshot = snapshot_bytes.saturating_add(log.saturating_mul(3));
         let unsnapshotted = {
             let metrics = raft.metrics();
             let metrics = metrics.borrow();
             metrics.last_applied.map(|id| id.index) > metrics.snapshot.map(|id| id.index)
         };
-        match looked {
-            Ok(Ok((available, next_snapshot))) => {
-                failed_before = false;
-                let needed = min_free_bytes.saturating_add(next_snapshot);
-                let short = space.record(available, needed);
-                metrics.data_dir_needed_bytes.set(i64::try_from(needed).unwrap_or(i64::MAX));
-                metrics.data_dir_available_bytes.set(i64::try_from(available).unwrap_or(i64::MAX));
-                metrics.data_dir_short_of_space.set(i64::from(short));
-                if short && unsnapshotted && !asked_for_snapshot && available > next_snapshot {
-                    asked_for_snapshot = true;
-                    tracing::info!(
-                        available_mib = available >> 20,
-                        "snapshot: the data dir is short of space; a snapshot lets the log before it go"
-                    );
-                    if raft.trigger().snapshot().await.is_err() {
-                        return;
-                    }
-                }
+        let needed = min_free_bytes.saturating_add(next_snapshot);
+        let short = space.record(available, needed);
+        metrics.data_dir_needed_bytes.set(i64::try_from(needed).unwrap_or(i64::MAX));
+        metrics.data_dir_available_bytes.set(i64::try_from(available).unwrap_or(i64::MAX));
+        metrics.data_dir_short_of_space.set(i64::from(short));
+        if short && unsnapshotted && !asked_for_snapshot && available > next_snapshot {
+            asked_for_snapshot = true;
+            tracing::info!(
+                available_mib = available >> 20,
+                "snapshot: the data dir is short of space; a snapshot lets the log before it go"
+            );
+            if raft.trigger().snapshot().await.is_err() {
+                return;
             }
-            Ok(Err(error)) if !failed_before => {
-                failed_before = true;
-                tracing::warn!(%error, "cannot read the data dir's free space");
-            }
-            _ => {}
         }
     }
 }
@@ -1189,20 +1185,6 @@ async fn watch_data_dir(data_dir: PathBuf, raft: Raft, mut shutdown: watch::Rece
             }
         }
     }
-}
-
-/// The log index of the newest `snapshot-<index>-<term>.snap` in `dir`, if any.
-fn newest_snapshot_index(dir: &std::path::Path) -> std::io::Result<Option<u64>> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        let index = name
-            .to_str()
-            .and_then(|name| name.strip_prefix("snapshot-")?.strip_suffix(".snap"))
-            .and_then(|rest| rest.split('-').next()?.parse::<u64>().ok());
-        newest = newest.max(index);
-    }
-    Ok(newest)
 }
 
 /// How often [`snapshot_by_log_bytes`] looks at the log.

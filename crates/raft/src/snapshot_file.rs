@@ -175,32 +175,7 @@ impl SnapshotDir {
 
     /// `(index, path)` of every complete snapshot file, oldest first.
     fn list(&self) -> Result<Vec<(u64, PathBuf)>, SnapshotFileError> {
-        let io_error = |source| SnapshotFileError::Io {
-            path: self.dir.clone(),
-            source,
-        };
-        let mut found = Vec::new();
-        for dir_entry in fs::read_dir(&self.dir).map_err(io_error)? {
-            let dir_entry = dir_entry.map_err(io_error)?;
-            let name = dir_entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let Some(stem) = name
-                .strip_prefix("snapshot-")
-                .and_then(|s| s.strip_suffix(SUFFIX))
-            else {
-                continue;
-            };
-            let Some(index) = stem
-                .split('-')
-                .next()
-                .and_then(|index| index.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            found.push((index, dir_entry.path()));
-        }
-        found.sort();
-        Ok(found)
+        list_in(&self.dir)
     }
 
     /// Reads and verifies the newest snapshot, if there is one. A corrupt newest snapshot is
@@ -317,6 +292,43 @@ fn write_paced(file: &mut File, bytes: &[u8]) -> io::Result<()> {
         offset += chunk.len();
     }
     Ok(())
+}
+
+
+/// `(index, path)` of every complete snapshot file in `dir`, oldest first.
+fn list_in(dir: &Path) -> Result<Vec<(u64, PathBuf)>, SnapshotFileError> {
+    let io_error = |source| SnapshotFileError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut found = Vec::new();
+    for dir_entry in fs::read_dir(dir).map_err(io_error)? {
+        let dir_entry = dir_entry.map_err(io_error)?;
+        let name = dir_entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name
+            .strip_prefix("snapshot-")
+            .and_then(|s| s.strip_suffix(SUFFIX))
+        else {
+            continue;
+        };
+        let Some(index) = stem
+            .split('-')
+            .next()
+            .and_then(|index| index.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        found.push((index, dir_entry.path()));
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The log index of the newest complete snapshot in `dir`, if any (for a look at the dir
+/// from outside the state machine, which owns the [`SnapshotDir`]).
+pub(crate) fn newest_index_in(dir: &Path) -> Result<Option<u64>, SnapshotFileError> {
+    Ok(list_in(dir)?.last().map(|(index, _)| *index))
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::harness::{Kind, Server};
 use crate::jobs_util::{
-    api, args, get_job, process_alive, read_lines, rota, script, unix_ms, wait_until, Proc,
+    api, args, get_job, process_alive, KillOnDrop, read_lines, rota, script, unix_ms, wait_until, Proc,
 };
 
 /// A script that logs `start <job> <token> <lease expiry> <pid>`, waits for `$GO_FILE`
@@ -256,18 +256,7 @@ fn jobs_worker_sigterm_past_the_grace_period_kills_the_command_and_releases_the_
     worker.terminate();
     let status = worker.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "exit {status}: {}", worker.stderr());
-    assert!(
-        !process_alive(run.pid),
-        "the command (pid {}) outlived the worker",
-        run.pid
-    );
-    let job = get_job(&server, id);
-    assert_eq!(job["state"], "queued", "released: {job}");
-    assert_eq!(
-        job["attempts"], 0,
-        "a release does not count the attempt: {job}"
-    );
-    assert_eq!(job["errors"], json!([]), "{job}");
+    assert_released_untouched(&server, id, run.pid);
     assert!(
         !read_lines(&log).iter().any(|line| line.starts_with("end")),
         "the command was killed, not finished"
@@ -334,20 +323,6 @@ wait
     )
 }
 
-/// SIGKILLs the processes still alive when dropped, so a failing test leaves nothing behind.
-struct KillOnDrop(Vec<u32>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        for &pid in &self.0 {
-            if process_alive(pid) {
-                let _ = std::process::Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-            }
-        }
-    }
-}
 
 #[test]
 fn jobs_worker_sigkilled_takes_its_command_and_the_commands_children_with_it() {
@@ -405,18 +380,7 @@ fn jobs_worker_sighup_past_the_grace_period_kills_the_command_and_releases_the_j
         "the worker drained: {}",
         worker.stderr()
     );
-    assert!(
-        !process_alive(run.pid),
-        "the command (pid {}) outlived the worker",
-        run.pid
-    );
-    let job = get_job(&server, id);
-    assert_eq!(job["state"], "queued", "released: {job}");
-    assert_eq!(
-        job["attempts"], 0,
-        "a release does not count the attempt: {job}"
-    );
-    assert_eq!(job["errors"], json!([]), "{job}");
+    assert_released_untouched(&server, id, run.pid);
 }
 
 /// The command runs under a job supervisor (see `job_supervisor.rs`), which must be
@@ -548,4 +512,14 @@ fn signal_mask(path: &str, field: &str) -> u64 {
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .unwrap_or_else(|| panic!("no {field} in {path}"));
     u64::from_str_radix(value.trim(), 16).expect("a hex mask")
+}
+
+/// The worker stopped with job `id` unfinished: its command (`command_pid`) is gone and the
+/// job is queued again, the attempt not counted and no error recorded.
+fn assert_released_untouched(server: &Server, id: u64, command_pid: u32) {
+    assert!(!process_alive(command_pid), "the command (pid {command_pid}) outlived the worker");
+    let job = get_job(server, id);
+    assert_eq!(job["state"], "queued", "released: {job}");
+    assert_eq!(job["attempts"], 0, "a release does not count the attempt: {job}");
+    assert_eq!(job["errors"], json!([]), "{job}");
 }

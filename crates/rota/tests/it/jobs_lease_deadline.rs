@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::harness::{Kind, Server};
 use crate::jobs_util::{
-    api, args, get_job, process_alive, read_lines, script, unix_ms, wait_until, Proc,
+    api, args, get_job, process_alive, KillOnDrop, read_lines, script, unix_ms, wait_until, Proc,
 };
 
 /// A script whose first attempt of a job sleeps the payload's seconds (later attempts
@@ -149,20 +149,6 @@ impl Setup {
     }
 }
 
-/// SIGKILLs the processes still alive when dropped, so a failing test leaves nothing behind.
-struct KillOnDrop(Vec<u32>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        for &pid in &self.0 {
-            if process_alive(pid) {
-                let _ = std::process::Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-            }
-        }
-    }
-}
 
 fn now_unix_ms() -> i64 {
     SystemTime::now()

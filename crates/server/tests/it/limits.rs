@@ -167,38 +167,26 @@ async fn stalled_big_bodies_use_up_the_body_budget_and_later_big_bodies_get_503_
     .await;
 
     // A new big body is refused at once, in each API's envelope, before it is sent.
-    let mut stream = connect(served.port).await;
-    write_all(&mut stream, &head("PUT", "/v2/keys/big", FORM, 512 * 1024)).await;
-    let answer = read_until(&mut stream, "}\n", Duration::from_secs(5)).await;
-    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(
-        answer
-            .to_ascii_lowercase()
-            .contains("\r\nretry-after: 1\r\n"),
-        "{answer}"
-    );
-    assert!(
-        answer.contains("{\"errorCode\":503,\"message\":\"Too many request bodies in flight\""),
-        "{answer}"
-    );
-    let mut stream = connect(served.port).await;
-    write_all(
-        &mut stream,
-        &head("POST", "/v1/queues/bm/jobs", "application/json", 512 * 1024),
+    let busy = |request: String, end: &'static str, envelope: &'static str| async move {
+        let mut stream = connect(served.port).await;
+        write_all(&mut stream, &request).await;
+        let answer = read_until(&mut stream, end, Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.to_ascii_lowercase().contains("\r\nretry-after: 1\r\n"), "{answer}");
+        assert!(answer.contains(envelope), "{answer}");
+    };
+    busy(
+        head("PUT", "/v2/keys/big", FORM, 512 * 1024),
+        "}\n",
+        "{\"errorCode\":503,\"message\":\"Too many request bodies in flight\"",
     )
     .await;
-    let answer = read_until(&mut stream, "}}\n", Duration::from_secs(5)).await;
-    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(
-        answer
-            .to_ascii_lowercase()
-            .contains("\r\nretry-after: 1\r\n"),
-        "{answer}"
-    );
-    assert!(
-        answer.contains("{\"error\":{\"code\":\"unavailable\""),
-        "{answer}"
-    );
+    busy(
+        head("POST", "/v1/queues/bm/jobs", "application/json", 512 * 1024),
+        "}}\n",
+        "{\"error\":{\"code\":\"unavailable\"",
+    )
+    .await;
     // A chunked body is refused once it outgrows the budget.
     let chunks =
         (0..20).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'a'; 64 * 1024])));
