@@ -145,6 +145,9 @@ pub async fn run(args: ServeArgs) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    // Installed first: a SIGTERM that comes as soon as the node answers (or while it starts)
+    // must shut it down gracefully, not find the default action still in place.
+    let signals = ShutdownSignals::install();
     let initial_cluster_flag = args.initial_cluster();
     let initial_cluster = rota_raft::parse_initial_cluster(&initial_cluster_flag)
         .map_err(|error| anyhow::anyhow!("{error}"))?;
@@ -293,7 +296,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let fatal = fatal.clone();
         async move {
             tokio::select! {
-                signal = shutdown_signal() => {
+                signal = signals.recv() => {
                     tracing::info!("{signal}: shutting down");
                     node.hand_over_leadership().await;
                 }
@@ -341,19 +344,30 @@ pub(crate) fn http_worker_threads() -> Option<usize> {
     Some(cores.saturating_sub(1).max(1))
 }
 
-/// Resolves on SIGTERM or SIGINT with the signal's name.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = interrupt.recv() => "SIGINT",
+/// SIGTERM and SIGINT, caught from the moment `install` returns.
+struct ShutdownSignals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl ShutdownSignals {
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(terminate), Ok(interrupt)) => Self(Some((terminate, interrupt))),
+            _ => {
+                tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+                Self(None)
+            }
+        }
+    }
+
+    /// Resolves on SIGTERM or SIGINT (also one that came before the call) with its name.
+    async fn recv(self) -> &'static str {
+        let Some((mut terminate, mut interrupt)) = self.0 else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        }
     }
 }
 
