@@ -4,6 +4,5 @@ mod common;
 mod proposer;
 mod recovery;
 mod snapshot;
-mod throughput;
 mod torn_tail;
 mod v2;

@@ -1,20 +1,19 @@
-//! A throughput and latency probe of the propose path (not a test; run with
-//! `cargo test -p rota-raft --release --test it -- --ignored --nocapture throughput`).
+//! A throughput and latency probe of one node's propose path, without HTTP:
+//! `cargo run --release -p rota-bench --bin rota-propose-probe`.
 //! Knobs: `ROTA_PROBE_CONCURRENCY=1,16,64`, `ROTA_PROBE_IN_FLIGHT=n`,
 //! `ROTA_PROBE_COMMAND=set`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::*;
+use rota_raft::{Node, NodeConfig};
 
 const PROBE_DURATION: Duration = Duration::from_secs(3);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement, not a test"]
-async fn throughput_probe() {
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
     let temp = tempfile::tempdir().expect("tempdir");
-    let mut config = config(temp.path());
+    let mut config = NodeConfig::single("probe-node", temp.path());
     if let Some(in_flight) = std::env::var("ROTA_PROBE_IN_FLIGHT")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -22,7 +21,10 @@ async fn throughput_probe() {
         config.proposals_in_flight_max = in_flight;
     }
     println!("proposals_in_flight_max {}", config.proposals_in_flight_max);
-    let node = start(config).await;
+    let node = Node::start(config).await.expect("start the node");
+    while !node.status().is_leader {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let metrics = node.metrics();
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
