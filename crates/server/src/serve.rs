@@ -80,7 +80,8 @@ pub async fn serve_with<B: Backend>(
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
         .max_header_size(limits::HEADER_SECTION_BYTES_MAX)
-        .max_headers(limits::HEADERS_MAX)
+        // hyper's default bound is limits::HEADERS_MAX; setting it, even to the same
+        // number, makes hyper fill a header array per request.
         .keep_alive(true);
     let builder = Arc::new(builder);
 
