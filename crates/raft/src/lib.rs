@@ -229,10 +229,12 @@ impl NodeConfig {
         cluster_id(&flag.join(","), &self.cluster_token)
     }
 
-    /// How long a request waits for a leader to appear before answering `NoLeader`: about
-    /// one election after a leader's crash (lease + timeout + a vote round).
+    /// How long a request waits for a leader to appear before answering `NoLeader`: an
+    /// election after a leader's crash (lease + timeout + a vote round) and one more round
+    /// for a split vote, so that a client that does not retry (python-etcd raises on a 503)
+    /// rides out an ordinary failover.
     fn leader_wait(&self) -> Duration {
-        Duration::from_millis(2 * self.election_timeout_max_ms + LEADER_WAIT_MARGIN_MS)
+        Duration::from_millis(3 * self.election_timeout_max_ms + LEADER_WAIT_MARGIN_MS)
     }
 
     /// etcd's request timeout: 5 s plus two election timeouts (7 s with the defaults).
@@ -267,7 +269,7 @@ impl NodeConfig {
 
 /// etcd's default `--election-timeout`.
 pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 1000;
-/// Added to the leader wait beyond two election timeouts (a vote round, the first commit).
+/// Added to the leader wait beyond three election timeouts (a vote round, the first commit).
 const LEADER_WAIT_MARGIN_MS: u64 = 500;
 const INSTALL_SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 60_000;
 const SNAPSHOT_CHUNK_BYTES_MAX: u64 = 4 << 20;
