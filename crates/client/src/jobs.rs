@@ -3,15 +3,15 @@
 //! The wire contract is `docs/api-v1.md`; this module only shapes requests and answers.
 //!
 //! Retries: a request that could not reach a server (connect refused, reset, timeout, a
-//! broken answer) or that a server answered `503` (no leader yet, shutting down) is tried
-//! again on the next endpoint, and after a full round over the endpoints, after a backoff
-//! (100 ms doubling to 1 s), until [`V1_RETRY_FOR`] has passed since the first attempt. That
+//! broken answer) or that a server answered `503` (no leader yet, shutting down) or `429`
+//! (over `--client-rate-limit`) is tried again on the next endpoint, and after a full round
+//! over the endpoints, after a backoff (100 ms doubling to 1 s; a 429's `Retry-After`), until [`V1_RETRY_FOR`] has passed since the first attempt. That
 //! is long enough to ride out a restart of the server. Every mutation carries an
 //! `Idempotency-Key` made once per logical operation and sent unchanged on every retry, so
 //! the server applies it at most once and answers a repeat with the first outcome
 //! (`Idempotent-Replayed: true`). The `*_keyed` methods take the key from the caller, who
 //! can then retry beyond this module's budget (the worker runner does) without the
-//! operation ever applying twice. Answers other than `503` are never retried.
+//! operation ever applying twice. Answers other than `503` and `429` are never retried.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -380,6 +380,8 @@ struct V1Answer {
     body: Vec<u8>,
     replayed: bool,
     location: Option<String>,
+    /// `Retry-After` in seconds, when given.
+    retry_after: Option<Duration>,
 }
 
 impl V1Answer {
@@ -832,20 +834,26 @@ impl Client {
         }
     }
 
-    /// Sends `request` until some server answers it with anything but 503, retrying over the
-    /// endpoints with backoff for up to the retry budget. The request is re-sent unchanged
-    /// (same body, same idempotency key).
+    /// Sends `request` until some server answers it with anything but 503 or 429 (neither
+    /// handled it), retrying over the endpoints with backoff, or after a 429's `Retry-After`,
+    /// for up to the retry budget. The request is re-sent unchanged (same body, same
+    /// idempotency key).
     async fn send_v1(&self, request: V1Request) -> Result<V1Answer, JobsError> {
         let deadline = Instant::now() + v1_retry_for();
         let mut backoff = V1_BACKOFF_FIRST;
         let mut last_failure = String::new();
         loop {
             let first = self.preferred.load(Ordering::Relaxed);
+            let mut told_to_wait = None;
             for offset in 0..self.endpoints.len() {
                 let at = (first + offset) % self.endpoints.len();
                 match self.send_once(&self.endpoints[at], &request).await {
                     Ok(answer) if answer.status == 503 => {
                         last_failure = answer.to_error().to_string();
+                    }
+                    Ok(answer) if answer.status == 429 => {
+                        last_failure = answer.to_error().to_string();
+                        told_to_wait = told_to_wait.max(answer.retry_after);
                     }
                     Ok(answer) => {
                         self.preferred.store(at, Ordering::Relaxed);
@@ -861,7 +869,7 @@ impl Client {
                     last: last_failure,
                 });
             }
-            tokio::time::sleep(backoff.min(deadline - now)).await;
+            tokio::time::sleep(told_to_wait.unwrap_or(backoff).min(deadline - now)).await;
             backoff = (backoff * 2).min(V1_BACKOFF_MAX);
         }
     }
@@ -892,6 +900,9 @@ impl Client {
         };
         let replayed = header("idempotent-replayed").as_deref() == Some("true");
         let location = header("location");
+        let retry_after = header("retry-after")
+            .and_then(|seconds| seconds.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let mut body = Vec::new();
         while let Some(chunk) = response
             .chunk()
@@ -908,6 +919,7 @@ impl Client {
             body,
             replayed,
             location,
+            retry_after,
         })
     }
 }
@@ -979,6 +991,7 @@ mod tests {
             body: br#"{"error": {"code": "stale_lease", "message": "lease token 3 is stale", "field": "lease_token"}}"#.to_vec(),
             replayed: false,
             location: None,
+            retry_after: None,
         };
         let error = answer.parse::<Job>().expect_err("409");
         assert_eq!(error.code(), Some("stale_lease"));

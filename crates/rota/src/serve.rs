@@ -75,6 +75,11 @@ pub struct ServeArgs {
     /// plus room for the next snapshot free; deletes and reads go on. 0: never refuse.
     #[arg(long = "min-free-mb", default_value_t = rota_raft::DEFAULT_MIN_FREE_BYTES >> 20)]
     pub min_free_mib: u64,
+    /// Requests per second each client address may send to this member (a burst of one
+    /// second's worth); over it, 429 with Retry-After. /health and /metrics are not counted.
+    /// 0: no limit.
+    #[arg(long = "client-rate-limit", env = "ROTA_CLIENT_RATE_LIMIT", default_value_t = 0, value_name = "PER_SECOND")]
+    pub client_rate_limit: u32,
     /// Accepted for etcd compatibility: the v2 API is always on.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", hide = true)]
     pub enable_v2: Option<String>,
@@ -272,6 +277,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         peer_urls,
         watchers_max: rota_server::limits::WATCHERS_MAX,
         body_budget_bytes_max: rota_server::limits::BODY_BUDGET_BYTES_MAX,
+        client_rate_limit: args.client_rate_limit,
     };
     let app = App::new(node.clone(), server_config);
     tracing::info!(

@@ -4,9 +4,10 @@
 //! cleaned path, unknown paths a text 404. Handlers hold no lock across an await: reads run
 //! one short closure on the applied state, writes await only their proposal.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::http::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
@@ -20,6 +21,7 @@ use rota_core::Command;
 
 use crate::backend::{Applied, Backend, ProposeError, Proposed};
 use crate::body_budget::{BodyBudget, BodyReservation};
+use crate::client_rate::ClientRate;
 use crate::cluster::{ClusterInfo, GetStats};
 use crate::form::{parse_media_type, Form};
 use crate::limits;
@@ -46,6 +48,8 @@ pub struct ServerConfig {
     /// Request-body bytes buffered at once; [`limits::BODY_BUDGET_BYTES_MAX`] unless a test
     /// lowers it.
     pub body_budget_bytes_max: usize,
+    /// `--client-rate-limit`: requests per second per client address; 0: no limit.
+    pub client_rate_limit: u32,
 }
 
 impl ServerConfig {
@@ -57,6 +61,7 @@ impl ServerConfig {
             peer_urls: vec!["http://127.0.0.1:2380".into()],
             watchers_max: limits::WATCHERS_MAX,
             body_budget_bytes_max: limits::BODY_BUDGET_BYTES_MAX,
+            client_rate_limit: 0,
         }
     }
 }
@@ -76,6 +81,8 @@ pub struct App<B> {
     requests_total: AtomicU64,
     /// The `/v1` layer's state (lease waiters, job events, its metrics).
     pub(crate) v1: crate::v1::V1,
+    /// `--client-rate-limit`, when set.
+    client_rate: Option<ClientRate>,
 }
 
 impl<B: Backend> App<B> {
@@ -90,7 +97,9 @@ impl<B: Backend> App<B> {
         let cluster_id_header = HeaderValue::from_str(&format!("{:016x}", config.cluster_id))
             .unwrap_or(HeaderValue::from_static("0000000000000000"));
         let (shutdown, _) = tokio::sync::watch::channel(false);
+        let client_rate = (config.client_rate_limit > 0).then(|| ClientRate::new(config.client_rate_limit));
         Arc::new(App {
+            client_rate,
             backend,
             watchers: Arc::new(AtomicUsize::new(0)),
             watchers_max: config.watchers_max,
@@ -127,6 +136,26 @@ impl<B: Backend> App<B> {
     /// Ends open watches (their bodies finish) so connections can close on shutdown.
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
+    }
+
+    /// [`App::handle`] for a request from `client`, unless `client` is over its request
+    /// rate (`--client-rate-limit`): then 429 with `Retry-After`, and nothing else is done.
+    pub async fn handle_from(self: &Arc<Self>, client: IpAddr, request: Request<Body>) -> Response<Body> {
+        if let Some(rate) = &self.client_rate {
+            let path = request.uri().path();
+            let counted = path != "/health" && path != "/metrics";
+            if counted {
+                if let Err(wait) = rate.admit(client, Instant::now()) {
+                    let started = Instant::now();
+                    let mut response = over_client_rate(client, rate.per_second(), wait, path);
+                    respond::add_cors(&mut response);
+                    self.metrics.observe(Route::Other, request.method(), 429, started.elapsed());
+                    self.requests_total.fetch_add(1, Ordering::Relaxed);
+                    return response;
+                }
+            }
+        }
+        self.handle(request).await
     }
 
     /// Answers one request. Never panics on input; every path ends in a response.
@@ -601,6 +630,23 @@ enum FormBody {
     Read(Bytes, BodyReservation),
     /// Over Go's form limit: answered as etcd answers it.
     OverGoLimit,
+}
+
+/// 429 for a client over `--client-rate-limit`, with `Retry-After` in whole seconds
+/// (rounded up): `/v1`'s error shape on `/v1` paths, etcd's envelope elsewhere.
+fn over_client_rate(client: IpAddr, per_second: u32, wait: Duration, path: &str) -> Response<Body> {
+    let message = format!(
+        "client {client} is over its request rate of {per_second} per second on this member; retry in {} ms",
+        wait.as_millis().max(1)
+    );
+    let mut response = if path == "/v1" || path.starts_with("/v1/") {
+        crate::v1::errors::ApiError::new(429, "rate_limited", message, None).to_response()
+    } else {
+        respond::rota_error(429, limits::CLIENT_RATE_LIMITED_CODE, "Too many requests", &message, 0)
+    };
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    response.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    response
 }
 
 /// 503 with `Retry-After: 1` in etcd's envelope: the node-wide body budget

@@ -124,7 +124,7 @@ async fn accept_loop<B: Backend>(
         let Ok(permit) = Arc::clone(&connections).acquire_owned().await else {
             return;
         };
-        let (stream, _peer) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -141,7 +141,7 @@ async fn accept_loop<B: Backend>(
             let _permit = permit;
             let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
                 let app = Arc::clone(&app);
-                async move { Ok::<_, Infallible>(app.handle(request.map(Body::new)).await) }
+                async move { Ok::<_, Infallible>(app.handle_from(peer.ip(), request.map(Body::new)).await) }
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);

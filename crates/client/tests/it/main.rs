@@ -13,10 +13,11 @@ static NEXT_PORT: AtomicU16 = AtomicU16::new(25200);
 
 /// A served app and its URL; the server stops with the test's runtime.
 async fn server() -> (Arc<App<FakeBackend>>, String) {
-    let app = App::new(
-        FakeBackend::new(Config::default()),
-        ServerConfig::single("default"),
-    );
+    server_with(ServerConfig::single("default")).await
+}
+
+async fn server_with(config: ServerConfig) -> (Arc<App<FakeBackend>>, String) {
+    let app = App::new(FakeBackend::new(Config::default()), config);
     loop {
         let port = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
         assert!(port < 25250, "out of test ports");
@@ -208,4 +209,24 @@ async fn a_mutation_retried_after_a_lost_answer_applies_once() {
     );
     let listing = client.kv_ls("/queue", false).await.expect("ls");
     assert_eq!(listing.node.nodes.len(), 1);
+}
+
+#[tokio::test]
+async fn a_v1_call_over_the_client_rate_waits_its_retry_after_and_goes_through() {
+    let (_app, url) = server_with(ServerConfig {
+        client_rate_limit: 2,
+        ..ServerConfig::single("default")
+    })
+    .await;
+    let client = Client::new([url.as_str()]).expect("client");
+    let started = std::time::Instant::now();
+    // Two pass at once, the others each wait for a refill (1 s per Retry-After).
+    for n in 0..5 {
+        client.list_queues().await.unwrap_or_else(|error| panic!("call {n}: {error}"));
+    }
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "five calls at 2 per second passed in {:?}: the limit did not hold",
+        started.elapsed()
+    );
 }

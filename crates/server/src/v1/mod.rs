@@ -19,7 +19,7 @@
 //! and the job event hub), `metrics`.
 
 mod counters;
-mod errors;
+pub(crate) mod errors;
 mod jobs;
 mod json;
 mod lease;

@@ -258,3 +258,73 @@ async fn a_request_may_carry_up_to_a_hundred_headers() {
         assert!(answer.starts_with(status), "{count} headers: {answer}");
     }
 }
+
+/// One request on its own connection from `source` (a loopback address), read to the end.
+async fn exchange_from(source: [u8; 4], port: u16, method: &str, path: &str, body: &str) -> String {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind((source, 0).into()).expect("bind the source address");
+    let mut stream = socket.connect(([127, 0, 0, 1], port).into()).await.expect("connect");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    write_all(&mut stream, &request).await;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer))
+        .await
+        .expect("answered within 10 s")
+        .expect("read");
+    answer
+}
+
+#[tokio::test]
+async fn a_client_over_its_request_rate_gets_429_with_retry_after_and_changes_nothing() {
+    let app = app_with(rota_server::ServerConfig {
+        client_rate_limit: 1,
+        ..rota_server::ServerConfig::single("default")
+    });
+    let served = serve(app, rota_server::ServeOptions::default()).await;
+    let me = [127, 0, 0, 1];
+    // A burst of one second's worth (one request), then one a second: of 20 writes sent
+    // back to back, at most one more than the seconds they took get through.
+    let started = std::time::Instant::now();
+    let mut admitted = 0u32;
+    let mut refused = Vec::new();
+    for n in 0..20 {
+        let answer = exchange_from(me, served.port, "PUT", &format!("/v2/keys/rate/{n}"), "value=x").await;
+        if answer.starts_with("HTTP/1.1 201") {
+            admitted += 1;
+        } else {
+            refused.push(answer);
+        }
+    }
+    let took = started.elapsed().as_secs_f64();
+    assert!(admitted >= 1, "the first request of a burst passes");
+    assert!(f64::from(admitted) <= 1.0 + took, "{admitted} admitted in {took:.2} s");
+    let refusal = refused.first().expect("some were refused");
+    assert!(refusal.starts_with("HTTP/1.1 429"), "{refusal}");
+    assert!(refusal.to_ascii_lowercase().contains("\r\nretry-after: 1\r\n"), "{refusal}");
+    assert!(refusal.contains("\"errorCode\":429"), "etcd's envelope on /v2: {refusal}");
+    assert!(refusal.contains("over its request rate of 1 per second"), "{refusal}");
+    assert_eq!(store_index(&served.app), u64::from(admitted), "a refused write changed nothing");
+
+    // /v1 answers in its own error shape.
+    let v1 = exchange_from(me, served.port, "GET", "/v1/queues", "").await;
+    assert!(v1.starts_with("HTTP/1.1 429"), "{v1}");
+    assert!(v1.contains("\"code\":\"rate_limited\""), "{v1}");
+    // Probes are not counted.
+    let health = exchange_from(me, served.port, "GET", "/health", "").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    // Another client address has a bucket of its own.
+    let other = exchange_from([127, 0, 0, 2], served.port, "GET", "/v2/keys/", "").await;
+    assert!(other.starts_with("HTTP/1.1 200"), "{other}");
+}
+
+#[tokio::test]
+async fn without_a_client_rate_limit_nothing_is_refused() {
+    let served = serve(app(), rota_server::ServeOptions::default()).await;
+    for n in 0..20 {
+        let answer = exchange_from([127, 0, 0, 1], served.port, "PUT", &format!("/v2/keys/free/{n}"), "value=x").await;
+        assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    }
+}
