@@ -814,8 +814,14 @@ mod tests {
         port
     }
 
-    fn echo_through(stream: &mut std::net::TcpStream, msg: &[u8]) -> std::io::Result<Vec<u8>> {
-        stream.set_read_timeout(Some(Duration::from_millis(300)))?;
+    /// An echo expected through: the proxy may first scan /proc/net/tcp for the sender,
+    /// which a loaded machine can stretch to seconds.
+    const ECHO_TIMEOUT: Duration = Duration::from_secs(5);
+    /// How long an echo expected not to come is waited for.
+    const NO_ECHO_TIMEOUT: Duration = Duration::from_millis(300);
+
+    fn echo_through(stream: &mut std::net::TcpStream, msg: &[u8], timeout: Duration) -> std::io::Result<Vec<u8>> {
+        stream.set_read_timeout(Some(timeout))?;
         stream.write_all(msg)?;
         let mut got = vec![0u8; msg.len()];
         stream.read_exact(&mut got)?;
@@ -867,35 +873,35 @@ mod tests {
 
         // From node 0's address: identified by it, without any process list.
         let mut conn = connect_from(node_ip(0), addr);
-        assert_eq!(echo_through(&mut conn, b"hello").expect("echo"), b"hello");
+        assert_eq!(echo_through(&mut conn, b"hello", ECHO_TIMEOUT).expect("echo"), b"hello");
         assert_eq!(proxy.accepted.lock().unwrap().as_slice(), &[(Some(0), 1)], "sender identified by its address");
 
         // From an address that is no node's (etcd does not bind): found through /proc.
         pids.lock().unwrap()[0] = Some(std::process::id());
         let mut unbound = std::net::TcpStream::connect(addr).expect("connect");
-        assert_eq!(echo_through(&mut unbound, b"hi").expect("echo"), b"hi");
+        assert_eq!(echo_through(&mut unbound, b"hi", ECHO_TIMEOUT).expect("echo"), b"hi");
         assert_eq!(proxy.accepted.lock().unwrap().last(), Some(&(Some(0), 1)), "sender identified via /proc");
         drop(unbound);
 
         // A cut in the other direction does not affect this link.
         proxy.cut(&[(1, 0)]);
-        assert_eq!(echo_through(&mut conn, b"still").expect("echo"), b"still");
+        assert_eq!(echo_through(&mut conn, b"still", ECHO_TIMEOUT).expect("echo"), b"still");
 
         // Cutting 0 -> 1 blackholes the live connection: no answer, no reset.
         proxy.cut(&[(0, 1)]);
         std::thread::sleep(Duration::from_millis(50));
-        let err = echo_through(&mut conn, b"lost").expect_err("cut link must not answer");
+        let err = echo_through(&mut conn, b"lost", NO_ECHO_TIMEOUT).expect_err("cut link must not answer");
         assert!(matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut), "{err:?}");
         // New connections are accepted but not forwarded either.
         let mut fresh = connect_from(node_ip(0), addr);
-        assert!(echo_through(&mut fresh, b"lost").is_err());
+        assert!(echo_through(&mut fresh, b"lost", NO_ECHO_TIMEOUT).is_err());
 
         // Healing closes the blackholed connections, and new connections work again.
         proxy.heal_all();
-        conn.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        conn.set_read_timeout(Some(ECHO_TIMEOUT)).expect("timeout");
         let mut rest = Vec::new();
         assert!(conn.read_to_end(&mut rest).is_ok(), "a healed blackhole is closed (EOF)");
         let mut healed = connect_from(node_ip(0), addr);
-        assert_eq!(echo_through(&mut healed, b"back").expect("echo after heal"), b"back");
+        assert_eq!(echo_through(&mut healed, b"back", ECHO_TIMEOUT).expect("echo after heal"), b"back");
     }
 }

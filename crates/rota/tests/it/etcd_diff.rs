@@ -5,7 +5,9 @@
 //!
 //! Scenario rules: deterministic requests; indices derived from earlier responses or from
 //! `s.idx(offset)`; prevValue tests use non-numeric values (the normalizer reads all-digit
-//! 101 causes as index comparisons); TTL waits are watches with a bound, never sleeps.
+//! 101 causes as index comparisons); TTL waits are watches with a bound, never sleeps, and
+//! with a `waitIndex` past the last write (a watch registered after the expiry must still
+//! see it).
 
 use crate::http::Request;
 use crate::session::{etcd_index, modified_index, node_key, run_diff, Session};
@@ -105,8 +107,14 @@ pub mod scenarios {
     }
 
     pub fn tutorial_ttl_expiry_wakes_a_waiting_watcher(s: &mut Session) {
-        s.put("/v2/keys/foo", "value=bar&ttl=1");
-        let w = s.watch("/v2/keys/foo?wait=true");
+        let set = s.put("/v2/keys/foo", "value=bar&ttl=1");
+        // From the set's next index: a watch that registers only after the expiry (rota
+        // expires at exactly 1 s; a loaded machine can be that late) finds the event in the
+        // history instead of waiting for a later one. Registered in time, it waits.
+        let w = s.watch_started_at_any_index(&format!(
+            "/v2/keys/foo?wait=true&waitIndex={}",
+            modified_index(&set) + 1
+        ));
         s.watch_event(w);
         s.get("/v2/keys/foo");
         // The expire event is in the history.
@@ -368,8 +376,13 @@ pub mod scenarios {
 
     pub fn directory_expiry_removes_the_subtree_and_wakes_child_watchers(s: &mut Session) {
         s.put("/v2/keys/edir", "dir=true&ttl=1");
-        s.put("/v2/keys/edir/sub/leaf", "value=x");
-        let w = s.watch("/v2/keys/edir/sub/leaf?wait=true");
+        let leaf = s.put("/v2/keys/edir/sub/leaf", "value=x");
+        // From the leaf's next index, so that a watch registering after the expiry (1 s
+        // after the dir, with a fsynced write in between) still gets it from the history.
+        let w = s.watch_started_at_any_index(&format!(
+            "/v2/keys/edir/sub/leaf?wait=true&waitIndex={}",
+            modified_index(&leaf) + 1
+        ));
         s.watch_event(w);
         s.get("/v2/keys/edir/sub/leaf");
         s.get("/v2/keys/edir");

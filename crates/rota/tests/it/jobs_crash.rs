@@ -326,7 +326,9 @@ fn succeeded_job(line: &str) -> Option<u64> {
 fn a_lease_outlives_a_server_restart_longer_than_its_ttl() {
     use crate::jobs_util::api;
     let mut server = Server::start(Kind::Rota);
-    let queue = api(&server, "PUT", "/v1/queues/outage", Some(&json!({"lease_ttl": "2s"})), None);
+    // 5 s: the renewed lease must outlast the restart's health polling, the GET and the
+    // complete on a loaded machine.
+    let queue = api(&server, "PUT", "/v1/queues/outage", Some(&json!({"lease_ttl": "5s"})), None);
     assert_eq!(queue.status(), 200, "{}", queue.text());
     let submitted = api(&server, "POST", "/v1/queues/outage/jobs", Some(&json!({"payload": 1})), None);
     assert_eq!(submitted.status(), 202, "{}", submitted.text());
@@ -334,8 +336,8 @@ fn a_lease_outlives_a_server_restart_longer_than_its_ttl() {
     let job = &leased["jobs"][0];
     let (id, token) = (job["id"].as_u64().expect("id"), job["lease_token"].as_u64().expect("token"));
     server.kill();
-    // The outage: longer than the lease's 2 s.
-    std::thread::sleep(Duration::from_secs(3));
+    // The outage: longer than the lease's 5 s.
+    std::thread::sleep(Duration::from_secs(6));
     server.restart();
     let after = crate::jobs_util::get_job(&server, id);
     assert_eq!(after["state"], "leased", "the lease was renewed, not expired: {after}");

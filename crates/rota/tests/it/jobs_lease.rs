@@ -273,8 +273,10 @@ fn jobs_worker_kills_the_command_when_its_lease_is_lost() {
     let flags = [
         "--queue",
         "revoked",
+        // Long enough that every heartbeat (a fsynced write) renews it in time on a loaded
+        // machine: the lease is lost to the cancel, never to its expiry.
         "--lease-ttl",
-        "600ms",
+        "3s",
         "--poll-wait",
         "1s",
     ];
@@ -285,7 +287,7 @@ fn jobs_worker_kills_the_command_when_its_lease_is_lost() {
         &args(&server, &["job", "cancel", &id.to_string()]),
     )
     .expect_success();
-    // The next heartbeat (every 200 ms) is refused; the worker kills the command.
+    // The next heartbeat (every 1 s) is refused; the worker kills the command.
     wait_until(Duration::from_secs(20), "the command to be killed", || {
         (!process_alive(run.pid)).then_some(())
     });

@@ -10,6 +10,11 @@
 //!   appearance: arithmetic between indices (a 401's `C-999`) must match too. Parameter
 //!   errors (2xx codes) keep their literal `0`.
 //! - `expiration` timestamps: replaced by `<rfc3339>` when well-formed.
+//! - `ttl` (the remaining seconds, rounded up, counting down while a scenario runs): a
+//!   positive one becomes its band of ten, `<ttl 91..100>`, so a key read a few seconds
+//!   after it was set (a loaded machine can take a second for a few requests) compares
+//!   equal; a ttl set to something else (scenarios set 100, 200, ...) or one too high
+//!   still differs. The exact rounding is rota-core's unit tests' (with a fixed clock).
 //! - X-Etcd-Cluster-Id, X-Raft-Index, X-Raft-Term, member ids: presence (and shape).
 //! - ports of the two servers' URLs: `<client-port>` / `<peer-port>`.
 //! - listings without `sorted=true`: `nodes` are compared as multisets (sorted by key).
@@ -206,6 +211,7 @@ impl Normalizer {
             } else {
                 format!("<malformed {s}>")
             }),
+            ("ttl", J::Num(n)) => J::Num(ttl_band(&n)),
             ("key", J::Str(s)) => J::Str(self.in_order_names(&s)),
             ("cause", J::Str(s)) => J::Str(self.cause(&s, error_code)),
             ("id", J::Str(s)) if is_hex(&s, 16) => J::Str("<member id>".into()),
@@ -285,6 +291,18 @@ impl Normalizer {
             }),
             _ => s,
         }
+    }
+}
+
+/// A positive ttl's band of ten (`1..10`, `11..20`, ...); others are kept (a negative one
+/// is a key past its expiry, not swept yet).
+fn ttl_band(n: &str) -> String {
+    match n.parse::<i64>() {
+        Ok(ttl) if ttl > 0 => {
+            let top = (ttl + 9) / 10 * 10;
+            format!("<ttl {}..{top}>", top - 9)
+        }
+        _ => n.to_string(),
     }
 }
 
@@ -666,6 +684,17 @@ mod tests {
             ..RequestTraits::default()
         };
         assert_ne!(norm().body(a, sorted), norm().body(b, sorted));
+    }
+
+    #[test]
+    fn ttls_compare_within_their_band_of_ten() {
+        let ttl = |n: i64| norm().body(format!(r#"{{"node":{{"ttl":{n}}}}}"#).as_bytes(), RequestTraits::default());
+        assert_eq!(ttl(100), r#"{"node":{"ttl":<ttl 91..100>}}"#);
+        assert_eq!(ttl(100), ttl(98), "counted down for two seconds");
+        assert_ne!(ttl(100), ttl(101));
+        assert_ne!(ttl(100), ttl(200));
+        assert_eq!(ttl(1), r#"{"node":{"ttl":<ttl 1..10>}}"#);
+        assert_eq!(ttl(-1), r#"{"node":{"ttl":-1}}"#);
     }
 
     #[test]
