@@ -277,15 +277,17 @@ fn jobs_command_runs_past_the_ttl_while_heartbeats_get_through_and_dies_when_cut
     let queue = "renewed";
     let mut setup = setup(
         queue,
-        json!({"lease_ttl": "1s", "backoff": {"base": "100ms"}}),
+        // 3 s: a heartbeat (one fsynced write each second) may stall for well over a second
+        // on a loaded machine before the supervisor would kill the command.
+        json!({"lease_ttl": "3s", "backoff": {"base": "100ms"}}),
     );
-    let long = setup.submit(queue, 4.0);
+    let long = setup.submit(queue, 8.0);
     let mut worker = setup.worker("worker", queue);
     let done = wait_for_state(&setup.server, long, "succeeded");
     assert_eq!(done["attempts"], 1, "renewed, never killed: {done}");
     assert!(
         ended(&setup.log, long, 1),
-        "the 4 s command ran to its end under a 1 s lease"
+        "the 8 s command ran to its end under a 3 s lease"
     );
 
     // Cut off from the server, the worker cannot renew: the command dies within the ttl.
@@ -295,7 +297,7 @@ fn jobs_command_runs_past_the_ttl_while_heartbeats_get_through_and_dies_when_cut
     let _leftovers = KillOnDrop(run.pids.to_vec());
     setup.server.kill();
     wait_until(
-        Duration::from_secs(5),
+        Duration::from_secs(8),
         "the cut-off command and its child to be killed",
         || {
             run.pids
