@@ -1,6 +1,6 @@
 //! `rota status` against a running node, and against an endpoint where nothing listens.
 
-use crate::harness::{Kind, Server};
+use crate::harness::{free_port_pair, Kind, Server};
 use crate::http::{self, Request};
 use std::time::Duration;
 
@@ -46,7 +46,7 @@ fn status_shows_each_endpoint_and_fails_for_one_that_does_not_answer() {
 #[test]
 fn serve_takes_etcds_environment_variables_and_a_flag_wins() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let (port, _) = free_port_pair();
     let url = format!("http://127.0.0.1:{port}");
     let data_dir = dir.path().join("from-env");
     let envs = [
@@ -72,8 +72,7 @@ fn serve_takes_etcds_environment_variables_and_a_flag_wins() {
 #[test]
 fn status_warns_about_a_member_that_knows_no_leader() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = |_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    let (client, peer, absent_a, absent_b) = (port(0), port(1), port(2), port(3));
+    let ((client, peer), (absent_a, absent_b)) = (free_port_pair(), free_port_pair());
     let client_url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     // One of three members: it never has a quorum, so it never knows a leader.

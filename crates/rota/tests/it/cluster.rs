@@ -42,9 +42,12 @@ use std::time::{Duration, Instant};
 use crate::harness;
 use crate::http::{self, Request};
 
-/// Ports for cluster tests come from a range the single-node harness does not use.
-const PORT_RANGE_START: u16 = 34000;
-const PORT_RANGE_LEN: u32 = 4000;
+/// Ports for cluster tests come from a range no other harness uses (single node:
+/// 26000-29999, in-process clusters: 30000-30999, membership tests: 32200-32767), below the
+/// kernel's ephemeral ports (32768-60999 by default), so an outgoing connection cannot hold
+/// one of them between our probe and the node's bind.
+const PORT_RANGE_START: u16 = 31_000;
+const PORT_RANGE_LEN: u32 = 1_200;
 const START_ATTEMPTS_MAX: usize = 3;
 /// Bound on one status probe (`/health`, `/v2/stats/self`).
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);

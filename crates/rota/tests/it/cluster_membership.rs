@@ -64,9 +64,10 @@ const WRITES_WHILE_DOWN_MIN: u64 = 100;
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// The 4th member's ports come from a range neither harness uses.
-const PORT_RANGE_START: u16 = 38_000;
-const PORT_RANGE_LEN: u32 = 2_000;
+/// The 4th member's ports come from a range no other harness uses (see `cluster.rs`),
+/// below the kernel's ephemeral ports (from 32768 by default).
+const PORT_RANGE_START: u16 = 32_200;
+const PORT_RANGE_LEN: u32 = 568;
 
 #[test]
 fn cluster_membership_add_remove_rolling_restart_and_snapshot_catch_up_under_load() {
@@ -206,12 +207,23 @@ fn cluster_membership_add_remove_rolling_restart_and_snapshot_catch_up_under_loa
 const REMOVED_LOG_LINE: &str = "the member has been permanently removed from the cluster";
 /// The others must have a leader this soon after the DELETE was answered: they notice the
 /// old leader's silence after about one election timeout (1 s by default; openraft: 1 to
-/// 1.2 s), then one vote round. Generous for a debug build on 2 shared cores.
-const NEW_LEADER_WITHIN: Duration = Duration::from_secs(4);
+/// 1.2 s), then one vote round, or two after a split vote. Generous for a debug build on 2
+/// shared cores under a whole suite's load.
+const NEW_LEADER_WITHIN: Duration = Duration::from_secs(8);
 /// The removed member must exit by itself this soon after the DELETE was answered (etcd
 /// stops 1 s after it applied its removal), and again this soon after a start on its data
 /// dir.
 const REMOVED_EXIT_WITHIN: Duration = Duration::from_secs(10);
+/// `--election-timeout` of the removed-follower test (default 1000 ms): its check that the
+/// remaining members keep their leader and term must not fail because a loaded machine
+/// stalled the leader for more than a default election timeout (the remaining follower
+/// would campaign). The removed follower campaigns this much later, so it may take as
+/// much longer to exit: [`REMOVED_FOLLOWER_EXIT_WITHIN`].
+const REMOVED_FOLLOWER_ELECTION_TIMEOUT_MS: u64 = 3_000;
+/// [`REMOVED_EXIT_WITHIN`] plus the longer campaign delay of the removed-follower test
+/// (openraft campaigns after up to 1.2 election timeouts).
+const REMOVED_FOLLOWER_EXIT_WITHIN: Duration =
+    Duration::from_millis(10_000 + (REMOVED_FOLLOWER_ELECTION_TIMEOUT_MS - 1_000) * 6 / 5);
 const REMOVED_DIR: &str = "/removed-leader";
 /// Threads writing to the leader before, during and after its removal.
 const PROBERS: usize = 8;
@@ -356,15 +368,19 @@ fn cluster_membership_removed_leader_is_replaced_acknowledges_no_write_and_exits
 /// `DELETE /v2/members/<follower>` sent to the leader. openraft stops replicating to the
 /// follower once the config without it is appended, so only its peers can tell it: as
 /// etcd's, they answer its Raft RPCs (its campaigns) with 410 Gone. Within
-/// [`REMOVED_EXIT_WITHIN`] it exits 0 with etcd's log line; the two others list exactly the
-/// two of them, keep their leader and term (its campaigns never reach their Raft: recorded
-/// before the DELETE and after its exit) and take writes through either. Started again on
-/// its data dir it campaigns again, is told again, and exits again; still the same leader
-/// and term. `ROTA_IT_AGAINST=etcd` runs it against etcd 3.4.
+/// [`REMOVED_FOLLOWER_EXIT_WITHIN`] it exits 0 with etcd's log line; the two others list
+/// exactly the two of them, keep their leader and term (its campaigns never reach their
+/// Raft: recorded before the DELETE and after its exit) and take writes through either.
+/// Started again on its data dir it campaigns again, is told again, and exits again; still
+/// the same leader and term. The members run with a 3 s election timeout
+/// ([`REMOVED_FOLLOWER_ELECTION_TIMEOUT_MS`]) so that only the removed follower's campaigns,
+/// not a stall of the loaded machine, could change the term. `ROTA_IT_AGAINST=etcd` runs it
+/// against etcd 3.4.
 #[test]
 fn cluster_membership_removed_follower_is_told_by_its_peers_and_exits() {
     let name = "removed-follower";
-    let (mut cluster, endpoints, leader) = three_with_a_leader(name);
+    let election_timeout = vec!["--election-timeout".to_string(), REMOVED_FOLLOWER_ELECTION_TIMEOUT_MS.to_string()];
+    let (mut cluster, endpoints, leader) = three_with_a_leader_and(name, election_timeout);
     // A clean start first: once every member published its client URLs, nobody has logged
     // an error (members publishing before the first membership committed made openraft
     // log a refused change as an ERROR on every start).
@@ -391,12 +407,12 @@ fn cluster_membership_removed_follower_is_told_by_its_peers_and_exits() {
     assert_eq!(deleted.status(), 204, "{name}: DELETE /v2/members/{removed_id}: {}", deleted.text());
     let deleted_at = Instant::now();
 
-    let exit = wait_exit(&mut cluster, follower, deleted_at);
+    let exit = wait_exit(&mut cluster, follower, deleted_at, REMOVED_FOLLOWER_EXIT_WITHIN);
     let log = cluster.nodes[follower].log_tail(usize::MAX);
     eprintln!("{name}: removed {follower_name} ({removed_id}) through the leader n{}; exit (status, after): {exit:?}", leader + 1);
     assert!(
         exit.is_some_and(|(status, _)| status.success()),
-        "{name}: the removed follower did not exit 0 within {REMOVED_EXIT_WITHIN:?}: {exit:?}\n{}\n--- its whole log ---\n{log}",
+        "{name}: the removed follower did not exit 0 within {REMOVED_FOLLOWER_EXIT_WITHIN:?}: {exit:?}\n{}\n--- its whole log ---\n{log}",
         cluster.logs(30)
     );
     assert!(log.contains(REMOVED_LOG_LINE), "{name}: the removed follower's log lacks {REMOVED_LOG_LINE:?}:\n{log}");
@@ -423,12 +439,12 @@ fn cluster_membership_removed_follower_is_told_by_its_peers_and_exits() {
     // Started again on its data dir, it campaigns again, is told again and exits again.
     cluster.start_again(follower);
     let restarted_at = Instant::now();
-    let again = wait_exit(&mut cluster, follower, restarted_at);
+    let again = wait_exit(&mut cluster, follower, restarted_at, REMOVED_FOLLOWER_EXIT_WITHIN);
     let log_again = cluster.nodes[follower].log_tail(usize::MAX);
     eprintln!("{name}: started again on its data dir, {follower_name} exited (status, after): {again:?}");
     assert!(
         again.is_some_and(|(status, _)| status.success()) && log_again.contains(REMOVED_LOG_LINE),
-        "{name}: started again, the removed follower did not exit 0 within {REMOVED_EXIT_WITHIN:?} with {REMOVED_LOG_LINE:?}: {again:?}\n{log_again}"
+        "{name}: started again, the removed follower did not exit 0 within {REMOVED_FOLLOWER_EXIT_WITHIN:?} with {REMOVED_LOG_LINE:?}: {again:?}\n{log_again}"
     );
     for addr in &others {
         assert_eq!(leader_and_term(*addr).as_ref(), Some(&before), "{name}: (leader, term) on {addr} after the restarted follower's exit");
@@ -455,7 +471,7 @@ fn cluster_membership_follower_back_with_an_empty_data_dir_is_refused_and_the_le
     std::fs::remove_dir_all(&data_dir).expect("remove the data dir");
     std::fs::create_dir_all(&data_dir).expect("an empty data dir");
     cluster.start_again(follower);
-    let exit = wait_exit(&mut cluster, follower, Instant::now());
+    let exit = wait_exit(&mut cluster, follower, Instant::now(), REMOVED_EXIT_WITHIN);
     let log = cluster.nodes[follower].log_tail(usize::MAX);
     assert!(
         exit.is_some_and(|(status, _)| !status.success()) && log.contains("has already been bootstrapped"),
@@ -476,7 +492,7 @@ fn cluster_membership_follower_back_with_an_empty_data_dir_is_refused_and_the_le
         cluster.nodes.iter().map(|node| format!("{}={}", node.name, node.peer_url())).chain([ghost]).collect();
     cluster.config.extra_args = vec!["--initial-cluster".into(), initial_cluster.join(",")];
     cluster.start_again(follower);
-    let exit = wait_exit(&mut cluster, follower, Instant::now());
+    let exit = wait_exit(&mut cluster, follower, Instant::now(), REMOVED_EXIT_WITHIN);
     let log = cluster.nodes[follower].log_tail(usize::MAX);
     assert!(
         exit.is_some_and(|(status, _)| !status.success()) && log.contains("has already been bootstrapped"),
@@ -518,6 +534,7 @@ fn cluster_membership_follower_back_with_an_empty_data_dir_is_refused_and_the_le
 fn cluster_membership_another_process_at_a_new_members_peer_url_is_neither_fed_nor_promoted() {
     let name = "impostor";
     let (cluster, endpoints, leader) = three_with_a_leader(name);
+    let leader_id = member_id(&endpoints[leader], &format!("n{}", leader + 1));
     let (client_port, peer_port) = (free_port(), free_port());
     let peer_url = format!("http://127.0.0.1:{peer_port}");
     let added_id = add_member(&endpoints, &peer_url);
@@ -567,12 +584,27 @@ fn cluster_membership_another_process_at_a_new_members_peer_url_is_neither_fed_n
     // Both sides say so once, not at every heartbeat (the leader retries ~10 times a
     // second): give them a second of retries to look at.
     std::thread::sleep(Duration::from_secs(1));
+    // The other rota: once for the leader's RPCs (another member that came to lead after
+    // a stall would be refused, and logged, on its own).
     let impostor_log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let refusals = impostor_log.matches("refusing a peer RPC meant for another member").count();
-    assert_eq!(refusals, 1, "{name}: the other rota says why, once:\n{impostor_log}");
+    let refusals = impostor_log
+        .lines()
+        .filter(|line| line.contains("refusing a peer RPC meant for another member") && has_field(line, "from", &leader_id))
+        .count();
+    assert_eq!(refusals, 1, "{name}: the other rota says why, once (from={leader_id}):\n{impostor_log}");
+    // The leader: once per stretch of refusals from that peer. A call that times out in
+    // between (openraft gives an append 100 ms; the other rota runs on a loaded machine)
+    // is another kind of trouble, logged as such, and the next refusal is logged again.
     let leader_log = cluster.nodes[leader].log_tail(usize::MAX);
-    let refused = leader_log.matches("another member answers at this URL").count();
-    assert_eq!(refused, 1, "{name}: the leader says it was refused, once:\n{leader_log}");
+    let about_added: Vec<&str> = leader_log.lines().filter(|line| has_field(line, "peer", &added_id)).collect();
+    let refused = |line: &str| line.contains("another member answers at this URL");
+    let refusal_lines = about_added.iter().filter(|line| refused(line)).count();
+    let repeated = about_added.windows(2).filter(|pair| refused(pair[0]) && refused(pair[1])).count();
+    assert!(
+        refusal_lines >= 1 && repeated == 0,
+        "{name}: the leader says it was refused by {added_id}, once per stretch of refusals:\n{}",
+        about_added.join("\n")
+    );
 }
 
 #[test]
@@ -644,22 +676,44 @@ fn cluster_membership_a_follower_down_is_logged_when_it_goes_and_when_it_comes_b
     let name = "down-follower-log";
     let (mut cluster, endpoints, leader) = three_with_a_leader(name);
     let follower = (leader + 1) % endpoints.len();
+    let follower_id = member_id(&endpoints[leader], &format!("n{}", follower + 1));
+    // The leader's lines about the follower (any other peer may have its own trouble, e.g.
+    // an append to the live follower timing out after 100 ms on a loaded machine).
+    let about_follower = |log: &str| -> Vec<String> {
+        log.lines().filter(|line| has_field(line, "peer", &follower_id)).map(str::to_string).collect()
+    };
+    let is_back = |line: &String| line.contains("peer reachable again");
+    let is_down = |line: &String| line.contains("peer unreachable");
     put_until_answered(endpoints[leader], "/down/before", "1");
     cluster.kill(follower);
     // Writes go on with two of three; the leader keeps retrying the follower meanwhile.
     for i in 0..20 {
         put_until_answered(endpoints[leader], &format!("/down/during-{i}"), "1");
     }
+    // Its last word on the follower says unreachable (that outage may have begun just
+    // before the kill, with a call that timed out).
     wait_until(CHANGE_TIMEOUT, "the leader logs the follower unreachable", || {
-        cluster.nodes[leader].log_tail(usize::MAX).contains("peer unreachable; retrying").then_some(())
+        let lines = about_follower(&cluster.nodes[leader].log_tail(usize::MAX));
+        lines.iter().rev().find(|line| is_back(line) || is_down(line)).filter(|line| is_down(line)).map(|_| ())
     });
+    let lines_before_restart = about_follower(&cluster.nodes[leader].log_tail(usize::MAX)).len();
     cluster.restart(follower);
     wait_until(CHANGE_TIMEOUT, "the leader logs the follower back", || {
-        cluster.nodes[leader].log_tail(usize::MAX).contains("peer reachable again").then_some(())
+        about_follower(&cluster.nodes[leader].log_tail(usize::MAX))[lines_before_restart..].iter().any(is_back).then_some(())
     });
     let log = cluster.nodes[leader].log_tail(usize::MAX);
-    let unreachable_lines = log.lines().filter(|line| line.contains("peer unreachable")).count();
-    assert_eq!(unreachable_lines, 1, "{name}: one line for the outage, not one per retry:\n{log}");
+    // The outage: from the line after the previous "reachable again" (or the start) to the
+    // first "reachable again" after the restart.
+    let lines = about_follower(&log);
+    let back = lines_before_restart + lines[lines_before_restart..].iter().position(is_back).expect("the line waited for");
+    let outage_start = lines[..back].iter().rposition(is_back).map_or(0, |at| at + 1);
+    let unreachable_lines = lines[outage_start..back].iter().filter(|line| is_down(line)).count();
+    assert_eq!(
+        unreachable_lines,
+        1,
+        "{name}: one line for the follower's outage, not one per retry; the leader's lines about {follower_id}:\n{}",
+        lines.join("\n")
+    );
     let retry_lines = log.lines().filter(|line| line.contains("openraft::replication")).count();
     assert_eq!(retry_lines, 0, "{name}: openraft's per-retry lines are off:\n{log}");
 }
@@ -703,12 +757,12 @@ impl Drop for KillOnDrop {
 
 const REMOVED_FOLLOWER_DIR: &str = "/removed-follower";
 
-/// Waits up to [`REMOVED_EXIT_WITHIN`] from `since` for node `i` to exit: its status and when.
-fn wait_exit(cluster: &mut Cluster, i: usize, since: Instant) -> Option<(std::process::ExitStatus, Duration)> {
+/// Waits up to `within` from `since` for node `i` to exit: its status and when.
+fn wait_exit(cluster: &mut Cluster, i: usize, since: Instant, within: Duration) -> Option<(std::process::ExitStatus, Duration)> {
     loop {
         match cluster.try_wait(i) {
             Some(status) => return Some((status, since.elapsed())),
-            None if since.elapsed() >= REMOVED_EXIT_WITHIN => return None,
+            None if since.elapsed() >= within => return None,
             None => std::thread::sleep(Duration::from_millis(20)),
         }
     }
@@ -1023,6 +1077,19 @@ fn all_client_urls_published(addr: &SocketAddr, count: usize) -> bool {
         && members.iter().all(|m| m["clientURLs"].as_array().is_some_and(|urls| !urls.is_empty()))
 }
 
+/// The id (hex, as in `/v2/members` and in the `peer=`/`from=` fields of the logs) of the
+/// member named `member`, as `addr` lists it.
+fn member_id(addr: &SocketAddr, member: &str) -> String {
+    wait_until(CHANGE_TIMEOUT, &format!("{member} listed under its name"), || {
+        try_member_names(addr)?.into_iter().find(|(_, n)| n == member).map(|(id, _)| id)
+    })
+}
+
+/// True if the log line has the field `key=value` (separated by spaces from the rest).
+fn has_field(line: &str, key: &str, value: &str) -> bool {
+    line.split_whitespace().any(|field| field.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')) == Some(value))
+}
+
 fn member_names(addr: &SocketAddr) -> BTreeMap<String, String> {
     wait_until(CHANGE_TIMEOUT, "GET /v2/members", || try_member_names(addr))
 }
@@ -1032,8 +1099,15 @@ fn member_names(addr: &SocketAddr) -> BTreeMap<String, String> {
 /// A fresh 3-member cluster (its token named after the test), its client endpoints and the
 /// index of its leader.
 fn three_with_a_leader(name: &str) -> (Cluster, Vec<SocketAddr>, usize) {
+    three_with_a_leader_and(name, Vec::new())
+}
+
+/// [`three_with_a_leader`] with `extra_args` for every member.
+fn three_with_a_leader_and(name: &str, extra_args: Vec<String>) -> (Cluster, Vec<SocketAddr>, usize) {
     let token = format!("{name}-{}", std::process::id());
-    let cluster = Cluster::start(ClusterConfig::new(3, &token));
+    let mut config = ClusterConfig::new(3, &token);
+    config.extra_args = extra_args;
+    let cluster = Cluster::start(config);
     let endpoints = cluster.endpoints();
     let leader = cluster.wait_leader(CHANGE_TIMEOUT).unwrap_or_else(|e| panic!("{name}: {e}\n{}", cluster.logs(30)));
     (cluster, endpoints, leader)

@@ -60,8 +60,9 @@ pub struct Server {
 
 static PORT_COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// Two distinct ports that were free a moment ago.
-fn free_port_pair() -> (u16, u16) {
+/// Two distinct ports on 127.0.0.1 that were free a moment ago, from the harness's range
+/// (below the kernel's ephemeral ports, so no outgoing connection takes them meanwhile).
+pub fn free_port_pair() -> (u16, u16) {
     let pid_offset = std::process::id().wrapping_mul(7919);
     let mut found = Vec::with_capacity(2);
     for _ in 0..PORT_RANGE_LEN {
