@@ -669,6 +669,22 @@ fn body_budget_exhausted(budget_bytes_max: usize) -> Response<Body> {
     response
 }
 
+/// Reads and drops up to `bytes_max` bytes of `body`, for at most
+/// [`limits::BODY_READ_TIMEOUT`].
+async fn drain(body: Body, bytes_max: u64) {
+    let mut stream = body.into_data_stream();
+    let read = async {
+        let mut total_bytes = 0u64;
+        while let Some(Ok(chunk)) = stream.next().await {
+            total_bytes += chunk.len() as u64;
+            if total_bytes > bytes_max {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(limits::BODY_READ_TIMEOUT, read).await;
+}
+
 /// Reads a form body, bounded in size ([`limits::REQUEST_BODY_BYTES_MAX`], 413; over Go's
 /// own 10 MiB form limit, etcd's 210), in time ([`limits::BODY_READ_TIMEOUT`], 408) and by
 /// the node-wide `budget` (503). Past rota's limit the rest is read and dropped, only to tell
@@ -693,10 +709,12 @@ async fn read_body(
         .get(CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|text| text.parse::<u64>().ok());
-    match declared {
-        Some(bytes) if bytes > GO_FORM_BYTES_MAX => return Ok(FormBody::OverGoLimit),
-        Some(bytes) if bytes > limits::REQUEST_BODY_BYTES_MAX as u64 => return Err(too_large()),
-        _ => {}
+    if let Some(bytes) = declared.filter(|&bytes| bytes > limits::REQUEST_BODY_BYTES_MAX as u64) {
+        // Refused from the header, but read (and dropped) up to Go's form limit first, as
+        // Go's server reads it: a client that sends its whole body before it reads the
+        // answer (Python's http.client does) would otherwise meet a reset connection.
+        drain(request.into_body(), GO_FORM_BYTES_MAX).await;
+        return if bytes > GO_FORM_BYTES_MAX { Ok(FormBody::OverGoLimit) } else { Err(too_large()) };
     }
     // Under the body limit now, so the cast is exact.
     let declared_bytes = declared.unwrap_or(0) as usize;

@@ -328,3 +328,20 @@ async fn without_a_client_rate_limit_nothing_is_refused() {
         assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
     }
 }
+
+#[tokio::test]
+async fn a_client_that_sends_its_whole_oversized_body_before_reading_gets_the_413() {
+    let served = serve(app(), rota_server::ServeOptions::default()).await;
+    for (bytes, status, error_code) in [(2 * MIB, "HTTP/1.1 413", "413"), (11 * MIB, "HTTP/1.1 400", "210")] {
+        let mut stream = connect(served.port).await;
+        write_all(&mut stream, &head("PUT", "/v2/keys/whole", FORM, bytes)).await;
+        // All of it, as Python's http.client sends it, before reading a byte of the answer;
+        // past Go's 10 MiB form limit only what Go reads is read, so stop there.
+        let sent = bytes.min(10 * MIB + 1);
+        write_all(&mut stream, &format!("value={}", "a".repeat(sent - 6))).await;
+        let answer = read_until(&mut stream, "}\n", Duration::from_secs(10)).await;
+        assert!(answer.starts_with(status), "{bytes} bytes: {answer}");
+        assert!(answer.contains(&format!("\"errorCode\":{error_code}")), "{answer}");
+    }
+    assert_eq!(store_index(&served.app), 0);
+}
