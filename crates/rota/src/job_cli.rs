@@ -324,10 +324,15 @@ async fn queue_set(client: &Client, set: QueueSet) -> Result<Queue, JobsError> {
                 .backoff_base
                 .map(jobs::duration_text)
                 .unwrap_or(current.base),
-            max: set
-                .backoff_max
-                .map(jobs::duration_text)
-                .unwrap_or(current.max),
+            max: match (set.backoff_max, set.backoff_base) {
+                (Some(max), _) => jobs::duration_text(max),
+                // A base above the current max raises the max to it, as the API does for
+                // a new queue (the max was only ever the default).
+                (None, Some(base)) if humantime::parse_duration(&current.max).is_ok_and(|max| base > max) => {
+                    jobs::duration_text(base)
+                }
+                (None, _) => current.max,
+            },
         });
     }
     if let Some(retention) = set.retention {
@@ -411,9 +416,20 @@ async fn job_submit(
         .idempotency_key
         .clone()
         .unwrap_or_else(rota_client::idempotency_key);
-    let submitted = client
-        .submit_keyed(&key, &submit.queue, &job, submit.wait)
-        .await?;
+    let mut submitted = client.submit_keyed(&key, &submit.queue, &job, None).await?;
+    if let Some(wait) = submit.wait {
+        // Named first, so that a wait cut short (Ctrl-C) leaves the job's id behind.
+        if !submitted.job.state.is_terminal() {
+            eprintln!(
+                "job {} {} in {}; waiting up to {} for it to finish",
+                submitted.job.id,
+                submitted.job.state,
+                submitted.job.queue,
+                jobs::duration_text(wait)
+            );
+            submitted.job = client.wait_job(submitted.job.id, wait).await?;
+        }
+    }
     let job = &submitted.job;
     match output {
         Output::Json => println!("{}", json_line(serde_json::to_string(job))),

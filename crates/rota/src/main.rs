@@ -65,6 +65,13 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
         }
     };
+    // `rota job submit --wait 10s ...` parses: a bare --wait and a queue named `10s`. It
+    // would wait a day on a job in the wrong queue; refuse it before anything is sent.
+    if let (Command::Job(_), Some(hint)) = (&cli.command, attached_value_hint(&args)) {
+        eprintln!("Error:  `--wait` and a duration apart are a bare --wait and an argument");
+        eprintln!("{hint}");
+        return ExitCode::from(job_cli::EXIT_BAD_ARGS);
+    }
     if !matches!(cli.command, Command::Serve(_) | Command::Worker(_)) {
         stdout_closed_ends_quietly();
     }

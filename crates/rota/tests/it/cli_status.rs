@@ -106,3 +106,27 @@ fn status_pointed_at_etcd_says_it_is_not_a_rota_server() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(out.stdout.contains("not a rota server") && out.stdout.contains("etcdctl endpoint status"), "{out:?}");
 }
+
+#[test]
+fn job_cli_refuses_a_wait_apart_from_its_value_and_raises_the_backoff_max_with_the_base() {
+    use crate::jobs_util::args;
+    let server = Server::start(Kind::Rota);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // `--wait 10s` would be a bare --wait and a queue named `10s`: refused, nothing sent.
+    let apart = rota(dir.path(), &args(&server, &["job", "submit", "--wait", "10s", "--payload", "1"]));
+    assert_eq!(apart.status.code(), Some(1), "{apart:?}");
+    assert!(apart.stderr.contains("--wait=10s"), "{apart:?}");
+    let queues = http::send(server.addr(), &Request::new("GET", "/v1/queues")).expect("queues").json();
+    assert_eq!(queues["queues"], serde_json::json!([]), "no queue `10s`: {queues}");
+
+    // A base over the current (default) max raises the max, as the API does.
+    let set = rota(dir.path(), &args(&server, &["queue", "set", "slow", "--backoff-base", "2h"]));
+    assert!(set.status.success(), "{set:?}");
+    let queue = http::send(server.addr(), &Request::new("GET", "/v1/queues/slow")).expect("queue").json();
+    assert_eq!(queue["config"]["backoff"], serde_json::json!({"base": "2h", "max": "2h"}), "{queue}");
+
+    // With a value attached, the job is named before the wait.
+    let waited = rota(dir.path(), &args(&server, &["job", "submit", "slow", "--payload", "1", "--wait=200ms"]));
+    assert_eq!(waited.status.code(), Some(3), "still queued after the wait: {waited:?}");
+    assert!(waited.stderr.contains("job 1 queued in slow; waiting up to 200ms"), "{waited:?}");
+}

@@ -196,7 +196,7 @@ impl<'de> Deserialize<'de> for TimeMs {
                 f.write_str("an RFC 3339 time such as \"2026-11-23T19:05:00.123Z\"")
             }
             fn visit_str<E: de::Error>(self, text: &str) -> Result<TimeMs, E> {
-                let time = humantime::parse_rfc3339_weak(text)
+                let time = parse_rfc3339(text)
                     .map_err(|error| E::custom(format_args!("invalid time {text:?}: {error}")))?;
                 let since_epoch = time
                     .duration_since(UNIX_EPOCH)
@@ -206,6 +206,29 @@ impl<'de> Deserialize<'de> for TimeMs {
         }
         deserializer.deserialize_str(TimeVisitor)
     }
+}
+
+/// An RFC 3339 time with `Z` or any `±HH:MM` offset (humantime reads `Z` and `+00:00` only).
+fn parse_rfc3339(text: &str) -> Result<std::time::SystemTime, String> {
+    let offset = text.len().checked_sub(6).and_then(|at| {
+        let tail = text.get(at..)?.as_bytes();
+        let digits = |range: std::ops::Range<usize>| std::str::from_utf8(&tail[range]).ok()?.parse::<u64>().ok();
+        let sign = match tail[0] {
+            b'+' => 1i64,
+            b'-' => -1i64,
+            _ => return None,
+        };
+        let (hours, minutes) = (digits(1..3)?, digits(4..6)?);
+        (tail[3] == b':' && hours < 24 && minutes < 60).then_some((at, sign, hours * 3600 + minutes * 60))
+    });
+    let Some((at, sign, seconds)) = offset else {
+        return humantime::parse_rfc3339_weak(text).map_err(|error| error.to_string());
+    };
+    let local = humantime::parse_rfc3339_weak(&format!("{}Z", &text[..at])).map_err(|error| error.to_string())?;
+    // The local time is `offset` ahead of UTC.
+    let shift = std::time::Duration::from_secs(seconds);
+    let utc = if sign > 0 { local.checked_sub(shift) } else { local.checked_add(shift) };
+    utc.ok_or_else(|| "out of range".to_string())
 }
 
 /// A nested object of a request body: like `T`, but only a JSON object will do (serde's
@@ -619,6 +642,18 @@ pub(crate) fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_times_take_z_or_any_offset() {
+        let at = |text: &str| parse_rfc3339(text).map(|time| time.duration_since(UNIX_EPOCH).expect("after 1970").as_millis());
+        let utc = at("2026-12-06T11:00:00.250Z").expect("Z");
+        assert_eq!(at("2026-12-06T12:00:00.250+01:00"), Ok(utc));
+        assert_eq!(at("2026-12-06T06:30:00.250-04:30"), Ok(utc));
+        assert_eq!(at("2026-12-06T11:00:00.250+00:00"), Ok(utc));
+        assert!(at("2026-12-06T11:00:00+24:00").is_err());
+        assert!(at("2026-12-06T11:00:00+0100").is_err());
+        assert!(at("yesterday").is_err());
+    }
 
     #[test]
     fn portable_json_drops_whitespace_between_tokens_only() {
