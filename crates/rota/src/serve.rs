@@ -76,7 +76,8 @@ pub struct ServeArgs {
     #[arg(long = "min-free-mb", default_value_t = rota_raft::DEFAULT_MIN_FREE_BYTES >> 20)]
     pub min_free_mib: u64,
     /// Requests per second each client address may send to this member (a burst of one
-    /// second's worth); over it, 429 with Retry-After. /health and /metrics are not counted.
+    /// second's worth); over it, 429 with Retry-After. /health, /metrics and /ui files are not
+    /// counted.
     /// 0: no limit.
     #[arg(long = "client-rate-limit", env = "ROTA_CLIENT_RATE_LIMIT", default_value_t = 0, value_name = "PER_SECOND")]
     pub client_rate_limit: u32,

@@ -143,7 +143,8 @@ impl<B: Backend> App<B> {
     pub async fn handle_from(self: &Arc<Self>, client: IpAddr, request: Request<Body>) -> Response<Body> {
         if let Some(rate) = &self.client_rate {
             let path = request.uri().path();
-            let counted = path != "/health" && path != "/metrics";
+            // Probes, scrapers and the dashboard's own files (its API calls count).
+            let counted = !(path == "/health" || path == "/metrics" || path == "/ui" || path.starts_with("/ui/"));
             if counted {
                 if let Err(wait) = rate.admit(client, Instant::now()) {
                     let started = Instant::now();

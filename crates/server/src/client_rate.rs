@@ -3,8 +3,8 @@
 //! `Retry-After` and not handled at all. A token bucket per client IP address.
 //!
 //! Per member, not cluster-wide: a client that spreads its requests over three members may
-//! send three times the rate. `/health` and `/metrics` are not counted (probes and scrapers
-//! must see a member that is busy refusing a client).
+//! send three times the rate. `/health`, `/metrics` and the dashboard's files (`/ui`) are not
+//! counted (probes and scrapers must see a member that is busy refusing a client).
 //!
 //! The table of buckets is bounded ([`BUCKETS_MAX`]): when it is full, the buckets that
 //! refilled (their clients sent nothing for a second or more) are dropped; if every one of

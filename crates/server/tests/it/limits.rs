@@ -315,6 +315,8 @@ async fn a_client_over_its_request_rate_gets_429_with_retry_after_and_changes_no
     // Probes are not counted.
     let health = exchange_from(me, served.port, "GET", "/health", "").await;
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let ui = exchange_from(me, served.port, "GET", "/ui/", "").await;
+    assert!(ui.starts_with("HTTP/1.1 200"), "{ui}");
     // Another client address has a bucket of its own.
     let other = exchange_from([127, 0, 0, 2], served.port, "GET", "/v2/keys/", "").await;
     assert!(other.starts_with("HTTP/1.1 200"), "{other}");
