@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::harness::{Kind, Server};
 use crate::jobs_util::{
-    api, args, get_job, process_alive, KillOnDrop, read_lines, rota, script, unix_ms, wait_until, Proc,
+    api, args, get_job, log_records, process_alive, KillOnDrop, read_lines, rota, script, unix_ms, wait_until, Proc,
 };
 
 /// A script that logs `start <job> <token> <lease expiry> <pid>`, waits for `$GO_FILE`
@@ -44,16 +44,13 @@ struct Start {
 }
 
 fn starts(log: &Path) -> Vec<Start> {
-    read_lines(log)
-        .iter()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            (fields.first() == Some(&"start")).then(|| Start {
-                job: fields[1].parse().expect("job id"),
-                token: fields[2].parse().expect("token"),
-                lease_expires_ms: unix_ms(fields[3]),
-                pid: fields[4].parse().expect("pid"),
-            })
+    log_records(log, "start")
+        .into_iter()
+        .map(|fields| Start {
+            job: fields[0].parse().expect("job id"),
+            token: fields[1].parse().expect("token"),
+            lease_expires_ms: unix_ms(&fields[2]),
+            pid: fields[3].parse().expect("pid"),
         })
         .collect()
 }

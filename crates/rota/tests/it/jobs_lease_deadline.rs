@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::harness::{Kind, Server};
 use crate::jobs_util::{
-    api, args, get_job, process_alive, KillOnDrop, read_lines, script, unix_ms, wait_until, Proc,
+    api, args, get_job, log_records, process_alive, KillOnDrop, read_lines, script, unix_ms, wait_until, Proc,
 };
 
 /// A script whose first attempt of a job sleeps the payload's seconds (later attempts
@@ -50,18 +50,12 @@ struct Start {
 }
 
 fn starts(log: &Path) -> Vec<Start> {
-    read_lines(log)
-        .iter()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            (fields.first() == Some(&"start")).then(|| Start {
-                job: fields[1].parse().expect("job id"),
-                attempt: fields[2].parse().expect("attempt"),
-                pids: [
-                    fields[4].parse().expect("pid"),
-                    fields[5].parse().expect("child pid"),
-                ],
-            })
+    log_records(log, "start")
+        .into_iter()
+        .map(|fields| Start {
+            job: fields[0].parse().expect("job id"),
+            attempt: fields[1].parse().expect("attempt"),
+            pids: [fields[3].parse().expect("pid"), fields[4].parse().expect("child pid")],
         })
         .collect()
 }

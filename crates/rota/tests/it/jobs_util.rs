@@ -278,6 +278,17 @@ pub fn read_lines(path: &Path) -> Vec<String> {
     text.lines().map(str::to_string).collect()
 }
 
+/// The whitespace-separated fields of the log's lines that begin with `tag`, after it.
+pub fn log_records(path: &Path, tag: &str) -> Vec<Vec<String>> {
+    read_lines(path)
+        .iter()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            (fields.next() == Some(tag)).then(|| fields.map(str::to_string).collect())
+        })
+        .collect()
+}
+
 /// Milliseconds since the Unix epoch of an RFC 3339 UTC time as the server renders them
 /// (`2026-11-23T19:05:00.123Z`; fractions of any length, `Z` or `+00:00`).
 pub fn unix_ms(text: &str) -> i64 {
