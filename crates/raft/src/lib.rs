@@ -915,6 +915,13 @@ impl Node {
         }
     }
 
+    /// Where the Raft log's records end: the byte offset, counted across its chunk files,
+    /// after the last record written (the files are allocated ahead of their records, so
+    /// their lengths do not say this). For tests of the log's files.
+    pub fn log_records_end(&self) -> Option<u64> {
+        self.inner.log_store.records_end().ok()
+    }
+
     /// The members of the cluster (voters and learners) by node id.
     pub fn members(&self) -> Vec<(u64, Member)> {
         let metrics = self.inner.raft.metrics();
@@ -1104,11 +1111,13 @@ async fn watch_disk_space(
         let dir = data_dir.clone();
         // One look at the disk: the newest snapshot, the bytes the snapshots and the log
         // take, and the space free.
+        let records = log_store.clone();
         let looked = tokio::task::spawn_blocking(move || {
             let snapshots = dir.join(SNAPSHOT_DIR);
             let newest = snapshot_file::newest_index_in(&snapshots).map_err(std::io::Error::other)?;
             let snapshot_bytes = disk::tree_bytes(&snapshots)?;
-            let log_dir_bytes = disk::tree_bytes(&dir.join(LOG_DIR))?;
+            // The records, not the chunk files' lengths: those are allocated ahead.
+            let log_dir_bytes = records.records_bytes().map_err(std::io::Error::other)?;
             Ok::<_, std::io::Error>((newest, snapshot_bytes, log_dir_bytes, disk::available_bytes(&dir)?))
         })
         .await;
@@ -1342,10 +1351,10 @@ mod tests {
         assert!(reason.contains("raft log is closed"), "{reason}");
     }
 
-    /// The open chunk of the Raft log has its blocks allocated up to the chunk size while
-    /// its length is only what was written (see `log_store::reserve_chunk_space`).
+    /// The open chunk of the Raft log is allocated at its full size, length included, so
+    /// that records are written inside it (see `raft_log_config` in `log_store`).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_open_log_chunk_has_its_space_reserved() {
+    async fn the_open_log_chunk_is_allocated_at_its_full_size() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let node = started_with_a_write("reserve", dir.path()).await;
@@ -1356,7 +1365,9 @@ mod tests {
             .collect();
         assert_eq!(chunks.len(), 1, "{chunks:?}");
         let meta = std::fs::metadata(&chunks[0]).expect("chunk metadata");
-        assert!(meta.len() < 1 << 20, "length {}", meta.len());
+        assert_eq!(meta.len(), 64 << 20);
+        let written = node.log_records_end().expect("records end");
+        assert!(0 < written && written < 1 << 20, "records end at {written}");
         let allocated = meta.blocks() * 512;
         assert!(
             allocated >= 64 << 20,

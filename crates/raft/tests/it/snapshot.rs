@@ -23,16 +23,17 @@ async fn node_with_snapshot(data_dir: &std::path::Path) -> (NodeConfig, rota_cor
 async fn corrupt_snapshot_stops_start_up_with_its_path() {
     let temp = tempfile::tempdir().expect("tempdir");
     let (config, _, _) = node_with_snapshot(temp.path()).await;
-    let files = snapshot_files(temp.path());
-    assert_eq!(files.len(), 1);
-    let mut bytes = std::fs::read(&files[0]).expect("read snapshot");
+    // The newest, which start-up loads (an older one may not be removed yet when the node
+    // stops right after a newer one was written).
+    let newest = snapshot_files(temp.path()).pop().expect("a snapshot file");
+    let mut bytes = std::fs::read(&newest).expect("read snapshot");
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
-    std::fs::write(&files[0], bytes).expect("write snapshot");
+    std::fs::write(&newest, bytes).expect("write snapshot");
 
     match Node::start(config).await {
         Err(StartError::Corrupt(message)) => {
-            let file_name = files[0]
+            let file_name = newest
                 .file_name()
                 .expect("name")
                 .to_string_lossy()

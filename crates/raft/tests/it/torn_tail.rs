@@ -2,9 +2,10 @@
 //! a damaged record before the tail stops start-up.
 //!
 //! Each command below is proposed alone and acknowledged before the next, so after ack `k`
-//! the log file holds every record of commands `0..=k` and its length bounds where the
-//! last of them ends. Cutting the file at `cut` must therefore keep at least every command
-//! acknowledged when the file was no longer than `cut`; and whatever survives must be a
+//! the log file holds every record of commands `0..=k`, and the log's records end says
+//! where the last of them ends (the file itself is allocated at its full size ahead of
+//! its records). Cutting the records at `cut` must therefore keep at least every command
+//! acknowledged when they ended at or before `cut`; and whatever survives must be a
 //! prefix of the commands, i.e. the state after some ack.
 
 use std::path::Path;
@@ -19,8 +20,8 @@ const COMMANDS: u64 = 24;
 struct WrittenLog {
     _temp: tempfile::TempDir,
     data_dir: std::path::PathBuf,
-    /// Length of the last log file right after each ack (index = command).
-    file_len_after_ack: Vec<u64>,
+    /// Where the log's records ended right after each ack (index = command).
+    records_end_after_ack: Vec<u64>,
     /// The state right after each ack; `states[0]` is before any command.
     states: Vec<State>,
 }
@@ -29,20 +30,29 @@ async fn write_log() -> WrittenLog {
     let temp = tempfile::tempdir().expect("tempdir");
     let data_dir = temp.path().join("node");
     let node = start(config(&data_dir)).await;
-    let mut file_len_after_ack = Vec::new();
+    let mut records_end_after_ack = Vec::new();
     let mut states = vec![snapshot_of_state(&node)];
     for key in 0..COMMANDS {
         propose_ok(&node, keyed_tick(key)).await;
         let files = log_files(&data_dir);
         assert_eq!(files.len(), 1, "the test expects one log file");
-        file_len_after_ack.push(std::fs::metadata(&files[0]).expect("stat").len());
+        records_end_after_ack.push(node.log_records_end().expect("records end"));
         states.push(snapshot_of_state(&node));
     }
     node.shutdown().await;
+    // Without the allocated rest (zeros), as a full chunk is cut when the next one opens;
+    // the copies below stay small.
+    let file = log_files(&data_dir).pop().expect("log file");
+    let end = *records_end_after_ack.last().expect("acks");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .and_then(|f| f.set_len(end))
+        .expect("cut the log file to its records");
     WrittenLog {
         _temp: temp,
         data_dir,
-        file_len_after_ack,
+        records_end_after_ack,
         states,
     }
 }
@@ -67,28 +77,34 @@ async fn torn_tail_is_cut_back_and_keeps_every_acknowledged_record() {
     let log = write_log().await;
     let scratch_dir = tempfile::tempdir().expect("tempdir");
     let scratch = scratch_dir.path().join("node");
-    let file_len = *log.file_len_after_ack.last().expect("acks");
+    let records_end = *log.records_end_after_ack.last().expect("acks");
     // Every 3rd byte across the last few records, and the exact ends of records.
-    let tail_start = log.file_len_after_ack[COMMANDS as usize - 5];
-    let mut cuts: Vec<u64> = (tail_start..file_len).step_by(3).collect();
+    let tail_start = log.records_end_after_ack[COMMANDS as usize - 5];
+    let mut cuts: Vec<u64> = (tail_start..records_end).step_by(3).collect();
     cuts.extend(
-        log.file_len_after_ack
+        log.records_end_after_ack
             .iter()
             .rev()
             .take(5)
             .map(|len| len - 1),
     );
-    for cut in cuts {
-        let node = start_damaged(&log, &scratch, |bytes| bytes.truncate(cut as usize))
-            .await
-            .unwrap_or_else(|e| panic!("cut at {cut}: start failed: {e}"));
+    for (i, cut) in cuts.into_iter().enumerate() {
+        // Half the cuts end the file there; the other half leave zeros after the cut, as a
+        // write torn inside the file's allocated length does.
+        let zeros_after = if i % 2 == 0 { 0 } else { 64 << 10 };
+        let node = start_damaged(&log, &scratch, |bytes| {
+            bytes.truncate(cut as usize);
+            bytes.resize(cut as usize + zeros_after, 0);
+        })
+        .await
+        .unwrap_or_else(|e| panic!("cut at {cut} (+{zeros_after} zeros): start failed: {e}"));
         wait_leader(&node).await;
         // Re-applying a recovered log needs a commit by the (re-elected) leader.
         let commit = node.linearizable_read().await.expect("read index");
         wait_applied(&node, commit.raft_index).await;
         let recovered = snapshot_of_state(&node);
         let acked_before_cut = log
-            .file_len_after_ack
+            .records_end_after_ack
             .iter()
             .filter(|&&len| len <= cut)
             .count();
@@ -110,8 +126,8 @@ async fn damaged_record_before_the_tail_stops_start_up_naming_file_and_offset() 
     let scratch_dir = tempfile::tempdir().expect("tempdir");
     let scratch = scratch_dir.path().join("node");
     // Every byte of an early command's records (its append, and the commit after it).
-    let from = log.file_len_after_ack[2];
-    let to = log.file_len_after_ack[3];
+    let from = log.records_end_after_ack[2];
+    let to = log.records_end_after_ack[3];
     for at in from..to {
         let result = start_damaged(&log, &scratch, |bytes| bytes[at as usize] ^= 0x10).await;
         match result {
