@@ -12,6 +12,11 @@
 //! (`Idempotent-Replayed: true`). The `*_keyed` methods take the key from the caller, who
 //! can then retry beyond this module's budget (the worker runner does) without the
 //! operation ever applying twice. Answers other than `503` and `429` are never retried.
+//!
+//! Payloads and results are [`RawJson`]: JSON text sent and kept exactly as given (key
+//! order, big integers, number spelling), never re-encoded through a `serde_json::Value`.
+//! So the same job sent again with the same key is the same request to the server, byte
+//! for byte, and a user's payload reaches the worker's command as the user wrote it.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +28,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{error_chain, idempotency_key, Client, FORM_KEEP};
+
+pub use crate::raw_json::RawJson;
 
 /// How long one call keeps retrying unreachable endpoints and `503`s before giving up,
 /// unless [`set_v1_retry_for`] changed it.
@@ -122,7 +129,8 @@ pub struct AttemptError {
     pub error: String,
 }
 
-/// A job as the server renders it. Times are RFC 3339 strings as sent; fields this client
+/// A job as the server renders it. Times are RFC 3339 strings as sent; `payload` and
+/// `result` are the server's JSON text, unchanged (`null` for none); fields this client
 /// does not know are kept in `extra` (and printed again by `rota job ... -o json`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Job {
@@ -132,7 +140,7 @@ pub struct Job {
     #[serde(default)]
     pub priority: i64,
     #[serde(default)]
-    pub payload: Value,
+    pub payload: RawJson,
     #[serde(default)]
     pub attempts: u32,
     #[serde(default)]
@@ -142,7 +150,7 @@ pub struct Job {
     #[serde(default)]
     pub run_at: Option<String>,
     #[serde(default)]
-    pub result: Value,
+    pub result: RawJson,
     #[serde(default)]
     pub errors: Vec<AttemptError>,
     /// Only while leased.
@@ -160,10 +168,23 @@ pub struct Job {
     pub extra: serde_json::Map<String, Value>,
 }
 
+impl Job {
+    /// The payload decoded into `T` (the text itself is `self.payload.get()`).
+    pub fn payload_json<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        self.payload.decode()
+    }
+
+    /// The result decoded into `T` (`null` while there is none).
+    pub fn result_json<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        self.result.decode()
+    }
+}
+
 /// A job to submit. `delay` and `run_at` are exclusive (the server refuses both).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NewJob {
-    pub payload: Value,
+    /// Sent as this text (`null` by default).
+    pub payload: RawJson,
     pub priority: i64,
     pub delay: Option<Duration>,
     /// RFC 3339 time.
@@ -172,30 +193,49 @@ pub struct NewJob {
 }
 
 impl NewJob {
-    pub fn new(payload: Value) -> NewJob {
+    /// A job with this payload: a [`RawJson`] (sent as its text) or a `serde_json::Value`
+    /// (encoded as a tree is: keys sorted).
+    pub fn new(payload: impl Into<RawJson>) -> NewJob {
         NewJob {
-            payload,
+            payload: payload.into(),
             ..NewJob::default()
         }
     }
 
-    fn to_json(&self) -> Value {
-        let mut body = serde_json::Map::new();
-        body.insert("payload".into(), self.payload.clone());
-        if self.priority != 0 {
-            body.insert("priority".into(), self.priority.into());
+    /// The body as sent: fields at their default are left out, as a person writing it by
+    /// hand would, so a job with only a payload is `{"payload":<its text>}`.
+    fn to_body(&self) -> NewJobBody<'_> {
+        NewJobBody {
+            payload: &self.payload,
+            priority: self.priority,
+            delay: self.delay.map(duration_text),
+            run_at: self.run_at.as_deref(),
+            max_attempts: self.max_attempts,
         }
-        if let Some(delay) = self.delay {
-            body.insert("delay".into(), duration_text(delay).into());
-        }
-        if let Some(run_at) = &self.run_at {
-            body.insert("run_at".into(), run_at.clone().into());
-        }
-        if let Some(max_attempts) = self.max_attempts {
-            body.insert("max_attempts".into(), max_attempts.into());
-        }
-        Value::Object(body)
     }
+}
+
+#[derive(Serialize)]
+struct NewJobBody<'a> {
+    payload: &'a RawJson,
+    #[serde(skip_serializing_if = "is_zero")]
+    priority: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delay: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_at: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_attempts: Option<u32>,
+}
+
+/// A batch submit's body.
+#[derive(Serialize)]
+struct NewJobsBody<'a> {
+    jobs: Vec<NewJobBody<'a>>,
+}
+
+fn is_zero(number: &i64) -> bool {
+    *number == 0
 }
 
 /// A rate limit: `limit` leases every `per`, at most `burst` at once.
@@ -303,11 +343,29 @@ pub struct LeaseNext {
 /// A complete with `lease_next`: the completed job and what was leased after it (`leased`
 /// is empty, with the reason in `leased.extra["blocked"]` when there is one, if nothing
 /// could be leased at once).
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct CompletedNext {
     pub job: Job,
-    #[serde(flatten)]
     pub leased: Leased,
+}
+
+impl<'de> Deserialize<'de> for CompletedNext {
+    /// Not `#[serde(flatten)] leased`: serde buffers a flattened value before decoding it,
+    /// and the leased jobs' payloads ([`RawJson`]) cannot be read from that buffer.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Answer {
+            job: Job,
+            jobs: Vec<Job>,
+            #[serde(flatten)]
+            extra: serde_json::Map<String, Value>,
+        }
+        let Answer { job, jobs, extra } = Answer::deserialize(deserializer)?;
+        Ok(CompletedNext {
+            job,
+            leased: Leased { jobs, extra },
+        })
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -434,6 +492,22 @@ fn segment(text: &str) -> String {
     utf8_percent_encode(text, FORM_KEEP).to_string()
 }
 
+/// A request body as JSON text. [`RawJson`] fields go in as their text; nothing here
+/// passes through a `serde_json::Value` that would re-encode them.
+fn json_body<T: Serialize + ?Sized>(body: &T) -> Result<Vec<u8>, JobsError> {
+    serde_json::to_vec(body)
+        .map_err(|error| JobsError::Client(format!("cannot encode the request: {error}")))
+}
+
+/// `complete`'s body.
+#[derive(Serialize)]
+struct CompleteBody<'a> {
+    lease_token: u64,
+    result: &'a RawJson,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_next: Option<Value>,
+}
+
 fn query_string(fields: &[(&str, String)]) -> String {
     let mut out = String::new();
     for (name, value) in fields {
@@ -450,12 +524,10 @@ impl Client {
 
     /// `PUT /v1/queues/{q}`: creates the queue or replaces its whole configuration.
     pub async fn put_queue(&self, queue: &str, config: &QueueConfig) -> Result<Queue, JobsError> {
-        let body =
-            serde_json::to_value(config).map_err(|error| JobsError::Client(error.to_string()))?;
         let request = self.mutation(
             reqwest::Method::PUT,
             format!("/v1/queues/{}", name_segment("queue", queue)?),
-            Some(body),
+            Some(json_body(config)?),
             &idempotency_key(),
         );
         self.send_v1(request).await?.parse()
@@ -463,9 +535,12 @@ impl Client {
 
     /// `GET /v1/queues/{q}`.
     pub async fn get_queue(&self, queue: &str) -> Result<Queue, JobsError> {
-        self.send_v1(self.read(format!("/v1/queues/{}", name_segment("queue", queue)?), None))
-            .await?
-            .parse()
+        self.send_v1(self.read(
+            format!("/v1/queues/{}", name_segment("queue", queue)?),
+            None,
+        ))
+        .await?
+        .parse()
     }
 
     /// `GET /v1/queues`.
@@ -520,7 +595,12 @@ impl Client {
         if let Some(server_wait) = server_wait {
             target.push_str(&query_string(&[("wait", duration_text(server_wait))]));
         }
-        let mut request = self.mutation(reqwest::Method::POST, target, Some(job.to_json()), key);
+        let mut request = self.mutation(
+            reqwest::Method::POST,
+            target,
+            Some(json_body(&job.to_body())?),
+            key,
+        );
         request.timeout += server_wait.unwrap_or_default();
         let answer = self.send_v1(request).await?;
         let mut submitted = Submitted {
@@ -543,12 +623,13 @@ impl Client {
         struct Jobs {
             jobs: Vec<Job>,
         }
-        let body =
-            serde_json::json!({ "jobs": jobs.iter().map(NewJob::to_json).collect::<Vec<_>>() });
+        let body = NewJobsBody {
+            jobs: jobs.iter().map(NewJob::to_body).collect(),
+        };
         let request = self.mutation(
             reqwest::Method::POST,
             format!("/v1/queues/{}/jobs", name_segment("queue", queue)?),
-            Some(body),
+            Some(json_body(&body)?),
             &idempotency_key(),
         );
         let jobs: Jobs = self.send_v1(request).await?.parse()?;
@@ -620,7 +701,11 @@ impl Client {
         if let Some(after) = filter.after {
             query.push(("after", after.to_string()));
         }
-        let target = format!("/v1/queues/{}/jobs{}", name_segment("queue", queue)?, query_string(&query));
+        let target = format!(
+            "/v1/queues/{}/jobs{}",
+            name_segment("queue", queue)?,
+            query_string(&query)
+        );
         self.send_v1(self.read(target, None)).await?.parse()
     }
 
@@ -649,7 +734,7 @@ impl Client {
         let mut http = self.mutation(
             reqwest::Method::POST,
             format!("/v1/queues/{}/lease", name_segment("queue", queue)?),
-            Some(body),
+            Some(json_body(&body)?),
             key,
         );
         http.timeout += request.wait;
@@ -670,18 +755,18 @@ impl Client {
         let request = self.mutation(
             reqwest::Method::POST,
             format!("/v1/jobs/{id}/heartbeat"),
-            Some(body),
+            Some(json_body(&body)?),
             &idempotency_key(),
         );
         self.send_v1(request).await?.parse()
     }
 
-    /// The job succeeded with `result`.
+    /// The job succeeded with `result` (stored as its text).
     pub async fn complete(
         &self,
         id: JobId,
         lease_token: u64,
-        result: &Value,
+        result: &RawJson,
     ) -> Result<Job, JobsError> {
         self.complete_keyed(&idempotency_key(), id, lease_token, result)
             .await
@@ -692,10 +777,14 @@ impl Client {
         key: &str,
         id: JobId,
         lease_token: u64,
-        result: &Value,
+        result: &RawJson,
     ) -> Result<Job, JobsError> {
-        let body = serde_json::json!({ "lease_token": lease_token, "result": result });
-        self.send_complete(key, id, body).await
+        let body = CompleteBody {
+            lease_token,
+            result,
+            lease_next: None,
+        };
+        self.send_complete(key, id, &body).await
     }
 
     /// The job succeeded with `result`, and the next lease from its queue is taken in the
@@ -706,19 +795,33 @@ impl Client {
         key: &str,
         id: JobId,
         lease_token: u64,
-        result: &Value,
+        result: &RawJson,
         next: &LeaseNext,
     ) -> Result<CompletedNext, JobsError> {
         let mut lease_next = serde_json::json!({ "worker": next.worker, "max": next.max });
         if let Some(lease_ttl) = next.lease_ttl {
             lease_next["lease_ttl"] = duration_text(lease_ttl).into();
         }
-        let body = serde_json::json!({ "lease_token": lease_token, "result": result, "lease_next": lease_next });
-        self.send_complete(key, id, body).await
+        let body = CompleteBody {
+            lease_token,
+            result,
+            lease_next: Some(lease_next),
+        };
+        self.send_complete(key, id, &body).await
     }
 
-    async fn send_complete<T: serde::de::DeserializeOwned>(&self, key: &str, id: JobId, body: Value) -> Result<T, JobsError> {
-        let request = self.mutation(reqwest::Method::POST, format!("/v1/jobs/{id}/complete"), Some(body), key);
+    async fn send_complete<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        id: JobId,
+        body: &CompleteBody<'_>,
+    ) -> Result<T, JobsError> {
+        let request = self.mutation(
+            reqwest::Method::POST,
+            format!("/v1/jobs/{id}/complete"),
+            Some(json_body(body)?),
+            key,
+        );
         self.send_v1(request).await?.parse()
     }
 
@@ -750,7 +853,7 @@ impl Client {
         let request = self.mutation(
             reqwest::Method::POST,
             format!("/v1/jobs/{id}/fail"),
-            Some(body),
+            Some(json_body(&body)?),
             key,
         );
         self.send_v1(request).await?.parse()
@@ -772,7 +875,7 @@ impl Client {
         let request = self.mutation(
             reqwest::Method::POST,
             format!("/v1/jobs/{id}/release"),
-            Some(body),
+            Some(json_body(&body)?),
             key,
         );
         self.send_v1(request).await?.parse()
@@ -786,7 +889,7 @@ impl Client {
         let request = self.mutation(
             reqwest::Method::POST,
             format!("/v1/counters/{}", name_segment("name", name)?),
-            Some(body),
+            Some(json_body(&body)?),
             &idempotency_key(),
         );
         let counter: Counter = self.send_v1(request).await?.parse()?;
@@ -796,7 +899,10 @@ impl Client {
     /// The counter's value (0 if never incremented).
     pub async fn counter_get(&self, name: &str) -> Result<u64, JobsError> {
         let counter: Counter = self
-            .send_v1(self.read(format!("/v1/counters/{}", name_segment("name", name)?), None))
+            .send_v1(self.read(
+                format!("/v1/counters/{}", name_segment("name", name)?),
+                None,
+            ))
             .await?
             .parse()?;
         Ok(counter.value)
@@ -818,17 +924,18 @@ impl Client {
         }
     }
 
+    /// `body` is JSON text ([`json_body`]).
     fn mutation(
         &self,
         method: reqwest::Method,
         target: String,
-        body: Option<Value>,
+        body: Option<Vec<u8>>,
         key: &str,
     ) -> V1Request {
         V1Request {
             method,
             target,
-            body: body.map(|body| body.to_string().into_bytes()),
+            body,
             idempotency_key: Some(key.to_string()),
             timeout: crate::REQUEST_TIMEOUT,
         }
@@ -935,6 +1042,10 @@ mod tests {
         assert_eq!(duration_text(Duration::ZERO), "0s");
     }
 
+    fn body_text<T: Serialize>(body: &T) -> String {
+        String::from_utf8(json_body(body).expect("body")).expect("utf-8")
+    }
+
     #[test]
     fn new_jobs_send_only_what_is_set() {
         let job = NewJob {
@@ -943,12 +1054,50 @@ mod tests {
             ..NewJob::new(serde_json::json!({"a": 1}))
         };
         assert_eq!(
-            job.to_json(),
-            serde_json::json!({"payload": {"a": 1}, "priority": 5, "delay": "10s"})
+            body_text(&job.to_body()),
+            r#"{"payload":{"a":1},"priority":5,"delay":"10s"}"#
         );
         assert_eq!(
-            NewJob::default().to_json(),
-            serde_json::json!({"payload": null})
+            body_text(&NewJob::default().to_body()),
+            r#"{"payload":null}"#
+        );
+    }
+
+    #[test]
+    fn new_jobs_send_the_payload_text_as_given() {
+        let text = r#"{"z":1,"a":123456789012345678901234567890,"f":1.0}"#;
+        let job = NewJob::new(RawJson::from_text(text).expect("json"));
+        assert_eq!(
+            body_text(&job.to_body()),
+            format!(r#"{{"payload":{text}}}"#)
+        );
+        let batch = [
+            job.clone(),
+            NewJob {
+                priority: -1,
+                ..job
+            },
+        ];
+        let batch = NewJobsBody {
+            jobs: batch.iter().map(NewJob::to_body).collect(),
+        };
+        assert_eq!(
+            body_text(&batch),
+            format!(r#"{{"jobs":[{{"payload":{text}}},{{"payload":{text},"priority":-1}}]}}"#)
+        );
+    }
+
+    #[test]
+    fn completes_send_the_result_text_as_given() {
+        let result = RawJson::from_text(r#"{"z":[1E2],"a":-0}"#).expect("json");
+        let body = CompleteBody {
+            lease_token: 7,
+            result: &result,
+            lease_next: None,
+        };
+        assert_eq!(
+            body_text(&body),
+            r#"{"lease_token":7,"result":{"z":[1E2],"a":-0}}"#
         );
     }
 
@@ -980,8 +1129,55 @@ mod tests {
         let job: Job = serde_json::from_str(body).expect("decode");
         assert_eq!(job.state, JobState::Leased);
         assert_eq!(job.lease_token, Some(42));
+        assert_eq!(job.payload.get(), r#"{"any": "json"}"#);
+        assert!(job.result.is_null());
         assert_eq!(job.errors[0].error, "exit status 1");
         assert_eq!(job.extra.get("future_field"), Some(&Value::Bool(true)));
+    }
+
+    /// A job as the server writes it: `payload` and `result` are the stored text.
+    const SERVER_JOB: &str = r#"{"id":3,"queue":"q","state":"succeeded","priority":0,"payload":{"z":1,"a":123456789012345678901234567890},"attempts":1,"max_attempts":5,"created_at":"2026-11-23T19:05:00.123Z","run_at":"2026-11-23T19:05:00.123Z","result":[1.0,"caf\u00e9"],"errors":[],"finished_at":"2026-11-23T19:05:01.000Z","purge_at":"2026-11-30T19:05:01.000Z"}"#;
+
+    #[test]
+    fn jobs_keep_the_server_payload_and_result_text() {
+        let job: Job = serde_json::from_str(SERVER_JOB).expect("decode");
+        assert_eq!(
+            job.payload.get(),
+            r#"{"z":1,"a":123456789012345678901234567890}"#
+        );
+        assert_eq!(job.result.get(), r#"[1.0,"caf\u00e9"]"#);
+        // `-o json` prints the job as it came (fields in the server's order).
+        assert_eq!(serde_json::to_string(&job).expect("encode"), SERVER_JOB);
+        #[derive(Debug, PartialEq, Deserialize)]
+        struct Payload {
+            z: u8,
+        }
+        assert_eq!(
+            job.payload_json::<Payload>().expect("payload"),
+            Payload { z: 1 }
+        );
+        let result: (f64, String) = job.result_json().expect("result");
+        assert_eq!(result, (1.0, "café".to_string()));
+    }
+
+    #[test]
+    fn completed_next_keeps_the_leased_jobs_payload_text_and_the_rest() {
+        let leased = SERVER_JOB.replace(r#""state":"succeeded""#, r#""state":"leased""#);
+        let body = format!(r#"{{"job":{SERVER_JOB},"jobs":[{leased}],"blocked":"concurrency"}}"#);
+        let completed: CompletedNext = serde_json::from_str(&body).expect("decode");
+        assert_eq!(completed.job.state, JobState::Succeeded);
+        assert_eq!(completed.leased.jobs.len(), 1);
+        assert_eq!(
+            completed.leased.jobs[0].payload.get(),
+            r#"{"z":1,"a":123456789012345678901234567890}"#
+        );
+        assert_eq!(
+            completed.leased.extra.get("blocked"),
+            Some(&Value::String("concurrency".into()))
+        );
+        let leased: Leased =
+            serde_json::from_str(&format!(r#"{{"jobs":[{leased}]}}"#)).expect("decode");
+        assert_eq!(leased.jobs[0].result.get(), r#"[1.0,"caf\u00e9"]"#);
     }
 
     #[test]
@@ -1007,7 +1203,11 @@ mod tests {
         let client = Client::new(["http://127.0.0.1:1"]).expect("client");
         for name in ["../jobs/7", "..", ".", "", "a/b", "a b", &"q".repeat(129)] {
             let error = client.delete_queue(name, true).await.expect_err(name);
-            assert_eq!((error.status(), error.code()), (Some(400), Some("invalid")), "{name:?}: {error}");
+            assert_eq!(
+                (error.status(), error.code()),
+                (Some(400), Some("invalid")),
+                "{name:?}: {error}"
+            );
             assert!(error.to_string().contains("(field: queue)"), "{error}");
             let error = client.counter_add(name, 1).await.expect_err(name);
             assert_eq!(error.code(), Some("invalid"), "{name:?}: {error}");

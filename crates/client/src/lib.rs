@@ -16,6 +16,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 
 pub mod jobs;
+mod raw_json;
 
 /// Rounds over all endpoints before giving up on a connection failure.
 pub const RETRY_ROUNDS_MAX: u32 = 4;

@@ -7,6 +7,12 @@
 //! status: 0 success, 1 bad arguments or an unexpected answer, 2 no endpoint reachable,
 //! 3 a `--wait` ended without the job having succeeded (it is dead, cancelled, or still
 //! unfinished), 4 the server refused the request.
+//!
+//! Payloads and results are JSON text ([`RawJson`]) from end to end: `job submit` checks
+//! that the payload is JSON and sends its text unchanged (key order, big integers, number
+//! spelling), so the same command with the same `--idempotency-key` is the same request
+//! every time, and the same as a `curl` of that payload; `job get` and `job ls` print the
+//! text the server sent.
 
 use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
@@ -15,9 +21,9 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 use rota_client::jobs::{
     self, Backoff, Job, JobFilter, JobId, JobState, JobsError, NewJob, Queue, QueueConfig, Rate,
+    RawJson,
 };
 use rota_client::Client;
-use serde_json::Value;
 
 pub const EXIT_BAD_ARGS: u8 = 1;
 pub const EXIT_UNREACHABLE: u8 = 2;
@@ -53,7 +59,8 @@ pub struct ClientFlags {
 pub enum Output {
     /// Lines and tables for people.
     Table,
-    /// The objects as JSON, one per line (the server's fields, re-encoded).
+    /// The objects as JSON, one per line (the server's fields in its order; payloads and
+    /// results as the server sent them).
     Json,
 }
 
@@ -168,7 +175,7 @@ pub enum JobCommand {
 #[derive(Debug, Args)]
 pub struct JobSubmit {
     pub queue: String,
-    /// The payload as JSON text.
+    /// The payload as JSON text (sent as written).
     #[arg(long, conflicts_with = "payload_file")]
     pub payload: Option<String>,
     /// Read the payload JSON from this file (`-` for stdin).
@@ -255,13 +262,29 @@ pub async fn run_queue(args: QueueArgs) -> ExitCode {
     };
     let output = args.flags.output;
     let outcome = match args.command {
-        QueueCommand::Set(set) => queue_set(&client, set).await.map(|queue| print_queue(&queue, output)),
-        QueueCommand::Ls => client.list_queues().await.map(|queues| print_queues(&queues, output)),
-        QueueCommand::Stats { queue } => client.get_queue(&queue).await.map(|queue| print_queue(&queue, output)),
-        QueueCommand::Rm { queue, force } => client.delete_queue(&queue, force).await.map(|deleted| match output {
-            Output::Json => println!("{}", json_line(serde_json::to_string(&deleted))),
-            Output::Table => println!("queue {} deleted with {} jobs", deleted.queue, deleted.jobs_removed),
-        }),
+        QueueCommand::Set(set) => queue_set(&client, set)
+            .await
+            .map(|queue| print_queue(&queue, output)),
+        QueueCommand::Ls => client
+            .list_queues()
+            .await
+            .map(|queues| print_queues(&queues, output)),
+        QueueCommand::Stats { queue } => client
+            .get_queue(&queue)
+            .await
+            .map(|queue| print_queue(&queue, output)),
+        QueueCommand::Rm { queue, force } => {
+            client
+                .delete_queue(&queue, force)
+                .await
+                .map(|deleted| match output {
+                    Output::Json => println!("{}", json_line(serde_json::to_string(&deleted))),
+                    Output::Table => println!(
+                        "queue {} deleted with {} jobs",
+                        deleted.queue, deleted.jobs_removed
+                    ),
+                })
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -328,7 +351,9 @@ async fn queue_set(client: &Client, set: QueueSet) -> Result<Queue, JobsError> {
                 (Some(max), _) => jobs::duration_text(max),
                 // A base above the current max raises the max to it, as the API does for
                 // a new queue (the max was only ever the default).
-                (None, Some(base)) if humantime::parse_duration(&current.max).is_ok_and(|max| base > max) => {
+                (None, Some(base))
+                    if humantime::parse_duration(&current.max).is_ok_and(|max| base > max) =>
+                {
                     jobs::duration_text(base)
                 }
                 (None, _) => current.max,
@@ -458,7 +483,10 @@ fn waited_exit(job: &Job, waited: bool) -> ExitCode {
     }
 }
 
-fn read_payload(submit: &JobSubmit) -> Result<Value, String> {
+/// The payload's text, checked to be JSON and otherwise as given (less surrounding
+/// whitespace): never decoded and re-encoded, which would sort its keys and round its big
+/// numbers.
+fn read_payload(submit: &JobSubmit) -> Result<RawJson, String> {
     let text = if let Some(text) = &submit.payload {
         text.clone()
     } else if let Some(path) = submit
@@ -480,13 +508,13 @@ fn read_payload(submit: &JobSubmit) -> Result<Value, String> {
         text
     } else {
         // Nothing given and nobody typing into a pipe: a job without a payload.
-        "null".to_string()
+        return Ok(RawJson::null());
     };
     if text.trim().is_empty() {
         // An empty file or stdin (a script's `< /dev/null`): a job without a payload.
-        return Ok(Value::Null);
+        return Ok(RawJson::null());
     }
-    serde_json::from_str(&text).map_err(|error| format!("the payload is not JSON: {error}"))
+    RawJson::from_text(&text).map_err(|error| format!("the payload is not JSON: {error}"))
 }
 
 /// One line of JSON (`rendered` is `serde_json::to_string` of a job or queue).
@@ -742,7 +770,10 @@ mod tests {
         assert_eq!(parse_duration("2000us"), Ok(Duration::from_millis(2)));
         for fraction in ["1500us", "500us", "1ns", "1ms 1us"] {
             let error = parse_duration(fraction).expect_err(fraction);
-            assert!(error.contains("whole number of milliseconds"), "{fraction}: {error}");
+            assert!(
+                error.contains("whole number of milliseconds"),
+                "{fraction}: {error}"
+            );
         }
         assert!(parse_duration("5x").is_err());
         assert!(parse_rate("5/1500us").is_err());

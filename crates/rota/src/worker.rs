@@ -33,9 +33,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use rota_client::jobs::{self, FailRequest, Job, JobsError, LeaseNext, LeaseRequest};
+use rota_client::jobs::{self, FailRequest, Job, JobsError, LeaseNext, LeaseRequest, RawJson};
 use rota_client::{idempotency_key, Client};
-use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::sync::{watch, Semaphore};
@@ -531,7 +530,9 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
         ),
         Ok(mut child) => {
             let group = child.id();
-            let payload = job.payload.to_string().into_bytes();
+            // The payload's text as the server sent it (as submitted, less the whitespace
+            // between tokens), not re-encoded.
+            let payload = job.payload.get().as_bytes().to_vec();
             if let Some(mut stdin) = child.stdin.take() {
                 // A command that never reads stdin must not block the worker: write aside,
                 // and ignore a broken pipe.
@@ -862,19 +863,20 @@ async fn collect(task: Option<tokio::task::JoinHandle<Captured>>) -> Captured {
     }
 }
 
-/// stdout as the job's result: JSON if it parses (surrounding whitespace allowed), else the
-/// text as a JSON string without its final newline; empty stdout is `null`.
-fn result_from_stdout(stdout: &[u8]) -> Value {
+/// stdout as the job's result: if it parses as JSON (surrounding whitespace allowed), its
+/// text as written (not re-encoded: key order and big numbers stay); else the text as a
+/// JSON string without its final newline; empty stdout is `null`.
+fn result_from_stdout(stdout: &[u8]) -> RawJson {
     let text = String::from_utf8_lossy(stdout);
     if text.trim().is_empty() {
-        return Value::Null;
+        return RawJson::null();
     }
-    match serde_json::from_str(text.trim()) {
-        Ok(value) => value,
+    match RawJson::from_text(text.trim()) {
+        Ok(json) => json,
         Err(_) => {
             let text = text.strip_suffix('\n').unwrap_or(&text);
             let text = text.strip_suffix('\r').unwrap_or(text);
-            Value::String(text.to_string())
+            RawJson::from(serde_json::Value::String(text.to_string()))
         }
     }
 }
@@ -1083,17 +1085,26 @@ mod tests {
 
     #[test]
     fn stdout_becomes_json_when_it_parses_else_a_string() {
+        let result = |stdout: &[u8]| result_from_stdout(stdout).get().to_string();
+        assert_eq!(result(b"{\"a\": 1}\n"), r#"{"a": 1}"#);
+        assert_eq!(result(b" 42 "), "42");
+        assert_eq!(result(b"hello\n"), r#""hello""#);
+        assert_eq!(result(b"two\nlines\n"), r#""two\nlines""#);
+        assert_eq!(result(b"say \"hi\"\r\n"), r#""say \"hi\"""#);
+        assert_eq!(result(b""), "null");
+        assert_eq!(result(b" \n"), "null");
+        // Numbers beyond a double's range are not JSON the server takes: text, as before.
+        assert_eq!(result(b"1e400\n"), r#""1e400""#);
+    }
+
+    #[test]
+    fn json_stdout_is_the_result_as_written() {
+        let stdout = "\n {\"z\":1,\"a\":123456789012345678901234567890,\"f\":1.0,\"e\":1E2}\n";
         assert_eq!(
-            result_from_stdout(b"{\"a\": 1}\n"),
-            serde_json::json!({"a": 1})
+            result_from_stdout(stdout.as_bytes()).get(),
+            stdout.trim(),
+            "keys unsorted, the big integer whole, the numbers spelt as written"
         );
-        assert_eq!(result_from_stdout(b" 42 "), serde_json::json!(42));
-        assert_eq!(result_from_stdout(b"hello\n"), serde_json::json!("hello"));
-        assert_eq!(
-            result_from_stdout(b"two\nlines\n"),
-            serde_json::json!("two\nlines")
-        );
-        assert_eq!(result_from_stdout(b""), Value::Null);
     }
 
     #[test]

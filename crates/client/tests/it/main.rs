@@ -222,11 +222,71 @@ async fn a_v1_call_over_the_client_rate_waits_its_retry_after_and_goes_through()
     let started = std::time::Instant::now();
     // Two pass at once, the others each wait for a refill (1 s per Retry-After).
     for n in 0..5 {
-        client.list_queues().await.unwrap_or_else(|error| panic!("call {n}: {error}"));
+        client
+            .list_queues()
+            .await
+            .unwrap_or_else(|error| panic!("call {n}: {error}"));
     }
     assert!(
         started.elapsed() >= std::time::Duration::from_millis(900),
         "five calls at 2 per second passed in {:?}: the limit did not hold",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn payloads_and_results_travel_as_the_text_given() {
+    use rota_client::jobs::{LeaseNext, LeaseRequest, NewJob, RawJson};
+    let (_app, url) = server().await;
+    let client = Client::new([url]).expect("client");
+    let text = |json: &str| RawJson::from_text(json).expect("json");
+    let payloads = [
+        text(r#"{"z":1,"a":123456789012345678901234567890,"f":1.0}"#),
+        text(r#"[-0,1E2,"caf\u00e9"]"#),
+    ];
+    let mut ids = Vec::new();
+    for payload in &payloads {
+        let submitted = client
+            .submit("raw", &NewJob::new(payload.clone()), None)
+            .await
+            .expect("submit");
+        assert_eq!(&submitted.job.payload, payload);
+        ids.push(submitted.job.id);
+    }
+    let request = LeaseRequest {
+        worker: "w".into(),
+        max: 1,
+        wait: std::time::Duration::ZERO,
+        lease_ttl: None,
+    };
+    let leased = client.lease("raw", &request).await.expect("lease").jobs;
+    assert_eq!(leased[0].payload, payloads[0]);
+
+    // A complete that leases the next job: its payload comes back as text too.
+    let result = text(r#"{"y":[1.50],"b":123456789012345678901234567891}"#);
+    let next = LeaseNext {
+        worker: "w".into(),
+        max: 1,
+        lease_ttl: None,
+    };
+    let token = leased[0].lease_token.expect("token");
+    let completed = client
+        .complete_next_keyed(
+            &rota_client::idempotency_key(),
+            ids[0],
+            token,
+            &result,
+            &next,
+        )
+        .await
+        .expect("complete");
+    assert_eq!(completed.job.result, result);
+    assert_eq!(completed.leased.jobs[0].payload, payloads[1]);
+    let second = &completed.leased.jobs[0];
+    let done = client
+        .complete(second.id, second.lease_token.expect("token"), &payloads[1])
+        .await
+        .expect("complete");
+    assert_eq!(done.result, payloads[1]);
+    assert_eq!(client.get_job(ids[0]).await.expect("get").result, result);
 }

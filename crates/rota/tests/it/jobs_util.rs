@@ -33,6 +33,17 @@ pub struct Proc {
 impl Proc {
     /// Starts `rota ARGS...` with `envs`, stdout and stderr to files in `dir`.
     pub fn spawn(dir: &Path, name: &str, args: &[String], envs: &[(&str, String)]) -> Proc {
+        Proc::spawn_with_stdin(dir, name, args, envs, Stdio::null())
+    }
+
+    /// [`Proc::spawn`] with `stdin` for the process's standard input.
+    pub fn spawn_with_stdin(
+        dir: &Path,
+        name: &str,
+        args: &[String],
+        envs: &[(&str, String)],
+        stdin: Stdio,
+    ) -> Proc {
         let stdout_path = dir.join(format!("{name}.stdout"));
         let stderr_path = dir.join(format!("{name}.stderr"));
         let stdout = std::fs::File::create(&stdout_path).expect("stdout file");
@@ -40,7 +51,7 @@ impl Proc {
         let mut command = Command::new(harness::rota_bin());
         command
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(stdout)
             .stderr(stderr)
             .env_remove("ROTA_ENDPOINTS");
@@ -166,9 +177,27 @@ impl Output {
 
 /// Runs `rota ARGS...` to completion (bounded by [`COMMAND_TIMEOUT`]).
 pub fn rota(dir: &Path, args: &[String]) -> Output {
+    run_rota(dir, args, None)
+}
+
+/// [`rota`] with `stdin` as the command's standard input (through a file in `dir`).
+pub fn rota_with_stdin(dir: &Path, args: &[String], stdin: &[u8]) -> Output {
+    run_rota(dir, args, Some(stdin))
+}
+
+fn run_rota(dir: &Path, args: &[String], stdin: Option<&[u8]>) -> Output {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut proc = Proc::spawn(dir, &format!("cmd{n}"), args, &[]);
+    let name = format!("cmd{n}");
+    let stdin = match stdin {
+        Some(bytes) => {
+            let path = dir.join(format!("{name}.stdin"));
+            std::fs::write(&path, bytes).expect("write stdin file");
+            Stdio::from(std::fs::File::open(&path).expect("open stdin file"))
+        }
+        None => Stdio::null(),
+    };
+    let mut proc = Proc::spawn_with_stdin(dir, &name, args, &[], stdin);
     proc.name = format!("rota {}", args.join(" "));
     let status = proc.wait_exit(COMMAND_TIMEOUT);
     Output {

@@ -25,6 +25,7 @@ mod jobs_crash;
 mod jobs_lease;
 mod jobs_lease_deadline;
 mod jobs_limits;
+mod jobs_payload;
 mod jobs_util;
 mod kv_linearizable;
 mod linearizability;
