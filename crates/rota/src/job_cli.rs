@@ -494,18 +494,10 @@ fn read_payload(submit: &JobSubmit) -> Result<RawJson, String> {
         .as_deref()
         .filter(|path| path.as_os_str() != "-")
     {
-        let mut text = String::new();
-        std::fs::File::open(path)
-            .and_then(|file| file.take(PAYLOAD_BYTES_MAX).read_to_string(&mut text))
-            .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-        text
+        let file = std::fs::File::open(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        read_bounded(file).map_err(|error| format!("cannot read {}: {error}", path.display()))?
     } else if submit.payload_file.is_some() || !std::io::stdin().is_terminal() {
-        let mut text = String::new();
-        std::io::stdin()
-            .take(PAYLOAD_BYTES_MAX)
-            .read_to_string(&mut text)
-            .map_err(|error| format!("cannot read the payload from stdin: {error}"))?;
-        text
+        read_bounded(std::io::stdin()).map_err(|error| format!("cannot read the payload from stdin: {error}"))?
     } else {
         // Nothing given and nobody typing into a pipe: a job without a payload.
         return Ok(RawJson::null());
@@ -515,6 +507,23 @@ fn read_payload(submit: &JobSubmit) -> Result<RawJson, String> {
         return Ok(RawJson::null());
     }
     RawJson::from_text(&text).map_err(|error| format!("the payload is not JSON: {error}"))
+}
+
+/// Reads a payload of at most [`PAYLOAD_BYTES_MAX`] bytes; a longer one is an error (cut
+/// off, it would only fail as "not JSON").
+fn read_bounded(reader: impl Read) -> Result<String, String> {
+    let mut text = String::new();
+    reader
+        .take(PAYLOAD_BYTES_MAX + 1)
+        .read_to_string(&mut text)
+        .map_err(|error| error.to_string())?;
+    if text.len() as u64 > PAYLOAD_BYTES_MAX {
+        return Err(format!(
+            "the payload is over {PAYLOAD_BYTES_MAX} bytes (the server takes at most {})",
+            rota_core::jobs::limits::PAYLOAD_BYTES_MAX
+        ));
+    }
+    Ok(text)
 }
 
 /// One line of JSON (`rendered` is `serde_json::to_string` of a job or queue).

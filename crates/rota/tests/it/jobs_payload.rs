@@ -118,6 +118,18 @@ fn jobs_cli_submits_and_prints_the_payload_text_as_given() {
             "{bad}: {refused:?}"
         );
     }
+    // Longer than the CLI reads: refused as too long, not cut off into "not JSON".
+    let long = dir.path().join("long.json");
+    std::fs::write(&long, format!("\"{}\"", "x".repeat(2 << 20))).expect("write long payload");
+    let refused = rota(
+        dir.path(),
+        &args(
+            &server,
+            &["job", "submit", "refused", "--payload-file", long.to_str().expect("utf-8 path")],
+        ),
+    );
+    assert_eq!(refused.code(), 1, "{refused:?}");
+    assert!(refused.stderr.contains("the payload is over"), "{refused:?}");
     assert_eq!(
         try_get_queue(&server, "refused"),
         None,
