@@ -1,11 +1,12 @@
 //! The idempotency table: the first outcome of each keyed request, replayed on repeats.
 //!
 //! This is the Raft paper's client-session rule, bounded three ways: every record expires
-//! (`idempotency_ttl_ms` after it was written), the table holds at most
-//! `idempotency_records_max` records and about `idempotency_bytes_max` bytes of stored
-//! responses (a response carries job payloads of up to 256 KiB), dropping the records that
-//! expire first when full. A dropped record only means a very late retry is no longer
-//! recognised; it never changes an answer already given.
+//! (`idempotency_ttl_ms` after it was written, sooner for the calls of a lease's holder: see
+//! [`State`](crate::State)), the table holds at most `idempotency_records_max` records and
+//! about `idempotency_bytes_max` bytes of stored responses (a response carries job payloads
+//! of up to 256 KiB), dropping the records that expire first when full. A dropped record
+//! only means a late retry is no longer recognised; it never changes an answer already
+//! given. Records dropped before their expiry are counted ([`IdempotencyTable::evicted`]).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -13,13 +14,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::Response;
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct IdempotencyTable {
     records: HashMap<String, Record>,
     /// Sum of `Record::bytes`.
     bytes: usize,
     /// (expires_ms, key), to expire and evict in order.
     by_expiry: BTreeSet<(u64, String)>,
+    /// Records dropped before their expiry because the table was full, since this process
+    /// started (not part of the replicated state).
+    #[serde(skip)]
+    evicted: u64,
+}
+
+impl PartialEq for IdempotencyTable {
+    fn eq(&self, other: &Self) -> bool {
+        self.records == other.records && self.bytes == other.bytes && self.by_expiry == other.by_expiry
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -88,6 +99,12 @@ impl IdempotencyTable {
         self.bytes
     }
 
+    /// Records dropped before their expiry because the table was full, since this process
+    /// started: late retries of those requests are applied again.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
     pub fn record(&mut self, key: String, fingerprint: u64, response: Response, expires_ms: u64, limits: Limits) {
         self.remove(&key);
         let bytes = approximate_bytes(&key, &response);
@@ -96,6 +113,7 @@ impl IdempotencyTable {
         {
             let Some((_, oldest)) = self.by_expiry.first().cloned() else { break };
             self.remove(&oldest);
+            self.evicted += 1;
         }
         self.by_expiry.insert((expires_ms, key.clone()));
         self.bytes += bytes;

@@ -10,6 +10,15 @@ use serde::{Deserialize, Serialize};
 use crate::idempotency::{self, IdempotencyOutcome, IdempotencyTable};
 use crate::{jobs, v2};
 
+/// How long the answer to a call of a lease's holder (lease, heartbeat, complete, fail,
+/// release) under an `Idempotency-Key` is replayed, at most. Only the same call retried
+/// soon after needs it: a lease's answer is stale once the lease may have expired, and a
+/// late complete or fail is fenced by its lease token anyway. Other keyed requests (a
+/// submit above all) keep the configured 24 h. The table drops the records that expire
+/// first when it is full, so a busy fleet of workers fills it with records that go before
+/// any client's submit keys.
+pub const LEASE_CALL_IDEMPOTENCY_TTL_MS: u64 = 10 * 60 * 1000;
+
 /// Limits and defaults that are fixed for the life of a cluster (they shape the state).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
@@ -142,6 +151,29 @@ impl State {
         now_ms
     }
 
+    /// How long `command`'s outcome is kept under its idempotency key.
+    fn idempotency_ttl_ms(&self, command: &Command) -> u64 {
+        use jobs::JobCommand;
+        let ttl = self.config.idempotency_ttl_ms;
+        match command {
+            Command::Jobs(
+                JobCommand::Lease { .. }
+                | JobCommand::Heartbeat { .. }
+                | JobCommand::Complete { .. }
+                | JobCommand::Fail { .. }
+                | JobCommand::Release { .. }
+                | JobCommand::CompleteAndLease { .. },
+            ) => ttl.min(LEASE_CALL_IDEMPOTENCY_TTL_MS),
+            _ => ttl,
+        }
+    }
+
+    /// The idempotency table's size: records, approximate bytes, and records dropped before
+    /// their expiry (since this process started).
+    pub fn idempotency_stats(&self) -> (usize, usize, u64) {
+        (self.idempotency.len(), self.idempotency.bytes(), self.idempotency.evicted())
+    }
+
     fn apply(&mut self, now_ms: u64, command: &Command) -> Response {
         match command {
             Command::Tick | Command::RenewLeases => Response::Tick,
@@ -153,7 +185,7 @@ impl State {
                     IdempotencyOutcome::Conflict => Response::IdempotencyKeyReused { key: key.clone() },
                     IdempotencyOutcome::New => {
                         let response = self.apply(now_ms, command);
-                        let expires_ms = now_ms.saturating_add(self.config.idempotency_ttl_ms);
+                        let expires_ms = now_ms.saturating_add(self.idempotency_ttl_ms(command));
                         let limits = idempotency::Limits {
                             records_max: self.config.idempotency_records_max,
                             bytes_max: self.config.idempotency_bytes_max,
@@ -191,6 +223,38 @@ mod tests {
         let other = state.apply_batch(&Batch { time_ms: 3_000, commands: vec![idempotent("k1", 10, set("/a", "y"))] });
         assert_eq!(other, vec![Response::IdempotencyKeyReused { key: "k1".into() }]);
         assert_eq!(state.v2.index(), index_after_first);
+    }
+
+    #[test]
+    fn a_full_idempotency_table_drops_lease_calls_before_a_submit_key() {
+        use crate::jobs::{JobCommand, NewJob};
+        let config = Config { idempotency_records_max: 10, ..Config::default() };
+        let mut state = State::new(config);
+        let submit = Command::Jobs(JobCommand::Submit {
+            queue: "q".into(),
+            jobs: vec![NewJob { payload: "1".into(), priority: 0, delay_ms: None, run_at_ms: None, max_attempts: None }],
+        });
+        let first = state.apply_batch(&Batch { time_ms: 1_000, commands: vec![idempotent("precious", 1, submit.clone())] });
+        // A busy worker: many keyed completes (answered 404 here; stored all the same).
+        for n in 0..50u64 {
+            let complete = Command::Jobs(JobCommand::Complete { id: 1_000 + n, lease_token: 1, result: None });
+            state.apply_batch(&Batch { time_ms: 2_000 + n, commands: vec![idempotent(&format!("w{n}"), 2, complete)] });
+        }
+        assert_eq!(state.idempotency_stats().2, 41, "records dropped before their expiry");
+        let again = state.apply_batch(&Batch { time_ms: 3_000, commands: vec![idempotent("precious", 1, submit.clone())] });
+        assert_eq!(again, vec![Response::Replayed(Box::new(first[0].clone()))]);
+        // A lease call's record expires after 10 minutes, a submit's after 24 hours.
+        state.apply_batch(&Batch { time_ms: 2_000 + LEASE_CALL_IDEMPOTENCY_TTL_MS + 100, commands: vec![Command::Tick] });
+        assert_eq!(state.idempotency_stats().0, 1);
+        // Keyed submits fill it too: the oldest submit key goes first.
+        for n in 0..10u64 {
+            state.apply_batch(&Batch {
+                time_ms: 700_000 + n,
+                commands: vec![idempotent(&format!("s{n}"), 3, submit.clone())],
+            });
+        }
+        let late = state.apply_batch(&Batch { time_ms: 800_000, commands: vec![idempotent("precious", 1, submit)] });
+        assert!(!matches!(late[0], Response::Replayed(_)), "{late:?}");
     }
 
     #[test]

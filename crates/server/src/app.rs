@@ -265,17 +265,18 @@ impl<B: Backend> App<B> {
         if method != Method::GET && method != Method::HEAD {
             return respond::method_not_allowed("GET");
         }
-        let (etcd_index, queues) = self.backend.read(|state| {
+        let (etcd_index, queues, idempotency) = self.backend.read(|state| {
             let now_ms = unix_now_ms().max(state.time_ms());
             let queues = state.jobs.queues(now_ms);
             let queues = queues.into_iter().map(|queue| (queue.name, queue.counts));
-            (state.v2.index(), queues.collect())
+            (state.v2.index(), queues.collect(), state.idempotency_stats())
         });
         self.backend.refresh_metrics();
         let openmetrics = self.metrics.render(crate::metrics::NodeSample {
             etcd_index,
             watchers: self.watcher_count(),
             queues,
+            idempotency,
         });
         let wants_openmetrics = request
             .headers()

@@ -111,6 +111,9 @@ pub struct Metrics {
     etcd_index: Gauge,
     watchers: Gauge,
     queue_jobs: Family<QueueStateLabels, Gauge>,
+    idempotency_records: Gauge,
+    idempotency_bytes: Gauge,
+    idempotency_evicted: Counter,
 }
 
 /// Store numbers, read at scrape time.
@@ -120,6 +123,9 @@ pub struct NodeSample {
     pub watchers: usize,
     /// Every queue with its jobs per state.
     pub queues: Vec<(String, JobCounts)>,
+    /// The idempotency table: records, approximate bytes, records dropped before their
+    /// expiry since the process started.
+    pub idempotency: (usize, usize, u64),
 }
 
 fn latency_histogram() -> Histogram {
@@ -165,6 +171,22 @@ impl Metrics {
             "Jobs in each queue by state (queued and scheduled are the queue's depth)",
             queue_jobs.clone(),
         );
+        let idempotency_records = gauge(
+            &mut registry,
+            "rota_idempotency_records",
+            "Outcomes kept under an Idempotency-Key",
+        );
+        let idempotency_bytes = gauge(
+            &mut registry,
+            "rota_idempotency_bytes",
+            "Approximate bytes of the outcomes kept under an Idempotency-Key",
+        );
+        let idempotency_evicted = Counter::default();
+        registry.register(
+            "rota_idempotency_evicted",
+            "Idempotency-Key outcomes dropped before their expiry because the table was full (a retry of one is applied again)",
+            idempotency_evicted.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -183,6 +205,9 @@ impl Metrics {
             etcd_index,
             watchers,
             queue_jobs,
+            idempotency_records,
+            idempotency_bytes,
+            idempotency_evicted,
         }
     }
 
@@ -228,6 +253,14 @@ impl Metrics {
         self.etcd_index.set(as_i64(sample.etcd_index));
         self.watchers
             .set(i64::try_from(sample.watchers).unwrap_or(i64::MAX));
+        let (records, bytes, evicted) = sample.idempotency;
+        self.idempotency_records.set(i64::try_from(records).unwrap_or(i64::MAX));
+        self.idempotency_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        // The state counts since start; the counter only moves forward.
+        let counted = self.idempotency_evicted.get();
+        if evicted > counted {
+            self.idempotency_evicted.inc_by(evicted - counted);
+        }
         // Rebuilt on every scrape, so a deleted queue's series go away.
         self.queue_jobs.clear();
         for (queue, counts) in sample.queues {

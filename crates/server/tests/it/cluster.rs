@@ -171,3 +171,22 @@ async fn metrics_count_each_queues_jobs_by_state() {
     let metrics = get(&app, "/metrics").await.body;
     assert!(!metrics.contains("rota_queue_jobs{"), "{metrics}");
 }
+
+#[tokio::test]
+async fn metrics_show_the_idempotency_table_and_what_it_dropped_when_full() {
+    let config = rota_core::Config { idempotency_records_max: 3, ..rota_core::Config::default() };
+    let app = rota_server::App::new(
+        rota_server::backend::fake::FakeBackend::new(config),
+        rota_server::ServerConfig::single("default"),
+    );
+    for n in 0..5 {
+        let key = format!("k{n}");
+        let reply = crate::v1_support::call(&app, "POST", "/v1/counters/c", Some(r#"{"by": 1}"#), &[("Idempotency-Key", &key)]).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let metrics = get(&app, "/metrics").await.body;
+    for line in ["rota_idempotency_records 3", "rota_idempotency_evicted_total 2"] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    assert!(metrics.contains("rota_idempotency_bytes "), "{metrics}");
+}
