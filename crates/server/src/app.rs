@@ -149,7 +149,9 @@ impl<B: Backend> App<B> {
                 if let Err(wait) = rate.admit(client, Instant::now()) {
                     let started = Instant::now();
                     let mut response = over_client_rate(client, rate.per_second(), wait, path);
-                    respond::add_cors(&mut response);
+                    if !is_v1_path(path) {
+                        respond::add_cors(&mut response);
+                    }
                     self.metrics.observe(Route::Other, request.method(), 429, started.elapsed());
                     self.requests_total.fetch_add(1, Ordering::Relaxed);
                     return response;
@@ -165,13 +167,20 @@ impl<B: Backend> App<B> {
         let method = request.method().clone();
         // Go's server answers `OPTIONS *` itself, before any handler (so without CORS).
         let server_wide = request.uri().path() == "*";
+        // etcd's CORS headers (any origin) are for etcd's API. rota's own API gets none, so a
+        // browser keeps other sites' pages from reading it or sending it JSON, PUT or DELETE;
+        // and a write that a page of another site sends anyway (a form's POST needs no
+        // permission) is refused.
+        let own_api = is_v1_path(request.uri().path());
         let (route, mut response) = if server_wide {
             let status = if method == Method::OPTIONS { 200 } else { 400 };
             (Route::Other, respond::with_status(status, Body::empty()))
+        } else if own_api && is_cross_site_write(&request) {
+            (Route::Other, cross_site_refused())
         } else {
             self.route(request).await
         };
-        if !server_wide {
+        if !server_wide && !own_api {
             respond::add_cors(&mut response);
         }
         self.metrics.observe(
@@ -595,6 +604,49 @@ fn mutation(method: &Method, key: String, params: &KeyParams) -> V2Command {
             refresh: params.refresh == Some(true),
         }),
     }
+}
+
+/// `/v1` or under it (before percent-decoding: `%2F` is not a separator there either).
+fn is_v1_path(raw_path: &str) -> bool {
+    raw_path == "/v1" || raw_path.starts_with("/v1/")
+}
+
+/// A request that changes something, sent by a browser from a page of another origin: it
+/// has an `Origin` header whose host and port differ from the `Host` it was sent to (a
+/// browser sends `Origin` with every such request; curl and the rota clients send none).
+fn is_cross_site_write(request: &Request<Body>) -> bool {
+    if matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return false;
+    }
+    let Some(origin) = request.headers().get(axum::http::header::ORIGIN) else {
+        return false;
+    };
+    let origin_authority = origin
+        .to_str()
+        .ok()
+        .and_then(|origin| origin.split_once("://"))
+        .map(|(_, authority)| authority.trim_end_matches('/'));
+    let host = request
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .or_else(|| request.uri().authority().map(|authority| authority.as_str()));
+    match (origin_authority, host) {
+        (Some(origin), Some(host)) => !origin.eq_ignore_ascii_case(host),
+        // `Origin: null` (a sandboxed page, a file) or no Host to compare with.
+        _ => true,
+    }
+}
+
+fn cross_site_refused() -> Response<Body> {
+    crate::v1::errors::ApiError::new(
+        403,
+        "cross_origin",
+        "a write to /v1 from a page of another origin is refused (the Origin header names \
+         another host than the Host header)",
+        Some("Origin"),
+    )
+    .to_response()
 }
 
 /// The `Idempotency-Key` header, if any; a key that is empty, too long or not visible ASCII

@@ -108,3 +108,41 @@ async fn options_asterisk_is_answered_by_the_server_without_cors() {
     assert_eq!(reply.body, "");
     assert!(reply.header("access-control-allow-origin").is_none());
 }
+
+/// rota's own API gets none of etcd's CORS headers, so a browser keeps other sites' pages
+/// from reading it or sending it JSON; a write a page sends anyway (a form's POST) with an
+/// `Origin` other than the `Host` is refused and changes nothing. curl and the rota clients
+/// send no `Origin`; the dashboard sends its own.
+#[tokio::test]
+async fn v1_has_no_cors_and_refuses_writes_from_pages_of_other_origins() {
+    let app = app();
+    let preflight = send(&app, "OPTIONS", "/v1/queues/q/jobs", None).await;
+    assert!(preflight.header("access-control-allow-origin").is_none(), "{:?}", preflight.headers);
+    assert!(preflight.header("access-control-allow-methods").is_none());
+    let submit = |origin: Option<&'static str>| {
+        let app = app.clone();
+        async move {
+            let mut headers = vec![("Host", "127.0.0.1:2379")];
+            if let Some(origin) = origin {
+                headers.push(("Origin", origin));
+            }
+            crate::v1_support::call(&app, "POST", "/v1/queues/q/jobs", Some(r#"{"payload": 1}"#), &headers).await
+        }
+    };
+    for origin in ["http://evil.example", "null", "http://127.0.0.1:8080"] {
+        let refused = submit(Some(origin)).await;
+        assert_eq!(refused.status, 403, "{origin}: {}", refused.body);
+        assert_eq!(refused.json()["error"]["code"], "cross_origin", "{}", refused.body);
+        assert_eq!(refused.json()["error"]["field"], "Origin", "{}", refused.body);
+        assert!(refused.header("access-control-allow-origin").is_none());
+    }
+    let queue = crate::v1_support::call(&app, "GET", "/v1/queues/q", None, &[("Origin", "http://evil.example")]).await;
+    assert_eq!(queue.status, 404, "nothing was submitted: {}", queue.body);
+    assert!(queue.header("access-control-allow-origin").is_none());
+    // The same origin (the dashboard) and no origin (curl, clients) are served.
+    assert_eq!(submit(Some("http://127.0.0.1:2379")).await.status, 202);
+    assert_eq!(submit(None).await.status, 202);
+    // etcd's API keeps etcd's CORS.
+    let key = send(&app, "GET", "/v2/keys/", None).await;
+    assert_eq!(key.header("access-control-allow-origin"), Some("*"));
+}
