@@ -118,6 +118,10 @@ async fn counts_and_sizes_over_their_limits_are_refused() {
     assert_refused(&app, "POST", "/v1/jobs/1/fail", &big_error, 413, "too_large", Some("error")).await;
     let many = format!(r#"{{"jobs": [{}]}}"#, vec!["{}"; 1001].join(","));
     assert_refused(&app, "POST", "/v1/queues/q/jobs", &many, 413, "too_large", Some("jobs")).await;
+    // More payload than one Raft entry holds (13 × 250 KiB): refused naming the batch.
+    let one = format!(r#"{{"payload": "{}"}}"#, "x".repeat(250 * 1024));
+    let heavy = format!(r#"{{"jobs": [{}]}}"#, vec![one.as_str(); 13].join(","));
+    assert_refused(&app, "POST", "/v1/queues/q/jobs", &heavy, 413, "too_large", Some("jobs")).await;
     let huge = " ".repeat(rota_server::v1::limits::BODY_BYTES_MAX + 1);
     assert_refused(&app, "POST", "/v1/queues/q/jobs", &huge, 413, "too_large", None).await;
 }
