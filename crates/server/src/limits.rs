@@ -47,8 +47,11 @@ pub const WATCHERS_MAX: usize = 2048;
 
 /// A client must send a request's whole header section within this time, or the
 /// connection is closed (slowloris). It also bounds how long an idle keep-alive
-/// connection is kept.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// connection is kept (hyper starts the timer when it waits for the next request), so it is
+/// longer than a client keeps one idle (Go's 90 s) or waits between heartbeats: with 10 s,
+/// a client refreshing a TTL every 10 s could send its request just as the connection was
+/// closed, and see the write fail (etcd closes idle connections never).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A client must send a request's whole body within this time: 408.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
