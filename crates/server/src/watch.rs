@@ -6,7 +6,6 @@
 //! moved past what it already scanned. Everything a watch holds lives in its body stream, so
 //! a client that disconnects drops the stream and, with it, the [`WatcherGuard`].
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -140,10 +139,18 @@ impl<B: Backend> App<B> {
     }
 }
 
-/// The next chunk of a watch body, or `None` to end it.
+/// What ends a watch when its member stops serving (shutdown, removal, a lost data dir): the
+/// connection is cut without the body's last chunk, as etcd's is. Clients take that for a
+/// failed connection and watch again at another member (python-etcd's `allow_reconnect`,
+/// `EtcdConnectionFailed`); a complete empty body would read as a bad answer instead.
+fn cut_off() -> std::io::Error {
+    std::io::Error::other("the member stopped serving; the watch is cut off")
+}
+
+/// The next chunk of a watch body, an error to cut the connection off, or `None` to end it.
 async fn next_event<B: Backend>(
     mut watch: WatchState<B>,
-) -> Option<(Result<Bytes, Infallible>, WatchState<B>)> {
+) -> Option<(Result<Bytes, std::io::Error>, WatchState<B>)> {
     if watch.done {
         return None;
     }
@@ -172,13 +179,18 @@ async fn next_event<B: Backend>(
                     tokio::select! {
                         changed = watch.applied.changed() => {
                             if changed.is_err() {
-                                return None; // the node is gone
+                                // The node is gone.
+                                watch.done = true;
+                                return Some((Err(cut_off()), watch));
                             }
                             if watch.applied.borrow_and_update().etcd_index > index {
                                 break;
                             }
                         }
-                        () = async { let _ = watch.shutdown.wait_for(|stopping| *stopping).await; } => return None,
+                        () = async { let _ = watch.shutdown.wait_for(|stopping| *stopping).await; } => {
+                            watch.done = true;
+                            return Some((Err(cut_off()), watch));
+                        }
                     }
                 }
             }

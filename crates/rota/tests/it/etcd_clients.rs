@@ -11,6 +11,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::harness::{start_pair, Kind, Server};
@@ -456,4 +457,69 @@ fn python_etcd_library_rides_out_a_leader_kill() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(seen, ["before one", "ready", "after two"]);
+}
+
+/// python-etcd watches at a member that is then stopped (SIGTERM, as in a rolling restart):
+/// the member cuts the watch's connection off, as etcd does, so the library takes it for a
+/// failed connection, moves to another member and gets the next write from there. (A watch
+/// ended with a complete, empty answer instead raised "Server response was not valid JSON".)
+#[test]
+fn python_etcd_watch_moves_to_another_member_when_its_member_stops() {
+    let python = python_with_python_etcd();
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/python_etcd_watch_failover.py");
+    let cluster = Cluster::start(ClusterConfig::new(3, "python-watch"));
+    cluster.wait_leader(Duration::from_secs(10)).expect("a leader");
+    let endpoints: Vec<String> = cluster.nodes.iter().map(|node| node.client_url()).collect();
+    let mut child = Command::new("timeout")
+        .arg(COMMAND_TIMEOUT_S)
+        .arg(&python)
+        .arg(&script)
+        .arg(endpoints.join(","))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start python");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut ready = String::new();
+    stdout.read_line(&mut ready).expect("read");
+    assert!(ready.starts_with("ready "), "{ready:?}\n{}", cluster.logs(20));
+    // The watch is open at the first member (python-etcd's first host) before it stops.
+    let first = cluster.nodes[0].client_addr();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = http::send_with_timeout(first, &Request::new("GET", "/v2/stats/store"), Duration::from_secs(5))
+            .expect("stats");
+        if stats.json()["watchers"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no watch arrived at the first member: {}", stats.text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    crate::cluster::send_signal(cluster.nodes[0].pid().expect("pid"), 15);
+    // The write goes through another member (a moment without a leader is retried).
+    let other = cluster.nodes[1].client_addr();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let put = http::send_with_timeout(
+            other,
+            &Request::new("PUT", "/v2/keys/watchover/k").form("value=after"),
+            Duration::from_secs(10),
+        );
+        if put.as_ref().is_ok_and(|reply| reply.status() == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the write failed: {put:?}\n{}", cluster.logs(20));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("read");
+    let output = child.wait_with_output().expect("python output");
+    assert_eq!(
+        rest.trim_end(),
+        "watched set after",
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        cluster.logs(20)
+    );
 }

@@ -152,8 +152,25 @@ async fn shutdown_ends_open_watches() {
         axum::body::to_bytes(response.into_body(), usize::MAX),
     )
     .await
-    .expect("the watch body ends on shutdown")
-    .expect("body");
-    assert!(body.is_empty());
+    .expect("the watch body ends on shutdown");
+    assert!(body.is_err(), "cut off, not a complete empty answer: {body:?}");
     assert_eq!(app.watcher_count(), 0);
+}
+
+/// On the wire: the connection closes without the chunked body's last chunk, as etcd's
+/// does, so clients see a failed connection (and watch again elsewhere), not an empty 200.
+#[tokio::test]
+async fn shutdown_cuts_an_open_watch_connection_off_without_a_last_chunk() {
+    use tokio::io::AsyncReadExt;
+    let served = serve(app(), Default::default()).await;
+    let mut stream = open_watch(served.port, "/v2/keys/w?wait=true").await;
+    read_until(&mut stream, "\r\n\r\n", PATIENCE).await;
+    served.app.begin_shutdown();
+    let mut rest = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest))
+        .await
+        .expect("the connection closes on shutdown")
+        .expect("read");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(!rest.contains("0\r\n\r\n"), "the body was ended, not cut off: {rest:?}");
 }
