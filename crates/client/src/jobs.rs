@@ -276,6 +276,50 @@ pub struct QueueConfig {
     pub paused: Option<bool>,
 }
 
+/// The settings a `PATCH` changes ([`Client::patch_queue`]); the others keep their current
+/// values. Only the fields that are `Some` are sent; `concurrency: Some(None)` and
+/// `rate: Some(None)` send `null` (no concurrency limit, no rate).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct QueuePatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Option<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Option<RatePatch>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_ttl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<BackoffPatch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+}
+
+/// The parts of a rate to change, merged by the server into the queue's rate (a queue
+/// without one needs `limit` and `per`). Without `burst`, a new `limit` is also the burst.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RatePatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// A duration string (`"1s"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+}
+
+/// The parts of a backoff to change. A `base` over the current max raises the max with it
+/// unless `max` is given.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BackoffPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<String>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobCounts {
     #[serde(default)]
@@ -528,6 +572,19 @@ impl Client {
             reqwest::Method::PUT,
             format!("/v1/queues/{}", name_segment("queue", queue)?),
             Some(json_body(config)?),
+            &idempotency_key(),
+        );
+        self.send_v1(request).await?.parse()
+    }
+
+    /// `PATCH /v1/queues/{q}`: changes the settings `patch` gives and keeps the others, in
+    /// one step on the server (two patches of different settings never undo each other);
+    /// creates the queue from the defaults if it does not exist.
+    pub async fn patch_queue(&self, queue: &str, patch: &QueuePatch) -> Result<Queue, JobsError> {
+        let request = self.mutation(
+            reqwest::Method::PATCH,
+            format!("/v1/queues/{}", name_segment("queue", queue)?),
+            Some(json_body(patch)?),
             &idempotency_key(),
         );
         self.send_v1(request).await?.parse()
@@ -1116,6 +1173,27 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&QueueConfig::default()).expect("json"),
             r#"{"concurrency":null,"rate":null}"#
+        );
+    }
+
+    #[test]
+    fn queue_patch_sends_only_its_fields_and_null_for_no_limit() {
+        let patch = QueuePatch {
+            concurrency: Some(None),
+            rate: Some(Some(RatePatch {
+                burst: Some(2),
+                ..RatePatch::default()
+            })),
+            paused: Some(true),
+            ..QueuePatch::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&patch).expect("json"),
+            r#"{"concurrency":null,"rate":{"burst":2},"paused":true}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&QueuePatch::default()).expect("json"),
+            "{}"
         );
     }
 

@@ -817,6 +817,47 @@ pub(crate) mod codec {
             assert_eq!(read.to_entry_payload().expect("decode"), payload);
         }
 
+        /// bincode numbers enum variants by position, so entries already in a log decode
+        /// only while every variant keeps its place and shape: new commands go last.
+        #[test]
+        fn job_commands_keep_their_encoding_as_commands_are_added() {
+            use rota_core::jobs::{JobCommand, QueuePatch};
+            use rota_core::Command;
+            let cancel = Command::Jobs(JobCommand::Cancel { id: 7 });
+            assert_eq!(
+                bincode::serialize(&cancel).expect("encode"),
+                [2, 0, 0, 0, 8, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0],
+                "Command::Jobs is variant 2, JobCommand::Cancel variant 8"
+            );
+            let complete_and_lease = Command::Jobs(JobCommand::CompleteAndLease {
+                id: 1,
+                lease_token: 1,
+                result: None,
+                worker: "w".into(),
+                max: 1,
+                lease_ttl_ms: None,
+            });
+            let bytes = bincode::serialize(&complete_and_lease).expect("encode");
+            assert_eq!(bytes[..8], [2, 0, 0, 0, 11, 0, 0, 0]);
+            let patch = Command::Jobs(JobCommand::PatchQueue {
+                queue: "q".into(),
+                patch: QueuePatch {
+                    paused: Some(true),
+                    ..QueuePatch::default()
+                },
+            });
+            let bytes = bincode::serialize(&patch).expect("encode");
+            assert_eq!(
+                bytes[..8],
+                [2, 0, 0, 0, 12, 0, 0, 0],
+                "added after the others"
+            );
+            assert_eq!(
+                bincode::deserialize::<Command>(&bytes).expect("decode"),
+                patch
+            );
+        }
+
         #[test]
         fn corrupt_payload_length_is_invalid_data_not_a_short_read() {
             let payload = EntryPayload::<TypeConfig>::Blank;

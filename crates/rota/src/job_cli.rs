@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use rota_client::jobs::{
-    self, Backoff, Job, JobFilter, JobId, JobState, JobsError, NewJob, Queue, QueueConfig, Rate,
-    RawJson,
+    self, Backoff, BackoffPatch, Job, JobFilter, JobId, JobState, JobsError, NewJob, Queue,
+    QueueConfig, QueuePatch, Rate, RatePatch, RawJson,
 };
 use rota_client::Client;
 
@@ -187,7 +187,8 @@ pub struct JobSubmit {
     /// Run no earlier than this from now.
     #[arg(long, value_parser = parse_duration, conflicts_with = "run_at")]
     pub delay: Option<Duration>,
-    /// Run no earlier than this time (RFC 3339, e.g. 2026-01-02T03:04:05Z).
+    /// Run no earlier than this time: RFC 3339 with Z or an offset (2026-01-02T03:04:05Z,
+    /// 2026-01-02T05:04:05+02:00); a time without one is refused.
     #[arg(long)]
     pub run_at: Option<String>,
     /// Attempts for this job (default: the queue's).
@@ -292,84 +293,106 @@ pub async fn run_queue(args: QueueArgs) -> ExitCode {
     }
 }
 
-/// Reads the current settings (unless `--reset` or the queue is new), changes the ones
-/// given and writes the whole configuration back (`PUT` replaces it). Two `queue set` at
-/// the same moment can lose one's change: this is an operator's command, not a CAS.
+/// Changes the settings given and keeps the others: one `PATCH`, merged by the server
+/// against the queue's settings when it applies, so two `queue set` of different settings
+/// at the same moment both take effect. `--reset` replaces the whole configuration with the
+/// defaults plus the settings given (`PUT`).
 async fn queue_set(client: &Client, set: QueueSet) -> Result<Queue, JobsError> {
-    let mut config = if set.reset {
-        QueueConfig::default()
-    } else {
-        match client.get_queue(&set.queue).await {
-            Ok(queue) => queue.config,
-            Err(error) if error.code() == Some("not_found") => QueueConfig::default(),
-            Err(error) => return Err(error),
+    let burst_needs_rate = || JobsError::Client("--burst needs a rate: give --rate too".into());
+    if set.burst.is_some() && set.rate.is_none() && (set.no_rate || set.reset) {
+        return Err(burst_needs_rate());
+    }
+    let patch = queue_patch(&set);
+    if set.reset {
+        return client.put_queue(&set.queue, &reset_config(patch)).await;
+    }
+    match client.patch_queue(&set.queue, &patch).await {
+        // `--burst` alone changes the queue's rate, and this queue has none.
+        Err(JobsError::Api(error))
+            if set.burst.is_some()
+                && set.rate.is_none()
+                && error.field.as_deref() == Some("rate.limit") =>
+        {
+            Err(burst_needs_rate())
         }
+        other => other,
+    }
+}
+
+/// The settings given on the command line, as a patch.
+fn queue_patch(set: &QueueSet) -> QueuePatch {
+    let concurrency = match (set.unlimited, set.concurrency) {
+        (true, _) => Some(None),
+        (false, Some(concurrency)) => Some(Some(concurrency)),
+        (false, None) => None,
     };
-    if set.unlimited {
-        config.concurrency = None;
-    }
-    if let Some(concurrency) = set.concurrency {
-        config.concurrency = Some(concurrency);
-    }
-    if set.no_rate {
-        config.rate = None;
-    }
-    if let Some((limit, per)) = set.rate {
-        let burst = set.burst.unwrap_or(limit);
-        config.rate = Some(Rate {
-            limit,
-            per: jobs::duration_text(per),
+    let rate = match (set.no_rate, set.rate, set.burst) {
+        (true, _, _) => Some(None),
+        // Without --burst the server makes the burst the new limit.
+        (false, Some((limit, per)), burst) => Some(Some(RatePatch {
+            limit: Some(limit),
+            per: Some(jobs::duration_text(per)),
             burst,
-        });
-    } else if let Some(burst) = set.burst {
-        match config.rate.as_mut() {
-            Some(rate) => rate.burst = burst,
-            None => {
-                return Err(JobsError::Client(
-                    "--burst needs a rate: give --rate too".into(),
-                ))
+        })),
+        (false, None, Some(burst)) => Some(Some(RatePatch {
+            burst: Some(burst),
+            ..RatePatch::default()
+        })),
+        (false, None, None) => None,
+    };
+    let backoff = (set.backoff_base.is_some() || set.backoff_max.is_some()).then(|| BackoffPatch {
+        base: set.backoff_base.map(jobs::duration_text),
+        max: set.backoff_max.map(jobs::duration_text),
+    });
+    let paused = match (set.paused, set.resume) {
+        (true, _) => Some(true),
+        (false, true) => Some(false),
+        (false, false) => None,
+    };
+    QueuePatch {
+        concurrency,
+        rate,
+        lease_ttl: set.lease_ttl.map(jobs::duration_text),
+        max_attempts: set.max_attempts,
+        backoff,
+        retention: set.retention.map(jobs::duration_text),
+        paused,
+    }
+}
+
+/// `--reset`: the defaults with `patch` applied (a `--burst` without `--rate` was refused
+/// before). A backoff base over the default max raises the max to it, as the server does.
+fn reset_config(patch: QueuePatch) -> QueueConfig {
+    let rate = patch.rate.flatten().and_then(|rate| {
+        let limit = rate.limit?;
+        Some(Rate {
+            limit,
+            per: rate.per?,
+            burst: rate.burst.unwrap_or(limit),
+        })
+    });
+    let backoff = patch.backoff.map(|backoff| {
+        let base = backoff.base.unwrap_or_else(|| "1s".into());
+        let max = backoff.max.unwrap_or_else(|| {
+            let over_default =
+                humantime::parse_duration(&base).is_ok_and(|base| base > Duration::from_secs(3600));
+            if over_default {
+                base.clone()
+            } else {
+                "1h".into()
             }
-        }
-    }
-    if let Some(lease_ttl) = set.lease_ttl {
-        config.lease_ttl = Some(jobs::duration_text(lease_ttl));
-    }
-    if let Some(max_attempts) = set.max_attempts {
-        config.max_attempts = Some(max_attempts);
-    }
-    if set.backoff_base.is_some() || set.backoff_max.is_some() {
-        let current = config.backoff.take().unwrap_or(Backoff {
-            base: "1s".into(),
-            max: "1h".into(),
         });
-        config.backoff = Some(Backoff {
-            base: set
-                .backoff_base
-                .map(jobs::duration_text)
-                .unwrap_or(current.base),
-            max: match (set.backoff_max, set.backoff_base) {
-                (Some(max), _) => jobs::duration_text(max),
-                // A base above the current max raises the max to it, as the API does for
-                // a new queue (the max was only ever the default).
-                (None, Some(base))
-                    if humantime::parse_duration(&current.max).is_ok_and(|max| base > max) =>
-                {
-                    jobs::duration_text(base)
-                }
-                (None, _) => current.max,
-            },
-        });
+        Backoff { base, max }
+    });
+    QueueConfig {
+        concurrency: patch.concurrency.flatten(),
+        rate,
+        lease_ttl: patch.lease_ttl,
+        max_attempts: patch.max_attempts,
+        backoff,
+        retention: patch.retention,
+        paused: patch.paused,
     }
-    if let Some(retention) = set.retention {
-        config.retention = Some(jobs::duration_text(retention));
-    }
-    if set.paused {
-        config.paused = Some(true);
-    }
-    if set.resume {
-        config.paused = Some(false);
-    }
-    client.put_queue(&set.queue, &config).await
 }
 
 pub async fn run_job(args: JobArgs) -> ExitCode {
@@ -429,6 +452,11 @@ async fn job_submit(
     submit: JobSubmit,
     output: Output,
 ) -> Result<ExitCode, JobsError> {
+    // The server refuses the same text; refusing here says it in the flag's own words.
+    if let Some(run_at) = &submit.run_at {
+        rota_core::jobs::parse_rfc3339_ms(run_at)
+            .map_err(|error| JobsError::Client(format!("--run-at {run_at:?}: {error}")))?;
+    }
     let payload = read_payload(&submit).map_err(JobsError::Client)?;
     let job = NewJob {
         payload,

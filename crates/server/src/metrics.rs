@@ -228,6 +228,7 @@ impl Metrics {
             axum::http::Method::GET => "GET",
             axum::http::Method::HEAD => "HEAD",
             axum::http::Method::PUT => "PUT",
+            axum::http::Method::PATCH => "PATCH",
             axum::http::Method::POST => "POST",
             axum::http::Method::DELETE => "DELETE",
             axum::http::Method::OPTIONS => "OPTIONS",

@@ -27,6 +27,7 @@ mod job;
 pub mod limits;
 mod queue;
 mod rate;
+mod time;
 
 #[cfg(test)]
 mod proptests;
@@ -41,7 +42,11 @@ use serde::{Deserialize, Serialize};
 
 pub use error::JobError;
 pub use job::{AttemptError, Job, JobId, JobState, LeaseInfo, NewJob};
-pub use queue::{check_name, format_duration_ms, Backoff, JobCounts, QueueConfig, QueueInfo, RateLimit};
+pub use queue::{
+    check_name, format_duration_ms, Backoff, JobCounts, Nullable, QueueConfig, QueueInfo, QueuePatch, RateLimit,
+    RatePatch,
+};
+pub use time::{parse_rfc3339_ms, RFC3339_EXPECTED};
 
 use job::{Lease, StoredJob};
 use limits::*;
@@ -90,11 +95,19 @@ pub enum JobCommand {
         max: u32,
         lease_ttl_ms: Option<u64>,
     },
+    /// `PATCH /v1/queues/{q}`: changes the settings the patch gives and keeps the others,
+    /// merged here against the configuration current when the entry applies (so a patch
+    /// never undoes a change it did not see); creates the queue from the defaults if it
+    /// does not exist, as `PutQueue` and `Submit` do.
+    ///
+    /// Added after the others: commands are stored in the Raft log as bincode, which
+    /// numbers variants by position, so new variants go last and old ones never change.
+    PatchQueue { queue: String, patch: QueuePatch },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum JobResponse {
-    /// The queue after `PutQueue`.
+    /// The queue after `PutQueue` or `PatchQueue`.
     Queue(QueueInfo),
     QueueDeleted {
         queue: String,
@@ -252,6 +265,7 @@ impl Jobs {
                     _ => unreachable!("lease answers leased jobs"),
                 }
             }
+            JobCommand::PatchQueue { queue, patch } => self.patch_queue(now_ms, queue, patch),
         }
     }
 
@@ -385,6 +399,15 @@ impl Jobs {
             }
         };
         Ok(JobResponse::Queue(self.queues[&queue_id].info(now_ms)))
+    }
+
+    fn patch_queue(&mut self, now_ms: u64, name: &str, patch: &QueuePatch) -> Result<JobResponse, JobError> {
+        check_name("queue", name)?;
+        let config = match self.queue_ids.get(name) {
+            Some(queue_id) => patch.apply_to(&self.queues[queue_id].config)?,
+            None => patch.apply_to(&QueueConfig::default())?,
+        };
+        self.put_queue(now_ms, name, &config)
     }
 
     fn delete_queue(&mut self, name: &str, force: bool) -> Result<JobResponse, JobError> {

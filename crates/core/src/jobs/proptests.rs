@@ -47,6 +47,7 @@ enum Op {
     Retry { job: usize },
     Advance { ms: u64 },
     PutQueue { queue: usize, config: QueueConfig },
+    PatchQueue { queue: usize, patch: QueuePatch },
     DeleteQueue { queue: usize, force: bool },
 }
 
@@ -71,6 +72,48 @@ fn config_strategy() -> impl Strategy<Value = QueueConfig> {
                 paused,
             }
         })
+}
+
+/// `None` (left out), `null`, or the value.
+fn nullable<T>(null: Option<bool>, value: T) -> Option<Nullable<T>> {
+    null.map(|null| if null { Nullable::Null } else { Nullable::Value(value) })
+}
+
+/// Values in range, as the server sends them; a rate without a limit or a period (for a
+/// queue without a rate) or a backoff max under the base are refused by the state.
+fn patch_strategy() -> impl Strategy<Value = QueuePatch> {
+    let null_or_value = || proptest::option::weighted(0.3, proptest::bool::weighted(0.3));
+    (
+        (null_or_value(), 1u32..4),
+        (null_or_value(), proptest::option::of(1u64..4), proptest::option::of(1u64..60), proptest::option::of(1u64..4)),
+        proptest::option::weighted(0.2, 5u64..80),
+        proptest::option::weighted(0.2, 1u32..5),
+        (proptest::option::weighted(0.2, 0u64..30), proptest::option::weighted(0.2, 0u64..60)),
+        proptest::option::weighted(0.2, 0u64..200),
+        proptest::option::weighted(0.4, proptest::bool::ANY),
+    )
+        .prop_map(
+            |(
+                (concurrency_null, concurrency),
+                (rate_null, limit, per_ms, burst),
+                lease_ttl_ms,
+                max_attempts,
+                (base_ms, max_ms),
+                retention_ms,
+                paused,
+            )| {
+                QueuePatch {
+                    concurrency: nullable(concurrency_null, concurrency),
+                    rate: nullable(rate_null, RatePatch { limit, per_ms, burst }),
+                    lease_ttl_ms,
+                    max_attempts,
+                    backoff_base_ms: base_ms,
+                    backoff_max_ms: max_ms,
+                    retention_ms,
+                    paused,
+                }
+            },
+        )
 }
 
 fn token_strategy() -> impl Strategy<Value = TokenPick> {
@@ -101,6 +144,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => job.prop_map(|job| Op::Retry { job }),
         8 => prop_oneof![0u64..10, 0u64..100].prop_map(|ms| Op::Advance { ms }),
         1 => (queue.clone(), config_strategy()).prop_map(|(queue, config)| Op::PutQueue { queue, config }),
+        1 => (queue.clone(), patch_strategy()).prop_map(|(queue, patch)| Op::PatchQueue { queue, patch }),
         1 => (queue, proptest::bool::weighted(0.5)).prop_map(|(queue, force)| Op::DeleteQueue { queue, force }),
     ]
 }
@@ -148,6 +192,47 @@ struct Model {
 }
 
 type ModelResult = Result<Vec<JobId>, &'static str>;
+
+/// A patch the obvious way: each field given replaces the current one; a rate is merged
+/// (its burst following a new limit); a backoff base over the max raises the max.
+fn model_patch(current: &QueueConfig, patch: &QueuePatch) -> Result<QueueConfig, &'static str> {
+    let mut config = current.clone();
+    match patch.concurrency {
+        Some(Nullable::Null) => config.concurrency = None,
+        Some(Nullable::Value(concurrency)) => config.concurrency = Some(concurrency),
+        None => {}
+    }
+    match &patch.rate {
+        Some(Nullable::Null) => config.rate = None,
+        Some(Nullable::Value(change)) => {
+            let old = current.rate.clone();
+            let limit = change.limit.or(old.as_ref().map(|rate| rate.limit)).ok_or(JobError::INVALID)?;
+            let per_ms = change.per_ms.or(old.as_ref().map(|rate| rate.per_ms)).ok_or(JobError::INVALID)?;
+            let burst = match (change.burst, change.limit, old) {
+                (Some(burst), _, _) => burst,
+                (None, Some(limit), _) => limit,
+                (None, None, old) => old.expect("limit came from it").burst,
+            };
+            config.rate = Some(RateLimit { limit, per_ms, burst });
+        }
+        None => {}
+    }
+    config.lease_ttl_ms = patch.lease_ttl_ms.unwrap_or(config.lease_ttl_ms);
+    config.max_attempts = patch.max_attempts.unwrap_or(config.max_attempts);
+    match (patch.backoff_base_ms, patch.backoff_max_ms) {
+        (Some(base_ms), None) => config.backoff = Backoff { base_ms, max_ms: config.backoff.max_ms.max(base_ms) },
+        (base_ms, Some(max_ms)) => {
+            config.backoff = Backoff { base_ms: base_ms.unwrap_or(config.backoff.base_ms), max_ms }
+        }
+        (None, None) => {}
+    }
+    if config.backoff.max_ms < config.backoff.base_ms {
+        return Err(JobError::INVALID);
+    }
+    config.retention_ms = patch.retention_ms.unwrap_or(config.retention_ms);
+    config.paused = patch.paused.unwrap_or(config.paused);
+    Ok(config)
+}
 
 fn bucket_level(bucket: (u64, u64), rate: &RateLimit, now_ms: u64) -> u64 {
     let (units, updated_ms) = bucket;
@@ -260,6 +345,11 @@ impl Model {
                 };
                 self.queues.insert(queue.clone(), ModelQueue { config: config.clone(), bucket });
                 Ok(vec![])
+            }
+            JobCommand::PatchQueue { queue, patch } => {
+                let current = self.queues.get(queue).map_or_else(QueueConfig::default, |queue| queue.config.clone());
+                let config = model_patch(&current, patch)?;
+                self.apply_now(now_ms, &JobCommand::PutQueue { queue: queue.clone(), config })
             }
             JobCommand::DeleteQueue { queue, force } => {
                 if !self.queues.contains_key(queue) {
@@ -527,6 +617,9 @@ fn to_command(op: &Op, history: &History, jobs: &Jobs) -> Option<JobCommand> {
         Op::Retry { job } => JobCommand::Retry { id: pick_job(history, *job) },
         Op::Advance { .. } => return None,
         Op::PutQueue { queue, config } => JobCommand::PutQueue { queue: QUEUES[*queue].into(), config: config.clone() },
+        Op::PatchQueue { queue, patch } => {
+            JobCommand::PatchQueue { queue: QUEUES[*queue].into(), patch: patch.clone() }
+        }
         Op::DeleteQueue { queue, force } => JobCommand::DeleteQueue { queue: QUEUES[*queue].into(), force: *force },
     };
     Some(command)
@@ -637,11 +730,14 @@ fn run_history(configs: Vec<QueueConfig>, ops: Vec<Op>) -> Result<(), TestCaseEr
                 }
             }
         }
-        if let Some(JobCommand::PutQueue { queue, config }) = &command {
+        if let (Some(JobCommand::PutQueue { queue, .. } | JobCommand::PatchQueue { queue, .. }), Some(Ok(_))) =
+            (&command, &result)
+        {
             // A new configuration starts new windows; a lowered concurrency may leave a surplus.
             history.lease_times_ms.remove(queue);
-            let leased = jobs.queue(queue, now_ms).unwrap().counts.leased;
-            history.surplus_allowed.insert(queue.clone(), config.concurrency.is_some_and(|c| leased > u64::from(c)));
+            let info = jobs.queue(queue, now_ms).unwrap();
+            let surplus = info.config.concurrency.is_some_and(|c| info.counts.leased > u64::from(c));
+            history.surplus_allowed.insert(queue.clone(), surplus);
         }
         if let (Some(JobCommand::Retry { id }), Some(Ok(_))) = (&command, &result) {
             history.terminal_entries.entry(*id).or_default().1 += 1;

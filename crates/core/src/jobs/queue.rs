@@ -104,6 +104,133 @@ impl QueueConfig {
     }
 }
 
+/// A patch's value for a setting that JSON `null` turns off (`concurrency`, `rate`): an
+/// enum rather than `Option<Option<T>>`, whose JSON form (the idempotency fingerprint)
+/// would not tell "off" from "left out".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Nullable<T> {
+    /// `null`: no limit.
+    Null,
+    Value(T),
+}
+
+/// `PATCH /v1/queues/{q}`: the settings to change; `None` keeps the current value. Applied
+/// to the queue's configuration by the state machine ([`QueuePatch::apply_to`]), so two
+/// patches of different settings never undo each other.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuePatch {
+    pub concurrency: Option<Nullable<u32>>,
+    pub rate: Option<Nullable<RatePatch>>,
+    pub lease_ttl_ms: Option<u64>,
+    pub max_attempts: Option<u32>,
+    pub backoff_base_ms: Option<u64>,
+    pub backoff_max_ms: Option<u64>,
+    pub retention_ms: Option<u64>,
+    pub paused: Option<bool>,
+}
+
+/// The parts of a rate a patch changes, merged into the queue's rate (a queue without one
+/// needs `limit` and `per_ms`). `burst` left out follows a new `limit`, as a rate given
+/// whole takes `burst` = `limit`, and is kept otherwise.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RatePatch {
+    pub limit: Option<u64>,
+    pub per_ms: Option<u64>,
+    pub burst: Option<u64>,
+}
+
+impl QueuePatch {
+    /// Checks each value given on its own (what can be told without the queue's current
+    /// configuration); [`QueuePatch::apply_to`] checks the result as a whole.
+    pub fn validate(&self) -> Result<(), JobError> {
+        if let Some(Nullable::Value(concurrency)) = self.concurrency {
+            check_range("concurrency", u64::from(concurrency), 1, u64::from(CONCURRENCY_MAX))?;
+        }
+        if let Some(Nullable::Value(rate)) = &self.rate {
+            if let Some(limit) = rate.limit {
+                check_range("rate.limit", limit, 1, RATE_LIMIT_MAX)?;
+            }
+            if let Some(per_ms) = rate.per_ms {
+                check_range_ms("rate.per", per_ms, 1, RATE_PER_MS_MAX)?;
+            }
+            if let Some(burst) = rate.burst {
+                check_range("rate.burst", burst, 1, RATE_BURST_MAX)?;
+            }
+        }
+        if let Some(lease_ttl_ms) = self.lease_ttl_ms {
+            check_lease_ttl("lease_ttl", lease_ttl_ms)?;
+        }
+        if let Some(max_attempts) = self.max_attempts {
+            check_max_attempts("max_attempts", max_attempts)?;
+        }
+        if let Some(base_ms) = self.backoff_base_ms {
+            check_range_ms("backoff.base", base_ms, 0, BACKOFF_MS_MAX)?;
+        }
+        if let Some(max_ms) = self.backoff_max_ms {
+            check_range_ms("backoff.max", max_ms, self.backoff_base_ms.unwrap_or(0), BACKOFF_MS_MAX)?;
+        }
+        if let Some(retention_ms) = self.retention_ms {
+            check_range_ms("retention", retention_ms, 0, RETENTION_MS_MAX)?;
+        }
+        Ok(())
+    }
+
+    /// `current` with the changes made, validated. A backoff `base` given without a `max`
+    /// raises the current max to it when it was lower, as a `PUT` raises the default max.
+    pub fn apply_to(&self, current: &QueueConfig) -> Result<QueueConfig, JobError> {
+        self.validate()?;
+        let mut config = current.clone();
+        match self.concurrency {
+            None => {}
+            Some(Nullable::Null) => config.concurrency = None,
+            Some(Nullable::Value(concurrency)) => config.concurrency = Some(concurrency),
+        }
+        match &self.rate {
+            None => {}
+            Some(Nullable::Null) => config.rate = None,
+            Some(Nullable::Value(change)) => config.rate = Some(change.apply_to(current.rate.as_ref())?),
+        }
+        if let Some(lease_ttl_ms) = self.lease_ttl_ms {
+            config.lease_ttl_ms = lease_ttl_ms;
+        }
+        if let Some(max_attempts) = self.max_attempts {
+            config.max_attempts = max_attempts;
+        }
+        if let Some(base_ms) = self.backoff_base_ms {
+            config.backoff.base_ms = base_ms;
+            if self.backoff_max_ms.is_none() {
+                config.backoff.max_ms = config.backoff.max_ms.max(base_ms);
+            }
+        }
+        if let Some(max_ms) = self.backoff_max_ms {
+            config.backoff.max_ms = max_ms;
+        }
+        if let Some(retention_ms) = self.retention_ms {
+            config.retention_ms = retention_ms;
+        }
+        if let Some(paused) = self.paused {
+            config.paused = paused;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl RatePatch {
+    fn apply_to(&self, current: Option<&RateLimit>) -> Result<RateLimit, JobError> {
+        let missing = |field: &str| {
+            JobError::invalid(
+                field,
+                format!("{field} is needed: the queue has no rate to change, so give rate.limit and rate.per"),
+            )
+        };
+        let limit = self.limit.or(current.map(|rate| rate.limit)).ok_or_else(|| missing("rate.limit"))?;
+        let per_ms = self.per_ms.or(current.map(|rate| rate.per_ms)).ok_or_else(|| missing("rate.per"))?;
+        let burst = self.burst.or(self.limit).or(current.map(|rate| rate.burst)).unwrap_or(limit);
+        Ok(RateLimit { limit, per_ms, burst })
+    }
+}
+
 pub(crate) fn check_range(field: &str, value: u64, min: u64, max: u64) -> Result<(), JobError> {
     if value < min || value > max {
         return Err(JobError::invalid(field, format!("{field} must be between {min} and {max}, got {value}")));

@@ -162,6 +162,168 @@ fn put_queue_rejects_each_invalid_field_and_changes_nothing() {
     }
 }
 
+fn patch_queue(jobs: &mut Jobs, now_ms: u64, queue: &str, patch: QueuePatch) -> Result<QueueConfig, JobError> {
+    match jobs.apply(now_ms, &JobCommand::PatchQueue { queue: queue.into(), patch })? {
+        JobResponse::Queue(info) => Ok(info.config),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Every setting away from its default.
+fn configured() -> QueueConfig {
+    QueueConfig {
+        concurrency: Some(2),
+        rate: Some(RateLimit { limit: 5, per_ms: 1_000, burst: 3 }),
+        lease_ttl_ms: 45_000,
+        max_attempts: 3,
+        backoff: Backoff { base_ms: 2_000, max_ms: 600_000 },
+        retention_ms: 86_400_000,
+        paused: false,
+    }
+}
+
+#[test]
+fn patch_queue_changes_the_settings_given_and_keeps_the_others() {
+    let mut jobs = with_queue(configured());
+    let paused = patch_queue(&mut jobs, 0, Q, QueuePatch { paused: Some(true), ..QueuePatch::default() }).unwrap();
+    assert_eq!(paused, QueueConfig { paused: true, ..configured() });
+    let resumed = patch_queue(&mut jobs, 0, Q, QueuePatch { paused: Some(false), ..QueuePatch::default() }).unwrap();
+    assert_eq!(resumed, configured(), "pausing and resuming keep the limits");
+    let patch = QueuePatch {
+        concurrency: Some(Nullable::Value(9)),
+        lease_ttl_ms: Some(1_000),
+        max_attempts: Some(7),
+        retention_ms: Some(0),
+        ..QueuePatch::default()
+    };
+    let changed = patch_queue(&mut jobs, 0, Q, patch).unwrap();
+    let expected =
+        QueueConfig { concurrency: Some(9), lease_ttl_ms: 1_000, max_attempts: 7, retention_ms: 0, ..configured() };
+    assert_eq!(changed, expected);
+    assert_eq!(
+        patch_queue(&mut jobs, 0, Q, QueuePatch::default()).unwrap(),
+        expected,
+        "an empty patch changes nothing"
+    );
+    assert_eq!(jobs.queue(Q, 0).unwrap().config, expected);
+}
+
+#[test]
+fn patch_queue_null_removes_the_concurrency_limit_and_the_rate() {
+    let mut jobs = with_queue(configured());
+    let patch = QueuePatch { concurrency: Some(Nullable::Null), rate: Some(Nullable::Null), ..QueuePatch::default() };
+    let config = patch_queue(&mut jobs, 0, Q, patch).unwrap();
+    assert_eq!(config, QueueConfig { concurrency: None, rate: None, ..configured() });
+    assert_eq!(jobs.queue(Q, 0).unwrap().rate_tokens, None);
+}
+
+#[test]
+fn patch_queue_merges_the_rate_and_a_new_limit_brings_its_burst() {
+    let mut jobs = with_queue(configured());
+    let rate = |jobs: &mut Jobs, change: RatePatch| {
+        patch_queue(jobs, 0, Q, QueuePatch { rate: Some(Nullable::Value(change)), ..QueuePatch::default() })
+            .map(|config| config.rate.expect("a rate"))
+    };
+    let per = rate(&mut jobs, RatePatch { per_ms: Some(2_000), ..RatePatch::default() }).unwrap();
+    assert_eq!(per, RateLimit { limit: 5, per_ms: 2_000, burst: 3 });
+    let burst = rate(&mut jobs, RatePatch { burst: Some(1), ..RatePatch::default() }).unwrap();
+    assert_eq!(burst, RateLimit { limit: 5, per_ms: 2_000, burst: 1 });
+    let limit = rate(&mut jobs, RatePatch { limit: Some(8), ..RatePatch::default() }).unwrap();
+    assert_eq!(limit, RateLimit { limit: 8, per_ms: 2_000, burst: 8 }, "burst follows a new limit unless given");
+    let both = rate(&mut jobs, RatePatch { limit: Some(4), burst: Some(2), ..RatePatch::default() }).unwrap();
+    assert_eq!(both, RateLimit { limit: 4, per_ms: 2_000, burst: 2 });
+}
+
+#[test]
+fn patch_queue_rate_of_a_queue_without_one_needs_limit_and_per() {
+    let mut jobs = with_queue(config());
+    let rate = |change: RatePatch| JobCommand::PatchQueue {
+        queue: Q.into(),
+        patch: QueuePatch { rate: Some(Nullable::Value(change)), paused: Some(true), ..QueuePatch::default() },
+    };
+    for (change, field) in [
+        (RatePatch { burst: Some(2), ..RatePatch::default() }, "rate.limit"),
+        (RatePatch { per_ms: Some(1_000), ..RatePatch::default() }, "rate.limit"),
+        (RatePatch { limit: Some(2), ..RatePatch::default() }, "rate.per"),
+    ] {
+        let before = jobs.clone();
+        assert_error(jobs.apply(0, &rate(change)), JobError::INVALID, Some(field));
+        assert_eq!(jobs, before);
+    }
+    let whole = RatePatch { limit: Some(2), per_ms: Some(1_000), burst: None };
+    let config =
+        patch_queue(&mut jobs, 0, Q, QueuePatch { rate: Some(Nullable::Value(whole)), ..QueuePatch::default() });
+    assert_eq!(config.unwrap().rate, Some(RateLimit { limit: 2, per_ms: 1_000, burst: 2 }));
+    assert_eq!(jobs.queue(Q, 0).unwrap().rate_tokens, Some(2), "a new rate starts full");
+}
+
+#[test]
+fn patch_queue_backoff_base_over_the_max_raises_the_max() {
+    let mut jobs = with_queue(configured());
+    let backoff = |jobs: &mut Jobs, base_ms, max_ms| {
+        patch_queue(
+            jobs,
+            0,
+            Q,
+            QueuePatch { backoff_base_ms: base_ms, backoff_max_ms: max_ms, ..QueuePatch::default() },
+        )
+        .map(|config| config.backoff)
+    };
+    assert_eq!(backoff(&mut jobs, None, Some(3_600_000)), Ok(Backoff { base_ms: 2_000, max_ms: 3_600_000 }));
+    assert_eq!(backoff(&mut jobs, Some(5_000), None), Ok(Backoff { base_ms: 5_000, max_ms: 3_600_000 }));
+    assert_eq!(backoff(&mut jobs, Some(7_200_000), None), Ok(Backoff { base_ms: 7_200_000, max_ms: 7_200_000 }));
+    let before = jobs.clone();
+    assert_error(backoff(&mut jobs, None, Some(1_000)), JobError::INVALID, Some("backoff.max"));
+    assert_error(backoff(&mut jobs, Some(2_000), Some(1_000)), JobError::INVALID, Some("backoff.max"));
+    assert_eq!(jobs, before);
+}
+
+#[test]
+fn patch_queue_rejects_each_invalid_value_and_changes_nothing() {
+    let patch = QueuePatch::default;
+    let rate = |limit, per_ms, burst| Some(Nullable::Value(RatePatch { limit, per_ms, burst }));
+    let cases: Vec<(QueuePatch, &str)> = vec![
+        (QueuePatch { concurrency: Some(Nullable::Value(0)), ..patch() }, "concurrency"),
+        (QueuePatch { concurrency: Some(Nullable::Value(limits::CONCURRENCY_MAX + 1)), ..patch() }, "concurrency"),
+        (QueuePatch { rate: rate(Some(0), None, None), ..patch() }, "rate.limit"),
+        (QueuePatch { rate: rate(None, Some(0), None), ..patch() }, "rate.per"),
+        (QueuePatch { rate: rate(None, None, Some(0)), ..patch() }, "rate.burst"),
+        (QueuePatch { lease_ttl_ms: Some(0), ..patch() }, "lease_ttl"),
+        (QueuePatch { max_attempts: Some(limits::MAX_ATTEMPTS_MAX + 1), ..patch() }, "max_attempts"),
+        (QueuePatch { backoff_base_ms: Some(limits::BACKOFF_MS_MAX + 1), ..patch() }, "backoff.base"),
+        (QueuePatch { retention_ms: Some(limits::RETENTION_MS_MAX + 1), ..patch() }, "retention"),
+    ];
+    let mut jobs = with_queue(configured());
+    for (bad, field) in cases {
+        assert_error(bad.validate(), JobError::INVALID, Some(field));
+        let bad = QueuePatch { paused: Some(true), ..bad };
+        let before = jobs.clone();
+        assert_error(patch_queue(&mut jobs, 0, Q, bad.clone()), JobError::INVALID, Some(field));
+        assert_error(patch_queue(&mut jobs, 0, "new", bad), JobError::INVALID, Some(field));
+        assert_eq!(jobs, before);
+    }
+}
+
+#[test]
+fn patch_queue_creates_an_unknown_queue_from_the_defaults() {
+    let mut jobs = Jobs::default();
+    let config =
+        patch_queue(&mut jobs, 0, Q, QueuePatch { concurrency: Some(Nullable::Value(1)), ..QueuePatch::default() });
+    assert_eq!(config.unwrap(), QueueConfig { concurrency: Some(1), ..QueueConfig::default() });
+    assert_eq!(jobs.queues(0).len(), 1);
+}
+
+#[test]
+fn patch_queue_keeps_the_rate_tokens_of_an_unchanged_rate() {
+    let mut jobs = with_queue(QueueConfig { rate: Some(RateLimit { limit: 1, per_ms: 1_000, burst: 3 }), ..config() });
+    submit(&mut jobs, 0, 0);
+    submit(&mut jobs, 0, 0);
+    lease(&mut jobs, 0, 2);
+    assert_eq!(jobs.queue(Q, 0).unwrap().rate_tokens, Some(1));
+    patch_queue(&mut jobs, 0, Q, QueuePatch { paused: Some(true), ..QueuePatch::default() }).unwrap();
+    assert_eq!(jobs.queue(Q, 0).unwrap().rate_tokens, Some(1), "pausing does not refill the bucket");
+}
+
 #[test]
 fn queue_names_follow_the_name_rules() {
     let mut jobs = Jobs::default();

@@ -390,6 +390,35 @@ fn jobs_paused_queue_leases_nothing_until_resumed_and_keeps_its_settings() {
         "`queue set` changes only what it is given: {paused}"
     );
     assert_eq!(paused["config"]["rate"]["limit"], 100, "{paused}");
+    let burst = rota(
+        dir.path(),
+        &args(
+            &server,
+            &["queue", "set", "held", "--burst", "7", "-o", "json"],
+        ),
+    )
+    .expect_success()
+    .json();
+    assert_eq!(
+        burst["config"]["rate"],
+        json!({"limit": 100, "per": "1s", "burst": 7}),
+        "--burst alone changes the burst: {burst}"
+    );
+    assert_eq!(burst["config"]["paused"], true, "{burst}");
+    let no_rate = rota(
+        dir.path(),
+        &args(&server, &["queue", "set", "rateless", "--burst", "2"]),
+    );
+    assert_eq!(no_rate.code(), 1, "{no_rate:?}");
+    assert!(
+        no_rate.stderr.contains("--burst needs a rate"),
+        "{no_rate:?}"
+    );
+    assert_eq!(
+        try_get_queue(&server, "rateless"),
+        None,
+        "a refused set creates nothing"
+    );
 
     rota(
         dir.path(),
@@ -452,6 +481,64 @@ fn jobs_paused_queue_leases_nothing_until_resumed_and_keeps_its_settings() {
             (queue["counts"]["leased"] == 1).then_some(())
         },
     );
+}
+
+#[test]
+fn jobs_submit_refuses_a_run_at_without_a_time_zone_before_sending() {
+    let server = Server::start(Kind::Rota);
+    let dir = tempfile::tempdir().expect("temp dir");
+    for zoneless in [
+        "2026-12-06T15:00:00",
+        "2026-12-06 15:00:00",
+        "2026-12-06T15:00:00.5",
+    ] {
+        let out = rota(
+            dir.path(),
+            &args(
+                &server,
+                &[
+                    "job",
+                    "submit",
+                    "zoned",
+                    "--payload",
+                    "1",
+                    "--run-at",
+                    zoneless,
+                ],
+            ),
+        );
+        assert_eq!(out.code(), 1, "{zoneless}: {out:?}");
+        assert!(
+            out.stderr.contains("--run-at") && out.stderr.contains("2026-01-02T03:04:05Z"),
+            "{zoneless}: says what is expected: {out:?}"
+        );
+    }
+    assert_eq!(try_get_queue(&server, "zoned"), None, "nothing was sent");
+    // In the past, so queued at once whatever today is.
+    for zoned in [
+        "2020-01-02T03:04:05Z",
+        "2020-01-02t05:04:05.5+02:00",
+        "2020-01-01 22:34:05-04:30",
+    ] {
+        rota(
+            dir.path(),
+            &args(
+                &server,
+                &[
+                    "job",
+                    "submit",
+                    "zoned",
+                    "--payload",
+                    "1",
+                    "--run-at",
+                    zoned,
+                ],
+            ),
+        )
+        .expect_success();
+    }
+    let queue = try_get_queue(&server, "zoned").expect("queue");
+    assert_eq!(queue["counts"]["queued"], 3, "{queue}");
 }
 
 #[test]

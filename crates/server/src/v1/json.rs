@@ -16,7 +16,7 @@ use axum::http::header::CONTENT_LENGTH;
 use axum::http::Request;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt as _;
-use rota_core::jobs::{Job, LeaseBlockReason, LeaseBlocked, QueueConfig, QueueInfo};
+use rota_core::jobs::{Job, LeaseBlockReason, LeaseBlocked, Nullable, QueueConfig, QueueInfo};
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde_json::value::RawValue;
 
@@ -183,7 +183,9 @@ impl<'de> Deserialize<'de> for DurationMs {
     }
 }
 
-/// An RFC 3339 time (`"2026-11-23T19:05:00.123Z"`) as Unix milliseconds.
+/// An RFC 3339 time with `Z` or an offset (`"2026-11-23T19:05:00.123Z"`,
+/// `"2026-11-23T20:05:00+01:00"`) as Unix milliseconds; a time without either is refused
+/// (see [`rota_core::jobs::parse_rfc3339_ms`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TimeMs(pub u64);
 
@@ -193,42 +195,36 @@ impl<'de> Deserialize<'de> for TimeMs {
         impl Visitor<'_> for TimeVisitor {
             type Value = TimeMs;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an RFC 3339 time such as \"2026-11-23T19:05:00.123Z\"")
+                f.write_str(rota_core::jobs::RFC3339_EXPECTED)
             }
             fn visit_str<E: de::Error>(self, text: &str) -> Result<TimeMs, E> {
-                let time = parse_rfc3339(text)
-                    .map_err(|error| E::custom(format_args!("invalid time {text:?}: {error}")))?;
-                let since_epoch = time
-                    .duration_since(UNIX_EPOCH)
-                    .map_err(|_| E::custom(format_args!("time {text:?} is before 1970")))?;
-                Ok(TimeMs(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)))
+                rota_core::jobs::parse_rfc3339_ms(text)
+                    .map(TimeMs)
+                    .map_err(|error| E::custom(format_args!("invalid time {text:?}: {error}")))
             }
         }
         deserializer.deserialize_str(TimeVisitor)
     }
 }
 
-/// An RFC 3339 time with `Z` or any `±HH:MM` offset (humantime reads `Z` and `+00:00` only).
-fn parse_rfc3339(text: &str) -> Result<std::time::SystemTime, String> {
-    let offset = text.len().checked_sub(6).and_then(|at| {
-        let tail = text.get(at..)?.as_bytes();
-        let digits = |range: std::ops::Range<usize>| std::str::from_utf8(&tail[range]).ok()?.parse::<u64>().ok();
-        let sign = match tail[0] {
-            b'+' => 1i64,
-            b'-' => -1i64,
-            _ => return None,
-        };
-        let (hours, minutes) = (digits(1..3)?, digits(4..6)?);
-        (tail[3] == b':' && hours < 24 && minutes < 60).then_some((at, sign, hours * 3600 + minutes * 60))
-    });
-    let Some((at, sign, seconds)) = offset else {
-        return humantime::parse_rfc3339_weak(text).map_err(|error| error.to_string());
-    };
-    let local = humantime::parse_rfc3339_weak(&format!("{}Z", &text[..at])).map_err(|error| error.to_string())?;
-    // The local time is `offset` ahead of UTC.
-    let shift = std::time::Duration::from_secs(seconds);
-    let utc = if sign > 0 { local.checked_sub(shift) } else { local.checked_add(shift) };
-    utc.ok_or_else(|| "out of range".to_string())
+/// For a field that JSON `null` turns off (`"concurrency": null`): left out is `None`
+/// (with `#[serde(default)]`), `null` is `Some(Nullable::Null)`.
+pub(crate) fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Nullable<T>>, D::Error> {
+    Ok(Some(match Option::<T>::deserialize(deserializer)? {
+        None => Nullable::Null,
+        Some(value) => Nullable::Value(value),
+    }))
+}
+
+/// For a field of a `PATCH` that takes no `null`: left out is `None` (with
+/// `#[serde(default)]`, the current value kept), `null` is refused, naming the field.
+pub(crate) fn not_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
+    match Option::<T>::deserialize(deserializer)? {
+        Some(value) => Ok(Some(value)),
+        None => Err(de::Error::custom("null only turns off concurrency or rate; leave a field out to keep its value")),
+    }
 }
 
 /// A nested object of a request body: like `T`, but only a JSON object will do (serde's
@@ -642,18 +638,6 @@ pub(crate) fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_times_take_z_or_any_offset() {
-        let at = |text: &str| parse_rfc3339(text).map(|time| time.duration_since(UNIX_EPOCH).expect("after 1970").as_millis());
-        let utc = at("2026-12-06T11:00:00.250Z").expect("Z");
-        assert_eq!(at("2026-12-06T12:00:00.250+01:00"), Ok(utc));
-        assert_eq!(at("2026-12-06T06:30:00.250-04:30"), Ok(utc));
-        assert_eq!(at("2026-12-06T11:00:00.250+00:00"), Ok(utc));
-        assert!(at("2026-12-06T11:00:00+24:00").is_err());
-        assert!(at("2026-12-06T11:00:00+0100").is_err());
-        assert!(at("yesterday").is_err());
-    }
 
     #[test]
     fn portable_json_drops_whitespace_between_tokens_only() {

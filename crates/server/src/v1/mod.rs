@@ -13,10 +13,10 @@
 //!   handler's future: it is released by a `Drop` guard when a client disconnects.
 //!
 //! Module map: [`errors`] (error envelope and status mapping), [`json`] (decoding,
-//! rendering, query strings), [`limits`], [`queues`], [`jobs`] (submit, get, cancel, retry,
-//! list, wait-for-result), [`lease`] (lease, heartbeat, complete, fail, release),
-//! [`waiters`] (per-queue FIFO of long-polling leases), [`counters`], [`sse`] (`/v1/watch`
-//! and the job event hub), `metrics`.
+//! rendering, query strings), [`limits`], [`queues`] (replace, patch, read, delete),
+//! [`jobs`] (submit, get, cancel, retry, list, wait-for-result), [`lease`] (lease,
+//! heartbeat, complete, fail, release), [`waiters`] (per-queue FIFO of long-polling
+//! leases), [`counters`], [`sse`] (`/v1/watch` and the job event hub), `metrics`.
 
 mod counters;
 pub(crate) mod errors;
@@ -91,7 +91,7 @@ pub(crate) async fn handle<B: Backend>(app: &Arc<App<B>>, request: Request<Body>
 
 async fn route<B: Backend>(app: &Arc<App<B>>, request: Request<Body>, path: &str) -> Result<Response<Body>, ApiError> {
     let method = request.method().clone();
-    let mutating = matches!(method, Method::PUT | Method::POST | Method::DELETE);
+    let mutating = matches!(method, Method::PUT | Method::PATCH | Method::POST | Method::DELETE);
     let idempotency_key = if mutating { json::idempotency_key(&request)? } else { None };
     let call = Call { method: method.clone(), path, query: request.uri().query().map(str::to_owned), idempotency_key };
     let rest = path.strip_prefix("/v1/").unwrap_or("");
@@ -102,9 +102,10 @@ async fn route<B: Backend>(app: &Arc<App<B>>, request: Request<Body>, path: &str
         ["queues"] => Err(ApiError::method_not_allowed("GET")),
         ["queues", name] => match method {
             Method::PUT => queues::put(app, &call, name, request).await,
+            Method::PATCH => queues::patch(app, &call, name, request).await,
             Method::DELETE => queues::delete(app, &call, name).await,
             _ if get => queues::get(app, &call, name).await,
-            _ => Err(ApiError::method_not_allowed("GET, PUT, DELETE")),
+            _ => Err(ApiError::method_not_allowed("GET, PUT, PATCH, DELETE")),
         },
         ["queues", name, "jobs"] => match method {
             Method::POST => jobs::submit(app, &call, name, request).await,

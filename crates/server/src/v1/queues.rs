@@ -1,10 +1,16 @@
-//! `PUT|GET|DELETE /v1/queues/{q}` and `GET /v1/queues`.
+//! `PUT|PATCH|GET|DELETE /v1/queues/{q}` and `GET /v1/queues`.
+//!
+//! `PUT` replaces the whole configuration (a field left out gets its default); `PATCH`
+//! changes the fields given and keeps the others, merged by the state machine against the
+//! configuration current when it applies ([`JobCommand::PatchQueue`]).
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, Response};
-use rota_core::jobs::{limits as core_limits, Backoff, JobCommand, JobResponse, QueueConfig, RateLimit};
+use rota_core::jobs::{
+    limits as core_limits, Backoff, JobCommand, JobResponse, Nullable, QueueConfig, QueuePatch, RateLimit, RatePatch,
+};
 use serde::Deserialize;
 
 use super::json::{self, DurationMs, Object};
@@ -52,6 +58,73 @@ struct BackoffBody {
     max: Option<DurationMs>,
 }
 
+/// `PATCH /v1/queues/{q}`: the fields to change. `null` turns off `concurrency` or
+/// `rate`; no other field takes it. `rate` and `backoff` are merged into the current ones.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueuePatchBody {
+    #[serde(default, deserialize_with = "json::nullable")]
+    concurrency: Option<Nullable<u32>>,
+    #[serde(default, deserialize_with = "json::nullable")]
+    rate: Option<Nullable<Object<RatePatchBody>>>,
+    #[serde(default, deserialize_with = "json::not_null")]
+    lease_ttl: Option<DurationMs>,
+    #[serde(default, deserialize_with = "json::not_null")]
+    max_attempts: Option<u32>,
+    #[serde(default, deserialize_with = "json::not_null")]
+    backoff: Option<Object<BackoffPatchBody>>,
+    #[serde(default, deserialize_with = "json::not_null")]
+    retention: Option<DurationMs>,
+    #[serde(default, deserialize_with = "json::not_null")]
+    paused: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RatePatchBody {
+    #[serde(default, deserialize_with = "json::not_null")]
+    limit: Option<u64>,
+    #[serde(default, deserialize_with = "json::not_null")]
+    per: Option<DurationMs>,
+    #[serde(default, deserialize_with = "json::not_null")]
+    burst: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackoffPatchBody {
+    #[serde(default, deserialize_with = "json::not_null")]
+    base: Option<DurationMs>,
+    #[serde(default, deserialize_with = "json::not_null")]
+    max: Option<DurationMs>,
+}
+
+impl QueuePatchBody {
+    fn into_patch(self) -> QueuePatch {
+        let (backoff_base, backoff_max) = match self.backoff {
+            Some(Object(BackoffPatchBody { base, max })) => (base, max),
+            None => (None, None),
+        };
+        QueuePatch {
+            concurrency: self.concurrency,
+            rate: self.rate.map(|rate| match rate {
+                Nullable::Null => Nullable::Null,
+                Nullable::Value(Object(rate)) => Nullable::Value(RatePatch {
+                    limit: rate.limit,
+                    per_ms: rate.per.map(|per| per.0),
+                    burst: rate.burst,
+                }),
+            }),
+            lease_ttl_ms: self.lease_ttl.map(|ttl| ttl.0),
+            max_attempts: self.max_attempts,
+            backoff_base_ms: backoff_base.map(|base| base.0),
+            backoff_max_ms: backoff_max.map(|max| max.0),
+            retention_ms: self.retention.map(|retention| retention.0),
+            paused: self.paused,
+        }
+    }
+}
+
 impl QueueBody {
     fn into_config(self) -> QueueConfig {
         let defaults = QueueConfig::default();
@@ -88,7 +161,30 @@ pub(crate) async fn put<B: Backend>(
     let config = json::decode::<QueueBody>(&body)?.into_config();
     // The state machine checks this too; checking first keeps a bad request out of the log.
     config.validate().map_err(|error| ApiError::from_job_error(&error))?;
-    let command = JobCommand::PutQueue { queue: name.to_owned(), config };
+    configure(app, call, JobCommand::PutQueue { queue: name.to_owned(), config }).await
+}
+
+pub(crate) async fn patch<B: Backend>(
+    app: &Arc<App<B>>,
+    call: &Call<'_>,
+    name: &str,
+    request: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    json::parse_query(call.query.as_deref(), &[])?;
+    json::check_name("queue", name)?;
+    let body = json::read_body(request, &app.body_budget).await?;
+    let patch = json::decode::<QueuePatchBody>(&body)?.into_patch();
+    // Each value on its own; the state machine checks the merged configuration.
+    patch.validate().map_err(|error| ApiError::from_job_error(&error))?;
+    configure(app, call, JobCommand::PatchQueue { queue: name.to_owned(), patch }).await
+}
+
+/// Proposes a `PutQueue` or `PatchQueue` and answers the queue as it is after it.
+async fn configure<B: Backend>(
+    app: &Arc<App<B>>,
+    call: &Call<'_>,
+    command: JobCommand,
+) -> Result<Response<Body>, ApiError> {
     let outcome = match propose_once(app, call, command).await {
         Ok(outcome) => outcome,
         Err(response) => return Ok(response),

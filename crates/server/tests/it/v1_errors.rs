@@ -176,3 +176,81 @@ async fn json_that_decoders_cannot_read_back_is_refused_as_payload_or_result() {
         assert!(serde_json::from_str::<serde_json::Value>(&sent.body).is_ok(), "the answer decodes: {}", sent.body);
     }
 }
+
+#[tokio::test]
+async fn a_bad_patch_is_refused_like_a_bad_put_and_changes_nothing() {
+    let app = app();
+    let reply = put_json(&app, "/v1/queues/q", json!({"concurrency": 2, "rate": {"limit": 5, "per": "1s"}})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let cases = [
+        (r#"{"pasued": true}"#, "pasued"),
+        (r#"{"paused": true, "concurrency": 1, "concurency": 2}"#, "concurency"),
+        (r#"{"concurrency": "1"}"#, "concurrency"),
+        (r#"{"concurrency": -1}"#, "concurrency"),
+        (r#"{"concurrency": 0}"#, "concurrency"),
+        (r#"{"paused": "yes"}"#, "paused"),
+        (r#"{"lease_ttl": "soon"}"#, "lease_ttl"),
+        (r#"{"lease_ttl": 30}"#, "lease_ttl"),
+        (r#"{"lease_ttl": "25h"}"#, "lease_ttl"),
+        (r#"{"retention": "91days"}"#, "retention"),
+        (r#"{"rate": {"limit": 1, "brust": 1}}"#, "rate.brust"),
+        (r#"{"rate": {"per": "32days"}}"#, "rate.per"),
+        (r#"{"rate": {"limit": 0}}"#, "rate.limit"),
+        (r#"{"rate": [1, "1s", 1]}"#, "rate"),
+        (r#"{"backoff": {"base": "8days"}}"#, "backoff.base"),
+        (r#"{"backoff": {"base": "1h", "max": "1m"}}"#, "backoff.max"),
+        (r#"{"backoff": {"bsae": "1s"}}"#, "backoff.bsae"),
+        // null means "no limit", so only the two limits take it.
+        (r#"{"paused": null}"#, "paused"),
+        (r#"{"lease_ttl": null}"#, "lease_ttl"),
+        (r#"{"max_attempts": null}"#, "max_attempts"),
+        (r#"{"backoff": null}"#, "backoff"),
+        (r#"{"retention": null}"#, "retention"),
+        (r#"{"rate": {"limit": null}}"#, "rate.limit"),
+        (r#"{"rate": {"burst": null}}"#, "rate.burst"),
+    ];
+    for (body, field) in cases {
+        assert_refused(&app, "PATCH", "/v1/queues/q", body, 400, "invalid", Some(field)).await;
+    }
+    assert_refused(&app, "PATCH", "/v1/queues/q", "{", 400, "malformed_json", None).await;
+    assert_refused(&app, "PATCH", "/v1/queues/bad%20name", "{}", 400, "invalid", Some("queue")).await;
+    assert_refused(&app, "PATCH", "/v1/queues/q?force=true", "{}", 400, "invalid", Some("force")).await;
+}
+
+#[tokio::test]
+async fn a_patch_only_the_state_can_refuse_changes_nothing() {
+    let app = app();
+    let reply = put_json(&app, "/v1/queues/q", json!({"concurrency": 2, "backoff": {"base": "1s", "max": "1m"}})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // No rate yet: a rate must be given whole. A max under the current base.
+    for (body, field) in [
+        (r#"{"paused": true, "rate": {"burst": 3}}"#, "rate.limit"),
+        (r#"{"paused": true, "rate": {"limit": 3}}"#, "rate.per"),
+        (r#"{"paused": true, "backoff": {"max": "500ms"}}"#, "backoff.max"),
+    ] {
+        let state = snapshot(&app);
+        let reply = call(&app, "PATCH", "/v1/queues/q", Some(body), &[]).await;
+        assert_error(&reply, 400, "invalid", Some(field));
+        assert_eq!(snapshot(&app), state, "{body}: state unchanged");
+    }
+    assert_eq!(get(&app, "/v1/queues/q").await.json()["config"]["paused"], false);
+}
+
+#[tokio::test]
+async fn a_run_at_without_a_time_zone_is_refused() {
+    let app = app();
+    for zoneless in ["2026-12-06T14:09:00", "2026-12-06 14:09:00", "2026-12-06T14:09:00.250", "2026-12-06t14:09:00"] {
+        let body = json!({"run_at": zoneless}).to_string();
+        let (state, index) = (snapshot(&app), applied_index(&app));
+        let reply = call(&app, "POST", "/v1/queues/q/jobs", Some(&body), &[]).await;
+        assert_error(&reply, 400, "invalid", Some("run_at"));
+        let message = reply.json()["error"]["message"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            message.contains("2026-01-02T03:04:05Z") && message.contains("+02:00"),
+            "{zoneless}: says the form expected: {message}"
+        );
+        assert_eq!((applied_index(&app), snapshot(&app)), (index, state), "{zoneless}: nothing proposed");
+        let batch = json!({"jobs": [{}, {"run_at": zoneless}]}).to_string();
+        assert_refused(&app, "POST", "/v1/queues/q/jobs", &batch, 400, "invalid", Some("jobs[1].run_at")).await;
+    }
+}

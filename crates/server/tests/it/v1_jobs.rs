@@ -84,6 +84,37 @@ async fn delay_and_run_at_schedule_the_job() {
 }
 
 #[tokio::test]
+async fn run_at_takes_z_or_an_offset_in_any_rfc3339_spelling() {
+    let app = app();
+    // A whole second a day ahead, so the job is scheduled at exactly the time given.
+    let unix_s = app.backend().now_ms() / 1000 + 86_400;
+    let at = |unix_s: u64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_s)).to_string()
+    };
+    let utc = at(unix_s);
+    let expected = format!("{}.000Z", utc.trim_end_matches('Z'));
+    let ahead = at(unix_s + 2 * 3600).replace('Z', "+02:00");
+    let behind = at(unix_s - 4 * 3600 - 30 * 60).replace('Z', "-04:30");
+    let spellings = [
+        utc.clone(),
+        utc.to_lowercase(),
+        utc.replace('T', " "),
+        utc.replace('Z', ".000Z"),
+        utc.replace('Z', "+00:00"),
+        ahead,
+        behind,
+    ];
+    for run_at in spellings {
+        let job = submit(&app, "q", json!({"run_at": run_at})).await;
+        assert_eq!(
+            (job["state"].as_str(), job["run_at"].as_str()),
+            (Some("scheduled"), Some(expected.as_str())),
+            "{run_at}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn lease_complete_stores_the_result() {
     let app = app();
     let id = submit(&app, "q", json!({"payload": "p"})).await["id"].as_u64().expect("id");
@@ -305,9 +336,9 @@ async fn counters_add_and_read_back() {
 async fn unknown_endpoints_and_methods_answer_json_errors() {
     let app = app();
     assert_error(&get(&app, "/v1/nothing").await, 404, "not_found", None);
-    let reply = call(&app, "PATCH", "/v1/queues/q", None, &[]).await;
+    let reply = call(&app, "POST", "/v1/queues/q", None, &[]).await;
     assert_error(&reply, 405, "method_not_allowed", None);
-    assert_eq!(reply.header("allow"), Some("GET, PUT, DELETE"));
+    assert_eq!(reply.header("allow"), Some("GET, PUT, PATCH, DELETE"));
     assert_error(&post(&app, "/v1/jobs/1/explode", json!({})).await, 404, "not_found", None);
     assert_error(&get(&app, "/v1/jobs/1/explode").await, 404, "not_found", None);
     assert_error(&get(&app, "/v1/jobs/1/complete").await, 405, "method_not_allowed", None);

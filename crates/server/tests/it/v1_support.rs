@@ -32,6 +32,10 @@ pub async fn put_json(app: &TestApp, uri: &str, body: Value) -> Reply {
     call(app, "PUT", uri, Some(&body.to_string()), &[]).await
 }
 
+pub async fn patch_json(app: &TestApp, uri: &str, body: Value) -> Reply {
+    call(app, "PATCH", uri, Some(&body.to_string()), &[]).await
+}
+
 pub async fn get(app: &TestApp, uri: &str) -> Reply {
     call(app, "GET", uri, None, &[]).await
 }
