@@ -6,7 +6,9 @@
 //! broken answer) or that a server answered `503` (no leader yet, shutting down) or `429`
 //! (over `--client-rate-limit`) is tried again on the next endpoint, and after a full round
 //! over the endpoints, after a backoff (100 ms doubling to 1 s; a 429's `Retry-After`), until [`V1_RETRY_FOR`] has passed since the first attempt. That
-//! is long enough to ride out a restart of the server. Every mutation carries an
+//! is long enough to ride out a restart of the server. The first failed round is told to
+//! the client's [`Client::on_reachability`] observer, and a call that gives up names every
+//! endpoint with its own failure ([`Unreachable`]). Every mutation carries an
 //! `Idempotency-Key` made once per logical operation and sent unchanged on every retry, so
 //! the server applies it at most once and answers a repeat with the first outcome
 //! (`Idempotent-Replayed: true`). The `*_keyed` methods take the key from the caller, who
@@ -27,7 +29,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{error_chain, idempotency_key, Client, FORM_KEEP};
+use crate::{idempotency_key, transport_error, Client, EndpointFailure, Unreachable, FORM_KEEP};
 
 pub use crate::raw_json::RawJson;
 
@@ -45,7 +47,8 @@ pub fn set_v1_retry_for(budget: Duration) {
     );
 }
 
-fn v1_retry_for() -> Duration {
+/// The budget in force (see [`set_v1_retry_for`]).
+pub fn v1_retry_for() -> Duration {
     Duration::from_millis(V1_RETRY_FOR_MS.load(Ordering::Relaxed))
 }
 /// Backoff after a failed round over the endpoints: doubles from here, capped below.
@@ -89,9 +92,10 @@ pub enum JobsError {
     /// The server refused the request.
     #[error("{0}")]
     Api(ApiError),
-    /// No endpoint answered (or all answered 503) within the retry budget.
-    #[error("cluster unreachable: {endpoints}: {last}")]
-    Unavailable { endpoints: String, last: String },
+    /// No endpoint took the request (each failed, or answered 503 or 429) within the retry
+    /// budget: each endpoint's failure in the last round.
+    #[error("cluster unreachable: {0}")]
+    Unavailable(Unreachable),
     /// An answer that is neither the expected JSON nor an error envelope.
     #[error("unexpected answer: HTTP {status}: {body}")]
     Unexpected { status: u16, body: String },
@@ -1003,36 +1007,37 @@ impl Client {
     /// for up to the retry budget. The request is re-sent unchanged (same body, same
     /// idempotency key).
     async fn send_v1(&self, request: V1Request) -> Result<V1Answer, JobsError> {
-        let deadline = Instant::now() + v1_retry_for();
+        let retry_for = v1_retry_for();
+        let deadline = Instant::now() + retry_for;
         let mut backoff = V1_BACKOFF_FIRST;
-        let mut last_failure = String::new();
         loop {
             let first = self.preferred.load(Ordering::Relaxed);
             let mut told_to_wait = None;
+            let mut unreachable = Unreachable::default();
             for offset in 0..self.endpoints.len() {
                 let at = (first + offset) % self.endpoints.len();
-                match self.send_once(&self.endpoints[at], &request).await {
-                    Ok(answer) if answer.status == 503 => {
-                        last_failure = answer.to_error().to_string();
-                    }
+                let error = match self.send_once(&self.endpoints[at], &request).await {
+                    Ok(answer) if answer.status == 503 => answer.to_error().to_string(),
                     Ok(answer) if answer.status == 429 => {
-                        last_failure = answer.to_error().to_string();
                         told_to_wait = told_to_wait.max(answer.retry_after);
+                        answer.to_error().to_string()
                     }
                     Ok(answer) => {
-                        self.preferred.store(at, Ordering::Relaxed);
+                        self.answered(at);
                         return Ok(answer);
                     }
-                    Err(failure) => last_failure = failure,
-                }
+                    Err(failure) => failure,
+                };
+                unreachable.failures.push(EndpointFailure {
+                    endpoint: self.endpoints[at].clone(),
+                    error,
+                });
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(JobsError::Unavailable {
-                    endpoints: self.endpoints.join(","),
-                    last: last_failure,
-                });
+                return Err(JobsError::Unavailable(unreachable));
             }
+            self.lost(&unreachable, retry_for);
             tokio::time::sleep(told_to_wait.unwrap_or(backoff).min(deadline - now)).await;
             backoff = (backoff * 2).min(V1_BACKOFF_MAX);
         }
@@ -1053,7 +1058,7 @@ impl Client {
         if let Some(key) = &request.idempotency_key {
             http = http.header("idempotency-key", key.as_str());
         }
-        let mut response = http.send().await.map_err(|error| error_chain(&error))?;
+        let mut response = http.send().await.map_err(|error| transport_error(&error))?;
         let status = response.status().as_u16();
         let header = |name: &str| {
             response
@@ -1071,7 +1076,7 @@ impl Client {
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|error| error_chain(&error))?
+            .map_err(|error| transport_error(&error))?
         {
             if body.len() + chunk.len() > ANSWER_BYTES_MAX {
                 return Err(format!("answer over {ANSWER_BYTES_MAX} bytes"));
@@ -1090,7 +1095,10 @@ impl Client {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::Reachability;
 
     #[test]
     fn durations_are_sent_in_humantime_form() {
@@ -1301,19 +1309,109 @@ mod tests {
         );
     }
 
+    /// A one-connection-at-a-time HTTP server: `503 no_leader` to its first request, then
+    /// `200` with [`SERVER_JOB`].
+    async fn no_leader_then_the_job() -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(async move {
+            for answered in 0.. {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !head.windows(4).any(|end| end == b"\r\n\r\n") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let (status, body) = if answered == 0 {
+                    (
+                        "503 Service Unavailable",
+                        r#"{"error":{"code":"no_leader","message":"no leader yet"}}"#,
+                    )
+                } else {
+                    ("200 OK", SERVER_JOB)
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+        url
+    }
+
     #[tokio::test]
-    async fn an_unreachable_cluster_is_reported_after_the_retry_budget() {
+    async fn an_unreachable_cluster_is_told_once_and_each_endpoint_named_when_given_up() {
         // Port 1 on loopback refuses at once; the budget bounds the whole call. (The only
         // test here that sends anything, so the process-wide budget is ours to set.)
         set_v1_retry_for(Duration::from_millis(400));
-        let client = Client::new(["http://127.0.0.1:1", "http://127.0.0.1:2"]).expect("client");
+        let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let observer = {
+            let told = Arc::clone(&told);
+            move |event: Reachability<'_>| {
+                let line = match event {
+                    Reachability::Lost {
+                        unreachable,
+                        retry_for,
+                    } => format!("lost {unreachable} for {retry_for:?}"),
+                    Reachability::Regained { endpoint, .. } => format!("regained {endpoint}"),
+                };
+                told.lock().expect("lock").push(line);
+            }
+        };
+        let refused = ["http://127.0.0.1:1", "http://127.0.0.1:2"];
+        let client = Client::new(refused)
+            .expect("client")
+            .on_reachability(observer.clone());
         let started = Instant::now();
         let error = client.get_job(1).await.expect_err("unreachable");
-        assert!(matches!(error, JobsError::Unavailable { .. }), "{error}");
         let elapsed = started.elapsed();
         assert!(
             elapsed >= Duration::from_millis(400) && elapsed < Duration::from_secs(5),
             "{elapsed:?}"
+        );
+        let JobsError::Unavailable(unreachable) = &error else {
+            panic!("{error}")
+        };
+        let endpoints: Vec<&str> = unreachable
+            .failures
+            .iter()
+            .map(|failure| failure.endpoint.as_str())
+            .collect();
+        assert_eq!(endpoints, refused);
+        assert_eq!(
+            error.to_string(),
+            "cluster unreachable: http://127.0.0.1:1 (connection refused), http://127.0.0.1:2 (connection refused)"
+        );
+        // Told at the first failed round, once for the whole call.
+        assert_eq!(
+            *told.lock().expect("lock"),
+            [format!("lost {unreachable} for 400ms")]
+        );
+
+        // One endpoint refuses, the other has no leader at first: both are named, and the
+        // call goes through once the second answers.
+        told.lock().expect("lock").clear();
+        let answering = no_leader_then_the_job().await;
+        let client = Client::new(["http://127.0.0.1:1", answering.as_str()])
+            .expect("client")
+            .on_reachability(observer);
+        let job = client.get_job(3).await.expect("answered on a later round");
+        assert_eq!(job.id, 3);
+        assert_eq!(
+            *told.lock().expect("lock"),
+            [
+                format!("lost http://127.0.0.1:1 (connection refused), {answering} (503 no_leader: no leader yet) for 400ms"),
+                format!("regained {answering}"),
+            ]
         );
     }
 }

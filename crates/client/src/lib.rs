@@ -5,12 +5,18 @@
 //! Reads and watches are safe to repeat; every mutation carries an `Idempotency-Key`
 //! generated once per call, so a retry after a server restart or a lost answer never
 //! applies twice (rota replays the first outcome; etcd ignores the header).
+//!
+//! A caller learns when the cluster stops and starts answering through
+//! [`Client::on_reachability`] (the command line says it is retrying instead of going
+//! quiet), and a call that gives up names each endpoint with its own failure
+//! ([`Unreachable`]).
 
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
@@ -92,9 +98,9 @@ pub enum Error {
     /// The server refused the request (`errorCode`...).
     #[error("{0}")]
     Etcd(EtcdError),
-    /// No endpoint could be reached.
-    #[error("cluster unreachable: {endpoints}: {last}")]
-    Unavailable { endpoints: String, last: String },
+    /// No endpoint could be reached: each one's failure in the last round.
+    #[error("cluster unreachable: {0}")]
+    Unavailable(Unreachable),
     /// An answer that is neither etcd JSON nor an etcd error.
     #[error("unexpected answer: HTTP {status}: {body}")]
     Unexpected { status: u16, body: String },
@@ -113,6 +119,50 @@ impl Error {
         }
     }
 }
+
+/// One endpoint that did not take a request: it could not be reached, or it answered that
+/// it cannot handle it now (`503`, `429`; for the keys API etcd's `301` no leader).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointFailure {
+    pub endpoint: String,
+    /// `connection refused`, `timed out`, `503 no_leader: ...`.
+    pub error: String,
+}
+
+/// A round over all the endpoints that none took: each endpoint's own failure, in the order
+/// they were tried. Shown as `http://a:2379 (connection refused), http://b:2379 (503 ...)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Unreachable {
+    pub failures: Vec<EndpointFailure>,
+}
+
+impl fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (at, failure) in self.failures.iter().enumerate() {
+            if at > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{} ({})", failure.endpoint, failure.error)?;
+        }
+        Ok(())
+    }
+}
+
+/// A change in whether the cluster takes requests, as [`Client::on_reachability`] tells it.
+#[derive(Clone, Copy, Debug)]
+pub enum Reachability<'a> {
+    /// A call found no endpoint taking its request and retries for up to `retry_for`
+    /// (the `/v1` calls; the keys API's few quick rounds are not reported). Told once, at
+    /// the first failed round, and not again until an endpoint has answered.
+    Lost {
+        unreachable: &'a Unreachable,
+        retry_for: Duration,
+    },
+    /// An endpoint answered again, `after` the [`Reachability::Lost`].
+    Regained { endpoint: &'a str, after: Duration },
+}
+
+type ReachabilityObserver = Arc<dyn Fn(Reachability<'_>) + Send + Sync>;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GetOptions {
@@ -160,6 +210,10 @@ pub struct Client {
     http: reqwest::Client,
     /// The endpoint to try first: the last one that answered.
     preferred: AtomicUsize,
+    observer: Option<ReachabilityObserver>,
+    /// When calls started finding no endpoint answering; `None` while one answers. A std
+    /// mutex: held for a comparison, never across an await.
+    lost_since: Mutex<Option<Instant>>,
 }
 
 impl Client {
@@ -188,7 +242,53 @@ impl Client {
             endpoints: list,
             http,
             preferred: AtomicUsize::new(0),
+            observer: None,
+            lost_since: Mutex::new(None),
         })
+    }
+
+    /// Has `observer` told when calls start retrying because no endpoint takes them
+    /// ([`Reachability::Lost`], once) and when one answers again
+    /// ([`Reachability::Regained`]). It runs on the calling task: keep it short.
+    pub fn on_reachability(
+        mut self,
+        observer: impl Fn(Reachability<'_>) + Send + Sync + 'static,
+    ) -> Client {
+        self.observer = Some(Arc::new(observer));
+        self
+    }
+
+    /// A round over the endpoints failed and the call will retry for up to `retry_for`.
+    fn lost(&self, unreachable: &Unreachable, retry_for: Duration) {
+        let first = {
+            let mut since = self.lost_since.lock().unwrap_or_else(|e| e.into_inner());
+            since.is_none() && {
+                *since = Some(Instant::now());
+                true
+            }
+        };
+        if let (true, Some(observer)) = (first, &self.observer) {
+            observer(Reachability::Lost {
+                unreachable,
+                retry_for,
+            });
+        }
+    }
+
+    /// The endpoint at `at` answered: it is tried first from now on.
+    fn answered(&self, at: usize) {
+        self.preferred.store(at, Ordering::Relaxed);
+        let since = self
+            .lost_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let (Some(since), Some(observer)) = (since, &self.observer) {
+            observer(Reachability::Regained {
+                endpoint: &self.endpoints[at],
+                after: since.elapsed(),
+            });
+        }
     }
 
     /// `GET /v2/keys{key}`.
@@ -332,12 +432,13 @@ impl Client {
         }
         let body = encode_form(form);
         let mut backoff = RETRY_BACKOFF_FIRST;
-        let mut last_failure = String::new();
+        let mut unreachable = Unreachable::default();
         for round in 0..RETRY_ROUNDS_MAX {
             if round > 0 {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
             }
+            unreachable.failures.clear();
             let first = self.preferred.load(Ordering::Relaxed);
             for offset in 0..self.endpoints.len() {
                 let at = (first + offset) % self.endpoints.len();
@@ -354,25 +455,27 @@ impl Client {
                 if let Some(key) = &idempotency_key {
                     request = request.header("idempotency-key", key.as_str());
                 }
-                match request.send().await {
+                let error = match request.send().await {
                     Ok(response) => {
                         self.preferred.store(at, Ordering::Relaxed);
                         match decode(response).await {
                             // No leader yet (election after a restart): worth another round.
-                            Err(Error::Etcd(error)) if error.error_code == 301 => {
-                                last_failure = error.to_string();
+                            Err(Error::Etcd(error)) if error.error_code == 301 => error.to_string(),
+                            other => {
+                                self.answered(at);
+                                return other;
                             }
-                            other => return other,
                         }
                     }
-                    Err(error) => last_failure = error_chain(&error),
-                }
+                    Err(error) => transport_error(&error),
+                };
+                unreachable.failures.push(EndpointFailure {
+                    endpoint: self.endpoints[at].clone(),
+                    error,
+                });
             }
         }
-        Err(Error::Unavailable {
-            endpoints: self.endpoints.join(","),
-            last: last_failure,
-        })
+        Err(Error::Unavailable(unreachable))
     }
 }
 
@@ -386,6 +489,33 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// What went wrong sending to one endpoint, briefly, for a line that names the endpoint
+/// beside it: `connection refused`, `timed out`, or the innermost cause (reqwest's own text
+/// repeats the URL and hides the cause behind `error sending request`).
+pub(crate) fn transport_error(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        return "timed out".to_string();
+    }
+    let mut innermost: &(dyn std::error::Error + 'static) = error;
+    while let Some(cause) = innermost.source() {
+        innermost = cause;
+    }
+    let text = innermost.to_string();
+    // An OS error's text is `Connection refused (os error 111)`: keep the words.
+    let text = match innermost.downcast_ref::<std::io::Error>() {
+        Some(io) if io.raw_os_error().is_some() => match text.rfind(" (os error ") {
+            Some(end) => text[..end].to_string(),
+            None => text,
+        },
+        _ => text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => error_chain(error),
+    }
 }
 
 async fn decode(response: reqwest::Response) -> Result<KvResponse, Error> {

@@ -40,11 +40,14 @@ impl RawJson {
     }
 
     /// `text` as one JSON value, kept byte for byte less the JSON whitespace (space, tab,
-    /// newline, carriage return) around it. Refused unless decoders can read it back, as
-    /// the server refuses it: not JSON, more than one value, a number beyond a double's
-    /// range (`1e400`), a lone UTF-16 surrogate (`"\ud800"`), nesting deeper than 128.
+    /// newline, carriage return) around it. Refused unless the server takes it as a payload
+    /// or result: not JSON, more than one value, a number beyond a double's range (`1e400`),
+    /// a lone UTF-16 surrogate (`"\ud800"`), nesting deeper than the server's
+    /// [`JSON_DEPTH_MAX`](rota_core::jobs::limits::JSON_DEPTH_MAX) (64; the server's own
+    /// check, shared).
     pub fn from_text(text: &str) -> Result<RawJson, serde_json::Error> {
         let text = text.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
+        rota_core::jobs::check_json_depth(text).map_err(serde::de::Error::custom)?;
         // Capturing a RawValue only scans the text; a full decode also reads its numbers
         // and escapes. The tree is the check's by-product and is dropped.
         serde_json::from_str::<Value>(text)?;
@@ -166,8 +169,16 @@ mod tests {
     }
 
     #[test]
-    fn raw_json_refuses_what_decoders_cannot_read_back() {
-        let too_deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    fn raw_json_refuses_what_the_server_refuses() {
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let depth_max = rota_core::jobs::limits::JSON_DEPTH_MAX;
+        assert!(RawJson::from_text(&nested(depth_max)).is_ok());
+        let error = RawJson::from_text(&nested(depth_max + 1)).expect_err("too deep");
+        assert!(
+            error.to_string().contains("nests deeper than 64"),
+            "{error}"
+        );
+        let too_deep = nested(200);
         for bad in [
             "",
             "{",

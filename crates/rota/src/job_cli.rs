@@ -3,10 +3,12 @@
 //! so a command that rides out a server restart never applies twice).
 //!
 //! Output: a readable line, block or table on stdout by default; `-o json` prints the
-//! server's JSON, one object per line. Errors go to stderr as `Error:  <message>`. Exit
-//! status: 0 success, 1 bad arguments or an unexpected answer, 2 no endpoint reachable,
-//! 3 a `--wait` ended without the job having succeeded (it is dead, cancelled, or still
-//! unfinished), 4 the server refused the request.
+//! server's JSON, one object per line. Errors go to stderr as `Error:  <message>`, and so
+//! does, at once, a line saying the command is retrying when no endpoint answers (a wrong
+//! `--endpoints` must not look like a hang for `--retry-for`). Exit status: 0 success,
+//! 1 bad arguments or an unexpected answer, 2 no endpoint reachable, 3 a `--wait` ended
+//! without the job having succeeded (it is dead, cancelled, or still unfinished), 4 the
+//! server refused the request.
 //!
 //! Payloads and results are JSON text ([`RawJson`]) from end to end: `job submit` checks
 //! that the payload is JSON and sends its text unchanged (key order, big integers, number
@@ -14,7 +16,7 @@
 //! every time, and the same as a `curl` of that payload; `job get` and `job ls` print the
 //! text the server sent.
 
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -23,7 +25,7 @@ use rota_client::jobs::{
     self, Backoff, BackoffPatch, Job, JobFilter, JobId, JobState, JobsError, NewJob, Queue,
     QueueConfig, QueuePatch, Rate, RatePatch, RawJson,
 };
-use rota_client::Client;
+use rota_client::{Client, Reachability};
 
 pub const EXIT_BAD_ARGS: u8 = 1;
 pub const EXIT_UNREACHABLE: u8 = 2;
@@ -250,10 +252,33 @@ pub fn report_error(error: &JobsError) -> ExitCode {
 
 fn connect(flags: &ClientFlags) -> Result<Client, ExitCode> {
     jobs::set_v1_retry_for(flags.retry_for);
-    Client::new(flags.endpoints.split(',')).map_err(|error| {
+    let client = Client::new(flags.endpoints.split(',')).map_err(|error| {
         eprintln!("Error:  {error}");
         ExitCode::from(EXIT_BAD_ARGS)
-    })
+    })?;
+    Ok(client.on_reachability(say_retrying))
+}
+
+/// Says on stderr, when a command first finds no endpoint answering, what failed and that it
+/// retries (stdout stays the answer's alone). The client tells this once per outage.
+fn say_retrying(event: Reachability<'_>) {
+    if let Reachability::Lost {
+        unreachable,
+        retry_for,
+    } = event
+    {
+        let _ = writeln!(
+            std::io::stderr(),
+            "rota: no answer from {unreachable}; retrying for up to {} (--retry-for)",
+            duration_for_people(retry_for)
+        );
+    }
+}
+
+/// A duration for a message, in the units a person writes: `25h`, `1h30m`, `500ms`, `30s`
+/// (the wire form, [`jobs::duration_text`], is seconds or milliseconds only).
+pub fn duration_for_people(duration: Duration) -> String {
+    rota_core::jobs::format_duration_ms(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
 }
 
 pub async fn run_queue(args: QueueArgs) -> ExitCode {
@@ -478,7 +503,7 @@ async fn job_submit(
                 submitted.job.id,
                 submitted.job.state,
                 submitted.job.queue,
-                jobs::duration_text(wait)
+                duration_for_people(wait)
             );
             submitted.job = client.wait_job(submitted.job.id, wait).await?;
         }
@@ -522,10 +547,12 @@ fn read_payload(submit: &JobSubmit) -> Result<RawJson, String> {
         .as_deref()
         .filter(|path| path.as_os_str() != "-")
     {
-        let file = std::fs::File::open(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        let file = std::fs::File::open(path)
+            .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
         read_bounded(file).map_err(|error| format!("cannot read {}: {error}", path.display()))?
     } else if submit.payload_file.is_some() || !std::io::stdin().is_terminal() {
-        read_bounded(std::io::stdin()).map_err(|error| format!("cannot read the payload from stdin: {error}"))?
+        read_bounded(std::io::stdin())
+            .map_err(|error| format!("cannot read the payload from stdin: {error}"))?
     } else {
         // Nothing given and nobody typing into a pipe: a job without a payload.
         return Ok(RawJson::null());
@@ -533,6 +560,10 @@ fn read_payload(submit: &JobSubmit) -> Result<RawJson, String> {
     if text.trim().is_empty() {
         // An empty file or stdin (a script's `< /dev/null`): a job without a payload.
         return Ok(RawJson::null());
+    }
+    // Checked here too (RawJson would refuse it as well), so as not to call it "not JSON".
+    if let Err(too_deep) = rota_core::jobs::check_json_depth(&text) {
+        return Err(format!("the payload {too_deep}, the server's limit"));
     }
     RawJson::from_text(&text).map_err(|error| format!("the payload is not JSON: {error}"))
 }

@@ -32,7 +32,7 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Read and write keys, like `etcdctl` v2.
     Kv(kv::KvArgs),
-    /// Configure and inspect job queues.
+    /// Configure, inspect and delete job queues.
     Queue(job_cli::QueueArgs),
     /// Submit, inspect, cancel and retry jobs.
     Job(job_cli::JobArgs),

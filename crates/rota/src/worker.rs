@@ -34,17 +34,17 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use rota_client::jobs::{self, FailRequest, Job, JobsError, LeaseNext, LeaseRequest, RawJson};
-use rota_client::{idempotency_key, Client};
+use rota_client::{idempotency_key, Client, Reachability};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::job_cli::{parse_duration, EXIT_BAD_ARGS};
+use crate::job_cli::{duration_for_people, parse_duration, EXIT_BAD_ARGS};
 use crate::job_supervisor;
 
 /// The server's limit on a result: stdout beyond it fails the job instead of being cut.
-const STDOUT_BYTES_MAX: usize = 256 << 10;
+const STDOUT_BYTES_MAX: usize = rota_core::jobs::limits::RESULT_BYTES_MAX;
 /// The end of stderr kept for a failure's error text (the server keeps up to 8 KiB).
 const STDERR_TAIL_BYTES: usize = 4 << 10;
 /// After the command exits, its pipes get this long to reach end of file (a straggler that
@@ -91,7 +91,7 @@ pub struct WorkerArgs {
     #[arg(long, allow_negative_numbers = true, value_parser = parse_max_jobs)]
     pub max_jobs: Option<u64>,
     /// Lease ttl asked for (default: the queue's at start); heartbeats come every third of it.
-    #[arg(long, allow_hyphen_values = true, value_parser = parse_flag_duration)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_lease_ttl)]
     pub lease_ttl: Option<Duration>,
     /// On SIGTERM/SIGINT/SIGHUP, how long running commands may still take before they are
     /// killed and their jobs released.
@@ -181,8 +181,9 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
         eprintln!("Error:  give the command to run after `--`");
         return ExitCode::from(EXIT_BAD_ARGS);
     }
+    let worker_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
     let client = match Client::new(args.endpoints.split(',')) {
-        Ok(client) => client,
+        Ok(client) => client.on_reachability(log_reachability(worker_id.clone())),
         Err(error) => {
             eprintln!("Error:  {error}");
             return ExitCode::from(EXIT_BAD_ARGS);
@@ -197,7 +198,6 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
         eprintln!("Error:  cannot handle signals: {error}");
         return ExitCode::FAILURE;
     }
-    let worker_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
     let mut context = Context {
         client: Arc::new(client),
         queue: args.queue.clone(),
@@ -230,7 +230,7 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
         "leasing from {} (concurrency {}, lease ttl {}) to run {}",
         args.queue,
         args.concurrency,
-        jobs::duration_text(lease_ttl),
+        duration_for_people(lease_ttl),
         command_text.join(" ")
     ));
     let context = Arc::new(context);
@@ -242,6 +242,28 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
 /// How long one request to the servers is retried before the worker logs that none
 /// answers and tries again.
 const CALL_RETRY_FOR: Duration = Duration::from_secs(5);
+
+/// Logs the moment the servers stop answering (once, whichever request noticed) and the
+/// moment one answers again, so an outage shows in the log as a pair of lines.
+fn log_reachability(worker_id: String) -> impl Fn(Reachability<'_>) + Send + Sync + 'static {
+    move |event| match event {
+        Reachability::Lost { unreachable, .. } => log_line(format_args!(
+            "rota worker {worker_id}: no answer from {unreachable}; retrying until a server answers"
+        )),
+        Reachability::Regained { endpoint, after } => {
+            // Whole seconds past the first: the outage's length, not a measurement.
+            let after = if after >= Duration::from_secs(1) {
+                Duration::from_secs(after.as_secs())
+            } else {
+                Duration::from_millis(u64::try_from(after.as_millis()).unwrap_or(u64::MAX))
+            };
+            log_line(format_args!(
+                "rota worker {worker_id}: reconnected: {endpoint} answered after {}",
+                duration_for_people(after)
+            ))
+        }
+    }
+}
 
 /// Leases while running, hands each job to a task, then waits for all tasks.
 async fn lease_loop(context: &Arc<Context>, args: &WorkerArgs, lease_ttl: Duration) -> ExitCode {
@@ -327,9 +349,11 @@ async fn lease_loop(context: &Arc<Context>, args: &WorkerArgs, lease_ttl: Durati
                     }
                 }
             }
-            Err(JobsError::Unavailable { last, .. }) => {
+            Err(JobsError::Unavailable(unreachable)) => {
                 unanswered = Some((key, request));
-                context.log(format_args!("no server answers ({last}); still trying"));
+                context.log(format_args!(
+                    "no server answers: {unreachable}; still trying"
+                ));
                 pause_unless_stopping(&mut phase, UNREACHABLE_PAUSE).await;
             }
             // The server's disk is short of space: it leases again once space is freed
@@ -440,15 +464,35 @@ fn parse_flag_duration(text: &str) -> Result<Duration, String> {
     parse_duration(text)
 }
 
+/// `--lease-ttl`: within the server's bounds, so that a ttl it would refuse stops the worker
+/// before it starts rather than at its first lease.
+fn parse_lease_ttl(text: &str) -> Result<Duration, String> {
+    use rota_core::jobs::limits::{LEASE_TTL_MAX_MS, LEASE_TTL_MIN_MS};
+    let lease_ttl = parse_flag_duration(text)?;
+    let (min, max) = (
+        Duration::from_millis(LEASE_TTL_MIN_MS),
+        Duration::from_millis(LEASE_TTL_MAX_MS),
+    );
+    if lease_ttl < min || lease_ttl > max {
+        return Err(format!(
+            "{} is not in {}..={} (the server's bounds)",
+            duration_for_people(lease_ttl),
+            duration_for_people(min),
+            duration_for_people(max)
+        ));
+    }
+    Ok(lease_ttl)
+}
+
 fn parse_poll_wait(text: &str) -> Result<Duration, String> {
     let wait = parse_flag_duration(text)?;
     if wait > POLL_WAIT_MAX {
-        return Err(format!("at most {}", jobs::duration_text(POLL_WAIT_MAX)));
+        return Err(format!("at most {}", duration_for_people(POLL_WAIT_MAX)));
     }
     if wait < POLL_WAIT_MIN {
         return Err(format!(
             "at least {} (a shorter wait has an idle worker ask the server nonstop)",
-            jobs::duration_text(POLL_WAIT_MIN)
+            duration_for_people(POLL_WAIT_MIN)
         ));
     }
     Ok(wait)
@@ -595,12 +639,13 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
     let took = format!("{}ms", started.elapsed().as_millis());
     match ending {
         Ending::Exited { status } if status.success() => {
-            if stdout.overflowed {
-                let error = format!("stdout is over {STDOUT_BYTES_MAX} bytes, the result limit");
-                report_failure(context, &job, token, error, &took).await;
-                return None;
-            }
-            let result = result_from_stdout(&stdout.bytes);
+            let result = match result_of(&stdout) {
+                Ok(result) => result,
+                Err(error) => {
+                    report_failure(context, &job, token, error, &took).await;
+                    return None;
+                }
+            };
             let key = idempotency_key();
             let lease_next =
                 *context.phase.borrow() == Phase::Running && context.take_budget(1) == 1;
@@ -764,9 +809,9 @@ where
     let deadline = Instant::now() + REPORT_RETRY_FOR;
     loop {
         match send().await {
-            Err(JobsError::Unavailable { last, endpoints }) if Instant::now() < deadline => {
+            Err(JobsError::Unavailable(unreachable)) if Instant::now() < deadline => {
                 context.log(format_args!(
-                    "no server answers at {endpoints} ({last}); retrying the report"
+                    "no server answers: {unreachable}; retrying the report"
                 ));
                 tokio::time::sleep(UNREACHABLE_PAUSE).await;
             }
@@ -863,9 +908,31 @@ async fn collect(task: Option<tokio::task::JoinHandle<Captured>>) -> Captured {
     }
 }
 
-/// stdout as the job's result: if it parses as JSON (surrounding whitespace allowed), its
-/// text as written (not re-encoded: key order and big numbers stay); else the text as a
-/// JSON string without its final newline; empty stdout is `null`.
+/// The job's result from its stdout ([`result_from_stdout`]), or, when the server would
+/// refuse it for its size, why: the attempt then fails with that, once, instead of with
+/// a refusal of the complete.
+fn result_of(stdout: &Captured) -> Result<RawJson, String> {
+    if stdout.overflowed {
+        return Err(format!(
+            "stdout is over {STDOUT_BYTES_MAX} bytes, the result limit"
+        ));
+    }
+    let result = result_from_stdout(&stdout.bytes);
+    let result_bytes_max = rota_core::jobs::limits::RESULT_BYTES_MAX;
+    if result.get().len() > result_bytes_max {
+        // Only text that is not JSON grows: escaped into a JSON string.
+        return Err(format!(
+            "stdout is not JSON and is {} bytes as a JSON string, over the {result_bytes_max} byte result limit",
+            result.get().len()
+        ));
+    }
+    Ok(result)
+}
+
+/// stdout as the job's result: if it is JSON the server takes (surrounding whitespace
+/// allowed), its text as written (not re-encoded: key order and big numbers stay); else
+/// (not JSON, or JSON the server refuses such as `1e400` or nesting deeper than its limit)
+/// the text as a JSON string without its final newline; empty stdout is `null`.
 fn result_from_stdout(stdout: &[u8]) -> RawJson {
     let text = String::from_utf8_lossy(stdout);
     if text.trim().is_empty() {
@@ -944,7 +1011,7 @@ fn watch_signals(phase: watch::Sender<Phase>, grace: Duration) -> std::io::Resul
         }
         log_line(format_args!(
             "rota worker: stopping: no new jobs; running ones get {} to finish",
-            jobs::duration_text(grace)
+            duration_for_people(grace)
         ));
         phase.send_replace(Phase::Draining);
         tokio::select! {
@@ -1095,6 +1162,40 @@ mod tests {
         assert_eq!(result(b" \n"), "null");
         // Numbers beyond a double's range are not JSON the server takes: text, as before.
         assert_eq!(result(b"1e400\n"), r#""1e400""#);
+    }
+
+    #[test]
+    fn stdout_nested_deeper_than_the_server_takes_is_a_string() {
+        let depth_max = rota_core::jobs::limits::JSON_DEPTH_MAX;
+        let nested = |depth: usize| format!("{}{}\n", "[".repeat(depth), "]".repeat(depth));
+        let deepest = nested(depth_max);
+        assert_eq!(result_from_stdout(deepest.as_bytes()).get(), deepest.trim());
+        let too_deep = nested(depth_max + 1);
+        assert_eq!(
+            result_from_stdout(too_deep.as_bytes()).get(),
+            format!("\"{}\"", too_deep.trim())
+        );
+    }
+
+    #[test]
+    fn stdout_over_the_result_limit_fails_the_attempt_saying_so() {
+        let limit = rota_core::jobs::limits::RESULT_BYTES_MAX;
+        let captured = |bytes: Vec<u8>, overflowed| Captured { bytes, overflowed };
+        let error = result_of(&captured(vec![b'1'; limit], true)).expect_err("overflowed");
+        assert_eq!(
+            error,
+            format!("stdout is over {limit} bytes, the result limit")
+        );
+        // Within the limit as text, over it once every quote is escaped.
+        let quotes = captured(vec![b'"'; limit / 2 + 1], false);
+        let error = result_of(&quotes).expect_err("escaped");
+        assert!(error.starts_with("stdout is not JSON and is "), "{error}");
+        assert!(
+            error.ends_with(&format!("over the {limit} byte result limit")),
+            "{error}"
+        );
+        let fits = captured(vec![b'x'; limit - 2], false);
+        assert_eq!(result_of(&fits).map(|json| json.get().len()), Ok(limit));
     }
 
     #[test]

@@ -27,6 +27,11 @@ pub const SUBMIT_BATCH_PAYLOAD_BYTES_MAX: usize = 3 * 1024 * 1024;
 pub const PAYLOAD_BYTES_MAX: usize = 256 * 1024;
 /// One job's result (JSON text).
 pub const RESULT_BYTES_MAX: usize = 256 * 1024;
+/// How deep arrays and objects may nest in a job's payload or result. Answers wrap them in
+/// up to three more levels, and common JSON decoders (serde_json, Go's, Python's at its
+/// default recursion limit in nested calls) stop at 128 or below. Checked by the HTTP layer
+/// ([`check_json_depth`](super::check_json_depth)) and by clients before they send.
+pub const JSON_DEPTH_MAX: usize = 64;
 /// One attempt's error message.
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 8 * 1024;
 /// Attempt errors kept per job; the oldest is dropped first.

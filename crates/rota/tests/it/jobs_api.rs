@@ -601,16 +601,17 @@ fn worker_completes_each_job_and_takes_the_next_in_one_request() {
 }
 
 #[test]
-fn worker_reports_a_result_the_server_refuses_as_a_failed_attempt_at_once() {
+fn worker_stores_stdout_nested_deeper_than_the_server_takes_as_a_string() {
     let server = Server::start(Kind::Rota);
     let dir = tempfile::tempdir().expect("temp dir");
-    // One attempt and a lease far longer than the test: only the worker's `fail` can end it.
+    // One attempt: a refused result would make the job dead.
     let queue = api(&server, "PUT", "/v1/queues/deep", Some(&json!({"max_attempts": 1, "lease_ttl": "10m"})), None);
     assert_eq!(queue.status(), 200, "{}", queue.text());
     let submitted = api(&server, "POST", "/v1/queues/deep/jobs", Some(&json!({"payload": "x"})), None);
     assert_eq!(submitted.status(), 202, "{}", submitted.text());
     let id = submitted.json()["id"].as_u64().expect("id");
-    // Valid JSON, 100 levels deep: over the server's nesting limit for a result (400).
+    // Valid JSON, 100 levels deep: over the server's nesting limit (64), so not JSON it
+    // takes, like `1e400`: the text is the result, as a string.
     let deep = "BEGIN { for (i = 0; i < 100; i++) printf \"[\"; for (i = 0; i < 100; i++) printf \"]\" }";
     let mut worker_args = args(&server, &["worker", "--queue", "deep", "--max-jobs", "1", "--poll-wait", "1s"]);
     worker_args.extend(["--".into(), "awk".into(), deep.into()]);
@@ -618,9 +619,46 @@ fn worker_reports_a_result_the_server_refuses_as_a_failed_attempt_at_once() {
     let status = worker.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status:?}: {}", worker.stderr());
     let job = get_job(&server, id);
-    assert_eq!(job["state"], "dead", "{job}\n{}", worker.stderr());
-    let error = job["errors"][0]["error"].as_str().unwrap_or_default();
-    assert!(error.contains("the result was refused") && error.contains("nests deeper"), "{job}");
+    assert_eq!(job["state"], "succeeded", "{job}\n{}", worker.stderr());
+    assert_eq!(job["result"], json!(format!("{}{}", "[".repeat(100), "]".repeat(100))), "{job}");
+}
+
+#[test]
+fn worker_fails_an_attempt_whose_stdout_is_over_the_result_limit_once_saying_so() {
+    let server = Server::start(Kind::Rota);
+    let dir = tempfile::tempdir().expect("temp dir");
+    // One attempt and a lease far longer than the test: only the worker's `fail` can end it.
+    let queue = api(&server, "PUT", "/v1/queues/big", Some(&json!({"max_attempts": 1, "lease_ttl": "10m"})), None);
+    assert_eq!(queue.status(), 200, "{}", queue.text());
+    let jobs = json!({"jobs": [{"payload": "long"}, {"payload": "quotes"}]});
+    let submitted = api(&server, "POST", "/v1/queues/big/jobs", Some(&jobs), None);
+    assert_eq!(submitted.status(), 202, "{}", submitted.text());
+    let ids: Vec<u64> = submitted.json()["jobs"].as_array().expect("jobs").iter().map(|job| job["id"].as_u64().expect("id")).collect();
+    // 300000 bytes: over the 256 KiB limit as it is. 140000 quotes: within it as text, but
+    // not JSON, and 280002 bytes once escaped into a JSON string.
+    let command = script(
+        dir.path(),
+        "big.sh",
+        "case \"$(cat)\" in\n\
+         '\"long\"') head -c 300000 /dev/zero | tr '\\0' x ;;\n\
+         *) head -c 140000 /dev/zero | tr '\\0' '\"' ;;\n\
+         esac\n",
+    );
+    let mut worker_args = args(&server, &["worker", "--queue", "big", "--max-jobs", "2", "--poll-wait", "1s"]);
+    worker_args.extend(["--".into(), command.display().to_string()]);
+    let mut worker = Proc::spawn(dir.path(), "big-worker", &worker_args, &[]);
+    let status = worker.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}: {}", worker.stderr());
+    let expected = [
+        "stdout is over 262144 bytes, the result limit",
+        "stdout is not JSON and is 280002 bytes as a JSON string, over the 262144 byte result limit",
+    ];
+    for (id, expected) in ids.iter().zip(expected) {
+        let job = get_job(&server, *id);
+        assert_eq!(job["state"], "dead", "{job}\n{}", worker.stderr());
+        assert_eq!(job["attempts"], 1, "{job}");
+        assert_eq!(job["errors"][0]["error"], expected, "{job}");
+    }
 }
 
 /// `-o json` of the read commands prints what the server answered, byte for byte: nulls

@@ -130,6 +130,19 @@ fn jobs_cli_submits_and_prints_the_payload_text_as_given() {
     );
     assert_eq!(refused.code(), 1, "{refused:?}");
     assert!(refused.stderr.contains("the payload is over"), "{refused:?}");
+    // JSON nested deeper than the server takes: refused as such, not as "not JSON".
+    let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+    let refused = rota(
+        dir.path(),
+        &args(&server, &["job", "submit", "refused", "--payload", &deep]),
+    );
+    assert_eq!(refused.code(), 1, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("Error:  the payload nests deeper than 64 levels, the server's limit"),
+        "{refused:?}"
+    );
     assert_eq!(
         try_get_queue(&server, "refused"),
         None,

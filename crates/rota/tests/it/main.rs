@@ -26,6 +26,7 @@ mod jobs_lease;
 mod jobs_lease_deadline;
 mod jobs_limits;
 mod jobs_payload;
+mod jobs_unreachable;
 mod jobs_util;
 mod kv_linearizable;
 mod linearizability;

@@ -258,44 +258,16 @@ pub(crate) type Raw<'a> = &'a RawValue;
 /// [`JSON_DEPTH_MAX`], numbers beyond a double's range such as `1e400`, lone UTF-16
 /// surrogates such as `"\ud800"`): stored, such a job would break every client that lists
 /// or leases it. One pass over the bytes with one allocation (the copy the command needs
-/// anyway), then a decode for numbers and escapes.
+/// anyway, made by [`rota_core::jobs::compact_json`], which clients share for the depth),
+/// then a decode for numbers and escapes.
 ///
 /// [`JSON_DEPTH_MAX`]: super::limits::JSON_DEPTH_MAX
 pub(crate) fn portable(field: &str, json: &str) -> Result<String, ApiError> {
-    let depth_max = super::limits::JSON_DEPTH_MAX;
-    let mut out = Vec::with_capacity(json.len());
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &byte in json.as_bytes() {
-        if in_string {
-            out.push(byte);
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match byte {
-            b' ' | b'\t' | b'\n' | b'\r' => continue,
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > depth_max {
-                    return Err(ApiError::invalid(field, format!("{field} nests deeper than {depth_max} levels")));
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        out.push(byte);
-    }
+    let compact = rota_core::jobs::compact_json(json).map_err(|too_deep| ApiError::invalid(field, format!("{field} {too_deep}")))?;
     if let Err(error) = serde_json::from_str::<serde_json::Value>(json) {
         return Err(ApiError::invalid(field, format!("{field} is JSON that decoders cannot read back: {error}")));
     }
-    // Only ASCII whitespace outside strings was dropped, so the bytes are still UTF-8.
-    Ok(String::from_utf8(out).unwrap_or_else(|_| json.to_owned()))
+    Ok(compact)
 }
 
 // ---- rendering ----

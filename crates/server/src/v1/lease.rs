@@ -72,6 +72,9 @@ struct LeaseNextBody {
     lease_ttl: Option<DurationMs>,
 }
 
+/// The error recorded for a `fail` whose `error` is missing or empty.
+const FAIL_ERROR_NONE_GIVEN: &str = "failed (no error given)";
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FailBody {
@@ -142,7 +145,9 @@ pub(crate) async fn on_lease<B: Backend>(
         }
         "fail" => {
             let body: FailBody = json::decode(&body)?;
-            let error = body.error.unwrap_or_default();
+            // An attempt's error is what a person reads to learn why it failed: none at all
+            // would show as an empty line.
+            let error = body.error.filter(|error| !error.is_empty()).unwrap_or_else(|| FAIL_ERROR_NONE_GIVEN.to_owned());
             if error.len() > core_limits::ERROR_MESSAGE_BYTES_MAX {
                 return Err(ApiError::too_large(
                     Some("error"),

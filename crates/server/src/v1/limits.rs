@@ -7,10 +7,10 @@ use std::time::Duration;
 /// them. (A command is also bounded by the Raft entry size; over that it is a 413 too.)
 pub const BODY_BYTES_MAX: usize = 17 * 1024 * 1024;
 
-/// How deep arrays and objects may nest in a job's payload or result. Answers wrap them in
-/// up to three more levels, and common JSON decoders (serde_json, Go's, Python's at its
-/// default recursion limit in nested calls) stop at 128 or below.
-pub const JSON_DEPTH_MAX: usize = 64;
+/// How deep arrays and objects may nest in a job's payload or result: a bound of the state
+/// machine's crate, so that clients check it before sending (`rota worker` stores stdout
+/// nested deeper as a string).
+pub use rota_core::jobs::limits::JSON_DEPTH_MAX;
 
 /// The longest long-poll of a lease (`wait` in the lease body).
 pub const LEASE_WAIT_MS_MAX: u64 = 60_000;

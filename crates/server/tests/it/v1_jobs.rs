@@ -272,6 +272,23 @@ async fn fail_without_retry_is_dead_and_retry_after_schedules() {
 }
 
 #[tokio::test]
+async fn fail_without_an_error_records_that_none_was_given() {
+    let app = app();
+    put_json(&app, "/v1/queues/q", json!({"backoff": {"base": "0s", "max": "0s"}})).await;
+    let id = submit(&app, "q", json!({})).await["id"].as_u64().expect("id");
+    for body in [json!({}), json!({"error": ""})] {
+        let token = lease(&app, "q", 1).await[0]["lease_token"].as_u64().expect("token");
+        let mut body = body;
+        body["lease_token"] = token.into();
+        let reply = post(&app, &format!("/v1/jobs/{id}/fail"), body).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let job = get(&app, &format!("/v1/jobs/{id}")).await.json();
+    let errors: Vec<&str> = job["errors"].as_array().expect("errors").iter().map(|error| error["error"].as_str().unwrap_or_default()).collect();
+    assert_eq!(errors, ["failed (no error given)"; 2], "{job}");
+}
+
+#[tokio::test]
 async fn release_queues_the_job_again_without_counting_the_attempt() {
     let app = app();
     let id = submit(&app, "q", json!({})).await["id"].as_u64().expect("id");
