@@ -24,8 +24,8 @@ ROTA="$ROOT/target/release/rota"; FAILOVER="$ROOT/target/release/rota-failover"
 BASE=$(mktemp -d /tmp/rota-cluster-bench-data.XXXX)
 declare -A PID
 # Each system has its own ports: member i listens for clients on <base>+100*i and for
-# peers on the next port (etcd 40379/40380, 40479/..., rota 41379/41380, ...).
-declare -A PORT_BASE=([etcd]=40279 [rota]=41279)
+# peers on the next port (etcd 24379/24380, 24479/..., rota 25379/25380, ...; below the kernel's ephemeral ports, 32768 and up, which an outgoing connection could be holding).
+declare -A PORT_BASE=([etcd]=24279 [rota]=25279)
 client_port() { echo $(( PORT_BASE[$1] + 100 * ${2#m} )); }   # SYSTEM MEMBER
 initial_cluster() { local sys=$1 ic="" m
   for m in m1 m2 m3; do ic+="${ic:+,}$m=http://127.0.0.1:$(( $(client_port "$sys" $m) + 1 ))"; done; echo "$ic"; }

@@ -27,27 +27,27 @@ for mode in $MODES; do
   D=$(mktemp -d /tmp/rota-jobs-bench-data.XXXX)
   for r in $(seq 1 "$RUNS"); do
     # rota: a fresh node per run
-    rm -rf "$D/rota"; "$ROTA" serve --name b1 --data-dir "$D/rota" --listen-client-urls http://127.0.0.1:33379 \
-      --advertise-client-urls http://127.0.0.1:33379 --listen-peer-urls http://127.0.0.1:33380 > "$D/rota.log" 2>&1 &
-    STARTED_PIDS+=($!); wait_http http://127.0.0.1:33379/health || exit 1
-    stamp "rota mode=$mode n=$N run=$r"; gen --backend rota --addr 127.0.0.1:33379 --mode "$mode" --label rota
+    rm -rf "$D/rota"; "$ROTA" serve --name b1 --data-dir "$D/rota" --listen-client-urls http://127.0.0.1:23379 \
+      --advertise-client-urls http://127.0.0.1:23379 --listen-peer-urls http://127.0.0.1:23380 > "$D/rota.log" 2>&1 &
+    STARTED_PIDS+=($!); wait_http http://127.0.0.1:23379/health || exit 1
+    stamp "rota mode=$mode n=$N run=$r"; gen --backend rota --addr 127.0.0.1:23379 --mode "$mode" --label rota
     stop_started
-    rm -rf "$D/rota"; "$ROTA" serve --name b1 --data-dir "$D/rota" --listen-client-urls http://127.0.0.1:33379 \
-      --advertise-client-urls http://127.0.0.1:33379 --listen-peer-urls http://127.0.0.1:33380 > "$D/rota.log" 2>&1 &
-    STARTED_PIDS+=($!); wait_http http://127.0.0.1:33379/health || exit 1
+    rm -rf "$D/rota"; "$ROTA" serve --name b1 --data-dir "$D/rota" --listen-client-urls http://127.0.0.1:23379 \
+      --advertise-client-urls http://127.0.0.1:23379 --listen-peer-urls http://127.0.0.1:23380 > "$D/rota.log" 2>&1 &
+    STARTED_PIDS+=($!); wait_http http://127.0.0.1:23379/health || exit 1
     stamp "rota-lease-next mode=$mode n=$N run=$r"
-    gen --backend rota --addr 127.0.0.1:33379 --mode "$mode" --label rota-lease-next --lease-next
+    gen --backend rota --addr 127.0.0.1:23379 --mode "$mode" --label rota-lease-next --lease-next
     stop_started
 
-    redis-server --port 36379 --bind 127.0.0.1 --dir "$D" --save '' --appendonly yes --appendfsync always \
-      --daemonize no --logfile "$D/redis.log" & STARTED_PIDS+=($!); wait_tcp 36379 || exit 1
-    stamp "redis aof=always mode=$mode n=$N run=$r"; gen --backend redis --addr 127.0.0.1:36379 --mode "$mode" --label redis-aof-always
+    redis-server --port 26379 --bind 127.0.0.1 --dir "$D" --save '' --appendonly yes --appendfsync always \
+      --daemonize no --logfile "$D/redis.log" & STARTED_PIDS+=($!); wait_tcp 26379 || exit 1
+    stamp "redis aof=always mode=$mode n=$N run=$r"; gen --backend redis --addr 127.0.0.1:26379 --mode "$mode" --label redis-aof-always
     stop_started; rm -f "$D"/appendonly* ; rm -rf "$D/appendonlydir"
 
     for f in 0 50; do
       rm -rf "$D/bs"; mkdir -p "$D/bs"
-      beanstalkd -l 127.0.0.1 -p 31300 -b "$D/bs" -f $f > "$D/bs.log" 2>&1 & STARTED_PIDS+=($!); wait_tcp 31300 || exit 1
-      stamp "beanstalkd -f $f mode=$mode n=$N run=$r"; gen --backend beanstalk --addr 127.0.0.1:31300 --mode "$mode" --label beanstalkd-f$f
+      beanstalkd -l 127.0.0.1 -p 21300 -b "$D/bs" -f $f > "$D/bs.log" 2>&1 & STARTED_PIDS+=($!); wait_tcp 21300 || exit 1
+      stamp "beanstalkd -f $f mode=$mode n=$N run=$r"; gen --backend beanstalk --addr 127.0.0.1:21300 --mode "$mode" --label beanstalkd-f$f
       stop_started
     done
   done 2>&1 | tee -a "$OUT/jobs.txt"

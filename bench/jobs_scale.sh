@@ -14,7 +14,7 @@ OUT=${OUT:-$(mktemp -d /tmp/rota-scale-bench.XXXX)}; mkdir -p "$OUT"; echo "resu
 (cd "$ROOT" && cargo build --release -q -p rota -p rota-bench) || exit 1
 ROTA="$ROOT/target/release/rota"; GEN="$ROOT/target/release/rota-bench"
 D=$(mktemp -d /tmp/rota-scale-data.XXXX)
-URL=http://127.0.0.1:33379
+URL=http://127.0.0.1:23379
 serve() { "$ROTA" serve --name s1 --data-dir "$D/s1" --listen-client-urls $URL --advertise-client-urls $URL >> "$D/rota.log" 2>&1 &
           STARTED_PIDS+=($!); ROTA_PID=$!; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
@@ -24,7 +24,7 @@ for r in $(seq 1 "$RUNS"); do
     stop_started; rm -rf "$D/s1"; serve; wait_http $URL/health || exit 1
     before=$(rss_kib $ROTA_PID)
     stamp "rota depth=$depth drain=$DRAIN run=$r"
-    "$GEN" --backend rota --addr 127.0.0.1:33379 --n 8 --mode drain --prefill $((depth + DRAIN)) --jobs "$DRAIN" \
+    "$GEN" --backend rota --addr 127.0.0.1:23379 --n 8 --mode drain --prefill $((depth + DRAIN)) --jobs "$DRAIN" \
       --max-seconds 120 --label "rota-drain-depth$depth" 2>> "$OUT/prefill.log" | tee -a "$OUT/scale.txt"
     after=$(rss_kib $ROTA_PID); queued=$depth
     echo "RESULT rota-memory-depth$depth bytes_per_queued_job=$(( (after - before) * 1024 / (queued + 1) )) rss_mib=$(( after / 1024 ))" | tee -a "$OUT/scale.txt"

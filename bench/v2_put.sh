@@ -28,16 +28,16 @@ source "$ROOT/bench/quiet.sh"
 
 start_etcd() { rm -rf "$DATA/etcd"
   etcd --name s1 --data-dir "$DATA/etcd" --enable-v2=true \
-    --listen-client-urls http://127.0.0.1:32379 --advertise-client-urls http://127.0.0.1:32379 \
-    --listen-peer-urls http://127.0.0.1:32380 --initial-advertise-peer-urls http://127.0.0.1:32380 \
-    --initial-cluster s1=http://127.0.0.1:32380 --initial-cluster-state new --initial-cluster-token bench \
+    --listen-client-urls http://127.0.0.1:22379 --advertise-client-urls http://127.0.0.1:22379 \
+    --listen-peer-urls http://127.0.0.1:22380 --initial-advertise-peer-urls http://127.0.0.1:22380 \
+    --initial-cluster s1=http://127.0.0.1:22380 --initial-cluster-state new --initial-cluster-token bench \
     --logger=zap --log-outputs="$DATA/etcd.log" > "$DATA/etcd.out" 2>&1 &
-  STARTED_PIDS+=($!); wait_http http://127.0.0.1:32379/health; }
+  STARTED_PIDS+=($!); wait_http http://127.0.0.1:22379/health; }
 start_rota() { rm -rf "$DATA/n1"
-  "$ROTA" serve --name n1 --data-dir "$DATA/n1" --listen-client-urls http://127.0.0.1:33379 \
-    --advertise-client-urls http://127.0.0.1:33379 --listen-peer-urls http://127.0.0.1:33380 \
+  "$ROTA" serve --name n1 --data-dir "$DATA/n1" --listen-client-urls http://127.0.0.1:23379 \
+    --advertise-client-urls http://127.0.0.1:23379 --listen-peer-urls http://127.0.0.1:23380 \
     > "$OUT/rota.log" 2>&1 &
-  STARTED_PIDS+=($!); wait_http http://127.0.0.1:33379/health; }
+  STARTED_PIDS+=($!); wait_http http://127.0.0.1:23379/health; }
 
 for wl in ${WORKLOADS:-put}; do
   case $wl in put) LUA=etcd_v2_put.lua;; post) LUA=etcd_v2_post.lua;; *) echo "unknown workload $wl"; exit 1;; esac
@@ -45,8 +45,8 @@ for wl in ${WORKLOADS:-put}; do
     stop_started   # a fresh server of each per concurrency
     start_etcd || exit 1; start_rota || exit 1; sleep 1
     for r in $(seq 1 "$RUNS"); do
-      wait_quiet; stamp "etcd $wl c=$c run=$r"; wrk_run etcd1-$wl "$c" http://127.0.0.1:32379 "$SHARED/$LUA" | tee -a "$OUT/etcd.txt"
-      wait_quiet; stamp "rota $wl c=$c run=$r"; wrk_run rota1-$wl "$c" http://127.0.0.1:33379 "$SHARED/$LUA" | tee -a "$OUT/rota.txt"
+      wait_quiet; stamp "etcd $wl c=$c run=$r"; wrk_run etcd1-$wl "$c" http://127.0.0.1:22379 "$SHARED/$LUA" | tee -a "$OUT/etcd.txt"
+      wait_quiet; stamp "rota $wl c=$c run=$r"; wrk_run rota1-$wl "$c" http://127.0.0.1:23379 "$SHARED/$LUA" | tee -a "$OUT/rota.txt"
     done
   done
 done
