@@ -81,9 +81,13 @@ pub enum QueueCommand {
     /// List the queues with their job counts.
     Ls,
     /// Show one queue's settings, job counts and rate tokens.
-    Stats { queue: String },
+    Stats {
+        /// The queue's name.
+        queue: String,
+    },
     /// Delete a queue and all its jobs.
     Rm {
+        /// The queue's name.
         queue: String,
         /// Also while it has scheduled, queued or leased jobs.
         #[arg(long)]
@@ -93,6 +97,7 @@ pub enum QueueCommand {
 
 #[derive(Debug, Args)]
 pub struct QueueSet {
+    /// The queue's name.
     pub queue: String,
     /// Jobs leased at once, cluster-wide.
     #[arg(long, conflicts_with = "unlimited")]
@@ -150,6 +155,7 @@ pub enum JobCommand {
     Submit(JobSubmit),
     /// Show a job (with --wait, once it has finished).
     Get {
+        /// The job's id.
         id: JobId,
         /// Wait until the job has finished, at most this long (`--wait=30s`; bare: 24h).
         #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = WAIT_DEFAULT, value_parser = parse_duration)]
@@ -157,6 +163,7 @@ pub enum JobCommand {
     },
     /// List a queue's jobs, ids ascending, one page at a time.
     Ls {
+        /// The queue's name.
         queue: String,
         /// Only jobs in this state.
         #[arg(long)]
@@ -169,13 +176,20 @@ pub enum JobCommand {
         after: Option<JobId>,
     },
     /// Cancel a scheduled, queued or leased job.
-    Cancel { id: JobId },
+    Cancel {
+        /// The job's id.
+        id: JobId,
+    },
     /// Queue a dead job again, with a fresh allowance of attempts.
-    Retry { id: JobId },
+    Retry {
+        /// The job's id.
+        id: JobId,
+    },
 }
 
 #[derive(Debug, Args)]
 pub struct JobSubmit {
+    /// The queue's name.
     pub queue: String,
     /// The payload as JSON text (sent as written).
     #[arg(long, conflicts_with = "payload_file")]

@@ -32,6 +32,7 @@ pub struct KvArgs {
 pub enum KvCommand {
     /// Print a key's value.
     Get {
+        /// The key (a path such as `/config/db`; a leading `/` is optional).
         key: String,
         /// Read through Raft (linearizable).
         #[arg(long)]
@@ -39,7 +40,9 @@ pub enum KvCommand {
     },
     /// Set a key's value (creating it if needed) and print it.
     Set {
+        /// The key (a path such as `/config/db`; a leading `/` is optional).
         key: String,
+        /// The value.
         value: String,
         /// Seconds until the key expires.
         #[arg(long)]
@@ -53,7 +56,9 @@ pub enum KvCommand {
     },
     /// Create a key only if it doesn't exist, and print its value.
     Mk {
+        /// The key (a path such as `/config/db`; a leading `/` is optional).
         key: String,
+        /// The value.
         value: String,
         /// Seconds until the key expires.
         #[arg(long)]
@@ -64,6 +69,7 @@ pub enum KvCommand {
     },
     /// Remove a key (or a directory with --dir / --recursive).
     Rm {
+        /// The key (a path such as `/config/db`; a leading `/` is optional).
         key: String,
         /// Remove an empty directory (or a key).
         #[arg(long)]
@@ -80,6 +86,7 @@ pub enum KvCommand {
     },
     /// List a directory's keys, sorted.
     Ls {
+        /// The directory.
         #[arg(default_value = "/")]
         key: String,
         /// List the whole subtree.
@@ -91,6 +98,7 @@ pub enum KvCommand {
     },
     /// Wait for a change of a key and print the new value.
     Watch {
+        /// The key (a path such as `/config/db`; a leading `/` is optional).
         key: String,
         /// Watch the whole subtree.
         #[arg(long)]
