@@ -114,7 +114,8 @@ where Rec: Encode
     }
 
     /// Allocates `len` bytes for `f` (its length included), so that writes
-    /// inside it need no file system metadata committed by `fdatasync`.
+    /// inside it need no file system metadata committed by `fdatasync`; when
+    /// that fails, the file is left to grow as it is written.
     #[cfg(target_os = "linux")]
     fn preallocate(f: &File, len: usize) -> Result<(), io::Error> {
         use std::os::fd::AsRawFd;
@@ -126,12 +127,13 @@ where Rec: Encode
         if res == 0 {
             return Ok(());
         }
+        // The file system cannot (`EOPNOTSUPP`) or has no room for the whole
+        // chunk (`ENOSPC`): the file grows as records are written, as without
+        // this, and each sync also commits the new length. Writes that do not
+        // fit fail then, where they would have anyway.
         let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EOPNOTSUPP) {
-            // The file system cannot: records are appended as without this.
-            return Ok(());
-        }
-        Err(err)
+        log::warn!("cannot allocate a {len}-byte WAL chunk up front: {err}");
+        Ok(())
     }
 
     #[cfg(not(target_os = "linux"))]

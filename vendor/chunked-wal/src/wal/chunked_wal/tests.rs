@@ -1134,3 +1134,19 @@ fn test_damage_without_preallocation_is_refused() -> Result<(), io::Error> {
     assert!(open_last_chunk(&config).is_err());
     Ok(())
 }
+
+#[test]
+fn test_preallocation_that_fails_leaves_the_file_to_grow() -> Result<(), io::Error> {
+    // No file system allocates a petabyte: the chunk grows as it is written.
+    let (_td, mut config) = temp_config();
+    config.chunk_max_records = Some(3);
+    config.chunk_max_size = Some(1 << 50);
+    config.preallocate = Some(true);
+    let ids = write_values(&config, &["a", "b", "c", "d"])?;
+    let last = *ids.last().unwrap();
+    assert!(file_len(&config, last) < 4096, "{}", file_len(&config, last));
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let (_wal, sm) = open_wal(&config, calls)?;
+    assert_eq!(vec!["a", "b", "c", "d"], sm.values);
+    Ok(())
+}
