@@ -621,18 +621,22 @@ fn is_cross_site_write(request: &Request<Body>) -> bool {
     let Some(origin) = request.headers().get(axum::http::header::ORIGIN) else {
         return false;
     };
-    let origin_authority = origin
-        .to_str()
-        .ok()
-        .and_then(|origin| origin.split_once("://"))
-        .map(|(_, authority)| authority.trim_end_matches('/'));
+    let origin = origin.to_str().ok().and_then(|origin| origin.split_once("://"));
     let host = request
         .headers()
         .get(axum::http::header::HOST)
         .and_then(|host| host.to_str().ok())
         .or_else(|| request.uri().authority().map(|authority| authority.as_str()));
-    match (origin_authority, host) {
-        (Some(origin), Some(host)) => !origin.eq_ignore_ascii_case(host),
+    match (origin, host) {
+        (Some((scheme, authority)), Some(host)) => {
+            // `http://localhost` and `Host: localhost:80` name the same server.
+            let default_port = if scheme.eq_ignore_ascii_case("https") { ":443" } else { ":80" };
+            let normal = |authority: &str| {
+                let authority = authority.trim_end_matches('/');
+                authority.strip_suffix(default_port).unwrap_or(authority).to_ascii_lowercase()
+            };
+            normal(authority) != normal(host)
+        }
         // `Origin: null` (a sandboxed page, a file) or no Host to compare with.
         _ => true,
     }

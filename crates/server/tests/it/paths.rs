@@ -139,8 +139,21 @@ async fn v1_has_no_cors_and_refuses_writes_from_pages_of_other_origins() {
     let queue = crate::v1_support::call(&app, "GET", "/v1/queues/q", None, &[("Origin", "http://evil.example")]).await;
     assert_eq!(queue.status, 404, "nothing was submitted: {}", queue.body);
     assert!(queue.header("access-control-allow-origin").is_none());
-    // The same origin (the dashboard) and no origin (curl, clients) are served.
+    // The same origin (the dashboard) and no origin (curl, clients) are served; a default
+    // port written on one side only names the same server.
     assert_eq!(submit(Some("http://127.0.0.1:2379")).await.status, 202);
+    let same = |origin: &'static str, host: &'static str| {
+        let app = app.clone();
+        async move {
+            let headers = [("Host", host), ("Origin", origin)];
+            crate::v1_support::call(&app, "POST", "/v1/queues/q/jobs", Some(r#"{"payload": 1}"#), &headers).await.status
+        }
+    };
+    assert_eq!(same("http://localhost", "localhost:80").await, 202);
+    assert_eq!(same("https://rota.example", "rota.example:443").await, 202);
+    assert_eq!(same("http://[::1]:2379", "[::1]:2379").await, 202);
+    assert_eq!(same("http://LOCALHOST:2379/", "localhost:2379").await, 202);
+    assert_eq!(same("https://localhost", "localhost:80").await, 403);
     assert_eq!(submit(None).await.status, 202);
     // etcd's API keeps etcd's CORS.
     let key = send(&app, "GET", "/v2/keys/", None).await;
