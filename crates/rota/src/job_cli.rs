@@ -555,6 +555,10 @@ fn waited_exit(job: &Job, waited: bool) -> ExitCode {
 /// numbers.
 fn read_payload(submit: &JobSubmit) -> Result<RawJson, String> {
     let text = if let Some(text) = &submit.payload {
+        if text.trim().is_empty() {
+            // Given, but empty: a mistake (an unset shell variable), not "no payload".
+            return Err("the payload is empty: give JSON text (`--payload null` for none)".into());
+        }
         text.clone()
     } else if let Some(path) = submit
         .payload_file

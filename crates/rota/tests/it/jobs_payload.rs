@@ -106,6 +106,12 @@ fn jobs_cli_submits_and_prints_the_payload_text_as_given() {
         "job ls -o json: {listed:?}"
     );
 
+    // Empty: refused too (an unset shell variable), not queued as a job without payload.
+    for empty in ["", "  "] {
+        let refused = rota(dir.path(), &args(&server, &["job", "submit", "refused", "--payload", empty]));
+        assert_eq!(refused.code(), 1, "{empty:?}: {refused:?}");
+        assert!(refused.stderr.contains("the payload is empty"), "{refused:?}");
+    }
     // Not JSON: refused before anything is sent.
     for bad in [r#"{"a":"#, "{'a': 1}", "1 2"] {
         let refused = rota(
