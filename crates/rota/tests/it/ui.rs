@@ -32,6 +32,7 @@ const DEVTOOLS_MESSAGE_BYTES_MAX: usize = 16 << 20;
 const QUEUE: &str = "ui-q";
 const PAUSED_QUEUE: &str = "ui-paused";
 const HOSTILE_VALUE: &str = "<img src=x onerror=\"document.title='pwned'\">";
+const BIG_INTEGER: &str = "123456789012345678901234567890";
 
 /// Fails the test (never skips) when Chromium is missing.
 fn require_chromium() {
@@ -74,14 +75,19 @@ fn seed(server: &Server) -> Seeded {
 
     let mut ids = Vec::new();
     for priority in 1..=3 {
-        let body = json!({"payload": {"n": priority, "html": HOSTILE_VALUE}, "priority": priority});
-        let submit = api(
-            server,
-            "POST",
-            &format!("/v1/queues/{QUEUE}/jobs"),
-            Some(&body),
-            None,
+        // As text: the payload holds what a decode to doubles would change (an integer past
+        // 2^53, `1.0`, keys out of order), which the job detail must show as sent.
+        let body = format!(
+            r#"{{"payload": {{"n": {priority}, "big": {BIG_INTEGER}, "f": 1.0, "html": {}}}, "priority": {priority}}}"#,
+            serde_json::to_string(HOSTILE_VALUE).expect("a JSON string")
         );
+        let submit = http::send(
+            server.addr(),
+            &Request::new("POST", &format!("/v1/queues/{QUEUE}/jobs"))
+                .header("Content-Type", "application/json")
+                .raw_body(body.into_bytes()),
+        )
+        .expect("submit");
         assert_eq!(submit.status(), 202, "{}", submit.text());
         ids.push(submit.json()["id"].as_u64().expect("job id"));
     }
@@ -267,6 +273,11 @@ fn ui_renders_members_queues_jobs_and_keys_from_the_api_in_chromium() {
         detail,
         "&lt;img src=x onerror=\\\"document.title='pwned'\\\"&gt;",
         "payload as text",
+    );
+    assert_contains(
+        detail,
+        &format!("\"n\": 3,\n  \"big\": {BIG_INTEGER},\n  \"f\": 1.0,"),
+        "payload as sent",
     );
 
     let keys = section(&dom, "<section id=\"keys\"", "</section>");

@@ -43,6 +43,104 @@ function pretty(value) {
   return value === undefined ? '' : JSON.stringify(value, null, 2);
 }
 
+const JSON_SPACE = ' \t\r\n';
+
+// The text of member `name` of the JSON object `text`, as the server sent it, or undefined.
+// A payload or result shown from this text keeps what JSON.parse would lose: integers past
+// 2^53, `1.0`, key order, repeated keys.
+function rawMember(text, name) {
+  let i = 0;
+  const space = () => { while (i < text.length && JSON_SPACE.includes(text[i])) i += 1; };
+  const string = () => { // from the opening quote to past the closing one
+    i += 1;
+    while (i < text.length && text[i] !== '"') i += text[i] === '\\' ? 2 : 1;
+    i += 1;
+  };
+  const value = () => {
+    space();
+    const start = i;
+    if (text[i] === '"') {
+      string();
+    } else if (text[i] === '{' || text[i] === '[') {
+      let depth = 0;
+      do {
+        const c = text[i];
+        if (c === '"') { string(); continue; }
+        if (c === '{' || c === '[') depth += 1;
+        else if (c === '}' || c === ']') depth -= 1;
+        i += 1;
+      } while (depth > 0 && i < text.length);
+    } else {
+      while (i < text.length && !(',}]' + JSON_SPACE).includes(text[i])) i += 1;
+    }
+    return text.slice(start, i);
+  };
+  space();
+  if (text[i] !== '{') return undefined;
+  i += 1;
+  for (;;) {
+    space();
+    if (text[i] !== '"') return undefined;
+    const keyStart = i;
+    string();
+    let key;
+    try { key = JSON.parse(text.slice(keyStart, i)); } catch (_) { return undefined; }
+    space();
+    if (text[i] !== ':') return undefined;
+    i += 1;
+    const member = value();
+    if (key === name) return member;
+    space();
+    if (text[i] !== ',') return undefined;
+    i += 1;
+  }
+}
+
+// JSON text indented as JSON.stringify(value, null, 2) would, changing only whitespace.
+function prettyText(raw) {
+  let out = '';
+  let depth = 0;
+  let i = 0;
+  const newline = () => '\n' + '  '.repeat(depth);
+  while (i < raw.length) {
+    const c = raw[i];
+    if (c === '"') {
+      const start = i;
+      i += 1;
+      while (i < raw.length && raw[i] !== '"') i += raw[i] === '\\' ? 2 : 1;
+      i += 1;
+      out += raw.slice(start, i);
+    } else if (JSON_SPACE.includes(c)) {
+      i += 1;
+    } else if (c === '{' || c === '[') {
+      let next = i + 1;
+      while (next < raw.length && JSON_SPACE.includes(raw[next])) next += 1;
+      if (raw[next] === (c === '{' ? '}' : ']')) { // empty: {} or []
+        out += c + raw[next];
+        i = next + 1;
+      } else {
+        depth += 1;
+        out += c + newline();
+        i += 1;
+      }
+    } else if (c === '}' || c === ']') {
+      depth -= 1;
+      out += newline() + c;
+      i += 1;
+    } else if (c === ',') {
+      out += ',' + newline();
+      i += 1;
+    } else if (c === ':') {
+      out += ': ';
+      i += 1;
+    } else {
+      out += c;
+      i += 1;
+    }
+  }
+  return out;
+}
+
 // Replaces a container's children only when the data differs from what it shows, so a
 // refresh that changed nothing does not reset selection or scroll.
 const rendered = new WeakMap(); // container → the JSON of the data it shows
@@ -117,6 +215,11 @@ function errorText(body, text) {
 }
 
 async function api(method, path, acceptStatus) {
+  return (await apiWithText(method, path, acceptStatus)).body;
+}
+
+// `api`, also giving the answer's text.
+async function apiWithText(method, path, acceptStatus) {
   let response;
   try {
     response = await fetch(path, {method, cache: 'no-store', headers: {Accept: 'application/json'}});
@@ -133,7 +236,7 @@ async function api(method, path, acceptStatus) {
     throw new ApiError(response.status, `${method} ${path}: ${response.status} ${errorText(body, text)}`);
   }
   if (body === null) throw new ApiError(response.status, `${method} ${path}: the answer is not JSON`);
-  return body;
+  return {body, text};
 }
 
 const seg = encodeURIComponent;
@@ -375,7 +478,9 @@ async function refreshJobDetail() {
     return;
   }
   const ok = await guarded('job', async () => {
-    const job = await api('GET', `/v1/jobs/${seg(view.job)}`);
+    const {body: job, text} = await apiWithText('GET', `/v1/jobs/${seg(view.job)}`);
+    job.payloadText = rawMember(text, 'payload');
+    job.resultText = rawMember(text, 'result');
     detail.hidden = false;
     renderIfChanged(detail, job, () => renderJobDetail(detail, job));
   });
@@ -403,8 +508,10 @@ function renderJobDetail(detail, job) {
       el('span', {class: 'spacer'}),
       el('button', {type: 'button', 'data-close-job': ''}, 'Close')),
     facts,
-    el('h4', {}, 'payload'), el('pre', {class: 'json', 'data-field': 'payload'}, pretty(job.payload)),
-    el('h4', {}, 'result'), el('pre', {class: 'json', 'data-field': 'result'}, pretty(job.result)),
+    el('h4', {}, 'payload'), el('pre', {class: 'json', 'data-field': 'payload'},
+      job.payloadText === undefined ? pretty(job.payload) : prettyText(job.payloadText)),
+    el('h4', {}, 'result'), el('pre', {class: 'json', 'data-field': 'result'},
+      job.resultText === undefined ? pretty(job.result) : prettyText(job.resultText)),
     el('h4', {}, `errors (${errorRows.length})`),
     errorRows.length
       ? el('table', {class: 'errors'}, el('thead', {}, el('tr', {}, el('th', {}, 'attempt'), el('th', {}, 'at'), el('th', {}, 'error'))),
