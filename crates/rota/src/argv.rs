@@ -27,6 +27,9 @@ const VALUE_FLAGS: &[&str] = &[
     "with-value",
     "with-index",
     "after-index",
+    "host-whitelist",
+    "cors",
+    "log-level",
 ];
 
 /// Long flags without a value (Go's bools also accept `-flag=true`).
@@ -41,6 +44,75 @@ const SWITCH_FLAGS: &[&str] = &[
     "help",
     "version",
 ];
+
+/// etcd 3.4 flags that mean nothing to rota (the v3 API, zap logging, gRPC, profiling, bbolt),
+/// and whether each takes a value: `rota serve` takes them, so that an etcd command line
+/// (or unit file) starts rota, and names the ones given in a warning. (`--force-new-cluster`
+/// is not among them: it changes what a member does, and rota refuses it as unknown.)
+const IGNORED_SERVE_FLAGS: &[(&str, bool)] = &[
+    ("logger", true),
+    ("log-outputs", true),
+    ("quota-backend-bytes", true),
+    ("auto-compaction-retention", true),
+    ("auto-compaction-mode", true),
+    ("max-request-bytes", true),
+    ("max-txn-ops", true),
+    ("listen-metrics-urls", true),
+    ("metrics", true),
+    ("max-snapshots", true),
+    ("max-wals", true),
+    ("backend-batch-interval", true),
+    ("backend-batch-limit", true),
+    ("grpc-keepalive-min-time", true),
+    ("grpc-keepalive-interval", true),
+    ("grpc-keepalive-timeout", true),
+    ("debug", false),
+    ("enable-pprof", false),
+    ("strict-reconfig-check", false),
+    ("enable-grpc-gateway", false),
+    ("pre-vote", false),
+];
+
+/// Takes the [`IGNORED_SERVE_FLAGS`] out of a `rota serve` command line (after
+/// [`rewrite_go_flags`]); returns the rest and the flags taken, as given.
+pub fn take_ignored_serve_flags(args: Vec<OsString>) -> (Vec<OsString>, Vec<String>) {
+    if args.get(1).is_none_or(|arg| arg != "serve") {
+        return (args, Vec::new());
+    }
+    let mut kept = Vec::new();
+    let mut ignored = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            kept.push(arg);
+            kept.extend(args.by_ref());
+            break;
+        }
+        let flag = arg.to_str().and_then(|text| text.strip_prefix("--")).and_then(|rest| {
+            let (name, value) = match rest.split_once('=') {
+                Some((name, value)) => (name, Some(value)),
+                None => (rest, None),
+            };
+            IGNORED_SERVE_FLAGS
+                .iter()
+                .find(|(ignored, _)| *ignored == name)
+                .map(|(_, takes_value)| (*takes_value, value.is_none()))
+        });
+        match flag {
+            Some((takes_value, without_value)) => {
+                let mut given = arg.to_string_lossy().into_owned();
+                if takes_value && without_value {
+                    if let Some(value) = args.next() {
+                        given = format!("{given} {}", value.to_string_lossy());
+                    }
+                }
+                ignored.push(given);
+            }
+            None => kept.push(arg),
+        }
+    }
+    (kept, ignored)
+}
 
 /// Rewrites `-flag` / `-flag=value` to `--flag` / `--flag=value` for rota's long flags.
 pub fn rewrite_go_flags(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
@@ -78,8 +150,9 @@ pub fn rewrite_go_flags(args: impl IntoIterator<Item = OsString>) -> Vec<OsStrin
             Some((name, _)) => (name, true),
             None => (rest, false),
         };
-        let takes_value = VALUE_FLAGS.contains(&name);
-        let known = takes_value || SWITCH_FLAGS.contains(&name);
+        let ignored = IGNORED_SERVE_FLAGS.iter().find(|(ignored, _)| *ignored == name);
+        let takes_value = VALUE_FLAGS.contains(&name) || ignored.is_some_and(|(_, takes_value)| *takes_value);
+        let known = takes_value || SWITCH_FLAGS.contains(&name) || ignored.is_some();
         if known && takes_value && !has_value {
             next_is_value = true;
         }
@@ -149,6 +222,26 @@ mod tests {
             rewrite(&["rota", "kv", "set", "--", "/k", "-name"]),
             ["rota", "kv", "set", "--", "/k", "-name"]
         );
+    }
+
+    #[test]
+    fn etcd_flags_rota_has_no_use_for_are_taken_out_of_serve_only() {
+        let args = rewrite_go_flags(
+            [
+                "rota", "serve", "-name", "n1", "--logger=zap", "-log-outputs", "stderr", "--debug",
+                "--quota-backend-bytes", "8589934592", "--data-dir", "d", "--enable-pprof=true",
+            ]
+            .map(OsString::from),
+        );
+        let (kept, ignored) = take_ignored_serve_flags(args);
+        let kept: Vec<String> = kept.into_iter().map(|arg| arg.into_string().expect("utf-8")).collect();
+        assert_eq!(kept, ["rota", "serve", "--name", "n1", "--data-dir", "d"]);
+        assert_eq!(
+            ignored,
+            ["--logger=zap", "--log-outputs stderr", "--debug", "--quota-backend-bytes 8589934592", "--enable-pprof=true"]
+        );
+        let other = vec![OsString::from("rota"), OsString::from("kv"), OsString::from("--debug")];
+        assert_eq!(take_ignored_serve_flags(other.clone()).0, other);
     }
 
     #[test]

@@ -55,7 +55,8 @@ fn main() -> ExitCode {
         return job_supervisor::run(raw_args);
     }
     let args = argv::rewrite_go_flags(std::env::args_os());
-    let cli = match Cli::try_parse_from(&args) {
+    let (args, ignored_etcd_flags) = argv::take_ignored_serve_flags(args);
+    let mut cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(error) => {
             let _ = error.print();
@@ -71,6 +72,9 @@ fn main() -> ExitCode {
         eprintln!("Error:  `--wait` and a duration apart are a bare --wait and an argument");
         eprintln!("{hint}");
         return ExitCode::from(job_cli::EXIT_BAD_ARGS);
+    }
+    if let Command::Serve(serve) = &mut cli.command {
+        serve.ignored_etcd_flags = ignored_etcd_flags;
     }
     if !matches!(cli.command, Command::Serve(_) | Command::Worker(_)) {
         stdout_closed_ends_quietly();

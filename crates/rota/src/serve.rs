@@ -81,9 +81,24 @@ pub struct ServeArgs {
     /// 0: no limit.
     #[arg(long = "client-rate-limit", env = "ROTA_CLIENT_RATE_LIMIT", default_value_t = 0, value_name = "PER_SECOND")]
     pub client_rate_limit: u32,
+    /// Host names a request's `Host` header may name, comma-separated (`*`: any), against
+    /// DNS rebinding: a request for another host gets 421, as etcd's. Name every name and
+    /// address clients use (e.g. `localhost,127.0.0.1,rota.internal`).
+    #[arg(env = "ETCD_HOST_WHITELIST", long = "host-whitelist", default_value = "*")]
+    pub host_whitelist: String,
+    /// Origins that web pages may read and send `/v2` requests from, comma-separated
+    /// (`*`: any, etcd's default). `/v1` serves same-origin pages only.
+    #[arg(env = "ETCD_CORS", long, default_value = "*")]
+    pub cors: String,
+    /// What to log: debug, info, warn or error (`RUST_LOG`, when set, decides instead).
+    #[arg(env = "ETCD_LOG_LEVEL", long = "log-level", default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
+    pub log_level: String,
     /// Accepted for etcd compatibility: the v2 API is always on.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", hide = true)]
     pub enable_v2: Option<String>,
+    /// etcd flags given that mean nothing to rota (see `argv::IGNORED_SERVE_FLAGS`).
+    #[arg(skip)]
+    pub ignored_etcd_flags: Vec<String>,
 }
 
 impl ServeArgs {
@@ -140,7 +155,13 @@ fn peer_source_ip(peer_addresses: &[SocketAddr]) -> Option<IpAddr> {
 }
 
 pub async fn run(args: ServeArgs) -> ExitCode {
-    init_tracing();
+    init_tracing(&args.log_level);
+    if !args.ignored_etcd_flags.is_empty() {
+        tracing::warn!(
+            "ignored: {} (etcd flags that mean nothing to rota: v3, zap logging, gRPC, profiling)",
+            args.ignored_etcd_flags.join(" ")
+        );
+    }
     match serve(args).await {
         Ok(code) => code,
         Err(error) => {
@@ -279,6 +300,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         watchers_max: rota_server::limits::WATCHERS_MAX,
         body_budget_bytes_max: rota_server::limits::BODY_BUDGET_BYTES_MAX,
         client_rate_limit: args.client_rate_limit,
+        host_whitelist: split_urls(&args.host_whitelist),
+        cors: split_urls(&args.cors),
     };
     let app = App::new(node.clone(), server_config);
     tracing::info!(
@@ -378,16 +401,16 @@ impl ShutdownSignals {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // openraft logs every failed retry to an unreachable follower (about 15 lines a
         // second each); the peer transport logs when a peer goes away and comes back. Its
         // core warns of messages it ignores as stale (every start, every election): those
         // are kept from a normal log, its errors are not.
         .unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(
-                "info,openraft=warn,openraft::core::raft_core=error,openraft::replication=off,openraft::engine::handler::replication_handler=off",
-            )
+            tracing_subscriber::EnvFilter::new(format!(
+                "{level},openraft=warn,openraft::core::raft_core=error,openraft::replication=off,openraft::engine::handler::replication_handler=off",
+            ))
         });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     use tracing_subscriber::layer::SubscriberExt as _;

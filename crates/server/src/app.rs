@@ -50,6 +50,11 @@ pub struct ServerConfig {
     pub body_budget_bytes_max: usize,
     /// `--client-rate-limit`: requests per second per client address; 0: no limit.
     pub client_rate_limit: u32,
+    /// `--host-whitelist`: the host names a request's `Host` may name (any port); empty or
+    /// `*`: any. Others are refused with etcd's 421, against DNS rebinding.
+    pub host_whitelist: Vec<String>,
+    /// `--cors`: the origins `/v2` answers carry CORS headers for; empty or `*`: any (`*`).
+    pub cors: Vec<String>,
 }
 
 impl ServerConfig {
@@ -62,6 +67,8 @@ impl ServerConfig {
             watchers_max: limits::WATCHERS_MAX,
             body_budget_bytes_max: limits::BODY_BUDGET_BYTES_MAX,
             client_rate_limit: 0,
+            host_whitelist: Vec::new(),
+            cors: Vec::new(),
         }
     }
 }
@@ -83,6 +90,10 @@ pub struct App<B> {
     pub(crate) v1: crate::v1::V1,
     /// `--client-rate-limit`, when set.
     client_rate: Option<ClientRate>,
+    /// `--host-whitelist` (lowercase; empty: any host).
+    host_whitelist: Vec<String>,
+    /// `--cors` (empty: any origin).
+    cors: Vec<String>,
 }
 
 impl<B: Backend> App<B> {
@@ -98,8 +109,18 @@ impl<B: Backend> App<B> {
             .unwrap_or(HeaderValue::from_static("0000000000000000"));
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let client_rate = (config.client_rate_limit > 0).then(|| ClientRate::new(config.client_rate_limit));
+        // `*` anywhere in a list means any, as etcd reads it.
+        let list = |names: &[String]| -> Vec<String> {
+            let names: Vec<String> =
+                names.iter().map(|name| name.trim().to_ascii_lowercase()).filter(|name| !name.is_empty()).collect();
+            if names.iter().any(|name| name == "*") { Vec::new() } else { names }
+        };
+        let host_whitelist = list(&config.host_whitelist);
+        let cors = list(&config.cors);
         Arc::new(App {
             client_rate,
+            host_whitelist,
+            cors,
             backend,
             watchers: Arc::new(AtomicUsize::new(0)),
             watchers_max: config.watchers_max,
@@ -150,7 +171,7 @@ impl<B: Backend> App<B> {
                     let started = Instant::now();
                     let mut response = over_client_rate(client, rate.per_second(), wait, path);
                     if !is_v1_path(path) {
-                        respond::add_cors(&mut response);
+                        self.add_cors(&mut response, request.headers().get(axum::http::header::ORIGIN));
                     }
                     self.metrics.observe(Route::Other, request.method(), 429, started.elapsed());
                     self.requests_total.fetch_add(1, Ordering::Relaxed);
@@ -161,9 +182,61 @@ impl<B: Backend> App<B> {
         self.handle(request).await
     }
 
+    /// etcd's `--host-whitelist` (against DNS rebinding): a request whose `Host` names
+    /// another host than those listed gets etcd's 421 and nothing else is done.
+    fn host_refusal(&self, request: &Request<Body>) -> Option<Response<Body>> {
+        if self.host_whitelist.is_empty() {
+            return None;
+        }
+        let host = request
+            .headers()
+            .get(axum::http::header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .or_else(|| request.uri().host())
+            .unwrap_or("");
+        let name = host_name(host);
+        if self.host_whitelist.iter().any(|allowed| allowed.eq_ignore_ascii_case(name)) {
+            return None;
+        }
+        tracing::warn!(host = name, "refused a request for a host not in --host-whitelist (DNS rebinding?)");
+        let body = format!(
+            "rota received your request, but the Host header was unrecognized.\n\n\
+             To fix this, add the host name you use to the list and restart rota:\n  \
+             rota serve --host-whitelist {name:?}\n"
+        );
+        let mut response = respond::with_status(421, body);
+        response.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        Some(response)
+    }
+
+    /// etcd's CORS headers on a `/v2` (or other etcd path) answer: for any origin, or with
+    /// `--cors`, for the listed origin the request came from.
+    fn add_cors(&self, response: &mut Response<Body>, origin: Option<&HeaderValue>) {
+        if self.cors.is_empty() {
+            respond::add_cors(response, HeaderValue::from_static("*"));
+            return;
+        }
+        if let Some(origin) = origin {
+            let listed = origin
+                .to_str()
+                .is_ok_and(|text| self.cors.iter().any(|allowed| allowed.eq_ignore_ascii_case(text.trim_end_matches('/'))));
+            if listed {
+                respond::add_cors(response, origin.clone());
+            }
+        }
+    }
+
     /// Answers one request. Never panics on input; every path ends in a response.
     pub async fn handle(self: &Arc<Self>, request: Request<Body>) -> Response<Body> {
         let started = Instant::now();
+        if let Some(refused) = self.host_refusal(&request) {
+            self.metrics.observe(Route::Other, request.method(), 421, started.elapsed());
+            self.requests_total.fetch_add(1, Ordering::Relaxed);
+            return refused;
+        }
         let method = request.method().clone();
         // Go's server answers `OPTIONS *` itself, before any handler (so without CORS).
         let server_wide = request.uri().path() == "*";
@@ -172,6 +245,7 @@ impl<B: Backend> App<B> {
         // and a write that a page of another site sends anyway (a form's POST needs no
         // permission) is refused.
         let own_api = is_v1_path(request.uri().path());
+        let origin = request.headers().get(axum::http::header::ORIGIN).cloned();
         let (route, mut response) = if server_wide {
             let status = if method == Method::OPTIONS { 200 } else { 400 };
             (Route::Other, respond::with_status(status, Body::empty()))
@@ -181,7 +255,7 @@ impl<B: Backend> App<B> {
             self.route(request).await
         };
         if !server_wide && !own_api {
-            respond::add_cors(&mut response);
+            self.add_cors(&mut response, origin.as_ref());
         }
         self.metrics.observe(
             route,
@@ -604,6 +678,14 @@ fn mutation(method: &Method, key: String, params: &KeyParams) -> V2Command {
             refresh: params.refresh == Some(true),
         }),
     }
+}
+
+/// The host name of a `Host` header (`name:port`, `[v6]:port`), without the port.
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    host.rsplit_once(':').map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host })
 }
 
 /// `/v1` or under it (before percent-decoding: `%2F` is not a separator there either).

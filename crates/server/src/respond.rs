@@ -24,13 +24,10 @@ static ACCESS_CONTROL_ALLOW_METHODS: HeaderName =
 static ACCESS_CONTROL_ALLOW_HEADERS: HeaderName =
     HeaderName::from_static("access-control-allow-headers");
 
-/// etcd's CORS headers, on every response.
-pub fn add_cors(response: &mut Response<Body>) {
+/// etcd's CORS headers, for `origin` (`*`: any).
+pub fn add_cors(response: &mut Response<Body>, origin: HeaderValue) {
     let headers = response.headers_mut();
-    headers.insert(
-        ACCESS_CONTROL_ALLOW_ORIGIN.clone(),
-        HeaderValue::from_static("*"),
-    );
+    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN.clone(), origin);
     headers.insert(
         ACCESS_CONTROL_ALLOW_METHODS.clone(),
         HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),

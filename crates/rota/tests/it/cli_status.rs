@@ -130,3 +130,49 @@ fn job_cli_refuses_a_wait_apart_from_its_value_and_raises_the_backoff_max_with_t
     assert_eq!(waited.status.code(), Some(3), "still queued after the wait: {waited:?}");
     assert!(waited.stderr.contains("job 1 queued in slow; waiting up to 200ms"), "{waited:?}");
 }
+
+/// An etcd 3.4 command line starts rota: flags that mean nothing here (zap logging, the v3
+/// quota, profiling) are named in a warning; `--host-whitelist` refuses other hosts with
+/// etcd's 421 (DNS rebinding) and `--cors` limits `/v2`'s CORS headers to its origins.
+#[test]
+fn serve_takes_an_etcd_command_line_with_its_host_whitelist_and_cors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, _) = free_port_pair();
+    let url = format!("http://127.0.0.1:{port}");
+    let data_dir = dir.path().join("etcdish").display().to_string();
+    let args: Vec<String> = [
+        "serve", "-name", "etcdish", "-data-dir", &data_dir, "-listen-client-urls", &url, "-advertise-client-urls", &url,
+        "--logger=zap", "--log-outputs", "stderr", "--quota-backend-bytes", "8589934592", "--auto-compaction-retention=1",
+        "--enable-pprof", "--host-whitelist", "localhost,127.0.0.1", "--cors", "http://app.example", "--log-level", "info",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut node = Proc::spawn(dir.path(), "etcdish", &args, &[]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    wait_until(Duration::from_secs(30), "the node answers", || {
+        http::send(addr, &Request::new("GET", "/health")).ok().filter(|r| r.status() == 200).map(|_| ())
+    });
+    let stderr = node.stderr();
+    assert!(
+        stderr.contains("ignored: --logger=zap --log-outputs stderr --quota-backend-bytes 8589934592 --auto-compaction-retention=1 --enable-pprof"),
+        "{stderr}"
+    );
+    let put = |host: &str, origin: Option<&str>| {
+        let mut request = Request::new("PUT", "/v2/keys/k").header("Host", host).form("value=1");
+        if let Some(origin) = origin {
+            request = request.header("Origin", origin);
+        }
+        http::send(addr, &request).expect("PUT")
+    };
+    let rebound = put("evil.example:2379", None);
+    assert_eq!(rebound.status(), 421, "{}", rebound.text());
+    assert!(rebound.text().contains("--host-whitelist"), "{}", rebound.text());
+    let listed = put(&format!("localhost:{port}"), Some("http://app.example"));
+    assert!(listed.status() == 200 || listed.status() == 201, "{}", listed.text());
+    assert_eq!(listed.header("access-control-allow-origin"), Some("http://app.example"));
+    let other_origin = put(&format!("127.0.0.1:{port}"), Some("http://other.example"));
+    assert_eq!(other_origin.status(), 200, "{}", other_origin.text());
+    assert_eq!(other_origin.header("access-control-allow-origin"), None);
+    node.terminate();
+    assert!(node.wait_exit(Duration::from_secs(10)).success(), "{}", node.stderr());
+}

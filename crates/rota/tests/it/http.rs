@@ -112,8 +112,14 @@ impl Request {
     }
 
     fn to_bytes(&self, addr: SocketAddr) -> Vec<u8> {
+        // The address as `Host`, unless the request names its own.
+        let host = if self.headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("host")) {
+            String::new()
+        } else {
+            format!("Host: {addr}\r\n")
+        };
         let mut out = format!(
-            "{} {} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n",
+            "{} {} HTTP/1.1\r\n{host}Connection: close\r\n",
             self.method, self.target
         )
         .into_bytes();

@@ -87,6 +87,8 @@ async fn start(config: NodeConfig) -> Running {
             watchers_max: 16,
             body_budget_bytes_max: rota_server::limits::BODY_BUDGET_BYTES_MAX,
             client_rate_limit: 0,
+            host_whitelist: Vec::new(),
+            cors: Vec::new(),
         },
     );
     Running {
