@@ -188,13 +188,7 @@ impl<B: Backend> App<B> {
         if self.host_whitelist.is_empty() {
             return None;
         }
-        let host = request
-            .headers()
-            .get(axum::http::header::HOST)
-            .and_then(|host| host.to_str().ok())
-            .or_else(|| request.uri().host())
-            .unwrap_or("");
-        let name = host_name(host);
+        let name = host_name(request_host(request).unwrap_or(""));
         if self.host_whitelist.iter().any(|allowed| allowed.eq_ignore_ascii_case(name)) {
             return None;
         }
@@ -680,6 +674,15 @@ fn mutation(method: &Method, key: String, params: &KeyParams) -> V2Command {
     }
 }
 
+/// The host (and port) a request was sent to: its `Host` header, or its target's authority.
+fn request_host(request: &Request<Body>) -> Option<&str> {
+    request
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .or_else(|| request.uri().authority().map(|authority| authority.as_str()))
+}
+
 /// The host name of a `Host` header (`name:port`, `[v6]:port`), without the port.
 fn host_name(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
@@ -704,12 +707,7 @@ fn is_cross_site_write(request: &Request<Body>) -> bool {
         return false;
     };
     let origin = origin.to_str().ok().and_then(|origin| origin.split_once("://"));
-    let host = request
-        .headers()
-        .get(axum::http::header::HOST)
-        .and_then(|host| host.to_str().ok())
-        .or_else(|| request.uri().authority().map(|authority| authority.as_str()));
-    match (origin, host) {
+    match (origin, request_host(request)) {
         (Some((scheme, authority)), Some(host)) => {
             // `http://localhost` and `Host: localhost:80` name the same server.
             let default_port = if scheme.eq_ignore_ascii_case("https") { ":443" } else { ":80" };

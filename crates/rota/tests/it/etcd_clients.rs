@@ -403,6 +403,23 @@ fn python_etcd_library_session_prints_the_same_against_etcd_and_rota() {
     });
 }
 
+/// Starts `tests/it/<script>` with every member's client URL, its stdin, stdout and stderr
+/// piped, under `timeout`.
+fn spawn_python_script(python: &Path, script: &str, cluster: &Cluster) -> std::process::Child {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it").join(script);
+    let endpoints: Vec<String> = cluster.nodes.iter().map(|node| node.client_url()).collect();
+    Command::new("timeout")
+        .arg(COMMAND_TIMEOUT_S)
+        .arg(python)
+        .arg(&script)
+        .arg(endpoints.join(","))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start python")
+}
+
 /// python-etcd given all three members of a cluster (`allow_reconnect`) writes, the leader
 /// is SIGKILLed, and its next write and quorum read succeed without any retry of ours: the
 /// library moves to another member, which holds the write until a new leader is elected.
@@ -411,19 +428,8 @@ fn python_etcd_library_session_prints_the_same_against_etcd_and_rota() {
 #[test]
 fn python_etcd_library_rides_out_a_leader_kill() {
     let python = python_with_python_etcd();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/python_etcd_failover.py");
     let mut cluster = Cluster::start(ClusterConfig::new(3, "python-etcd"));
-    let endpoints: Vec<String> = cluster.nodes.iter().map(|node| node.client_url()).collect();
-    let mut child = Command::new("timeout")
-        .arg(COMMAND_TIMEOUT_S)
-        .arg(&python)
-        .arg(&script)
-        .arg(endpoints.join(","))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start python");
+    let mut child = spawn_python_script(&python, "python_etcd_failover.py", &cluster);
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
     let mut seen = Vec::new();
     while seen.last().map(String::as_str) != Some("ready") {
@@ -466,20 +472,9 @@ fn python_etcd_library_rides_out_a_leader_kill() {
 #[test]
 fn python_etcd_watch_moves_to_another_member_when_its_member_stops() {
     let python = python_with_python_etcd();
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/python_etcd_watch_failover.py");
     let cluster = Cluster::start(ClusterConfig::new(3, "python-watch"));
     cluster.wait_leader(Duration::from_secs(10)).expect("a leader");
-    let endpoints: Vec<String> = cluster.nodes.iter().map(|node| node.client_url()).collect();
-    let mut child = Command::new("timeout")
-        .arg(COMMAND_TIMEOUT_S)
-        .arg(&python)
-        .arg(&script)
-        .arg(endpoints.join(","))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start python");
+    let mut child = spawn_python_script(&python, "python_etcd_watch_failover.py", &cluster);
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
     let mut ready = String::new();
     stdout.read_line(&mut ready).expect("read");
