@@ -267,7 +267,7 @@ impl<B: Backend> App<B> {
             return (Route::Other, respond::with_status(200, Body::empty()));
         }
         let raw_path = request.uri().path();
-        let decoded = match crate::path::decode(raw_path) {
+        let (decoded, path_is_utf8) = match crate::path::decode(raw_path) {
             Ok(decoded) => decoded,
             Err(_) => return (Route::Other, respond::go_bad_request()),
         };
@@ -289,7 +289,7 @@ impl<B: Backend> App<B> {
         let path = decoded.as_str();
         if path == "/v2/keys" || path.starts_with("/v2/keys/") {
             let suffix = path["/v2/keys".len()..].to_string();
-            return self.keys(request, &suffix).await;
+            return self.keys(request, &suffix, path_is_utf8).await;
         }
         if path == "/v1" || path.starts_with("/v1/") {
             let path = path.to_owned();
@@ -381,6 +381,7 @@ impl<B: Backend> App<B> {
         self: &Arc<Self>,
         request: Request<Body>,
         suffix: &str,
+        key_is_utf8: bool,
     ) -> (Route, Response<Body>) {
         let method = request.method().clone();
         if !matches!(
@@ -392,11 +393,32 @@ impl<B: Backend> App<B> {
                 respond::method_not_allowed("HEAD,GET,PUT,POST,DELETE"),
             );
         }
-        let (route, mut response) = self.keys_inner(request, &method, suffix).await;
+        let (route, mut response) = if key_is_utf8 {
+            self.keys_inner(request, &method, suffix).await
+        } else {
+            (Route::Keys, self.non_utf8_key(&request, &method, suffix))
+        };
         response
             .headers_mut()
             .insert(X_ETCD_CLUSTER_ID.clone(), self.cluster_id_header.clone());
         (route, response)
+    }
+
+    /// A key whose bytes are not UTF-8 (see [`crate::params::not_utf8`]): none is ever
+    /// written, so writing one is error 209, and reading or deleting one finds nothing
+    /// (etcd's 100, as for any key that does not exist); a watch of one is refused (209)
+    /// rather than left waiting for a write that cannot come.
+    fn non_utf8_key(&self, request: &Request<Body>, method: &Method, suffix: &str) -> Response<Body> {
+        let mut query = Form::default();
+        let _ = query.extend_from_urlencoded(request.uri().query().unwrap_or_default().as_bytes());
+        let watches = query.get("wait").and_then(crate::form::parse_bool) == Some(true);
+        let reads = matches!(*method, Method::GET | Method::HEAD | Method::DELETE);
+        if reads && !watches {
+            let index = self.backend.read(|state| state.v2.index());
+            let key = crate::path::key_from_suffix(suffix);
+            return respond::v2_error(&V2Error::new(100, Some(key), index));
+        }
+        respond::v2_error(&crate::params::not_utf8("the key"))
     }
 
     async fn keys_inner(
@@ -487,6 +509,10 @@ impl<B: Backend> App<B> {
             Ok(params) => params,
             Err(error) => return (Route::Keys, respond::v2_error(&error)),
         };
+        let takes_prev_value = matches!(*method, Method::PUT | Method::DELETE);
+        if let Some(field) = crate::params::non_utf8_field(&form, takes_body, takes_prev_value) {
+            return (Route::Keys, respond::v2_error(&crate::params::not_utf8(field)));
+        }
         if takes_body && params.value.len() > limits::VALUE_BYTES_MAX {
             let cause = format!(
                 "value is {} bytes, limit {}",

@@ -5,7 +5,9 @@
 //! 404 page made etcdctl print `invalid character 'p' after top-level value`. Instead:
 //! - `GET /v2/auth/enable` is `{"enabled":false}`, as on an etcd without auth;
 //! - `DELETE /v2/auth/enable` is etcd's own 409 `auth: already disabled`;
-//! - `GET /v2/auth/users` and `GET /v2/auth/roles` list none (`etcdctl role list` shows
+//! - `GET /v2/auth/users` lists none; `GET /v2/auth/roles` lists etcd's built-in `root`
+//!   role (every key, read and write), which `GET /v2/auth/roles/root` shows; any other
+//!   user or role is etcd's 404 `auth: User x does not exist.` (`etcdctl role list` shows
 //!   only the status code of any other answer);
 //! - everything else (enabling auth, users, roles) is 404 with etcd's `{"message"}` error
 //!   body saying that rota does not implement it. Not 501: etcd's Go client takes any 5xx
@@ -17,6 +19,9 @@ use axum::http::{Method, Response};
 
 use crate::respond;
 
+/// etcd's built-in role, there with auth off too.
+const ROOT_ROLE: &str = r#"{"role":"root","permissions":{"kv":{"read":["/*"],"write":["/*"]}}}"#;
+
 const NOT_SUPPORTED: &str = "auth: not supported: rota has no etcd v2 users or roles (every \
 client may read and write every key); restrict who reaches its client port instead";
 
@@ -24,8 +29,21 @@ client may read and write every key); restrict who reaches its client port inste
 pub(crate) fn handle(method: &Method, path: &str) -> Response<Body> {
     match (method, path) {
         (&Method::GET, "/v2/auth/users") => return respond::json(200, "{\"users\":null}"),
-        (&Method::GET, "/v2/auth/roles") => return respond::json(200, "{\"roles\":null}"),
+        (&Method::GET, "/v2/auth/roles") => {
+            return respond::json(200, format!("{{\"roles\":[{ROOT_ROLE}]}}\n"))
+        }
+        (&Method::GET, "/v2/auth/roles/root") => return respond::json(200, format!("{ROOT_ROLE}\n")),
         (_, "/v2/auth/enable") => {}
+        (&Method::GET, _) => {
+            let named = |prefix| path.strip_prefix(prefix).filter(|name: &&str| !name.is_empty() && !name.contains('/'));
+            if let Some(name) = named("/v2/auth/users/") {
+                return message(404, &format!("auth: User {name} does not exist."));
+            }
+            if let Some(name) = named("/v2/auth/roles/") {
+                return message(404, &format!("auth: Role {name} does not exist."));
+            }
+            return message(404, NOT_SUPPORTED);
+        }
         _ => return message(404, NOT_SUPPORTED),
     }
     match *method {
@@ -71,15 +89,26 @@ mod tests {
             answer(Method::GET, "/v2/auth/users").await,
             (200, "{\"users\":null}".into())
         );
+        // etcd 3.4's answers with auth off, byte for byte.
+        let root = r#"{"role":"root","permissions":{"kv":{"read":["/*"],"write":["/*"]}}}"#;
         assert_eq!(
             answer(Method::GET, "/v2/auth/roles").await,
-            (200, "{\"roles\":null}".into())
+            (200, format!("{{\"roles\":[{root}]}}\n"))
+        );
+        assert_eq!(answer(Method::GET, "/v2/auth/roles/root").await, (200, format!("{root}\n")));
+        assert_eq!(
+            answer(Method::GET, "/v2/auth/roles/guest").await,
+            (404, r#"{"message":"auth: Role guest does not exist."}"#.into())
+        );
+        assert_eq!(
+            answer(Method::GET, "/v2/auth/users/root").await,
+            (404, r#"{"message":"auth: User root does not exist."}"#.into())
         );
         for (method, path) in [
             (Method::PUT, "/v2/auth/enable"),
-            (Method::GET, "/v2/auth/users/root"),
             (Method::PUT, "/v2/auth/users/root"),
-            (Method::GET, "/v2/auth/roles/root"),
+            (Method::PUT, "/v2/auth/roles/foo"),
+            (Method::DELETE, "/v2/auth/roles/root"),
         ] {
             let (status, body) = answer(method.clone(), path).await;
             assert_eq!(status, 404, "{method} {path}");

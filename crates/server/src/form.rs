@@ -14,7 +14,8 @@ use std::fmt::Write as _;
 /// `Values.Get` does. A handful of fields per request, so a vector beats a map.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Form {
-    fields: Vec<(String, String)>,
+    /// (name, value, whether the value's bytes were UTF-8).
+    fields: Vec<(String, String, bool)>,
 }
 
 /// Go's `url.ParseQuery` error, rendered exactly as Go renders it.
@@ -52,14 +53,14 @@ impl Form {
                     continue;
                 }
             };
-            let value = match query_unescape(value) {
+            let (value, utf8) = match unescape(value, true) {
                 Ok(value) => value,
                 Err(error) => {
                     first_error.get_or_insert(error);
                     continue;
                 }
             };
-            self.fields.push((key, value));
+            self.fields.push((key, value, utf8));
         }
         match first_error {
             Some(error) => Err(error),
@@ -71,8 +72,18 @@ impl Form {
     pub fn get(&self, name: &str) -> Option<&str> {
         self.fields
             .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
+            .find(|(key, _, _)| key == name)
+            .map(|(_, value, _)| value.as_str())
+    }
+
+    /// Whether the first value of `name` was UTF-8 once unescaped (true when absent). A
+    /// value that was not is held with U+FFFD in place of the bad bytes, so two different
+    /// byte strings can look the same: keys and values must not be such.
+    pub fn is_utf8(&self, name: &str) -> bool {
+        self.fields
+            .iter()
+            .find(|(key, _, _)| key == name)
+            .is_none_or(|(_, _, utf8)| *utf8)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -87,20 +98,25 @@ impl Form {
 /// Go's `url.QueryUnescape`: `+` is a space, `%XX` a byte. Bytes that aren't UTF-8 are kept
 /// as U+FFFD (Go keeps raw bytes; etcd keys and values are Go strings, which rota can't hold).
 pub fn query_unescape(raw: &[u8]) -> Result<String, FormError> {
-    unescape(raw, true)
+    unescape(raw, true).map(|(text, _)| text)
 }
 
 /// Go's `url.PathUnescape` as used for `URL.Path`: like [`query_unescape`] but `+` stays.
-pub fn path_unescape(raw: &[u8]) -> Result<String, FormError> {
+/// The flag says whether the bytes were UTF-8 (if not, U+FFFD stands for the bad ones).
+pub fn path_unescape(raw: &[u8]) -> Result<(String, bool), FormError> {
     unescape(raw, false)
 }
 
-fn unescape(raw: &[u8], plus_is_space: bool) -> Result<String, FormError> {
+/// The unescaped text, and whether its bytes were UTF-8.
+fn unescape(raw: &[u8], plus_is_space: bool) -> Result<(String, bool), FormError> {
     if !raw
         .iter()
         .any(|&b| b == b'%' || (plus_is_space && b == b'+'))
     {
-        return Ok(String::from_utf8_lossy(raw).into_owned());
+        return Ok(match String::from_utf8_lossy(raw) {
+            Cow::Borrowed(text) => (text.to_owned(), true),
+            Cow::Owned(lossy) => (lossy, false),
+        });
     }
     let mut bytes = Vec::with_capacity(raw.len());
     let mut at = 0;
@@ -132,12 +148,10 @@ fn unescape(raw: &[u8], plus_is_space: bool) -> Result<String, FormError> {
             }
         }
     }
-    Ok(match String::from_utf8_lossy(&bytes) {
-        Cow::Borrowed(_) => {
-            // Valid UTF-8: reuse the buffer instead of copying it.
-            String::from_utf8(bytes).unwrap_or_default()
-        }
-        Cow::Owned(lossy) => lossy,
+    Ok(match String::from_utf8(bytes) {
+        // Valid UTF-8: the buffer is the string.
+        Ok(text) => (text, true),
+        Err(error) => (String::from_utf8_lossy(error.as_bytes()).into_owned(), false),
     })
 }
 
@@ -409,7 +423,7 @@ mod tests {
 
     #[test]
     fn path_unescape_keeps_plus() {
-        assert_eq!(path_unescape(b"/a+b%20c").unwrap(), "/a+b c");
+        assert_eq!(path_unescape(b"/a+b%20c").unwrap(), ("/a+b c".to_string(), true));
     }
 
     #[test]

@@ -61,6 +61,29 @@ fn get_index(form: &Form, name: &str) -> Result<u64, V2Error> {
     }
 }
 
+/// Error 209 for a key or field whose bytes are not UTF-8 once unescaped. etcd keeps such
+/// bytes (its keys and values are Go strings); rota holds keys and values as text, in which
+/// different bad bytes would all read U+FFFD: `k%FF` and `k%FE` would be one key, and a
+/// `prevValue` would match a value it differs from. So no such key or value is written.
+pub fn not_utf8(what: &str) -> V2Error {
+    request_error(
+        CODE_INVALID_FIELD,
+        &format!("{what} is not UTF-8 once percent-decoded (rota keeps keys and values as UTF-8 text)"),
+    )
+}
+
+/// The field of a write that must be UTF-8 and is not, if any: `value` (PUT, POST) and
+/// `prevValue` (PUT, DELETE); other methods ignore them, as etcd does.
+pub fn non_utf8_field(form: &Form, takes_value: bool, takes_prev_value: bool) -> Option<&'static str> {
+    if takes_value && !form.is_utf8("value") {
+        return Some("\"value\"");
+    }
+    if takes_prev_value && !form.is_utf8("prevValue") {
+        return Some("\"prevValue\"");
+    }
+    None
+}
+
 /// Parses and validates, in etcd's order. `is_get` is `method == "GET"` (etcd refuses `wait`
 /// on every other method, HEAD included).
 pub fn parse_key_params(form: &Form, is_get: bool) -> Result<KeyParams, V2Error> {

@@ -37,8 +37,9 @@ pub fn mux_clean(path: &str) -> String {
     cleaned
 }
 
-/// The decoded path of a request, or Go's parse error for an undecodable one.
-pub fn decode(raw_path: &str) -> Result<String, FormError> {
+/// The decoded path of a request and whether its bytes were UTF-8 (if not, U+FFFD stands
+/// for the bad ones), or Go's parse error for an undecodable one.
+pub fn decode(raw_path: &str) -> Result<(String, bool), FormError> {
     path_unescape(raw_path.as_bytes())
 }
 

@@ -166,3 +166,48 @@ async fn an_invalid_idempotency_key_is_400() {
     assert_eq!(reply.status, 400);
     assert_eq!(store_index(&app), 0);
 }
+
+/// Keys and values are text here: bytes that are not UTF-8 would all read U+FFFD, so two
+/// different keys would be one, and a `prevValue` would match a value it differs from (a
+/// lock won with the wrong token). Such writes are refused; nothing changes.
+#[tokio::test]
+async fn keys_and_values_that_are_not_utf8_are_refused_not_merged() {
+    let app = app();
+    // A real U+FFFD (valid UTF-8) is an ordinary key and value.
+    let real = put(&app, "/v2/keys/u/k%EF%BF%BD", "value=x%EF%BF%BDy").await;
+    assert_eq!(real.status, 201, "{}", real.body);
+    let before = store_index(&app);
+
+    for (uri, form, what) in [
+        ("/v2/keys/u/k%FF", "value=a", "the key"),
+        ("/v2/keys/u/k%FE", "value=b", "the key"),
+        ("/v2/keys/u/k%EF%BF%BD", "value=x%FEy", "\"value\""),
+        ("/v2/keys/u/k%EF%BF%BD", "value=z&prevValue=x%FEy", "\"prevValue\""),
+    ] {
+        let reply = put(&app, uri, form).await;
+        assert_eq!(reply.status, 400, "{uri} {form}: {}", reply.body);
+        assert_eq!(reply.json()["errorCode"], 209, "{uri} {form}");
+        let cause = reply.json()["cause"].as_str().unwrap_or_default().to_string();
+        assert!(cause.starts_with(what) && cause.contains("not UTF-8"), "{cause}");
+    }
+    let posted = send(&app, "POST", "/v2/keys/u/q%FF", Some("value=1")).await;
+    assert_eq!(posted.json()["errorCode"], 209, "{}", posted.body);
+    let cad = send(&app, "DELETE", "/v2/keys/u/k%EF%BF%BD?prevValue=x%FEy", None).await;
+    assert_eq!(cad.json()["errorCode"], 209, "{}", cad.body);
+    let watch = get(&app, "/v2/keys/u/k%FF?wait=true").await;
+    assert_eq!(watch.json()["errorCode"], 209, "{}", watch.body);
+    assert_eq!(store_index(&app), before, "nothing was written");
+
+    // No such key can exist: reading or deleting one finds nothing (not the U+FFFD key).
+    for method in ["GET", "DELETE"] {
+        let reply = send(&app, method, "/v2/keys/u/k%FF", None).await;
+        assert_eq!(reply.status, 404, "{method}: {}", reply.body);
+        assert_eq!(reply.json()["errorCode"], 100);
+        assert_eq!(reply.etcd_index(), before);
+    }
+    let still = get(&app, "/v2/keys/u/k%EF%BF%BD").await;
+    assert_eq!(still.json()["node"]["value"], "x\u{FFFD}y");
+    // Fields that are not keys or values are read as before.
+    let ignored = get(&app, "/v2/keys/u/k%EF%BF%BD?value=%FF").await;
+    assert_eq!(ignored.status, 200, "{}", ignored.body);
+}
