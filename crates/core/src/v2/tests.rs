@@ -1008,7 +1008,7 @@ fn json_escapes_like_go() {
 #[test]
 fn replacement_character_is_escaped_as_go_escapes_invalid_utf8() {
     // etcd answers a key holding the invalid byte 0xff with `\ufffd` in place of that byte;
-    // the server decodes such keys lossily, so the store sees U+FFFD.
+    // the server names such a key (in a "Key not found") decoded lossily, as U+FFFD.
     let mut s = store();
     let response = ok(&mut s, put("/bad\u{fffd}key", "v"));
     assert!(json(&response).contains("\"key\":\"/bad\\ufffdkey\""), "{}", json(&response));

@@ -195,8 +195,10 @@ fn write_node(out: &mut String, node: &NodeView) {
 /// A JSON string as Go's `encoding/json` writes it with HTML escaping on: `"` and `\`
 /// escaped, `\n` `\r` `\t` short, other control characters and `<` `>` `&` as `\u00xx`,
 /// U+2028 and U+2029 as `\u2028`/`\u2029`, everything else raw UTF-8. Go writes each
-/// invalid UTF-8 byte as `\ufffd`; keys reach us already decoded lossily (invalid bytes
-/// became U+FFFD), so U+FFFD is always escaped to give etcd's bytes for such keys.
+/// invalid UTF-8 byte as `\ufffd` (and a real U+FFFD raw). rota stores no key or value
+/// that is not UTF-8, but names one in the cause of a "Key not found" after decoding it
+/// lossily (invalid bytes became U+FFFD), so U+FFFD is always escaped: etcd's bytes for
+/// such a key, and the same JSON string for a real U+FFFD.
 fn write_string(out: &mut String, text: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
