@@ -179,7 +179,20 @@ impl<B: Backend> App<B> {
                 }
             }
         }
-        self.handle(request).await
+        if !crate::client_gone::may_wait(&request) {
+            return self.handle(request).await;
+        }
+        let socket = request.extensions().get::<crate::client_gone::ClientSocket>().copied();
+        let (started, method) = (Instant::now(), request.method().clone());
+        match crate::client_gone::unless_client_gone(socket, self.handle(request)).await {
+            Some(response) => response,
+            None => {
+                let status = crate::client_gone::CLIENT_GONE_STATUS;
+                self.metrics.observe(Route::Other, &method, status, started.elapsed());
+                self.requests_total.fetch_add(1, Ordering::Relaxed);
+                respond::with_status(status, Body::empty())
+            }
+        }
     }
 
     /// etcd's `--host-whitelist` (against DNS rebinding): a request whose `Host` names
@@ -428,6 +441,7 @@ impl<B: Backend> App<B> {
         suffix: &str,
     ) -> (Route, Response<Body>) {
         let key = crate::path::key_from_suffix(suffix);
+        let client_socket = request.extensions().get::<crate::client_gone::ClientSocket>().copied();
         if key.len() > limits::KEY_BYTES_MAX {
             let cause = format!(
                 "key is {} bytes, limit {}",
@@ -535,7 +549,7 @@ impl<B: Backend> App<B> {
         match *method {
             Method::GET | Method::HEAD if watch => (
                 Route::Watch,
-                self.watch(key, params.recursive, params.stream, params.wait_index)
+                self.watch(key, params.recursive, params.stream, params.wait_index, client_socket)
                     .await,
             ),
             Method::GET | Method::HEAD => (Route::Keys, self.get(&key, &params).await),

@@ -16,6 +16,7 @@ mod app;
 mod auth;
 mod body_budget;
 pub mod backend;
+pub mod client_gone;
 pub mod client_rate;
 mod cluster;
 mod fnv;

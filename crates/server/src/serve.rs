@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use tokio::sync::Semaphore;
 
 use crate::app::App;
 use crate::backend::Backend;
+use crate::client_gone::ClientSocket;
 use crate::limits;
 
 /// How many connection attempts may wait in the kernel's queue.
@@ -137,11 +139,14 @@ async fn accept_loop<B: Backend>(
         let app = Arc::clone(&app);
         let mut stop = stop.clone();
         let builder = Arc::clone(&builder);
+        let socket = ClientSocket(stream.as_raw_fd());
         tokio::spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
                 let app = Arc::clone(&app);
-                async move { Ok::<_, Infallible>(app.handle_from(peer.ip(), request.map(Body::new)).await) }
+                let mut request = request.map(Body::new);
+                request.extensions_mut().insert(socket);
+                async move { Ok::<_, Infallible>(app.handle_from(peer.ip(), request).await) }
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);

@@ -67,6 +67,9 @@ struct WatchState<B: Backend> {
     first: Option<WatchLookup>,
     applied: tokio::sync::watch::Receiver<Applied>,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Resolves when the client is gone (see `client_gone`): the watch ends then, not at
+    /// the next event, which may never come.
+    client_gone: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     done: bool,
     _guard: WatcherGuard,
 }
@@ -78,6 +81,7 @@ impl<B: Backend> App<B> {
         recursive: bool,
         stream: bool,
         wait_index: u64,
+        client: Option<crate::client_gone::ClientSocket>,
     ) -> Response<Body> {
         let Some(guard) = WatcherGuard::acquire(&self.watchers, self.watchers_max) else {
             let index = self.backend.read(|state| state.v2.index());
@@ -125,6 +129,7 @@ impl<B: Backend> App<B> {
             first: Some(first),
             applied,
             shutdown: self.shutdown.subscribe(),
+            client_gone: crate::client_gone::gone(client),
             done: false,
             _guard: guard,
         };
@@ -190,6 +195,10 @@ async fn next_event<B: Backend>(
                         () = async { let _ = watch.shutdown.wait_for(|stopping| *stopping).await; } => {
                             watch.done = true;
                             return Some((Err(cut_off()), watch));
+                        }
+                        () = watch.client_gone.as_mut() => {
+                            watch.done = true;
+                            return Some((Err(std::io::Error::other("the client is gone")), watch));
                         }
                     }
                 }

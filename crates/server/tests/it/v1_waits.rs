@@ -215,3 +215,26 @@ async fn complete_with_lease_next_does_not_overtake_a_waiting_lease() {
     assert_eq!((served.len(), served[0]["worker"].as_str()), (1, Some("patient")));
 }
 
+
+/// A lease long-poll whose client sent a byte more (a CRLF) and left: hyper, no longer
+/// reading, did not notice, and the next job was leased to nobody (its attempt lost to the
+/// lease's expiry). The waiter now goes with its client, and the job stays queued.
+#[tokio::test]
+async fn a_lease_waiter_that_sent_more_bytes_and_left_leases_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let served = crate::support::serve(app(), Default::default()).await;
+    let body = r#"{"worker": "ghost", "wait": "30s"}"#;
+    let mut stream = crate::support::connect(served.port).await;
+    let request = format!(
+        "POST /v1/queues/q/lease HTTP/1.1\r\nHost: rota\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}\r\n",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    wait_for_waiters(&served.app, 1).await;
+    drop(stream);
+    wait_for_waiters(&served.app, 0).await;
+    let job = submit(&served.app, "q", json!({"payload": 1})).await;
+    let id = job["id"].as_u64().expect("id");
+    let reply = get(&served.app, &format!("/v1/jobs/{id}")).await;
+    assert_eq!(reply.json()["state"], "queued", "{}", reply.body);
+}

@@ -174,3 +174,26 @@ async fn shutdown_cuts_an_open_watch_connection_off_without_a_last_chunk() {
     let rest = String::from_utf8_lossy(&rest);
     assert!(!rest.contains("0\r\n\r\n"), "the body was ended, not cut off: {rest:?}");
 }
+
+/// hyper stops reading a connection while a request is answered if bytes follow the
+/// request, so it never saw such a client leave: its watch held a watcher slot, a socket
+/// and a connection until the key changed (2,048 of them on keys nobody writes and no one
+/// could watch). The watch itself now notices the client's end.
+#[tokio::test]
+async fn a_watcher_that_sent_more_bytes_and_left_releases_everything() {
+    let served = serve(app(), Default::default()).await;
+    let extras = ["\r\n", "GET /health HTTP/1.1\r\nHost: rota\r\n\r\n", "PUT /v2/keys/x HTTP/1.1\r\nContent-Length: 9\r\n\r\nval"];
+    for (at, extra) in extras.iter().enumerate() {
+        let mut stream = connect(served.port).await;
+        let request = format!("GET /v2/keys/w{at}?wait=true HTTP/1.1\r\nHost: rota\r\n\r\n{extra}");
+        write_all(&mut stream, &request).await;
+        read_until(&mut stream, "\r\n\r\n", PATIENCE).await;
+        assert_eq!(served.app.watcher_count(), 1, "{extra:?}");
+        drop(stream);
+        let app = served.app.clone();
+        eventually(PATIENCE, &format!("the watcher count returns to 0 ({extra:?})"), || {
+            app.watcher_count() == 0
+        })
+        .await;
+    }
+}
