@@ -3,8 +3,9 @@
 //! The wire contract is `docs/api-v1.md`; this module only shapes requests and answers.
 //!
 //! Retries: a request that could not reach a server (connect refused, reset, timeout, a
-//! broken answer) or that a server answered `503` (no leader yet, shutting down) or `429`
-//! (over `--client-rate-limit`) is tried again on the next endpoint, and after a full round
+//! broken answer) or that a server answered `503` (no leader yet, shutting down), `504
+//! outcome_unknown` (its leader failed before it answered) or `429` (over
+//! `--client-rate-limit`) is tried again on the next endpoint, and after a full round
 //! over the endpoints, after a backoff (100 ms doubling to 1 s; a 429's `Retry-After`), until [`V1_RETRY_FOR`] has passed since the first attempt. That
 //! is long enough to ride out a restart of the server. The first failed round is told to
 //! the client's [`Client::on_reachability`] observer, and a call that gives up names every
@@ -13,7 +14,7 @@
 //! the server applies it at most once and answers a repeat with the first outcome
 //! (`Idempotent-Replayed: true`). The `*_keyed` methods take the key from the caller, who
 //! can then retry beyond this module's budget (the worker runner does) without the
-//! operation ever applying twice. Answers other than `503` and `429` are never retried.
+//! operation ever applying twice. Other answers are never retried.
 //!
 //! Payloads and results are [`RawJson`]: JSON text sent and kept exactly as given (key
 //! order, big integers, number spelling), never re-encoded through a `serde_json::Value`.
@@ -496,6 +497,13 @@ impl V1Answer {
             return Err(self.to_error());
         }
         serde_json::from_slice(&self.body).map_err(|_| self.unexpected())
+    }
+
+    /// `504 outcome_unknown`: the request may or may not have been applied (its leader
+    /// failed before it answered). Sent again with its idempotency key, as every request
+    /// of this client is, it is applied at most once.
+    fn is_outcome_unknown(&self) -> bool {
+        self.status == 504 && matches!(self.to_error(), JobsError::Api(ref error) if error.code == "outcome_unknown")
     }
 
     fn to_error(&self) -> JobsError {
@@ -1017,7 +1025,9 @@ impl Client {
             for offset in 0..self.endpoints.len() {
                 let at = (first + offset) % self.endpoints.len();
                 let error = match self.send_once(&self.endpoints[at], &request).await {
-                    Ok(answer) if answer.status == 503 => answer.to_error().to_string(),
+                    Ok(answer) if answer.status == 503 || answer.is_outcome_unknown() => {
+                        answer.to_error().to_string()
+                    }
                     Ok(answer) if answer.status == 429 => {
                         told_to_wait = told_to_wait.max(answer.retry_after);
                         answer.to_error().to_string()
@@ -1309,9 +1319,9 @@ mod tests {
         );
     }
 
-    /// A one-connection-at-a-time HTTP server: `503 no_leader` to its first request, then
-    /// `200` with [`SERVER_JOB`].
-    async fn no_leader_then_the_job() -> String {
+    /// A one-connection-at-a-time HTTP server: `first` (status line, body) to its first
+    /// request, then `200` with [`SERVER_JOB`].
+    async fn first_then_the_job(first: (&'static str, &'static str)) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -1331,10 +1341,7 @@ mod tests {
                     }
                 }
                 let (status, body) = if answered == 0 {
-                    (
-                        "503 Service Unavailable",
-                        r#"{"error":{"code":"no_leader","message":"no leader yet"}}"#,
-                    )
+                    first
                 } else {
                     ("200 OK", SERVER_JOB)
                 };
@@ -1400,7 +1407,11 @@ mod tests {
         // One endpoint refuses, the other has no leader at first: both are named, and the
         // call goes through once the second answers.
         told.lock().expect("lock").clear();
-        let answering = no_leader_then_the_job().await;
+        let answering = first_then_the_job((
+            "503 Service Unavailable",
+            r#"{"error":{"code":"no_leader","message":"no leader yet"}}"#,
+        ))
+        .await;
         let client = Client::new(["http://127.0.0.1:1", answering.as_str()])
             .expect("client")
             .on_reachability(observer);
@@ -1413,5 +1424,19 @@ mod tests {
                 format!("regained {answering}"),
             ]
         );
+
+        // A leader that failed before it answered: the request may have been applied, so it
+        // goes again with the same key (applied at most once), not given up.
+        let answering = first_then_the_job((
+            "504 Gateway Timeout",
+            r#"{"error":{"code":"outcome_unknown","message":"request timed out"}}"#,
+        ))
+        .await;
+        let client = Client::new([answering.as_str()]).expect("client");
+        assert_eq!(client.get_job(3).await.expect("answered when asked again").id, 3);
+        // Any other 504 is an answer.
+        let answering = first_then_the_job(("504 Gateway Timeout", r#"{"error":{"code":"x","message":"y"}}"#)).await;
+        let client = Client::new([answering.as_str()]).expect("client");
+        assert!(client.get_job(3).await.is_err());
     }
 }

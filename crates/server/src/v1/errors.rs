@@ -21,6 +21,7 @@ pub(crate) const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
 pub(crate) const IDEMPOTENCY_KEY_REUSED: &str = "idempotency_key_reused";
 pub(crate) const NO_LEADER: &str = "no_leader";
 pub(crate) const UNAVAILABLE: &str = "unavailable";
+pub(crate) const OUTCOME_UNKNOWN: &str = "outcome_unknown";
 pub(crate) const NO_SPACE: &str = "no_space";
 pub(crate) const TIMEOUT: &str = "timeout";
 pub(crate) const INTERNAL: &str = "internal";
@@ -81,9 +82,11 @@ impl ApiError {
     pub fn from_propose_error(error: &ProposeError) -> ApiError {
         match error {
             ProposeError::NoLeader => ApiError::new(503, NO_LEADER, error.to_string(), None),
+            // Not 503: with its Retry-After, that says "nothing was done, send it again",
+            // and a submit sent again without its key would make a second job.
             ProposeError::OutcomeUnknown(_) => ApiError::new(
-                503,
-                UNAVAILABLE,
+                504,
+                OUTCOME_UNKNOWN,
                 format!("{error}; the request may or may not have been applied: retry it with the same Idempotency-Key"),
                 None,
             ),
@@ -175,5 +178,22 @@ fn strip_position(message: &str) -> String {
     match message.rfind(" at line ") {
         Some(at) => message[..at].to_owned(),
         None => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_outcome_is_504_without_retry_after_and_no_leader_is_503_with_it() {
+        let unknown = ApiError::from_propose_error(&ProposeError::OutcomeUnknown("leader died".into()));
+        assert_eq!((unknown.status, unknown.code.as_str()), (504, OUTCOME_UNKNOWN));
+        assert!(unknown.message.contains("Idempotency-Key"), "{}", unknown.message);
+        assert!(unknown.to_response().headers().get(RETRY_AFTER).is_none());
+
+        let no_leader = ApiError::from_propose_error(&ProposeError::NoLeader).to_response();
+        assert_eq!(no_leader.status(), 503);
+        assert_eq!(no_leader.headers().get(RETRY_AFTER).map(|v| v.as_bytes()), Some(&b"1"[..]));
     }
 }
