@@ -1024,6 +1024,7 @@ impl Client {
             let mut unreachable = Unreachable::default();
             for offset in 0..self.endpoints.len() {
                 let at = (first + offset) % self.endpoints.len();
+                let sent_at = Instant::now();
                 let error = match self.send_once(&self.endpoints[at], &request).await {
                     Ok(answer) if answer.status == 503 || answer.is_outcome_unknown() => {
                         answer.to_error().to_string()
@@ -1033,7 +1034,7 @@ impl Client {
                         answer.to_error().to_string()
                     }
                     Ok(answer) => {
-                        self.answered(at);
+                        self.answered(at, sent_at);
                         return Ok(answer);
                     }
                     Err(failure) => failure,

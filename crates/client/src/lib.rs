@@ -158,7 +158,8 @@ pub enum Reachability<'a> {
         unreachable: &'a Unreachable,
         retry_for: Duration,
     },
-    /// An endpoint answered again, `after` the [`Reachability::Lost`].
+    /// An endpoint answered again: the request it answered was sent `after` the
+    /// [`Reachability::Lost`] (a long poll's answer comes later).
     Regained { endpoint: &'a str, after: Duration },
 }
 
@@ -276,7 +277,9 @@ impl Client {
     }
 
     /// The endpoint at `at` answered: it is tried first from now on.
-    fn answered(&self, at: usize) {
+    /// Endpoint `at` answered a request sent at `sent_at`: the outage (if one was told) ended
+    /// by then. Not when the answer came: a long poll answers only after its wait.
+    fn answered(&self, at: usize, sent_at: Instant) {
         self.preferred.store(at, Ordering::Relaxed);
         let since = self
             .lost_since
@@ -286,7 +289,7 @@ impl Client {
         if let (Some(since), Some(observer)) = (since, &self.observer) {
             observer(Reachability::Regained {
                 endpoint: &self.endpoints[at],
-                after: since.elapsed(),
+                after: sent_at.saturating_duration_since(since),
             });
         }
     }
@@ -455,6 +458,7 @@ impl Client {
                 if let Some(key) = &idempotency_key {
                     request = request.header("idempotency-key", key.as_str());
                 }
+                let sent_at = Instant::now();
                 let error = match request.send().await {
                     Ok(response) => {
                         self.preferred.store(at, Ordering::Relaxed);
@@ -462,7 +466,7 @@ impl Client {
                             // No leader yet (election after a restart): worth another round.
                             Err(Error::Etcd(error)) if error.error_code == 301 => error.to_string(),
                             other => {
-                                self.answered(at);
+                                self.answered(at, sent_at);
                                 return other;
                             }
                         }

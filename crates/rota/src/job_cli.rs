@@ -509,11 +509,16 @@ async fn job_submit(
         .clone()
         .unwrap_or_else(rota_client::idempotency_key);
     let mut submitted = client.submit_keyed(&key, &submit.queue, &job, None).await?;
+    let replayed = if submitted.replayed {
+        " (replayed: submitted before with this key)"
+    } else {
+        ""
+    };
     if let Some(wait) = submit.wait {
         // Named first, so that a wait cut short (Ctrl-C) leaves the job's id behind.
         if !submitted.job.state.is_terminal() {
             eprintln!(
-                "job {} {} in {}; waiting up to {} for it to finish",
+                "job {} {} in {}{replayed}; waiting up to {} for it to finish",
                 submitted.job.id,
                 submitted.job.state,
                 submitted.job.queue,
@@ -527,11 +532,6 @@ async fn job_submit(
         Output::Json => println!("{}", json_line(serde_json::to_string(job))),
         Output::Table if submit.wait.is_some() => print_job(job, output),
         Output::Table => {
-            let replayed = if submitted.replayed {
-                " (replayed: submitted before with this key)"
-            } else {
-                ""
-            };
             println!(
                 "job {} {} in {} (priority {}){replayed}",
                 job.id, job.state, job.queue, job.priority

@@ -1025,10 +1025,13 @@ fn watch_signals(phase: watch::Sender<Phase>, grace: Duration) -> std::io::Resul
     Ok(())
 }
 
-/// One line to stderr. Unlike `eprintln!`, never panics: after SIGHUP the terminal may be
-/// gone (writes fail with EIO), and the worker must still drain and release its jobs.
+/// One line to stderr, after the time (UTC, to the millisecond), so that an outage's lines
+/// can be put next to the servers' logs. Unlike `eprintln!`, never panics: after SIGHUP the
+/// terminal may be gone (writes fail with EIO), and the worker must still drain and release
+/// its jobs.
 fn log_line(line: std::fmt::Arguments<'_>) {
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+    let _ = writeln!(std::io::stderr().lock(), "{now} {line}");
 }
 
 /// The error of an attempt whose command the supervisor killed at the lease deadline.

@@ -81,6 +81,16 @@ fn jobs_submit_with_the_same_idempotency_key_gives_the_same_job() {
             .expect("job N ...")
     };
     assert_eq!(cli_id(&out.stdout), cli_id(&out_again.stdout));
+    // Also while it waits for the job (no worker here: the wait ends first).
+    let mut waiting = command.clone();
+    waiting.push("--wait=1s".into());
+    let out_waited = rota(dir.path(), &waiting);
+    assert!(
+        out_waited
+            .stderr
+            .contains("(replayed: submitted before with this key); waiting up to 1s"),
+        "{out_waited:?}"
+    );
 
     let queue = try_get_queue(&server, "idem").expect("queue");
     assert_eq!(queue["counts"]["queued"], 2, "two keys, two jobs: {queue}");
