@@ -197,7 +197,16 @@ impl<B: Backend> App<B> {
 
     /// etcd's `--host-whitelist` (against DNS rebinding): a request whose `Host` names
     /// another host than those listed gets etcd's 421 and nothing else is done.
+    /// Also Go's server's 400 for more than one `Host` header, before any handler: which
+    /// one names the host? (The origin check and the whitelist would read only the first.)
     fn host_refusal(&self, request: &Request<Body>) -> Option<Response<Body>> {
+        if request.headers().get_all(axum::http::header::HOST).iter().nth(1).is_some() {
+            let mut response = respond::with_status(400, "400 Bad Request: too many Host headers");
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            headers.insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+            return Some(response);
+        }
         if self.host_whitelist.is_empty() {
             return None;
         }
@@ -240,7 +249,13 @@ impl<B: Backend> App<B> {
     pub async fn handle(self: &Arc<Self>, request: Request<Body>) -> Response<Body> {
         let started = Instant::now();
         if let Some(refused) = self.host_refusal(&request) {
-            self.metrics.observe(Route::Other, request.method(), 421, started.elapsed());
+            let status = refused.status().as_u16();
+            self.metrics.observe(Route::Other, request.method(), status, started.elapsed());
+            self.requests_total.fetch_add(1, Ordering::Relaxed);
+            return refused;
+        }
+        if let Some(refused) = unsupported_transfer_encoding(&request) {
+            self.metrics.observe(Route::Other, request.method(), 501, started.elapsed());
             self.requests_total.fetch_add(1, Ordering::Relaxed);
             return refused;
         }
@@ -781,14 +796,21 @@ fn idempotency_key(request: &Request<Body>) -> Result<Option<String>, Response<B
         return Ok(None);
     };
     let bytes = value.as_bytes();
+    let several = request.headers().get_all(&IDEMPOTENCY_KEY).iter().nth(1).is_some();
     let valid = !bytes.is_empty()
         && bytes.len() <= limits::IDEMPOTENCY_KEY_BYTES_MAX
         && bytes.iter().all(|b| b.is_ascii_graphic());
-    if !valid {
-        let cause = format!(
-            "Idempotency-Key must be 1 to {} visible ASCII characters",
-            limits::IDEMPOTENCY_KEY_BYTES_MAX
-        );
+    if several || !valid {
+        // Of several, which one names the request? A retry that sends only the other would
+        // run again.
+        let cause = if several {
+            "more than one Idempotency-Key header".to_string()
+        } else {
+            format!(
+                "Idempotency-Key must be 1 to {} visible ASCII characters",
+                limits::IDEMPOTENCY_KEY_BYTES_MAX
+            )
+        };
         return Err(respond::rota_error(
             400,
             limits::IDEMPOTENCY_KEY_INVALID_CODE,
@@ -798,6 +820,24 @@ fn idempotency_key(request: &Request<Body>) -> Result<Option<String>, Response<B
         ));
     }
     Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// Go's server takes one `Transfer-Encoding` header, `chunked`, and answers anything else
+/// `501 Unsupported transfer encoding` before any handler. hyper reads `gzip, chunked` as
+/// chunked and hands the handler the still-compressed bytes (a form of garbage, stored as
+/// an empty value), and takes two `chunked` headers as one.
+fn unsupported_transfer_encoding(request: &Request<Body>) -> Option<Response<Body>> {
+    let mut codings = request.headers().get_all(axum::http::header::TRANSFER_ENCODING).iter();
+    let first = codings.next()?;
+    if codings.next().is_none() && first.as_bytes().eq_ignore_ascii_case(b"chunked") {
+        return None;
+    }
+    let mut response = respond::with_status(501, "Unsupported transfer encoding");
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    // The body was not read: the connection cannot carry another request.
+    headers.insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+    Some(response)
 }
 
 /// Go's `maxFormSize`: a form body over it is etcd's error 210 `http: POST too large`.
@@ -905,14 +945,14 @@ async fn read_body(
         let mut body = BytesMut::with_capacity(declared_bytes);
         let mut total_bytes: u64 = 0;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|_| {
-                respond::rota_error(
-                    400,
-                    400,
-                    "Bad request body",
-                    "the body could not be read",
-                    0,
-                )
+            // etcd's error for a body Go's form parser could not read (a bad chunk, a body
+            // cut short): 210 `Invalid POST form`, the reader's error as the cause.
+            let chunk = chunk.map_err(|error| {
+                let cause = match std::error::Error::source(&error) {
+                    Some(source) => format!("the body could not be read: {source}"),
+                    None => format!("the body could not be read: {error}"),
+                };
+                respond::v2_error(&V2Error::new(210, Some(cause), 0))
             })?;
             total_bytes += chunk.len() as u64;
             if total_bytes > GO_FORM_BYTES_MAX {

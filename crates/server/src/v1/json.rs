@@ -142,6 +142,10 @@ pub(crate) fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiErr
 /// characters, else 400.
 pub(crate) fn idempotency_key(request: &Request<Body>) -> Result<Option<String>, ApiError> {
     let Some(value) = request.headers().get(&IDEMPOTENCY_KEY) else { return Ok(None) };
+    if request.headers().get_all(&IDEMPOTENCY_KEY).iter().nth(1).is_some() {
+        // Which one names the request? A retry that sends only the other would run again.
+        return Err(ApiError::invalid("Idempotency-Key", "more than one Idempotency-Key header"));
+    }
     let bytes = value.as_bytes();
     let valid = !bytes.is_empty() && bytes.len() <= IDEMPOTENCY_KEY_BYTES_MAX && bytes.iter().all(u8::is_ascii_graphic);
     if !valid {

@@ -87,3 +87,29 @@ async fn a_bad_idempotency_key_is_400() {
         assert_error(&reply, 400, "invalid", Some("Idempotency-Key"));
     }
 }
+
+/// Two `Idempotency-Key` headers: which one names the request? Using the first silently
+/// let a retry that sent only the second run again. Refused, on `/v1` and `/v2` alike.
+#[tokio::test]
+async fn two_idempotency_keys_are_refused_and_change_nothing() {
+    let app = app();
+    let keys = [("idempotency-key", "a"), ("idempotency-key", "b")];
+    let v1 = call(&app, "POST", "/v1/counters/c", Some(r#"{"by": 1}"#), &keys).await;
+    assert_error(&v1, 400, "invalid", Some("Idempotency-Key"));
+    assert!(v1.body.contains("more than one"), "{}", v1.body);
+    let counter = call(&app, "GET", "/v1/counters/c", None, &[]).await;
+    assert_eq!(counter.json()["value"], 0, "nothing counted: {}", counter.body);
+
+    let mut v2 = axum::http::Request::builder().method("PUT").uri("/v2/keys/k");
+    for (name, value) in keys {
+        v2 = v2.header(name, value);
+    }
+    let v2 = v2
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(axum::body::Body::from("value=1"))
+        .expect("request");
+    let reply = crate::support::send_request(&app, v2).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(reply.body.contains("more than one Idempotency-Key"), "{}", reply.body);
+    assert_eq!(crate::support::get(&app, "/v2/keys/k").await.status, 404);
+}
