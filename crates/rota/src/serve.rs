@@ -171,10 +171,41 @@ pub async fn run(args: ServeArgs) -> ExitCode {
     }
 }
 
+/// Raises this process's soft limit of open files to its hard limit, as Go's runtime does
+/// for etcd: a shell's default soft limit (often 1,024) is far below the connections and
+/// watches rota bounds itself to (`limits.md`: each connection is a socket, each waiting
+/// watch one more), and past it every accept fails. Logged when the limit stays low.
+fn raise_open_files_limit() {
+    // SAFETY: plain libc calls on a local, initialised rlimit.
+    let limit = unsafe {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+        limit
+    };
+    let wanted = 2 * rota_server::limits::CONNECTIONS_MAX as u64 + 1024;
+    if (limit.rlim_cur as u64) < wanted {
+        tracing::warn!(
+            open_files_limit = limit.rlim_cur as u64,
+            "the open files limit is low for {} connections and {} watches; raise it (ulimit -n, LimitNOFILE=) to {wanted} or more",
+            rota_server::limits::CONNECTIONS_MAX,
+            rota_server::limits::WATCHERS_MAX
+        );
+    }
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Installed first: a SIGTERM that comes as soon as the node answers (or while it starts)
     // must shut it down gracefully, not find the default action still in place.
     let signals = ShutdownSignals::install();
+    raise_open_files_limit();
     let initial_cluster_flag = args.initial_cluster();
     let initial_cluster = rota_raft::parse_initial_cluster(&initial_cluster_flag)
         .map_err(|error| anyhow::anyhow!("{error}"))?;

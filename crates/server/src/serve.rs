@@ -87,13 +87,15 @@ pub async fn serve_with<B: Backend>(
         .keep_alive(true);
     let builder = Arc::new(builder);
 
+    let shed = Arc::new(tokio::sync::watch::Sender::new(0u64));
     let mut accept_loops = tokio::task::JoinSet::new();
     for listener in listeners {
         let app = Arc::clone(&app);
         let connections = Arc::clone(&connections);
         let stop = stop.subscribe();
         let builder = Arc::clone(&builder);
-        accept_loops.spawn(accept_loop(app, listener, connections, stop, builder));
+        let bound = Bound { connections, connections_max, shed: Arc::clone(&shed), last_warned: None };
+        accept_loops.spawn(accept_loop(app, listener, bound, stop, builder));
     }
 
     shutdown.await;
@@ -114,18 +116,61 @@ pub async fn serve_with<B: Backend>(
     }
 }
 
+/// The connection bound of one server: a permit per open connection, and the signal that
+/// asks the idle ones to close when none is left.
+struct Bound {
+    connections: Arc<Semaphore>,
+    connections_max: usize,
+    /// Bumped when the bound is reached: every connection then closes once it is idle
+    /// (at once if it is idle now, or still reading a request's head: a slowloris).
+    shed: Arc<tokio::sync::watch::Sender<u64>>,
+    /// When the bound was last logged (a flood would log it on every accept).
+    last_warned: Option<std::time::Instant>,
+}
+
+/// The bound is logged at most this often.
+const BOUND_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// At the bound, idle connections are asked to close at most this often.
+const SHED_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Bound {
+    /// A permit for a new connection. At the bound, it waits (later clients wait in the
+    /// backlog), and idle connections (a client's pool of keep-alive connections, or thousands held
+    /// open by someone to keep others out) are closed so that they need not wait for the
+    /// 120 s idle timeout: a flood of idle sockets no longer takes the node off the
+    /// network (etcd, which has no bound, answered 5,000 of them at once).
+    async fn permit(&mut self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() {
+            return Some(permit);
+        }
+        if self.last_warned.is_none_or(|at| at.elapsed() >= BOUND_WARNING_INTERVAL) {
+            self.last_warned = Some(std::time::Instant::now());
+            tracing::warn!(
+                connections = self.connections_max,
+                "at the connection bound: closing idle connections (new ones wait until one closes)"
+            );
+        }
+        let waiting = Arc::clone(&self.connections).acquire_owned();
+        tokio::pin!(waiting);
+        loop {
+            self.shed.send_modify(|round| *round += 1);
+            tokio::select! {
+                permit = &mut waiting => return permit.ok(),
+                () = tokio::time::sleep(SHED_INTERVAL) => {}
+            }
+        }
+    }
+}
+
 async fn accept_loop<B: Backend>(
     app: Arc<App<B>>,
     listener: TcpListener,
-    connections: Arc<Semaphore>,
+    mut bound: Bound,
     stop: tokio::sync::watch::Receiver<bool>,
     builder: Arc<http1::Builder>,
 ) {
     loop {
-        // At the bound, stop accepting: new clients wait in the backlog, nobody fails.
-        let Ok(permit) = Arc::clone(&connections).acquire_owned().await else {
-            return;
-        };
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
@@ -135,14 +180,24 @@ async fn accept_loop<B: Backend>(
                 continue;
             }
         };
+        // Taken after the accept, so that idle connections are closed only when a new
+        // client is waiting; meanwhile the next ones wait in the backlog.
+        let Some(permit) = bound.permit().await else {
+            return;
+        };
         let _ = stream.set_nodelay(true);
         let app = Arc::clone(&app);
         let mut stop = stop.clone();
         let builder = Arc::clone(&builder);
         let socket = ClientSocket(stream.as_raw_fd());
+        let mut shed = bound.shed.subscribe();
         tokio::spawn(async move {
             let _permit = permit;
+            // Whether the client has sent a whole request yet (see the shedding below).
+            let used = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let service_used = Arc::clone(&used);
             let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                service_used.store(true, std::sync::atomic::Ordering::Relaxed);
                 let app = Arc::clone(&app);
                 let mut request = request.map(Body::new);
                 request.extensions_mut().insert(socket);
@@ -150,11 +205,28 @@ async fn accept_loop<B: Backend>(
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = async { let _ = stop.wait_for(|stopping| *stopping).await; } => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+            let mut shedding = false;
+            loop {
+                tokio::select! {
+                    _ = connection.as_mut() => break,
+                    () = async { let _ = stop.wait_for(|stopping| *stopping).await; } => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                        break;
+                    }
+                    // At the bound: close once idle. A connection that has carried a request
+                    // closes now if idle, else after the answer in progress (a watch goes on
+                    // to its end); hyper does not take one that never carried any for idle,
+                    // so it is dropped here (nothing sent yet, or a head that never ends).
+                    changed = shed.changed(), if !shedding => {
+                        shedding = true;
+                        if changed.is_ok() {
+                            if !used.load(std::sync::atomic::Ordering::Relaxed) {
+                                break;
+                            }
+                            connection.as_mut().graceful_shutdown();
+                        }
+                    }
                 }
             }
         });

@@ -347,3 +347,46 @@ async fn a_client_that_sends_its_whole_oversized_body_before_reading_gets_the_41
     }
     assert_eq!(store_index(&served.app), 0);
 }
+
+/// At the connection bound, idle connections are closed so that a new client gets in: a
+/// flood of idle sockets (or slow heads) used to keep everyone out for the whole 120 s idle
+/// timeout. A connection with a request in progress (a watch) is not cut.
+#[tokio::test]
+async fn at_the_connection_bound_idle_connections_make_room_for_a_new_client() {
+    use tokio::io::AsyncReadExt;
+    let served = serve(
+        app(),
+        rota_server::ServeOptions { connections_max: 6, ..Default::default() },
+    )
+    .await;
+    let mut watch = connect(served.port).await;
+    write_all(&mut watch, "GET /v2/keys/w?wait=true HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    read_until(&mut watch, "\r\n\r\n", Duration::from_secs(5)).await;
+    let mut held = Vec::new();
+    for at in 0..5 {
+        let mut stream = connect(served.port).await;
+        if at % 2 == 1 {
+            // A slowloris: a head that never ends.
+            write_all(&mut stream, "GET /v2/keys/a HTTP/1.1\r\nHost: x\r\n").await;
+        } else if at == 4 {
+            // A keep-alive connection, idle after its request.
+            write_all(&mut stream, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            read_until(&mut stream, "true", Duration::from_secs(5)).await;
+        }
+        held.push(stream);
+    }
+    // The seventh connection waits in the backlog until the idle ones are closed.
+    let mut fresh = connect(served.port).await;
+    write_all(&mut fresh, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let answer = read_until(&mut fresh, "\r\n\r\n", Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The held ones were closed (read sees the end), the watch was not.
+    for mut stream in held {
+        let mut buffer = [0u8; 256];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "an idle connection stays open: {read:?}");
+    }
+    assert_eq!(served.app.watcher_count(), 1, "the watch is still there");
+    put(&served.app, "/v2/keys/w", "value=fired").await;
+    read_until(&mut watch, "fired", Duration::from_secs(5)).await;
+}
