@@ -512,8 +512,16 @@ impl Node {
             .map_err(|e| StartError::Raft(e.to_string()))?
             && !state_machine.has_snapshot();
 
+        let refuses_rebootstrap = pristine && config.initial_cluster_state == ClusterState::New;
         let identity = match Identity::load(&config.data_dir) {
-            Ok(Some(identity)) => identity,
+            Ok(Some(identity)) => {
+                // Stored, then stopped before the member had any log (a crash at its first
+                // start, or a start refused by a version that stored it first): asked too.
+                if refuses_rebootstrap {
+                    forward::refuse_rebootstrap(&config, identity.node_id).await?;
+                }
+                identity
+            }
             Ok(None) => {
                 let identity = if pristine && config.initial_cluster_state == ClusterState::Existing
                 {
@@ -527,6 +535,13 @@ impl Node {
                         token: Some(config.cluster_token.clone()),
                     }
                 };
+                // Before the identity is stored: a refused start must leave the data dir
+                // without one, so that the start the refusal asks for (`existing`, after
+                // the member is removed and added again) takes the id the leader gives it
+                // instead of this refused one.
+                if refuses_rebootstrap {
+                    forward::refuse_rebootstrap(&config, identity.node_id).await?;
+                }
                 identity
                     .store(&config.data_dir)
                     .map_err(|e| StartError::Corrupt(e.to_string()))?;
@@ -546,9 +561,6 @@ impl Node {
                 );
                 config.cluster_token = token.clone();
             }
-        }
-        if pristine && config.initial_cluster_state == ClusterState::New {
-            forward::refuse_rebootstrap(&config, id).await?;
         }
         let hints = Arc::new(split_vote::ElectionHints::new(
             config.election_timeout_max_ms,

@@ -478,6 +478,26 @@ fn cluster_membership_follower_back_with_an_empty_data_dir_is_refused_and_the_le
         "{name}: the wiped member must refuse to start, as etcd's does: {exit:?}\n{log}"
     );
     assert!(log.contains("rota member rm") && log.contains("--initial-cluster-state existing"), "{name}: says how to start it over:\n{log}");
+    // The refused start leaves no identity behind: the start the message asks for, on the
+    // same dir, must take the id the leader gives (it took the refused one, and sat outside
+    // the cluster serving an empty store).
+    assert!(!data_dir.join("identity").exists(), "{name}: the refused start stored an identity");
+    // ... so doing as it says, on that same dir, brings the member back.
+    let alive: Vec<SocketAddr> = (0..endpoints.len()).filter(|&i| i != follower).map(|i| endpoints[i]).collect();
+    let member_name = cluster.nodes[follower].name.clone();
+    let old_id = member_id(&endpoints[leader], &member_name);
+    remove_member(&alive, &old_id);
+    let new_id = add_member(&alive, &cluster.nodes[follower].peer_url());
+    cluster.config.extra_args = vec!["--initial-cluster-state".into(), "existing".into()];
+    cluster.start_again(follower);
+    let back = endpoints[follower];
+    wait_until(CHANGE_TIMEOUT, "the member back, with the data written before", || {
+        let read = http::send_with_timeout(back, &Request::new("GET", "/v2/keys/wiped/before-19"), PROBE_TIMEOUT).ok()?;
+        (read.status() == 200).then_some(())
+    });
+    assert_eq!(member_id(&back, &member_name), new_id, "{name}: it runs as the member added again");
+    cluster.config.extra_args = Vec::new();
+    cluster.kill(follower);
 
     // Started with another --initial-cluster (members were added since, or moved): another
     // cluster id, the same member. Refused all the same.
