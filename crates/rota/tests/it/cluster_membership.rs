@@ -496,6 +496,12 @@ fn cluster_membership_follower_back_with_an_empty_data_dir_is_refused_and_the_le
         (read.status() == 200).then_some(())
     });
     assert_eq!(member_id(&back, &member_name), new_id, "{name}: it runs as the member added again");
+    // Its peers know it as started (the next check asks them) before it goes down again.
+    for addr in &alive {
+        wait_until(CHANGE_TIMEOUT, "the member's client URLs published", || {
+            all_client_urls_published(addr, endpoints.len()).then_some(())
+        });
+    }
     cluster.config.extra_args = Vec::new();
     cluster.kill(follower);
 
