@@ -737,11 +737,16 @@ impl Node {
             node.clone_weak(),
             node.inner.shutdown_tx.subscribe(),
         ));
+        let quorum_task = tokio::spawn(check_quorum(
+            node.clone_weak(),
+            Duration::from_millis(config.heartbeat_interval_ms.max(1)),
+            node.inner.shutdown_tx.subscribe(),
+        ));
         node.inner
             .background_tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(membership_task);
+            .extend([membership_task, quorum_task]);
         node
     }
 
@@ -1060,6 +1065,44 @@ impl Default for LeaderSeen {
         LeaderSeen {
             leader: None,
             since: std::time::SystemTime::now(),
+        }
+    }
+}
+
+/// etcd's CheckQuorum, which openraft 0.9 lacks: a leader that has not heard from a quorum
+/// for longer than [`Node::lost_quorum`] allows, and has led that long, stops sending
+/// heartbeats until it hears from one again or is no longer leader. It already counted as
+/// no leader itself; without this its followers, still hearing it, went on naming it as
+/// their leader and saying `health: true` (two members left of five, say) while no write
+/// could commit. Without heartbeats they campaign, find no majority, and say so; once a
+/// majority is back they elect a leader (etcd's leader steps down the same way).
+async fn check_quorum(node: WeakNode, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut paused = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let Some(node) = node.upgrade() else { return };
+        let lost = {
+            let led_since = node.inner.leader_seen.lock().unwrap_or_else(|p| p.into_inner()).since;
+            let led_long = led_since.elapsed().is_ok_and(|led| led > node.inner.quorum_silence_max);
+            let metrics = node.inner.raft.metrics();
+            let metrics = metrics.borrow();
+            led_long && node.lost_quorum(&metrics)
+        };
+        if lost == paused {
+            continue;
+        }
+        paused = lost;
+        node.inner.raft.runtime_config().heartbeat(!lost);
+        if lost {
+            tracing::warn!(
+                silence_max = ?node.inner.quorum_silence_max,
+                "this leader has not heard from a majority of the members: it stops sending heartbeats, so that its followers see no leader (and elect one once a majority is back)"
+            );
+        } else {
+            tracing::info!("heartbeats resumed (a majority answers again, or this member no longer leads)");
         }
     }
 }

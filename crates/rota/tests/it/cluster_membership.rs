@@ -1542,6 +1542,36 @@ fn cluster_membership_a_leader_without_a_quorum_says_so_and_answers_writes() {
     assert!(matches!(after.status(), 200 | 201), "{name}: {} {}", after.status(), after.text());
 }
 
+/// Five members, three of them down, the leader among the two left: the follower left
+/// with it must not say it is healthy (etcd's both say false: its leader steps down). The
+/// leader counted as no leader, but its heartbeats kept the follower naming it, healthy, for
+/// as long as the three were down. With them back, a leader is elected and writes go on.
+#[test]
+fn cluster_membership_a_follower_of_a_leader_without_a_quorum_says_it_has_no_leader() {
+    let name = "noquorum5";
+    let mut cluster = Cluster::start(ClusterConfig::new(5, &format!("{name}-{}", std::process::id())));
+    let leader = cluster.wait_leader(CHANGE_TIMEOUT).expect("a leader");
+    let before = put_until_answered(cluster.nodes[leader].client_addr(), "/noquorum5/before", "1");
+    assert!(matches!(before.status(), 200 | 201), "{name}: {} {}", before.status(), before.text());
+    let follower = (leader + 1) % 5;
+    let down: Vec<usize> = (0..5).filter(|&i| i != leader && i != follower).collect();
+    for &i in &down {
+        cluster.kill(i);
+    }
+    let addr = cluster.nodes[follower].client_addr();
+    wait_until(CHANGE_TIMEOUT, "the follower says it is unhealthy", || {
+        let health = http::send_with_timeout(addr, &Request::new("GET", "/health"), PROBE_TIMEOUT).ok()?;
+        (health.status() == 503 && health.text().contains("false")).then_some(())
+    });
+    let leader_log = cluster.nodes[leader].log_tail(usize::MAX);
+    assert!(leader_log.contains("stops sending heartbeats"), "{name}: the leader says why:\n{leader_log}");
+    for &i in &down {
+        cluster.start_again(i);
+    }
+    let after = put_until_answered(addr, "/noquorum5/after", "1");
+    assert!(matches!(after.status(), 200 | 201), "{name}: {} {}", after.status(), after.text());
+}
+
 /// A member that forwarded a write to the leader answers it only once it applied the write
 /// itself, as etcd's members do: a client that writes and then reads on the same follower
 /// reads its own write (python-etcd's `Lock` relies on it: it sticks to the first member
