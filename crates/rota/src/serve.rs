@@ -38,9 +38,11 @@ pub struct ServeArgs {
     /// Comma-separated URLs to serve clients on (http only).
     #[arg(env = "ETCD_LISTEN_CLIENT_URLS", long, default_value = "http://127.0.0.1:2379")]
     pub listen_client_urls: String,
-    /// Comma-separated client URLs to tell other members and clients (/v2/members).
-    #[arg(env = "ETCD_ADVERTISE_CLIENT_URLS", long, default_value = "http://127.0.0.1:2379")]
-    pub advertise_client_urls: String,
+    /// Comma-separated client URLs to tell other members and clients (/v2/members)
+    /// [default: the --listen-client-urls, unless one listens on all addresses (0.0.0.0,
+    /// [::]): then it must be given, as etcd requires].
+    #[arg(env = "ETCD_ADVERTISE_CLIENT_URLS", long)]
+    pub advertise_client_urls: Option<String>,
     /// Comma-separated URLs to listen on for peers [default: http://127.0.0.1:2380]. A
     /// one-member cluster listens only when this is given (so that it can grow later).
     #[arg(env = "ETCD_LISTEN_PEER_URLS", long)]
@@ -108,6 +110,44 @@ impl ServeArgs {
             .unwrap_or_else(|| PathBuf::from(format!("{}.rota", self.name)))
     }
 
+    /// The client URLs to advertise: the flag, else the listen URLs (advertising
+    /// `127.0.0.1:2379` for a member listening elsewhere sent etcdctl and other members'
+    /// clients to a port nobody serves).
+    pub fn advertise_client_urls(&self) -> anyhow::Result<String> {
+        if let Some(urls) = &self.advertise_client_urls {
+            return Ok(urls.clone());
+        }
+        let unspecified = split_urls(&self.listen_client_urls).into_iter().find(|url| {
+            let host = url.split("://").nth(1).unwrap_or(url).split('/').next().unwrap_or_default();
+            let host = host.rsplit_once(':').map_or(host, |(host, _)| host);
+            matches!(host, "0.0.0.0" | "[::]" | "::")
+        });
+        if let Some(url) = unspecified {
+            anyhow::bail!(
+                "--advertise-client-urls is required when --listen-client-urls listens on all addresses ({url}): \
+                 give the URLs clients reach this member at"
+            );
+        }
+        Ok(self.listen_client_urls.clone())
+    }
+
+    /// etcd's checks of the Raft timing flags.
+    pub fn check_timing(&self) -> anyhow::Result<()> {
+        let (heartbeat, election) = (self.heartbeat_interval_ms, self.election_timeout_ms);
+        if heartbeat == 0 {
+            anyhow::bail!("--heartbeat-interval must be at least 1 (ms)");
+        }
+        if election < 5 * heartbeat {
+            anyhow::bail!(
+                "--election-timeout[{election}] should be at least as 5 times as --heartbeat-interval[{heartbeat}]"
+            );
+        }
+        if election > 50_000 {
+            anyhow::bail!("--election-timeout[{election}] is too long, and should be set less than 50 seconds");
+        }
+        Ok(())
+    }
+
     pub fn initial_cluster(&self) -> String {
         self.initial_cluster
             .clone()
@@ -171,6 +211,40 @@ pub async fn run(args: ServeArgs) -> ExitCode {
     }
 }
 
+/// A data dir without a member's identity starts a new member: it must be missing, empty,
+/// or hold only what a start of rota cut short left there. Anything else is refused: an
+/// etcd data dir (an etcd unit file's `ETCD_DATA_DIR` sends rota there) or a mistyped path
+/// would otherwise get a new, empty member's files beside what is in it, and serve an empty
+/// store as if that were the data.
+fn refuse_foreign_data_dir(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        // Missing (created later), or not a directory: the start says so itself.
+        return Ok(());
+    };
+    let mut foreign: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| !matches!(name.as_str(), "raft-log" | "snapshots" | "lost+found") && !name.starts_with("identity"))
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    foreign.sort();
+    let shown = foreign.iter().take(5).map(String::as_str).collect::<Vec<_>>().join(", ");
+    if foreign.iter().any(|name| name == "member") {
+        anyhow::bail!(
+            "the data dir {} looks like an etcd member's (it has member/): rota cannot read etcd's data; \
+             give rota a data dir of its own (--data-dir) and copy the keys over through the v2 API",
+            data_dir.display()
+        );
+    }
+    anyhow::bail!(
+        "the data dir {} is not empty ({shown}) and holds no rota member: give a new member an empty \
+         or missing directory (--data-dir)",
+        data_dir.display()
+    );
+}
+
 /// Raises this process's soft limit of open files to its hard limit, as Go's runtime does
 /// for etcd: a shell's default soft limit (often 1,024) is far below the connections and
 /// watches rota bounds itself to (`limits.md`: each connection is a socket, each waiting
@@ -206,6 +280,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // must shut it down gracefully, not find the default action still in place.
     let signals = ShutdownSignals::install();
     raise_open_files_limit();
+    args.check_timing()?;
+    let advertise_client_urls = args.advertise_client_urls()?;
     let initial_cluster_flag = args.initial_cluster();
     let initial_cluster = rota_raft::parse_initial_cluster(&initial_cluster_flag)
         .map_err(|error| anyhow::anyhow!("{error}"))?;
@@ -214,6 +290,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // data dir has its cluster there, and flags left as they were at its first start (or
     // never updated after members were added or moved) must not keep it from starting.
     let restarting = data_dir.join("identity").exists();
+    if !restarting {
+        refuse_foreign_data_dir(&data_dir)?;
+    }
     let peer_urls = split_urls(&args.initial_advertise_peer_urls);
     let me = initial_cluster.iter().find(|member| member.name == args.name);
     let mismatch = match me {
@@ -272,7 +351,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else {
         format!("peers on {}", listen_peer_urls.join(","))
     };
-    let client_urls = split_urls(&args.advertise_client_urls);
+    let client_urls = split_urls(&advertise_client_urls);
     let mut config = NodeConfig::single(args.name.clone(), data_dir.clone());
     config.core.v2_history_max = args.history_events_max.max(1);
     config.snapshot_entries = args.snapshot_entries.max(1);

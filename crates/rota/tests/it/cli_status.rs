@@ -176,3 +176,49 @@ fn serve_takes_an_etcd_command_line_with_its_host_whitelist_and_cors() {
     node.terminate();
     assert!(node.wait_exit(Duration::from_secs(10)).success(), "{}", node.stderr());
 }
+
+/// Start-up settings etcd refuses, or that would serve the wrong thing, fail at once with a
+/// message naming the flag: a data dir that is etcd's or holds other files (it got a new,
+/// empty member beside them), timing flags that make elections churn, and no advertised
+/// client URL for a member listening on all addresses (127.0.0.1:2379 was advertised).
+#[test]
+fn serve_refuses_a_foreign_data_dir_bad_timing_and_an_unknowable_client_url() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (client, peer) = free_port_pair();
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let etcd_dir = dir.path().join("etcd-data");
+    std::fs::create_dir_all(etcd_dir.join("member/wal")).expect("etcd-like dir");
+    let other_dir = dir.path().join("other");
+    std::fs::create_dir_all(&other_dir).expect("dir");
+    std::fs::write(other_dir.join("notes.txt"), "mine").expect("file");
+    let fresh = dir.path().join("fresh").display().to_string();
+    let serve = |data_dir: &str, extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = ["serve", "--data-dir", data_dir, "--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url]
+            .map(String::from)
+            .to_vec();
+        if !extra.iter().any(|flag| flag.starts_with("--listen-client-urls")) {
+            args.extend(["--listen-client-urls".into(), client_url.clone(), "--advertise-client-urls".into(), client_url.clone()]);
+        }
+        args.extend(extra.iter().map(|flag| flag.to_string()));
+        args
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (serve(&etcd_dir.display().to_string(), &[]), "looks like an etcd member's"),
+        (serve(&other_dir.display().to_string(), &[]), "is not empty (notes.txt) and holds no rota member"),
+        (serve(&fresh, &["--election-timeout", "300"]), "--election-timeout[300] should be at least as 5 times as --heartbeat-interval[100]"),
+        (serve(&fresh, &["--heartbeat-interval", "0"]), "--heartbeat-interval must be at least 1"),
+        (
+            serve(&fresh, &["--listen-client-urls", &format!("http://0.0.0.0:{client}")]),
+            "--advertise-client-urls is required when --listen-client-urls listens on all addresses",
+        ),
+    ];
+    for (at, (args, expected)) in cases.into_iter().enumerate() {
+        let mut node = Proc::spawn(dir.path(), &format!("refused-{at}"), &args, &[]);
+        let status = node.wait_exit(Duration::from_secs(20));
+        assert!(!status.success(), "{args:?}");
+        assert!(node.stderr().contains(expected), "{args:?}: {}", node.stderr());
+    }
+    assert!(std::fs::read_dir(&etcd_dir).expect("dir").count() == 1, "nothing written beside etcd's member/");
+    assert!(!std::path::Path::new(&fresh).join("identity").exists());
+}
