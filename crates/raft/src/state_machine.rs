@@ -159,6 +159,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         responses: state.apply_batch(&batch),
                     },
                     EntryPayload::Membership(membership) => {
+                        if !replaying {
+                            log_membership_change(self.last_membership.membership(), &membership);
+                        }
                         self.last_membership =
                             StoredMembership::new(Some(entry.log_id), membership);
                         EntryResponses::default()
@@ -421,5 +424,32 @@ mod tests {
         assert_eq!(nice, (base + SNAPSHOT_THREAD_NICE).min(19));
         let failed: Result<(), String> = in_background("rota-test-bg", || Err("no".to_string())).await;
         assert_eq!(failed, Err("no".to_string()));
+    }
+}
+
+/// One line on every member for each membership change it applies, as etcd's "added
+/// member ... to cluster" / "removed member ...": members that came or went, and learners
+/// that became voters. (A joint step that changes nothing of these logs nothing.)
+fn log_membership_change(
+    before: &openraft::Membership<crate::types::NodeId, crate::types::Member>,
+    after: &openraft::Membership<crate::types::NodeId, crate::types::Member>,
+) {
+    let voter = |m: &openraft::Membership<_, _>, id: &u64| m.voter_ids().any(|v| v == *id);
+    for (id, member) in after.nodes() {
+        match before.get_node(id) {
+            None if voter(after, id) => {
+                tracing::info!(member = %format_args!("{id:x}"), name = %member.name, peer_urls = %member.peer_urls.join(","), "membership: member added")
+            }
+            None => tracing::info!(member = %format_args!("{id:x}"), peer_urls = %member.peer_urls.join(","), "membership: member added as a learner (a voter once it has caught up)"),
+            Some(_) if voter(after, id) && !voter(before, id) => {
+                tracing::info!(member = %format_args!("{id:x}"), name = %member.name, "membership: member is now a voter")
+            }
+            Some(_) => {}
+        }
+    }
+    for (id, member) in before.nodes() {
+        if after.get_node(id).is_none() {
+            tracing::info!(member = %format_args!("{id:x}"), name = %member.name, peer_urls = %member.peer_urls.join(","), "membership: member removed");
+        }
     }
 }

@@ -142,6 +142,12 @@ fn cluster_membership_add_remove_rolling_restart_and_snapshot_catch_up_under_loa
     assert!(exit.success(), "{name}: the removed leader exited with {exit}\n{}", cluster.logs(40));
     writers.set_endpoints(remaining.clone());
     phase(&format!("n{} (the leader) removed, exited by itself", leader + 1), &writers);
+    // Every member says so in its log, as etcd's do ("removed member ... from cluster").
+    for i in (0..3).filter(|&i| i != leader) {
+        let log = cluster.nodes[i].log_tail(usize::MAX);
+        let said = log.lines().any(|line| line.contains("membership: member removed") && has_field(line, "member", &removed_id));
+        assert!(said, "{name}: n{} does not log the removal of {removed_id}:\n{log}", i + 1);
+    }
 
     // (c) Rolling restart of the remaining three.
     let originals: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
