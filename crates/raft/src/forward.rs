@@ -680,6 +680,10 @@ pub(crate) async fn join_identity(config: &NodeConfig) -> Result<Identity, Start
             "--initial-cluster lists no other member to join".to_string(),
         ));
     }
+    tracing::info!(
+        peers = %peers.iter().map(|url| url.as_str()).collect::<Vec<_>>().join(","),
+        "joining an existing cluster: asking its members for this member's id (for up to {JOIN_WAIT:?})"
+    );
     let started = Instant::now();
     let mut last_error = String::new();
     while started.elapsed() < JOIN_WAIT {

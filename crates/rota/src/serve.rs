@@ -388,9 +388,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // The peer listener must answer while the node starts (a restarted member is asked
     // for votes and entries at once), so it is served from here on; until the node
     // exists, requests wait in the listen backlog.
-    let node = Node::start(config)
-        .await
-        .map_err(|error| anyhow::anyhow!("starting the node: {error}"))?;
+    // A start can wait (for peers to answer a member that joins): a signal ends it.
+    let mut signals = signals;
+    let node = tokio::select! {
+        started = Node::start(config) => started.map_err(|error| anyhow::anyhow!("starting the node: {error}"))?,
+        signal = signals.recv() => {
+            tracing::info!("{signal} while starting: stopped before serving");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let (stop_peers, peers_stopped) = tokio::sync::watch::channel(false);
     let peer_task = tokio::spawn(rota_server::peer::serve_peers(
         node.clone(),
@@ -500,8 +506,8 @@ impl ShutdownSignals {
     }
 
     /// Resolves on SIGTERM or SIGINT (also one that came before the call) with its name.
-    async fn recv(self) -> &'static str {
-        let Some((mut terminate, mut interrupt)) = self.0 else {
+    async fn recv(&mut self) -> &'static str {
+        let Some((terminate, interrupt)) = self.0.as_mut() else {
             return std::future::pending().await;
         };
         tokio::select! {

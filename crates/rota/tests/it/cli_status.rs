@@ -222,3 +222,28 @@ fn serve_refuses_a_foreign_data_dir_bad_timing_and_an_unknowable_client_url() {
     assert!(std::fs::read_dir(&etcd_dir).expect("dir").count() == 1, "nothing written beside etcd's member/");
     assert!(!std::path::Path::new(&fresh).join("identity").exists());
 }
+
+/// A member joining a cluster waits up to 30 s for a member to answer; a SIGTERM then
+/// stops it at once (it went on waiting, then exited 1).
+#[test]
+fn serve_stops_at_sigterm_while_it_waits_to_join() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ((client, peer), (absent, _)) = (free_port_pair(), free_port_pair());
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let data_dir = dir.path().join("j").display().to_string();
+    let cluster = format!("a=http://127.0.0.1:{absent},j={peer_url}");
+    let args: Vec<String> = [
+        "serve", "--name", "j", "--data-dir", &data_dir, "--listen-client-urls", &client_url, "--advertise-client-urls", &client_url,
+        "--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url, "--initial-cluster", &cluster,
+        "--initial-cluster-state", "existing",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut node = Proc::spawn(dir.path(), "joining", &args, &[]);
+    wait_until(Duration::from_secs(20), "the member says it is joining", || node.stderr().contains("joining an existing cluster").then_some(()));
+    node.terminate();
+    let status = node.wait_exit(Duration::from_secs(5));
+    assert!(status.success(), "{status}: {}", node.stderr());
+    assert!(node.stderr().contains("SIGTERM while starting"), "{}", node.stderr());
+}
