@@ -73,6 +73,43 @@ const IGNORED_SERVE_FLAGS: &[(&str, bool)] = &[
     ("pre-vote", false),
 ];
 
+/// What `ETCD_*` environment variables say to `rota serve` beyond the flags it reads from
+/// them (`known`, clap's): variables of the ignored flags (named in the same warning as
+/// the flags), ones etcd does not know either (etcd warns "unrecognized environment
+/// variable"), and `ETCD_FORCE_NEW_CLUSTER`, refused as the flag is.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct EtcdEnvironment {
+    pub ignored: Vec<String>,
+    pub unrecognized: Vec<String>,
+    pub force_new_cluster: bool,
+}
+
+pub fn etcd_environment<'a>(
+    vars: impl IntoIterator<Item = (String, String)>,
+    known: impl IntoIterator<Item = &'a str> + Clone,
+) -> EtcdEnvironment {
+    let mut found = EtcdEnvironment::default();
+    let mut vars: Vec<(String, String)> = vars.into_iter().filter(|(name, _)| name.starts_with("ETCD_")).collect();
+    vars.sort();
+    for (name, value) in vars {
+        if known.clone().into_iter().any(|known| known == name) || name == "ETCD_ENABLE_V2" {
+            continue;
+        }
+        let flag = name["ETCD_".len()..].to_ascii_lowercase().replace('_', "-");
+        if flag == "force-new-cluster" {
+            found.force_new_cluster |= value.trim().eq_ignore_ascii_case("true") || value.trim() == "1";
+        } else if IGNORED_SERVE_FLAGS.iter().any(|(ignored, _)| *ignored == flag)
+            || flag.starts_with("grpc-keepalive-")
+            || flag.starts_with("experimental-")
+        {
+            found.ignored.push(name);
+        } else {
+            found.unrecognized.push(name);
+        }
+    }
+    found
+}
+
 /// Takes the [`IGNORED_SERVE_FLAGS`] out of a `rota serve` command line (after
 /// [`rewrite_go_flags`]); returns the rest and the flags taken, as given.
 pub fn take_ignored_serve_flags(args: Vec<OsString>) -> (Vec<OsString>, Vec<String>) {

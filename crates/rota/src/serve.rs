@@ -93,7 +93,7 @@ pub struct ServeArgs {
     #[arg(env = "ETCD_CORS", long, default_value = "*")]
     pub cors: String,
     /// What to log: debug, info, warn or error (`RUST_LOG`, when set, decides instead).
-    #[arg(env = "ETCD_LOG_LEVEL", long = "log-level", default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
+    #[arg(env = "ETCD_LOG_LEVEL", long = "log-level", default_value = "info", value_parser = clap::builder::TypedValueParser::map(clap::builder::PossibleValuesParser::new(["debug", "info", "warn", "error"]), |level: String| level.to_ascii_lowercase()), ignore_case = true)]
     pub log_level: String,
     /// Accepted for etcd compatibility: the v2 API is always on.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", hide = true)]
@@ -194,13 +194,31 @@ fn peer_source_ip(peer_addresses: &[SocketAddr]) -> Option<IpAddr> {
     (single && ip.is_loopback()).then_some(ip)
 }
 
-pub async fn run(args: ServeArgs) -> ExitCode {
+pub async fn run(mut args: ServeArgs) -> ExitCode {
     init_tracing(&args.log_level);
+    let environment = {
+        let command = <ServeArgs as clap::Args>::augment_args(clap::Command::new("serve"));
+        let known: Vec<String> = command
+            .get_arguments()
+            .filter_map(|arg| arg.get_env().and_then(|env| env.to_str()).map(str::to_owned))
+            .collect();
+        crate::argv::etcd_environment(std::env::vars(), known.iter().map(String::as_str))
+    };
+    if environment.force_new_cluster {
+        tracing::error!(
+            "ETCD_FORCE_NEW_CLUSTER is not supported: rota does not restart a cluster from one member's data (unset it)"
+        );
+        return ExitCode::FAILURE;
+    }
+    args.ignored_etcd_flags.extend(environment.ignored);
     if !args.ignored_etcd_flags.is_empty() {
         tracing::warn!(
             "ignored: {} (etcd flags that mean nothing to rota: v3, zap logging, gRPC, profiling)",
             args.ignored_etcd_flags.join(" ")
         );
+    }
+    for name in environment.unrecognized {
+        tracing::warn!("unrecognized environment variable {name}");
     }
     match serve(args).await {
         Ok(code) => code,

@@ -55,6 +55,10 @@ fn serve_takes_etcds_environment_variables_and_a_flag_wins() {
         ("ETCD_LISTEN_CLIENT_URLS", url.clone()),
         ("ETCD_ADVERTISE_CLIENT_URLS", url.clone()),
         ("ETCD_INITIAL_CLUSTER_TOKEN", "env-token".to_owned()),
+        // etcd's unit files: a level in capitals, a variable of an ignored flag, a typo.
+        ("ETCD_LOG_LEVEL", "INFO".to_owned()),
+        ("ETCD_LOGGER", "zap".to_owned()),
+        ("ETCD_NAMME", "typo".to_owned()),
     ];
     let mut node = Proc::spawn(dir.path(), "env-node", &["serve".into(), "--name".into(), "from-flag".into()], &envs);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
@@ -65,8 +69,16 @@ fn serve_takes_etcds_environment_variables_and_a_flag_wins() {
     assert_eq!(member["name"], "from-flag", "the flag wins over ETCD_NAME: {members}");
     assert_eq!(member["clientURLs"][0], url.as_str(), "ETCD_ADVERTISE_CLIENT_URLS: {members}");
     assert!(data_dir.join("identity").exists(), "ETCD_DATA_DIR holds the data: {}", node.stderr());
+    let stderr = node.stderr();
+    assert!(stderr.contains("ignored: ETCD_LOGGER"), "{stderr}");
+    assert!(stderr.contains("unrecognized environment variable ETCD_NAMME"), "{stderr}");
     node.terminate();
     assert!(node.wait_exit(Duration::from_secs(10)).success(), "{}", node.stderr());
+
+    // ETCD_FORCE_NEW_CLUSTER is refused, as the flag is.
+    let mut forced = Proc::spawn(dir.path(), "forced", &["serve".into()], &[("ETCD_FORCE_NEW_CLUSTER", "true".to_owned()), ("ETCD_DATA_DIR", dir.path().join("forced").display().to_string())]);
+    assert!(!forced.wait_exit(Duration::from_secs(10)).success());
+    assert!(forced.stderr().contains("ETCD_FORCE_NEW_CLUSTER is not supported"), "{}", forced.stderr());
 }
 
 #[test]
