@@ -229,6 +229,26 @@ pub async fn run(mut args: ServeArgs) -> ExitCode {
     }
 }
 
+/// The membership keeps the peer URLs a member was added (or first started) with; the
+/// `--initial-*` flags do not change them later. A member restarted listening on another
+/// port is not reached by the others (writes through them find no leader) while it says
+/// nothing: say it, and how to change the registered URLs.
+fn warn_if_registered_elsewhere(node: &Node, listening: &[std::net::SocketAddr]) {
+    let id = node.status().id;
+    let Some((_, me)) = node.members().into_iter().find(|(member, _)| *member == id) else {
+        return;
+    };
+    let port_of = |url: &str| url.rsplit(':').next().and_then(|port| port.trim_end_matches('/').parse::<u16>().ok());
+    let reached = me.peer_urls.iter().any(|url| port_of(url).is_some_and(|port| listening.iter().any(|address| address.port() == port)));
+    if !reached && !me.peer_urls.is_empty() {
+        tracing::warn!(
+            registered = %me.peer_urls.join(","),
+            "the cluster knows this member by peer URLs it does not listen on: the other members cannot reach it. \
+             Listen there again, or change them: etcdctl member update {id:x} URL (PUT /v2/members/{id:x})"
+        );
+    }
+}
+
 /// A data dir without a member's identity starts a new member: it must be missing, empty,
 /// or hold only what a start of rota cut short left there. Anything else is refused: an
 /// etcd data dir (an etcd unit file's `ETCD_DATA_DIR` sends rota there) or a mistyped path
@@ -415,6 +435,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     };
+    if !peer_addresses.is_empty() {
+        warn_if_registered_elsewhere(&node, &peer_addresses);
+    }
     let (stop_peers, peers_stopped) = tokio::sync::watch::channel(false);
     let peer_task = tokio::spawn(rota_server::peer::serve_peers(
         node.clone(),

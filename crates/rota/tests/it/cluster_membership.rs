@@ -673,6 +673,14 @@ fn cluster_membership_a_single_node_grows_into_a_cluster_only_when_it_listens_fo
     assert_eq!(refused.status(), 412, "{name}: {}", refused.text());
     assert!(refused.text().contains("--listen-peer-urls"), "{name}: {}", refused.text());
     assert_eq!(try_member_names(&addr(lone_port)).map(|m| m.len()), Some(1), "{name}: nothing was added");
+    // Restarted with peer URLs, it is still registered at the default ones (the --initial-*
+    // flags apply to a new member): it says so, and how to change them.
+    drop(_lone);
+    let _lone = serve("lone", lone_port, Some(free_port()), &[]);
+    wait_until(CHANGE_TIMEOUT, "the restarted node warns that it is registered elsewhere", || {
+        let log = std::fs::read_to_string(dir.path().join("lone.log")).ok()?;
+        (log.contains("knows this member by peer URLs it does not listen on") && log.contains("etcdctl member update")).then_some(())
+    });
 
     // With them, it takes a second member that joins, catches up and takes writes.
     let (c1, p1, c2, p2) = (free_port(), free_port(), free_port(), free_port());
