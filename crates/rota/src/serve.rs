@@ -233,9 +233,19 @@ pub async fn run(mut args: ServeArgs) -> ExitCode {
 /// `--initial-*` flags do not change them later. A member restarted listening on another
 /// port is not reached by the others (writes through them find no leader) while it says
 /// nothing: say it, and how to change the registered URLs.
-fn warn_if_registered_elsewhere(node: &Node, listening: &[std::net::SocketAddr]) {
+async fn warn_if_registered_elsewhere(node: Node, listening: Vec<std::net::SocketAddr>) {
     let id = node.status().id;
-    let Some((_, me)) = node.members().into_iter().find(|(member, _)| *member == id) else {
+    // Raft publishes the membership it loaded a moment after it started; a joining member
+    // learns it from the leader.
+    let mut me = None;
+    for _ in 0..100 {
+        me = node.members().into_iter().find(|(member, _)| *member == id);
+        if me.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some((_, me)) = me else {
         return;
     };
     let port_of = |url: &str| url.rsplit(':').next().and_then(|port| port.trim_end_matches('/').parse::<u16>().ok());
@@ -436,7 +446,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if !peer_addresses.is_empty() {
-        warn_if_registered_elsewhere(&node, &peer_addresses);
+        tokio::spawn(warn_if_registered_elsewhere(node.clone(), peer_addresses.clone()));
     }
     let (stop_peers, peers_stopped) = tokio::sync::watch::channel(false);
     let peer_task = tokio::spawn(rota_server::peer::serve_peers(
