@@ -128,6 +128,15 @@ pub(crate) fn tree_bytes(dir: &Path) -> std::io::Result<u64> {
 
 /// Bytes available to an unprivileged writer on the file system holding `path`.
 pub(crate) fn available_bytes(path: &Path) -> std::io::Result<u64> {
+    statvfs(path).map(|stats| stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
+/// The size of the file system `path` is on.
+pub(crate) fn total_bytes(path: &Path) -> std::io::Result<u64> {
+    statvfs(path).map(|stats| stats.f_blocks.saturating_mul(stats.f_frsize))
+}
+
+fn statvfs(path: &Path) -> std::io::Result<libc::statvfs> {
     let path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::other("data dir path holds a NUL byte"))?;
     // SAFETY: `statvfs` is plain old data, all zeros is a valid value; the call writes it.
@@ -137,7 +146,15 @@ pub(crate) fn available_bytes(path: &Path) -> std::io::Result<u64> {
     if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+    Ok(stats)
+}
+
+/// The smallest file system a node with `min_free_bytes` can take writes on: the open log
+/// chunk (allocated whole), the bound, and the margin writes resume above. Smaller, and
+/// writes are refused from the first one.
+pub(crate) fn smallest_workable_bytes(min_free_bytes: u64) -> u64 {
+    let chunk = crate::log_store::LOG_CHUNK_BYTES_MAX as u64;
+    min_free_bytes.saturating_add(chunk).saturating_add(RESUME_MARGIN_BYTES)
 }
 
 #[cfg(test)]

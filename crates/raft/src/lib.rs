@@ -1157,6 +1157,16 @@ async fn watch_disk_space(
     let mut last_snapshot: Option<Option<u64>> = None;
     let mut appended_at_snapshot: Option<u64> = None;
     let mut asked_for_snapshot = false;
+    let workable = disk::smallest_workable_bytes(min_free_bytes);
+    if let Ok(total) = disk::total_bytes(&data_dir) {
+        if total < workable {
+            tracing::warn!(
+                file_system_mib = total >> 20,
+                needed_mib = workable >> 20,
+                "the data dir's file system is too small to take writes: it needs room for a 64 MiB log chunk and --min-free-mb (and a margin) besides the data; give it more space or lower --min-free-mb"
+            );
+        }
+    }
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,

@@ -42,7 +42,7 @@ use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 const LOG_CACHE_ENTRIES_MAX: usize = 10_000;
 const LOG_CACHE_BYTES_MAX: usize = 256 << 20;
 /// A new chunk file after this many bytes; purged chunks are deleted whole.
-const LOG_CHUNK_BYTES_MAX: usize = 64 << 20;
+pub(crate) const LOG_CHUNK_BYTES_MAX: usize = 64 << 20;
 /// Recently appended entries kept decoded (see [`RecentEntries`]), at most this many / this
 /// many encoded bytes.
 const RECENT_ENTRIES_MAX: usize = 4096;
