@@ -486,6 +486,12 @@ impl Node {
                 "batch and queue limits must be positive".to_string(),
             ));
         }
+        if config.data_dir.exists() && !config.data_dir.is_dir() {
+            return Err(StartError::DataDir {
+                path: config.data_dir.clone(),
+                source: std::io::Error::other("not a directory (a file is in its place)"),
+            });
+        }
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.clone(),
             source,

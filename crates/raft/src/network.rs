@@ -351,7 +351,14 @@ impl PeerTransport {
         };
         match refusal {
             Some(what) => {
-                let reason = format!("{what}: {}", String::from_utf8_lossy(&bytes));
+                // The peer's answer names the refusal itself (its first words are `what`);
+                // say it once, and that it is the peer speaking.
+                let answer = String::from_utf8_lossy(&bytes);
+                let reason = if answer.starts_with(what) {
+                    format!("the peer answers: {answer}")
+                } else {
+                    format!("{what}: the peer answers: {answer}")
+                };
                 self.note_refused(target, &url, &reason);
             }
             None => self.note_reachable(target, &url),

@@ -254,8 +254,9 @@ impl<B: Backend> App<B> {
             self.requests_total.fetch_add(1, Ordering::Relaxed);
             return refused;
         }
-        if let Some(refused) = unsupported_transfer_encoding(&request) {
-            self.metrics.observe(Route::Other, request.method(), 501, started.elapsed());
+        if let Some(refused) = unsupported_transfer_encoding(&request).or_else(|| unmet_expectation(&request)) {
+            let status = refused.status().as_u16();
+            self.metrics.observe(Route::Other, request.method(), status, started.elapsed());
             self.requests_total.fetch_add(1, Ordering::Relaxed);
             return refused;
         }
@@ -820,6 +821,18 @@ fn idempotency_key(request: &Request<Body>) -> Result<Option<String>, Response<B
         ));
     }
     Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// Go's server answers an `Expect` other than `100-continue` with `417 Expectation Failed`
+/// before any handler (hyper hands the request on as if the header were not there).
+fn unmet_expectation(request: &Request<Body>) -> Option<Response<Body>> {
+    let expect = request.headers().get(axum::http::header::EXPECT)?;
+    if expect.as_bytes().eq_ignore_ascii_case(b"100-continue") {
+        return None;
+    }
+    let mut response = respond::with_status(417, Body::empty());
+    response.headers_mut().insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+    Some(response)
 }
 
 /// Go's server takes one `Transfer-Encoding` header, `chunked`, and answers anything else

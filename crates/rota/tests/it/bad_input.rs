@@ -501,6 +501,10 @@ fn garbage_bytes_on_the_socket_never_crash_or_change_state() {
                 "PUT /v2/keys/g HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n7\r\nvalue=x\r\n0\r\n\r\n",
             ),
             raw_case(
+                "an expectation other than 100-continue",
+                "PUT /v2/keys/g HTTP/1.1\r\nHost: x\r\nExpect: something-else\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\n\r\nvalue=x",
+            ),
+            raw_case(
                 "two Host headers",
                 "PUT /v2/keys/g HTTP/1.1\r\nHost: x\r\nHost: y\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\n\r\nvalue=x",
             ),

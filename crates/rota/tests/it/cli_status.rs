@@ -205,6 +205,8 @@ fn serve_refuses_a_foreign_data_dir_bad_timing_and_an_unknowable_client_url() {
     std::fs::create_dir_all(&other_dir).expect("dir");
     std::fs::write(other_dir.join("notes.txt"), "mine").expect("file");
     let fresh = dir.path().join("fresh").display().to_string();
+    let a_file = dir.path().join("a-file");
+    std::fs::write(&a_file, "not a dir").expect("file");
     let serve = |data_dir: &str, extra: &[&str]| -> Vec<String> {
         let mut args: Vec<String> = ["serve", "--data-dir", data_dir, "--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url]
             .map(String::from)
@@ -218,6 +220,7 @@ fn serve_refuses_a_foreign_data_dir_bad_timing_and_an_unknowable_client_url() {
     let cases: Vec<(Vec<String>, &str)> = vec![
         (serve(&etcd_dir.display().to_string(), &[]), "looks like an etcd member's"),
         (serve(&other_dir.display().to_string(), &[]), "is not empty (notes.txt) and holds no rota member"),
+        (serve(&a_file.display().to_string(), &[]), "not a directory (a file is in its place)"),
         (serve(&fresh, &["--election-timeout", "300"]), "--election-timeout[300] should be at least as 5 times as --heartbeat-interval[100]"),
         (serve(&fresh, &["--heartbeat-interval", "0"]), "--heartbeat-interval must be at least 1"),
         (
