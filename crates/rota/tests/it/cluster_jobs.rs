@@ -9,7 +9,7 @@
 //! job is leased again, and the frozen worker's `complete` must be refused: that is the case
 //! the fencing tokens exist for. Submitters POST over raw HTTP with
 //! an `Idempotency-Key` per job, to every node in turn, and retry a request with no answer
-//! (timeout, refused, reset, 503) with the same key on the next node. Three workers, each
+//! (timeout, refused, reset, 503, 504 outcome_unknown) with the same key on the next node. Three workers, each
 //! given all endpoints (rotated), run a script that logs its start and end (`date +%s%N`),
 //! the job id, the lease token and the lease's expiry as the server granted it, and prints
 //! `{"id", "token"}` as the result. A "zombie" thread meanwhile re-sends `complete` with
@@ -349,15 +349,23 @@ fn json_request(method: &str, target: &str, body: &Value, key: Option<&str>) -> 
     request
 }
 
+/// Whether a `/v1` answer says the request was not handled (503: no leader yet) or may or
+/// may not have been (504 `outcome_unknown`: its leader failed first): either way the same
+/// request goes again, with its key.
+fn is_retriable(response: &Response) -> bool {
+    response.status() == 503 || (response.status() == 504 && response.json()["error"]["code"] == "outcome_unknown")
+}
+
 /// Sends `request` to the nodes in turn from `first` until one answers other than 503 (no
-/// leader yet), within [`SUBMIT_RETRY_FOR`]. Only for requests that are safe to repeat.
+/// leader yet) or 504 `outcome_unknown`, within [`SUBMIT_RETRY_FOR`]. Only for requests that
+/// are safe to repeat (keyed).
 fn retry_request(endpoints: &[SocketAddr], first: usize, request: &Request) -> Result<Response, String> {
     let deadline = Instant::now() + SUBMIT_RETRY_FOR;
     let mut node = first;
     loop {
         let last = match http::send_with_timeout(endpoints[node % endpoints.len()], request, REQUEST_TIMEOUT) {
-            Ok(response) if response.status() != 503 => return Ok(response),
-            Ok(response) => format!("503 {}", response.text()),
+            Ok(response) if !is_retriable(&response) => return Ok(response),
+            Ok(response) => format!("{} {}", response.status(), response.text()),
             Err(e) => e.to_string(),
         };
         if Instant::now() >= deadline {
@@ -497,8 +505,9 @@ impl Zombie {
                             probed.insert((job, token));
                             counter.fetch_add(1, Ordering::SeqCst);
                         }
-                        // No leader right now, or the node is down: try again later.
-                        Ok(response) if response.status() == 503 => {}
+                        // No leader right now, the leader failed first, or the node is
+                        // down: try again later.
+                        Ok(response) if is_retriable(&response) => {}
                         Err(_) => {}
                         Ok(response) if response.status() == 200 => {
                             probed.insert((job, token));
