@@ -110,27 +110,6 @@ impl ServeArgs {
             .unwrap_or_else(|| PathBuf::from(format!("{}.rota", self.name)))
     }
 
-    /// The client URLs to advertise: the flag, else the listen URLs (advertising
-    /// `127.0.0.1:2379` for a member listening elsewhere sent etcdctl and other members'
-    /// clients to a port nobody serves).
-    pub fn advertise_client_urls(&self) -> anyhow::Result<String> {
-        if let Some(urls) = &self.advertise_client_urls {
-            return Ok(urls.clone());
-        }
-        let unspecified = split_urls(&self.listen_client_urls).into_iter().find(|url| {
-            let host = url.split("://").nth(1).unwrap_or(url).split('/').next().unwrap_or_default();
-            let host = host.rsplit_once(':').map_or(host, |(host, _)| host);
-            matches!(host, "0.0.0.0" | "[::]" | "::")
-        });
-        if let Some(url) = unspecified {
-            anyhow::bail!(
-                "--advertise-client-urls is required when --listen-client-urls listens on all addresses ({url}): \
-                 give the URLs clients reach this member at"
-            );
-        }
-        Ok(self.listen_client_urls.clone())
-    }
-
     /// etcd's checks of the Raft timing flags.
     pub fn check_timing(&self) -> anyhow::Result<()> {
         let (heartbeat, election) = (self.heartbeat_interval_ms, self.election_timeout_ms);
@@ -329,7 +308,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let signals = ShutdownSignals::install();
     raise_open_files_limit();
     args.check_timing()?;
-    let advertise_client_urls = args.advertise_client_urls()?;
     let initial_cluster_flag = args.initial_cluster();
     let initial_cluster = rota_raft::parse_initial_cluster(&initial_cluster_flag)
         .map_err(|error| anyhow::anyhow!("{error}"))?;
@@ -364,8 +342,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     let mut listeners = Vec::new();
     let listen_urls = split_urls(&args.listen_client_urls);
+    // The URL of a listener on all addresses (0.0.0.0, [::]), which cannot be advertised.
+    let mut unspecified = None;
     for url in &listen_urls {
         for address in resolve(url).await? {
+            if address.ip().is_unspecified() {
+                unspecified.get_or_insert(url.clone());
+            }
             let listener = rota_server::bind(address)
                 .map_err(|error| anyhow::anyhow!("listen on {address} ({url}): {error}"))?;
             listeners.push(listener);
@@ -374,6 +357,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if listeners.is_empty() {
         anyhow::bail!("--listen-client-urls is empty");
     }
+    // The flag, else the listen URLs (advertising `127.0.0.1:2379` for a member listening
+    // elsewhere sent etcdctl and other members' clients to a port nobody serves).
+    let advertise_client_urls = match (&args.advertise_client_urls, unspecified) {
+        (Some(urls), _) => urls.clone(),
+        (None, Some(url)) => anyhow::bail!(
+            "--advertise-client-urls is required when --listen-client-urls listens on all addresses ({url}): \
+             give the URLs clients reach this member at"
+        ),
+        (None, None) => args.listen_client_urls.clone(),
+    };
     // A one-member cluster needs no peer listener (and the default peer port may be taken
     // by another single node on the same machine, as with etcd's defaults it would not be).
     let mut peer_listeners = Vec::new();

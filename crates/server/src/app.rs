@@ -28,7 +28,7 @@ use crate::limits;
 use crate::metrics::{Metrics, Route};
 use crate::params::{parse_key_params, KeyParams};
 use crate::respond::{
-    self, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, X_ETCD_CLUSTER_ID, X_ETCD_INDEX, X_RAFT_INDEX,
+    self, IDEMPOTENT_REPLAYED, X_ETCD_CLUSTER_ID, X_ETCD_INDEX, X_RAFT_INDEX,
     X_RAFT_TERM,
 };
 
@@ -201,11 +201,7 @@ impl<B: Backend> App<B> {
     /// one names the host? (The origin check and the whitelist would read only the first.)
     fn host_refusal(&self, request: &Request<Body>) -> Option<Response<Body>> {
         if request.headers().get_all(axum::http::header::HOST).iter().nth(1).is_some() {
-            let mut response = respond::with_status(400, "400 Bad Request: too many Host headers");
-            let headers = response.headers_mut();
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-            headers.insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
-            return Some(response);
+            return Some(respond::go_server_refusal(400, "400 Bad Request: too many Host headers"));
         }
         if self.host_whitelist.is_empty() {
             return None;
@@ -248,13 +244,11 @@ impl<B: Backend> App<B> {
     /// Answers one request. Never panics on input; every path ends in a response.
     pub async fn handle(self: &Arc<Self>, request: Request<Body>) -> Response<Body> {
         let started = Instant::now();
-        if let Some(refused) = self.host_refusal(&request) {
-            let status = refused.status().as_u16();
-            self.metrics.observe(Route::Other, request.method(), status, started.elapsed());
-            self.requests_total.fetch_add(1, Ordering::Relaxed);
-            return refused;
-        }
-        if let Some(refused) = unsupported_transfer_encoding(&request).or_else(|| unmet_expectation(&request)) {
+        let refused = self
+            .host_refusal(&request)
+            .or_else(|| unsupported_transfer_encoding(&request))
+            .or_else(|| unmet_expectation(&request));
+        if let Some(refused) = refused {
             let status = refused.status().as_u16();
             self.metrics.observe(Route::Other, request.method(), status, started.elapsed());
             self.requests_total.fetch_add(1, Ordering::Relaxed);
@@ -793,34 +787,9 @@ fn cross_site_refused() -> Response<Body> {
 /// is a 400.
 #[allow(clippy::result_large_err)]
 fn idempotency_key(request: &Request<Body>) -> Result<Option<String>, Response<Body>> {
-    let Some(value) = request.headers().get(&IDEMPOTENCY_KEY) else {
-        return Ok(None);
-    };
-    let bytes = value.as_bytes();
-    let several = request.headers().get_all(&IDEMPOTENCY_KEY).iter().nth(1).is_some();
-    let valid = !bytes.is_empty()
-        && bytes.len() <= limits::IDEMPOTENCY_KEY_BYTES_MAX
-        && bytes.iter().all(|b| b.is_ascii_graphic());
-    if several || !valid {
-        // Of several, which one names the request? A retry that sends only the other would
-        // run again.
-        let cause = if several {
-            "more than one Idempotency-Key header".to_string()
-        } else {
-            format!(
-                "Idempotency-Key must be 1 to {} visible ASCII characters",
-                limits::IDEMPOTENCY_KEY_BYTES_MAX
-            )
-        };
-        return Err(respond::rota_error(
-            400,
-            limits::IDEMPOTENCY_KEY_INVALID_CODE,
-            "Invalid Idempotency-Key",
-            &cause,
-            0,
-        ));
-    }
-    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+    respond::idempotency_key(request.headers()).map_err(|cause| {
+        respond::rota_error(400, limits::IDEMPOTENCY_KEY_INVALID_CODE, "Invalid Idempotency-Key", &cause, 0)
+    })
 }
 
 /// Go's server answers an `Expect` other than `100-continue` with `417 Expectation Failed`
@@ -830,9 +799,7 @@ fn unmet_expectation(request: &Request<Body>) -> Option<Response<Body>> {
     if expect.as_bytes().eq_ignore_ascii_case(b"100-continue") {
         return None;
     }
-    let mut response = respond::with_status(417, Body::empty());
-    response.headers_mut().insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
-    Some(response)
+    Some(respond::go_server_refusal(417, ""))
 }
 
 /// Go's server takes one `Transfer-Encoding` header, `chunked`, and answers anything else
@@ -845,12 +812,7 @@ fn unsupported_transfer_encoding(request: &Request<Body>) -> Option<Response<Bod
     if codings.next().is_none() && first.as_bytes().eq_ignore_ascii_case(b"chunked") {
         return None;
     }
-    let mut response = respond::with_status(501, "Unsupported transfer encoding");
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    // The body was not read: the connection cannot carry another request.
-    headers.insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
-    Some(response)
+    Some(respond::go_server_refusal(501, "Unsupported transfer encoding"))
 }
 
 /// Go's `maxFormSize`: a form body over it is etcd's error 210 `http: POST too large`.

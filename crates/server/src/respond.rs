@@ -24,6 +24,38 @@ static ACCESS_CONTROL_ALLOW_METHODS: HeaderName =
 static ACCESS_CONTROL_ALLOW_HEADERS: HeaderName =
     HeaderName::from_static("access-control-allow-headers");
 
+/// The `Idempotency-Key` header of a request, if any, checked as `/v2` and `/v1` take it:
+/// one header, 1 to [`IDEMPOTENCY_KEY_BYTES_MAX`](crate::limits::IDEMPOTENCY_KEY_BYTES_MAX)
+/// visible ASCII characters; else the cause of the 400. (Of two headers, which one names the
+/// request? A retry that sends only the other would run again.)
+pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, String> {
+    let mut values = headers.get_all(&IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err("more than one Idempotency-Key header".to_string());
+    }
+    let bytes = value.as_bytes();
+    let max = crate::limits::IDEMPOTENCY_KEY_BYTES_MAX;
+    if bytes.is_empty() || bytes.len() > max || !bytes.iter().all(u8::is_ascii_graphic) {
+        return Err(format!("Idempotency-Key must be 1 to {max} visible ASCII characters"));
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// What Go's server answers itself, before any handler, to a request it will not take: the
+/// status, `text` as a plain-text body, and `Connection: close` (the body may be unread).
+pub fn go_server_refusal(status: u16, text: &'static str) -> Response<Body> {
+    let mut response = with_status(status, text);
+    let headers = response.headers_mut();
+    if !text.is_empty() {
+        headers.insert(CONTENT_TYPE, TEXT_PLAIN);
+    }
+    headers.insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 /// etcd's CORS headers, for `origin` (`*`: any).
 pub fn add_cors(response: &mut Response<Body>, origin: HeaderValue) {
     let headers = response.headers_mut();

@@ -23,8 +23,7 @@ use serde_json::value::RawValue;
 use super::errors::{self, ApiError};
 use super::limits::BODY_BYTES_MAX;
 use crate::body_budget::{BodyBudget, BodyReservation};
-use crate::limits::{BODY_READ_TIMEOUT, IDEMPOTENCY_KEY_BYTES_MAX};
-use crate::respond::IDEMPOTENCY_KEY;
+use crate::limits::BODY_READ_TIMEOUT;
 
 // ---- reading ----
 
@@ -138,23 +137,10 @@ pub(crate) fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiErr
     }
 }
 
-/// The `Idempotency-Key` header, if any: 1 to [`IDEMPOTENCY_KEY_BYTES_MAX`] visible ASCII
+/// The `Idempotency-Key` header, if any: 1 to [`crate::limits::IDEMPOTENCY_KEY_BYTES_MAX`] visible ASCII
 /// characters, else 400.
 pub(crate) fn idempotency_key(request: &Request<Body>) -> Result<Option<String>, ApiError> {
-    let Some(value) = request.headers().get(&IDEMPOTENCY_KEY) else { return Ok(None) };
-    if request.headers().get_all(&IDEMPOTENCY_KEY).iter().nth(1).is_some() {
-        // Which one names the request? A retry that sends only the other would run again.
-        return Err(ApiError::invalid("Idempotency-Key", "more than one Idempotency-Key header"));
-    }
-    let bytes = value.as_bytes();
-    let valid = !bytes.is_empty() && bytes.len() <= IDEMPOTENCY_KEY_BYTES_MAX && bytes.iter().all(u8::is_ascii_graphic);
-    if !valid {
-        return Err(ApiError::invalid(
-            "Idempotency-Key",
-            format!("Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters"),
-        ));
-    }
-    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+    crate::respond::idempotency_key(request.headers()).map_err(|cause| ApiError::invalid("Idempotency-Key", cause))
 }
 
 // ---- request value types ----
