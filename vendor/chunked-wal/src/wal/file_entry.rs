@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::ChunkId;
 use crate::WalTypes;
 use crate::wal::file_persisted::ChunkPersistedCallback;
+use crate::wal::zero_fill::ZeroFill;
 
 pub(crate) struct FileEntry<W>
 where W: WalTypes
@@ -19,6 +20,22 @@ where W: WalTypes
     pub(crate) on_persisted: ChunkPersistedCallback<W>,
     /// for debug
     pub(crate) sync_id: u64,
+
+    /// rota: the zeros being written ahead of this file's records, if any;
+    /// every write to the file claims its range from it first.
+    pub(crate) zero_fill: Option<Arc<ZeroFill>>,
+}
+
+impl<W> Drop for FileEntry<W>
+where W: WalTypes
+{
+    /// rota: no zeros are written to a file the flush worker let go of (the
+    /// WAL may be opened again, by a new flush worker, that writes there).
+    fn drop(&mut self) {
+        if let Some(fill) = &self.zero_fill {
+            fill.stop();
+        }
+    }
 }
 
 impl<W> fmt::Display for FileEntry<W>
@@ -58,7 +75,23 @@ where W: WalTypes
             f,
             on_persisted,
             sync_id: 0,
+            zero_fill: None,
         }
+    }
+
+    /// rota: with `Config::preallocate`, starts writing zeros over the free
+    /// tail of this chunk file, whose records end at chunk-local offset
+    /// `records_end` (see `zero_fill`).
+    pub(crate) fn with_zero_fill(mut self, records_end: u64) -> Self {
+        match self.f.metadata() {
+            Ok(meta) if meta.len() > records_end => {
+                self.zero_fill =
+                    Some(ZeroFill::start(self.f.clone(), meta.len(), records_end));
+            }
+            Ok(_) => {}
+            Err(err) => log::warn!("cannot write zeros ahead of the WAL: {err}"),
+        }
+        self
     }
 }
 

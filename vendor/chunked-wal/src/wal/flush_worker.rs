@@ -227,8 +227,12 @@ where W: WalTypes
                 }
 
                 let write_start = Instant::now();
+                let claim = last.zero_fill.as_ref().map(|fill| {
+                    fill.claim(write_pos + batch_bytes as u64)
+                });
                 let write_res =
                     write_batch_vectored(last_file, write_pos, &batch.writes);
+                drop(claim);
                 batch_metrics.record_write_time(write_start);
 
                 let need_sync = batch.writes.iter().any(|w| w.write.sync);
@@ -335,6 +339,9 @@ where W: WalTypes
                     // written: cut its preallocated zeros off before the new
                     // chunk gets any record.
                     if let Some(prev) = self.files.last() {
+                        if let Some(fill) = &prev.zero_fill {
+                            fill.stop();
+                        }
                         let len = file_entry.starting_offset - prev.starting_offset;
                         prev.f.set_len(len)?;
                         prev.f.sync_all()?;

@@ -13,6 +13,7 @@ pub(crate) mod flush_worker;
 pub(crate) mod queued_bytes;
 pub(crate) mod queued_write;
 pub(crate) mod write_batch;
+pub(crate) mod zero_fill;
 
 pub use chunked_wal::ChunkedWal;
 pub use closed_chunk_reader::ClosedChunkReader;
