@@ -99,18 +99,18 @@ async fn route<B: Backend>(app: &Arc<App<B>>, request: Request<Body>, path: &str
     let get = method == Method::GET || method == Method::HEAD;
     match segments.as_slice() {
         ["queues"] | ["queues", ""] if get => queues::list(app, &call).await,
-        ["queues"] => Err(ApiError::method_not_allowed("GET")),
+        ["queues"] => Err(ApiError::method_not_allowed("GET, HEAD")),
         ["queues", name] => match method {
             Method::PUT => queues::put(app, &call, name, request).await,
             Method::PATCH => queues::patch(app, &call, name, request).await,
             Method::DELETE => queues::delete(app, &call, name).await,
             _ if get => queues::get(app, &call, name).await,
-            _ => Err(ApiError::method_not_allowed("GET, PUT, PATCH, DELETE")),
+            _ => Err(ApiError::method_not_allowed("GET, HEAD, PUT, PATCH, DELETE")),
         },
         ["queues", name, "jobs"] => match method {
             Method::POST => jobs::submit(app, &call, name, request).await,
             _ if get => jobs::list(app, &call, name).await,
-            _ => Err(ApiError::method_not_allowed("GET, POST")),
+            _ => Err(ApiError::method_not_allowed("GET, HEAD, POST")),
         },
         ["queues", name, "lease"] if method == Method::POST => lease::lease(app, &call, name, request).await,
         ["queues", _, "lease"] => Err(ApiError::method_not_allowed("POST")),
@@ -119,7 +119,7 @@ async fn route<B: Backend>(app: &Arc<App<B>>, request: Request<Body>, path: &str
             match method {
                 Method::DELETE => jobs::cancel(app, &call, id).await,
                 _ if get => jobs::get(app, &call, id).await,
-                _ => Err(ApiError::method_not_allowed("GET, DELETE")),
+                _ => Err(ApiError::method_not_allowed("GET, HEAD, DELETE")),
             }
         }
         ["jobs", id, action] => {
@@ -139,7 +139,7 @@ async fn route<B: Backend>(app: &Arc<App<B>>, request: Request<Body>, path: &str
         ["counters", name] => match method {
             Method::POST => counters::increment(app, &call, name, request).await,
             _ if get => counters::get(app, &call, name).await,
-            _ => Err(ApiError::method_not_allowed("GET, POST")),
+            _ => Err(ApiError::method_not_allowed("GET, HEAD, POST")),
         },
         ["watch"] if get => {
             // EventSource's reconnection: the `id:` of the last event it got (a key event's
@@ -150,7 +150,7 @@ async fn route<B: Backend>(app: &Arc<App<B>>, request: Request<Body>, path: &str
                 .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok());
             sse::watch(app, &call, last_event_id).await
         }
-        ["watch"] => Err(ApiError::method_not_allowed("GET")),
+        ["watch"] => Err(ApiError::method_not_allowed("GET, HEAD")),
         _ => Err(ApiError::not_found(format!("no such endpoint: {path}"))),
     }
 }

@@ -355,7 +355,7 @@ async fn unknown_endpoints_and_methods_answer_json_errors() {
     assert_error(&get(&app, "/v1/nothing").await, 404, "not_found", None);
     let reply = call(&app, "POST", "/v1/queues/q", None, &[]).await;
     assert_error(&reply, 405, "method_not_allowed", None);
-    assert_eq!(reply.header("allow"), Some("GET, PUT, PATCH, DELETE"));
+    assert_eq!(reply.header("allow"), Some("GET, HEAD, PUT, PATCH, DELETE"));
     assert_error(&post(&app, "/v1/jobs/1/explode", json!({})).await, 404, "not_found", None);
     assert_error(&get(&app, "/v1/jobs/1/explode").await, 404, "not_found", None);
     assert_error(&get(&app, "/v1/jobs/1/complete").await, 405, "method_not_allowed", None);
