@@ -473,6 +473,13 @@ pub async fn run_job(args: JobArgs) -> ExitCode {
             }),
         JobCommand::Cancel { id } => client.cancel_job(id).await.map(|job| {
             print_job(&job, output);
+            if let (Some(worker), Some(expires)) = (&job.worker, &job.lease_expires_at) {
+                // Said on stderr: the job's JSON on stdout stays as the server gave it.
+                eprintln!(
+                    "job {id} was running on {worker}: its concurrency slot stays taken until that worker \
+                     stops it and lets go (at its next heartbeat) or its lease ends ({expires})"
+                );
+            }
             ExitCode::SUCCESS
         }),
         JobCommand::Retry { id } => client.retry_job(id).await.map(|job| {

@@ -688,7 +688,10 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
                     )
                     .await;
                 }
-                Err(error) => log_lost_report(context, &job, "its result", &error),
+                Err(error) => {
+                    log_lost_report(context, &job, "its result", &error);
+                    let_go_if_refused(context, &job, token, &error).await;
+                }
             }
         }
         Ending::Exited { status } => {
@@ -718,6 +721,7 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
                 "job {} lease lost ({error}); command killed after {took}, nothing reported",
                 job.id
             ));
+            let_go_if_refused(context, &job, token, &error).await;
         }
         Ending::Interrupted => {
             let key = idempotency_key();
@@ -755,7 +759,30 @@ async fn report_failure(context: &Context, job: &Job, token: u64, error: String,
             one_line(&error),
             after.state
         )),
-        Err(error) => log_lost_report(context, job, "its failure", &error),
+        Err(error) => {
+            log_lost_report(context, job, "its failure", &error);
+            let_go_if_refused(context, job, token, &error).await;
+        }
+    }
+}
+
+/// After the server refused this lease's token (the command is gone by now): a job
+/// cancelled while leased keeps its concurrency slot until its worker lets go or the lease
+/// ends, so the worker lets go at once. Any other refusal (the lease ended or moved on)
+/// leaves nothing to let go of, and the release is refused too, silently.
+async fn let_go_if_refused(context: &Context, job: &Job, token: u64, error: &JobsError) {
+    if error.code() != Some("stale_lease") {
+        return;
+    }
+    let key = idempotency_key();
+    if report(context, || context.client.release_keyed(&key, job.id, token))
+        .await
+        .is_ok()
+    {
+        context.log(format_args!(
+            "job {} was cancelled; its concurrency slot given back",
+            job.id
+        ));
     }
 }
 

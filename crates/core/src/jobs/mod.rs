@@ -11,14 +11,17 @@
 //! Every operation is O(log n) in the number of jobs, except deleting a whole queue
 //! (O(jobs of that queue)). Invariants, for every stored job `j` with id `i`:
 //! - `j` is in exactly the indexes its state puts it in (see `queue.rs`), and globally:
-//!   scheduled ⇔ `(run_at_ms, i)` ∈ `scheduled`; leased ⇔ `(expires_at_ms, i)` ∈
-//!   `lease_deadlines`; finished ⇔ `(purge_at_ms, i)` ∈ `purge_deadlines`.
+//!   scheduled ⇔ `(run_at_ms, i)` ∈ `scheduled`; `j.lease` is `Some` ⇔ `(expires_at_ms, i)`
+//!   ∈ `lease_deadlines`; finished without a lease ⇔ `(purge_at_ms, i)` ∈ `purge_deadlines`.
 //!   All index changes go through `set_indexed`, called around every state change.
-//! - `j.lease` is `Some` exactly when `j` is leased; its token is ≤ `last_lease_token`, and
-//!   tokens are never reused.
-//! - a queue never has more leased jobs than its concurrency as a result of a lease (a
-//!   lowered concurrency lets the surplus run out), and never takes more tokens than its
-//!   bucket holds.
+//! - `j.lease` is `Some` when `j` is leased, and when `j` was cancelled while leased and
+//!   its holder has not let go yet (a *held* lease: until the holder releases it or the
+//!   lease ends, the worker may still be at work, so the slot stays taken); `None`
+//!   otherwise. Its token is ≤ `last_lease_token`, and tokens are never reused. A job with a
+//!   lease is in the lease indexes (`lease_deadlines`), not in `purge_deadlines`.
+//! - a queue never has more leases (held ones included) than its concurrency as a result of
+//!   a lease (a lowered concurrency lets the surplus run out), and never takes more tokens
+//!   than its bucket holds.
 //! - `attempts ≤ max_attempts`.
 //! - an error leaves the state exactly as it was: commands validate everything first.
 
@@ -296,6 +299,10 @@ impl Jobs {
                 break;
             }
             match due {
+                // A cancelled job's held lease just ends: the job is finished already.
+                Due::LeaseExpiry if self.jobs[&id].state == JobState::Cancelled => {
+                    self.update(id, |job| job.lease = None)
+                }
                 Due::LeaseExpiry => self.fail_attempt(id, at_ms, "lease expired".to_owned(), true, None),
                 Due::ScheduledRun => self.update(id, |job| job.state = JobState::Queued),
                 Due::Purge => self.remove_job(id),
@@ -417,6 +424,26 @@ impl Jobs {
         let &queue_id = self.queue_ids.get(name).ok_or_else(|| JobError::queue_not_found(name))?;
         let queue = &self.queues[&queue_id];
         let unfinished = queue.unfinished_count();
+        // Not even with force: a worker may still be calling out for a leased job, and a
+        // queue of the same name made afterwards would not count its slot.
+        let held = queue.leases_held();
+        if held > 0 {
+            let leased = queue.count(JobState::Leased);
+            let cancelled = held - leased;
+            let what = match (leased, cancelled) {
+                (_, 0) => format!("{leased} leased jobs"),
+                (0, _) => format!("{cancelled} cancelled jobs"),
+                _ => format!("{leased} leased and {cancelled} cancelled jobs"),
+            };
+            return Err(JobError::new(
+                JobError::QUEUE_NOT_EMPTY,
+                format!(
+                    "queue {name:?} has {what} that workers may still be running, even with force; cancel \
+                     them, and delete the queue once their workers have let go of them (or their leases ended)"
+                ),
+                None,
+            ));
+        }
         if !force && unfinished > 0 {
             return Err(JobError::new(
                 JobError::QUEUE_NOT_EMPTY,
@@ -513,7 +540,7 @@ impl Jobs {
         let room_count = queue
             .config
             .concurrency
-            .map_or(u64::MAX, |concurrency| u64::from(concurrency).saturating_sub(queue.count(JobState::Leased)));
+            .map_or(u64::MAX, |concurrency| u64::from(concurrency).saturating_sub(queue.leases_held()));
         let token_count = queue.rate_tokens_at(now_ms).unwrap_or(u64::MAX);
         let lease_count = u64::from(max).min(ready_count).min(room_count).min(token_count);
         if let (Some(rate), Some(bucket)) = (&queue.config.rate, &mut queue.bucket) {
@@ -614,6 +641,12 @@ impl Jobs {
     }
 
     fn release(&mut self, id: JobId, lease_token: u64) -> Result<JobResponse, JobError> {
+        let job = self.jobs.get(&id).ok_or_else(|| JobError::job_not_found(id))?;
+        if job.state == JobState::Cancelled && job.lease.as_ref().is_some_and(|lease| lease.token == lease_token) {
+            // The holder of a cancelled job lets go: its slot is free again.
+            self.update(id, |job| job.lease = None);
+            return Ok(JobResponse::Job(self.view(id, &self.jobs[&id])));
+        }
         self.check_lease(id, lease_token)?;
         self.update(id, |job| {
             job.lease = None;
@@ -630,7 +663,14 @@ impl Jobs {
             return Err(JobError::invalid_state(format!("job {id} is already {}", job.state.as_str())));
         }
         let retention_ms = self.retention_ms_of(id);
-        self.update(id, |job| finish(job, JobState::Cancelled, now_ms, retention_ms));
+        self.update(id, |job| {
+            // A leased job's worker learns of the cancel at its next call and may still be at
+            // work until then: the lease stays, held, and keeps its slot taken until the
+            // worker releases it or it ends (a heartbeat no longer extends it).
+            let held = job.lease.take();
+            finish(job, JobState::Cancelled, now_ms, retention_ms);
+            job.lease = held;
+        });
         Ok(JobResponse::Job(self.view(id, &self.jobs[&id])))
     }
 
@@ -692,7 +732,15 @@ impl Jobs {
     fn check_lease(&self, id: JobId, lease_token: u64) -> Result<(), JobError> {
         let job = self.jobs.get(&id).ok_or_else(|| JobError::job_not_found(id))?;
         match &job.lease {
-            Some(lease) if lease.token == lease_token => Ok(()),
+            Some(lease) if lease.token == lease_token && job.state == JobState::Leased => Ok(()),
+            Some(lease) if lease.token == lease_token => Err(JobError::new(
+                JobError::STALE_LEASE,
+                format!(
+                    "job {id} was cancelled: stop its work, then release it (POST /v1/jobs/{id}/release with \
+                     this token) to free its slot; the slot is freed anyway when the lease ends"
+                ),
+                Some("lease_token"),
+            )),
             _ => Err(JobError::stale_lease(id, lease_token)),
         }
     }
@@ -743,18 +791,19 @@ impl Jobs {
         let job = &jobs[&id];
         let queue = queues.get_mut(&job.queue).expect("a job's queue exists");
         toggle(&mut queue.ids_by_state[job.state.index()], id, present);
-        match job.state {
-            JobState::Scheduled => {
+        match (job.state, &job.lease) {
+            (JobState::Scheduled, _) => {
                 toggle(&mut queue.scheduled, (job.run_at_ms, id), present);
                 toggle(scheduled, (job.run_at_ms, id), present);
             }
-            JobState::Queued => toggle(&mut queue.ready, (Reverse(job.priority), id), present),
-            JobState::Leased => {
-                let expires_at_ms = job.lease.as_ref().expect("a leased job has a lease").expires_at_ms;
-                toggle(&mut queue.lease_deadlines, (expires_at_ms, id), present);
-                toggle(lease_deadlines, (expires_at_ms, id), present);
+            (JobState::Queued, _) => toggle(&mut queue.ready, (Reverse(job.priority), id), present),
+            // Leased, or cancelled with its lease still held.
+            (_, Some(lease)) => {
+                toggle(&mut queue.lease_deadlines, (lease.expires_at_ms, id), present);
+                toggle(lease_deadlines, (lease.expires_at_ms, id), present);
             }
-            JobState::Succeeded | JobState::Dead | JobState::Cancelled => {
+            (JobState::Leased, None) => unreachable!("a leased job has a lease"),
+            (JobState::Succeeded | JobState::Dead | JobState::Cancelled, None) => {
                 toggle(purge_deadlines, (job.purge_at_ms(), id), present);
             }
         }
@@ -816,7 +865,11 @@ impl Jobs {
         for id in ids {
             let job = &self.jobs[&id];
             assert!(id <= self.last_job_id && id > 0);
-            assert_eq!(job.lease.is_some(), job.state == JobState::Leased, "job {id}: lease iff leased");
+            match job.state {
+                JobState::Leased => assert!(job.lease.is_some(), "job {id}: leased without a lease"),
+                JobState::Cancelled => {}
+                _ => assert!(job.lease.is_none(), "job {id}: a lease while {}", job.state.as_str()),
+            }
             assert!(job.attempts <= job.max_attempts, "job {id}: attempts within max");
             if let Some(lease) = &job.lease {
                 assert!(lease.token <= self.last_lease_token);

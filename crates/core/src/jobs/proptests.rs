@@ -6,8 +6,8 @@
 //! - a rejected command left the state exactly as it was (stale tokens change nothing);
 //!
 //! and, checked from the history alone rather than the model:
-//! - leased ≤ concurrency (a lowered concurrency may leave a surplus, but no lease is
-//!   granted while there is one);
+//! - leases held (leased jobs, and cancelled ones not let go yet) ≤ concurrency (a lowered
+//!   concurrency may leave a surplus, but no lease is granted while there is one);
 //! - leases in every window `[t1, t2]` ≤ `burst + limit × (t2 − t1) / per` (per config);
 //! - each lease takes the highest-priority, oldest queued jobs;
 //! - a job reaches a terminal state at most once per explicit retry plus one;
@@ -245,10 +245,10 @@ impl Model {
             let next = self
                 .jobs
                 .iter()
-                .map(|(&id, job)| match job.state {
-                    JobState::Leased => (job.lease.as_ref().unwrap().expires_at_ms, 0, id),
-                    JobState::Scheduled => (job.run_at_ms, 1, id),
-                    JobState::Queued => (u64::MAX, 3, id),
+                .map(|(&id, job)| match (job.state, &job.lease) {
+                    (_, Some(lease)) => (lease.expires_at_ms, 0, id),
+                    (JobState::Scheduled, _) => (job.run_at_ms, 1, id),
+                    (JobState::Queued, _) => (u64::MAX, 3, id),
                     _ => (job.purge_at_ms, 2, id),
                 })
                 .min();
@@ -257,6 +257,8 @@ impl Model {
                 return;
             }
             match kind {
+                // A cancelled job's held lease just ends.
+                0 if self.jobs[&id].state == JobState::Cancelled => self.jobs.get_mut(&id).unwrap().lease = None,
                 0 => self.fail_attempt(id, at_ms, "lease expired", true, None),
                 1 => self.jobs.get_mut(&id).unwrap().state = JobState::Queued,
                 _ => {
@@ -302,7 +304,11 @@ impl Model {
     fn check_lease(&self, id: JobId, token: u64) -> Result<(), &'static str> {
         match self.jobs.get(&id) {
             None => Err(JobError::NOT_FOUND),
-            Some(job) if job.lease.as_ref().is_some_and(|lease| lease.token == token) => Ok(()),
+            Some(job)
+                if job.state == JobState::Leased && job.lease.as_ref().is_some_and(|lease| lease.token == token) =>
+            {
+                Ok(())
+            }
             Some(_) => Err(JobError::STALE_LEASE),
         }
     }
@@ -319,8 +325,9 @@ impl Model {
         ready.into_iter().map(|(_, id)| id).collect()
     }
 
-    fn leased_count(&self, queue: &str) -> u64 {
-        self.jobs.values().filter(|job| job.queue == queue && job.state == JobState::Leased).count() as u64
+    /// Leases taking a slot: leased jobs, and cancelled ones whose lease is still held.
+    fn leases_held(&self, queue: &str) -> u64 {
+        self.jobs.values().filter(|job| job.queue == queue && job.lease.is_some()).count() as u64
     }
 
     fn apply(&mut self, now_ms: u64, command: &JobCommand) -> ModelResult {
@@ -357,6 +364,10 @@ impl Model {
                 }
                 let ids: Vec<JobId> =
                     self.jobs.iter().filter(|(_, job)| &job.queue == queue).map(|(&id, _)| id).collect();
+                // Never while a lease is held, not even with force.
+                if ids.iter().any(|id| self.jobs[id].lease.is_some()) {
+                    return Err(JobError::QUEUE_NOT_EMPTY);
+                }
                 if !force && ids.iter().any(|id| !self.jobs[id].state.is_terminal()) {
                     return Err(JobError::QUEUE_NOT_EMPTY);
                 }
@@ -407,7 +418,7 @@ impl Model {
                 }
                 let ready = self.lease_order(queue);
                 let room =
-                    config.concurrency.map_or(u64::MAX, |c| u64::from(c).saturating_sub(self.leased_count(queue)));
+                    config.concurrency.map_or(u64::MAX, |c| u64::from(c).saturating_sub(self.leases_held(queue)));
                 let tokens = match (&config.rate, model_queue.bucket) {
                     (Some(rate), Some(bucket)) => bucket_level(bucket, rate, now_ms) / rate.per_ms,
                     _ => u64::MAX,
@@ -451,6 +462,12 @@ impl Model {
                 Ok(vec![*id])
             }
             JobCommand::Release { id, lease_token } => {
+                if let Some(job) = self.jobs.get_mut(id) {
+                    if job.state == JobState::Cancelled && job.lease.as_ref().is_some_and(|l| l.token == *lease_token) {
+                        job.lease = None;
+                        return Ok(vec![*id]);
+                    }
+                }
                 self.check_lease(*id, *lease_token)?;
                 let job = self.jobs.get_mut(id).unwrap();
                 job.lease = None;
@@ -463,7 +480,9 @@ impl Model {
                 if job.state.is_terminal() {
                     return Err(JobError::INVALID_STATE);
                 }
+                let held = job.lease.clone();
                 self.finish(*id, JobState::Cancelled, now_ms);
+                self.jobs.get_mut(id).unwrap().lease = held;
                 Ok(vec![*id])
             }
             JobCommand::Retry { id } => {
@@ -709,7 +728,7 @@ fn run_history(configs: Vec<QueueConfig>, ops: Vec<Op>) -> Result<(), TestCaseEr
                 let info = jobs.queue(queue, now_ms).unwrap();
                 history.surplus_allowed.insert(queue.clone(), false);
                 if let Some(concurrency) = info.config.concurrency {
-                    prop_assert!(info.counts.leased <= u64::from(concurrency), "leased ≤ concurrency: {}", context);
+                    prop_assert!(info.leases_held <= u64::from(concurrency), "leases held ≤ concurrency: {}", context);
                 }
                 if let Some(rate) = &info.config.rate {
                     let times = history.lease_times_ms.entry(queue.clone()).or_default();
@@ -736,7 +755,7 @@ fn run_history(configs: Vec<QueueConfig>, ops: Vec<Op>) -> Result<(), TestCaseEr
             // A new configuration starts new windows; a lowered concurrency may leave a surplus.
             history.lease_times_ms.remove(queue);
             let info = jobs.queue(queue, now_ms).unwrap();
-            let surplus = info.config.concurrency.is_some_and(|c| info.counts.leased > u64::from(c));
+            let surplus = info.config.concurrency.is_some_and(|c| info.leases_held > u64::from(c));
             history.surplus_allowed.insert(queue.clone(), surplus);
         }
         if let (Some(JobCommand::Retry { id }), Some(Ok(_))) = (&command, &result) {
@@ -752,8 +771,8 @@ fn run_history(configs: Vec<QueueConfig>, ops: Vec<Op>) -> Result<(), TestCaseEr
             if let Some(concurrency) = info.config.concurrency {
                 let surplus = history.surplus_allowed.get(&info.name).copied().unwrap_or(false);
                 prop_assert!(
-                    surplus || info.counts.leased <= u64::from(concurrency),
-                    "leased ≤ concurrency: {}",
+                    surplus || info.leases_held <= u64::from(concurrency),
+                    "leases held ≤ concurrency: {}",
                     context
                 );
             }
@@ -792,10 +811,11 @@ fn model_next_deadline(model: &Model) -> Option<u64> {
     model
         .jobs
         .values()
-        .filter_map(|job| match job.state {
-            JobState::Leased => Some(job.lease.as_ref().unwrap().expires_at_ms),
-            JobState::Scheduled => Some(job.run_at_ms),
-            JobState::Queued => None,
+        .filter_map(|job| match (job.state, &job.lease) {
+            (JobState::Scheduled, _) => Some(job.run_at_ms),
+            (JobState::Queued, _) => None,
+            // Leased, or cancelled and still held: its purge waits for the lease's end.
+            (_, Some(lease)) => Some(lease.expires_at_ms),
             _ => Some(job.purge_at_ms),
         })
         .min()

@@ -5,7 +5,7 @@
 //! - `j` is in `q.ids_by_state[j.state]` and in no other state's set;
 //! - queued ⇔ `(Reverse(priority), id)` ∈ `q.ready` (so the first is the next to lease);
 //! - scheduled ⇔ `(run_at_ms, id)` ∈ `q.scheduled`;
-//! - leased ⇔ `(lease.expires_at_ms, id)` ∈ `q.lease_deadlines`.
+//! - a lease (leased, or cancelled and held) ⇔ `(lease.expires_at_ms, id)` ∈ `q.lease_deadlines`.
 
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
@@ -306,6 +306,9 @@ pub struct QueueInfo {
     pub counts: JobCounts,
     /// Whole rate tokens available at the time asked; `None` without a rate.
     pub rate_tokens: Option<u64>,
+    /// Leases taking a concurrency slot: `counts.leased`, and jobs cancelled while leased
+    /// whose workers have not let go yet.
+    pub leases_held: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -353,6 +356,12 @@ impl Queue {
         self.ids_by_state[state.index()].len() as u64
     }
 
+    /// Leases taking a concurrency slot: the leased jobs', and the held leases of jobs
+    /// cancelled while leased.
+    pub(crate) fn leases_held(&self) -> u64 {
+        self.lease_deadlines.len() as u64
+    }
+
     pub(crate) fn unfinished_count(&self) -> u64 {
         self.count(JobState::Scheduled) + self.count(JobState::Queued) + self.count(JobState::Leased)
     }
@@ -377,6 +386,7 @@ impl Queue {
                 cancelled: self.count(JobState::Cancelled),
             },
             rate_tokens: self.rate_tokens_at(now_ms),
+            leases_held: self.leases_held(),
         }
     }
 }

@@ -355,21 +355,41 @@ fn delete_queue_without_force_refuses_while_jobs_are_unfinished() {
 }
 
 #[test]
-fn delete_queue_with_force_removes_all_jobs_and_their_leases() {
-    let mut jobs = with_queue(config());
+fn delete_queue_with_force_refuses_while_a_lease_is_held() {
+    // A worker may still be calling out for the leased job; a queue made again under the
+    // same name would not count its slot.
+    let mut jobs = with_queue(QueueConfig { lease_ttl_ms: 1_000, ..config() });
     let leased_id = submit(&mut jobs, 0, 5);
+    submit(&mut jobs, 0, 0);
+    let leased = lease_one(&mut jobs, 0);
+    let force = JobCommand::DeleteQueue { queue: Q.into(), force: true };
+    assert_rejected_unchanged(&mut jobs, 0, force.clone(), JobError::QUEUE_NOT_EMPTY);
+    // Cancelled, its lease is still held: still refused.
+    job_command(&mut jobs, 0, JobCommand::Cancel { id: leased_id }).unwrap();
+    assert_rejected_unchanged(&mut jobs, 0, force.clone(), JobError::QUEUE_NOT_EMPTY);
+    // Its worker lets go: the queue can go.
+    job_command(&mut jobs, 0, JobCommand::Release { id: leased_id, lease_token: token(&leased) }).unwrap();
+    let deleted = jobs.apply(0, &force).unwrap();
+    assert_eq!(deleted, JobResponse::QueueDeleted { queue: Q.into(), jobs_removed: 2 });
+    jobs.check_invariants();
+}
+
+#[test]
+fn delete_queue_with_force_removes_all_jobs() {
+    let mut jobs = with_queue(config());
+    let finished_id = submit(&mut jobs, 0, 5);
     let queued_id = submit(&mut jobs, 0, 0);
     let scheduled = submit_new(&mut jobs, 0, NewJob { delay_ms: Some(1_000), ..NewJob::default() });
     let other_queue_job = submit_jobs(&mut jobs, 0, "other", vec![NewJob::default()]).unwrap()[0].id;
     let leased = lease_one(&mut jobs, 0);
-    assert_eq!(leased.id, leased_id);
+    assert_eq!(leased.id, finished_id);
+    complete(&mut jobs, 0, finished_id, token(&leased)).unwrap();
     let deleted = jobs.apply(0, &JobCommand::DeleteQueue { queue: Q.into(), force: true }).unwrap();
     assert_eq!(deleted, JobResponse::QueueDeleted { queue: Q.into(), jobs_removed: 3 });
-    for id in [leased_id, queued_id, scheduled.id] {
+    for id in [finished_id, queued_id, scheduled.id] {
         assert!(jobs.job(id).is_none(), "job {id} removed");
     }
-    assert_error(complete(&mut jobs, 0, leased_id, token(&leased)), JobError::NOT_FOUND, None);
-    assert_eq!(jobs.next_deadline_ms(), None, "no lease or schedule deadline left behind");
+    assert_eq!(jobs.next_deadline_ms(), None, "no schedule or purge deadline left behind");
     assert!(jobs.job(other_queue_job).is_some(), "other queues untouched");
     jobs.check_invariants();
     assert_rejected_unchanged(
@@ -1072,21 +1092,91 @@ fn cancel_works_on_every_unfinished_state() {
     assert_eq!(leased.id, leased_id);
     for id in [scheduled, leased_id, queued] {
         let cancelled = job_command(&mut jobs, 5, JobCommand::Cancel { id }).unwrap();
-        assert_eq!((cancelled.state, cancelled.finished_at_ms, cancelled.lease), (JobState::Cancelled, Some(5), None));
+        assert_eq!((cancelled.state, cancelled.finished_at_ms), (JobState::Cancelled, Some(5)));
+        // The leased one's lease is held until its worker lets go (see below).
+        assert_eq!(cancelled.lease.is_some(), id == leased_id);
     }
+    job_command(&mut jobs, 5, JobCommand::Release { id: leased_id, lease_token: token(&leased) }).unwrap();
     assert_eq!(jobs.next_deadline_ms(), Some(5 + limits::RETENTION_DEFAULT_MS), "only purges left");
     jobs.check_invariants();
 }
 
 #[test]
-fn cancel_of_a_leased_job_stales_its_token_and_frees_its_slot() {
+fn cancel_of_a_leased_job_keeps_its_slot_until_the_worker_lets_go() {
     let mut jobs = with_queue(QueueConfig { concurrency: Some(1), ..config() });
     let a = submit(&mut jobs, 0, 0);
     let b = submit(&mut jobs, 0, 0);
     let leased = lease_one(&mut jobs, 0);
+    let cancelled = job_command(&mut jobs, 5, JobCommand::Cancel { id: a }).unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    assert_eq!(cancelled.lease.as_ref().map(|lease| lease.lease_token), Some(token(&leased)), "held");
+    // Its worker may still be calling out: nobody else gets the slot.
+    let (none, blocked) = lease(&mut jobs, 6, 1);
+    assert!(none.is_empty());
+    assert_eq!(blocked.map(|blocked| blocked.reason), Some(LeaseBlockReason::Concurrency));
+    assert_eq!(jobs.queue(Q, 6).unwrap().leases_held, 1);
+    // The token works for nothing but letting go.
+    let t = token(&leased);
+    for command in [
+        JobCommand::Complete { id: a, lease_token: t, result: None },
+        JobCommand::Heartbeat { id: a, lease_token: t, lease_ttl_ms: None },
+        JobCommand::Fail { id: a, lease_token: t, error: "x".into(), retry: true, retry_after_ms: None },
+    ] {
+        assert_rejected_unchanged(&mut jobs, 6, command, JobError::STALE_LEASE);
+    }
+    let stale = JobCommand::Release { id: a, lease_token: t + 100 };
+    assert_rejected_unchanged(&mut jobs, 6, stale, JobError::STALE_LEASE);
+    let released = job_command(&mut jobs, 7, JobCommand::Release { id: a, lease_token: t }).unwrap();
+    assert_eq!((released.state, released.lease, released.attempts), (JobState::Cancelled, None, 1));
+    assert_eq!(lease_one(&mut jobs, 8).id, b);
+    // Letting go twice is a stale token.
+    assert_rejected_unchanged(&mut jobs, 8, JobCommand::Release { id: a, lease_token: t }, JobError::STALE_LEASE);
+    jobs.check_invariants();
+}
+
+#[test]
+fn a_cancelled_jobs_held_lease_ends_at_its_expiry_and_then_its_retention_runs() {
+    let retention_ms = 5_000;
+    let mut jobs = with_queue(QueueConfig { concurrency: Some(1), lease_ttl_ms: 1_000, retention_ms, ..config() });
+    let a = submit(&mut jobs, 0, 0);
+    let b = submit(&mut jobs, 0, 0);
+    lease_one(&mut jobs, 0);
+    job_command(&mut jobs, 100, JobCommand::Cancel { id: a }).unwrap();
+    assert_eq!(jobs.next_deadline_ms(), Some(1_000), "the held lease's end");
+    assert!(lease(&mut jobs, 999, 1).0.is_empty(), "slot held until the lease ends");
+    jobs.advance_time(1_000);
+    let job = jobs.job(a).expect("kept for its retention");
+    assert_eq!((job.state, job.lease, job.attempts), (JobState::Cancelled, None, 1), "no attempt failed");
+    assert!(job.errors.is_empty());
+    assert_eq!(lease_one(&mut jobs, 1_000).id, b);
+    // Retention counts from the cancel.
+    jobs.advance_time(5_099);
+    assert!(jobs.job(a).is_some());
+    jobs.advance_time(5_100);
+    assert!(jobs.job(a).is_none());
+    jobs.check_invariants();
+}
+
+#[test]
+fn a_held_lease_past_its_retention_is_purged_when_it_ends() {
+    let mut jobs = with_queue(QueueConfig { lease_ttl_ms: 1_000, retention_ms: 0, ..config() });
+    let a = submit(&mut jobs, 0, 0);
+    lease_one(&mut jobs, 0);
+    job_command(&mut jobs, 100, JobCommand::Cancel { id: a }).unwrap();
+    jobs.advance_time(999);
+    assert!(jobs.job(a).is_some(), "kept while its lease is held");
+    jobs.advance_time(1_000);
+    assert!(jobs.job(a).is_none());
+    jobs.check_invariants();
+}
+
+#[test]
+fn a_queued_jobs_cancel_frees_nothing_it_did_not_hold() {
+    let mut jobs = with_queue(QueueConfig { concurrency: Some(1), ..config() });
+    let a = submit(&mut jobs, 0, 0);
+    let b = submit(&mut jobs, 0, 0);
     job_command(&mut jobs, 0, JobCommand::Cancel { id: a }).unwrap();
-    let complete_cancelled = JobCommand::Complete { id: a, lease_token: token(&leased), result: None };
-    assert_rejected_unchanged(&mut jobs, 0, complete_cancelled, JobError::STALE_LEASE);
+    assert_eq!(jobs.job(a).unwrap().lease, None);
     assert_eq!(lease_one(&mut jobs, 0).id, b);
 }
 

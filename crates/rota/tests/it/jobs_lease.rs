@@ -2,7 +2,7 @@
 //! after the lease ttl with a greater (fencing) token and the old token is refused; a
 //! SIGTERMed worker lets a running job finish within its grace period, and past it kills
 //! the command and releases the job (SIGHUP alike); a worker whose lease is taken away (the
-//! job cancelled) kills its command; a SIGKILLed worker's command dies with it, grandchildren
+//! job cancelled) kills its command, and the cancelled job's slot stays taken until then; a SIGKILLed worker's command dies with it, grandchildren
 //! included; the job supervisor that guarantees this leaves the command's outcome (exit
 //! code, signal, start failure) and signal state as they were.
 //!
@@ -305,6 +305,86 @@ fn jobs_worker_kills_the_command_when_its_lease_is_lost() {
         "{}",
         worker.stderr()
     );
+}
+
+/// Cancel of a running job on a `concurrency: 1` queue: the next job starts only once the
+/// cancelled job's command is gone (its worker learns of the cancel at its next heartbeat,
+/// kills the command, then gives the slot back), not when the cancel is answered.
+#[test]
+fn jobs_cancel_of_a_running_job_keeps_its_slot_until_its_command_is_gone() {
+    let server = Server::start(Kind::Rota);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (log, go) = (dir.path().join("runs.log"), dir.path().join("go"));
+    // Before it starts, each run logs every earlier run whose command can still run code:
+    // one that exists, is not a zombie, and has no SIGKILL pending (the SIGKILLed command
+    // of a cancelled job is reaped by init, not by the worker, so it may linger as either
+    // for a moment).
+    let command = script(
+        dir.path(),
+        "solo.sh",
+        r#"cat > /dev/null
+for pid in $(awk '$1 == "start" { print $5 }' "$RUN_LOG" 2>/dev/null); do
+  state=$(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null)
+  [ -z "$state" ] || [ "$state" = Z ] || [ "$state" = X ] && continue
+  pending=$(awk '$1 == "SigPnd:" || $1 == "ShdPnd:" { printf "%s ", $2 }' "/proc/$pid/status" 2>/dev/null)
+  killed=0
+  for mask in $pending; do [ $(( 0x$mask & 0x100 )) -ne 0 ] && killed=1; done
+  [ $killed = 1 ] && continue
+  echo "overlap $ROTA_JOB_ID $pid $state" >> "$RUN_LOG"
+done
+echo "start $ROTA_JOB_ID $ROTA_LEASE_TOKEN $ROTA_LEASE_EXPIRES_AT $$" >> "$RUN_LOG"
+i=0
+while [ ! -e "$GO_FILE" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done
+echo "end $ROTA_JOB_ID" >> "$RUN_LOG"
+"#,
+    );
+    let put = api(&server, "PUT", "/v1/queues/solo", Some(&json!({"concurrency": 1})), None);
+    assert_eq!(put.status(), 200, "{}", put.text());
+    let first = submit(&server, dir.path(), "solo", "{}");
+    let second = submit(&server, dir.path(), "solo", "{}");
+    let flags = ["--queue", "solo", "--concurrency", "2", "--lease-ttl", "3s", "--poll-wait", "1s"];
+    let mut worker = spawn_worker(&server, dir.path(), "worker", &flags, &command, &log, &go);
+    let run = wait_for_starts(&log, 1).remove(0);
+    assert_eq!(run.job, first);
+
+    let cancelled = api(&server, "DELETE", &format!("/v1/jobs/{first}"), None, None);
+    assert_eq!(cancelled.status(), 200, "{}", cancelled.text());
+    let cancelled = cancelled.json();
+    assert_eq!(cancelled["state"], "cancelled");
+    assert_eq!(cancelled["lease_token"], run.token, "the lease is held: {cancelled}");
+    // The slot stays taken: a lease right now gets nothing.
+    let lease = api(&server, "POST", "/v1/queues/solo/lease", Some(&json!({"worker": "probe"})), None);
+    assert_eq!(lease.status(), 200, "{}", lease.text());
+    assert_eq!(lease.json()["jobs"], json!([]), "{}", lease.text());
+    assert_eq!(lease.json()["blocked"]["reason"], "concurrency", "{}", lease.text());
+
+    let starts = wait_for_starts(&log, 2);
+    assert_eq!(starts[1].job, second);
+    assert!(!process_alive(run.pid), "the cancelled command is gone");
+    let overlaps = log_records(&log, "overlap");
+    assert!(
+        overlaps.is_empty(),
+        "a run started beside a live one: {overlaps:?}\nlog:\n{}\nworker:\n{}",
+        read_lines(&log).join("\n"),
+        worker.stderr()
+    );
+    // The worker gave the slot back itself (the lease would have ended later).
+    wait_until(Duration::from_secs(10), "the worker to give the slot back", || {
+        worker
+            .stderr()
+            .contains(&format!("job {first} was cancelled; its concurrency slot given back"))
+            .then_some(())
+    });
+    let first_job = get_job(&server, first);
+    assert_eq!(first_job["state"], "cancelled");
+    assert!(first_job.get("lease_token").is_none_or(Value::is_null), "{first_job}");
+
+    std::fs::write(&go, b"").expect("go file");
+    wait_until(Duration::from_secs(20), "the second job to succeed", || {
+        (get_job(&server, second)["state"] == "succeeded").then_some(())
+    });
+    worker.terminate();
+    assert!(worker.wait_exit(Duration::from_secs(20)).success(), "{}", worker.stderr());
 }
 
 /// A script that starts a grandchild (`sleep 60`) and waits for it, after writing

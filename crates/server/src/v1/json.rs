@@ -491,6 +491,8 @@ pub(crate) fn push_queue(out: &mut Vec<u8>, queue: &QueueInfo) {
         Some(tokens) => push_u64(out, tokens),
         None => out.extend_from_slice(b"null"),
     }
+    out.extend_from_slice(b",\"leases_held\":");
+    push_u64(out, queue.leases_held);
     out.push(b'}');
 }
 

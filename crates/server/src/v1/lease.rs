@@ -384,7 +384,7 @@ fn room_for_leases(state: &State, queue: &str, now_ms: u64) -> Room {
     if info.config.paused {
         return Room { leases: 0, next_token_at_ms: None };
     }
-    let free = info.config.concurrency.map_or(u64::MAX, |concurrency| u64::from(concurrency).saturating_sub(info.counts.leased));
+    let free = info.config.concurrency.map_or(u64::MAX, |concurrency| u64::from(concurrency).saturating_sub(info.leases_held));
     let tokens = info.rate_tokens.unwrap_or(u64::MAX);
     let leases = info.counts.queued.min(free).min(tokens);
     let next_token_at_ms = match &info.config.rate {

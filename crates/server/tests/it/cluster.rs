@@ -156,7 +156,7 @@ async fn metrics_count_each_queues_jobs_by_state() {
     let app = app();
     crate::v1_support::submit(&app, "api", serde_json::json!({"payload": 1})).await;
     crate::v1_support::submit(&app, "api", serde_json::json!({"payload": 2})).await;
-    crate::v1_support::lease(&app, "api", 1).await;
+    let leased = crate::v1_support::lease(&app, "api", 1).await;
     let metrics = get(&app, "/metrics").await.body;
     for line in [
         r#"rota_queue_jobs{queue="api",state="queued"} 1"#,
@@ -165,7 +165,11 @@ async fn metrics_count_each_queues_jobs_by_state() {
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
-    // A deleted queue's series go with it.
+    // A deleted queue's series go with it (a queue with a leased job cannot be deleted).
+    let (id, token) = (&leased[0]["id"], &leased[0]["lease_token"]);
+    let body = format!(r#"{{"lease_token": {token}}}"#);
+    let released = crate::v1_support::call(&app, "POST", &format!("/v1/jobs/{id}/release"), Some(&body), &[]).await;
+    assert_eq!(released.status, 200, "{}", released.body);
     let deleted = crate::v1_support::call(&app, "DELETE", "/v1/queues/api?force=true", None, &[]).await;
     assert_eq!(deleted.status, 200, "{}", deleted.body);
     let metrics = get(&app, "/metrics").await.body;
