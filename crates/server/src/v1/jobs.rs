@@ -61,10 +61,11 @@ where
     T::deserialize(deserializer).map(Some)
 }
 
-/// An empty body (`retry` takes no fields).
+/// An empty body, or `{}` (`retry` and the DELETEs take no fields): anything else is
+/// refused, so that a field sent where it has no effect is not silently dropped.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NoFields {}
+pub(crate) struct NoFields {}
 
 /// Checks one job's fields (what needs no state; the state machine checks the rest) and
 /// makes it a [`NewJob`]. `prefix` is `""` or `"jobs[i]."`.
@@ -264,8 +265,15 @@ impl Drop for GaugeGuard<'_> {
 }
 
 /// `DELETE /v1/jobs/{id}`: cancel.
-pub(crate) async fn cancel<B: Backend>(app: &Arc<App<B>>, call: &Call<'_>, id: JobId) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn cancel<B: Backend>(
+    app: &Arc<App<B>>,
+    call: &Call<'_>,
+    id: JobId,
+    request: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
     json::parse_query(call.query.as_deref(), &[])?;
+    let body = json::read_body(request, &app.body_budget).await?;
+    json::decode::<NoFields>(&body)?;
     job_command(app, call, JobCommand::Cancel { id }).await
 }
 

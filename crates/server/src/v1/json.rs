@@ -159,18 +159,23 @@ impl<'de> Deserialize<'de> for DurationMs {
                 f.write_str("a duration string such as \"30s\", \"500ms\" or \"1h\"")
             }
             fn visit_str<E: de::Error>(self, text: &str) -> Result<DurationMs, E> {
-                let duration = humantime::parse_duration(text.trim())
-                    .map_err(|error| {
-                        E::custom(format_args!("invalid duration {text:?} ({error}): write durations like \"500ms\", \"30s\", \"1h30m\""))
-                    })?;
-                if duration.subsec_nanos() % 1_000_000 != 0 {
-                    return Err(E::custom(format_args!("invalid duration {text:?}: give whole milliseconds")));
-                }
-                Ok(DurationMs(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)))
+                parse_duration_ms(text).map(DurationMs).map_err(E::custom)
             }
         }
         deserializer.deserialize_str(DurationVisitor)
     }
+}
+
+/// A humantime duration (`"500ms"`, `"30s"`, `"1h30m"`) in whole milliseconds (saturating,
+/// so an absurd value fails its field's range check); the same rules in a body and a query.
+fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let duration = humantime::parse_duration(text.trim()).map_err(|error| {
+        format!("invalid duration {text:?} ({error}): write durations like \"500ms\", \"30s\", \"1h30m\"")
+    })?;
+    if duration.subsec_nanos() % 1_000_000 != 0 {
+        return Err(format!("invalid duration {text:?}: give whole milliseconds"));
+    }
+    Ok(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// An RFC 3339 time with `Z` or an offset (`"2026-11-23T19:05:00.123Z"`,
@@ -535,9 +540,7 @@ pub(crate) fn query_value<'q>(params: &'q [(&str, String)], name: &str) -> Optio
 /// A humantime duration from the query (`wait=30s`), at most `max_ms`.
 pub(crate) fn query_duration_ms(params: &[(&str, String)], name: &str, max_ms: u64) -> Result<Option<u64>, ApiError> {
     let Some(text) = query_value(params, name) else { return Ok(None) };
-    let duration = humantime::parse_duration(text.trim())
-        .map_err(|error| ApiError::invalid(name, format!("{name}: invalid duration {text:?}: {error}")))?;
-    let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    let ms = parse_duration_ms(text).map_err(|error| ApiError::invalid(name, format!("{name}: {error}")))?;
     check_range_ms(name, ms, 0, max_ms)?;
     Ok(Some(ms))
 }

@@ -285,6 +285,11 @@ pub(crate) async fn lease<B: Backend>(
         let now_ms = unix_now_ms();
         let position = place.position();
         let room = app.backend.read(|state| room_for_leases(state, queue, now_ms));
+        if !room.exists {
+            // Deleted while this waited (or never made yet): what an attempt would say now,
+            // not why the last one, on the old queue, came back empty.
+            last_blocked = Some(LeaseBlocked { reason: LeaseBlockReason::Empty, retry_at_ms: None });
+        }
         if position < room.leases && now_ms >= not_before_ms {
             if position == 0 {
                 place.wake_followers(room.leases);
@@ -376,13 +381,17 @@ struct Room {
     leases: usize,
     /// When the next rate token arrives, if the rate is all that blocks a lease.
     next_token_at_ms: Option<u64>,
+    /// Whether the queue exists (a waiter's queue may be deleted under it).
+    exists: bool,
 }
 
 fn room_for_leases(state: &State, queue: &str, now_ms: u64) -> Room {
     let now_ms = now_ms.max(state.time_ms());
-    let Some(info) = state.jobs.queue(queue, now_ms) else { return Room { leases: 0, next_token_at_ms: None } };
+    let Some(info) = state.jobs.queue(queue, now_ms) else {
+        return Room { leases: 0, next_token_at_ms: None, exists: false };
+    };
     if info.config.paused {
-        return Room { leases: 0, next_token_at_ms: None };
+        return Room { leases: 0, next_token_at_ms: None, exists: true };
     }
     let free = info.config.concurrency.map_or(u64::MAX, |concurrency| u64::from(concurrency).saturating_sub(info.leases_held));
     let tokens = info.rate_tokens.unwrap_or(u64::MAX);
@@ -401,7 +410,7 @@ fn room_for_leases(state: &State, queue: &str, now_ms: u64) -> Room {
         }
         _ => None,
     };
-    Room { leases: usize::try_from(leases).unwrap_or(usize::MAX), next_token_at_ms }
+    Room { leases: usize::try_from(leases).unwrap_or(usize::MAX), next_token_at_ms, exists: true }
 }
 
 /// Records how a long-poll ended, whichever way the handler's future ends.

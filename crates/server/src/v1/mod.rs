@@ -103,7 +103,7 @@ async fn route<B: Backend>(app: &Arc<App<B>>, request: Request<Body>, path: &str
         ["queues", name] => match method {
             Method::PUT => queues::put(app, &call, name, request).await,
             Method::PATCH => queues::patch(app, &call, name, request).await,
-            Method::DELETE => queues::delete(app, &call, name).await,
+            Method::DELETE => queues::delete(app, &call, name, request).await,
             _ if get => queues::get(app, &call, name).await,
             _ => Err(ApiError::method_not_allowed("GET, HEAD, PUT, PATCH, DELETE")),
         },
@@ -117,7 +117,7 @@ async fn route<B: Backend>(app: &Arc<App<B>>, request: Request<Body>, path: &str
         ["jobs", id] => {
             let id = job_id(id)?;
             match method {
-                Method::DELETE => jobs::cancel(app, &call, id).await,
+                Method::DELETE => jobs::cancel(app, &call, id, request).await,
                 _ if get => jobs::get(app, &call, id).await,
                 _ => Err(ApiError::method_not_allowed("GET, HEAD, DELETE")),
             }

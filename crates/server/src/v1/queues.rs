@@ -222,9 +222,21 @@ pub(crate) async fn list<B: Backend>(app: &Arc<App<B>>, call: &Call<'_>) -> Resu
     Ok(reply(200, out, false))
 }
 
-pub(crate) async fn delete<B: Backend>(app: &Arc<App<B>>, call: &Call<'_>, name: &str) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn delete<B: Backend>(
+    app: &Arc<App<B>>,
+    call: &Call<'_>,
+    name: &str,
+    request: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
     let params = json::parse_query(call.query.as_deref(), &["force"])?;
     let force = json::query_bool(&params, "force")?;
+    let body = json::read_body(request, &app.body_budget).await?;
+    if let Err(error) = json::decode::<super::jobs::NoFields>(&body) {
+        if error.field.as_deref() == Some("force") {
+            return Err(ApiError::invalid("force", format!("force goes in the query: DELETE /v1/queues/{name}?force=true")));
+        }
+        return Err(error);
+    }
     json::check_name("queue", name)?;
     let command = JobCommand::DeleteQueue { queue: name.to_owned(), force };
     let outcome = match propose_once(app, call, command).await {

@@ -254,3 +254,27 @@ async fn a_run_at_without_a_time_zone_is_refused() {
         assert_refused(&app, "POST", "/v1/queues/q/jobs", &batch, 400, "invalid", Some("jobs[1].run_at")).await;
     }
 }
+
+#[tokio::test]
+async fn a_query_wait_takes_whole_milliseconds_as_a_body_duration_does() {
+    let app = app();
+    let id = submit(&app, "q", json!({})).await["id"].clone();
+    for wait in ["1500us", "1ns", "0.5ms", "1.0001s"] {
+        assert_refused(&app, "GET", &format!("/v1/jobs/{id}?wait={wait}"), "", 400, "invalid", Some("wait")).await;
+        assert_refused(&app, "POST", &format!("/v1/queues/q/jobs?wait={wait}"), "{}", 400, "invalid", Some("wait")).await;
+    }
+}
+
+#[tokio::test]
+async fn a_delete_refuses_a_body_it_would_ignore() {
+    let app = app();
+    let id = submit(&app, "q", json!({})).await["id"].clone();
+    // `force` belongs in the query: in the body it would have been dropped silently.
+    assert_refused(&app, "DELETE", "/v1/queues/q", r#"{"force": true}"#, 400, "invalid", Some("force")).await;
+    assert_refused(&app, "DELETE", "/v1/queues/q", "not json", 400, "malformed_json", None).await;
+    assert_refused(&app, "DELETE", &format!("/v1/jobs/{id}"), r#"{"reason": "typo", "bogus": ["#, 400, "malformed_json", None).await;
+    assert_refused(&app, "DELETE", &format!("/v1/jobs/{id}"), r#"{"x": 1}"#, 400, "invalid", Some("x")).await;
+    // An empty object is no fields at all.
+    let cancelled = call(&app, "DELETE", &format!("/v1/jobs/{id}"), Some("{}"), &[]).await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+}

@@ -238,3 +238,23 @@ async fn a_lease_waiter_that_sent_more_bytes_and_left_leases_nothing() {
     let reply = get(&served.app, &format!("/v1/jobs/{id}")).await;
     assert_eq!(reply.json()["state"], "queued", "{}", reply.body);
 }
+
+#[tokio::test]
+async fn a_waiting_lease_whose_queue_is_deleted_ends_empty_not_as_the_old_queue_was() {
+    let app = app();
+    let paused = call(&app, "PUT", "/v1/queues/gone", Some(r#"{"paused": true}"#), &[]).await;
+    assert_eq!(paused.status, 200, "{}", paused.body);
+    submit(&app, "gone", json!({})).await;
+    let waiting = {
+        let app = app.clone();
+        tokio::spawn(async move { post(&app, "/v1/queues/gone/lease", json!({"worker": "w", "wait": "300ms"})).await })
+    };
+    let app2 = app.clone();
+    eventually(PATIENCE, "the lease waits", move || rota_server::v1::lease_waiter_count(&app2) == 1).await;
+    let deleted = call(&app, "DELETE", "/v1/queues/gone?force=true", None, &[]).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    let reply = tokio::time::timeout(PATIENCE, waiting).await.expect("answered").expect("task");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // Not "paused": that queue is gone; a lease now would find nothing.
+    assert_eq!(reply.json(), json!({"jobs": [], "blocked": {"reason": "empty", "retry_at": null}}), "{}", reply.body);
+}
