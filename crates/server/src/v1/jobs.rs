@@ -97,7 +97,9 @@ fn new_job(body: JobBody<'_>, prefix: &str) -> Result<NewJob, ApiError> {
     Ok(NewJob {
         payload: json::portable(&field("payload"), payload)?,
         priority,
-        delay_ms: body.delay.map(|delay| delay.0),
+        // `"delay": "0s"` is no delay at all: the same command, so the same request for an
+        // Idempotency-Key as leaving it out.
+        delay_ms: body.delay.map(|delay| delay.0).filter(|&delay_ms| delay_ms > 0),
         run_at_ms: body.run_at.map(|run_at| run_at.0),
         max_attempts: body.max_attempts,
     })

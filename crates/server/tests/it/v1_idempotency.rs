@@ -22,6 +22,12 @@ async fn a_repeated_submit_with_the_same_key_returns_the_same_job() {
     assert_eq!(second.json()["id"], first.json()["id"]);
     assert_eq!(second.header("location"), first.header("location"));
     assert_eq!(get(&app, "/v1/queues/q").await.json()["counts"]["queued"], 1, "one job, not two");
+    // A zero delay is no delay: a client that always sends one retries as one that never does.
+    let first = call(&app, "POST", "/v1/queues/q/jobs", Some(r#"{"payload": 1, "delay": "0s"}"#), &[("idempotency-key", "k2")]).await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    let again = call(&app, "POST", "/v1/queues/q/jobs", Some(r#"{"payload": 1}"#), &[("idempotency-key", "k2")]).await;
+    assert_eq!(again.status, 202, "{}", again.body);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
 }
 
 #[tokio::test]
