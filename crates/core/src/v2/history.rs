@@ -8,9 +8,12 @@
 //! - a *slack* of older entries that watchers already waiting (`live`) may still read back,
 //!   because etcd's registered watchers are pushed every event and never miss one, while
 //!   ours catch up by reading the history after a wake-up (one applied batch may hold more
-//!   events than the window). The slack holds at most `window_max` entries and at most
-//!   [`SLACK_BYTES_MAX`] of keys and values, so with large values the history holds about
-//!   the window and no more (2 × 1000 events of 1 MB values were 4 GB before this bound).
+//!   events than the window: a `Tick` expiring thousands of keys at once, after a pause
+//!   or a quorum loss). The slack holds at most `max(window_max, SLACK_ENTRIES_MIN)` entries
+//!   and at most [`SLACK_BYTES_MAX`] of keys and values, so with large values the history
+//!   holds about the window and no more (2 × 1000 events of 1 MB values were 4 GB before
+//!   this bound). A waiting watch that falls further behind than the slack ends without an
+//!   event (its client watches again and gets 401).
 //!
 //! Memory: an event's values are the store's own `Arc<str>`s, so the node of a `set` event,
 //! the key's node in the tree and the next event's `prevNode` share one copy of the bytes.
@@ -33,6 +36,12 @@ use super::{Action, NodeView, V2Error, V2Response};
 /// kept only for watchers already waiting). Counted per event as its node's and previous
 /// node's key and value, so values shared between events count twice: a conservative bound.
 pub(super) const SLACK_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// The fewest entries the slack may hold (more with a larger window): 2,500 keys expiring
+/// in one `Tick` (a fleet's registrations after its quorum was lost for their ttl) used to
+/// end every waiting watch of the node when the slack was the window's 1000. Small events
+/// (a service registration) cost ~0.5 KB each here, so about 5 MB when full.
+pub(super) const SLACK_ENTRIES_MIN: usize = 10_000;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct HistoryEntry {
@@ -122,14 +131,18 @@ impl EventHistory {
     fn trim(&mut self) {
         while self.entries.len() > self.window_max {
             let slack_entries = self.entries.len() - self.window_max;
-            if slack_entries <= self.window_max && self.slack_bytes <= SLACK_BYTES_MAX {
+            if slack_entries <= self.slack_entries_max() && self.slack_bytes <= SLACK_BYTES_MAX {
                 break;
             }
             if let Some(dropped) = self.entries.pop_front() {
                 self.slack_bytes -= entry_bytes(&dropped);
             }
         }
-        debug_assert!(self.entries.len() <= self.window_max.saturating_mul(2));
+        debug_assert!(self.entries.len() <= self.window_max.saturating_add(self.slack_entries_max()));
+    }
+
+    fn slack_entries_max(&self) -> usize {
+        self.window_max.max(SLACK_ENTRIES_MIN)
     }
 
     fn first_index(&self) -> Option<u64> {

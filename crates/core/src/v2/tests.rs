@@ -776,10 +776,24 @@ fn history_window_is_exactly_history_max_events() {
     );
     assert_eq!(error.http_status(), 400);
     assert_eq!(found(s.watch("/k", false, 1308, false).expect("kept")).etcd_index, 1308);
-    // Live watchers read the slack (another history_max events) but not beyond.
-    assert_eq!(found(s.watch("/k", false, 308, true).expect("slack")).etcd_index, 308);
-    let error = s.watch("/k", false, 307, true).expect_err("beyond the slack");
-    assert_eq!(error.cause.as_deref(), Some("the requested history has been cleared [308/307]"));
+    // Live watchers read the slack, older entries kept only for them.
+    assert_eq!(found(s.watch("/k", false, 1, true).expect("slack")).etcd_index, 1);
+}
+
+#[test]
+fn history_slack_keeps_ten_thousand_events_beyond_the_window_for_waiting_watchers() {
+    let mut s = store();
+    let total = 1000 + super::history::SLACK_ENTRIES_MIN as u64 + 500;
+    for i in 0..total {
+        ok(&mut s, put("/k", &i.to_string()));
+    }
+    let oldest = total - 1000 - super::history::SLACK_ENTRIES_MIN as u64 + 1;
+    assert_eq!(s.history_len(), 1000 + super::history::SLACK_ENTRIES_MIN);
+    assert_eq!(found(s.watch("/k", false, oldest, true).expect("slack")).etcd_index, oldest);
+    let error = s.watch("/k", false, oldest - 1, true).expect_err("beyond the slack");
+    assert_eq!(error.cause, Some(format!("the requested history has been cleared [{oldest}/{}]", oldest - 1)));
+    // A new watch still sees etcd's window only.
+    assert_eq!(s.watch("/k", false, total - 1000, false).expect_err("cleared").code, 401);
 }
 
 #[test]
@@ -910,14 +924,15 @@ fn event_history_ports_index_cleared_and_full_queue() {
     assert_eq!(history.find("/foo", false, 1, false, 6).expect_err("cleared").code, 401);
     // TestFullEventQueue: a small queue keeps answering for the previous index.
     let mut history = EventHistory::new(10);
-    for index in 1..=1000 {
+    let total = 2 * (10 + super::history::SLACK_ENTRIES_MIN as u64);
+    for index in 1..=total {
         history.push(event(index), false);
         if index > 1 {
             let previous = history.find("/foo", true, index - 1, false, index).expect("kept");
             assert_eq!(previous.map(|e| e.etcd_index), Some(index - 1));
         }
     }
-    assert_eq!(history.len(), 20, "physical buffer is twice the window");
+    assert_eq!(history.len(), 10 + super::history::SLACK_ENTRIES_MIN, "the window and the slack");
 }
 
 #[test]

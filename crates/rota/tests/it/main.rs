@@ -33,3 +33,4 @@ mod linearizability;
 mod normalize;
 mod session;
 mod ui;
+mod watch_mass_expiry;
