@@ -83,6 +83,16 @@ pub struct ServeArgs {
     /// 0: no limit.
     #[arg(long = "client-rate-limit", env = "ROTA_CLIENT_RATE_LIMIT", default_value_t = 0, value_name = "PER_SECOND")]
     pub client_rate_limit: u32,
+    /// Client connections open at once; at the bound, idle ones are closed for new clients.
+    /// Each takes an open file (two while it watches): see the open files warning.
+    #[arg(long = "max-connections", env = "ROTA_MAX_CONNECTIONS", default_value_t = rota_server::limits::CONNECTIONS_MAX,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=1_000_000))]
+    pub connections_max: usize,
+    /// Watches (`/v2` `wait=true`, `/v1/watch`) open at once, below --max-connections; over
+    /// it, 503 with Retry-After (etcd has no such bound).
+    #[arg(long = "max-watchers", env = "ROTA_MAX_WATCHERS", default_value_t = rota_server::limits::WATCHERS_MAX,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub watchers_max: usize,
     /// Host names a request's `Host` header may name, comma-separated (`*`: any), against
     /// DNS rebinding: a request for another host gets 421, as etcd's. Name every name and
     /// address clients use (e.g. `localhost,127.0.0.1,rota.internal`).
@@ -111,6 +121,19 @@ impl ServeArgs {
     }
 
     /// etcd's checks of the Raft timing flags.
+    /// Watches hold their connection: a bound at or over the connections' would let them
+    /// take every connection and leave none for the writes that end them.
+    pub fn check_bounds(&self) -> anyhow::Result<()> {
+        if self.watchers_max >= self.connections_max {
+            anyhow::bail!(
+                "--max-watchers ({}) must be below --max-connections ({}): watches hold their connections",
+                self.watchers_max,
+                self.connections_max
+            );
+        }
+        Ok(())
+    }
+
     pub fn check_timing(&self) -> anyhow::Result<()> {
         let (heartbeat, election) = (self.heartbeat_interval_ms, self.election_timeout_ms);
         if heartbeat == 0 {
@@ -276,7 +299,7 @@ fn refuse_foreign_data_dir(data_dir: &std::path::Path) -> anyhow::Result<()> {
 /// for etcd: a shell's default soft limit (often 1,024) is far below the connections and
 /// watches rota bounds itself to (`limits.md`: each connection is a socket, each waiting
 /// watch one more), and past it every accept fails. Logged when the limit stays low.
-fn raise_open_files_limit() {
+fn raise_open_files_limit(connections_max: usize, watchers_max: usize) {
     // SAFETY: plain libc calls on a local, initialised rlimit.
     let limit = unsafe {
         let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -291,13 +314,11 @@ fn raise_open_files_limit() {
         }
         limit
     };
-    let wanted = 2 * rota_server::limits::CONNECTIONS_MAX as u64 + 1024;
+    let wanted = 2 * connections_max as u64 + 1024;
     if (limit.rlim_cur as u64) < wanted {
         tracing::warn!(
             open_files_limit = limit.rlim_cur as u64,
-            "the open files limit is low for {} connections and {} watches; raise it (ulimit -n, LimitNOFILE=) to {wanted} or more",
-            rota_server::limits::CONNECTIONS_MAX,
-            rota_server::limits::WATCHERS_MAX
+            "the open files limit is low for {connections_max} connections and {watchers_max} watches; raise it (ulimit -n, LimitNOFILE=) to {wanted} or more",
         );
     }
 }
@@ -306,8 +327,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Installed first: a SIGTERM that comes as soon as the node answers (or while it starts)
     // must shut it down gracefully, not find the default action still in place.
     let signals = ShutdownSignals::install();
-    raise_open_files_limit();
+    raise_open_files_limit(args.connections_max, args.watchers_max);
     args.check_timing()?;
+    args.check_bounds()?;
     let initial_cluster_flag = args.initial_cluster();
     let initial_cluster = rota_raft::parse_initial_cluster(&initial_cluster_flag)
         .map_err(|error| anyhow::anyhow!("{error}"))?;
@@ -457,7 +479,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         cluster_id,
         client_urls,
         peer_urls,
-        watchers_max: rota_server::limits::WATCHERS_MAX,
+        watchers_max: args.watchers_max,
         body_budget_bytes_max: rota_server::limits::BODY_BUDGET_BYTES_MAX,
         client_rate_limit: args.client_rate_limit,
         host_whitelist: split_urls(&args.host_whitelist),
@@ -504,7 +526,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    rota_server::serve(app, listeners, shutdown).await;
+    let options = rota_server::serve::ServeOptions { connections_max: args.connections_max, ..Default::default() };
+    rota_server::serve::serve_with(app, listeners, shutdown, options).await;
     node.shutdown().await;
     stop_peers.send_replace(true);
     let _ = peer_task.await;

@@ -3,7 +3,8 @@
 //! them gets its `expire` event and a waiting watch elsewhere keeps waiting, as on etcd,
 //! which pushes every event to its registered watchers. rota's watchers read the history
 //! after a wake-up; with 2,500 events in one applied entry they fell out of the history and
-//! every waiting watch of the node ended with an empty body.
+//! every waiting watch of the node ended with an empty body. And the bound on watches is a
+//! flag.
 
 use std::thread;
 use std::time::{Duration, Instant};
@@ -85,4 +86,26 @@ fn watch_mass_expiry_reaches_a_waiting_watch_and_leaves_the_others_waiting() {
     let remaining = http::send(addr, &Request::new("GET", "/v2/keys/svc")).expect("get").text();
     assert_eq!(serde_json::from_str::<Value>(&remaining).expect("json")["node"]["nodes"], Value::Null, "{remaining}");
     server.kill();
+}
+
+/// The watch bound is a flag (`--max-watchers`): a fleet with more watchers per member than
+/// the default 2,048 raises it instead of getting 503s.
+#[test]
+fn watch_bound_is_set_by_max_watchers() {
+    let server = Server::try_start_with(Kind::Rota, None, vec!["--max-watchers".into(), "3".into()]).expect("start");
+    let waiting: Vec<_> = (0..3).map(|_| watch(&server, "/v2/keys/w?wait=true")).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while watchers(&server) < 3 {
+        assert!(Instant::now() < deadline, "the three watches did not start waiting");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let refused = http::send(server.addr(), &Request::new("GET", "/v2/keys/w?wait=true")).expect("fourth watch");
+    assert_eq!(refused.status(), 503, "{}", refused.text());
+    assert!(refused.text().contains("Too many watchers"), "{}", refused.text());
+    let put = http::send(server.addr(), &Request::new("PUT", "/v2/keys/w").form("value=1")).expect("put");
+    assert_eq!(put.status(), 201, "{}", put.text());
+    for watch in waiting {
+        let reply = watch.join().expect("watch thread").expect("answered");
+        assert_eq!(reply.status(), 200, "{}", reply.text());
+    }
 }
