@@ -65,6 +65,9 @@ struct WatchState<B: Backend> {
     since_index: u64,
     /// The lookup made before the headers were sent, answered first.
     first: Option<WatchLookup>,
+    /// Whether a node is at `key` as of the last lookup or event: the removal of a directory
+    /// around `key` wakes this watch only if one is (etcd's watcher hub).
+    key_exists: bool,
     applied: tokio::sync::watch::Receiver<Applied>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     /// Resolves when the client is gone (see `client_gone`): the watch ends then, not at
@@ -101,7 +104,7 @@ impl<B: Backend> App<B> {
         };
         // Subscribe before the first lookup, so an entry applied in between wakes us.
         let mut applied = self.backend.subscribe();
-        let (start_index, since_index, lookup) = self.backend.read(|state| {
+        let (start_index, since_index, lookup, key_exists) = self.backend.read(|state| {
             let start_index = state.v2.index();
             // etcd: waitIndex 0 (or absent) means "from the next index".
             let since_index = if wait_index == 0 {
@@ -113,6 +116,7 @@ impl<B: Backend> App<B> {
                 start_index,
                 since_index,
                 state.v2.watch(&key, recursive, since_index, false),
+                state.v2.exists(&key),
             )
         });
         let first = match lookup {
@@ -127,6 +131,7 @@ impl<B: Backend> App<B> {
             stream,
             since_index,
             first: Some(first),
+            key_exists,
             applied,
             shutdown: self.shutdown.subscribe(),
             client_gone: crate::client_gone::gone(client),
@@ -163,17 +168,23 @@ async fn next_event<B: Backend>(
         let lookup = match watch.first.take() {
             Some(first) => Ok(first),
             None => {
-                let (key, recursive, since_index) =
-                    (&watch.key, watch.recursive, watch.since_index);
-                watch
-                    .app
-                    .backend
-                    .read(|state| state.v2.watch(key, recursive, since_index, true))
+                let (key, recursive, since_index, key_exists) =
+                    (&watch.key, watch.recursive, watch.since_index, watch.key_exists);
+                let (lookup, exists_now) = watch.app.backend.read(|state| {
+                    let lookup = state.v2.watch_live(key, recursive, since_index, key_exists);
+                    (lookup, state.v2.exists(key))
+                });
+                // Nothing matched up to now: whether the node is there is as it is now.
+                if let Ok(WatchLookup::Pending { .. }) = lookup {
+                    watch.key_exists = exists_now;
+                }
+                lookup
             }
         };
         match lookup {
             Ok(WatchLookup::Found(event)) => {
                 watch.since_index = event.etcd_index + 1;
+                watch.key_exists = rota_core::v2::Store::exists_after(&event, &watch.key);
                 watch.done = !watch.stream;
                 return Some((Ok(Bytes::from(render_json(&event))), watch));
             }

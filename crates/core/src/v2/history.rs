@@ -163,15 +163,18 @@ impl EventHistory {
 
     /// The first event at or after `since_index` that the watch matches. `Ok(None)`: none
     /// yet. 401 (with `current_index`) when `since_index` is older than the window.
+    /// `live`: `None` for a new watch (etcd's scan), `Some(key_exists)` for a registered
+    /// watcher catching up (etcd's notify), with whether a node is at `key` (see
+    /// [`live_matches_existing`]).
     pub fn find(
         &self,
         key: &str,
         recursive: bool,
         since_index: u64,
-        live: bool,
+        live: Option<bool>,
         current_index: u64,
     ) -> Result<Option<&V2Response>, V2Error> {
-        let oldest = if live { self.first_index() } else { self.logical_oldest() };
+        let oldest = if live.is_some() { self.first_index() } else { self.logical_oldest() };
         let (Some(oldest), Some(last)) = (oldest, self.last_index()) else {
             // etcd's empty history has StartIndex 0 and LastIndex 0: everything is future.
             return Ok(None);
@@ -193,7 +196,10 @@ impl EventHistory {
             .range(start..)
             .filter(|entry| !entry.refresh)
             .map(|entry| &entry.event)
-            .find(|event| if live { live_matches(event, key, recursive) } else { scan_matches(event, key, recursive) });
+            .find(|event| match live {
+                Some(key_exists) => live_matches_existing(event, key, recursive, key_exists),
+                None => scan_matches(event, key, recursive),
+            });
         Ok(found)
     }
 
@@ -242,8 +248,28 @@ pub(super) fn scan_matches(event: &V2Response, key: &str, recursive: bool) -> bo
 /// directory containing `key`.
 ///
 /// etcd wakes a watcher inside a removed directory only if a node existed at the watched
-/// path; we don't record the removed paths, so any watched path inside the directory wakes.
+/// path (its `Remove` calls back for each node it removes); this matches as if one did.
+#[cfg(test)]
 pub(super) fn live_matches(event: &V2Response, key: &str, recursive: bool) -> bool {
+    live_matches_existing(event, key, recursive, true)
+}
+
+/// Whether a node is at `key` right after `event`, an event a watcher on `key` matched:
+/// the key's own event creates or keeps it unless it removes it, an enclosing directory's
+/// removal takes it, and an event below it (a recursive watch) leaves it a directory.
+pub(super) fn exists_after(event: &V2Response, key: &str) -> bool {
+    let event_key = event_key(event);
+    if event_key == key {
+        return !matches!(event.action, Action::Delete | Action::Expire | Action::CompareAndDelete);
+    }
+    !is_strict_ancestor(event_key, key)
+}
+
+/// [`live_matches`], told whether a node is at `key` (`key_exists`). A watcher learns that
+/// when it starts waiting and keeps it up to date from its own events: any event that
+/// creates or removes the node at `key` matches it first, so the removal of an enclosing
+/// directory finds the node there exactly when it was there as the watcher last looked.
+pub(super) fn live_matches_existing(event: &V2Response, key: &str, recursive: bool, key_exists: bool) -> bool {
     let event_key = event_key(event);
     if event_key == key {
         return true;
@@ -251,5 +277,5 @@ pub(super) fn live_matches(event: &V2Response, key: &str, recursive: bool) -> bo
     if recursive && is_strict_ancestor(key, event_key) && !is_hidden_below(key, event_key) {
         return true;
     }
-    is_dir_removal(event) && is_strict_ancestor(event_key, key)
+    key_exists && is_dir_removal(event) && is_strict_ancestor(event_key, key)
 }

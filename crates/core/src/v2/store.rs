@@ -142,12 +142,34 @@ impl Store {
     /// `waitIndex` if later): that matches as etcd's registered watchers are notified
     /// (recursive watches skip hidden keys). A `Found` event's `etcd_index` is its own index.
     pub fn watch(&self, key: &str, recursive: bool, since_index: u64, live: bool) -> Result<WatchLookup, V2Error> {
+        self.watch_with(key, recursive, since_index, live.then_some(true))
+    }
+
+    /// [`Store::watch`] for a registered watcher (`live`) that knows whether a node was at
+    /// `key` when it last looked ([`Store::exists`]): the removal of a directory around
+    /// `key` wakes it only if one was, as etcd's watcher hub does.
+    pub fn watch_live(&self, key: &str, recursive: bool, since_index: u64, key_exists: bool) -> Result<WatchLookup, V2Error> {
+        self.watch_with(key, recursive, since_index, Some(key_exists))
+    }
+
+    fn watch_with(&self, key: &str, recursive: bool, since_index: u64, live: Option<bool>) -> Result<WatchLookup, V2Error> {
         let path = clean_path(key);
         let since_index = if since_index == 0 { self.index + 1 } else { since_index };
         match self.history.find(&path, recursive, since_index, live, self.index)? {
             Some(event) => Ok(WatchLookup::Found(event.clone())),
             None => Ok(WatchLookup::Pending { index: self.index }),
         }
+    }
+
+    /// Whether a node is at `key` right after `event`, which a watcher on `key` was given
+    /// (so a stream watch can go on with [`Store::watch_live`]).
+    pub fn exists_after(event: &V2Response, key: &str) -> bool {
+        super::history::exists_after(event, &clean_path(key))
+    }
+
+    /// Whether a node (a key or a directory, hidden ones too) is at `key` now.
+    pub fn exists(&self, key: &str) -> bool {
+        self.tree.lookup(&clean_path(key), self.index).is_ok()
     }
 
     /// Expires every node whose expiration is at or before `now_ms`, each with an `expire`

@@ -856,7 +856,7 @@ fn history_serializes_as_before_and_loading_shares_values_again() {
     assert_eq!(fields, ["entries", "window_max"]);
     let loaded: EventHistory = serde_json::from_value(json).expect("deserialize");
     assert_eq!(loaded, history);
-    let (previous, next) = (loaded.find("/k", false, 4, true, 6), loaded.find("/k", false, 5, true, 6));
+    let (previous, next) = (loaded.find("/k", false, 4, Some(true), 6), loaded.find("/k", false, 5, Some(true), 6));
     let written = previous.expect("ok").expect("4").node.value.clone().expect("v");
     let repeated = next.expect("ok").expect("5").prev_node.clone().and_then(|prev| prev.value).expect("v");
     assert!(Arc::ptr_eq(&written, &repeated));
@@ -900,7 +900,7 @@ fn event_history_ports_scan_history() {
         history.push(event(Action::Create, key, index, false), false);
     }
     history.push(event(Action::Delete, "/foo", 6, true), false);
-    let at = |key: &str, recursive, index| history.find(key, recursive, index, false, 6).expect("no 401").map(|e| e.etcd_index);
+    let at = |key: &str, recursive, index| history.find(key, recursive, index, None, 6).expect("no 401").map(|e| e.etcd_index);
     assert_eq!(at("/foo", false, 1), Some(1));
     assert_eq!(at("/foo/bar", false, 1), Some(2));
     assert_eq!(at("/foo/bar", true, 3), Some(4));
@@ -921,14 +921,14 @@ fn event_history_ports_index_cleared_and_full_queue() {
     for index in 1..=6 {
         history.push(event(index), false);
     }
-    assert_eq!(history.find("/foo", false, 1, false, 6).expect_err("cleared").code, 401);
+    assert_eq!(history.find("/foo", false, 1, None, 6).expect_err("cleared").code, 401);
     // TestFullEventQueue: a small queue keeps answering for the previous index.
     let mut history = EventHistory::new(10);
     let total = 2 * (10 + super::history::SLACK_ENTRIES_MIN as u64);
     for index in 1..=total {
         history.push(event(index), false);
         if index > 1 {
-            let previous = history.find("/foo", true, index - 1, false, index).expect("kept");
+            let previous = history.find("/foo", true, index - 1, None, index).expect("kept");
             assert_eq!(previous.map(|e| e.etcd_index), Some(index - 1));
         }
     }

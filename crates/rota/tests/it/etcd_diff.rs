@@ -52,6 +52,7 @@ diff_tests!(
     refresh_parameter_errors,
     refresh_takes_an_index_but_makes_no_event,
     refresh_does_not_wake_a_sleeping_watcher,
+    dir_removal_wakes_only_watchers_of_paths_that_were_in_it,
     hidden_keys_are_left_out_of_listings_and_recursive_watches,
     sorted_recursive_listing_is_in_byte_order,
     unsorted_listing_has_the_same_set_of_nodes,
@@ -419,6 +420,20 @@ pub mod scenarios {
         s.put("/v2/keys/rw", "refresh=true&ttl=100");
         s.put("/v2/keys/rw", "value=after");
         s.watch_event(w);
+    }
+
+    /// etcd's hub notifies the watchers of each node a recursive delete removes: a waiting
+    /// watch on a path with no node under the removed directory keeps waiting.
+    pub fn dir_removal_wakes_only_watchers_of_paths_that_were_in_it(s: &mut Session) {
+        s.put("/v2/keys/wd/sub/b", "value=b");
+        let missing = s.watch("/v2/keys/wd/sub/nope?wait=true");
+        let present = s.watch("/v2/keys/wd/sub/b?wait=true");
+        let dir = s.watch("/v2/keys/wd/sub?wait=true");
+        s.delete("/v2/keys/wd?recursive=true");
+        s.watch_event(present);
+        s.watch_event(dir);
+        s.put("/v2/keys/wd/sub/nope", "value=later");
+        s.watch_event(missing);
     }
 
     pub fn hidden_keys_are_left_out_of_listings_and_recursive_watches(s: &mut Session) {
