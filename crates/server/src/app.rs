@@ -969,14 +969,17 @@ async fn read_body(
 
 /// A proposal that didn't reach the state machine, in etcd's error envelope: without a
 /// leader etcd answers 300 "Raft Internal Error" (after its request timeout); rota answers
-/// the same body with HTTP 503 and `Retry-After: 1` once its leader wait is over, so
-/// clients know to retry. 300 for the rest (HTTP 500, as etcd), 413 for a command over the
-/// Raft entry bound, and 507 while the data dir is short of space.
+/// the same body with HTTP 503 once its leader wait is over. 300 for the rest (HTTP 500, as
+/// etcd), 413 for a command over the Raft entry bound, and 507 while the data dir is short
+/// of space.
 pub(crate) fn propose_error(error: &ProposeError) -> Response<Body> {
     match error {
-        // Another member (or this one, a moment later) can take the request, so clients get
-        // 503 + Retry-After, which they retry. (A node shutting down, or removed from the
-        // cluster, answers its queued writes this way; they were not applied.)
+        // Not applied: another member (or this one, once a leader is back) can take the
+        // request. 503 (clients move on to another member on a 5xx), without `Retry-After`:
+        // with it, HTTP libraries resend to this member by themselves (urllib3, under
+        // python-etcd, 3 more times 1 s apart: a 12 s call during a quorum loss, where etcd
+        // answers once after 7 s). A node shutting down, or removed from the cluster,
+        // answers its queued writes this way too.
         ProposeError::NoLeader | ProposeError::ShuttingDown | ProposeError::Removed => {
             let cause = match error {
                 ProposeError::NoLeader => "etcdserver: no leader (request timed out waiting for one)".to_string(),
@@ -985,10 +988,6 @@ pub(crate) fn propose_error(error: &ProposeError) -> Response<Body> {
             };
             let mut response = respond::v2_error(&V2Error::new(300, Some(cause), 0));
             *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                HeaderValue::from_static("1"),
-            );
             response
         }
         // The write may still be applied: etcd's 500 (errorCode 300, its timeout's words),
