@@ -1038,6 +1038,12 @@ impl Node {
         if let Err(error) = self.inner.raft.shutdown().await {
             tracing::warn!(%error, "raft shutdown");
         }
+        // A snapshot encoded on its own thread may still be on its way to disk: it is
+        // finished, or dropped if not started, before the data dir is let go of.
+        let snapshots = self.inner.shared.snapshots.clone();
+        if let Err(error) = tokio::task::spawn_blocking(move || snapshots.close()).await {
+            tracing::warn!(%error, "closing the snapshot directory");
+        }
         let log_store = self.inner.log_store.clone();
         match tokio::task::spawn_blocking(move || log_store.close()).await {
             Ok(Ok(())) => {}

@@ -146,7 +146,10 @@ impl SnapshotImage {
 #[derive(Clone, Debug)]
 pub(crate) struct SnapshotDir {
     dir: PathBuf,
-    write_lock: Arc<Mutex<()>>,
+    /// Held while a snapshot is written; its flag says the node has shut down: nothing is
+    /// written any more (a snapshot encoded on a thread of its own may finish after the
+    /// node stopped, and the data dir may already be another node's).
+    write_lock: Arc<Mutex<bool>>,
 }
 
 impl SnapshotDir {
@@ -157,7 +160,7 @@ impl SnapshotDir {
         })?;
         Ok(SnapshotDir {
             dir,
-            write_lock: Arc::new(Mutex::new(())),
+            write_lock: Arc::new(Mutex::new(false)),
         })
     }
 
@@ -193,13 +196,26 @@ impl SnapshotDir {
             .map_err(|reason| SnapshotFileError::Corrupt { path, reason })
     }
 
+    /// No snapshot is written after this returns; one being written is finished first.
+    pub(crate) fn close(&self) {
+        *self.write_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        *self.write_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Writes `image` durably and removes every older snapshot and leftover temp file.
-    /// Returns false (and writes nothing) if a newer snapshot is already stored.
+    /// Returns false (and writes nothing) if a newer snapshot is already stored, or the
+    /// directory was closed.
     pub(crate) fn store(&self, image: &SnapshotImage) -> Result<bool, SnapshotFileError> {
-        let _guard = self
+        let closed = self
             .write_lock
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *closed {
+            return Ok(false);
+        }
         let index = image.meta.last_log_id.map(|id| id.index).unwrap_or(0);
         let existing = self.list()?;
         if existing.iter().any(|(other, _)| *other > index) {
@@ -407,6 +423,20 @@ mod tests {
             dir.load_latest().expect("load").expect("some").meta,
             meta(9)
         );
+    }
+
+    #[test]
+    fn a_closed_directory_stores_nothing_more() {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let dir = SnapshotDir::open(temp.path().to_path_buf()).expect("open");
+        let state = state();
+        assert!(dir.store(&SnapshotImage::build(meta(5), &state, 0).expect("build")).expect("store 5"));
+        // A clone, as the snapshot thread holds one.
+        let builder_side = dir.clone();
+        dir.close();
+        assert!(!builder_side.store(&SnapshotImage::build(meta(9), &state, 0).expect("build")).expect("store 9"));
+        assert_eq!(fs::read_dir(temp.path()).expect("ls").count(), 1);
+        assert_eq!(dir.load_latest().expect("load").expect("some").meta, meta(5));
     }
 
     #[test]

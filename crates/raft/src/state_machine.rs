@@ -34,6 +34,8 @@ pub(crate) struct SharedState {
     /// True while openraft re-applies the committed log at start-up (inside `Raft::new`),
     /// when no client waits for an answer; the node clears it once Raft is running.
     pub replaying: std::sync::atomic::AtomicBool,
+    /// The snapshot files, closed when the node shuts down.
+    pub snapshots: SnapshotDir,
 }
 
 impl SharedState {
@@ -85,6 +87,7 @@ impl StateMachineStore {
             state: RwLock::new(state),
             applied_tx,
             replaying: std::sync::atomic::AtomicBool::new(true),
+            snapshots: snapshots.clone(),
         });
         let store = StateMachineStore {
             shared: shared.clone(),
@@ -342,6 +345,9 @@ fn store_when_space(snapshots: &SnapshotDir, image: &SnapshotImage) -> Result<bo
     let needed = image.bytes.len() as u64 + SNAPSHOT_SPACE_MARGIN;
     let mut waiting = false;
     loop {
+        if snapshots.is_closed() {
+            return Ok(false);
+        }
         let available = crate::disk::available_bytes(snapshots.path()).unwrap_or(u64::MAX);
         let reason = if available < needed {
             format!("{} MiB free, {} MiB needed", available >> 20, needed >> 20)
