@@ -201,7 +201,16 @@ async fn accept_loop<B: Backend>(
                 let app = Arc::clone(&app);
                 let mut request = request.map(Body::new);
                 request.extensions_mut().insert(socket);
-                async move { Ok::<_, Infallible>(app.handle_from(peer.ip(), request).await) }
+                async move {
+                    // Go's server, before any handler (etcd's 400): an HTTP/1.1 request must
+                    // name its host.
+                    if request.version() == axum::http::Version::HTTP_11
+                        && !request.headers().contains_key(axum::http::header::HOST)
+                    {
+                        return Ok(crate::respond::go_server_refusal(400, "400 Bad Request: missing required Host header"));
+                    }
+                    Ok::<_, Infallible>(app.handle_from(peer.ip(), request).await)
+                }
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);

@@ -508,6 +508,11 @@ fn garbage_bytes_on_the_socket_never_crash_or_change_state() {
                 "two Host headers",
                 "PUT /v2/keys/g HTTP/1.1\r\nHost: x\r\nHost: y\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\n\r\nvalue=x",
             ),
+            raw_case(
+                "HTTP/1.1 without Host",
+                "PUT /v2/keys/g HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\n\r\nvalue=x",
+            ),
+            raw_case("HTTP/1.0 without Host", "GET /v2/keys/g HTTP/1.0\r\n\r\n"),
             raw_case("NUL bytes in request line", b"GET /v2/keys/\0\0 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
             raw_case("HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
             raw_case("TLS client hello", vec![0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03, 0x00]),
