@@ -51,7 +51,9 @@ pub fn redirect_location(decoded_path: &str, raw_query: Option<&str>) -> Option<
         return None;
     }
     let mut location = escape_path(&cleaned);
-    if let Some(query) = raw_query {
+    // Go builds the target as a URL of the path and the raw query: an empty query (a bare
+    // `?`) leaves no `?`.
+    if let Some(query) = raw_query.filter(|query| !query.is_empty()) {
         location.push('?');
         location.push_str(query);
     }
@@ -149,6 +151,12 @@ mod tests {
             redirect_location("/v2/keys/a b//c", None).as_deref(),
             Some("/v2/keys/a%20b/c")
         );
+    }
+
+    #[test]
+    fn an_empty_query_leaves_no_question_mark_in_the_redirect() {
+        assert_eq!(redirect_location("/v2/keys//a", Some("")).as_deref(), Some("/v2/keys/a"));
+        assert_eq!(redirect_location("/v2/keys//a", None).as_deref(), Some("/v2/keys/a"));
     }
 
     #[test]
