@@ -438,6 +438,11 @@ struct NodeInner {
     raft_runtime: RaftRuntime,
 }
 
+/// The stack of rota's runtime threads: the deepest v2 tree (4 KiB keys: 2,048 levels) is
+/// walked by recursion when it is read, removed or expired, which overflowed the default
+/// 2 MiB (and aborted the process) at ~1,850 levels. Only the pages used are resident.
+pub const THREAD_STACK_BYTES: usize = 64 << 20;
+
 /// openraft's core, its state machine worker and our proposer run on a runtime of their
 /// own, one thread. On the shared runtime each step of an entry (core → log → core →
 /// apply → proposer) queued behind whatever HTTP work was ready, ~0.3 ms per hop at c=64;
@@ -449,6 +454,7 @@ impl RaftRuntime {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("rota-raft")
+            .thread_stack_size(THREAD_STACK_BYTES)
             .on_thread_park(spin::before_raft_park)
             .enable_all()
             .build()?;

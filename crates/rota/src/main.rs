@@ -13,6 +13,9 @@ mod worker;
 /// mimalloc: a write at 64 clients costs 6-8% less CPU than with glibc's allocator, most of
 /// it in the many small allocations an HTTP request and its Raft entry make and free on
 /// different threads.
+/// The stack of every runtime thread (see its use in `main`).
+const THREAD_STACK_BYTES: usize = rota_raft::THREAD_STACK_BYTES;
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -87,6 +90,11 @@ fn main() -> ExitCode {
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
+    // Room for the deepest tree a request can make: keys are at most 4 KiB, so a directory
+    // chain is at most 2,048 deep, and a recursive GET renders it by recursion (2 MiB, the
+    // default, overflowed at ~1,850 levels and aborted the process). Only the pages used
+    // are ever resident.
+    builder.thread_stack_size(THREAD_STACK_BYTES);
     if matches!(cli.command, Command::Serve(_)) {
         if let Some(threads) = serve::http_worker_threads() {
             builder.worker_threads(threads);
