@@ -172,10 +172,12 @@ async fn next_event<B: Backend>(
                     (&watch.key, watch.recursive, watch.since_index, watch.key_exists);
                 let (lookup, exists_now) = watch.app.backend.read(|state| {
                     let lookup = state.v2.watch_live(key, recursive, since_index, key_exists);
-                    (lookup, state.v2.exists(key))
+                    // Nothing matched up to now: whether the node is there is as it is now.
+                    let pending = matches!(lookup, Ok(WatchLookup::Pending { .. }));
+                    let exists_now = pending.then(|| state.v2.exists(key));
+                    (lookup, exists_now)
                 });
-                // Nothing matched up to now: whether the node is there is as it is now.
-                if let Ok(WatchLookup::Pending { .. }) = lookup {
+                if let Some(exists_now) = exists_now {
                     watch.key_exists = exists_now;
                 }
                 lookup

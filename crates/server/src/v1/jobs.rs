@@ -61,12 +61,6 @@ where
     T::deserialize(deserializer).map(Some)
 }
 
-/// An empty body, or `{}` (`retry` and the DELETEs take no fields): anything else is
-/// refused, so that a field sent where it has no effect is not silently dropped.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NoFields {}
-
 /// Checks one job's fields (what needs no state; the state machine checks the rest) and
 /// makes it a [`NewJob`]. `prefix` is `""` or `"jobs[i]."`.
 fn new_job(body: JobBody<'_>, prefix: &str) -> Result<NewJob, ApiError> {
@@ -274,8 +268,7 @@ pub(crate) async fn cancel<B: Backend>(
     request: Request<Body>,
 ) -> Result<Response<Body>, ApiError> {
     json::parse_query(call.query.as_deref(), &[])?;
-    let body = json::read_body(request, &app.body_budget).await?;
-    json::decode::<NoFields>(&body)?;
+    json::read_no_fields(request, &app.body_budget).await?;
     job_command(app, call, JobCommand::Cancel { id }).await
 }
 
@@ -287,8 +280,7 @@ pub(crate) async fn retry<B: Backend>(
     request: Request<Body>,
 ) -> Result<Response<Body>, ApiError> {
     json::parse_query(call.query.as_deref(), &[])?;
-    let body = json::read_body(request, &app.body_budget).await?;
-    json::decode::<NoFields>(&body)?;
+    json::read_no_fields(request, &app.body_budget).await?;
     job_command(app, call, JobCommand::Retry { id }).await
 }
 

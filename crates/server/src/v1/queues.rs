@@ -230,8 +230,7 @@ pub(crate) async fn delete<B: Backend>(
 ) -> Result<Response<Body>, ApiError> {
     let params = json::parse_query(call.query.as_deref(), &["force"])?;
     let force = json::query_bool(&params, "force")?;
-    let body = json::read_body(request, &app.body_budget).await?;
-    if let Err(error) = json::decode::<super::jobs::NoFields>(&body) {
+    if let Err(error) = json::read_no_fields(request, &app.body_budget).await {
         if error.field.as_deref() == Some("force") {
             return Err(ApiError::invalid("force", format!("force goes in the query: DELETE /v1/queues/{name}?force=true")));
         }
