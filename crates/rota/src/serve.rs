@@ -120,7 +120,6 @@ impl ServeArgs {
             .unwrap_or_else(|| PathBuf::from(format!("{}.rota", self.name)))
     }
 
-    /// etcd's checks of the Raft timing flags.
     /// Watches hold their connection: a bound at or over the connections' would let them
     /// take every connection and leave none for the writes that end them.
     pub fn check_bounds(&self) -> anyhow::Result<()> {
@@ -134,6 +133,7 @@ impl ServeArgs {
         Ok(())
     }
 
+    /// etcd's checks of the Raft timing flags.
     pub fn check_timing(&self) -> anyhow::Result<()> {
         let (heartbeat, election) = (self.heartbeat_interval_ms, self.election_timeout_ms);
         if heartbeat == 0 {
