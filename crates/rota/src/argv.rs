@@ -73,6 +73,58 @@ const IGNORED_SERVE_FLAGS: &[(&str, bool)] = &[
     ("pre-vote", false),
 ];
 
+/// etcd 3.4's TLS flags. rota serves plain HTTP only, and a command line or unit file that
+/// asks for TLS must not start a node that answers in the clear: `rota serve` refuses them
+/// (flag or `ETCD_*` variable) and says what to do instead.
+pub const TLS_SERVE_FLAGS: &[&str] = &[
+    "cert-file",
+    "key-file",
+    "client-cert-auth",
+    "client-crl-file",
+    "trusted-ca-file",
+    "auto-tls",
+    "peer-cert-file",
+    "peer-key-file",
+    "peer-client-cert-auth",
+    "peer-crl-file",
+    "peer-trusted-ca-file",
+    "peer-auto-tls",
+    "peer-cert-allowed-cn",
+    "peer-cert-allowed-hostname",
+    "cipher-suites",
+    "tls-min-version",
+    "tls-max-version",
+];
+
+/// The refusal of a TLS flag, for the flag (or variable) as it was given.
+pub fn tls_refusal(given: &str) -> String {
+    format!(
+        "Error:  {given}: rota serves plain HTTP only (no TLS for clients or peers). \
+         Listen on loopback or a private network, and put a TLS-terminating proxy \
+         (nginx, haproxy, stunnel) in front of the client port if clients cross an \
+         untrusted network: see docs/cli.md (\"TLS\")"
+    )
+}
+
+/// The first TLS flag of a `rota serve` command line (after [`rewrite_go_flags`]), as given.
+pub fn tls_flag_given(args: &[OsString]) -> Option<String> {
+    if args.get(1).is_none_or(|arg| arg != "serve") {
+        return None;
+    }
+    args.iter()
+        .skip(2)
+        .take_while(|arg| *arg != "--")
+        .filter_map(|arg| arg.to_str())
+        .find(|arg| {
+            // Go's single dash too (`-cert-file`): not one of rota's flags, so not rewritten.
+            arg.strip_prefix("--")
+                .or_else(|| arg.strip_prefix('-'))
+                .map(|rest| rest.split_once('=').map_or(rest, |(name, _)| name))
+                .is_some_and(|name| TLS_SERVE_FLAGS.contains(&name))
+        })
+        .map(str::to_owned)
+}
+
 /// What `ETCD_*` environment variables say to `rota serve` beyond the flags it reads from
 /// them (`known`, clap's): variables of the ignored flags (named in the same warning as
 /// the flags), ones etcd does not know either (etcd warns "unrecognized environment
@@ -80,6 +132,8 @@ const IGNORED_SERVE_FLAGS: &[(&str, bool)] = &[
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct EtcdEnvironment {
     pub ignored: Vec<String>,
+    /// Variables of [`TLS_SERVE_FLAGS`] that are set (to anything but empty or `false`).
+    pub tls: Vec<String>,
     pub unrecognized: Vec<String>,
     pub force_new_cluster: bool,
 }
@@ -96,7 +150,12 @@ pub fn etcd_environment<'a>(
             continue;
         }
         let flag = name["ETCD_".len()..].to_ascii_lowercase().replace('_', "-");
-        if flag == "force-new-cluster" {
+        if TLS_SERVE_FLAGS.contains(&flag.as_str()) {
+            let off = value.trim().is_empty() || value.trim().eq_ignore_ascii_case("false");
+            if !off {
+                found.tls.push(name);
+            }
+        } else if flag == "force-new-cluster" {
             found.force_new_cluster |= value.trim().eq_ignore_ascii_case("true") || value.trim() == "1";
         } else if IGNORED_SERVE_FLAGS.iter().any(|(ignored, _)| *ignored == flag)
             || flag.starts_with("grpc-keepalive-")
@@ -279,6 +338,23 @@ mod tests {
         );
         let other = vec![OsString::from("rota"), OsString::from("kv"), OsString::from("--debug")];
         assert_eq!(take_ignored_serve_flags(other.clone()).0, other);
+    }
+
+    #[test]
+    fn tls_flags_are_found_to_be_refused_in_either_spelling_and_only_for_serve() {
+        let args = |list: &[&str]| rewrite_go_flags(list.iter().map(OsString::from));
+        let given = tls_flag_given(&args(&["rota", "serve", "--name", "n1", "--cert-file=/x.pem"]));
+        assert_eq!(given.as_deref(), Some("--cert-file=/x.pem"));
+        let given = tls_flag_given(&args(&["rota", "serve", "-peer-auto-tls"]));
+        assert_eq!(given.as_deref(), Some("-peer-auto-tls"));
+        assert_eq!(tls_flag_given(&args(&["rota", "serve", "--name", "cert-file"])), None);
+        assert_eq!(tls_flag_given(&args(&["rota", "kv", "--cert-file", "x"])), None);
+        let env = |pairs: &[(&str, &str)]| {
+            etcd_environment(pairs.iter().map(|(name, value)| (name.to_string(), value.to_string())), ["ETCD_NAME"])
+        };
+        assert_eq!(env(&[("ETCD_CERT_FILE", "/x.pem"), ("ETCD_NAME", "n1")]).tls, ["ETCD_CERT_FILE"]);
+        assert!(env(&[("ETCD_CLIENT_CERT_AUTH", "false"), ("ETCD_KEY_FILE", "")]).tls.is_empty());
+        assert!(tls_refusal("--cert-file=/x.pem").contains("plain HTTP only"));
     }
 
     #[test]

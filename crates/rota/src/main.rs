@@ -64,6 +64,10 @@ fn main() -> ExitCode {
         return job_supervisor::run(raw_args);
     }
     let args = argv::rewrite_go_flags(std::env::args_os());
+    if let Some(given) = argv::tls_flag_given(&args) {
+        eprintln!("{}", argv::tls_refusal(&given));
+        return ExitCode::from(2);
+    }
     let (args, ignored_etcd_flags) = argv::take_ignored_serve_flags(args);
     let mut cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,

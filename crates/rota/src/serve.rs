@@ -206,6 +206,10 @@ pub async fn run(mut args: ServeArgs) -> ExitCode {
             .collect();
         crate::argv::etcd_environment(std::env::vars(), known.iter().map(String::as_str))
     };
+    if let Some(name) = environment.tls.first() {
+        eprintln!("{}", crate::argv::tls_refusal(name));
+        return ExitCode::from(2);
+    }
     if environment.force_new_cluster {
         tracing::error!(
             "ETCD_FORCE_NEW_CLUSTER is not supported: rota does not restart a cluster from one member's data (unset it)"

@@ -79,6 +79,17 @@ fn serve_takes_etcds_environment_variables_and_a_flag_wins() {
     let mut forced = Proc::spawn(dir.path(), "forced", &["serve".into()], &[("ETCD_FORCE_NEW_CLUSTER", "true".to_owned()), ("ETCD_DATA_DIR", dir.path().join("forced").display().to_string())]);
     assert!(!forced.wait_exit(Duration::from_secs(10)).success());
     assert!(forced.stderr().contains("ETCD_FORCE_NEW_CLUSTER is not supported"), "{}", forced.stderr());
+
+    // TLS, asked for by a flag or a variable, is refused: nothing may answer in the clear.
+    let tls_dir = dir.path().join("tls").display().to_string();
+    let flag_args = ["serve", "--data-dir", &tls_dir, "--cert-file", "/etc/ssl/server.pem"].map(String::from).to_vec();
+    let mut by_flag = Proc::spawn(dir.path(), "tls-flag", &flag_args, &[]);
+    assert_eq!(by_flag.wait_exit(Duration::from_secs(10)).code(), Some(2));
+    assert!(by_flag.stderr().contains("--cert-file: rota serves plain HTTP only"), "{}", by_flag.stderr());
+    let mut by_env = Proc::spawn(dir.path(), "tls-env", &["serve".into()], &[("ETCD_CLIENT_CERT_AUTH", "true".to_owned()), ("ETCD_DATA_DIR", tls_dir.clone())]);
+    assert_eq!(by_env.wait_exit(Duration::from_secs(10)).code(), Some(2));
+    assert!(by_env.stderr().contains("ETCD_CLIENT_CERT_AUTH: rota serves plain HTTP only"), "{}", by_env.stderr());
+    assert!(!dir.path().join("tls").exists(), "nothing was created");
 }
 
 #[test]
