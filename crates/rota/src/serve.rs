@@ -85,14 +85,16 @@ pub struct ServeArgs {
     pub client_rate_limit: u32,
     /// Client connections open at once; at the bound, idle ones are closed for new clients.
     /// Each takes an open file (two while it watches): see the open files warning.
-    #[arg(long = "max-connections", env = "ROTA_MAX_CONNECTIONS", default_value_t = rota_server::limits::CONNECTIONS_MAX,
+    /// [default: 16384, lowered to fit the open files limit]
+    #[arg(long = "max-connections", env = "ROTA_MAX_CONNECTIONS",
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=1_000_000))]
-    pub connections_max: usize,
+    pub connections_max: Option<usize>,
     /// Watches (`/v2` `wait=true`, `/v1/watch`) open at once, below --max-connections; over
     /// it, 503 with Retry-After (etcd has no such bound).
-    #[arg(long = "max-watchers", env = "ROTA_MAX_WATCHERS", default_value_t = rota_server::limits::WATCHERS_MAX,
+    /// [default: 12288, or 3/4 of --max-connections when that is lower]
+    #[arg(long = "max-watchers", env = "ROTA_MAX_WATCHERS",
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
-    pub watchers_max: usize,
+    pub watchers_max: Option<usize>,
     /// Host names a request's `Host` header may name, comma-separated (`*`: any), against
     /// DNS rebinding: a request for another host gets 421, as etcd's. Name every name and
     /// address clients use (e.g. `localhost,127.0.0.1,rota.internal`).
@@ -120,14 +122,34 @@ impl ServeArgs {
             .unwrap_or_else(|| PathBuf::from(format!("{}.rota", self.name)))
     }
 
+    /// Fills in the bounds not given: the defaults, lowered so that the connections and
+    /// watches fit `open_files` (each connection is a file, each waiting watch one more,
+    /// and 1,024 are left for the rest), and watches 3/4 of the connections at most.
+    pub fn fit_bounds(&mut self, open_files: u64) {
+        let fitting = usize::try_from(open_files.saturating_sub(1024) / 2).unwrap_or(usize::MAX);
+        let connections = *self
+            .connections_max
+            .get_or_insert_with(|| rota_server::limits::CONNECTIONS_MAX.min(fitting).max(16));
+        self.watchers_max
+            .get_or_insert_with(|| rota_server::limits::WATCHERS_MAX.min(connections / 4 * 3).max(1));
+    }
+
+    pub fn connections_max(&self) -> usize {
+        self.connections_max.unwrap_or(rota_server::limits::CONNECTIONS_MAX)
+    }
+
+    pub fn watchers_max(&self) -> usize {
+        self.watchers_max.unwrap_or(rota_server::limits::WATCHERS_MAX)
+    }
+
     /// Watches hold their connection: a bound at or over the connections' would let them
     /// take every connection and leave none for the writes that end them.
     pub fn check_bounds(&self) -> anyhow::Result<()> {
-        if self.watchers_max >= self.connections_max {
+        if self.watchers_max() >= self.connections_max() {
             anyhow::bail!(
                 "--max-watchers ({}) must be below --max-connections ({}): watches hold their connections",
-                self.watchers_max,
-                self.connections_max
+                self.watchers_max(),
+                self.connections_max()
             );
         }
         Ok(())
@@ -302,13 +324,13 @@ fn refuse_foreign_data_dir(data_dir: &std::path::Path) -> anyhow::Result<()> {
 /// Raises this process's soft limit of open files to its hard limit, as Go's runtime does
 /// for etcd: a shell's default soft limit (often 1,024) is far below the connections and
 /// watches rota bounds itself to (`limits.md`: each connection is a socket, each waiting
-/// watch one more), and past it every accept fails. Logged when the limit stays low.
-fn raise_open_files_limit(connections_max: usize, watchers_max: usize) {
+/// watch one more), and past it every accept fails. Returns the limit now in force.
+fn raise_open_files_limit() -> u64 {
     // SAFETY: plain libc calls on a local, initialised rlimit.
     let limit = unsafe {
         let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
+            return u64::MAX;
         }
         if limit.rlim_cur < limit.rlim_max {
             let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
@@ -318,20 +340,33 @@ fn raise_open_files_limit(connections_max: usize, watchers_max: usize) {
         }
         limit
     };
+    limit.rlim_cur as u64
+}
+
+/// Logs the connection bounds in force, and warns when the open files limit is too low for
+/// them (bounds given by flags are kept as given).
+fn log_connection_bounds(open_files: u64, connections_max: usize, watchers_max: usize) {
     let wanted = 2 * connections_max as u64 + 1024;
-    if (limit.rlim_cur as u64) < wanted {
+    if open_files < wanted {
         tracing::warn!(
-            open_files_limit = limit.rlim_cur as u64,
+            open_files_limit = open_files,
             "the open files limit is low for {connections_max} connections and {watchers_max} watches; raise it (ulimit -n, LimitNOFILE=) to {wanted} or more",
+        );
+    } else if connections_max < rota_server::limits::CONNECTIONS_MAX {
+        tracing::info!(
+            open_files_limit = open_files,
+            "at most {connections_max} client connections and {watchers_max} watches (raise the open files limit, ulimit -n or LimitNOFILE=, for more)"
         );
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+async fn serve(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Installed first: a SIGTERM that comes as soon as the node answers (or while it starts)
     // must shut it down gracefully, not find the default action still in place.
     let signals = ShutdownSignals::install();
-    raise_open_files_limit(args.connections_max, args.watchers_max);
+    let open_files = raise_open_files_limit();
+    args.fit_bounds(open_files);
+    log_connection_bounds(open_files, args.connections_max(), args.watchers_max());
     args.check_timing()?;
     args.check_bounds()?;
     let initial_cluster_flag = args.initial_cluster();
@@ -483,7 +518,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         cluster_id,
         client_urls,
         peer_urls,
-        watchers_max: args.watchers_max,
+        watchers_max: args.watchers_max(),
         body_budget_bytes_max: rota_server::limits::BODY_BUDGET_BYTES_MAX,
         client_rate_limit: args.client_rate_limit,
         host_whitelist: split_urls(&args.host_whitelist),
@@ -530,7 +565,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    let options = rota_server::serve::ServeOptions { connections_max: args.connections_max, ..Default::default() };
+    let options = rota_server::serve::ServeOptions { connections_max: args.connections_max(), ..Default::default() };
     rota_server::serve::serve_with(app, listeners, shutdown, options).await;
     node.shutdown().await;
     stop_peers.send_replace(true);
@@ -640,5 +675,38 @@ mod tests {
         assert_eq!(peer_source_ip(&addresses(&["10.0.0.7:2380"])), None, "a real interface: routing decides");
         assert_eq!(peer_source_ip(&addresses(&["0.0.0.0:2380"])), None);
         assert_eq!(peer_source_ip(&[]), None, "one member, no peer listener");
+    }
+
+    fn serve_args(flags: &[&str]) -> ServeArgs {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let argv = std::iter::once("serve").chain(flags.iter().copied());
+        <Wrapper as clap::Parser>::try_parse_from(argv).expect("flags parse").serve
+    }
+
+    #[test]
+    fn connection_bounds_not_given_fit_the_open_files_limit_and_given_ones_are_kept() {
+        let mut roomy = serve_args(&[]);
+        roomy.fit_bounds(1 << 20);
+        assert_eq!((roomy.connections_max(), roomy.watchers_max()), (16_384, 12_288));
+        let mut tight = serve_args(&[]);
+        tight.fit_bounds(20_000);
+        assert_eq!((tight.connections_max(), tight.watchers_max()), (9_488, 7_116));
+        assert!(tight.check_bounds().is_ok());
+        let mut tiny = serve_args(&[]);
+        tiny.fit_bounds(1_024);
+        assert_eq!((tiny.connections_max(), tiny.watchers_max()), (16, 12));
+        let mut given = serve_args(&["--max-connections", "5000", "--max-watchers", "100"]);
+        given.fit_bounds(1_024);
+        assert_eq!((given.connections_max(), given.watchers_max()), (5_000, 100));
+        let mut only_connections = serve_args(&["--max-connections", "400"]);
+        only_connections.fit_bounds(1 << 20);
+        assert_eq!(only_connections.watchers_max(), 300, "3/4 of the connections given");
+        let mut over = serve_args(&["--max-watchers", "20000"]);
+        over.fit_bounds(1 << 20);
+        assert!(over.check_bounds().is_err(), "watches must stay below the connections");
     }
 }

@@ -39,11 +39,14 @@ pub const HEADER_SECTION_BYTES_MAX: usize = 64 * 1024;
 pub const HEADERS_MAX: usize = 100;
 
 /// Open client connections at once. The accept loop stops accepting at the bound (new
-/// clients wait in the kernel backlog) rather than failing them.
-pub const CONNECTIONS_MAX: usize = 4096;
+/// clients wait in the kernel backlog) rather than failing them. `rota serve` lowers the
+/// default to fit the open files limit (each connection a file, each watch one more).
+pub const CONNECTIONS_MAX: usize = 16_384;
 
-/// Long-poll watches (`wait=true`) at once, across all connections: 503 over it.
-pub const WATCHERS_MAX: usize = 2048;
+/// Long-poll watches (`wait=true`) at once, across all connections: 503 over it. etcd has
+/// no bound, and a fleet watching its configuration (a watch per machine, all on the
+/// member its client library picked) needs thousands; an idle watch costs ~33 KiB here.
+pub const WATCHERS_MAX: usize = 12_288;
 
 /// A client must send a request's whole header section within this time, or the
 /// connection is closed (slowloris). It also bounds how long an idle keep-alive
