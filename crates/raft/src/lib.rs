@@ -361,6 +361,10 @@ pub enum MemberError {
     /// This member was removed from the cluster.
     #[error("{MEMBER_REMOVED}; send requests to the remaining members")]
     Removed,
+    /// etcd's `ErrUnhealthy`: the change would leave too few reachable voting members for a
+    /// quorum (see `membership::removal_breaks_active_quorum`). Nothing was changed.
+    #[error("{0}")]
+    Unhealthy(String),
 }
 
 /// Append counts and per-follower replication stats (`/v2/stats/self`, `/v2/stats/leader`).

@@ -201,6 +201,14 @@ async fn change_members_one_at_a_time(node: &Node, change: MemberChange) -> Memb
             Ok(Plan::Change(changes, answer)) => (changes, answer),
             Err(error) => return MemberChangeReply::Done(Err(error)),
         };
+        if let MemberChange::Remove { id } = &change {
+            let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+            let troubled = node.inner.transport.troubled_peers();
+            if let Some(refusal) = removal_breaks_active_quorum(&voters, *id, node.inner.id, &troubled) {
+                tracing::warn!(member = %format!("{id:x}"), "{refusal}");
+                return MemberChangeReply::Done(Err(MemberError::Unhealthy(refusal)));
+            }
+        }
         // Removing a voter removes it entirely (etcd has no "keep as learner").
         let retain = false;
         match node.inner.raft.change_membership(changes, retain).await {
@@ -231,6 +239,47 @@ async fn change_members_one_at_a_time(node: &Node, change: MemberChange) -> Memb
     MemberChangeReply::Done(Err(MemberError::Failed(
         "another membership change is still in progress".to_string(),
     )))
+}
+
+/// etcd's `mayRemoveMember` (its `--strict-reconfig-check`, on by default): refuses, with
+/// the reason, the removal of voter `removing` when the voters reachable from `leader` (it
+/// and the followers not in `troubled`) are too few. openraft changes the voters through a
+/// joint configuration, which commits only with a quorum of the old voters *and* one of the
+/// new; with one of three members down, removing a healthy one could not commit: the change
+/// hung, the leader lost its lease and stepped down, and the cluster stayed joint and
+/// without a leader until the down member came back. Removing a member that is down, or a
+/// learner, needs nothing more than the quorum the cluster has.
+fn removal_breaks_active_quorum(
+    voters: &BTreeSet<NodeId>,
+    removing: NodeId,
+    leader: NodeId,
+    troubled: &BTreeSet<NodeId>,
+) -> Option<String> {
+    if !voters.contains(&removing) {
+        return None;
+    }
+    let reachable = |set: &BTreeSet<NodeId>| {
+        set.iter().filter(|voter| **voter == leader || !troubled.contains(*voter)).count()
+    };
+    let quorum = |voters: usize| voters / 2 + 1;
+    let after: BTreeSet<NodeId> = voters.iter().copied().filter(|voter| *voter != removing).collect();
+    let after_reachable = reachable(&after);
+    if reachable(voters) >= quorum(voters.len()) && after_reachable >= quorum(after.len()) {
+        return None;
+    }
+    let down: Vec<String> = voters
+        .iter()
+        .filter(|voter| **voter != leader && troubled.contains(*voter))
+        .map(|voter| format!("{voter:x}"))
+        .collect();
+    Some(format!(
+        "etcdserver: unhealthy cluster: removing member {removing:x} would leave {after_reachable} of the \
+         {} remaining voting members reachable, and a quorum of them is {} (unreachable now: {}); \
+         bring those members back first, or remove an unreachable one",
+        after.len(),
+        quorum(after.len()),
+        down.join(", ")
+    ))
 }
 
 /// `change` against `membership`: what to ask openraft for, and the answer to give.
@@ -645,6 +694,32 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_removal_that_leaves_too_few_reachable_voters_for_a_quorum_is_refused() {
+        let ids = |list: &[NodeId]| list.iter().copied().collect::<BTreeSet<NodeId>>();
+        let three = ids(&[1, 2, 3]);
+        // All up: any member may go, the leader too.
+        for removing in [1, 2, 3] {
+            assert_eq!(removal_breaks_active_quorum(&three, removing, 1, &ids(&[])), None);
+        }
+        // 3 down: 3 itself may go (1 and 2 remain, both up), 2 may not ({1, 3} needs 3),
+        // nor may the leader.
+        assert_eq!(removal_breaks_active_quorum(&three, 3, 1, &ids(&[3])), None);
+        let refusal = removal_breaks_active_quorum(&three, 2, 1, &ids(&[3])).expect("refused");
+        assert!(refusal.starts_with("etcdserver: unhealthy cluster: removing member 2 would leave 1 of the 2"), "{refusal}");
+        assert!(refusal.contains("unreachable now: 3"), "{refusal}");
+        assert!(removal_breaks_active_quorum(&three, 1, 1, &ids(&[3])).is_some());
+        // Five with two down: only a down one may go.
+        let five = ids(&[1, 2, 3, 4, 5]);
+        assert!(removal_breaks_active_quorum(&five, 3, 1, &ids(&[4, 5])).is_some());
+        assert_eq!(removal_breaks_active_quorum(&five, 4, 1, &ids(&[4, 5])), None);
+        // Five with one down: a healthy one may go ({1, 2, 4, 5}: 3 of 4 up).
+        assert_eq!(removal_breaks_active_quorum(&five, 3, 1, &ids(&[5])), None);
+        // A learner (not a voter) needs no quorum; a troubled learner does not count.
+        assert_eq!(removal_breaks_active_quorum(&three, 9, 1, &ids(&[2, 3, 9])), None);
+        assert_eq!(removal_breaks_active_quorum(&three, 3, 1, &ids(&[9])), None);
+    }
 
     #[test]
     fn peer_urls_are_http_host_and_port_without_a_path_as_etcd_checks() {

@@ -259,6 +259,14 @@ impl PeerTransport {
         }
     }
 
+    /// The peers whose last call failed (unreachable, or refusing us), until one succeeds.
+    /// On a leader, which calls every follower at each heartbeat, these are the followers
+    /// it cannot reach now.
+    pub(crate) fn troubled_peers(&self) -> std::collections::BTreeSet<NodeId> {
+        let unreachable = self.inner.unreachable.lock().unwrap_or_else(|e| e.into_inner());
+        unreachable.keys().copied().collect()
+    }
+
     fn note_reachable(&self, target: NodeId, url: &str) {
         let mut unreachable = self.inner.unreachable.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((since, _, _)) = unreachable.remove(&target) {

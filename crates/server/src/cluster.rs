@@ -332,7 +332,7 @@ fn member_error(error: &MemberError, id: &str) -> Response<Body> {
         MemberError::NotFound(_) => no_such_member(id),
         MemberError::Conflict(_) => message_json(409, "membership: peerURL exists"),
         MemberError::InvalidPeerUrls(reason) => message_json(400, reason),
-        MemberError::NoPeerListener => message_json(412, &error.to_string()),
+        MemberError::NoPeerListener | MemberError::Unhealthy(_) => message_json(412, &error.to_string()),
         // This member was removed: another member takes the request.
         MemberError::NoLeader | MemberError::ShuttingDown | MemberError::Removed => {
             no_leader_json(&error.to_string())
@@ -349,8 +349,9 @@ fn member_error(error: &MemberError, id: &str) -> Response<Body> {
 async fn peer_urls_body(request: Request<Body>) -> Result<Vec<String>, Response<Body>> {
     #[derive(serde::Deserialize)]
     struct PeerUrls {
-        #[serde(rename = "peerURLs")]
-        peer_urls: Vec<String>,
+        /// Go decodes `null` as no URLs.
+        #[serde(rename = "peerURLs", default)]
+        peer_urls: Option<Vec<String>>,
     }
     let content_type = request
         .headers()
@@ -375,7 +376,11 @@ async fn peer_urls_body(request: Request<Body>) -> Result<Vec<String>, Response<
         })?;
     let parsed: PeerUrls =
         serde_json::from_slice(&body).map_err(|error| message_json(400, &error.to_string()))?;
-    Ok(parsed.peer_urls)
+    // etcd's `types.NewURLs` of none (`{}`, `"peerURLs": []` or `null`).
+    match parsed.peer_urls {
+        Some(peer_urls) if !peer_urls.is_empty() => Ok(peer_urls),
+        _ => Err(message_json(400, "no valid URLs given")),
+    }
 }
 
 fn push_string_array(out: &mut String, items: &[String]) {

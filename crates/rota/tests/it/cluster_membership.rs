@@ -1138,6 +1138,48 @@ fn member_names(addr: &SocketAddr) -> BTreeMap<String, String> {
 
 /// A fresh 3-member cluster (its token named after the test), its client endpoints and the
 /// index of its leader.
+/// With one of three members down, removing a healthy one would need the down one to
+/// commit (a quorum of the remaining two is both): etcd refuses it up front, and so does
+/// rota, with the reason; nothing changes and writes go on. Before, the change hung, the
+/// cluster lost its leader and stayed half-changed until the down member came back.
+/// Removing the member that is down is fine.
+#[test]
+fn cluster_membership_removing_a_healthy_member_while_another_is_down_is_refused() {
+    let name = "remove-breaks-quorum";
+    let (mut cluster, endpoints, leader) = three_with_a_leader(name);
+    let (down, healthy) = ((leader + 1) % 3, (leader + 2) % 3);
+    let down_id = member_id(&endpoints[leader], &format!("n{}", down + 1));
+    let healthy_id = member_id(&endpoints[leader], &format!("n{}", healthy + 1));
+    put_until_answered(endpoints[leader], "/rq/before", "1");
+    cluster.kill(down);
+    wait_until(CHANGE_TIMEOUT, "the leader finds the killed follower unreachable", || {
+        let log = cluster.nodes[leader].log_tail(usize::MAX);
+        log.lines().any(|line| has_field(line, "peer", &down_id) && line.contains("peer unreachable")).then_some(())
+    });
+    let refused = http::send_with_timeout(
+        endpoints[leader],
+        &Request::new("DELETE", &format!("/v2/members/{healthy_id}")),
+        Duration::from_secs(15),
+    )
+    .unwrap_or_else(|e| panic!("{name}: DELETE: {e:?}\n{}", cluster.logs(30)));
+    assert_eq!(refused.status(), 412, "{name}: {}\n{}", refused.text(), cluster.logs(30));
+    let text = refused.text();
+    assert!(text.contains("etcdserver: unhealthy cluster") && text.contains(&down_id), "{name}: {text}");
+    // Nothing changed: three members, the same leader, and writes are answered at once.
+    assert_eq!(member_names(&endpoints[leader]).len(), 3, "{name}");
+    let started = Instant::now();
+    let written = http::send_with_timeout(endpoints[leader], &Request::new("PUT", "/v2/keys/rq/after").form("value=1"), Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{name}: write after the refusal: {e:?}\n{}", cluster.logs(30)));
+    assert_eq!(written.status(), 201, "{name}: {}", written.text());
+    assert!(started.elapsed() < Duration::from_secs(5), "{name}");
+    assert_eq!(stats_state(endpoints[leader]).as_deref(), Some("StateLeader"), "{name}");
+    // The member that is down may go; the two left write on.
+    let removed = delete_member_on_leader(&cluster, endpoints[leader], &down_id, name);
+    assert_eq!(removed.status(), 204, "{name}: {}\n{}", removed.text(), cluster.logs(30));
+    put_until_answered(endpoints[healthy], "/rq/two-left", "1");
+    assert_eq!(member_names(&endpoints[leader]).len(), 2, "{name}");
+}
+
 fn three_with_a_leader(name: &str) -> (Cluster, Vec<SocketAddr>, usize) {
     three_with_a_leader_and(name, Vec::new())
 }

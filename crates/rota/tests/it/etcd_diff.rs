@@ -82,6 +82,7 @@ diff_tests!(
     json_escapes_html_characters,
     version_and_health_shapes,
     members_shape,
+    members_add_without_urls,
     stats_self_shape,
     quorum_get_has_the_same_shape,
     quorum_get_ignores_wait,
@@ -803,6 +804,13 @@ pub mod scenarios {
         s.get("/v2/members");
         s.get("/v2/members/leader");
         s.get("/v2/machines");
+    }
+
+    pub fn members_add_without_urls(s: &mut Session) {
+        for body in ["{}", r#"{"peerURLs":[]}"#, r#"{"peerURLs":null}"#] {
+            s.send(Request::new("POST", "/v2/members").header("Content-Type", "application/json").raw_body(body.into()));
+        }
+        s.get("/v2/members");
     }
 
     pub fn stats_self_shape(s: &mut Session) {
