@@ -464,8 +464,19 @@ impl Client {
                         self.preferred.store(at, Ordering::Relaxed);
                         match decode(response).await {
                             // No leader yet (election after a restart): worth another round.
-                            Err(Error::Etcd(error)) if error.error_code == 301 => error.to_string(),
-                            other => {
+                            Decoded::Answer(Err(Error::Etcd(error))) if error.error_code == 301 => {
+                                error.to_string()
+                            }
+                            // The member went away while it answered (a watch is cut off
+                            // when its member stops): a read, a watch or a mutation with an
+                            // idempotency key is sent again, to the next endpoint.
+                            Decoded::BodyCut(error)
+                                if method == Method::Get || idempotency_key.is_some() =>
+                            {
+                                error
+                            }
+                            Decoded::BodyCut(error) => return Err(Error::Client(error)),
+                            Decoded::Answer(other) => {
                                 self.answered(at, sent_at);
                                 return other;
                             }
@@ -522,7 +533,22 @@ pub(crate) fn transport_error(error: &reqwest::Error) -> String {
     }
 }
 
-async fn decode(response: reqwest::Response) -> Result<KvResponse, Error> {
+/// What [`decode`] made of an answer.
+enum Decoded {
+    Answer(Result<KvResponse, Error>),
+    /// The body could not be read to its end: the connection broke after the head.
+    BodyCut(String),
+}
+
+async fn decode(response: reqwest::Response) -> Decoded {
+    match decode_body(response).await {
+        Ok(answer) => Decoded::Answer(answer),
+        Err(cut) => Decoded::BodyCut(cut),
+    }
+}
+
+/// `Err` when the body could not be read; else the answer.
+async fn decode_body(response: reqwest::Response) -> Result<Result<KvResponse, Error>, String> {
     let status = response.status().as_u16();
     let header = |name: &str| {
         response
@@ -538,24 +564,24 @@ async fn decode(response: reqwest::Response) -> Result<KvResponse, Error> {
     let body = response
         .text()
         .await
-        .map_err(|error| Error::Client(error.to_string()))?;
+        .map_err(|error| format!("answer cut off: {}", transport_error(&error)))?;
     if (200..300).contains(&status) {
-        let mut parsed: KvResponse =
-            serde_json::from_str(&body).map_err(|_| Error::Unexpected {
-                status,
-                body: body.clone(),
-            })?;
-        parsed.etcd_index = etcd_index;
-        parsed.replayed = replayed;
-        return Ok(parsed);
+        return Ok(match serde_json::from_str::<KvResponse>(&body) {
+            Ok(mut parsed) => {
+                parsed.etcd_index = etcd_index;
+                parsed.replayed = replayed;
+                Ok(parsed)
+            }
+            Err(_) => Err(Error::Unexpected { status, body }),
+        });
     }
-    match serde_json::from_str::<EtcdError>(&body) {
+    Ok(match serde_json::from_str::<EtcdError>(&body) {
         Ok(error) => Err(Error::Etcd(error)),
         Err(_) => Err(Error::Unexpected { status, body }),
-    }
+    })
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Method {
     Get,
     Put,

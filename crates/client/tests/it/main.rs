@@ -188,6 +188,39 @@ async fn answer_losing_proxy(upstream: String) -> String {
     format!("http://127.0.0.1:{port}")
 }
 
+/// A member that answers a watch's head and then goes away (as a stopping member cuts its
+/// watches off: the body never ends).
+async fn head_then_gone_endpoint() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
+    let listener = rota_server::bind(([127, 0, 0, 1], port).into()).expect("port");
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let mut request = vec![0u8; 16 * 1024];
+            let _ = client.read(&mut request).await;
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Etcd-Index: 9\r\n\
+                        Transfer-Encoding: chunked\r\n\r\n";
+            let _ = client.write_all(head.as_bytes()).await;
+            // Dropped: the connection closes without the body's last chunk.
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+#[tokio::test]
+async fn a_watch_cut_off_by_its_member_goes_on_at_the_next_endpoint() {
+    let (_app, url) = server().await;
+    let first = Client::new([url.clone()]).expect("client");
+    first.kv_set("/w", "1", SetOptions::default()).await.expect("set");
+    let client = Client::new([head_then_gone_endpoint().await, url]).expect("client");
+    let event = client
+        .kv_watch("/w", WatchOptions { recursive: false, wait_index: Some(1) })
+        .await
+        .expect("the watch is answered by the next endpoint");
+    assert_eq!(event.action, "set");
+    assert_eq!(event.node.value.as_deref(), Some("1"));
+}
+
 #[tokio::test]
 async fn a_mutation_retried_after_a_lost_answer_applies_once() {
     use rota_server::Backend as _;
