@@ -529,7 +529,11 @@ impl Node {
             && !state_machine.has_snapshot();
 
         let refuses_rebootstrap = pristine && config.initial_cluster_state == ClusterState::New;
-        let identity = match Identity::load(&config.data_dir) {
+        let loaded = Identity::load(&config.data_dir);
+        // A member joining now took the cluster's token ("joining with the cluster's token"
+        // said so): only a member that had one already is told the flag does not apply.
+        let had_identity = matches!(loaded, Ok(Some(_)));
+        let identity = match loaded {
             Ok(Some(identity)) => {
                 // Stored, then stopped before the member had any log (a crash at its first
                 // start, or a start refused by a version that stored it first): asked too.
@@ -569,12 +573,14 @@ impl Node {
         // As etcd: the token is the one this member started with, whatever the flag says now.
         let mut config = config;
         if let Some(token) = &identity.token {
-            if *token != config.cluster_token {
+            if *token != config.cluster_token && had_identity {
                 tracing::info!(
                     stored = %token,
                     flag = %config.cluster_token,
                     "this member belongs to the cluster token in its data dir; --initial-cluster-token (given, or its default) applies only to a new member"
                 );
+            }
+            if *token != config.cluster_token {
                 config.cluster_token = token.clone();
             }
         }

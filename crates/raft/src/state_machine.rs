@@ -448,7 +448,8 @@ fn log_membership_change(
             }
             None => tracing::info!(member = %format_args!("{id:x}"), peer_urls = %member.peer_urls.join(","), "membership: member added as a learner (a voter once it has caught up)"),
             Some(_) if voter(after, id) && !voter(before, id) => {
-                tracing::info!(member = %format_args!("{id:x}"), name = %member.name, "membership: member is now a voter")
+                // A new member's name is known once it has published it (after it started).
+                tracing::info!(member = %format_args!("{id:x}"), name = %member.name, peer_urls = %member.peer_urls.join(","), "membership: member is now a voter")
             }
             Some(_) => {}
         }
