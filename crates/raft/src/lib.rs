@@ -32,6 +32,7 @@ mod log_store;
 mod membership;
 mod metrics;
 mod network;
+mod pause;
 pub mod peer;
 mod proposer;
 mod snapshot_file;
@@ -454,12 +455,17 @@ pub const THREAD_STACK_BYTES: usize = 64 << 20;
 struct RaftRuntime(Mutex<Option<tokio::runtime::Runtime>>);
 
 impl RaftRuntime {
-    fn new() -> std::io::Result<RaftRuntime> {
+    fn new(pause_hold: Arc<pause::PauseHold>) -> std::io::Result<RaftRuntime> {
+        let unpark_hold = pause_hold.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("rota-raft")
             .thread_stack_size(THREAD_STACK_BYTES)
-            .on_thread_park(spin::before_raft_park)
+            .on_thread_park(move || {
+                spin::before_raft_park();
+                pause_hold.parking();
+            })
+            .on_thread_unpark(move || unpark_hold.unparked())
             .enable_all()
             .build()?;
         Ok(RaftRuntime(Mutex::new(Some(runtime))))
@@ -603,7 +609,14 @@ impl Node {
             let mut store = log_store.clone();
             store.read_vote().await.ok().flatten().map_or(0, |vote| vote.leader_id().term)
         };
-        let raft_runtime = RaftRuntime::new().map_err(|e| StartError::Raft(e.to_string()))?;
+        // Longer than any park of a running Raft thread (it wakes at each openraft tick, every
+        // 1.5 heartbeats); elections come back after a few heartbeats.
+        let pause_hold = Arc::new(pause::PauseHold::new(
+            Duration::from_millis(raft_config.election_timeout_min.max(3 * raft_config.heartbeat_interval)),
+            Duration::from_millis(3 * raft_config.heartbeat_interval),
+        ));
+        let raft_runtime =
+            RaftRuntime::new(pause_hold.clone()).map_err(|e| StartError::Raft(e.to_string()))?;
         let raft_handle = raft_runtime
             .handle()
             .ok_or_else(|| StartError::Raft("raft runtime stopped".to_string()))?;
@@ -622,6 +635,7 @@ impl Node {
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        pause_hold.set_raft(raft.clone());
         // The committed log is re-applied inside Raft::new; from here on answers are read.
         shared
             .replaying
@@ -642,6 +656,7 @@ impl Node {
             raft_runtime,
             &raft_handle,
             restored_term,
+            pause_hold,
         );
         node.lead_if_only_voter().await;
         Ok(node)
@@ -658,6 +673,7 @@ impl Node {
         raft_runtime: RaftRuntime,
         raft_handle: &tokio::runtime::Handle,
         restored_term: u64,
+        pause_hold: Arc<pause::PauseHold>,
     ) -> Node {
         let id = identity.node_id;
         let (shutdown_tx, _) = watch::channel(false);
@@ -764,11 +780,21 @@ impl Node {
             Duration::from_millis(config.heartbeat_interval_ms.max(1)),
             node.inner.shutdown_tx.subscribe(),
         ));
+        let pause_task = {
+            let shutdown = node.inner.shutdown_tx.subscribe();
+            let node = node.clone_weak();
+            tokio::spawn(async move {
+                let handing_over = || {
+                    node.upgrade().is_none_or(|node| node.inner.handing_over.load(std::sync::atomic::Ordering::SeqCst))
+                };
+                pause_hold.run(handing_over, shutdown).await;
+            })
+        };
         node.inner
             .background_tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend([membership_task, quorum_task]);
+            .extend([membership_task, quorum_task, pause_task]);
         node
     }
 

@@ -1180,6 +1180,37 @@ fn cluster_membership_removing_a_healthy_member_while_another_is_down_is_refused
     assert_eq!(member_names(&endpoints[leader]).len(), 2, "{name}");
 }
 
+/// A follower frozen past its election timeout (SIGSTOP; a paused VM) and running again
+/// does not depose the leader: every timer of its process has expired, and it campaigned
+/// before it read the leader's heartbeats waiting in its sockets (term +2 and ~0.6 s without
+/// a leader, where etcd keeps its leader). It holds elections back for a few heartbeats.
+#[test]
+fn cluster_membership_a_follower_frozen_past_its_election_timeout_does_not_depose_the_leader() {
+    let name = "frozen-follower";
+    let (mut cluster, endpoints, leader) = three_with_a_leader(name);
+    let follower = (leader + 1) % 3;
+    put_until_answered(endpoints[leader], "/ff/before", "1");
+    let before = leader_and_term(endpoints[leader]).expect("leader and term");
+    for round in 0..2 {
+        cluster.pause(follower);
+        // Past its election timeout (1 s, up to 1.2 s) and openraft's leader lease.
+        std::thread::sleep(Duration::from_millis(3_000));
+        cluster.resume(follower);
+        // It is back once it answers; then give a campaign, had there been one, time to
+        // end the leader's term.
+        wait_until(CHANGE_TIMEOUT, "the thawed follower answers", || stats_state(endpoints[follower]).map(|_| ()));
+        std::thread::sleep(Duration::from_millis(1_500));
+        put_until_answered(endpoints[follower], &format!("/ff/after-{round}"), "1");
+        let after = leader_and_term(endpoints[leader]).expect("leader and term");
+        assert_eq!(after, before, "{name} round {round}: the leader and its term stayed\n{}", cluster.logs(30));
+    }
+    assert!(
+        cluster.nodes[follower].log_tail(usize::MAX).contains("elections held back briefly"),
+        "{name}: the follower says why it did not campaign\n{}",
+        cluster.nodes[follower].log_tail(40)
+    );
+}
+
 fn three_with_a_leader(name: &str) -> (Cluster, Vec<SocketAddr>, usize) {
     three_with_a_leader_and(name, Vec::new())
 }
