@@ -285,11 +285,29 @@ impl<B: Backend> App<B> {
     }
 
     async fn route(self: &Arc<Self>, request: Request<Body>) -> (Route, Response<Body>) {
-        // etcd's CORS wrapper answers every OPTIONS before the mux sees it.
-        if request.method() == Method::OPTIONS {
+        let raw_path = request.uri().path();
+        let raw_v1 = is_v1_path(raw_path);
+        // etcd's CORS wrapper answers every OPTIONS before the mux sees it (not on rota's own
+        // API, which serves no CORS: there it is a method like any other it does not take).
+        if request.method() == Method::OPTIONS && !raw_v1 {
             return (Route::Other, respond::with_status(200, Body::empty()));
         }
-        let raw_path = request.uri().path();
+        // `/v1` names (queues, counters) never hold a `/`: an encoded one would be routed as
+        // a separator (`pa%2Fjobs` submitted to queue `pa`), so it is refused as the name rule
+        // refuses it, in `/v1`'s error shape, as is a broken escape.
+        if raw_v1 {
+            let refusal = if raw_path.to_ascii_lowercase().contains("%2f") {
+                Some("a name in the path holds an encoded '/' (%2F); names are A-Z a-z 0-9 _ . -")
+            } else if crate::path::decode(raw_path).is_err() {
+                Some("the path has a broken %-escape")
+            } else {
+                None
+            };
+            if let Some(message) = refusal {
+                let error = crate::v1::errors::ApiError::invalid("path", message);
+                return (Route::of_v1_path(raw_path), error.to_response());
+            }
+        }
         let (decoded, path_is_utf8) = match crate::path::decode(raw_path) {
             Ok(decoded) => decoded,
             Err(_) => return (Route::Other, respond::go_bad_request()),

@@ -7,8 +7,10 @@
 //! lease can succeed and its place in line is within the leases available.
 //!
 //! Idempotency of a long-poll: one request may take several attempts. Attempt `n` is
-//! proposed under the request's key (`n = 0`) or the derived key `{key}~{n}`, all with the
-//! request's fingerprint, and a stored empty attempt is walked past at once. A retry of the
+//! proposed under the request's key (`n = 0`) or the derived key `{key} {n}`, all with the
+//! request's fingerprint, and a stored empty attempt is walked past at once. The space
+//! keeps derived keys apart from every key a client can send (visible ASCII only): with
+//! `~`, a client's own key `K~1` collided with the second attempt of a long-poll keyed `K`. A retry of the
 //! request (same key) therefore replays the attempts that happened, in order, and answers
 //! the jobs the first request leased if it leased any, instead of leasing more.
 
@@ -358,7 +360,7 @@ impl Attempts {
             let number = self.next;
             self.next = self.next.saturating_add(1);
             let key = match (&call.idempotency_key, number) {
-                (Some(key), 1..) => Some(format!("{key}~{number}")),
+                (Some(key), 1..) => Some(format!("{key} {number}")),
                 _ => None,
             };
             let outcome = propose(app, call, key.as_deref(), self.fingerprint, self.command.clone()).await?;

@@ -360,6 +360,32 @@ async fn unknown_endpoints_and_methods_answer_json_errors() {
     assert_error(&get(&app, "/v1/jobs/1/explode").await, 404, "not_found", None);
     assert_error(&get(&app, "/v1/jobs/1/complete").await, 405, "method_not_allowed", None);
     assert_error(&get(&app, "/v1/jobs/abc").await, 400, "invalid", Some("id"));
+    // OPTIONS is a method /v1 does not take (no CORS here), with the methods it does.
+    let options = call(&app, "OPTIONS", "/v1/jobs/1", None, &[]).await;
+    assert_error(&options, 405, "method_not_allowed", None);
+    assert_eq!(options.header("allow"), Some("GET, HEAD, DELETE"));
+}
+
+/// An encoded `/` in a name is refused as the name rule refuses a `/`: it was routed as a
+/// separator, so `pa%2Fjobs` submitted to queue `pa` and `pa%2Flease` leased from it. A
+/// broken escape gets the same JSON error shape (it was a plain-text 400).
+#[tokio::test]
+async fn encoded_slashes_and_broken_escapes_in_v1_paths_are_refused_and_change_nothing() {
+    let app = app();
+    submit(&app, "pa", json!({})).await;
+    let before = snapshot(&app);
+    for (method, path) in [
+        ("POST", "/v1/queues/pa%2Fjobs"),
+        ("POST", "/v1/queues/pa%2flease"),
+        ("PUT", "/v1/queues/pa%2Fb"),
+        ("POST", "/v1/counters/e%G1"),
+        ("GET", "/v1/jobs/1%"),
+    ] {
+        let reply = call(&app, method, path, Some(r#"{"payload": 1, "worker": "w", "by": 1}"#), &[]).await;
+        assert_error(&reply, 400, "invalid", Some("path"));
+        assert_eq!(reply.header("content-type"), Some("application/json"), "{path}");
+    }
+    assert_eq!(snapshot(&app), before);
 }
 
 #[tokio::test]

@@ -258,3 +258,28 @@ async fn a_waiting_lease_whose_queue_is_deleted_ends_empty_not_as_the_old_queue_
     // Not "paused": that queue is gone; a lease now would find nothing.
     assert_eq!(reply.json(), json!({"jobs": [], "blocked": {"reason": "empty", "retry_at": null}}), "{}", reply.body);
 }
+
+/// A keyed long-poll stores its later attempts under keys derived from its own: none of
+/// them can be a key a client sends. With `K~1` as the second attempt's key, a client's
+/// own `K~1` (a submit) made a later long-poll keyed `K` fail with 422 naming a key it never
+/// sent.
+#[tokio::test]
+async fn a_keyed_long_poll_does_not_collide_with_keys_clients_send() {
+    let app = app();
+    let keyed = |key: &'static str| [("Idempotency-Key", key)];
+    let submitted = call(&app, "POST", "/v1/queues/lp/jobs", Some(r#"{"payload": "first"}"#), &keyed("col~1")).await;
+    assert_eq!(submitted.status, 202, "{}", submitted.body);
+    let leased = post(&app, "/v1/queues/lp/lease", json!({"worker": "x"})).await;
+    assert_eq!(leased.json()["jobs"].as_array().map(Vec::len), Some(1), "the queue is empty now");
+    let poll = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            call(&app, "POST", "/v1/queues/lp/lease", Some(r#"{"worker": "y", "wait": "10s"}"#), &keyed("col")).await
+        })
+    };
+    wait_for_waiters(&app, 1).await;
+    let late = submit(&app, "lp", json!({"payload": "late"})).await["id"].clone();
+    let reply = tokio::time::timeout(PATIENCE, poll).await.expect("answered").expect("task");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["jobs"][0]["id"], late, "{}", reply.body);
+}
