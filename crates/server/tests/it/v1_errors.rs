@@ -57,6 +57,11 @@ async fn wrong_types_name_the_field() {
     assert_refused(&app, "POST", "/v1/queues/q/jobs", r#"[1, 2]"#, 400, "invalid", None).await;
     assert_refused(&app, "PUT", "/v1/queues/q", r#"{"rate": [1, "1s", 1]}"#, 400, "invalid", Some("rate")).await;
     assert_refused(&app, "POST", "/v1/queues/q/jobs", r#"{"jobs": [[1]]}"#, 400, "invalid", Some("jobs[0]")).await;
+    // Values the decoder cannot hold name their field too (they were `malformed_json`).
+    assert_refused(&app, "POST", "/v1/queues/q/jobs", r#"{"payload": 1, "priority": 1e400}"#, 400, "invalid", Some("priority")).await;
+    assert_refused(&app, "POST", "/v1/counters/c", r#"{"by": -1e400}"#, 400, "invalid", Some("by")).await;
+    assert_refused(&app, "POST", "/v1/queues/q/jobs", r#"{"payload": 1, "delay": "\ud800"}"#, 400, "invalid", Some("delay")).await;
+    assert_refused(&app, "POST", "/v1/queues/q/jobs", r#"{"jobs": [{"priority": 2e999}]}"#, 400, "invalid", Some("jobs[0].priority")).await;
 }
 
 #[tokio::test]
