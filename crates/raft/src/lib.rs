@@ -739,6 +739,7 @@ impl Node {
             id,
             metrics.clone(),
             leader_seen.clone(),
+            restored_term,
             shutdown_tx.subscribe(),
         ));
         let node = Node {
@@ -1374,10 +1375,14 @@ async fn follow_raft_metrics(
     id: u64,
     metrics: RaftMetrics,
     leader_seen: Arc<std::sync::Mutex<LeaderSeen>>,
+    restored_term: u64,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut server_metrics = raft.server_metrics();
     let mut leader = None;
+    // openraft resumes the leadership a member had when it stopped (its vote is stored);
+    // a newer leader's first message ends it. Said as such, not as a won election.
+    let mut resumed_possible = restored_term > 0;
     loop {
         {
             let current = server_metrics.borrow_and_update();
@@ -1387,7 +1392,12 @@ async fn follow_raft_metrics(
             metrics.is_leader.set(i64::from(leads));
             if current.current_leader != leader {
                 let term = current.vote.leader_id.term;
+                let resumed = std::mem::replace(&mut resumed_possible, false) && term == restored_term;
                 match current.current_leader {
+                    Some(new) if new == id && resumed => tracing::info!(
+                        term,
+                        "this member led this term before it stopped and leads it again until it hears of a newer one"
+                    ),
                     Some(new) if new == id => tracing::info!(term, "this member is the leader"),
                     Some(new) => tracing::info!(term, leader = %format!("{new:x}"), "following a new leader"),
                     // etcd logs "lost leader" too; the election that follows is logged by
