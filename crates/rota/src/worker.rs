@@ -47,9 +47,10 @@ use crate::job_supervisor;
 const STDOUT_BYTES_MAX: usize = rota_core::jobs::limits::RESULT_BYTES_MAX;
 /// The end of stderr kept for a failure's error text (the server keeps up to 8 KiB).
 const STDERR_TAIL_BYTES: usize = 4 << 10;
-/// After the command exits, its pipes get this long to reach end of file (a straggler that
-/// inherited them is killed with the process group first, so this is rarely waited out).
-const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// After the command exits (and its process group is killed), its pipes get this long to
+/// reach end of file. Only a process it started outside its group (`setsid`, a daemon)
+/// holds them longer: the job's output is then what was written until this ran out.
+const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long an outcome (complete, fail, release) keeps being re-sent while no server
 /// answers. Past it the lease will have expired and the server retries the job.
 const REPORT_RETRY_FOR: Duration = Duration::from_secs(600);
@@ -585,14 +586,12 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
                     let _ = stdin.shutdown().await;
                 });
             }
-            let stdout_task = child
-                .stdout
-                .take()
-                .map(|out| tokio::spawn(read_head(out, STDOUT_BYTES_MAX)));
-            let stderr_task = child
-                .stderr
-                .take()
-                .map(|err| tokio::spawn(read_tail(err, STDERR_TAIL_BYTES)));
+            let stdout_task = child.stdout.take().map(|out| {
+                Reading::start(|into| async move { read_head_into(out, STDOUT_BYTES_MAX, &into).await })
+            });
+            let stderr_task = child.stderr.take().map(|err| {
+                Reading::start(|into| async move { read_tail_into(err, STDERR_TAIL_BYTES, &into).await })
+            });
             let (renewed_tx, mut renewed) = watch::channel(lease_deadline_ms);
             let mut heartbeats = tokio::spawn(keep_lease(
                 Arc::clone(&context.client),
@@ -631,8 +630,23 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
             heartbeats.abort();
             // Whatever the command left running dies with the job (and lets go of the pipes).
             kill_group(group);
-            let stdout = collect(stdout_task).await;
-            let stderr = collect(stderr_task).await;
+            let drained_by = tokio::time::Instant::now() + OUTPUT_DRAIN_TIMEOUT;
+            let (stdout, stdout_held) = collect(stdout_task, drained_by).await;
+            let (stderr, stderr_held) = collect(stderr_task, drained_by).await;
+            let held: Vec<&str> = [(stdout_held, "stdout"), (stderr_held, "stderr")]
+                .into_iter()
+                .filter_map(|(held, name)| held.then_some(name))
+                .collect();
+            if !held.is_empty() {
+                context.log(format_args!(
+                    "job {}: its {} stayed open after the command exited (held by a process it started \
+                     outside its group, e.g. with setsid or as a daemon; redirect that process's output): \
+                     the job's output is what was written until {}ms later",
+                    job.id,
+                    held.join(" and "),
+                    OUTPUT_DRAIN_TIMEOUT.as_millis()
+                ));
+            }
             (ending, stdout, stderr)
         }
     };
@@ -889,15 +903,41 @@ struct Captured {
     overflowed: bool,
 }
 
-/// Reads to the end, keeping the first `bytes_max` bytes (the rest is drained so the
-/// command never blocks on a full pipe).
-async fn read_head<R: AsyncRead + Unpin>(mut reader: R, bytes_max: usize) -> Captured {
-    let mut captured = Captured::default();
+type SharedCapture = Arc<std::sync::Mutex<Captured>>;
+
+fn lock(captured: &SharedCapture) -> std::sync::MutexGuard<'_, Captured> {
+    captured.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A pipe read by a task of its own into a buffer that stays readable while the pipe is
+/// open: a pipe that never ends (held by a process the command left) still yields what
+/// was written.
+struct Reading {
+    task: tokio::task::JoinHandle<()>,
+    captured: SharedCapture,
+}
+
+impl Reading {
+    fn start<F, Fut>(read: F) -> Reading
+    where
+        F: FnOnce(SharedCapture) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let captured = SharedCapture::default();
+        let task = tokio::spawn(read(Arc::clone(&captured)));
+        Reading { task, captured }
+    }
+}
+
+/// Reads to the end into `into`, keeping the first `bytes_max` bytes (the rest is drained
+/// so the command never blocks on a full pipe).
+async fn read_head_into<R: AsyncRead + Unpin>(mut reader: R, bytes_max: usize, into: &SharedCapture) {
     let mut buffer = vec![0u8; 16 << 10];
     loop {
         match reader.read(&mut buffer).await {
-            Ok(0) | Err(_) => return captured,
+            Ok(0) | Err(_) => return,
             Ok(n) => {
+                let mut captured = lock(into);
                 let room = bytes_max.saturating_sub(captured.bytes.len());
                 captured.bytes.extend_from_slice(&buffer[..n.min(room)]);
                 captured.overflowed |= n > room;
@@ -906,14 +946,14 @@ async fn read_head<R: AsyncRead + Unpin>(mut reader: R, bytes_max: usize) -> Cap
     }
 }
 
-/// Reads to the end, keeping the last `bytes_max` bytes.
-async fn read_tail<R: AsyncRead + Unpin>(mut reader: R, bytes_max: usize) -> Captured {
-    let mut captured = Captured::default();
+/// Reads to the end into `into`, keeping the last `bytes_max` bytes.
+async fn read_tail_into<R: AsyncRead + Unpin>(mut reader: R, bytes_max: usize, into: &SharedCapture) {
     let mut buffer = vec![0u8; 16 << 10];
     loop {
         match reader.read(&mut buffer).await {
-            Ok(0) | Err(_) => return captured,
+            Ok(0) | Err(_) => return,
             Ok(n) => {
+                let mut captured = lock(into);
                 captured.bytes.extend_from_slice(&buffer[..n]);
                 if captured.bytes.len() > bytes_max {
                     let cut = captured.bytes.len() - bytes_max;
@@ -925,14 +965,33 @@ async fn read_tail<R: AsyncRead + Unpin>(mut reader: R, bytes_max: usize) -> Cap
     }
 }
 
-async fn collect(task: Option<tokio::task::JoinHandle<Captured>>) -> Captured {
-    let Some(task) = task else {
-        return Captured::default();
+#[cfg(test)]
+async fn read_head<R: AsyncRead + Unpin>(reader: R, bytes_max: usize) -> Captured {
+    let into = SharedCapture::default();
+    read_head_into(reader, bytes_max, &into).await;
+    let captured = std::mem::take(&mut *lock(&into));
+    captured
+}
+
+#[cfg(test)]
+async fn read_tail<R: AsyncRead + Unpin>(reader: R, bytes_max: usize) -> Captured {
+    let into = SharedCapture::default();
+    read_tail_into(reader, bytes_max, &into).await;
+    let captured = std::mem::take(&mut *lock(&into));
+    captured
+}
+
+/// What a pipe yielded by `deadline`, and whether it was still open then. A reader still
+/// going is left to drain the pipe into the void (closing it would kill the process that
+/// holds it with SIGPIPE at its next write, and that process is no longer the job's): what it
+/// reads later goes to a buffer nobody reads, bounded as before.
+async fn collect(reading: Option<Reading>, deadline: tokio::time::Instant) -> (Captured, bool) {
+    let Some(Reading { task, captured }) = reading else {
+        return (Captured::default(), false);
     };
-    match tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, task).await {
-        Ok(Ok(captured)) => captured,
-        _ => Captured::default(),
-    }
+    let held_open = tokio::time::timeout_at(deadline, task).await.is_err();
+    let output = std::mem::take(&mut *lock(&captured));
+    (output, held_open)
 }
 
 /// The job's result from its stdout ([`result_from_stdout`]), or, when the server would

@@ -296,3 +296,42 @@ fn jobs_cli_and_curl_with_the_same_idempotency_key_give_the_same_job() {
     let queue = try_get_queue(&server, "idem").expect("queue");
     assert_eq!(queue["counts"]["queued"], 2, "two keys, two jobs: {queue}");
 }
+
+/// A command that starts a process outside its group (`setsid`) which keeps its stdout and
+/// stderr open: the job's output is what the command wrote, not lost. It was: the worker
+/// waited 5 s per pipe for end of file, then stored `null` as the result (and no stderr
+/// tail in a failure), 5–10 s late.
+#[test]
+fn jobs_worker_keeps_the_output_of_a_command_whose_pipes_a_detached_process_holds() {
+    let server = Server::start(Kind::Rota);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pids = dir.path().join("detached.pids");
+    let held = script(
+        dir.path(),
+        "held.sh",
+        &format!(
+            "setsid sleep 30 &\necho $! >> '{}'\nsleep 0.2\nif [ \"$ROTA_JOB_ATTEMPT\" = 1 ] && [ \"$(cat)\" = '\"fail\"' ]; then echo 'bad things' >&2; exit 3; fi\necho out\n",
+            pids.display()
+        ),
+    );
+    let ok = post_text(&server, "/v1/queues/held/jobs", r#"{"payload":"ok"}"#, "held-ok");
+    let fail = post_text(&server, "/v1/queues/held/jobs", r#"{"payload":"fail","max_attempts":1}"#, "held-fail");
+    let ids = [ok.json()["id"].as_u64().expect("id"), fail.json()["id"].as_u64().expect("id")];
+    let mut worker_args = args(&server, &["worker", "--queue", "held", "--max-jobs", "2", "--poll-wait", "1s"]);
+    worker_args.extend(["--".into(), held.display().to_string()]);
+    let started = std::time::Instant::now();
+    let mut worker = Proc::spawn(dir.path(), "worker", &worker_args, &[]);
+    let exited = worker.wait_exit(Duration::from_secs(30));
+    let took = started.elapsed();
+    // The detached sleeps are not the job's: stop them here.
+    for pid in std::fs::read_to_string(&pids).unwrap_or_default().split_whitespace() {
+        let _ = std::process::Command::new("kill").arg(pid).status();
+    }
+    assert!(exited.success(), "{}", worker.stderr());
+    let succeeded = job_text(&server, ids[0]);
+    assert!(succeeded.contains("\"state\":\"succeeded\"") && succeeded.contains("\"result\":\"out\""), "{succeeded}");
+    let dead = job_text(&server, ids[1]);
+    assert!(dead.contains("\"state\":\"dead\"") && dead.contains("exit status 3: bad things"), "{dead}");
+    assert!(worker.stderr().contains("stayed open after the command exited"), "{}", worker.stderr());
+    assert!(took < Duration::from_secs(8), "two jobs took {took:?}");
+}
