@@ -201,7 +201,7 @@ pub struct JobSubmit {
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i64,
     /// Run no earlier than this from now.
-    #[arg(long, value_parser = parse_duration, conflicts_with = "run_at")]
+    #[arg(long, value_parser = parse_duration, conflicts_with = "run_at", allow_hyphen_values = true)]
     pub delay: Option<Duration>,
     /// Run no earlier than this time: RFC 3339 with Z or an offset (2026-01-02T03:04:05Z,
     /// 2026-01-02T05:04:05+02:00); a time without one is refused.
@@ -223,6 +223,9 @@ pub struct JobSubmit {
 /// millisecond (`1500us`) is refused, as the server refuses it, instead of being rounded
 /// down to something the user did not write (`--lease-ttl 1500us` was 1 ms).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text.trim().starts_with('-') {
+        return Err(format!("{text:?}: a duration cannot be negative (write durations like 500ms, 30s, 5m, 1h)"));
+    }
     let duration = humantime::parse_duration(text.trim())
         .map_err(|error| format!("{error} (write durations like 500ms, 30s, 5m, 1h)"))?;
     if duration.subsec_nanos() % 1_000_000 != 0 {
@@ -869,6 +872,7 @@ mod tests {
             );
         }
         assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("-1s").is_err_and(|error| error.contains("cannot be negative")));
         assert!(parse_rate("5/1500us").is_err());
     }
 

@@ -195,7 +195,7 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
     // election. Reports and leases are retried beyond it with their idempotency keys.
     jobs::set_v1_retry_for(CALL_RETRY_FOR);
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-    if let Err(error) = watch_signals(phase_tx, args.grace) {
+    if let Err(error) = watch_signals(phase_tx, args.grace, worker_id.clone()) {
         eprintln!("Error:  cannot handle signals: {error}");
         return ExitCode::FAILURE;
     }
@@ -371,6 +371,13 @@ async fn lease_loop(context: &Arc<Context>, args: &WorkerArgs, lease_ttl: Durati
                 break;
             }
         }
+    }
+    if !tasks.is_empty() && *context.phase.borrow() == Phase::Draining {
+        context.log(format_args!(
+            "{} running job(s) get {} to finish (a second signal ends them now)",
+            tasks.len(),
+            duration_for_people(args.grace)
+        ));
     }
     while tasks.join_next().await.is_some() {}
     code
@@ -1084,7 +1091,7 @@ async fn pause_unless_stopping(phase: &mut watch::Receiver<Phase>, pause: Durati
 /// First SIGTERM/SIGINT/SIGHUP: drain, and kill after `grace`. A second one: kill now.
 /// SIGHUP (the terminal or SSH session went away) is a request to stop like the others,
 /// not a reason to drop running jobs on the floor.
-fn watch_signals(phase: watch::Sender<Phase>, grace: Duration) -> std::io::Result<()> {
+fn watch_signals(phase: watch::Sender<Phase>, grace: Duration, worker_id: String) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -1095,10 +1102,8 @@ fn watch_signals(phase: watch::Sender<Phase>, grace: Duration) -> std::io::Resul
             _ = interrupt.recv() => {}
             _ = hangup.recv() => {}
         }
-        log_line(format_args!(
-            "rota worker: stopping: no new jobs; running ones get {} to finish",
-            duration_for_people(grace)
-        ));
+        // The lease loop then says how many jobs are still running.
+        log_line(format_args!("rota worker {worker_id}: stopping: no new jobs"));
         phase.send_replace(Phase::Draining);
         tokio::select! {
             _ = tokio::time::sleep(grace) => {}

@@ -215,12 +215,13 @@ fn jobs_worker_sigterm_lets_a_job_finish_within_the_grace_period() {
     let mut worker = spawn_worker(&server, dir.path(), "worker", &flags, &command, &log, &go);
     wait_for_starts(&log, 1);
     worker.terminate();
-    // Still running after the signal: the worker waits for its job.
+    // Still running after the signal: the worker waits for its job, and says so.
     wait_until(
         Duration::from_secs(10),
-        "the worker to log that it is stopping",
-        || worker.stderr().contains("stopping").then_some(()),
+        "the worker to log that it is stopping and how many jobs run on",
+        || worker.stderr().contains("1 running job(s) get 1m to finish").then_some(()),
     );
+    assert!(worker.stderr().contains(": stopping: no new jobs"), "{}", worker.stderr());
     assert!(
         worker.try_status().is_none(),
         "the worker exited with a job still running: {}",
