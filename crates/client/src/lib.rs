@@ -541,14 +541,6 @@ enum Decoded {
 }
 
 async fn decode(response: reqwest::Response) -> Decoded {
-    match decode_body(response).await {
-        Ok(answer) => Decoded::Answer(answer),
-        Err(cut) => Decoded::BodyCut(cut),
-    }
-}
-
-/// `Err` when the body could not be read; else the answer.
-async fn decode_body(response: reqwest::Response) -> Result<Result<KvResponse, Error>, String> {
     let status = response.status().as_u16();
     let header = |name: &str| {
         response
@@ -561,12 +553,12 @@ async fn decode_body(response: reqwest::Response) -> Result<Result<KvResponse, E
         .and_then(|text| text.parse().ok())
         .unwrap_or(0);
     let replayed = header("idempotent-replayed").as_deref() == Some("true");
-    let body = response
-        .text()
-        .await
-        .map_err(|error| format!("answer cut off: {}", transport_error(&error)))?;
+    let body = match response.text().await {
+        Ok(body) => body,
+        Err(error) => return Decoded::BodyCut(format!("answer cut off: {}", transport_error(&error))),
+    };
     if (200..300).contains(&status) {
-        return Ok(match serde_json::from_str::<KvResponse>(&body) {
+        return Decoded::Answer(match serde_json::from_str::<KvResponse>(&body) {
             Ok(mut parsed) => {
                 parsed.etcd_index = etcd_index;
                 parsed.replayed = replayed;
@@ -575,7 +567,7 @@ async fn decode_body(response: reqwest::Response) -> Result<Result<KvResponse, E
             Err(_) => Err(Error::Unexpected { status, body }),
         });
     }
-    Ok(match serde_json::from_str::<EtcdError>(&body) {
+    Decoded::Answer(match serde_json::from_str::<EtcdError>(&body) {
         Ok(error) => Err(Error::Etcd(error)),
         Err(_) => Err(Error::Unexpected { status, body }),
     })

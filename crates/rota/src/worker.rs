@@ -593,12 +593,8 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
                     let _ = stdin.shutdown().await;
                 });
             }
-            let stdout_task = child.stdout.take().map(|out| {
-                Reading::start(|into| async move { read_head_into(out, STDOUT_BYTES_MAX, &into).await })
-            });
-            let stderr_task = child.stderr.take().map(|err| {
-                Reading::start(|into| async move { read_tail_into(err, STDERR_TAIL_BYTES, &into).await })
-            });
+            let stdout_task = child.stdout.take().map(|out| Reading::start(out, Keep::Head(STDOUT_BYTES_MAX)));
+            let stderr_task = child.stderr.take().map(|err| Reading::start(err, Keep::Tail(STDERR_TAIL_BYTES)));
             let (renewed_tx, mut renewed) = watch::channel(lease_deadline_ms);
             let mut heartbeats = tokio::spawn(keep_lease(
                 Arc::clone(&context.client),
@@ -916,6 +912,47 @@ fn lock(captured: &SharedCapture) -> std::sync::MutexGuard<'_, Captured> {
     captured.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Which bytes of a pipe are kept; the rest is read and dropped, so the command never
+/// blocks on a full pipe.
+#[derive(Clone, Copy, Debug)]
+enum Keep {
+    /// The first this many (stdout: beyond it the result is too big anyway).
+    Head(usize),
+    /// The last this many (stderr: the end says what went wrong).
+    Tail(usize),
+}
+
+impl Captured {
+    fn take_in(&mut self, bytes: &[u8], keep: Keep) {
+        match keep {
+            Keep::Head(bytes_max) => {
+                let room = bytes_max.saturating_sub(self.bytes.len());
+                self.bytes.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                self.overflowed |= bytes.len() > room;
+            }
+            Keep::Tail(bytes_max) => {
+                self.bytes.extend_from_slice(bytes);
+                if self.bytes.len() > bytes_max {
+                    let cut = self.bytes.len() - bytes_max;
+                    self.bytes.drain(..cut);
+                    self.overflowed = true;
+                }
+            }
+        }
+    }
+}
+
+/// Reads to the end into `into`, keeping what `keep` says.
+async fn read_into<R: AsyncRead + Unpin>(mut reader: R, keep: Keep, into: &SharedCapture) {
+    let mut buffer = vec![0u8; 16 << 10];
+    loop {
+        match reader.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => lock(into).take_in(&buffer[..n], keep),
+        }
+    }
+}
+
 /// A pipe read by a task of its own into a buffer that stays readable while the pipe is
 /// open: a pipe that never ends (held by a process the command left) still yields what
 /// was written.
@@ -925,65 +962,18 @@ struct Reading {
 }
 
 impl Reading {
-    fn start<F, Fut>(read: F) -> Reading
-    where
-        F: FnOnce(SharedCapture) -> Fut,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
-    {
+    fn start<R: AsyncRead + Unpin + Send + 'static>(reader: R, keep: Keep) -> Reading {
         let captured = SharedCapture::default();
-        let task = tokio::spawn(read(Arc::clone(&captured)));
+        let into = Arc::clone(&captured);
+        let task = tokio::spawn(async move { read_into(reader, keep, &into).await });
         Reading { task, captured }
     }
 }
 
-/// Reads to the end into `into`, keeping the first `bytes_max` bytes (the rest is drained
-/// so the command never blocks on a full pipe).
-async fn read_head_into<R: AsyncRead + Unpin>(mut reader: R, bytes_max: usize, into: &SharedCapture) {
-    let mut buffer = vec![0u8; 16 << 10];
-    loop {
-        match reader.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                let mut captured = lock(into);
-                let room = bytes_max.saturating_sub(captured.bytes.len());
-                captured.bytes.extend_from_slice(&buffer[..n.min(room)]);
-                captured.overflowed |= n > room;
-            }
-        }
-    }
-}
-
-/// Reads to the end into `into`, keeping the last `bytes_max` bytes.
-async fn read_tail_into<R: AsyncRead + Unpin>(mut reader: R, bytes_max: usize, into: &SharedCapture) {
-    let mut buffer = vec![0u8; 16 << 10];
-    loop {
-        match reader.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                let mut captured = lock(into);
-                captured.bytes.extend_from_slice(&buffer[..n]);
-                if captured.bytes.len() > bytes_max {
-                    let cut = captured.bytes.len() - bytes_max;
-                    captured.bytes.drain(..cut);
-                    captured.overflowed = true;
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
-async fn read_head<R: AsyncRead + Unpin>(reader: R, bytes_max: usize) -> Captured {
+async fn read_all<R: AsyncRead + Unpin>(reader: R, keep: Keep) -> Captured {
     let into = SharedCapture::default();
-    read_head_into(reader, bytes_max, &into).await;
-    let captured = std::mem::take(&mut *lock(&into));
-    captured
-}
-
-#[cfg(test)]
-async fn read_tail<R: AsyncRead + Unpin>(reader: R, bytes_max: usize) -> Captured {
-    let into = SharedCapture::default();
-    read_tail_into(reader, bytes_max, &into).await;
+    read_into(reader, keep, &into).await;
     let captured = std::mem::take(&mut *lock(&into));
     captured
 }
@@ -1321,12 +1311,12 @@ mod tests {
     #[tokio::test]
     async fn captured_output_is_bounded_at_the_head_or_the_tail() {
         let data: Vec<u8> = (0..100u8).collect();
-        let head = read_head(&data[..], 10).await;
+        let head = read_all(&data[..], Keep::Head(10)).await;
         assert_eq!(head.bytes, (0..10u8).collect::<Vec<_>>());
         assert!(head.overflowed);
-        let tail = read_tail(&data[..], 10).await;
+        let tail = read_all(&data[..], Keep::Tail(10)).await;
         assert_eq!(tail.bytes, (90..100u8).collect::<Vec<_>>());
-        let small = read_head(&data[..5], 10).await;
+        let small = read_all(&data[..5], Keep::Head(10)).await;
         assert!(!small.overflowed);
     }
 }

@@ -42,10 +42,6 @@ impl std::ops::Deref for ReadBody {
     }
 }
 
-/// The whole body, bounded in size ([`BODY_BYTES_MAX`], 413 before reading when
-/// `Content-Length` says so), in time ([`BODY_READ_TIMEOUT`], 408) and by the node-wide
-/// `budget` (503 `unavailable` with `Retry-After`, before reading when `Content-Length`
-/// says so, or as soon as a chunked body outgrows what is left).
 /// An empty body, or `{}` (`retry` and the DELETEs take no fields): anything else is
 /// refused, so that a field sent where it has no effect is not silently dropped.
 #[derive(serde::Deserialize)]
@@ -58,6 +54,10 @@ pub(crate) async fn read_no_fields(request: Request<Body>, budget: &Arc<BodyBudg
     decode::<NoFields>(&body).map(|_| ())
 }
 
+/// The whole body, bounded in size ([`BODY_BYTES_MAX`], 413 before reading when
+/// `Content-Length` says so), in time ([`BODY_READ_TIMEOUT`], 408) and by the node-wide
+/// `budget` (503 `unavailable` with `Retry-After`, before reading when `Content-Length`
+/// says so, or as soon as a chunked body outgrows what is left).
 pub(crate) async fn read_body(request: Request<Body>, budget: &Arc<BodyBudget>) -> Result<ReadBody, ApiError> {
     let too_large = || ApiError::too_large(None, format!("the request body is over {BODY_BYTES_MAX} bytes"));
     let over_budget = || {

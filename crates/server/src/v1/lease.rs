@@ -8,11 +8,11 @@
 //!
 //! Idempotency of a long-poll: one request may take several attempts. Attempt `n` is
 //! proposed under the request's key (`n = 0`) or the derived key `{key} {n}`, all with the
-//! request's fingerprint, and a stored empty attempt is walked past at once. The space
-//! keeps derived keys apart from every key a client can send (visible ASCII only): with
-//! `~`, a client's own key `K~1` collided with the second attempt of a long-poll keyed `K`. A retry of the
-//! request (same key) therefore replays the attempts that happened, in order, and answers
-//! the jobs the first request leased if it leased any, instead of leasing more.
+//! request's fingerprint, and a stored empty attempt is walked past at once. A retry of
+//! the request (same key) therefore replays the attempts that happened, in order, and
+//! answers the jobs the first request leased if it leased any, instead of leasing more.
+//! The space keeps derived keys apart from every key a client can send (visible ASCII
+//! only): with `~`, a client's own key `K~1` collided with a long-poll keyed `K`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
