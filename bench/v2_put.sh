@@ -7,7 +7,10 @@
 # so that the machine's speed drifting during the run (±30% here over minutes) falls on both
 # alike; before each run the machine must be quiet (see wait_quiet).
 # Every rota write is fsynced before its answer, as etcd's are.
-# usage: bench/v2_put.sh            env: RUNS (3), DUR (10s), CONCS ("1 16 64"), WORKLOADS (put)
+# Workloads: put (../shared/bench/etcd_v2_put.lua), putlight (bench/v2_put_light.lua: the
+# same requests for less of wrk's CPU, which shares the two cores with the server), post.
+# usage: bench/v2_put.sh            env: RUNS (3), DUR (10s), CONCS ("1 16 64"),
+#                                        WORKLOADS ("put putlight")
 # needs: apt-get install -y etcd-server wrk jq curl
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,14 +42,15 @@ start_rota() { rm -rf "$DATA/n1"
     > "$OUT/rota.log" 2>&1 &
   STARTED_PIDS+=($!); wait_http http://127.0.0.1:23379/health; }
 
-for wl in ${WORKLOADS:-put}; do
-  case $wl in put) LUA=etcd_v2_put.lua;; post) LUA=etcd_v2_post.lua;; *) echo "unknown workload $wl"; exit 1;; esac
+for wl in ${WORKLOADS:-put putlight}; do
+  case $wl in put) LUA=$SHARED/etcd_v2_put.lua;; post) LUA=$SHARED/etcd_v2_post.lua;;
+    putlight) LUA=$ROOT/bench/v2_put_light.lua;; *) echo "unknown workload $wl"; exit 1;; esac
   for c in ${CONCS:-1 16 64}; do
     stop_started   # a fresh server of each per concurrency
     start_etcd || exit 1; start_rota || exit 1; sleep 1
     for r in $(seq 1 "$RUNS"); do
-      wait_quiet; stamp "etcd $wl c=$c run=$r"; wrk_run etcd1-$wl "$c" http://127.0.0.1:22379 "$SHARED/$LUA" | tee -a "$OUT/etcd.txt"
-      wait_quiet; stamp "rota $wl c=$c run=$r"; wrk_run rota1-$wl "$c" http://127.0.0.1:23379 "$SHARED/$LUA" | tee -a "$OUT/rota.txt"
+      wait_quiet; stamp "etcd $wl c=$c run=$r"; wrk_run etcd1-$wl "$c" http://127.0.0.1:22379 "$LUA" | tee -a "$OUT/etcd.txt"
+      wait_quiet; stamp "rota $wl c=$c run=$r"; wrk_run rota1-$wl "$c" http://127.0.0.1:23379 "$LUA" | tee -a "$OUT/rota.txt"
     done
   done
 done
@@ -58,8 +62,8 @@ python3 - "$OUT/summary.txt" <<'PY'
 import re, sys
 rows = {}
 for line in open(sys.argv[1]):
-    m = re.match(r"RESULT (\S+)-(put|post) c=(\d+).*\| median (.*)$", line) or \
-        re.match(r"(\S+)-(put|post) c=(\d+).*\| median (.*)$", line)
+    m = re.match(r"RESULT (\S+)-(put|post|putlight) c=(\d+).*\| median (.*)$", line) or \
+        re.match(r"(\S+)-(put|post|putlight) c=(\d+).*\| median (.*)$", line)
     if not m: continue
     who, wl, c, fields = m.groups()
     vals = dict(kv.split("=") for kv in fields.split())

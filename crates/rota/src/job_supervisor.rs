@@ -127,6 +127,12 @@ pub fn run(mut args: impl Iterator<Item = OsString>) -> ExitCode {
         // The worker died before the signal was armed: start nothing; nobody is listening.
         return ExitCode::from(EXIT_CANNOT_START);
     }
+    if now_unix_ms() >= lease_deadline_ms {
+        // The lease may have ended before CMD could start (the worker or this process was
+        // paused in between): another worker may hold the job, or the slot, by now.
+        let _ = write!(std::io::stderr().lock(), "\n{marker}{LEASE_ENDED}\n");
+        return ExitCode::from(EXIT_LEASE_ENDED);
+    }
     let mut spawn = std::process::Command::new(&command[0]);
     spawn.args(&command[1..]);
     // SAFETY: the closure runs between fork and exec and only calls sigprocmask, which is

@@ -410,7 +410,8 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
             if address.ip().is_unspecified() {
                 unspecified.get_or_insert(url.clone());
             }
-            let listener = rota_server::bind(address)
+            let listener = bind_when_free(address)
+                .await
                 .map_err(|error| anyhow::anyhow!("listen on {address} ({url}): {error}"))?;
             listeners.push(listener);
         }
@@ -436,7 +437,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
     if initial_cluster.len() > 1 || args.initial_cluster_state == "existing" || args.listen_peer_urls.is_some() {
         for url in &listen_peer_urls {
             for address in resolve(url).await? {
-                let listener = rota_server::bind(address).map_err(|error| {
+                let listener = bind_when_free(address).await.map_err(|error| {
                     anyhow::anyhow!("listen for peers on {address} ({url}): {error}")
                 })?;
                 peer_listeners.push(listener);
@@ -577,6 +578,36 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         }
     })
+}
+
+/// How long an address in use is tried again before start-up fails.
+const BIND_WAIT: Duration = Duration::from_secs(2);
+
+/// Listens on `address`, waiting up to [`BIND_WAIT`] while it is in use: a member restarted
+/// right after a SIGKILL finds its predecessor's listening sockets open until the kernel
+/// has finished that process off (`SO_REUSEADDR` covers only the connections it leaves
+/// behind), which took up to ~130 ms on a busy machine.
+async fn bind_when_free(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let deadline = tokio::time::Instant::now() + BIND_WAIT;
+    let mut said = false;
+    loop {
+        match rota_server::bind(address) {
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                if !said {
+                    tracing::info!(
+                        "{address} is in use; trying again for up to {}s (a process on it may be exiting)",
+                        BIND_WAIT.as_secs()
+                    );
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// How many threads serve HTTP: one core fewer than the machine has (at least one), unless

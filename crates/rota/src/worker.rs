@@ -142,6 +142,33 @@ struct Context {
     /// What a job supervisor writes to stderr, before the reason, when it could not start
     /// the command (random, so no command's own stderr is taken for it).
     start_error_marker: String,
+    /// What is under way, for the message at a signal.
+    activity: Arc<Activity>,
+}
+
+/// What the worker is doing, as the signal handler tells it.
+#[derive(Debug, Default)]
+struct Activity {
+    /// Slots running jobs (a job and the ones its completes leased next).
+    running: std::sync::atomic::AtomicUsize,
+    /// A lease request is out.
+    leasing: std::sync::atomic::AtomicBool,
+}
+
+/// Counts a slot as running while it lives.
+struct Running(Arc<Activity>);
+
+impl Running {
+    fn new(activity: &Arc<Activity>) -> Running {
+        activity.running.fetch_add(1, Ordering::SeqCst);
+        Running(Arc::clone(activity))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Context {
@@ -195,7 +222,14 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
     // election. Reports and leases are retried beyond it with their idempotency keys.
     jobs::set_v1_retry_for(CALL_RETRY_FOR);
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-    if let Err(error) = watch_signals(phase_tx, args.grace, worker_id.clone()) {
+    let activity = Arc::new(Activity::default());
+    let stop = Stopping {
+        grace: args.grace,
+        answer_bound: args.poll_wait + LEASE_ANSWER_MARGIN,
+        worker_id: worker_id.clone(),
+        activity: Arc::clone(&activity),
+    };
+    if let Err(error) = watch_signals(phase_tx, stop) {
         eprintln!("Error:  cannot handle signals: {error}");
         return ExitCode::FAILURE;
     }
@@ -213,6 +247,7 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
         lease_margin: Duration::ZERO,
         worker_pid: std::process::id(),
         start_error_marker: format!("rota job supervisor {}: ", idempotency_key()),
+        activity,
     };
     let lease_ttl = match resolve_lease_ttl(&context, args.lease_ttl).await {
         Resolved::Ttl(lease_ttl) => lease_ttl,
@@ -325,6 +360,7 @@ async fn lease_loop(context: &Arc<Context>, args: &WorkerArgs, lease_ttl: Durati
             _ => idempotency_key(),
         };
         let answer_bound = request.wait + LEASE_ANSWER_MARGIN;
+        context.activity.leasing.store(true, Ordering::SeqCst);
         let leased = tokio::select! {
             leased = context.client.lease_keyed(&key, &context.queue, &request) => leased,
             _ = wait_for_phase(context.phase.clone(), Phase::Killing) => break,
@@ -333,6 +369,7 @@ async fn lease_loop(context: &Arc<Context>, args: &WorkerArgs, lease_ttl: Durati
                 tokio::time::sleep(answer_bound).await;
             } => break,
         };
+        context.activity.leasing.store(false, Ordering::SeqCst);
         let got = leased.as_ref().map_or(0, |leased| leased.jobs.len() as u64);
         context.give_back(budget.saturating_sub(got));
         match leased {
@@ -341,9 +378,10 @@ async fn lease_loop(context: &Arc<Context>, args: &WorkerArgs, lease_ttl: Durati
                     let context = Arc::clone(context);
                     if *phase.borrow() == Phase::Running {
                         let permit = permits.pop();
+                        let running = Running::new(&context.activity);
                         tasks.spawn(async move {
                             run_jobs(&context, job).await;
-                            drop(permit);
+                            drop((permit, running));
                         });
                     } else {
                         tasks.spawn(async move { release_unstarted(&context, job).await });
@@ -371,13 +409,6 @@ async fn lease_loop(context: &Arc<Context>, args: &WorkerArgs, lease_ttl: Durati
                 break;
             }
         }
-    }
-    if !tasks.is_empty() && *context.phase.borrow() == Phase::Draining {
-        context.log(format_args!(
-            "{} running job(s) get {} to finish (a second signal ends them now)",
-            tasks.len(),
-            duration_for_people(args.grace)
-        ));
     }
     while tasks.join_next().await.is_some() {}
     code
@@ -541,11 +572,6 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
         ));
         return None;
     };
-    let started = Instant::now();
-    context.log(format_args!(
-        "job {} attempt {} started (lease {token})",
-        job.id, job.attempts
-    ));
     let lease_deadline_ms = job
         .lease_expires_at
         .as_deref()
@@ -555,6 +581,26 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
             unix_ms(std::time::SystemTime::now()) + duration_ms(context.lease_ttl)
                 - duration_ms(context.lease_margin)
         });
+    if lease_deadline_ms <= unix_ms(std::time::SystemTime::now()) {
+        // The lease was granted while this worker could not take it up (frozen with a lease
+        // request out, or stuck): starting the command now could overlap whoever the server
+        // has leased the job, or the queue's slot, to since.
+        context.log(format_args!(
+            "job {} attempt {}: its lease ends at {} (less the {}ms margin), before the command \
+             could start (was this worker paused?); not run",
+            job.id,
+            job.attempts,
+            job.lease_expires_at.as_deref().unwrap_or("?"),
+            context.lease_margin.as_millis()
+        ));
+        give_back_unstarted(context, &job, token).await;
+        return None;
+    }
+    let started = Instant::now();
+    context.log(format_args!(
+        "job {} attempt {} started (lease {token})",
+        job.id, job.attempts
+    ));
     let mut command = supervised_command(context, lease_deadline_ms);
     command
         .env("ROTA_JOB_ID", job.id.to_string())
@@ -826,6 +872,25 @@ fn log_lost_report(context: &Context, job: &Job, what: &str, error: &JobsError) 
     }
 }
 
+/// A job whose lease ran out (or nearly) before its command could start: released if the
+/// server still holds the lease (the attempt is not counted and the job is queued again at
+/// once); if the lease is gone already, the server counted it as a failed attempt.
+async fn give_back_unstarted(context: &Context, job: &Job, token: u64) {
+    let key = idempotency_key();
+    match report(context, || {
+        context.client.release_keyed(&key, job.id, token)
+    })
+    .await
+    {
+        Ok(_) => context.log(format_args!("job {} released", job.id)),
+        Err(error) if error.code() == Some("stale_lease") => context.log(format_args!(
+            "job {}: its lease had ended (the server counts that attempt as failed)",
+            job.id
+        )),
+        Err(error) => log_lost_report(context, job, "its release", &error),
+    }
+}
+
 /// A job that arrived after the signal: given back untouched.
 async fn release_unstarted(context: &Context, job: Job) {
     let Some(token) = job.lease_token else { return };
@@ -1078,10 +1143,40 @@ async fn pause_unless_stopping(phase: &mut watch::Receiver<Phase>, pause: Durati
     }
 }
 
+/// What the signal handler needs to know to stop the worker and to say what stopping takes.
+struct Stopping {
+    grace: Duration,
+    /// How long a lease request out at the signal is awaited.
+    answer_bound: Duration,
+    worker_id: String,
+    activity: Arc<Activity>,
+}
+
+impl Stopping {
+    /// The line logged at the first signal: what the worker waits for before it exits.
+    fn notice(&self) -> String {
+        let running = self.activity.running.load(Ordering::SeqCst);
+        let mut line = String::from("stopping: no new jobs");
+        if running > 0 {
+            line += &format!(
+                "; {running} running job(s) get {} to finish (a second signal ends them now)",
+                duration_for_people(self.grace)
+            );
+        }
+        if self.activity.leasing.load(Ordering::SeqCst) {
+            line += &format!(
+                "; the lease request out is awaited (at most {}) and any job it brings released",
+                duration_for_people(self.answer_bound)
+            );
+        }
+        line
+    }
+}
+
 /// First SIGTERM/SIGINT/SIGHUP: drain, and kill after `grace`. A second one: kill now.
 /// SIGHUP (the terminal or SSH session went away) is a request to stop like the others,
 /// not a reason to drop running jobs on the floor.
-fn watch_signals(phase: watch::Sender<Phase>, grace: Duration, worker_id: String) -> std::io::Result<()> {
+fn watch_signals(phase: watch::Sender<Phase>, stop: Stopping) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -1092,11 +1187,10 @@ fn watch_signals(phase: watch::Sender<Phase>, grace: Duration, worker_id: String
             _ = interrupt.recv() => {}
             _ = hangup.recv() => {}
         }
-        // The lease loop then says how many jobs are still running.
-        log_line(format_args!("rota worker {worker_id}: stopping: no new jobs"));
+        log_line(format_args!("rota worker {}: {}", stop.worker_id, stop.notice()));
         phase.send_replace(Phase::Draining);
         tokio::select! {
-            _ = tokio::time::sleep(grace) => {}
+            _ = tokio::time::sleep(stop.grace) => {}
             _ = terminate.recv() => {}
             _ = interrupt.recv() => {}
             _ = hangup.recv() => {}

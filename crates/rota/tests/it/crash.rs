@@ -287,6 +287,33 @@ fn sigterm_shuts_down_gracefully_and_keeps_data() {
     );
 }
 
+/// `rota serve` restarted right after a SIGKILL can find its predecessor's listening socket
+/// still open (the kernel finishes the killed process off a little later): it waits for the
+/// address instead of exiting with "Address already in use".
+#[test]
+fn a_restart_waits_for_a_client_port_still_held_by_an_exiting_predecessor() {
+    let mut server = Server::start(harness::Kind::Rota);
+    let put = http::send(server.addr(), &Request::new("PUT", "/v2/keys/k").form("value=kept"))
+        .expect("PUT");
+    assert_eq!(put.status(), 201, "{}", put.text());
+    server.kill();
+    // The predecessor's socket, still listening for a moment.
+    let predecessor = std::net::TcpListener::bind(server.addr()).expect("bind the client port");
+    let released = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        drop(predecessor);
+    });
+    server.restart();
+    released.join().expect("releasing thread");
+    assert!(
+        server.stderr_tail().contains("is in use; trying again"),
+        "{}",
+        server.stderr_tail()
+    );
+    let get = http::send(server.addr(), &Request::new("GET", "/v2/keys/k")).expect("GET");
+    assert_eq!(get.json()["node"]["value"], "kept", "{}", get.text());
+}
+
 /// A data dir deleted under a running node: its writes could no longer survive a restart,
 /// so the node stops with the reason instead of acknowledging them (it used to go on, with
 /// `/health` true, and come back empty on the next start).

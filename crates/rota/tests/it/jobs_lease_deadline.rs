@@ -315,3 +315,78 @@ fn jobs_command_runs_past_the_ttl_while_heartbeats_get_through_and_dies_when_cut
     let status = worker.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "exit {status}: {}", worker.stderr());
 }
+
+/// The number of lease requests long-polling on `server` now.
+fn lease_waiters(server: &Server) -> f64 {
+    let text = api(server, "GET", "/metrics", None, None).text();
+    text.lines()
+        .find_map(|line| line.strip_prefix("rota_v1_lease_waiters ")?.trim().parse().ok())
+        .expect("metric rota_v1_lease_waiters")
+}
+
+/// A worker frozen with a lease request out is granted a job it cannot take up; by the
+/// time it runs again the lease has ended and the server may have given the job (or, on a
+/// `concurrency: 1` queue, the slot) to another worker. It must not start the command then.
+#[test]
+fn jobs_a_lease_granted_to_a_frozen_worker_is_not_started_after_it_ends() {
+    let queue = "c2";
+    let setup = setup(
+        queue,
+        json!({"concurrency": 1, "lease_ttl": "1s", "backoff": {"base": "100ms"}}),
+    );
+    let mut worker_args = args(
+        &setup.server,
+        &["worker", "--queue", queue, "--poll-wait", "5s"],
+    );
+    worker_args.extend(["--".into(), setup.command.display().to_string()]);
+    let envs = [
+        ("RUN_LOG", setup.log.display().to_string()),
+        ("PIDS_FILE", setup.pids_file.display().to_string()),
+    ];
+    let mut worker = Proc::spawn(setup.dir.path(), "worker", &worker_args, &envs);
+    wait_until(
+        Duration::from_secs(30),
+        "the worker's lease request to wait on the server",
+        || (lease_waiters(&setup.server) >= 1.0).then_some(()),
+    );
+    worker.signal("STOP");
+    let id = setup.submit(queue, 0.2);
+    // The frozen worker's request takes the job; its lease runs out unused.
+    let expired = wait_until(Duration::from_secs(30), "the first lease to expire", || {
+        let job = get_job(&setup.server, id);
+        (job["state"] != "leased" && job["attempts"] == 1).then_some(job)
+    });
+    assert_eq!(
+        expired["errors"][0]["error"], "lease expired",
+        "the frozen worker held the first lease: {expired}"
+    );
+    worker.signal("CONT");
+
+    let done = wait_for_state(&setup.server, id, "succeeded");
+    let runs: Vec<(u64, u64)> = starts(&setup.log).iter().map(|s| (s.job, s.attempt)).collect();
+    assert_eq!(
+        runs,
+        vec![(id, 2)],
+        "only the second lease ran the command: {done}\n{}",
+        worker.stderr()
+    );
+    assert!(
+        worker.stderr().contains("before the command could start"),
+        "{}",
+        worker.stderr()
+    );
+    // Idle again, with a lease request out: the signal says what the worker waits for.
+    wait_until(Duration::from_secs(30), "the worker to ask for work again", || {
+        (lease_waiters(&setup.server) >= 1.0).then_some(())
+    });
+    worker.terminate();
+    let status = worker.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "exit {status}: {}", worker.stderr());
+    assert!(
+        worker.stderr().contains(
+            "stopping: no new jobs; the lease request out is awaited (at most 7s) and any job it brings released"
+        ),
+        "{}",
+        worker.stderr()
+    );
+}
