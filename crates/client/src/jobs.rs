@@ -351,6 +351,10 @@ pub struct Queue {
     /// Rate tokens available now (`None` without a rate), as the server wrote the number.
     #[serde(default)]
     pub rate_tokens: Option<serde_json::Number>,
+    /// Leases taking a concurrency slot (a job cancelled while leased holds one until its
+    /// worker lets go or the lease ends). `None` from a server that does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leases_held: Option<u64>,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, Value>,
 }

@@ -63,11 +63,10 @@ struct TransportInner {
     /// This member's "removed from the cluster" flag (the node's `removed`): set when a peer
     /// answers that we were removed.
     removed: tokio::sync::watch::Sender<bool>,
-    /// Peers whose last call failed to get through: since when, and when that was last
-    /// logged. openraft retries an unreachable follower five times a second and logs each
-    /// failure; rota logs the change (and a reminder each [`STILL_UNREACHABLE_EVERY`]).
-    /// The kind of trouble is kept too: a change (unreachable, then refused) is logged.
-    unreachable: Mutex<BTreeMap<NodeId, (Instant, Instant, Trouble)>>,
+    /// Peers whose last call failed to get through. openraft retries an unreachable
+    /// follower five times a second and logs each failure; rota logs the change (and a
+    /// reminder each [`STILL_UNREACHABLE_EVERY`]).
+    unreachable: Mutex<BTreeMap<NodeId, TroubleSpell>>,
     /// Senders whose RPCs we refuse (another token, meant for another member), by kind:
     /// when that was last logged. Their heartbeats come several times a second.
     refusing: Mutex<BTreeMap<(NodeId, &'static str), Instant>>,
@@ -75,6 +74,25 @@ struct TransportInner {
 
 /// How often a peer that stays unreachable is logged again.
 const STILL_UNREACHABLE_EVERY: Duration = Duration::from_secs(60);
+
+/// A call that timed out or was cut off is logged only once the peer has failed this long:
+/// on a loaded machine a single append now and then times out and the next one gets through
+/// a few milliseconds later (an audit counted ~60 such warnings in 15 minutes, each followed
+/// by "reachable again"). A refused connection (nothing listens: the member is down) and a
+/// peer refusing us are logged at once.
+const TIMEOUTS_LOGGED_AFTER: Duration = Duration::from_secs(1);
+
+/// One run of failed calls to a peer.
+#[derive(Debug)]
+struct TroubleSpell {
+    kind: Trouble,
+    /// The first failed call.
+    since: Instant,
+    /// The latest failed call.
+    last_failed: Instant,
+    /// When it was last logged (`None`: not yet).
+    logged: Option<Instant>,
+}
 
 /// Counts of appends sent to followers and received from a leader (`/v2/stats/*`).
 #[derive(Default)]
@@ -197,15 +215,17 @@ impl PeerTransport {
     }
 
     /// Logs a peer becoming unreachable once, then every [`STILL_UNREACHABLE_EVERY`].
-    fn note_unreachable(&self, target: NodeId, url: &str, reason: &str) {
-        self.note_trouble(target, url, reason, Trouble::Unreachable);
+    /// `at_once`: the call could not connect; otherwise (it timed out, was cut off) only
+    /// after [`TIMEOUTS_LOGGED_AFTER`] of failures.
+    fn note_unreachable(&self, target: NodeId, url: &str, reason: &str, at_once: bool) {
+        self.note_trouble(target, url, reason, Trouble::Unreachable, at_once);
     }
 
     /// Like [`Self::note_unreachable`], for a peer URL where something answers and refuses
     /// us (another cluster's token, another member): once, then every
     /// [`STILL_UNREACHABLE_EVERY`], not at each heartbeat.
     fn note_refused(&self, target: NodeId, url: &str, reason: &str) {
-        self.note_trouble(target, url, reason, Trouble::Refused);
+        self.note_trouble(target, url, reason, Trouble::Refused, true);
     }
 
     /// Whether refusing an RPC of `kind` from `from` should be logged now: the first time,
@@ -222,26 +242,31 @@ impl PeerTransport {
         }
     }
 
-    fn note_trouble(&self, target: NodeId, url: &str, reason: &str, trouble: Trouble) {
+    fn note_trouble(&self, target: NodeId, url: &str, reason: &str, trouble: Trouble, at_once: bool) {
         if target == 0 {
             return;
         }
         let now = Instant::now();
         let mut unreachable = self.inner.unreachable.lock().unwrap_or_else(|e| e.into_inner());
-        let for_s = match unreachable.get_mut(&target) {
-            Some((since, logged, was)) if *was == trouble => {
-                if now.duration_since(*logged) < STILL_UNREACHABLE_EVERY {
-                    return;
-                }
-                *logged = now;
-                Some(now.duration_since(*since).as_secs())
+        let spell = match unreachable.get_mut(&target) {
+            Some(spell) if spell.kind == trouble => {
+                spell.last_failed = now;
+                spell
             }
-            // New, or another kind of trouble than before: logged at once.
+            // New, or another kind of trouble than before.
             _ => {
-                unreachable.insert(target, (now, now, trouble));
-                None
+                let spell = TroubleSpell { kind: trouble, since: now, last_failed: now, logged: None };
+                unreachable.insert(target, spell);
+                unreachable.get_mut(&target).expect("just inserted")
             }
         };
+        let for_s = match spell.logged {
+            Some(logged) if now.duration_since(logged) < STILL_UNREACHABLE_EVERY => return,
+            Some(_) => Some(now.duration_since(spell.since).as_secs()),
+            None if !at_once && now.duration_since(spell.since) < TIMEOUTS_LOGGED_AFTER => return,
+            None => None,
+        };
+        spell.logged = Some(now);
         let peer = format!("{target:x}");
         match (trouble, for_s) {
             (Trouble::Unreachable, None) => {
@@ -269,9 +294,17 @@ impl PeerTransport {
 
     fn note_reachable(&self, target: NodeId, url: &str) {
         let mut unreachable = self.inner.unreachable.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((since, _, _)) = unreachable.remove(&target) {
-            let after_ms = since.elapsed().as_millis() as u64;
-            tracing::info!(peer = %format!("{target:x}"), %url, after_ms, "peer reachable again");
+        let Some(spell) = unreachable.remove(&target) else { return };
+        let peer = format!("{target:x}");
+        // How long calls failed, from the first failed call to the last: the peer may have
+        // been back for a while when this member next called it (a follower calls another
+        // member only to forward a write or ask for a vote).
+        let failed_for_ms = spell.last_failed.duration_since(spell.since).as_millis() as u64;
+        let last_failed_ms_ago = spell.last_failed.elapsed().as_millis() as u64;
+        if spell.logged.is_some() {
+            tracing::info!(%peer, %url, failed_for_ms, last_failed_ms_ago, "peer reachable again");
+        } else {
+            tracing::debug!(%peer, %url, failed_for_ms, "a call to the peer failed, the next got through");
         }
     }
 
@@ -336,12 +369,12 @@ impl PeerTransport {
             Ok(response) => response,
             Err(error) if error.is_connect() => {
                 let reason = error_chain(&error);
-                self.note_unreachable(target, &url, &reason);
+                self.note_unreachable(target, &url, &reason, !error.is_timeout());
                 return Err(CallError::Unreachable { target, url, reason });
             }
             Err(error) => {
                 let reason = error_chain(&error);
-                self.note_unreachable(target, &url, &reason);
+                self.note_unreachable(target, &url, &reason, false);
                 return Err(CallError::Network { target, url, reason });
             }
         };
@@ -531,5 +564,44 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
     fn backoff(&self) -> openraft::network::Backoff {
         openraft::network::Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transport() -> PeerTransport {
+        let hints = Arc::new(crate::split_vote::ElectionHints::new(1_000));
+        PeerTransport::new("token".into(), 1, 0, hints, None)
+    }
+
+    fn logged(transport: &PeerTransport, target: NodeId) -> Option<bool> {
+        let unreachable = transport.inner.unreachable.lock().unwrap();
+        unreachable.get(&target).map(|spell| spell.logged.is_some())
+    }
+
+    #[test]
+    fn a_timeout_is_logged_only_once_the_peer_has_failed_for_a_while() {
+        let transport = transport();
+        transport.note_unreachable(2, "http://p2", "operation timed out", false);
+        assert_eq!(logged(&transport, 2), Some(false), "one timeout: noted, not logged");
+        assert!(transport.troubled_peers().contains(&2), "but counted as troubled at once");
+        transport.note_reachable(2, "http://p2");
+        assert_eq!(logged(&transport, 2), None);
+
+        transport.note_unreachable(2, "http://p2", "operation timed out", false);
+        transport.inner.unreachable.lock().unwrap().get_mut(&2).unwrap().since -= TIMEOUTS_LOGGED_AFTER;
+        transport.note_unreachable(2, "http://p2", "operation timed out", false);
+        assert_eq!(logged(&transport, 2), Some(true), "failing for a second: logged");
+    }
+
+    #[test]
+    fn a_refused_connection_or_a_refusal_is_logged_at_once() {
+        let transport = transport();
+        transport.note_unreachable(2, "http://p2", "connection refused", true);
+        assert_eq!(logged(&transport, 2), Some(true));
+        transport.note_refused(3, "http://p3", "cluster token mismatch");
+        assert_eq!(logged(&transport, 3), Some(true));
     }
 }

@@ -667,33 +667,40 @@ fn print_jobs(jobs: &[Job], next: Option<JobId>, output: Output) {
         println!("{}", json_line(serde_json::to_string(&Page { jobs, next })));
         return;
     }
+    // Who holds each lease and until when, when the page has leased jobs.
+    let leases = jobs.iter().any(|job| job.worker.is_some());
     let rows: Vec<Vec<String>> = jobs
         .iter()
         .map(|job| {
-            vec![
+            let mut row = vec![
                 job.id.to_string(),
                 job.state.to_string(),
                 job.priority.to_string(),
                 format!("{}/{}", job.attempts, job.max_attempts),
                 job.created_at.clone().unwrap_or_default(),
+            ];
+            if leases {
+                row.push(match (&job.worker, &job.lease_expires_at) {
+                    (Some(worker), Some(expires)) => format!("{worker} until {expires}"),
+                    (Some(worker), None) => worker.clone(),
+                    _ => String::new(),
+                });
+            }
+            row.push(
                 job.errors
                     .last()
                     .map(|error| one_line(&error.error, 60))
                     .unwrap_or_default(),
-            ]
+            );
+            row
         })
         .collect();
-    print_table(
-        &[
-            "ID",
-            "STATE",
-            "PRIORITY",
-            "ATTEMPTS",
-            "CREATED",
-            "LAST ERROR",
-        ],
-        &rows,
-    );
+    let mut header = vec!["ID", "STATE", "PRIORITY", "ATTEMPTS", "CREATED"];
+    if leases {
+        header.push("LEASE");
+    }
+    header.push("LAST ERROR");
+    print_table(&header, &rows);
     if let Some(next) = next {
         eprintln!("more: --after {next}");
     }
@@ -711,6 +718,10 @@ fn print_queue(queue: &Queue, output: Output) {
     println!("rate:         {}", rate_text(config));
     if let Some(tokens) = &queue.rate_tokens {
         println!("rate tokens:  {tokens}");
+    }
+    if let Some(held) = queue.leases_held {
+        // Differs from the leased count when cancelled jobs still hold their slots.
+        println!("leases held:  {held}");
     }
     println!(
         "lease_ttl:    {}",

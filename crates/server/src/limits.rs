@@ -26,11 +26,17 @@ pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 /// The longest key (the decoded path after `/v2/keys`): 414.
 pub const KEY_BYTES_MAX: usize = 4 * 1024;
 
-/// The longest raw query string: 414.
-pub const QUERY_BYTES_MAX: usize = 32 * 1024;
+/// The longest raw query string: 414. etcd clients send `prevValue` in the query
+/// (etcdctl's `--swap-with-value` and `rm --with-value`, the Go client's compare-and-swap,
+/// python-etcd's compare-and-delete), so this bounds the values they can compare by: at
+/// 32 KiB a compare failed for values over ~32 KB. The HTTP library bounds a request's
+/// whole target (path and query) at 65,534 bytes (`414`, no body); etcd's bound is Go's
+/// 1 MiB header section.
+pub const QUERY_BYTES_MAX: usize = 60 * 1024;
 
-/// Request line plus headers; hyper answers 431 over it.
-pub const HEADER_SECTION_BYTES_MAX: usize = 64 * 1024;
+/// Request line plus headers; hyper answers 431 over it. Room for the longest request
+/// target the HTTP library takes (65,534 bytes) and 32 KiB of headers.
+pub const HEADER_SECTION_BYTES_MAX: usize = 96 * 1024;
 
 /// Header fields in one request: hyper's own bound, over which it answers 431 (etcd, like any
 /// Go server, bounds only the bytes). Not raised: hyper parses into an array of this many
@@ -68,6 +74,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// A `/v2/members` POST or PUT body (`{"peerURLs": [...]}`): 413 over it.
 pub const MEMBERS_BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// A peer request's line plus headers (a handful of short ones): hyper answers 431 over it.
+pub const PEER_HEADER_SECTION_BYTES_MAX: usize = 64 * 1024;
 
 /// Open peer connections at once (Raft traffic, forwarded requests); the peer accept loop
 /// stops accepting at the bound.

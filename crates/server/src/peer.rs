@@ -37,7 +37,7 @@ pub async fn serve_peers(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits::HEADER_READ_TIMEOUT)
-        .max_header_size(limits::HEADER_SECTION_BYTES_MAX)
+        .max_header_size(limits::PEER_HEADER_SECTION_BYTES_MAX)
         .keep_alive(true);
     let builder = Arc::new(builder);
     let (stop, _) = tokio::sync::watch::channel(false);

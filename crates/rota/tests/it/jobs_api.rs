@@ -491,6 +491,17 @@ fn jobs_paused_queue_leases_nothing_until_resumed_and_keeps_its_settings() {
             (queue["counts"]["leased"] == 1).then_some(())
         },
     );
+    // The operator's view of a lease: who holds it and until when, and the slots taken.
+    let stats = rota(dir.path(), &args(&server, &["queue", "stats", "held"])).expect_success();
+    assert!(stats.stdout.contains("leases held:  1\n"), "{stats:?}");
+    let jobs = rota(dir.path(), &args(&server, &["job", "ls", "held"])).expect_success();
+    let header = jobs.stdout.lines().next().unwrap_or_default();
+    assert!(header.contains(" LEASE "), "{jobs:?}");
+    let expires = leased.json()["jobs"][0]["lease_expires_at"].as_str().unwrap_or("?").to_owned();
+    assert!(
+        jobs.stdout.contains(&format!("test until {expires}")),
+        "{jobs:?}"
+    );
 }
 
 #[test]
