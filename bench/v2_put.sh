@@ -10,7 +10,7 @@
 # Workloads: put (../shared/bench/etcd_v2_put.lua), putlight (bench/v2_put_light.lua: the
 # same requests for less of wrk's CPU, which shares the two cores with the server), post.
 # usage: bench/v2_put.sh            env: RUNS (3), DUR (10s), CONCS ("1 16 64"),
-#                                        WORKLOADS ("put putlight")
+#                                        WORKLOADS ("put"; "put putlight" for both)
 # needs: apt-get install -y etcd-server wrk jq curl
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -42,7 +42,7 @@ start_rota() { rm -rf "$DATA/n1"
     > "$OUT/rota.log" 2>&1 &
   STARTED_PIDS+=($!); wait_http http://127.0.0.1:23379/health; }
 
-for wl in ${WORKLOADS:-put putlight}; do
+for wl in ${WORKLOADS:-put}; do
   case $wl in put) LUA=$SHARED/etcd_v2_put.lua;; post) LUA=$SHARED/etcd_v2_post.lua;;
     putlight) LUA=$ROOT/bench/v2_put_light.lua;; *) echo "unknown workload $wl"; exit 1;; esac
   for c in ${CONCS:-1 16 64}; do

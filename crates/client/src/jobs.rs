@@ -969,6 +969,18 @@ impl Client {
         Ok(counter.value)
     }
 
+    /// Deletes the counter (it reads 0 again) and returns the value it had.
+    pub async fn counter_delete(&self, name: &str) -> Result<u64, JobsError> {
+        let request = self.mutation(
+            reqwest::Method::DELETE,
+            format!("/v1/counters/{}", name_segment("name", name)?),
+            None,
+            &idempotency_key(),
+        );
+        let counter: Counter = self.send_v1(request).await?.parse()?;
+        Ok(counter.value)
+    }
+
     /// The counter's value (0 if never incremented).
     pub async fn counter_get(&self, name: &str) -> Result<u64, JobsError> {
         let counter: Counter = self

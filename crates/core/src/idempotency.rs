@@ -8,15 +8,19 @@
 //! only means a late retry is no longer recognised; it never changes an answer already
 //! given. Records dropped before their expiry are counted ([`IdempotencyTable::evicted`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::sharded::ShardedMap;
 use crate::Response;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct IdempotencyTable {
-    records: HashMap<String, Record>,
+    /// Shared copy-on-write, as the state's other big tables: a snapshot takes the state
+    /// while applying waits, and a deep copy of a full table (100,000 records, ~58 MB of
+    /// stored answers) held writes for 150–680 ms at each snapshot (an audit's soak).
+    records: ShardedMap<String, Record>,
     /// Sum of `Record::bytes`.
     bytes: usize,
     /// (expires_ms, key), to expire and evict in order.

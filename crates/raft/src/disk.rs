@@ -38,6 +38,8 @@ pub(crate) struct DiskSpace {
     low: AtomicBool,
     available_bytes: AtomicU64,
     needed_bytes: AtomicU64,
+    /// Room left in the open log chunk (see [`results_floor_bytes`]); 0 until looked at.
+    open_chunk_room: AtomicU64,
 }
 
 /// Why a command was refused: what was free and what is needed.
@@ -50,13 +52,26 @@ pub(crate) struct Shortage {
 impl DiskSpace {
     /// `Some` if `command` must wait for space; `None` if it may be proposed.
     pub(crate) fn refuses(&self, command: &Command) -> Option<Shortage> {
-        if !self.low.load(Ordering::Relaxed) || allowed_when_short(command) {
+        if !self.low.load(Ordering::Relaxed) {
+            return None;
+        }
+        let available = self.available_bytes.load(Ordering::Relaxed);
+        let chunk_filling = self.open_chunk_room.load(Ordering::Relaxed) < RESULTS_CHUNK_RESERVE_BYTES;
+        if allowed_when_short(command)
+            && !(carries_results(command) && chunk_filling && available < results_floor_bytes())
+        {
             return None;
         }
         Some(Shortage {
             available_bytes: self.available_bytes.load(Ordering::Relaxed),
             needed_bytes: self.needed_bytes.load(Ordering::Relaxed),
         })
+    }
+
+    /// Records how much of the open log chunk is used (bytes of records).
+    pub(crate) fn record_open_chunk(&self, used: u64) {
+        let room = (crate::log_store::LOG_CHUNK_BYTES_MAX as u64).saturating_sub(used);
+        self.open_chunk_room.store(room, Ordering::Relaxed);
     }
 
     /// Records a look: `available` bytes free, `needed` the threshold. Returns whether the
@@ -101,6 +116,7 @@ fn allowed_when_short(command: &Command) -> bool {
         Command::Jobs(job) => matches!(
             job,
             JobCommand::DeleteQueue { .. }
+                | JobCommand::DeleteCounter { .. }
                 | JobCommand::Cancel { .. }
                 | JobCommand::Heartbeat { .. }
                 | JobCommand::Complete { .. }
@@ -108,6 +124,31 @@ fn allowed_when_short(command: &Command) -> bool {
                 | JobCommand::Release { .. }
         ),
         Command::Idempotent { command, .. } => allowed_when_short(command),
+    }
+}
+
+/// Below this much free space, while the open log chunk has less than
+/// [`RESULTS_CHUNK_RESERVE_BYTES`] of room left, a short node refuses the reports that carry
+/// what a job produced (a `complete`'s result, a `fail`'s error) too: they can be big (a
+/// result up to the value limit), and when the open log chunk fills the next one is
+/// allocated whole, so with less than a chunk free the log's next write fails and stops the
+/// node. An audit filled the disk from outside and sent completes with 250 KB results: the
+/// 204th stopped it. The other commands allowed while short (deletes, cancels, heartbeats,
+/// releases, time) are small and fixed in size.
+fn results_floor_bytes() -> u64 {
+    (crate::log_store::LOG_CHUNK_BYTES_MAX as u64).saturating_add(RESUME_MARGIN_BYTES)
+}
+
+/// The open chunk's room below which results are refused on a nearly full disk: what the
+/// node may take between two looks at the disk (64 MB/s of results).
+const RESULTS_CHUNK_RESERVE_BYTES: u64 = 16 << 20;
+
+/// Commands allowed while short that carry a job's output.
+fn carries_results(command: &Command) -> bool {
+    match command {
+        Command::Jobs(job) => matches!(job, JobCommand::Complete { .. } | JobCommand::Fail { .. }),
+        Command::Idempotent { command, .. } => carries_results(command),
+        _ => false,
     }
 }
 
@@ -215,9 +256,21 @@ mod tests {
         assert_eq!(space.refuses(&set), shortage);
         assert_eq!(space.refuses(&submit), shortage);
         assert_eq!(space.refuses(&idempotent(&set)), shortage);
-        for command in [&delete, &complete, &Command::Tick, &idempotent(&delete)] {
+        for command in [&delete, &Command::Tick, &idempotent(&delete)] {
             assert_eq!(space.refuses(command), None, "{command:?}");
         }
+        // With less than a log chunk free, a job's output could fill the open chunk and
+        // make the next impossible to allocate: once the open chunk is nearly full,
+        // completes and fails wait too.
+        space.record_open_chunk(0);
+        assert_eq!(space.refuses(&complete), None, "an empty open chunk has room");
+        space.record_open_chunk(60 * MIB);
+        assert_eq!(space.refuses(&complete), shortage);
+        assert_eq!(space.refuses(&idempotent(&complete)), shortage);
+        assert_eq!(space.refuses(&delete), None);
+        assert!(space.record(100 * MIB, 200 * MIB));
+        assert_eq!(space.refuses(&complete), None, "short, with room for a chunk");
+        assert!(space.record(10 * MIB, 64 * MIB));
         // Freed, but not past the margin: still short; past it: writes pass again.
         assert!(space.record(70 * MIB, 64 * MIB));
         assert!(!space.record(90 * MIB, 64 * MIB));

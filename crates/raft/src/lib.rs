@@ -512,6 +512,22 @@ impl Node {
             path: config.data_dir.clone(),
             source,
         })?;
+        // Opening the log allocates a chunk file whole: with less free, the start failed
+        // half-way ("identity: No space left on device"), leaving files behind.
+        let chunk = log_store::LOG_CHUNK_BYTES_MAX as u64;
+        if let Ok(available) = disk::available_bytes(&config.data_dir) {
+            if available < chunk {
+                return Err(StartError::DataDir {
+                    path: config.data_dir.clone(),
+                    source: std::io::Error::other(format!(
+                        "{} MiB free on its file system: the log allocates {} MiB at a time, and writes \
+                         need --min-free-mb more; give it more space",
+                        available >> 20,
+                        chunk >> 20
+                    )),
+                });
+            }
+        }
         let metrics = RaftMetrics::default();
 
         let log_store = LogStore::open(
@@ -1186,11 +1202,16 @@ fn snapshot_start_error(error: SnapshotFileError) -> StartError {
 /// node). Until this process saw a snapshot taken, the whole log dir counts as written
 /// since (the log left by an earlier run is replayed on top of its snapshot).
 ///
-/// While short of space it asks for a snapshot, once per snapshot, when there is room to
-/// write one: after deletes the state (and so the next snapshot) is small, and once it is
-/// taken the log before it no longer counts, so writes resume without an operator. (Before,
-/// the threshold counted the whole log dir, which deletes only grow: a node short of space
-/// stayed so whatever was deleted.)
+/// While short of space it asks for a snapshot (stored once there is room for it): after
+/// deletes the state (and so the next snapshot) is small, and once it is taken the log
+/// before it no longer counts, so writes resume without an operator. (Before, the
+/// threshold counted the whole log dir, which deletes only grow: a node short of space
+/// stayed so whatever was deleted.) It asks again after [`SPACE_SNAPSHOT_BACKOFF_MIN`],
+/// doubling up to [`SPACE_SNAPSHOT_BACKOFF_MAX`] while the node stays short: a snapshot
+/// that did not end the shortage (the state is simply big) was otherwise rewritten at every
+/// look that found a new entry applied (an audit counted 316 snapshots of 43 MB in 25 s),
+/// and one ask per snapshot file could be lost to a build in progress, leaving the node
+/// refusing writes with room to get out.
 async fn watch_disk_space(
     data_dir: PathBuf,
     min_free_bytes: u64,
@@ -1211,7 +1232,7 @@ async fn watch_disk_space(
     // process: openraft's metrics name the snapshot loaded at start only a moment after).
     let mut last_snapshot: Option<Option<u64>> = None;
     let mut appended_at_snapshot: Option<u64> = None;
-    let mut asked_for_snapshot = false;
+    let mut asks = SpaceSnapshotAsks::default();
     let workable = disk::smallest_workable_bytes(min_free_bytes);
     if let Ok(total) = disk::total_bytes(&data_dir) {
         if total < workable {
@@ -1238,10 +1259,12 @@ async fn watch_disk_space(
             let snapshot_bytes = disk::tree_bytes(&snapshots)?;
             // The records, not the chunk files' lengths: those are allocated ahead.
             let log_dir_bytes = records.records_bytes().map_err(std::io::Error::other)?;
-            Ok::<_, std::io::Error>((newest, snapshot_bytes, log_dir_bytes, disk::available_bytes(&dir)?))
+            let open_chunk_bytes = records.open_chunk_bytes().map_err(std::io::Error::other)?;
+            let available = disk::available_bytes(&dir)?;
+            Ok::<_, std::io::Error>((newest, snapshot_bytes, log_dir_bytes, open_chunk_bytes, available))
         })
         .await;
-        let (newest, snapshot_bytes, log_dir_bytes, available) = match looked {
+        let (newest, snapshot_bytes, log_dir_bytes, open_chunk_bytes, available) = match looked {
             Ok(Ok(look)) => look,
             Ok(Err(error)) => {
                 if !failed_before {
@@ -1255,7 +1278,6 @@ async fn watch_disk_space(
         failed_before = false;
         if last_snapshot.is_some_and(|seen| seen != newest) {
             appended_at_snapshot = Some(appended);
-            asked_for_snapshot = false;
         }
         last_snapshot = Some(newest);
         let log = appended_at_snapshot.map_or(log_dir_bytes, |at_snapshot| appended.saturating_sub(at_snapshot));
@@ -1266,12 +1288,17 @@ async fn watch_disk_space(
             metrics.last_applied.map(|id| id.index) > metrics.snapshot.map(|id| id.index)
         };
         let needed = min_free_bytes.saturating_add(next_snapshot);
+        space.record_open_chunk(open_chunk_bytes);
         let short = space.record(available, needed);
         metrics.data_dir_needed_bytes.set(i64::try_from(needed).unwrap_or(i64::MAX));
         metrics.data_dir_available_bytes.set(i64::try_from(available).unwrap_or(i64::MAX));
         metrics.data_dir_short_of_space.set(i64::from(short));
-        if short && unsnapshotted && !asked_for_snapshot && available > next_snapshot {
-            asked_for_snapshot = true;
+        // Asked for even when the estimate says it may not fit (three times the log since
+        // the last snapshot; after a restart, the whole log): the snapshot is stored only
+        // once it fits with a margin, measured on the real image (`store_when_space`), and
+        // a restarted node's estimate was too high to ever ask (it refused writes for good
+        // on a disk with room for its snapshot).
+        if asks.ask_now(std::time::Instant::now(), short, unsnapshotted) {
             tracing::info!(
                 available_mib = available >> 20,
                 "snapshot: the data dir is short of space; a snapshot lets the log before it go"
@@ -1282,6 +1309,43 @@ async fn watch_disk_space(
         }
     }
 }
+
+/// When [`watch_disk_space`] asks for snapshots while short of space: at once, then after
+/// [`SPACE_SNAPSHOT_BACKOFF_MIN`], doubling up to [`SPACE_SNAPSHOT_BACKOFF_MAX`]; afresh
+/// once the node is no longer short.
+#[derive(Debug)]
+struct SpaceSnapshotAsks {
+    next: Option<std::time::Instant>,
+    backoff: Duration,
+}
+
+impl Default for SpaceSnapshotAsks {
+    fn default() -> Self {
+        SpaceSnapshotAsks { next: None, backoff: SPACE_SNAPSHOT_BACKOFF_MIN }
+    }
+}
+
+impl SpaceSnapshotAsks {
+    /// Whether to ask now; `unsnapshotted`: entries were applied since the last snapshot.
+    fn ask_now(&mut self, now: std::time::Instant, short: bool, unsnapshotted: bool) -> bool {
+        if !short {
+            *self = SpaceSnapshotAsks::default();
+            return false;
+        }
+        if !unsnapshotted || self.next.is_some_and(|at| now < at) {
+            return false;
+        }
+        self.next = Some(now + self.backoff);
+        self.backoff = (self.backoff * 2).min(SPACE_SNAPSHOT_BACKOFF_MAX);
+        true
+    }
+}
+
+/// While short of space, the first snapshot is asked for at once, the next after this long.
+const SPACE_SNAPSHOT_BACKOFF_MIN: Duration = Duration::from_secs(1);
+
+/// The longest wait between snapshots asked for while short of space.
+const SPACE_SNAPSHOT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// How often [`watch_data_dir`] looks (a `stat`: cheap; writes acknowledged between the
 /// deletion and the next look are the ones a restart would not find).
@@ -1432,6 +1496,26 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn short_of_space_snapshots_are_asked_for_with_a_growing_pause_until_space_is_back() {
+        let mut asks = SpaceSnapshotAsks::default();
+        let start = std::time::Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert!(!asks.ask_now(at(0), false, true), "not short: never");
+        assert!(!asks.ask_now(at(0), true, false), "nothing new since the last snapshot");
+        // Short, and entries keep coming (a look every 250 ms): asked at 0, 1, 3, 7, 12, 17 s.
+        let asked: Vec<u64> = (0..72u64).map(|i| i * 250).filter(|&ms| asks.ask_now(at(ms), true, true)).collect();
+        assert_eq!(asked, vec![0, 1_000, 3_000, 7_000, 12_000, 17_000]);
+        // No new entries meanwhile: nothing asked, and the pause goes on.
+        assert!(!asks.ask_now(at(22_000), true, false));
+        assert!(asks.ask_now(at(22_250), true, true));
+        // Space back: the next shortage starts afresh.
+        assert!(!asks.ask_now(at(23_000), false, true));
+        assert!(asks.ask_now(at(23_250), true, true));
+        assert!(!asks.ask_now(at(23_500), true, true));
+        assert!(asks.ask_now(at(24_250), true, true));
+    }
 
     fn tick(key: u64) -> Command {
         Command::Idempotent {

@@ -284,6 +284,15 @@ impl LogStore {
         Ok(stat.open_chunk.global_end.saturating_sub(start))
     }
 
+    /// Bytes of records in the open chunk file; records go on there until it holds
+    /// [`LOG_CHUNK_BYTES_MAX`], then the next chunk is allocated whole.
+    pub(crate) fn open_chunk_bytes(&self) -> Result<u64, StorageError> {
+        let guard = self.lock(ErrorSubject::Store, ErrorVerb::Read)?;
+        let log = open_log(&guard, ErrorSubject::Store, ErrorVerb::Read)?;
+        let stat = log.stat();
+        Ok(stat.open_chunk.global_end.saturating_sub(stat.open_chunk.global_start))
+    }
+
     /// True if nothing was ever written: no vote and no entry (a brand-new member).
     pub(crate) fn is_pristine(&self) -> Result<bool, StorageError> {
         let guard = self.lock(ErrorSubject::Store, ErrorVerb::Read)?;

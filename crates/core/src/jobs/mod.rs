@@ -108,6 +108,9 @@ pub enum JobCommand {
     /// Added after the others: commands are stored in the Raft log as bincode, which
     /// numbers variants by position, so new variants go last and old ones never change.
     PatchQueue { queue: String, patch: QueuePatch },
+    /// `DELETE /v1/counters/{name}`: the counter is gone (it reads 0 again, and no longer
+    /// counts against the bound on counters). Answers the value it had.
+    DeleteCounter { name: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -259,6 +262,11 @@ impl Jobs {
             JobCommand::Cancel { id } => self.cancel(now_ms, *id),
             JobCommand::Retry { id } => self.retry(now_ms, *id),
             JobCommand::IncrementCounter { name, by } => self.increment_counter(name, *by),
+            JobCommand::DeleteCounter { name } => {
+                check_name("name", name)?;
+                let value = self.counters.remove(name.as_str()).unwrap_or(0);
+                Ok(JobResponse::Counter { name: name.clone(), value })
+            }
             JobCommand::CompleteAndLease { id, lease_token, result, worker, max, lease_ttl_ms } => {
                 check_lease_request(worker, *max, *lease_ttl_ms)?;
                 let JobResponse::Job(job) = self.complete(now_ms, *id, *lease_token, result.as_deref())? else {

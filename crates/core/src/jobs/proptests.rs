@@ -497,7 +497,9 @@ impl Model {
                 job.state = JobState::Queued;
                 Ok(vec![*id])
             }
-            JobCommand::IncrementCounter { .. } => unreachable!("counters are not part of these histories"),
+            JobCommand::IncrementCounter { .. } | JobCommand::DeleteCounter { .. } => {
+                unreachable!("counters are not part of these histories")
+            }
             JobCommand::CompleteAndLease { id, lease_token, result, worker, max, lease_ttl_ms } => {
                 let complete = JobCommand::Complete { id: *id, lease_token: *lease_token, result: result.clone() };
                 let mut ids = self.apply_now(now_ms, &complete)?;

@@ -1349,6 +1349,28 @@ fn counter_by_zero_bad_name_and_overflow_change_nothing() {
     assert_eq!(jobs.counter("c"), Some(u64::MAX));
 }
 
+#[test]
+fn a_deleted_counter_reads_as_never_incremented_and_frees_its_place() {
+    let mut jobs = Jobs::default();
+    jobs.apply(0, &JobCommand::IncrementCounter { name: "c".into(), by: 5 }).unwrap();
+    let delete = |jobs: &mut Jobs, name: &str| jobs.apply(0, &JobCommand::DeleteCounter { name: name.into() });
+    assert_eq!(delete(&mut jobs, "c").unwrap(), JobResponse::Counter { name: "c".into(), value: 5 });
+    assert_eq!(jobs.counter("c"), None);
+    assert_eq!(delete(&mut jobs, "c").unwrap(), JobResponse::Counter { name: "c".into(), value: 0 }, "again: nothing to delete");
+    assert_rejected_unchanged(&mut jobs, 0, JobCommand::DeleteCounter { name: "a/b".into() }, JobError::INVALID);
+    for i in 0..COUNTERS_MAX {
+        jobs.counters.insert(format!("n{i}"), 1);
+    }
+    let full = jobs.apply(0, &JobCommand::IncrementCounter { name: "new".into(), by: 1 }).unwrap_err();
+    assert_eq!(full.code, JobError::CAPACITY_EXCEEDED);
+    delete(&mut jobs, "n0").unwrap();
+    assert_eq!(
+        jobs.apply(0, &JobCommand::IncrementCounter { name: "new".into(), by: 1 }).unwrap(),
+        JobResponse::Counter { name: "new".into(), value: 1 },
+        "a deleted counter's place is free for a new one"
+    );
+}
+
 // ---- serialization ----
 
 #[test]

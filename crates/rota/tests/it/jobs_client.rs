@@ -145,6 +145,9 @@ fn jobs_client_covers_batch_lease_fail_release_heartbeat_counters_and_delete() {
         );
         assert_eq!(client.counter_get("calls").await.expect("counter"), 30);
         assert_eq!(client.counter_get("never").await.expect("counter"), 0);
+        assert_eq!(client.counter_delete("calls").await.expect("delete"), 30, "the value it had");
+        assert_eq!(client.counter_get("calls").await.expect("counter"), 0, "gone");
+        assert_eq!(client.counter_delete("calls").await.expect("delete again"), 0);
 
         let refused = client
             .delete_queue("typed", false)

@@ -1,4 +1,4 @@
-//! `POST|GET /v1/counters/{name}`. Concurrent increments are separate commands that the
+//! `POST|GET|DELETE /v1/counters/{name}`. Concurrent increments are separate commands that the
 //! proposer packs into one Raft entry; each gets its own new value back.
 
 use std::sync::Arc;
@@ -40,6 +40,24 @@ pub(crate) async fn increment<B: Backend>(
     let body: IncrementBody = json::decode(&body)?;
     json::check_range("by", body.by, 1, u64::MAX)?;
     let outcome = match propose_once(app, call, JobCommand::IncrementCounter { name: name.to_owned(), by: body.by }).await {
+        Ok(outcome) => outcome,
+        Err(response) => return Ok(response),
+    };
+    match outcome.response {
+        JobResponse::Counter { name, value } => Ok(reply(200, counter_body(&name, value), outcome.replayed)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// `DELETE /v1/counters/{name}`: answers the value the counter had (0 if it had none).
+pub(crate) async fn delete<B: Backend>(
+    app: &Arc<App<B>>,
+    call: &Call<'_>,
+    name: &str,
+) -> Result<Response<Body>, ApiError> {
+    json::parse_query(call.query.as_deref(), &[])?;
+    json::check_name("name", name)?;
+    let outcome = match propose_once(app, call, JobCommand::DeleteCounter { name: name.to_owned() }).await {
         Ok(outcome) => outcome,
         Err(response) => return Ok(response),
     };

@@ -138,8 +138,9 @@ async fn route<B: Backend>(app: &Arc<App<B>>, request: Request<Body>, path: &str
         }
         ["counters", name] => match method {
             Method::POST => counters::increment(app, &call, name, request).await,
+            Method::DELETE => counters::delete(app, &call, name).await,
             _ if get => counters::get(app, &call, name).await,
-            _ => Err(ApiError::method_not_allowed("GET, HEAD, POST")),
+            _ => Err(ApiError::method_not_allowed("DELETE, GET, HEAD, POST")),
         },
         ["watch"] if get => {
             // EventSource's reconnection: the `id:` of the last event it got (a key event's

@@ -347,6 +347,14 @@ async fn counters_add_and_read_back() {
     let before = snapshot(&app);
     assert_error(&post(&app, "/v1/counters/big", json!({"by": 1})).await, 422, "counter_overflow", Some("by"));
     assert_eq!(snapshot(&app), before);
+
+    let deleted = call(&app, "DELETE", "/v1/counters/hits", None, &[]).await;
+    assert_eq!(deleted.status, 200);
+    assert_eq!(deleted.json(), json!({"name": "hits", "value": 7}), "the value it had");
+    assert_eq!(get(&app, "/v1/counters/hits").await.json()["value"], 0);
+    let put = call(&app, "PUT", "/v1/counters/hits", None, &[]).await;
+    assert_error(&put, 405, "method_not_allowed", None);
+    assert_eq!(put.header("allow"), Some("DELETE, GET, HEAD, POST"));
 }
 
 #[tokio::test]
