@@ -631,6 +631,7 @@ impl Node {
             Duration::from_millis(raft_config.election_timeout_min.max(3 * raft_config.heartbeat_interval)),
             Duration::from_millis(3 * raft_config.heartbeat_interval),
         ));
+        pause::PauseHold::watch(&pause_hold).map_err(|e| StartError::Raft(e.to_string()))?;
         let raft_runtime =
             RaftRuntime::new(pause_hold.clone()).map_err(|e| StartError::Raft(e.to_string()))?;
         let raft_handle = raft_runtime
