@@ -717,7 +717,7 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
                 max: 1,
                 lease_ttl: Some(context.lease_ttl),
             };
-            let completed = report(context, || async {
+            let completed = report_holding_lease(context, job.id, token, || async {
                 if lease_next {
                     let completed = context
                         .client
@@ -811,7 +811,7 @@ async fn report_failure(context: &Context, job: &Job, token: u64, error: String,
         retry_after: None,
     };
     let key = idempotency_key();
-    match report(context, || {
+    match report_holding_lease(context, job.id, token, || {
         context.client.fail_keyed(&key, job.id, token, &fail)
     })
     .await
@@ -905,6 +905,39 @@ async fn release_unstarted(context: &Context, job: Job) {
             job.id
         )),
         Err(error) => log_lost_report(context, &job, "its release", &error),
+    }
+}
+
+/// [`report`], and while the server refuses it for lack of disk space (a node nearly out of
+/// space refuses even results: docs/limits.md), keeps the lease with heartbeats and sends
+/// the report again, until it is taken, the lease is lost or [`REPORT_RETRY_FOR`] passed.
+/// A result given up here would have the job run again once its lease ended.
+async fn report_holding_lease<T, F, Fut>(context: &Context, id: u64, token: u64, mut send: F) -> Result<T, JobsError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, JobsError>>,
+{
+    let deadline = Instant::now() + REPORT_RETRY_FOR;
+    let mut said = false;
+    loop {
+        match report(context, &mut send).await {
+            Err(error) if error.code() == Some("no_space") && Instant::now() < deadline => {
+                if !said {
+                    context.log(format_args!(
+                        "job {id}: the server is short of disk space ({error}); keeping the lease and \
+                         sending the outcome again until it is taken"
+                    ));
+                    said = true;
+                }
+                tokio::time::sleep(context.heartbeat_every.min(NO_SPACE_PAUSE)).await;
+                if let Err(lost) = context.client.heartbeat(id, token, None).await {
+                    if matches!(lost.code(), Some("stale_lease" | "not_found")) {
+                        return Err(lost);
+                    }
+                }
+            }
+            other => return other,
+        }
     }
 }
 
