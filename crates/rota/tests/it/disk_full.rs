@@ -405,3 +405,77 @@ fn a_write_forwarded_to_a_leader_short_of_space_is_refused_with_507() {
         missing.text()
     );
 }
+
+/// A node nearly out of space, its open log chunk nearly full: it refuses even a job's
+/// outcome (the next chunk could not be allocated, and a failed log write stops the node).
+/// The worker keeps the lease and sends the outcome again; once space is back the job
+/// succeeds on its first attempt, not run a second time.
+#[test]
+fn an_outcome_refused_on_a_nearly_full_disk_is_kept_by_its_worker_until_space_is_back() {
+    let mount_point = tempfile::tempdir().expect("tempdir");
+    // Room for the 52 MiB of log below three times over (the room kept for a snapshot).
+    let _tmpfs = Tmpfs::mount(mount_point.path(), 300);
+    let data_dir = mount_point.path().join("data");
+    // Refuse writes late (1 MiB kept free), so the log can fill most of its open chunk.
+    let mut server = Server::try_start_with(
+        Kind::Rota,
+        Some(data_dir),
+        vec!["--min-free-mb".into(), "1".into(), "--snapshot-count".into(), "1000000".into()],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // 52 MiB of values: the open chunk (64 MiB, allocated whole) has less than 16 MiB left.
+    let value = "v".repeat(MIB - 16);
+    for i in 0..52 {
+        assert_eq!(put(&server, &format!("big/{i}"), &value).status(), 201, "{}", server.stderr_tail());
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let go = work.path().join("go");
+    let script = crate::jobs_util::script(
+        work.path(),
+        "wait.sh",
+        &format!("while [ ! -e {} ]; do sleep 0.05; done; echo '\"done\"'", go.display()),
+    );
+    assert_eq!(submit_job(&server).status(), 202);
+    let worker_args: Vec<String> = [
+        "worker", "--endpoints", &server.client_url(), "--queue", "q", "--max-jobs", "1",
+        "--lease-ttl", "3s", "--",
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .chain([script.display().to_string()])
+    .collect();
+    let mut worker = Proc::spawn(work.path(), "worker", &worker_args, &[]);
+    let deadline = Instant::now() + NOTICE_TIMEOUT;
+    while !worker.stderr().contains("attempt 1 started") {
+        assert!(Instant::now() < deadline, "the job did not start: {}", worker.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Another program fills the disk: less than a chunk free.
+    let filler = mount_point.path().join("filler");
+    let free = free_mib(mount_point.path());
+    std::fs::write(&filler, vec![7u8; (free.saturating_sub(30) as usize) * MIB]).expect("write the filler");
+    put_until("probe", 507, || put(&server, "probe", "x"));
+    // Until the node has looked at the disk with the whole filler written.
+    let deadline = Instant::now() + NOTICE_TIMEOUT;
+    while metric(&server, "rota_raft_data_dir_available_bytes") > (60 * MIB) as f64 {
+        assert!(Instant::now() < deadline, "the node did not see the filler: {}", server.stderr_tail());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(&go, b"").expect("let the command finish");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !worker.stderr().contains("short of disk space") {
+        assert!(Instant::now() < deadline, "the worker never held its outcome: {}\n{}", worker.stderr(), server.stderr_tail());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Held past its 3 s ttl by heartbeats.
+    std::thread::sleep(Duration::from_secs(4));
+    let job = send(&server, &Request::new("GET", "/v1/jobs/1")).json();
+    assert_eq!(job["state"], "leased", "{job}");
+    std::fs::remove_file(&filler).expect("remove the filler");
+    let status = worker.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "worker: {status:?}: {}", worker.stderr());
+    let job = send(&server, &Request::new("GET", "/v1/jobs/1")).json();
+    assert_eq!((job["state"].clone(), job["attempts"].clone()), ("succeeded".into(), 1.into()), "{job}");
+    assert_eq!(job["result"], "done", "{job}");
+    assert!(server.is_running(), "{}", server.stderr_tail());
+}
