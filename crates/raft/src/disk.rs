@@ -55,17 +55,19 @@ impl DiskSpace {
         if !self.low.load(Ordering::Relaxed) {
             return None;
         }
-        let available = self.available_bytes.load(Ordering::Relaxed);
-        let chunk_filling = self.open_chunk_room.load(Ordering::Relaxed) < RESULTS_CHUNK_RESERVE_BYTES;
-        if allowed_when_short(command)
-            && !(carries_results(command) && chunk_filling && available < results_floor_bytes())
-        {
+        if allowed_when_short(command) && !(carries_results(command) && self.log_nearly_stuck()) {
             return None;
         }
         Some(Shortage {
             available_bytes: self.available_bytes.load(Ordering::Relaxed),
             needed_bytes: self.needed_bytes.load(Ordering::Relaxed),
         })
+    }
+
+    /// Less than a chunk free (see [`results_floor_bytes`]) and the open chunk nearly full.
+    fn log_nearly_stuck(&self) -> bool {
+        self.available_bytes.load(Ordering::Relaxed) < results_floor_bytes()
+            && self.open_chunk_room.load(Ordering::Relaxed) < RESULTS_CHUNK_RESERVE_BYTES
     }
 
     /// Records how much of the open log chunk is used (bytes of records).

@@ -1259,13 +1259,11 @@ async fn watch_disk_space(
             let newest = snapshot_file::newest_index_in(&snapshots).map_err(std::io::Error::other)?;
             let snapshot_bytes = disk::tree_bytes(&snapshots)?;
             // The records, not the chunk files' lengths: those are allocated ahead.
-            let log_dir_bytes = records.records_bytes().map_err(std::io::Error::other)?;
-            let open_chunk_bytes = records.open_chunk_bytes().map_err(std::io::Error::other)?;
-            let available = disk::available_bytes(&dir)?;
-            Ok::<_, std::io::Error>((newest, snapshot_bytes, log_dir_bytes, open_chunk_bytes, available))
+            let log_bytes = records.records_bytes().map_err(std::io::Error::other)?;
+            Ok::<_, std::io::Error>((newest, snapshot_bytes, log_bytes, disk::available_bytes(&dir)?))
         })
         .await;
-        let (newest, snapshot_bytes, log_dir_bytes, open_chunk_bytes, available) = match looked {
+        let (newest, snapshot_bytes, log_bytes, available) = match looked {
             Ok(Ok(look)) => look,
             Ok(Err(error)) => {
                 if !failed_before {
@@ -1281,7 +1279,7 @@ async fn watch_disk_space(
             appended_at_snapshot = Some(appended);
         }
         last_snapshot = Some(newest);
-        let log = appended_at_snapshot.map_or(log_dir_bytes, |at_snapshot| appended.saturating_sub(at_snapshot));
+        let log = appended_at_snapshot.map_or(log_bytes.all, |at_snapshot| appended.saturating_sub(at_snapshot));
         let next_snapshot = snapshot_bytes.saturating_add(log.saturating_mul(3));
         let unsnapshotted = {
             let metrics = raft.metrics();
@@ -1289,7 +1287,7 @@ async fn watch_disk_space(
             metrics.last_applied.map(|id| id.index) > metrics.snapshot.map(|id| id.index)
         };
         let needed = min_free_bytes.saturating_add(next_snapshot);
-        space.record_open_chunk(open_chunk_bytes);
+        space.record_open_chunk(log_bytes.open_chunk);
         let short = space.record(available, needed);
         metrics.data_dir_needed_bytes.set(i64::try_from(needed).unwrap_or(i64::MAX));
         metrics.data_dir_available_bytes.set(i64::try_from(available).unwrap_or(i64::MAX));

@@ -272,25 +272,19 @@ impl LogStore {
         Ok(log.stat().open_chunk.global_end)
     }
 
-    /// Bytes of records in the log's chunk files (not their allocated lengths).
-    pub(crate) fn records_bytes(&self) -> Result<u64, StorageError> {
+    /// Bytes of records in the log's chunk files (not their allocated lengths): in all of
+    /// them, and in the open one (records go on there until it holds
+    /// [`LOG_CHUNK_BYTES_MAX`], then the next chunk is allocated whole).
+    pub(crate) fn records_bytes(&self) -> Result<RecordsBytes, StorageError> {
         let guard = self.lock(ErrorSubject::Store, ErrorVerb::Read)?;
         let log = open_log(&guard, ErrorSubject::Store, ErrorVerb::Read)?;
         let stat = log.stat();
-        let start = stat
-            .closed_chunks
-            .first()
-            .map_or(stat.open_chunk.global_start, |chunk| chunk.global_start);
-        Ok(stat.open_chunk.global_end.saturating_sub(start))
-    }
-
-    /// Bytes of records in the open chunk file; records go on there until it holds
-    /// [`LOG_CHUNK_BYTES_MAX`], then the next chunk is allocated whole.
-    pub(crate) fn open_chunk_bytes(&self) -> Result<u64, StorageError> {
-        let guard = self.lock(ErrorSubject::Store, ErrorVerb::Read)?;
-        let log = open_log(&guard, ErrorSubject::Store, ErrorVerb::Read)?;
-        let stat = log.stat();
-        Ok(stat.open_chunk.global_end.saturating_sub(stat.open_chunk.global_start))
+        let open = &stat.open_chunk;
+        let start = stat.closed_chunks.first().map_or(open.global_start, |chunk| chunk.global_start);
+        Ok(RecordsBytes {
+            all: open.global_end.saturating_sub(start),
+            open_chunk: open.global_end.saturating_sub(open.global_start),
+        })
     }
 
     /// True if nothing was ever written: no vote and no entry (a brand-new member).
@@ -364,6 +358,13 @@ impl LogStore {
             )),
         }
     }
+}
+
+/// What [`LogStore::records_bytes`] counts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RecordsBytes {
+    pub all: u64,
+    pub open_chunk: u64,
 }
 
 impl fmt::Debug for LogStore {

@@ -22,7 +22,7 @@
 //! ticker and then the core. (The cluster test of a frozen follower failed once in a full
 //! suite run under load without it: the follower campaigned as it thawed.)
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,9 @@ pub(crate) struct PauseHold {
     raft: OnceLock<Raft>,
     /// Wakes the task that turns elections back on.
     paused: tokio::sync::Notify,
+    /// Elections are held now: the unpark hook and the watchdog see the same pause, and it
+    /// is held (and logged) once.
+    holding: AtomicBool,
 }
 
 impl PauseHold {
@@ -50,6 +53,7 @@ impl PauseHold {
             hold,
             raft: OnceLock::new(),
             paused: tokio::sync::Notify::new(),
+            holding: AtomicBool::new(false),
         }
     }
 
@@ -79,6 +83,9 @@ impl PauseHold {
 
     fn paused_for(&self, paused_ms: u64) {
         let Some(raft) = self.raft.get() else { return };
+        if self.holding.swap(true, Ordering::SeqCst) {
+            return;
+        }
         raft.runtime_config().elect(false);
         self.paused.notify_one();
         tracing::info!(
@@ -128,6 +135,7 @@ impl PauseHold {
                     raft.runtime_config().elect(true);
                 }
             }
+            self.holding.store(false, Ordering::SeqCst);
         }
     }
 }

@@ -384,7 +384,7 @@ async fn lease_loop(context: &Arc<Context>, args: &WorkerArgs, lease_ttl: Durati
                             drop((permit, running));
                         });
                     } else {
-                        tasks.spawn(async move { release_unstarted(&context, job).await });
+                        tasks.spawn(async move { release_unstarted(&context, &job, "leased while stopping").await });
                     }
                 }
             }
@@ -555,7 +555,7 @@ async fn run_jobs(context: &Context, job: Job) {
     let mut next = run_job(context, job).await;
     while let Some(job) = next {
         if *context.phase.borrow() != Phase::Running {
-            release_unstarted(context, job).await;
+            release_unstarted(context, &job, "leased while stopping").await;
             return;
         }
         next = run_job(context, job).await;
@@ -593,7 +593,7 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
             job.lease_expires_at.as_deref().unwrap_or("?"),
             context.lease_margin.as_millis()
         ));
-        give_back_unstarted(context, &job, token).await;
+        release_unstarted(context, &job, "its lease ended before it could start").await;
         return None;
     }
     let started = Instant::now();
@@ -872,27 +872,10 @@ fn log_lost_report(context: &Context, job: &Job, what: &str, error: &JobsError) 
     }
 }
 
-/// A job whose lease ran out (or nearly) before its command could start: released if the
-/// server still holds the lease (the attempt is not counted and the job is queued again at
-/// once); if the lease is gone already, the server counted it as a failed attempt.
-async fn give_back_unstarted(context: &Context, job: &Job, token: u64) {
-    let key = idempotency_key();
-    match report(context, || {
-        context.client.release_keyed(&key, job.id, token)
-    })
-    .await
-    {
-        Ok(_) => context.log(format_args!("job {} released", job.id)),
-        Err(error) if error.code() == Some("stale_lease") => context.log(format_args!(
-            "job {}: its lease had ended (the server counts that attempt as failed)",
-            job.id
-        )),
-        Err(error) => log_lost_report(context, job, "its release", &error),
-    }
-}
-
-/// A job that arrived after the signal: given back untouched.
-async fn release_unstarted(context: &Context, job: Job) {
+/// Gives back a job whose command never ran (`why` says when it came): queued again at once
+/// with the attempt not counted, if the server still holds the lease; if the lease has
+/// ended, the server counted it as a failed attempt and the refusal is logged.
+async fn release_unstarted(context: &Context, job: &Job, why: &str) {
     let Some(token) = job.lease_token else { return };
     let key = idempotency_key();
     match report(context, || {
@@ -900,11 +883,8 @@ async fn release_unstarted(context: &Context, job: Job) {
     })
     .await
     {
-        Ok(_) => context.log(format_args!(
-            "job {} released (leased while stopping)",
-            job.id
-        )),
-        Err(error) => log_lost_report(context, &job, "its release", &error),
+        Ok(_) => context.log(format_args!("job {} released ({why})", job.id)),
+        Err(error) => log_lost_report(context, job, "its release", &error),
     }
 }
 

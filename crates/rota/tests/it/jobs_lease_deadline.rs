@@ -122,10 +122,11 @@ impl Setup {
         response.json()["id"].as_u64().expect("job id")
     }
 
-    fn worker(&self, name: &str, queue: &str) -> Proc {
+    /// A worker whose lease requests wait up to `poll_wait` on the server.
+    fn worker(&self, name: &str, queue: &str, poll_wait: &str) -> Proc {
         let mut worker_args = args(
             &self.server,
-            &["worker", "--queue", queue, "--poll-wait", "1s"],
+            &["worker", "--queue", queue, "--poll-wait", poll_wait],
         );
         worker_args.extend(["--".into(), self.command.display().to_string()]);
         let envs = [
@@ -171,7 +172,7 @@ fn jobs_frozen_worker_command_dies_before_its_lease_ends() {
     );
     let long = setup.submit(queue, 20.0);
     let next = setup.submit(queue, 0.2);
-    let mut first = setup.worker("worker1", queue);
+    let mut first = setup.worker("worker1", queue, "1s");
     let run = wait_for_start(&setup.log, 1);
     assert_eq!(
         (run.job, run.attempt),
@@ -181,7 +182,7 @@ fn jobs_frozen_worker_command_dies_before_its_lease_ends() {
     let _leftovers = KillOnDrop(run.pids.to_vec());
     // The second worker waits in the queue's line: `concurrency: 1` holds it back while the
     // first lease lasts.
-    let mut second = setup.worker("worker2", queue);
+    let mut second = setup.worker("worker2", queue, "1s");
     first.signal("STOP");
     let token = get_job(&setup.server, long)["lease_token"].clone();
     // Wait out the lease (a heartbeat in flight at the SIGSTOP may still have renewed it).
@@ -276,7 +277,7 @@ fn jobs_command_runs_past_the_ttl_while_heartbeats_get_through_and_dies_when_cut
         json!({"lease_ttl": "3s", "backoff": {"base": "100ms"}}),
     );
     let long = setup.submit(queue, 8.0);
-    let mut worker = setup.worker("worker", queue);
+    let mut worker = setup.worker("worker", queue, "1s");
     let done = wait_for_state(&setup.server, long, "succeeded");
     assert_eq!(done["attempts"], 1, "renewed, never killed: {done}");
     assert!(
@@ -334,16 +335,7 @@ fn jobs_a_lease_granted_to_a_frozen_worker_is_not_started_after_it_ends() {
         queue,
         json!({"concurrency": 1, "lease_ttl": "1s", "backoff": {"base": "100ms"}}),
     );
-    let mut worker_args = args(
-        &setup.server,
-        &["worker", "--queue", queue, "--poll-wait", "5s"],
-    );
-    worker_args.extend(["--".into(), setup.command.display().to_string()]);
-    let envs = [
-        ("RUN_LOG", setup.log.display().to_string()),
-        ("PIDS_FILE", setup.pids_file.display().to_string()),
-    ];
-    let mut worker = Proc::spawn(setup.dir.path(), "worker", &worker_args, &envs);
+    let mut worker = setup.worker("worker", queue, "5s");
     wait_until(
         Duration::from_secs(30),
         "the worker's lease request to wait on the server",

@@ -39,14 +39,7 @@ pub(crate) async fn increment<B: Backend>(
     let body = json::read_body(request, &app.body_budget).await?;
     let body: IncrementBody = json::decode(&body)?;
     json::check_range("by", body.by, 1, u64::MAX)?;
-    let outcome = match propose_once(app, call, JobCommand::IncrementCounter { name: name.to_owned(), by: body.by }).await {
-        Ok(outcome) => outcome,
-        Err(response) => return Ok(response),
-    };
-    match outcome.response {
-        JobResponse::Counter { name, value } => Ok(reply(200, counter_body(&name, value), outcome.replayed)),
-        other => Err(unexpected(&other)),
-    }
+    propose_counter(app, call, JobCommand::IncrementCounter { name: name.to_owned(), by: body.by }).await
 }
 
 /// `DELETE /v1/counters/{name}`: answers the value the counter had (0 if it had none).
@@ -57,7 +50,16 @@ pub(crate) async fn delete<B: Backend>(
 ) -> Result<Response<Body>, ApiError> {
     json::parse_query(call.query.as_deref(), &[])?;
     json::check_name("name", name)?;
-    let outcome = match propose_once(app, call, JobCommand::DeleteCounter { name: name.to_owned() }).await {
+    propose_counter(app, call, JobCommand::DeleteCounter { name: name.to_owned() }).await
+}
+
+/// Proposes a counter command and answers `{"name", "value"}` from its outcome.
+async fn propose_counter<B: Backend>(
+    app: &Arc<App<B>>,
+    call: &Call<'_>,
+    command: JobCommand,
+) -> Result<Response<Body>, ApiError> {
+    let outcome = match propose_once(app, call, command).await {
         Ok(outcome) => outcome,
         Err(response) => return Ok(response),
     };
