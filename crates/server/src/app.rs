@@ -184,7 +184,10 @@ impl<B: Backend> App<B> {
         }
         let socket = request.extensions().get::<crate::client_gone::ClientSocket>().copied();
         let (started, method) = (Instant::now(), request.method().clone());
-        match crate::client_gone::unless_client_gone(socket, self.handle(request)).await {
+        // Boxed: the watcher holds the handling future twice over (as its argument and
+        // pinned), and an unboxed one would make every request's future, which hyper moves
+        // into its connection state, that much bigger.
+        match crate::client_gone::unless_client_gone(socket, Box::pin(self.handle(request))).await {
             Some(response) => response,
             None => {
                 let status = crate::client_gone::CLIENT_GONE_STATUS;

@@ -201,33 +201,104 @@ fn write_node(out: &mut String, node: &NodeView) {
 /// such a key, and the same JSON string for a real U+FFFD.
 fn write_string(out: &mut String, text: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    // The bytes that may start an escape: control characters, `"`, `\\`, `<`, `>`, `&`, and
+    // the lead bytes of U+2028, U+2029 (E2 80 A8/A9) and U+FFFD (EF BF BD). Everything else
+    // is copied as it is, by runs; bytes, not chars, as nearly every byte is plain.
+    const MAY_ESCAPE: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut byte = 0;
+        while byte < 0x20 {
+            table[byte] = true;
+            byte += 1;
+        }
+        table[b'"' as usize] = true;
+        table[b'\\' as usize] = true;
+        table[b'<' as usize] = true;
+        table[b'>' as usize] = true;
+        table[b'&' as usize] = true;
+        table[0xe2] = true;
+        table[0xef] = true;
+        table
+    };
     out.push('"');
+    let bytes = text.as_bytes();
     let mut plain_from = 0;
-    for (at, c) in text.char_indices() {
-        let escape: Option<&str> = match c {
-            '"' => Some("\\\""),
-            '\\' => Some("\\\\"),
-            '\n' => Some("\\n"),
-            '\r' => Some("\\r"),
-            '\t' => Some("\\t"),
-            '\u{2028}' => Some("\\u2028"),
-            '\u{2029}' => Some("\\u2029"),
-            '\u{fffd}' => Some("\\ufffd"),
-            c if (c as u32) < 0x20 || c == '<' || c == '>' || c == '&' => Some(""),
-            _ => None,
+    for (at, &byte) in bytes.iter().enumerate() {
+        if !MAY_ESCAPE[byte as usize] {
+            continue;
+        }
+        let (escape, len): (&str, usize) = match (byte, bytes.get(at + 1..at + 3)) {
+            (b'"', _) => ("\\\"", 1),
+            (b'\\', _) => ("\\\\", 1),
+            (b'\n', _) => ("\\n", 1),
+            (b'\r', _) => ("\\r", 1),
+            (b'\t', _) => ("\\t", 1),
+            (0xe2, Some([0x80, 0xa8])) => ("\\u2028", 3),
+            (0xe2, Some([0x80, 0xa9])) => ("\\u2029", 3),
+            (0xef, Some([0xbf, 0xbd])) => ("\\ufffd", 3),
+            (0xe2 | 0xef, _) => continue,
+            _ => ("", 1),
         };
-        let Some(escape) = escape else { continue };
+        // Runs end only before an ASCII byte or a lead byte, so on a char boundary.
         out.push_str(&text[plain_from..at]);
         if escape.is_empty() {
-            let byte = c as u32 as u8;
             out.push_str("\\u00");
             out.push(HEX[(byte >> 4) as usize] as char);
             out.push(HEX[(byte & 0xf) as usize] as char);
         } else {
             out.push_str(escape);
         }
-        plain_from = at + c.len_utf8();
+        plain_from = at + len;
     }
     out.push_str(&text[plain_from..]);
     out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    /// The char-by-char statement of the escaping rules `write_string` implements by bytes.
+    fn reference(text: &str) -> String {
+        let mut out = String::from("\"");
+        for c in text.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{2028}' => out.push_str("\\u2028"),
+                '\u{2029}' => out.push_str("\\u2029"),
+                '\u{fffd}' => out.push_str("\\ufffd"),
+                c if (c as u32) < 0x20 || c == '<' || c == '>' || c == '&' => {
+                    out.push_str(&format!("\\u{:04x}", c as u32));
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn write_string_escapes_as_the_char_rules_say(
+            text in proptest::collection::vec(
+                prop_oneof![
+                    any::<char>(),
+                    prop::sample::select(vec![
+                        '"', '\\', '\n', '\r', '\t', '\u{1}', '\u{1f}', '\u{7f}', '<', '>', '&',
+                        '\u{2028}', '\u{2029}', '\u{2027}', '\u{202a}', '\u{fffd}', '\u{fffc}',
+                        '\u{fffe}', '\u{2000}', '\u{e000}', 'é', '😀',
+                    ]),
+                ],
+                0..40,
+            ).prop_map(|chars| chars.into_iter().collect::<String>())
+        ) {
+            let mut out = String::new();
+            super::write_string(&mut out, &text);
+            prop_assert_eq!(out, reference(&text));
+        }
+    }
 }
