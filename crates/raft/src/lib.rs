@@ -25,6 +25,7 @@
 //! leader to replicate to it. A data dir with state restarts from it and ignores the
 //! initial flags.
 
+mod commit_mark;
 mod disk;
 mod forward;
 mod identity;
@@ -437,6 +438,7 @@ struct NodeInner {
     shutdown_tx: watch::Sender<bool>,
     proposer_task: Mutex<Option<JoinHandle<()>>>,
     background_tasks: Mutex<Vec<JoinHandle<()>>>,
+    data_dir: PathBuf,
     /// Serializes `shutdown` calls; true once done.
     shut_down: tokio::sync::Mutex<bool>,
     /// The runtime openraft's tasks and the proposer run on; see [`RaftRuntime`].
@@ -545,6 +547,13 @@ impl Node {
         let (state_machine, shared) =
             StateMachineStore::open(snapshots, config.core.clone(), metrics.clone())
                 .map_err(snapshot_start_error)?;
+        let extent = log_store.extent().map_err(|e| StartError::Raft(e.to_string()))?;
+        let mark = commit_mark::read(&config.data_dir).map_err(StartError::Corrupt)?;
+        match commit_mark::check(&config.data_dir, mark, extent, state_machine.snapshot_index()) {
+            Ok(Some(warning)) => tracing::warn!("{warning}"),
+            Ok(None) => {}
+            Err(refusal) => return Err(StartError::Corrupt(refusal)),
+        }
         let pristine = log_store
             .is_pristine()
             .map_err(|e| StartError::Raft(e.to_string()))?
@@ -564,13 +573,24 @@ impl Node {
                 }
                 identity
             }
+            Ok(None) if !pristine => {
+                // Stored before the first entry, so only lost since: started under a new
+                // identity, the member would campaign in a cluster of its own (its token and
+                // cluster id made up again) while its peers refuse it.
+                return Err(StartError::Corrupt(format!(
+                    "{} is missing, but the data dir holds this member's raft log: the member \
+                     would not know its cluster. Put the file back from a backup of the data \
+                     dir; or, in a cluster, remove this member (rota member rm ID) and add it \
+                     back (rota member add) with an empty data dir and \
+                     --initial-cluster-state existing",
+                    config.data_dir.join(identity::FILE_NAME).display()
+                )));
+            }
             Ok(None) => {
                 let identity = if pristine && config.initial_cluster_state == ClusterState::Existing
                 {
                     forward::join_identity(&config).await?
                 } else {
-                    // A new member, or a data dir from before identity files (its id was
-                    // always derived from the name).
                     Identity {
                         cluster_id: config.initial_cluster_id(),
                         node_id: node_id_from_name(&config.name),
@@ -750,6 +770,11 @@ impl Node {
             raft.clone(),
             shutdown_tx.subscribe(),
         ));
+        let commit_mark_task = tokio::spawn(keep_commit_mark(
+            config.data_dir.clone(),
+            log_store.clone(),
+            shutdown_tx.subscribe(),
+        ));
         let leader_seen = Arc::new(std::sync::Mutex::new(LeaderSeen::default()));
         let metrics_task = tokio::spawn(follow_raft_metrics(
             raft.clone(),
@@ -784,7 +809,15 @@ impl Node {
                 metrics,
                 shutdown_tx,
                 proposer_task: Mutex::new(Some(proposer_task)),
-                background_tasks: Mutex::new(vec![ticker_task, metrics_task, snapshot_task, disk_task, data_dir_task]),
+                background_tasks: Mutex::new(vec![
+                    ticker_task,
+                    metrics_task,
+                    snapshot_task,
+                    disk_task,
+                    data_dir_task,
+                    commit_mark_task,
+                ]),
+                data_dir: config.data_dir.clone(),
                 shut_down: tokio::sync::Mutex::new(false),
                 raft_runtime,
             }),
@@ -1033,6 +1066,13 @@ impl Node {
         if let Some(snapshot) = current.snapshot {
             metrics.snapshot_index.set(snapshot.index as i64);
         }
+        // As `/health` and `/v2/stats/self` say: a leader that lost its quorum (or was
+        // removed) counts as none; openraft still calls it leader until a newer one appears.
+        let removed = self.is_removed();
+        let lost = self.lost_quorum(&current);
+        metrics
+            .is_leader
+            .set(i64::from(!removed && !lost && leads(&current, self.inner.id)));
     }
 
     /// Resolves when Raft stopped on its own: a storage error (a failed fsync or write) or a
@@ -1105,7 +1145,14 @@ impl Node {
             tracing::warn!(%error, "closing the snapshot directory");
         }
         let log_store = self.inner.log_store.clone();
-        match tokio::task::spawn_blocking(move || log_store.close()).await {
+        let data_dir = self.inner.data_dir.clone();
+        // Closed, the log has synced everything appended: the mark can name all that committed.
+        let closed = tokio::task::spawn_blocking(move || {
+            log_store.close()?;
+            mark_commit_at_stop(&data_dir, log_store.committed_index());
+            Ok::<(), std::io::Error>(())
+        });
+        match closed.await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::error!(%error, "closing the raft log"),
             Err(error) => tracing::error!(%error, "closing the raft log"),
@@ -1378,6 +1425,59 @@ async fn watch_data_dir(data_dir: PathBuf, raft: Raft, mut shutdown: watch::Rece
                 return;
             }
         }
+    }
+}
+
+/// How often [`keep_commit_mark`] moves the commit mark on.
+const COMMIT_MARK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Moves the commit mark (see [`commit_mark`]) up to the committed index about once a
+/// second while entries commit: after a sync of the log, so that the mark only ever names
+/// entries the log holds on disk.
+async fn keep_commit_mark(data_dir: PathBuf, log_store: LogStore, mut shutdown: watch::Receiver<bool>) {
+    let mut marked = commit_mark::read(&data_dir).ok().flatten().unwrap_or(0);
+    let mut failing = false;
+    let mut interval = tokio::time::interval(COMMIT_MARK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = interval.tick() => {}
+        }
+        let committed = log_store.committed_index();
+        if committed <= marked || log_store.sync().await.is_err() {
+            continue;
+        }
+        let dir = data_dir.clone();
+        match tokio::task::spawn_blocking(move || commit_mark::write(&dir, committed)).await {
+            Ok(Ok(())) => {
+                if failing {
+                    tracing::info!(index = committed, "the commit mark is written again");
+                }
+                failing = false;
+                marked = committed;
+            }
+            Ok(Err(error)) if !failing => {
+                failing = true;
+                tracing::warn!(
+                    %error,
+                    path = %commit_mark::path(&data_dir).display(),
+                    "could not write the commit mark; retrying every second (a log damaged \
+                     meanwhile is found out only up to the last mark)"
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The last commit mark, at a clean stop, unless the data dir was taken away meanwhile.
+fn mark_commit_at_stop(data_dir: &std::path::Path, committed: u64) {
+    if committed == 0 || !data_dir.join(identity::FILE_NAME).exists() {
+        return;
+    }
+    if let Err(error) = commit_mark::write(data_dir, committed) {
+        tracing::warn!(%error, path = %commit_mark::path(data_dir).display(), "could not write the commit mark at stop");
     }
 }
 

@@ -287,6 +287,23 @@ impl LogStore {
         })
     }
 
+    /// How far the log reaches (see [`crate::commit_mark::check`]).
+    pub(crate) fn extent(&self) -> Result<crate::commit_mark::LogExtent, StorageError> {
+        let guard = self.lock(ErrorSubject::Store, ErrorVerb::Read)?;
+        let log = open_log(&guard, ErrorSubject::Store, ErrorVerb::Read)?;
+        let state = log.log_state();
+        Ok(crate::commit_mark::LogExtent {
+            last: state.last().map(|id| id.0.index),
+            purged: state.purged().map(|id| id.0.index),
+            has_vote: state.vote().is_some(),
+        })
+    }
+
+    /// Waits until everything appended so far is synced.
+    pub(crate) async fn sync(&self) -> Result<(), StorageError> {
+        self.flush_and_wait(ErrorSubject::Store, ErrorVerb::Write).await
+    }
+
     /// True if nothing was ever written: no vote and no entry (a brand-new member).
     pub(crate) fn is_pristine(&self) -> Result<bool, StorageError> {
         let guard = self.lock(ErrorSubject::Store, ErrorVerb::Read)?;
@@ -470,6 +487,20 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (from, to) = range_to_indexes(&range);
+        if from > to {
+            // openraft asks for this only when the leader's log contradicts entries this
+            // member holds as committed (another member lost committed entries: see
+            // `commit_mark`). It was a panic inside the map's range; now a storage error
+            // that stops Raft with what happened.
+            return Err(storage_error(
+                ErrorSubject::Logs,
+                ErrorVerb::Read,
+                io::Error::other(format!(
+                    "asked for log entries {range:?} (from {from} to before {to}): the leader's log \
+                     contradicts entries this member holds as committed; some member lost committed entries"
+                )),
+            ));
+        }
         let stored = {
             let guard = self.lock(ErrorSubject::Logs, ErrorVerb::Read)?;
             let log = open_log(&guard, ErrorSubject::Logs, ErrorVerb::Read)?;

@@ -104,6 +104,11 @@ impl StateMachineStore {
         self.last_applied.is_some()
     }
 
+    /// The last index in the snapshot it was opened from.
+    pub(crate) fn snapshot_index(&self) -> Option<u64> {
+        self.last_applied.map(|id| id.index)
+    }
+
     fn publish_applied(&self, applied: Applied) {
         self.metrics.applied_index.set(applied.raft_index as i64);
         self.shared.applied_tx.send_replace(applied);

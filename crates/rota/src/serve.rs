@@ -300,7 +300,11 @@ fn refuse_foreign_data_dir(data_dir: &std::path::Path) -> anyhow::Result<()> {
     let mut foreign: Vec<String> = entries
         .filter_map(Result::ok)
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|name| !matches!(name.as_str(), "raft-log" | "snapshots" | "lost+found") && !name.starts_with("identity"))
+        .filter(|name| {
+            !matches!(name.as_str(), "raft-log" | "snapshots" | "lost+found")
+                && !name.starts_with("identity")
+                && !name.starts_with("commit-mark")
+        })
         .collect();
     if foreign.is_empty() {
         return Ok(());

@@ -54,10 +54,11 @@ impl JobError {
         JobError::new(Self::NOT_FOUND, format!("queue {queue:?} not found"), None)
     }
 
-    pub(crate) fn stale_lease(id: u64, token: u64) -> JobError {
+    /// `why`: what became of the lease, from the job's state.
+    pub(crate) fn stale_lease(id: u64, token: u64, why: &str) -> JobError {
         JobError::new(
             Self::STALE_LEASE,
-            format!("lease token {token} is not the current lease of job {id}"),
+            format!("lease token {token} is not the current lease of job {id}: {why}"),
             Some("lease_token"),
         )
     }

@@ -749,7 +749,22 @@ impl Jobs {
                 ),
                 Some("lease_token"),
             )),
-            _ => Err(JobError::stale_lease(id, lease_token)),
+            Some(lease) => Err(JobError::stale_lease(
+                id,
+                lease_token,
+                &format!("its lease ended (expired or released) and it was leased again, under token {}", lease.token),
+            )),
+            None if job.state.is_terminal() => {
+                Err(JobError::stale_lease(id, lease_token, &format!("the job is {} already", job.state.as_str())))
+            }
+            None => Err(JobError::stale_lease(
+                id,
+                lease_token,
+                &format!(
+                    "its lease ended (expired or released) and the job is {}, waiting for its next attempt",
+                    job.state.as_str()
+                ),
+            )),
         }
     }
 

@@ -820,10 +820,26 @@ fn stale_token_complete_changes_nothing() {
     assert_rejected_unchanged(&mut jobs, 2_000, stale, JobError::STALE_LEASE);
     let error = complete(&mut jobs, 2_000, id, token(&first)).unwrap_err();
     assert_eq!(error.field.as_deref(), Some("lease_token"));
+    // The message says what became of the lease.
+    let again = format!("leased again, under token {}", token(&second));
+    assert!(error.message.contains(&again), "{}", error.message);
     // A token that was never issued is stale too.
     let never = JobCommand::Complete { id, lease_token: 999, result: None };
     assert_rejected_unchanged(&mut jobs, 2_000, never, JobError::STALE_LEASE);
     complete(&mut jobs, 2_000, id, token(&second)).unwrap();
+    let error = complete(&mut jobs, 2_000, id, token(&second)).unwrap_err();
+    assert!(error.message.ends_with("the job is succeeded already"), "{}", error.message);
+}
+
+#[test]
+fn a_stale_lease_on_a_job_back_in_its_queue_says_its_lease_ended() {
+    let mut jobs = with_queue(QueueConfig { lease_ttl_ms: 1_000, ..config() });
+    let id = submit(&mut jobs, 0, 0);
+    let first = lease_one(&mut jobs, 0);
+    jobs.advance_time(2_000);
+    let error = complete(&mut jobs, 2_000, id, token(&first)).unwrap_err();
+    assert_eq!(error.code, JobError::STALE_LEASE);
+    assert!(error.message.contains("its lease ended (expired or released) and the job is"), "{}", error.message);
 }
 
 #[test]

@@ -27,6 +27,10 @@ pub fn parse_rfc3339_ms(text: &str) -> Result<u64, String> {
     if !looks_local(local) {
         return Err(format!("expected {RFC3339_EXPECTED}"));
     }
+    // humantime refuses years before 1970 as "out of range", which reads as a bad format.
+    if local[..4] < *"1970" {
+        return Err("it is before 1970 (the earliest is 1970-01-01T00:00:00Z)".to_owned());
+    }
     // humantime reads `T` or a space and UTC only: the offset is applied below.
     let mut utc_text = String::with_capacity(local.len() + 1);
     utc_text.push_str(&local[..10]);
@@ -135,5 +139,14 @@ mod tests {
         ] {
             assert!(parse_rfc3339_ms(text).is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn times_before_1970_are_refused_as_such_in_any_spelling() {
+        for text in ["1969-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "1970-01-01T00:59:59+01:00", "1900-06-01T00:00:00-05:00"] {
+            let error = parse_rfc3339_ms(text).unwrap_err();
+            assert!(error.contains("before 1970"), "{text}: {error}");
+        }
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Ok(0));
     }
 }

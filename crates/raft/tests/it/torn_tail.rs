@@ -57,14 +57,30 @@ async fn write_log() -> WrittenLog {
     }
 }
 
-/// Starts a node on a copy of `log`'s data dir after `damage` changed its log file.
+/// Starts a node on a copy of `log`'s data dir after `damage` changed its log file, without
+/// the commit mark its clean stop wrote: as after a crash before any mark named the entries
+/// cut (the mark's own test is `a_log_cut_below_its_commit_mark_refuses_to_start`).
 async fn start_damaged(
     log: &WrittenLog,
     scratch: &Path,
     damage: impl FnOnce(&mut Vec<u8>),
 ) -> Result<Node, StartError> {
+    start_damaged_with_mark(log, scratch, false, damage).await
+}
+
+async fn start_damaged_with_mark(
+    log: &WrittenLog,
+    scratch: &Path,
+    keep_mark: bool,
+    damage: impl FnOnce(&mut Vec<u8>),
+) -> Result<Node, StartError> {
     let _ = std::fs::remove_dir_all(scratch);
     copy_dir(&log.data_dir, scratch);
+    let mark = scratch.join("commit-mark");
+    assert!(mark.exists(), "a clean stop writes the commit mark");
+    if !keep_mark {
+        std::fs::remove_file(mark).expect("remove the commit mark");
+    }
     let file = log_files(scratch).pop().expect("log file");
     let mut bytes = std::fs::read(&file).expect("read log");
     damage(&mut bytes);
@@ -149,4 +165,41 @@ async fn damaged_record_before_the_tail_stops_start_up_naming_file_and_offset() 
             }
         }
     }
+}
+
+/// A log cut below the commit mark lost entries that had committed, which no crash does (the
+/// mark names only synced entries): the node refuses to start and says how to recover.
+/// Without the mark (deleted, as the refusal says to accept the loss) it starts on what is
+/// left.
+#[tokio::test]
+async fn a_log_cut_below_its_commit_mark_refuses_to_start() {
+    let log = write_log().await;
+    let scratch_dir = tempfile::tempdir().expect("tempdir");
+    let scratch = scratch_dir.path().join("node");
+    let cut = log.records_end_after_ack[COMMANDS as usize - 4] as usize;
+    for zeros_after in [0, 64 << 10] {
+        let cut_log = |bytes: &mut Vec<u8>| {
+            bytes.truncate(cut);
+            bytes.resize(cut + zeros_after, 0);
+        };
+        match start_damaged_with_mark(&log, &scratch, true, cut_log).await {
+            Err(StartError::Corrupt(message)) => {
+                assert!(message.contains("lost committed entries"), "{message}");
+                assert!(message.contains("commit-mark"), "{message}");
+                assert!(message.contains("rota member rm"), "{message}");
+            }
+            Err(other) => panic!("not refused as a loss: {other}"),
+            Ok(node) => {
+                node.shutdown().await;
+                panic!("started on a log cut below its commit mark (+{zeros_after} zeros)");
+            }
+        }
+        let node = start_damaged_with_mark(&log, &scratch, false, cut_log)
+            .await
+            .unwrap_or_else(|e| panic!("without the mark: {e}"));
+        node.shutdown().await;
+    }
+    // The whole log, with its mark: starts.
+    let node = start_damaged_with_mark(&log, &scratch, true, |_| {}).await.expect("undamaged log");
+    node.shutdown().await;
 }

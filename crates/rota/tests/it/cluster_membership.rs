@@ -1307,7 +1307,7 @@ fn wait_converged(members: &[SocketAddr], acked: &BTreeMap<String, String>) -> u
 // ---- processes -----------------------------------------------------------------------------
 
 /// SIGTERM a cluster node, wait until it exited (bounded), and reap it.
-fn terminate_cluster_node(cluster: &mut Cluster, i: usize) {
+pub fn terminate_cluster_node(cluster: &mut Cluster, i: usize) {
     if let Some(pid) = cluster.nodes[i].pid() {
         sigterm(pid);
         let stopped = Instant::now();
@@ -1652,6 +1652,11 @@ fn cluster_membership_a_follower_of_a_leader_without_a_quorum_says_it_has_no_lea
     });
     let leader_log = cluster.nodes[leader].log_tail(usize::MAX);
     assert!(leader_log.contains("stops sending heartbeats"), "{name}: the leader says why:\n{leader_log}");
+    // Its metrics agree (an audit found `rota_raft_is_leader 1` here, for an alert to trust).
+    let leader_addr = cluster.nodes[leader].client_addr();
+    let metrics = http::send_with_timeout(leader_addr, &Request::new("GET", "/metrics"), PROBE_TIMEOUT).expect("metrics");
+    assert!(metrics.text().lines().any(|line| line == "rota_raft_is_leader 0"), "{name}: {}",
+        metrics.text().lines().filter(|line| line.contains("is_leader")).collect::<Vec<_>>().join("\n"));
     for &i in &down {
         cluster.start_again(i);
     }

@@ -230,6 +230,11 @@ impl Server {
         }
     }
 
+    /// [`Server::restart`] that may fail (the error holds the server's stderr).
+    pub fn try_restart(&mut self) -> Result<(), String> {
+        self.launch_and_wait()
+    }
+
     /// The tail of the current run's stderr (for failure messages).
     pub fn stderr_tail(&self) -> String {
         let text = std::fs::read_to_string(self.stderr_path()).unwrap_or_default();

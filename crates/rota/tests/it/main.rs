@@ -30,6 +30,7 @@ mod jobs_unreachable;
 mod jobs_util;
 mod kv_linearizable;
 mod linearizability;
+mod log_loss;
 mod normalize;
 mod session;
 mod ui;

@@ -159,6 +159,9 @@ async fn route<B: Backend>(app: &Arc<App<B>>, request: Request<Body>, path: &str
 fn job_id(text: &str) -> Result<u64, ApiError> {
     match text.parse::<u64>() {
         Ok(id) if id > 0 && !text.starts_with('+') => Ok(id),
+        Err(error) if *error.kind() == std::num::IntErrorKind::PosOverflow && text.bytes().all(|b| b.is_ascii_digit()) => {
+            Err(ApiError::invalid("id", format!("job id {text} is too large (ids are at most {})", u64::MAX)))
+        }
         _ => Err(ApiError::invalid("id", format!("a job id is a positive integer, got {text:?}"))),
     }
 }

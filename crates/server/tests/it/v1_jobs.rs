@@ -368,6 +368,9 @@ async fn unknown_endpoints_and_methods_answer_json_errors() {
     assert_error(&get(&app, "/v1/jobs/1/explode").await, 404, "not_found", None);
     assert_error(&get(&app, "/v1/jobs/1/complete").await, 405, "method_not_allowed", None);
     assert_error(&get(&app, "/v1/jobs/abc").await, 400, "invalid", Some("id"));
+    let too_large = get(&app, "/v1/jobs/99999999999999999999999").await;
+    assert_error(&too_large, 400, "invalid", Some("id"));
+    assert!(too_large.body.contains("is too large"), "{}", too_large.body);
     // OPTIONS is a method /v1 does not take (no CORS here), with the methods it does.
     let options = call(&app, "OPTIONS", "/v1/jobs/1", None, &[]).await;
     assert_error(&options, 405, "method_not_allowed", None);
