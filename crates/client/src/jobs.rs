@@ -1032,7 +1032,7 @@ impl Client {
     /// idempotency key).
     async fn send_v1(&self, request: V1Request) -> Result<V1Answer, JobsError> {
         let retry_for = v1_retry_for();
-        let deadline = Instant::now() + retry_for;
+        let mut deadline = None;
         let mut backoff = V1_BACKOFF_FIRST;
         loop {
             let first = self.preferred.load(Ordering::Relaxed);
@@ -1061,6 +1061,10 @@ impl Client {
                 });
             }
             let now = Instant::now();
+            // The budget runs from the first failure: a lease long-poll cut off after it
+            // waited longer than the budget (its server stopped) was not retried at all, and
+            // its worker said "no server answers" before "no answer from".
+            let deadline = *deadline.get_or_insert(now + retry_for);
             if now >= deadline {
                 return Err(JobsError::Unavailable(unreachable));
             }
@@ -1431,7 +1435,7 @@ mod tests {
         .await;
         let client = Client::new(["http://127.0.0.1:1", answering.as_str()])
             .expect("client")
-            .on_reachability(observer);
+            .on_reachability(observer.clone());
         let job = client.get_job(3).await.expect("answered on a later round");
         assert_eq!(job.id, 3);
         assert_eq!(
@@ -1455,5 +1459,26 @@ mod tests {
         let answering = first_then_the_job(("504 Gateway Timeout", r#"{"error":{"code":"x","message":"y"}}"#)).await;
         let client = Client::new([answering.as_str()]).expect("client");
         assert!(client.get_job(3).await.is_err());
+
+        // A request cut off after it waited longer than the budget (a long poll whose server
+        // stopped): retried for the whole budget from that failure, and told as lost first.
+        told.lock().expect("lock").clear();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let cut = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let mut buffer = [0u8; 1024];
+            let _ = socket.read(&mut buffer).await;
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            // The socket and the listener close: later connections are refused.
+        });
+        let client = Client::new([cut.as_str()]).expect("client").on_reachability(observer);
+        let started = Instant::now();
+        assert!(matches!(client.get_job(3).await, Err(JobsError::Unavailable(_))));
+        assert!(started.elapsed() >= Duration::from_millis(1000), "{:?}", started.elapsed());
+        let told = told.lock().expect("lock").clone();
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert!(told[0].starts_with(&format!("lost {cut}")), "{told:?}");
     }
 }
