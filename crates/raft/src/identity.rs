@@ -41,7 +41,11 @@ pub(crate) struct Identity {
 pub(crate) enum IdentityError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("{path} is corrupt: {reason}")]
+    #[error(
+        "{path} is corrupt: {reason}. It names this member and its cluster: put it back from a backup \
+         of the data dir; or, in a cluster, remove this member (rota member rm ID) and add it back \
+         (rota member add) with an empty data dir and --initial-cluster-state existing"
+    )]
     Corrupt { path: PathBuf, reason: String },
 }
 
@@ -67,6 +71,10 @@ impl Identity {
         let text = match fs::read_to_string(&path) {
             Ok(text) => text,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            // Bytes that are not text: damage, as a bad checksum is.
+            Err(error) if error.kind() == io::ErrorKind::InvalidData => {
+                return Err(IdentityError::Corrupt { path, reason: "not text".to_string() })
+            }
             Err(source) => return Err(IdentityError::Io { path, source }),
         };
         let corrupt = |reason: &str| IdentityError::Corrupt {
@@ -174,5 +182,10 @@ mod tests {
             Identity::load(dir.path()),
             Err(IdentityError::Corrupt { .. })
         ));
+        // Bytes that are not text are damage too, and the error says what to do.
+        fs::write(&path, b"\xff\xfe garbage").expect("write");
+        let error = Identity::load(dir.path()).expect_err("not text");
+        assert!(matches!(error, IdentityError::Corrupt { .. }), "{error}");
+        assert!(error.to_string().contains("put it back from a backup"), "{error}");
     }
 }

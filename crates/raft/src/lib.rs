@@ -12,7 +12,8 @@
 //!   publishing this member's name and client URLs, leadership hand-over).
 //!
 //! Data dir layout: `<data_dir>/identity` (cluster id and node id, see `identity`),
-//! `<data_dir>/raft-log/` (raft-log's WAL chunks and its LOCK) and `<data_dir>/snapshots/`.
+//! `<data_dir>/raft-log/` (raft-log's WAL chunks and its LOCK), `<data_dir>/snapshots/` and
+//! `<data_dir>/commit-mark` (what the log held committed, see `commit_mark`).
 //!
 //! Bootstrap: a data dir without Raft state and `ClusterState::New` initializes the full
 //! initial membership. **Every** initial member calls `initialize` with the same
