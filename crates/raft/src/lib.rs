@@ -545,6 +545,7 @@ impl Node {
         })?;
         let snapshots =
             SnapshotDir::open(config.data_dir.join(SNAPSHOT_DIR)).map_err(snapshot_start_error)?;
+        log_store.purge_only_after_snapshots(snapshots.clone());
         let (state_machine, shared) =
             StateMachineStore::open(snapshots, config.core.clone(), metrics.clone())
                 .map_err(snapshot_start_error)?;

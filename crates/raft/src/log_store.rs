@@ -122,6 +122,9 @@ struct Shared {
     /// tasks still hold clones.
     log: Mutex<Option<RaftLog<RotaLogTypes>>>,
     committed_index: AtomicU64,
+    /// The snapshots, once the node opened them: a purge waits for the snapshot it relies on
+    /// (see [`LogStore::purge_only_after_snapshots`]).
+    snapshots: std::sync::OnceLock<crate::snapshot_file::SnapshotDir>,
     /// Bytes of entries appended since this process opened the log (snapshots by log
     /// size compare it with its value at the last snapshot).
     appended_bytes: AtomicU64,
@@ -202,6 +205,10 @@ impl RecentEntries {
     }
 }
 
+/// How long a purge waits for the snapshot it relies on to be stored (a received snapshot
+/// is decoded and written meanwhile; waiting for disk space has no end, so this does).
+const PURGE_SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Why the log could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LogOpenError {
@@ -246,11 +253,20 @@ impl LogStore {
                 dir,
                 log: Mutex::new(Some(log)),
                 committed_index: AtomicU64::new(committed_index),
+                snapshots: std::sync::OnceLock::new(),
                 appended_bytes: AtomicU64::new(0),
                 recent: Mutex::new(RecentEntries::default()),
                 metrics,
             }),
         })
+    }
+
+    /// From now on a purge of the log through index N first waits until a snapshot through
+    /// N is stored in `snapshots`. openraft 0.9 purges the log the moment it hands a
+    /// received snapshot to the state machine, before that is stored: a member killed in
+    /// between had neither the entries nor the snapshot, and could not start again.
+    pub(crate) fn purge_only_after_snapshots(&self, snapshots: crate::snapshot_file::SnapshotDir) {
+        let _ = self.shared.snapshots.set(snapshots);
     }
 
     /// The highest committed index saved so far.
@@ -661,6 +677,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        if let Some(snapshots) = self.shared.snapshots.get() {
+            match tokio::time::timeout(PURGE_SNAPSHOT_WAIT, snapshots.wait_stored(log_id.index)).await {
+                Ok(true) => {}
+                // Shutting down before the snapshot was stored: the log keeps its entries.
+                Ok(false) => return Ok(()),
+                Err(_) => {
+                    return Err(storage_error(
+                        ErrorSubject::Log(log_id),
+                        ErrorVerb::Delete,
+                        io::Error::other(format!(
+                            "no snapshot through index {} was stored within {PURGE_SNAPSHOT_WAIT:?}; \
+                             the log is not purged without one",
+                            log_id.index
+                        )),
+                    ))
+                }
+            }
+        }
         let mut guard = self.lock(ErrorSubject::Log(log_id), ErrorVerb::Delete)?;
         let log = open_log_mut(&mut guard, ErrorSubject::Log(log_id), ErrorVerb::Delete)?;
         log.purge(codec::StoredLogId(log_id))

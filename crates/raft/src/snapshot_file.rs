@@ -150,6 +150,15 @@ pub(crate) struct SnapshotDir {
     /// written any more (a snapshot encoded on a thread of its own may finish after the
     /// node stopped, and the data dir may already be another node's).
     write_lock: Arc<Mutex<bool>>,
+    /// The newest snapshot on disk, durably, and whether the directory was closed (see
+    /// [`SnapshotDir::wait_stored`]).
+    stored: Arc<tokio::sync::watch::Sender<Stored>>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Stored {
+    index: Option<u64>,
+    closed: bool,
 }
 
 impl SnapshotDir {
@@ -158,10 +167,23 @@ impl SnapshotDir {
             path: dir.clone(),
             source,
         })?;
+        let index = newest_index_in(&dir)?;
         Ok(SnapshotDir {
             dir,
             write_lock: Arc::new(Mutex::new(false)),
+            stored: Arc::new(tokio::sync::watch::Sender::new(Stored { index, closed: false })),
         })
+    }
+
+    /// Waits until a snapshot through `index` is on disk, synced (true), or the directory
+    /// was closed first (false).
+    pub(crate) async fn wait_stored(&self, index: u64) -> bool {
+        let mut stored = self.stored.subscribe();
+        let reached = match stored.wait_for(|stored| stored.closed || stored.index >= Some(index)).await {
+            Ok(stored) => stored.index >= Some(index),
+            Err(_) => false,
+        };
+        reached
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -199,6 +221,7 @@ impl SnapshotDir {
     /// No snapshot is written after this returns; one being written is finished first.
     pub(crate) fn close(&self) {
         *self.write_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
+        self.stored.send_modify(|stored| stored.closed = true);
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -245,6 +268,7 @@ impl SnapshotDir {
         }
         fs::rename(&temp_path, &final_path).map_err(io_error(&final_path))?;
         sync_dir(&self.dir).map_err(io_error(&self.dir))?;
+        self.stored.send_modify(|stored| stored.index = stored.index.max(Some(index)));
         self.remove_all_but(&final_path)?;
         Ok(true)
     }
@@ -363,6 +387,50 @@ mod tests {
 
     fn state() -> State {
         State::new(rota_core::Config::default())
+    }
+
+    /// openraft 0.9 purges the log as soon as it hands a received snapshot to the state
+    /// machine; the purge must wait until that snapshot is stored (an audit's follower,
+    /// SIGKILLed in between, had neither and could not start), and give up at shutdown.
+    #[tokio::test]
+    async fn a_log_purge_waits_for_the_snapshot_it_relies_on() {
+        use openraft::storage::RaftLogStorage;
+
+        use crate::log_store::{LogStore, LogStoreConfig};
+
+        let temp = tempfile::tempdir().expect("tempdir");
+        let log = LogStore::open(&LogStoreConfig { dir: temp.path().join("raft-log") }, Default::default())
+            .expect("open the log");
+        let snapshots = SnapshotDir::open(temp.path().join("snapshots")).expect("open the snapshots");
+        log.purge_only_after_snapshots(snapshots.clone());
+        let purge = |index: u64| {
+            let mut log = log.clone();
+            tokio::spawn(async move { log.purge(LogId::new(CommittedLeaderId::new(2, 5), index)).await })
+        };
+        let purging = purge(10);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!purging.is_finished(), "purged before any snapshot was stored");
+        assert_eq!(log.extent().expect("extent").purged, None);
+        let image = SnapshotImage::build(meta(10), &state(), 0).expect("build");
+        let stored = snapshots.clone();
+        tokio::task::spawn_blocking(move || stored.store(&image)).await.expect("join").expect("store");
+        tokio::time::timeout(std::time::Duration::from_secs(10), purging)
+            .await
+            .expect("purged once the snapshot was stored")
+            .expect("join")
+            .expect("purge");
+        assert_eq!(log.extent().expect("extent").purged, Some(10));
+        // A purge past every stored snapshot, then a shutdown: nothing purged, no hang.
+        let purging = purge(20);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        snapshots.close();
+        tokio::time::timeout(std::time::Duration::from_secs(10), purging)
+            .await
+            .expect("ends at shutdown")
+            .expect("join")
+            .expect("no error at shutdown");
+        assert_eq!(log.extent().expect("extent").purged, Some(10));
+        log.close().expect("close");
     }
 
     #[test]
