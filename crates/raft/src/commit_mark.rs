@@ -106,7 +106,8 @@ pub(crate) fn check(
             };
             return Err(format!(
                 "the raft log in {} starts after index {purged}: the entries up to it are kept \
-                 only in a snapshot in {}, but {found} (deleted, or an older copy put back). \
+                 only in a snapshot in {}, but {found} (deleted, an older copy put back, or \
+                 a crash while a snapshot was received, which rota before 2026-12-07 allowed). \
                  Refusing to start without them. To recover: put the snapshot back, restore \
                  the data dir from a backup, or, in a cluster, remove this member and add it \
                  back with an empty data dir",
@@ -119,13 +120,13 @@ pub(crate) fn check(
     if let Some(mark) = mark {
         if reach.is_none_or(|reach| reach < mark) {
             let reach = match reach {
-                Some(index) => format!("ends at index {index}"),
-                None => "is empty".to_string(),
+                Some(index) => format!("now end at index {index}"),
+                None => "are now empty".to_string(),
             };
             return Err(format!(
                 "this member's raft log lost committed entries: it held them synced up to \
-                 index {mark} (its commit mark, {}), but its log and snapshot now reach \
-                 only that far: the log {reach}. Something outside rota cut, zeroed or \
+                 index {mark} (its commit mark, {}), but its log and snapshot {reach}. \
+                 Something outside rota cut, zeroed or \
                  deleted files in {} (a disk that lost synced data, a partial copy, a file \
                  edited by hand). Refusing to start: a member without them could elect a \
                  leader that erases them from the whole cluster. {what_to_do}",
