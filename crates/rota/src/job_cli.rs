@@ -593,7 +593,13 @@ fn read_payload(submit: &JobSubmit) -> Result<RawJson, String> {
     if let Err(too_deep) = rota_core::jobs::check_json_depth(&text) {
         return Err(format!("the payload {too_deep}, the server's limit"));
     }
-    RawJson::from_text(&text).map_err(|error| format!("the payload is not JSON: {error}"))
+    RawJson::from_text(&text).map_err(|error| {
+        let message = error.to_string();
+        match rota_core::jobs::unreadable_json_reason(&message) {
+            Some(why) => format!("the payload holds {why}, which the server refuses ({message})"),
+            None => format!("the payload is not JSON: {message}"),
+        }
+    })
 }
 
 /// Reads a payload of at most [`PAYLOAD_BYTES_MAX`] bytes; a longer one is an error (cut

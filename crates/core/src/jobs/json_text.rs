@@ -61,6 +61,19 @@ fn scan(json: &str, mut keep: impl FnMut(u8)) -> Result<(), TooDeep> {
     Ok(())
 }
 
+/// What is wrong with well-formed JSON that a decoder refused, from serde_json's message
+/// (its words alone read as a syntax error): a number beyond a double, or a lone UTF-16
+/// surrogate escape. `None` for any other error.
+pub fn unreadable_json_reason(decoder_message: &str) -> Option<&'static str> {
+    if decoder_message.starts_with("number out of range") {
+        return Some("a number beyond what a 64-bit float holds");
+    }
+    ["lone leading surrogate", "unexpected end of hex escape", "invalid unicode code point"]
+        .iter()
+        .any(|words| decoder_message.starts_with(words))
+        .then_some("a \\u escape of a lone UTF-16 surrogate (\\ud800 to \\udfff without its pair), which JSON decoders cannot read back")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

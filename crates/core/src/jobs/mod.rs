@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::JobError;
 pub use job::{AttemptError, Job, JobId, JobState, LeaseInfo, NewJob};
-pub use json_text::{check_json_depth, compact_json, TooDeep};
+pub use json_text::{check_json_depth, compact_json, unreadable_json_reason, TooDeep};
 pub use queue::{
     check_name, format_duration_ms, Backoff, JobCounts, Nullable, QueueConfig, QueueInfo, QueuePatch, RateLimit,
     RatePatch,

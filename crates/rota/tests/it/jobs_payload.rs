@@ -124,6 +124,12 @@ fn jobs_cli_submits_and_prints_the_payload_text_as_given() {
             "{bad}: {refused:?}"
         );
     }
+    // JSON the server refuses: said so, not called "not JSON".
+    for (unreadable, words) in [("1e400", "beyond what a 64-bit float holds"), (r#""\ud800""#, "lone UTF-16 surrogate")] {
+        let refused = rota(dir.path(), &args(&server, &["job", "submit", "refused", "--payload", unreadable]));
+        assert_eq!(refused.code(), 1, "{unreadable}: {refused:?}");
+        assert!(refused.stderr.contains(words) && !refused.stderr.contains("not JSON"), "{unreadable}: {refused:?}");
+    }
     // Longer than the CLI reads: refused as too long, not cut off into "not JSON".
     let long = dir.path().join("long.json");
     std::fs::write(&long, format!("\"{}\"", "x".repeat(2 << 20))).expect("write long payload");

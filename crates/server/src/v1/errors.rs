@@ -145,12 +145,11 @@ pub(crate) fn from_json_error(error: serde_path_to_error::Error<serde_json::Erro
     let message = inner.to_string();
     // Well-formed JSON whose value the decoder cannot hold (`1e400`, a lone surrogate
     // `"\ud800"`): serde_json calls it syntax, but the request names the field at fault.
-    let value_refused = ["number out of range", "lone leading surrogate", "unexpected end of hex escape", "invalid unicode code point"]
-        .iter()
-        .any(|words| message.starts_with(words));
+    let why = rota_core::jobs::unreadable_json_reason(&message);
     match inner.classify() {
-        Category::Syntax if value_refused && path != "." => {
-            ApiError::new(400, INVALID, format!("{path}: {}", strip_position(&message)), Some(&path))
+        Category::Syntax if why.is_some() && path != "." => {
+            let why = why.unwrap_or_default();
+            ApiError::new(400, INVALID, format!("{path}: {why} ({})", strip_position(&message)), Some(&path))
         }
         Category::Syntax | Category::Eof | Category::Io => {
             ApiError::new(400, MALFORMED_JSON, format!("malformed JSON: {message}"), None)

@@ -272,7 +272,9 @@ pub(crate) type Raw<'a> = &'a RawValue;
 pub(crate) fn portable(field: &str, json: &str) -> Result<String, ApiError> {
     let compact = rota_core::jobs::compact_json(json).map_err(|too_deep| ApiError::invalid(field, format!("{field} {too_deep}")))?;
     if let Err(error) = serde_json::from_str::<serde_json::Value>(json) {
-        return Err(ApiError::invalid(field, format!("{field} is JSON that decoders cannot read back: {error}")));
+        let message = error.to_string();
+        let why = rota_core::jobs::unreadable_json_reason(&message).unwrap_or("JSON that decoders cannot read back");
+        return Err(ApiError::invalid(field, format!("{field} holds {why}: {message}")));
     }
     Ok(compact)
 }

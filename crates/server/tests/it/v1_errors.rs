@@ -62,6 +62,16 @@ async fn wrong_types_name_the_field() {
     assert_refused(&app, "POST", "/v1/counters/c", r#"{"by": -1e400}"#, 400, "invalid", Some("by")).await;
     assert_refused(&app, "POST", "/v1/queues/q/jobs", r#"{"payload": 1, "delay": "\ud800"}"#, 400, "invalid", Some("delay")).await;
     assert_refused(&app, "POST", "/v1/queues/q/jobs", r#"{"jobs": [{"priority": 2e999}]}"#, 400, "invalid", Some("jobs[0].priority")).await;
+    // And say what is wrong with them (serde_json's words alone read as a syntax error).
+    for (body, field, words) in [
+        (r#"{"payload": 1, "priority": 1e400}"#, "priority", "beyond what a 64-bit float holds"),
+        (r#"{"payload": "\ud800"}"#, "payload", "lone UTF-16 surrogate"),
+        (r#"{"payload": "\udc00x"}"#, "payload", "lone UTF-16 surrogate"),
+    ] {
+        let reply = call(&app, "POST", "/v1/queues/q/jobs", Some(body), &[]).await;
+        assert_error(&reply, 400, "invalid", Some(field));
+        assert!(reply.body.contains(words), "{body}: {}", reply.body);
+    }
 }
 
 #[tokio::test]
