@@ -55,6 +55,10 @@ fn parse(text: &str) -> Option<u64> {
 /// Writes `index` as the mark: a temporary file, synced, renamed over the old mark, and the
 /// directory synced, so that a crash leaves either mark whole.
 pub(crate) fn write(data_dir: &Path, index: u64) -> io::Result<()> {
+    // One writer at a time: the last mark at a stop can meet a periodic one that outlived
+    // its task (both use the same temporary file).
+    static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _writing = WRITING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let temporary = data_dir.join(format!("{FILE_NAME}.tmp"));
     {
         let mut file = File::create(&temporary)?;
