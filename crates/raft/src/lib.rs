@@ -982,6 +982,7 @@ impl Node {
     pub fn status(&self) -> Status {
         let metrics = self.inner.raft.metrics();
         let metrics = metrics.borrow();
+        let leads_now = self.counts_as_leader(&metrics);
         let removed = self.is_removed();
         let lost = self.lost_quorum(&metrics);
         Status {
@@ -989,7 +990,7 @@ impl Node {
             name: self.inner.name.clone(),
             term: metrics.current_term,
             leader_id: metrics.current_leader.filter(|_| !removed && !lost),
-            is_leader: !removed && !lost && leads(&metrics, self.inner.id),
+            is_leader: leads_now,
             last_log_index: metrics.last_log_index.unwrap_or(0),
             commit_index: self.inner.log_store.committed_index(),
             applied_index: self.inner.shared.applied_tx.borrow().raft_index,
@@ -1068,13 +1069,14 @@ impl Node {
         if let Some(snapshot) = current.snapshot {
             metrics.snapshot_index.set(snapshot.index as i64);
         }
-        // As `/health` and `/v2/stats/self` say: a leader that lost its quorum (or was
-        // removed) counts as none; openraft still calls it leader until a newer one appears.
-        let removed = self.is_removed();
-        let lost = self.lost_quorum(&current);
-        metrics
-            .is_leader
-            .set(i64::from(!removed && !lost && leads(&current, self.inner.id)));
+        metrics.is_leader.set(i64::from(self.counts_as_leader(&current)));
+    }
+
+    /// Whether this member leads, as `/health`, `/v2/stats/self` and `/metrics` say: a
+    /// leader that lost its quorum (or was removed) counts as none; openraft still calls it
+    /// leader until a newer one appears.
+    fn counts_as_leader(&self, metrics: &openraft::RaftMetrics<NodeId, Member>) -> bool {
+        !self.is_removed() && !self.lost_quorum(metrics) && leads(metrics, self.inner.id)
     }
 
     /// Resolves when Raft stopped on its own: a storage error (a failed fsync or write) or a

@@ -798,7 +798,7 @@ impl Drop for KillOnDrop {
 const REMOVED_FOLLOWER_DIR: &str = "/removed-follower";
 
 /// Waits up to `within` from `since` for node `i` to exit: its status and when.
-fn wait_exit(cluster: &mut Cluster, i: usize, since: Instant, within: Duration) -> Option<(std::process::ExitStatus, Duration)> {
+pub fn wait_exit(cluster: &mut Cluster, i: usize, since: Instant, within: Duration) -> Option<(std::process::ExitStatus, Duration)> {
     loop {
         match cluster.try_wait(i) {
             Some(status) => return Some((status, since.elapsed())),

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::cluster::{Cluster, ClusterConfig};
-use crate::cluster_membership::terminate_cluster_node;
+use crate::cluster_membership::{terminate_cluster_node, wait_exit};
 use crate::harness::{self, Server};
 use crate::http::{self, Request};
 
@@ -24,18 +24,6 @@ fn put(addr: std::net::SocketAddr, key: &str, value: &str) -> u16 {
     http::send(addr, &Request::new("PUT", &format!("/v2/keys{key}")).form(&format!("value={value}")))
         .map(|response| response.status())
         .unwrap_or(0)
-}
-
-/// Waits until node `i` exited by itself; its status.
-fn wait_exit(cluster: &mut Cluster, i: usize, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = cluster.try_wait(i) {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "node {i} still runs:\n{}", cluster.nodes[i].log_tail(30));
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The audit's scenario. Leader A, followers B and C. C goes down; 200 writes are
@@ -74,7 +62,8 @@ fn a_member_whose_log_lost_committed_entries_refuses_to_start_and_the_cluster_ke
     copy_dir(&before.path().join("raft-log"), &b_log);
 
     cluster.start_again(b);
-    let status = wait_exit(&mut cluster, b, Duration::from_secs(20));
+    let (status, _) = wait_exit(&mut cluster, b, Instant::now(), Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("B still runs:\n{}", cluster.nodes[b].log_tail(30)));
     assert!(!status.success(), "B exited with {status}");
     let log = cluster.nodes[b].log_tail(40);
     assert!(log.contains("lost committed entries"), "{log}");

@@ -145,10 +145,9 @@ pub(crate) fn from_json_error(error: serde_path_to_error::Error<serde_json::Erro
     let message = inner.to_string();
     // Well-formed JSON whose value the decoder cannot hold (`1e400`, a lone surrogate
     // `"\ud800"`): serde_json calls it syntax, but the request names the field at fault.
-    let why = rota_core::jobs::unreadable_json_reason(&message);
+    let why = rota_core::jobs::unreadable_json_reason(&message).filter(|_| path != ".");
     match inner.classify() {
-        Category::Syntax if why.is_some() && path != "." => {
-            let why = why.unwrap_or_default();
+        Category::Syntax if let Some(why) = why => {
             ApiError::new(400, INVALID, format!("{path}: {why} ({})", strip_position(&message)), Some(&path))
         }
         Category::Syntax | Category::Eof | Category::Io => {
