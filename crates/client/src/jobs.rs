@@ -426,6 +426,9 @@ pub struct JobFilter {
     pub state: Option<JobState>,
     pub limit: Option<u32>,
     pub after: Option<JobId>,
+    /// Read from the member reached, without asking the leader (`?consistency=local`): it
+    /// answers without a quorum (after losing a majority), perhaps behind the leader.
+    pub local: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -773,6 +776,9 @@ impl Client {
         }
         if let Some(after) = filter.after {
             query.push(("after", after.to_string()));
+        }
+        if filter.local {
+            query.push(("consistency", "local".to_string()));
         }
         let target = format!(
             "/v1/queues/{}/jobs{}",

@@ -668,6 +668,24 @@ pub(crate) async fn refuse_rebootstrap(config: &NodeConfig, id: NodeId) -> Resul
                 info.cluster_id, config.name
             )));
         }
+        // Listed at our peer URLs under another id, not started: a member added at runtime
+        // (`member add`) that is being started with `new` by mistake. It would bootstrap a
+        // cluster of its own, which its peers refuse ("cluster id mismatch") for ever.
+        let added = info.members.iter().find(|(member, details)| {
+            *member != id
+                && details.client_urls.is_empty()
+                && details.peer_urls.iter().any(|url| config.advertise_peer_urls.contains(url))
+        });
+        if let Some((added_id, _)) = added {
+            return Err(StartError::Join(format!(
+                "peer {url} lists member {added_id:x} at this member's peer URLs ({}), not started yet, in cluster {:016x}: \
+                 a member added with `member add` joins with --initial-cluster-state existing (with new it would start \
+                 a cluster of its own); otherwise the --initial-cluster of that peer names this member other than {:?}",
+                config.advertise_peer_urls.join(","),
+                info.cluster_id,
+                config.name
+            )));
+        }
     }
     Ok(())
 }

@@ -56,7 +56,7 @@ use tokio::task::JoinHandle;
 pub use crate::metrics::RaftMetrics;
 pub use crate::network::FollowerStats;
 pub use crate::peer::{ClusterInfo, PeerError, PeerRpc};
-pub use crate::types::{cluster_id, node_id_from_name, parse_initial_cluster, Member};
+pub use crate::types::{cluster_id, node_id_from_name, parse_initial_cluster, unnamed_members_refused, Member};
 
 use crate::identity::Identity;
 use crate::log_store::{LogOpenError, LogStore, LogStoreConfig};
@@ -131,6 +131,11 @@ pub struct NodeConfig {
     /// False for a one-member cluster started without a peer listener: members cannot be
     /// added to it (a new member could not reach it), and `add_member` says so.
     pub listens_for_peers: bool,
+    /// The ports this member listens for peers on (empty: not known, nothing checked). A
+    /// one-member cluster registered at peer URLs on none of them (started once without
+    /// `--initial-advertise-peer-urls`) cannot take members either: they would look for it
+    /// there.
+    pub peer_listen_ports: Vec<u16>,
     /// `--initial-cluster` as members (names and peer URLs). Empty: this member alone.
     pub initial_cluster: Vec<Member>,
     /// `--initial-cluster-state`.
@@ -163,6 +168,7 @@ impl NodeConfig {
             advertise_client_urls: Vec::new(),
             peer_source_ip: None,
             listens_for_peers: true,
+            peer_listen_ports: Vec::new(),
             initial_cluster: Vec::new(),
             initial_cluster_state: ClusterState::New,
             cluster_token: "etcd-cluster".to_string(),
@@ -355,6 +361,9 @@ pub enum MemberError {
     /// A one-member cluster without a peer listener cannot take members.
     #[error("this member does not listen for peers (a one-member cluster started without --listen-peer-urls): restart it with --listen-peer-urls and --initial-advertise-peer-urls before adding members")]
     NoPeerListener,
+    /// A one-member cluster registered at peer URLs it does not listen on.
+    #[error("this member is registered at the peer URLs {registered}, where it does not listen (it first started without --initial-advertise-peer-urls, or listens elsewhere since): a new member would look for it there. Change them first: etcdctl member update {id:x} URL (PUT /v2/members/{id:x})")]
+    RegisteredElsewhere { id: u64, registered: String },
     #[error("no leader")]
     NoLeader,
     #[error("node is shutting down")]
@@ -411,6 +420,7 @@ struct NodeInner {
     cluster_token: String,
     advertise_client_urls: Vec<String>,
     listens_for_peers: bool,
+    peer_listen_ports: Vec<u16>,
     leader_wait: Duration,
     /// A leader that has not heard from a quorum of voters for longer than this counts as no
     /// leader (see [`Node::lost_quorum`]).
@@ -795,6 +805,7 @@ impl Node {
                 cluster_token: config.cluster_token.clone(),
                 advertise_client_urls: config.advertise_client_urls.clone(),
                 listens_for_peers: config.listens_for_peers,
+                peer_listen_ports: config.peer_listen_ports.clone(),
                 leader_wait: config.leader_wait(),
                 quorum_silence_max: Duration::from_millis(2 * config.election_timeout_max_ms),
                 restored_term,

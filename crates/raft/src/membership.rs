@@ -59,6 +59,12 @@ impl Node {
         if !self.inner.listens_for_peers {
             return Err(MemberError::NoPeerListener);
         }
+        if let [(id, me)] = self.members().as_slice() {
+            let ports = &self.inner.peer_listen_ports;
+            if *id == self.inner.id && !ports.is_empty() && !me.peer_urls.iter().any(|url| url_port(url).is_some_and(|port| ports.contains(&port))) {
+                return Err(MemberError::RegisteredElsewhere { id: *id, registered: me.peer_urls.join(",") });
+            }
+        }
         forward::change_members(self, MemberChange::Add { peer_urls }).await
     }
 
@@ -76,6 +82,11 @@ impl Node {
             .await
             .map(|_| ())
     }
+}
+
+/// The port of an `http://host:port[/]` URL.
+fn url_port(url: &str) -> Option<u16> {
+    url.trim_end_matches('/').rsplit_once(':').and_then(|(_, port)| port.parse().ok())
 }
 
 fn validate_peer_urls(peer_urls: &[String]) -> Result<(), MemberError> {

@@ -96,7 +96,7 @@ impl PeerRpc {
 /// Why a peer request was refused (the server crate maps it to an HTTP status).
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
-    #[error("cluster token mismatch: this member belongs to cluster token {ours:?}, the request came from node {from:x} with token {theirs:?}")]
+    #[error("cluster token mismatch: this member belongs to cluster token {ours:?}, the request came from node {from:x} with token {theirs:?} (the members of a new cluster must start with one --initial-cluster-token; a member keeps the token of its first start, so one started with another must start again from an empty data dir)")]
     TokenMismatch {
         ours: String,
         theirs: String,
@@ -105,7 +105,7 @@ pub enum PeerError {
     /// The sender belongs to another cluster id under the same token: typically a member
     /// that lost its data dir and bootstrapped a cluster of its own with changed flags. Its
     /// votes and entries must not reach this cluster.
-    #[error("cluster id mismatch: this member belongs to cluster {ours:016x}, the request came from node {from:x} of cluster {theirs:016x} (a member whose data dir was lost and that started a new cluster?)")]
+    #[error("cluster id mismatch: this member belongs to cluster {ours:016x}, the request came from node {from:x} of cluster {theirs:016x} (members started with different --initial-cluster lists or tokens; a member added with `member add` but started with --initial-cluster-state new instead of existing; or a member that lost its data dir, or was removed, and started a new cluster)")]
     ClusterIdMismatch { ours: u64, theirs: u64, from: u64 },
     #[error("undecodable {rpc} request: {reason}")]
     BadRequest { rpc: &'static str, reason: String },

@@ -438,6 +438,17 @@ mod tests {
     }
 }
 
+/// A member's name for the log: one added by `member add` has none until it has started and
+/// published it, which may come after it became a voter (etcd lists it with an empty name
+/// meanwhile).
+fn shown_name(member: &crate::types::Member) -> &str {
+    if member.name.is_empty() {
+        "(not known yet)"
+    } else {
+        &member.name
+    }
+}
+
 /// One line on every member for each membership change it applies, as etcd's "added
 /// member ... to cluster" / "removed member ...": members that came or went, and learners
 /// that became voters. (A joint step that changes nothing of these logs nothing.)
@@ -449,19 +460,19 @@ fn log_membership_change(
     for (id, member) in after.nodes() {
         match before.get_node(id) {
             None if voter(after, id) => {
-                tracing::info!(member = %format_args!("{id:x}"), name = %member.name, peer_urls = %member.peer_urls.join(","), "membership: member added")
+                tracing::info!(member = %format_args!("{id:x}"), name = %shown_name(member), peer_urls = %member.peer_urls.join(","), "membership: member added")
             }
             None => tracing::info!(member = %format_args!("{id:x}"), peer_urls = %member.peer_urls.join(","), "membership: member added as a learner (a voter once it has caught up)"),
             Some(_) if voter(after, id) && !voter(before, id) => {
                 // A new member's name is known once it has published it (after it started).
-                tracing::info!(member = %format_args!("{id:x}"), name = %member.name, peer_urls = %member.peer_urls.join(","), "membership: member is now a voter")
+                tracing::info!(member = %format_args!("{id:x}"), name = %shown_name(member), peer_urls = %member.peer_urls.join(","), "membership: member is now a voter")
             }
             Some(_) => {}
         }
     }
     for (id, member) in before.nodes() {
         if after.get_node(id).is_none() {
-            tracing::info!(member = %format_args!("{id:x}"), name = %member.name, peer_urls = %member.peer_urls.join(","), "membership: member removed");
+            tracing::info!(member = %format_args!("{id:x}"), name = %shown_name(member), peer_urls = %member.peer_urls.join(","), "membership: member removed");
         }
     }
 }

@@ -145,7 +145,10 @@ pub(crate) fn member_id_from_peer_urls(cluster_id: u64, salt: u64, peer_urls: &[
 }
 
 /// `--initial-cluster`: `name=url[,name=url...]`; a name repeated gives that member several
-/// peer URLs (etcd's syntax). Members keep the flag's order.
+/// peer URLs (etcd's syntax). Members keep the flag's order. An entry without a name
+/// (`=url`) is a member added but not started yet, as `etcdctl member add` lists it (etcd
+/// accepts it): it is kept on its own, unnamed; only a member that joins may be given one
+/// (see [`unnamed_members_refused`]).
 pub fn parse_initial_cluster(flag: &str) -> Result<Vec<Member>, String> {
     let mut members: Vec<Member> = Vec::new();
     for entry in flag.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -153,7 +156,7 @@ pub fn parse_initial_cluster(flag: &str) -> Result<Vec<Member>, String> {
             return Err(format!("--initial-cluster entry {entry:?} is not name=url"));
         };
         let (name, url) = (name.trim(), url.trim());
-        if name.is_empty() || url.is_empty() {
+        if url.is_empty() {
             return Err(format!("--initial-cluster entry {entry:?} is not name=url"));
         }
         if !url.starts_with("http://") {
@@ -170,7 +173,7 @@ pub fn parse_initial_cluster(flag: &str) -> Result<Vec<Member>, String> {
         {
             return Err(format!("--initial-cluster has the URL {url:?} twice"));
         }
-        match members.iter_mut().find(|member| member.name == name) {
+        match members.iter_mut().find(|member| !name.is_empty() && member.name == name) {
             Some(member) => member.peer_urls.push(url.to_string()),
             None => members.push(Member {
                 name: name.to_string(),
@@ -182,13 +185,27 @@ pub fn parse_initial_cluster(flag: &str) -> Result<Vec<Member>, String> {
     if members.is_empty() {
         return Err("--initial-cluster is empty".to_string());
     }
-    let mut ids: Vec<NodeId> = members.iter().map(|m| node_id_from_name(&m.name)).collect();
+    let named = members.iter().filter(|m| !m.name.is_empty());
+    let mut ids: Vec<NodeId> = named.clone().map(|m| node_id_from_name(&m.name)).collect();
     ids.sort_unstable();
     ids.dedup();
-    if ids.len() != members.len() {
+    if ids.len() != named.count() {
         return Err("--initial-cluster: two names hash to the same node id".to_string());
     }
     Ok(members)
+}
+
+/// Why a member that starts a new cluster cannot take `members` (parsed from
+/// `--initial-cluster`), if it cannot: every member of a new cluster is named; an unnamed
+/// entry is a member added to a running one, which only a joining member may list.
+pub fn unnamed_members_refused(members: &[Member]) -> Option<String> {
+    let unnamed = members.iter().find(|member| member.name.is_empty())?;
+    Some(format!(
+        "--initial-cluster entry \"={}\" has no name: that is how `etcdctl member add` lists a member \
+         added but not started yet, which only a member joining a running cluster \
+         (--initial-cluster-state existing) may list; a new cluster's members all have names",
+        unnamed.peer_urls.join(",")
+    ))
 }
 
 struct Fnv1a(u64);
@@ -240,6 +257,22 @@ mod tests {
         assert!(parse_initial_cluster("a=http://h:1,a=http://h:1").is_err());
         assert!(parse_initial_cluster("a=https://h:1").is_err());
         assert!(parse_initial_cluster("").is_err());
+    }
+
+    #[test]
+    fn unnamed_entries_are_members_not_started_yet_each_on_its_own() {
+        // As `etcdctl member add` prints ETCD_INITIAL_CLUSTER while two members it added
+        // have not started: each unnamed entry is one member.
+        let flag = "a=http://h:1,=http://h:2,n6=http://h:6,=http://h:3";
+        let members = parse_initial_cluster(flag).expect("parses");
+        let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["a", "", "n6", ""]);
+        assert_eq!(members[3].peer_urls, ["http://h:3"]);
+        let refused = unnamed_members_refused(&members).expect("refused for a new cluster");
+        assert!(refused.contains("\"=http://h:2\" has no name") && refused.contains("existing"), "{refused}");
+        assert_eq!(unnamed_members_refused(&members[2..3]), None);
+        assert!(parse_initial_cluster("a=").is_err());
+        assert!(parse_initial_cluster("=http://h:1,b=http://h:1").is_err(), "a URL twice");
     }
 
     #[test]

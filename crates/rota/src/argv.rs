@@ -108,6 +108,26 @@ pub fn tls_refusal(given: &str) -> String {
 
 /// The first TLS flag of a `rota serve` command line (after [`rewrite_go_flags`]), as given.
 pub fn tls_flag_given(args: &[OsString]) -> Option<String> {
+    serve_flag_given(args, TLS_SERVE_FLAGS)
+}
+
+/// `--force-new-cluster` on a `rota serve` command line, as given.
+pub fn force_new_cluster_given(args: &[OsString]) -> Option<String> {
+    serve_flag_given(args, &["force-new-cluster"])
+}
+
+/// Why `--force-new-cluster` (or `ETCD_FORCE_NEW_CLUSTER`, as `given`) is refused.
+pub fn force_new_cluster_refusal(given: &str) -> String {
+    format!(
+        "Error:  {given} is not supported: rota does not restart a cluster from one member's data. \
+         After losing a majority, read what you need from a surviving member (GET /v2/keys \
+         answers from the member itself; /v1 reads with ?consistency=local) and load it into \
+         a new cluster: see the README (\"Back up and restore\")"
+    )
+}
+
+/// The first of `names` given as a flag on a `rota serve` command line, as given.
+fn serve_flag_given(args: &[OsString], names: &[&str]) -> Option<String> {
     if args.get(1).is_none_or(|arg| arg != "serve") {
         return None;
     }
@@ -120,7 +140,7 @@ pub fn tls_flag_given(args: &[OsString]) -> Option<String> {
             arg.strip_prefix("--")
                 .or_else(|| arg.strip_prefix('-'))
                 .map(|rest| rest.split_once('=').map_or(rest, |(name, _)| name))
-                .is_some_and(|name| TLS_SERVE_FLAGS.contains(&name))
+                .is_some_and(|name| names.contains(&name))
         })
         .map(str::to_owned)
 }
@@ -349,6 +369,9 @@ mod tests {
         assert_eq!(given.as_deref(), Some("-peer-auto-tls"));
         assert_eq!(tls_flag_given(&args(&["rota", "serve", "--name", "cert-file"])), None);
         assert_eq!(tls_flag_given(&args(&["rota", "kv", "--cert-file", "x"])), None);
+        assert_eq!(force_new_cluster_given(&args(&["rota", "serve", "-force-new-cluster"])).as_deref(), Some("-force-new-cluster"));
+        assert_eq!(force_new_cluster_given(&args(&["rota", "serve", "--force-new-cluster=true"])).as_deref(), Some("--force-new-cluster=true"));
+        assert_eq!(force_new_cluster_given(&args(&["rota", "serve", "--name", "n1"])), None);
         let env = |pairs: &[(&str, &str)]| {
             etcd_environment(pairs.iter().map(|(name, value)| (name.to_string(), value.to_string())), ["ETCD_NAME"])
         };

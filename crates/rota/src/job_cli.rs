@@ -174,6 +174,10 @@ pub enum JobCommand {
         /// Start after this job id (the `next` of the previous page).
         #[arg(long)]
         after: Option<JobId>,
+        /// Read from the member reached, without a quorum (e.g. after losing a majority):
+        /// what it holds, perhaps behind the leader.
+        #[arg(long)]
+        local: bool,
     },
     /// Cancel a scheduled, queued or leased job.
     Cancel {
@@ -460,6 +464,7 @@ pub async fn run_job(args: JobArgs) -> ExitCode {
             state,
             limit,
             after,
+            local,
         } => client
             .list_jobs(
                 &queue,
@@ -467,6 +472,7 @@ pub async fn run_job(args: JobArgs) -> ExitCode {
                     state,
                     limit,
                     after,
+                    local,
                 },
             )
             .await

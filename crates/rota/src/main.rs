@@ -68,6 +68,10 @@ fn main() -> ExitCode {
         eprintln!("{}", argv::tls_refusal(&given));
         return ExitCode::from(2);
     }
+    if let Some(given) = argv::force_new_cluster_given(&args) {
+        eprintln!("{}", argv::force_new_cluster_refusal(&given));
+        return ExitCode::from(2);
+    }
     let (args, ignored_etcd_flags) = argv::take_ignored_serve_flags(args);
     let mut cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,

@@ -182,6 +182,14 @@ async fn add(endpoints: &Endpoints, name: &str, peer_urls: &str) -> Result<(), F
         .map(str::trim)
         .filter(|u| !u.is_empty())
         .collect();
+    // The name goes only into the flags printed for the new member: one taken already
+    // would give it another member's entries in its --initial-cluster, which it refuses.
+    if let Some(taken) = members(endpoints).await?.into_iter().find(|member| member.name == name) {
+        return Err(Failure::Server(format!(
+            "member {} is named {name:?} already: give the new member another name (nothing was added)",
+            taken.id
+        )));
+    }
     let (status, body) = endpoints
         .send(
             reqwest::Method::POST,

@@ -233,10 +233,8 @@ pub async fn run(mut args: ServeArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     if environment.force_new_cluster {
-        tracing::error!(
-            "ETCD_FORCE_NEW_CLUSTER is not supported: rota does not restart a cluster from one member's data (unset it)"
-        );
-        return ExitCode::FAILURE;
+        eprintln!("{}", crate::argv::force_new_cluster_refusal("ETCD_FORCE_NEW_CLUSTER"));
+        return ExitCode::from(2);
     }
     args.ignored_etcd_flags.extend(environment.ignored);
     if !args.ignored_etcd_flags.is_empty() {
@@ -383,6 +381,11 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
     let restarting = data_dir.join("identity").exists();
     if !restarting {
         refuse_foreign_data_dir(&data_dir)?;
+        if args.initial_cluster_state != "existing" {
+            if let Some(refused) = rota_raft::unnamed_members_refused(&initial_cluster) {
+                anyhow::bail!("{refused}");
+            }
+        }
     }
     let peer_urls = split_urls(&args.initial_advertise_peer_urls);
     let me = initial_cluster.iter().find(|member| member.name == args.name);
@@ -470,6 +473,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.advertise_peer_urls = peer_urls.clone();
     config.peer_source_ip = peer_source_ip(&peer_addresses);
     config.listens_for_peers = !peer_listeners.is_empty();
+    config.peer_listen_ports = peer_addresses.iter().map(std::net::SocketAddr::port).collect();
     if let Some(ip) = config.peer_source_ip {
         tracing::info!(%ip, "peer connections to other members come from the peer listen address");
     }

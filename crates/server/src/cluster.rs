@@ -332,7 +332,9 @@ fn member_error(error: &MemberError, id: &str) -> Response<Body> {
         MemberError::NotFound(_) => no_such_member(id),
         MemberError::Conflict(_) => message_json(409, "membership: peerURL exists"),
         MemberError::InvalidPeerUrls(reason) => message_json(400, reason),
-        MemberError::NoPeerListener | MemberError::Unhealthy(_) => message_json(412, &error.to_string()),
+        MemberError::NoPeerListener | MemberError::RegisteredElsewhere { .. } | MemberError::Unhealthy(_) => {
+            message_json(412, &error.to_string())
+        }
         // This member was removed: another member takes the request.
         MemberError::NoLeader | MemberError::ShuttingDown | MemberError::Removed => {
             no_leader_json(&error.to_string())

@@ -77,8 +77,13 @@ fn serve_takes_etcds_environment_variables_and_a_flag_wins() {
 
     // ETCD_FORCE_NEW_CLUSTER is refused, as the flag is.
     let mut forced = Proc::spawn(dir.path(), "forced", &["serve".into()], &[("ETCD_FORCE_NEW_CLUSTER", "true".to_owned()), ("ETCD_DATA_DIR", dir.path().join("forced").display().to_string())]);
-    assert!(!forced.wait_exit(Duration::from_secs(10)).success());
+    assert_eq!(forced.wait_exit(Duration::from_secs(10)).code(), Some(2));
     assert!(forced.stderr().contains("ETCD_FORCE_NEW_CLUSTER is not supported"), "{}", forced.stderr());
+    let forced_dir = dir.path().join("forced").display().to_string();
+    let mut by_flag = Proc::spawn(dir.path(), "forced-flag", &["serve", "--data-dir", &forced_dir, "--force-new-cluster"].map(String::from), &[]);
+    assert_eq!(by_flag.wait_exit(Duration::from_secs(10)).code(), Some(2));
+    assert!(by_flag.stderr().contains("--force-new-cluster is not supported") && by_flag.stderr().contains("consistency=local"), "{}", by_flag.stderr());
+    assert!(!dir.path().join("forced").join("identity").exists(), "nothing started");
 
     // TLS, asked for by a flag or a variable, is refused: nothing may answer in the clear.
     let tls_dir = dir.path().join("tls").display().to_string();
@@ -202,8 +207,9 @@ fn serve_takes_an_etcd_command_line_with_its_host_whitelist_and_cors() {
 
 /// Start-up settings etcd refuses, or that would serve the wrong thing, fail at once with a
 /// message naming the flag: a data dir that is etcd's or holds other files (it got a new,
-/// empty member beside them), timing flags that make elections churn, and no advertised
-/// client URL for a member listening on all addresses (127.0.0.1:2379 was advertised).
+/// empty member beside them), timing flags that make elections churn, no advertised
+/// client URL for a member listening on all addresses (127.0.0.1:2379 was advertised), and
+/// a new cluster listing an unnamed member.
 #[test]
 fn serve_refuses_a_foreign_data_dir_bad_timing_and_an_unknowable_client_url() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -237,6 +243,12 @@ fn serve_refuses_a_foreign_data_dir_bad_timing_and_an_unknowable_client_url() {
         (
             serve(&fresh, &["--listen-client-urls", &format!("http://0.0.0.0:{client}")]),
             "--advertise-client-urls is required when --listen-client-urls listens on all addresses",
+        ),
+        // An unnamed entry is a member added to a running cluster (as `etcdctl member add`
+        // prints one not started yet): a new cluster cannot list it.
+        (
+            serve(&fresh, &["--initial-cluster", &format!("default={peer_url},=http://127.0.0.1:1")]),
+            "\"=http://127.0.0.1:1\" has no name",
         ),
     ];
     for (at, (args, expected)) in cases.into_iter().enumerate() {

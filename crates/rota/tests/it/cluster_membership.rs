@@ -681,14 +681,30 @@ fn cluster_membership_a_single_node_grows_into_a_cluster_only_when_it_listens_fo
         let log = std::fs::read_to_string(dir.path().join("lone.log")).ok()?;
         (log.contains("knows this member by peer URLs it does not listen on") && log.contains("etcdctl member update")).then_some(())
     });
+    // Nor does it take a member then: the new one would look for it at the default URLs.
+    let refused = send_until_answered(&[addr(lone_port)], &request);
+    assert_eq!(refused.status(), 412, "{name}: {}", refused.text());
+    assert!(refused.text().contains("where it does not listen") && refused.text().contains("member update"), "{name}: {}", refused.text());
+    assert_eq!(try_member_names(&addr(lone_port)).map(|m| m.len()), Some(1), "{name}: nothing was added");
 
     // With them, it takes a second member that joins, catches up and takes writes.
     let (c1, p1, c2, p2) = (free_port(), free_port(), free_port(), free_port());
     let _n1 = serve("n1", c1, Some(p1), &[]);
     let before = put_until_answered(addr(c1), "/grow/before", "1");
     assert_eq!(before.status(), 201, "{name}: {}", before.text());
+    // Another member added first and not started: `etcdctl member add` lists it unnamed in
+    // the ETCD_INITIAL_CLUSTER it prints for n2 (rota refused that entry).
+    let unstarted = format!("http://127.0.0.1:{}", free_port());
+    add_member(&[addr(c1)], &unstarted);
     add_member(&[addr(c1)], &format!("http://127.0.0.1:{p2}"));
-    let cluster = format!("n1=http://127.0.0.1:{p1},n2=http://127.0.0.1:{p2}");
+    let cluster = format!("n1=http://127.0.0.1:{p1},={unstarted},n2=http://127.0.0.1:{p2}");
+    // Started with `new` by mistake, the added member is told to join with `existing` (it
+    // started a cluster of its own, which its peers then refused for ever).
+    let mut mistaken = serve("n2", c2, Some(p2), &["--initial-cluster".to_owned(), cluster.replace(&format!("={unstarted},"), ""), "--initial-cluster-state".to_owned(), "new".to_owned()]);
+    let exited = wait_until(CHANGE_TIMEOUT, "n2 started with `new` exits", || mistaken.0.try_wait().ok().flatten());
+    let log = std::fs::read_to_string(dir.path().join("n2.log")).expect("n2's log");
+    assert!(!exited.success() && log.contains("joins with --initial-cluster-state existing"), "{name}: {exited}: {log}");
+    assert!(!dir.path().join("n2").join("identity").exists(), "{name}: the refused start stored no identity");
     // Started as `etcdctl member add` says, without the cluster's token (the default one
     // given last wins over the closure's): a joining member takes the cluster's token.
     let existing = [
@@ -704,7 +720,12 @@ fn cluster_membership_a_single_node_grows_into_a_cluster_only_when_it_listens_fo
         let read = http::send_with_timeout(addr(c2), &Request::new("GET", "/v2/keys/grow/before"), PROBE_TIMEOUT).ok()?;
         (read.status() == 200).then_some(())
     });
-    wait_until(CHANGE_TIMEOUT, "both members listed with their client URLs", || all_client_urls_published(&addr(c1), 2).then_some(()));
+    wait_until(CHANGE_TIMEOUT, "both started members listed with their client URLs", || {
+        let response = http::send_with_timeout(addr(c1), &Request::new("GET", "/v2/members"), PROBE_TIMEOUT).ok()?;
+        let members = response.json()["members"].as_array().cloned().unwrap_or_default();
+        let published = members.iter().filter(|m| m["clientURLs"].as_array().is_some_and(|urls| !urls.is_empty())).count();
+        (members.len() == 3 && published == 2).then_some(())
+    });
     let after = put_until_answered(addr(c2), "/grow/after", "2");
     assert!(matches!(after.status(), 200 | 201), "{name}: a write through the new member: {} {}", after.status(), after.text());
     let read = http::send_with_timeout(addr(c1), &Request::new("GET", "/v2/keys/grow/after?quorum=true"), PROBE_TIMEOUT).expect("read");
@@ -1606,6 +1627,9 @@ fn cluster_membership_a_leader_without_a_quorum_says_so_and_answers_writes() {
     let addr = cluster.nodes[leader].client_addr();
     let before = put_until_answered(addr, "/noquorum/before", "1");
     assert!(matches!(before.status(), 200 | 201), "{name}: {} {}", before.status(), before.text());
+    let submit = Request::new("POST", "/v1/queues/noquorum/jobs").header("Content-Type", "application/json").raw_body(b"{\"payload\":\"kept\"}".to_vec());
+    let submitted = http::send_with_timeout(addr, &submit, WRITE_TIMEOUT).expect("submit");
+    assert_eq!(submitted.status(), 202, "{name}: {}", submitted.text());
     let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     for &i in &followers {
         cluster.kill(i);
@@ -1615,6 +1639,13 @@ fn cluster_membership_a_leader_without_a_quorum_says_so_and_answers_writes() {
         let health = get("/health").ok()?;
         (health.status() == 503 && health.text().contains("false")).then_some(())
     });
+    // What it holds can still be read from it, as the README says for a lost majority.
+    let listed = Command::new(harness::rota_bin())
+        .args(["job", "ls", "noquorum", "--local", "-o", "json", "--endpoints", &format!("http://{addr}")])
+        .output()
+        .expect("rota job ls");
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success() && stdout.contains("\"kept\""), "{name}: {stdout} {}", String::from_utf8_lossy(&listed.stderr));
     let stats = get("/v2/stats/self").expect("stats").json();
     assert_eq!(stats["leaderInfo"]["leader"], "", "{name}: {stats}");
     // etcd's request timeout is 7 s with these settings; well within this bound.

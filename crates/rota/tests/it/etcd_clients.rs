@@ -315,6 +315,13 @@ fn rota_member_ls_prints_what_etcdctl_member_list_prints() {
     let (etcdctl, rota) = list(&server);
     assert!(etcdctl.contains("[unstarted]: peerURLs=http://127.0.0.1:9"), "{etcdctl}");
     assert_eq!(rota, etcdctl);
+    // `rota member add` refuses a name in use: the flags it prints would give the new
+    // member two entries of that name.
+    let name = rota.split("name=").nth(1).and_then(|rest| rest.split_whitespace().next()).expect("a named member").to_string();
+    let args = ["member", "add", &name, "http://127.0.0.1:10", "--endpoints", &server.client_url()].map(str::to_string);
+    let refused = run(crate::harness::rota_bin(), &args, &[]);
+    assert!(refused.contains(&format!("is named \"{name}\" already")), "{refused}");
+    assert_eq!(list(&server).1, rota, "nothing was added");
 }
 
 /// `etcdctl` given every member of a 3-node cluster, as users run it: it works the moment

@@ -133,9 +133,5 @@ fn a_single_node_refuses_to_start_on_a_damaged_data_dir_and_says_what_to_do() {
     assert!(server.stderr_tail().contains("starting from the snapshot alone"), "{}", server.stderr_tail());
     let index = server.store_index();
     assert!((100..300).contains(&index), "store index {index} after starting from the snapshot");
-    reset_not_needed(&mut server);
-}
-
-fn reset_not_needed(server: &mut Server) {
-    assert!(server.terminate(Duration::from_secs(10)).is_some());
+    assert!(server.terminate(Duration::from_secs(10)).is_some(), "stops on SIGTERM");
 }
