@@ -136,6 +136,21 @@ async fn a_stream_watch_sends_one_line_per_event() {
     assert_eq!(served.app.watcher_count(), 1, "a stream watch stays open");
 }
 
+/// From a `waitIndex` in the history, a stream sends every event since, then live ones
+/// (etcd 3.4 sends the first and then nothing: docs/limits.md says why rota does not).
+#[tokio::test]
+async fn a_stream_watch_from_history_sends_what_followed_and_then_live_events() {
+    let served = serve(app(), Default::default()).await;
+    put(&served.app, "/v2/keys/h", "value=first").await;
+    put(&served.app, "/v2/keys/h", "value=second").await;
+    let mut stream = open_watch(served.port, "/v2/keys/h?wait=true&stream=true&waitIndex=1").await;
+    let history = read_until(&mut stream, "\"second\"", PATIENCE).await;
+    let first = history.find("\"first\"").expect("the event at waitIndex");
+    assert!(first < history.find("\"second\"").expect("read until it"), "{history}");
+    put(&served.app, "/v2/keys/h", "value=third").await;
+    read_until(&mut stream, "third", PATIENCE).await;
+}
+
 #[tokio::test]
 async fn shutdown_ends_open_watches() {
     let app = app();
