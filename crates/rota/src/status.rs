@@ -61,6 +61,8 @@ struct Status {
     /// False while the member refuses writes for lack of disk space.
     takes_writes: bool,
     version: String,
+    /// `X-Etcd-Cluster-Id` of its answers.
+    cluster_id: String,
 }
 
 pub async fn run(args: StatusArgs) -> ExitCode {
@@ -78,13 +80,20 @@ pub async fn run(args: StatusArgs) -> ExitCode {
     );
     let mut unreachable = false;
     let mut leaderless = Vec::new();
+    // Cluster id → the endpoints that answered with it, in the order given.
+    let mut clusters: Vec<(String, Vec<String>)> = Vec::new();
     for url in &urls {
         match status(&http, url.trim_end_matches('/')).await {
-            Ok(s) if !s.knows_leader => {
-                leaderless.push(url.clone());
+            Ok(s) => {
+                if !s.knows_leader {
+                    leaderless.push(url.clone());
+                }
+                match clusters.iter_mut().find(|(id, _)| *id == s.cluster_id) {
+                    Some((_, members)) => members.push(url.clone()),
+                    None => clusters.push((s.cluster_id.clone(), vec![url.clone()])),
+                }
                 print_status(url, width, &s);
             }
-            Ok(s) => print_status(url, width, &s),
             Err(error) => {
                 unreachable = true;
                 println!("{url:<width$}  error: {error}");
@@ -93,6 +102,15 @@ pub async fn run(args: StatusArgs) -> ExitCode {
     }
     for url in leaderless {
         eprintln!("warning: {url} knows no leader: writes and quorum reads there wait, then answer 503, until one is elected");
+    }
+    if clusters.len() > 1 {
+        let listed: Vec<String> = clusters.iter().map(|(id, members)| format!("cluster {id}: {}", members.join(", "))).collect();
+        eprintln!(
+            "warning: these endpoints belong to {} different clusters ({}); members of one cluster start with the same \
+             --initial-cluster and --initial-cluster-token, and a member added later joins with --initial-cluster-state existing",
+            clusters.len(),
+            listed.join("; ")
+        );
     }
     if unreachable {
         ExitCode::from(EXIT_BAD_CONNECTION)
@@ -118,6 +136,8 @@ fn print_status(url: &str, width: usize, s: &Status) {
 
 async fn status(http: &reqwest::Client, url: &str) -> Result<Status, String> {
     let stats: StatsSelf = get_json(http, &format!("{url}/v2/stats/self")).await?;
+    // As etcd, the members list says which cluster it is of (the stats do not).
+    let (_, cluster_id) = get_text_and_cluster_id(http, &format!("{url}/v2/members")).await?;
     let version: Version = get_json(http, &format!("{url}/version")).await?;
     let metrics = get_text(http, &format!("{url}/metrics")).await?;
     if metric(&metrics, "rota_raft_term").is_none() {
@@ -142,17 +162,29 @@ async fn status(http: &reqwest::Client, url: &str) -> Result<Status, String> {
             Some(rota) => format!("rota {rota} (etcd {})", version.etcdserver),
             None => version.etcdserver,
         },
+        cluster_id,
     })
 }
 
 async fn get_text(http: &reqwest::Client, url: &str) -> Result<String, String> {
+    get_text_and_cluster_id(http, url).await.map(|(body, _)| body)
+}
+
+/// The body of a successful GET, and its `X-Etcd-Cluster-Id` ("?" without one).
+async fn get_text_and_cluster_id(http: &reqwest::Client, url: &str) -> Result<(String, String), String> {
     let response = http.get(url).send().await.map_err(|e| error_chain(&e))?;
+    let cluster_id = response
+        .headers()
+        .get("x-etcd-cluster-id")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("?")
+        .to_owned();
     let status = response.status();
     let body = response.text().await.map_err(|e| error_chain(&e))?;
     if !status.is_success() {
         return Err(format!("GET {url}: {status}: {}", body.trim()));
     }
-    Ok(body)
+    Ok((body, cluster_id))
 }
 
 async fn get_json<T: for<'de> Deserialize<'de>>(

@@ -41,6 +41,14 @@ fn status_shows_each_endpoint_and_fails_for_one_that_does_not_answer() {
     let one = rota(dir.path(), &["status".into(), "--endpoints".into(), server.client_url()]);
     assert!(one.status.success(), "{one:?}");
     assert_eq!(one.stdout.lines().count(), 2, "{one:?}");
+    assert!(!one.stderr.contains("different clusters"), "{one:?}");
+
+    // Two leaders can be two clusters (a member that listed only itself started its own):
+    // status says so.
+    let other = Server::try_start_with(Kind::Rota, None, vec!["--initial-cluster-token".into(), "another".into()]).unwrap_or_else(|e| panic!("{e}"));
+    let two = rota(dir.path(), &["status".into(), "--endpoints".into(), format!("{},{}", server.client_url(), other.client_url())]);
+    assert!(two.status.success(), "{two:?}");
+    assert!(two.stderr.contains("belong to 2 different clusters") && two.stderr.contains(&other.client_url()), "{two:?}");
 }
 
 #[test]
