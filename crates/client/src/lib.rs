@@ -29,6 +29,8 @@ pub const RETRY_ROUNDS_MAX: u32 = 4;
 /// Backoff after a failed round: doubles from here, capped at [`RETRY_BACKOFF_MAX`].
 pub const RETRY_BACKOFF_FIRST: Duration = Duration::from_millis(100);
 pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// The longest a `429`'s `Retry-After` makes a keys request wait between rounds.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(5);
 /// A non-watch request gets this long.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connecting to one endpoint gets this long.
@@ -436,9 +438,12 @@ impl Client {
         let body = encode_form(form);
         let mut backoff = RETRY_BACKOFF_FIRST;
         let mut unreachable = Unreachable::default();
+        // The longest `Retry-After` of the round's 429s: the next round waits that long.
+        let mut told_to_wait: Option<Duration> = None;
         for round in 0..RETRY_ROUNDS_MAX {
             if round > 0 {
-                tokio::time::sleep(backoff).await;
+                let wait = told_to_wait.take().map_or(backoff, |told| told.min(RETRY_AFTER_MAX).max(backoff));
+                tokio::time::sleep(wait).await;
                 backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
             }
             unreachable.failures.clear();
@@ -476,6 +481,10 @@ impl Client {
                                 error
                             }
                             Decoded::BodyCut(error) => return Err(Error::Client(error)),
+                            Decoded::TooMany { error, retry_after } => {
+                                told_to_wait = told_to_wait.max(retry_after.or(Some(RETRY_BACKOFF_MAX)));
+                                error
+                            }
                             Decoded::Answer(other) => {
                                 self.answered(at, sent_at);
                                 return other;
@@ -538,6 +547,9 @@ enum Decoded {
     Answer(Result<KvResponse, Error>),
     /// The body could not be read to its end: the connection broke after the head.
     BodyCut(String),
+    /// `429`: this member takes no more from this client just now (`--client-rate-limit`);
+    /// another member may, or this one after `Retry-After`.
+    TooMany { error: String, retry_after: Option<Duration> },
 }
 
 async fn decode(response: reqwest::Response) -> Decoded {
@@ -553,10 +565,18 @@ async fn decode(response: reqwest::Response) -> Decoded {
         .and_then(|text| text.parse().ok())
         .unwrap_or(0);
     let replayed = header("idempotent-replayed").as_deref() == Some("true");
+    let retry_after = header("retry-after").and_then(|text| text.trim().parse::<u64>().ok()).map(Duration::from_secs);
     let body = match response.text().await {
         Ok(body) => body,
         Err(error) => return Decoded::BodyCut(format!("answer cut off: {}", transport_error(&error))),
     };
+    if status == 429 {
+        let error = match serde_json::from_str::<EtcdError>(&body) {
+            Ok(error) => error.to_string(),
+            Err(_) => format!("429 {}", body.trim()),
+        };
+        return Decoded::TooMany { error, retry_after };
+    }
     if (200..300).contains(&status) {
         return Decoded::Answer(match serde_json::from_str::<KvResponse>(&body) {
             Ok(mut parsed) => {

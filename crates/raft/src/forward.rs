@@ -520,10 +520,25 @@ impl Node {
                     last_log_id: request.last_log_id,
                 };
                 self.refuse_removed_sender(rpc, from, claim).await?;
-                // Whether we lead *before* the request (it may make us step down).
-                let leading = raft.metrics().borrow().state == openraft::ServerState::Leader;
+                // Whether we lead *before* the request (it may make us step down), and lost
+                // the quorum (then `check_quorum` stopped our heartbeats).
+                let (leading, silenced, term) = {
+                    let metrics = raft.metrics();
+                    let metrics = metrics.borrow();
+                    (metrics.state == openraft::ServerState::Leader, self.lost_quorum(&metrics), metrics.current_term)
+                };
                 let answer = raft.vote(request.clone()).await;
                 if let Ok(answer) = &answer {
+                    // A voter back with a shorter log (its last entries lost, or never
+                    // received) campaigns in vain: openraft refuses it for its log before
+                    // it looks at the term, so this leader neither sees the higher term nor,
+                    // without heartbeats, reaches the voter, and no one ever leads. One
+                    // heartbeat lets the voter answer with its term: this leader steps
+                    // down and, with the longer log, wins the next election.
+                    if leading && silenced && !answer.vote_granted && request.vote.leader_id().term > term {
+                        tracing::info!(candidate = %format_args!("{from:x}"), "a voter campaigns while this leader has lost its quorum: one heartbeat, so that it answers with its newer term");
+                        let _ = raft.trigger().heartbeat().await;
+                    }
                     let elections = self.transport().hints().note_vote(&request, answer, leading);
                     if elections > 0 {
                         tokio::spawn(crate::split_vote::campaign_now(raft.clone(), elections));

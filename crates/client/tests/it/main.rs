@@ -18,16 +18,23 @@ async fn server() -> (Arc<App<FakeBackend>>, String) {
 
 async fn server_with(config: ServerConfig) -> (Arc<App<FakeBackend>>, String) {
     let app = App::new(FakeBackend::new(Config::default()), config);
+    let (listener, port) = bind_free();
+    tokio::spawn(rota_server::serve(
+        Arc::clone(&app),
+        vec![listener],
+        std::future::pending(),
+    ));
+    (app, format!("http://127.0.0.1:{port}"))
+}
+
+/// A listener on the next free port of the range (each test runs in a process of its own,
+/// all counting from the range's start, so a port may be taken by another test).
+fn bind_free() -> (tokio::net::TcpListener, u16) {
     loop {
         let port = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
-        assert!(port < 25250, "out of test ports");
+        assert!(port < 25249, "out of test ports");
         if let Ok(listener) = rota_server::bind(([127, 0, 0, 1], port).into()) {
-            tokio::spawn(rota_server::serve(
-                Arc::clone(&app),
-                vec![listener],
-                std::future::pending(),
-            ));
-            return (app, format!("http://127.0.0.1:{port}"));
+            return (listener, port);
         }
     }
 }
@@ -159,8 +166,7 @@ async fn keys_with_special_characters_round_trip() {
 /// server's answer and closes: the write is applied, the client never hears of it.
 async fn answer_losing_proxy(upstream: String) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let port = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
-    let listener = rota_server::bind(([127, 0, 0, 1], port).into()).expect("proxy port");
+    let (listener, port) = bind_free();
     let upstream = upstream.trim_start_matches("http://").to_string();
     tokio::spawn(async move {
         let mut first = true;
@@ -192,8 +198,7 @@ async fn answer_losing_proxy(upstream: String) -> String {
 /// watches off: the body never ends).
 async fn head_then_gone_endpoint() -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let port = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
-    let listener = rota_server::bind(([127, 0, 0, 1], port).into()).expect("port");
+    let (listener, port) = bind_free();
     tokio::spawn(async move {
         while let Ok((mut client, _)) = listener.accept().await {
             let mut request = vec![0u8; 16 * 1024];
@@ -265,6 +270,32 @@ async fn a_v1_call_over_the_client_rate_waits_its_retry_after_and_goes_through()
         "five calls at 2 per second passed in {:?}: the limit did not hold",
         started.elapsed()
     );
+}
+
+/// The keys API too: a 429 is waited out (its `Retry-After`), not reported (`rota kv`
+/// failed at once with "429: Too many requests").
+#[tokio::test]
+async fn a_keys_call_over_the_client_rate_waits_its_retry_after_and_goes_through() {
+    let (_app, url) = server_with(ServerConfig {
+        client_rate_limit: 2,
+        ..ServerConfig::single("default")
+    })
+    .await;
+    let client = Client::new([url.as_str()]).expect("client");
+    let started = std::time::Instant::now();
+    for n in 0..5 {
+        client
+            .kv_set(&format!("/rated/{n}"), "1", SetOptions::default())
+            .await
+            .unwrap_or_else(|error| panic!("set {n}: {error}"));
+    }
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "five sets at 2 per second passed in {:?}: the limit did not hold",
+        started.elapsed()
+    );
+    let listing = client.kv_ls("/rated", false).await.expect("ls");
+    assert_eq!(listing.node.nodes.len(), 5, "each set once");
 }
 
 #[tokio::test]

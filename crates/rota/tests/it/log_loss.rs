@@ -135,3 +135,54 @@ fn a_single_node_refuses_to_start_on_a_damaged_data_dir_and_says_what_to_do() {
     assert!((100..300).contains(&index), "store index {index} after starting from the snapshot");
     assert!(server.terminate(Duration::from_secs(10)).is_some(), "stops on SIGTERM");
 }
+
+/// A voter back with a shorter log while the leader has lost its quorum: leader A, followers
+/// B and C; C is down, A and B acknowledge writes, then B is put back on a copy of its data
+/// dir from before them (the README says never to; its mark comes along, so it starts). A,
+/// without a quorum for a while, had stopped its heartbeats, and openraft refused B's
+/// campaigns for B's log before looking at their term: A neither saw the newer term nor
+/// reached B, and no member led until C came back (a user audit waited 35 s and more). A now
+/// answers such a campaign with a heartbeat: it steps down, wins the next election with its
+/// longer log, and catches B up.
+#[test]
+fn a_voter_back_with_a_shorter_log_while_the_leader_lost_its_quorum_gets_a_leader() {
+    if harness::candidate_kind() != harness::Kind::Rota {
+        eprintln!("rota only: the heartbeat pause is rota's");
+        return;
+    }
+    let mut cluster = Cluster::start(ClusterConfig::new(3, "short-voter"));
+    let a = cluster.wait_leader(Duration::from_secs(20)).expect("a leader");
+    let (b, c) = match a {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
+    let a_addr = cluster.nodes[a].client_addr();
+    assert_eq!(put(a_addr, "/short/before", "1"), 201);
+    terminate_cluster_node(&mut cluster, b);
+    let copy = tempfile::tempdir().expect("tempdir");
+    let b_dir = cluster.nodes[b].data_dir();
+    copy_dir(&b_dir, &copy.path().join("b"));
+    cluster.restart(b);
+    terminate_cluster_node(&mut cluster, c);
+    for k in 0..5 {
+        let status = put(a_addr, &format!("/short/x{k}"), "v");
+        assert_eq!(status, 201, "write {k} with A and B up:\n{}", cluster.logs(20));
+    }
+    terminate_cluster_node(&mut cluster, b);
+    std::fs::remove_dir_all(&b_dir).expect("remove B's data dir");
+    copy_dir(&copy.path().join("b"), &b_dir);
+    // B stays down until A, without a quorum, has stopped its heartbeats.
+    crate::jobs_util::wait_until(Duration::from_secs(30), "A stops its heartbeats", || {
+        cluster.nodes[a].log_tail(usize::MAX).contains("stops sending heartbeats").then_some(())
+    });
+    cluster.start_again(b);
+    crate::jobs_util::wait_until(Duration::from_secs(30), "a write through A with C still down", || {
+        (put(a_addr, "/short/after", "1") == 201).then_some(())
+    });
+    let b_addr = cluster.nodes[b].client_addr();
+    crate::jobs_util::wait_until(Duration::from_secs(30), "B has the writes it had lost", || {
+        let read = http::send(b_addr, &Request::new("GET", "/v2/keys/short/x4")).ok()?;
+        (read.status() == 200).then_some(())
+    });
+}
