@@ -362,7 +362,7 @@ pub enum MemberError {
     #[error("this member does not listen for peers (a one-member cluster started without --listen-peer-urls): restart it with --listen-peer-urls and --initial-advertise-peer-urls before adding members")]
     NoPeerListener,
     /// A one-member cluster registered at peer URLs it does not listen on.
-    #[error("this member is registered at the peer URLs {registered}, where it does not listen (it first started without --initial-advertise-peer-urls, or listens elsewhere since): a new member would look for it there. Change them first: etcdctl member update {id:x} URL (PUT /v2/members/{id:x})")]
+    #[error("this member is registered at the peer URLs {registered}, where it does not listen (it first started without --initial-advertise-peer-urls, or listens elsewhere since): a new member would look for it there. Change them first: rota member update {id:x} URL (or etcdctl member update, PUT /v2/members/{id:x})")]
     RegisteredElsewhere { id: u64, registered: String },
     #[error("no leader")]
     NoLeader,

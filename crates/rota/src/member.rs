@@ -1,4 +1,4 @@
-//! `rota member ls|add|rm`: etcdctl v2's member commands over `/v2/members`, with its output
+//! `rota member ls|add|rm|update`: etcdctl v2's member commands over `/v2/members`, with its output
 //! (`<id>: name=.. peerURLs=.. clientURLs=.. isLeader=..`, the `ETCD_*` lines after an
 //! add) and exit codes (4 server error, 2 unreachable, 1 bad arguments).
 
@@ -43,6 +43,13 @@ pub enum MemberCommand {
     /// Remove a member by id.
     #[command(alias = "remove")]
     Rm { id: String },
+    /// Change a member's peer URLs (where the others reach it).
+    Update {
+        /// The member's id (as `rota member ls` lists it).
+        id: String,
+        /// Its peer URLs, comma-separated.
+        peer_urls: String,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +130,7 @@ pub async fn run(args: MemberArgs) -> ExitCode {
         MemberCommand::Ls => list(&endpoints).await,
         MemberCommand::Add { name, peer_urls } => add(&endpoints, &name, &peer_urls).await,
         MemberCommand::Rm { id } => remove(&endpoints, &id).await,
+        MemberCommand::Update { id, peer_urls } => update(&endpoints, &id, &peer_urls).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -221,6 +229,25 @@ async fn add(endpoints: &Endpoints, name: &str, peer_urls: &str) -> Result<(), F
     println!("ETCD_NAME=\"{name}\"");
     println!("ETCD_INITIAL_CLUSTER=\"{}\"", initial_cluster.join(","));
     println!("ETCD_INITIAL_CLUSTER_STATE=\"existing\"");
+    // etcd's v2 etcdctl stops there; without this the new member advertises the default
+    // http://127.0.0.1:2380, which --initial-cluster contradicts, and refuses to start.
+    println!("ETCD_INITIAL_ADVERTISE_PEER_URLS=\"{}\"", urls.join(","));
+    Ok(())
+}
+
+async fn update(endpoints: &Endpoints, id: &str, peer_urls: &str) -> Result<(), Failure> {
+    let urls: Vec<&str> = peer_urls.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+    let (status, body) = endpoints
+        .send(
+            reqwest::Method::PUT,
+            &format!("/v2/members/{id}"),
+            Some(serde_json::json!({ "peerURLs": urls })),
+        )
+        .await?;
+    if status != 204 {
+        return Err(server_message(status, &body));
+    }
+    println!("Updated member with ID {id} in cluster");
     Ok(())
 }
 

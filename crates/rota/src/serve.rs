@@ -280,7 +280,7 @@ async fn warn_if_registered_elsewhere(node: Node, listening: Vec<std::net::Socke
         tracing::warn!(
             registered = %me.peer_urls.join(","),
             "the cluster knows this member by peer URLs it does not listen on: the other members cannot reach it. \
-             Listen there again, or change them: etcdctl member update {id:x} URL (PUT /v2/members/{id:x})"
+             Listen there again, or change them: rota member update {id:x} URL (or etcdctl member update, PUT /v2/members/{id:x})"
         );
     }
 }
@@ -395,8 +395,12 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
             args.name
         )),
         Some(me) if args.initial_cluster.is_some() && me.peer_urls != peer_urls => Some(format!(
-            "--initial-cluster gives {:?} the peer URLs {:?} but --initial-advertise-peer-urls is {:?}",
-            args.name, me.peer_urls, peer_urls
+            "--initial-cluster gives {:?} the peer URLs {:?} but --initial-advertise-peer-urls is {:?} \
+             (http://127.0.0.1:2380 unless given): give --initial-advertise-peer-urls (ETCD_INITIAL_ADVERTISE_PEER_URLS) as {}",
+            args.name,
+            me.peer_urls,
+            peer_urls,
+            me.peer_urls.join(","),
         )),
         Some(_) => None,
     };

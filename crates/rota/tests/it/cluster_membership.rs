@@ -676,16 +676,27 @@ fn cluster_membership_a_single_node_grows_into_a_cluster_only_when_it_listens_fo
     // Restarted with peer URLs, it is still registered at the default ones (the --initial-*
     // flags apply to a new member): it says so, and how to change them.
     drop(_lone);
-    let _lone = serve("lone", lone_port, Some(free_port()), &[]);
+    let lone_peer_port = free_port();
+    let _lone = serve("lone", lone_port, Some(lone_peer_port), &[]);
     wait_until(CHANGE_TIMEOUT, "the restarted node warns that it is registered elsewhere", || {
         let log = std::fs::read_to_string(dir.path().join("lone.log")).ok()?;
-        (log.contains("knows this member by peer URLs it does not listen on") && log.contains("etcdctl member update")).then_some(())
+        (log.contains("knows this member by peer URLs it does not listen on") && log.contains("rota member update")).then_some(())
     });
     // Nor does it take a member then: the new one would look for it at the default URLs.
     let refused = send_until_answered(&[addr(lone_port)], &request);
     assert_eq!(refused.status(), 412, "{name}: {}", refused.text());
-    assert!(refused.text().contains("where it does not listen") && refused.text().contains("member update"), "{name}: {}", refused.text());
+    assert!(refused.text().contains("where it does not listen") && refused.text().contains("rota member update"), "{name}: {}", refused.text());
     assert_eq!(try_member_names(&addr(lone_port)).map(|m| m.len()), Some(1), "{name}: nothing was added");
+    // Changed as the message says, it takes the member.
+    let lone_id = member_id(&addr(lone_port), "lone");
+    let updated = Command::new(harness::rota_bin())
+        .args(["member", "update", &lone_id, &format!("http://127.0.0.1:{lone_peer_port}"), "--endpoints", &format!("http://127.0.0.1:{lone_port}")])
+        .output()
+        .expect("rota member update");
+    let said = String::from_utf8_lossy(&updated.stdout);
+    assert!(updated.status.success() && said.contains(&format!("Updated member with ID {lone_id}")), "{name}: {said} {}", String::from_utf8_lossy(&updated.stderr));
+    let taken = send_until_answered(&[addr(lone_port)], &request);
+    assert_eq!(taken.status(), 201, "{name}: {}", taken.text());
 
     // With them, it takes a second member that joins, catches up and takes writes.
     let (c1, p1, c2, p2) = (free_port(), free_port(), free_port(), free_port());
@@ -730,6 +741,43 @@ fn cluster_membership_a_single_node_grows_into_a_cluster_only_when_it_listens_fo
     assert!(matches!(after.status(), 200 | 201), "{name}: a write through the new member: {} {}", after.status(), after.text());
     let read = http::send_with_timeout(addr(c1), &Request::new("GET", "/v2/keys/grow/after?quorum=true"), PROBE_TIMEOUT).expect("read");
     assert_eq!(read.json()["node"]["value"], "2", "{name}: {}", read.text());
+
+    // A third, as the README says: `rota member add`, then `rota serve` with the ETCD_*
+    // lines it printed and only the listen URLs besides (it printed no advertised peer URL
+    // at first, and the member refused to start on the default one).
+    let (c3, p3) = (free_port(), free_port());
+    let added = Command::new(harness::rota_bin())
+        .args(["member", "add", "n3", &format!("http://127.0.0.1:{p3}"), "--endpoints", &format!("http://127.0.0.1:{c1}")])
+        .output()
+        .expect("rota member add");
+    let printed = String::from_utf8_lossy(&added.stdout).into_owned();
+    assert!(added.status.success(), "{name}: {printed} {}", String::from_utf8_lossy(&added.stderr));
+    let variables: Vec<(String, String)> = printed
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .filter(|(variable, _)| variable.starts_with("ETCD_"))
+        .map(|(variable, value)| (variable.to_owned(), value.trim_matches('"').to_owned()))
+        .collect();
+    assert!(variables.iter().any(|(variable, _)| variable == "ETCD_INITIAL_ADVERTISE_PEER_URLS"), "{name}: {printed}");
+    let client_url = format!("http://127.0.0.1:{c3}");
+    let log = std::fs::File::create(dir.path().join("n3.log")).expect("log file");
+    let _n3 = KillOnDrop(
+        Command::new(harness::rota_bin())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path().join("n3"))
+            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{p3}")])
+            .envs(variables)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start n3"),
+    );
+    wait_until(CHANGE_TIMEOUT, "n3 has the writes made before it joined", || {
+        let read = http::send_with_timeout(addr(c3), &Request::new("GET", "/v2/keys/grow/after"), PROBE_TIMEOUT).ok()?;
+        (read.status() == 200).then_some(())
+    });
 }
 
 #[test]
