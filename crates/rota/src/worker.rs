@@ -204,9 +204,46 @@ impl Context {
     }
 }
 
+/// Why `program` cannot be started, if it cannot (checked once, at start: otherwise every
+/// job leased would spend its attempts on "No such file or directory" and die): a path
+/// must name an executable file; a bare name must be one in `PATH`, as the shell finds it.
+fn runnable(program: &std::ffi::OsStr) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |path: &std::path::Path| {
+        std::fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    };
+    if program.as_bytes().contains(&b'/') {
+        let path = std::path::Path::new(program);
+        return match std::fs::metadata(path) {
+            Err(error) => Err(format!(
+                "{error}{}",
+                if path.is_relative() {
+                    std::env::current_dir().map(|dir| format!(" (relative to {})", dir.display())).unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            )),
+            Ok(meta) if !meta.is_file() => Err("not a file".to_owned()),
+            Ok(_) if !executable(path) => Err(format!("not executable (chmod +x {})", path.display())),
+            Ok(_) => Ok(()),
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|dir| executable(&dir.join(program))) {
+        Ok(())
+    } else {
+        Err("not found in PATH (give a path, e.g. ./script.sh, for a program in this directory)".to_owned())
+    }
+}
+
 pub async fn run(args: WorkerArgs) -> ExitCode {
     if args.command.is_empty() {
         eprintln!("Error:  give the command to run after `--`");
+        return ExitCode::from(EXIT_BAD_ARGS);
+    }
+    if let Err(why) = runnable(&args.command[0]) {
+        eprintln!("Error:  cannot run {:?}: {why}", args.command[0]);
         return ExitCode::from(EXIT_BAD_ARGS);
     }
     let worker_id = args.worker_id.clone().unwrap_or_else(default_worker_id);

@@ -573,6 +573,22 @@ fn worker_stops_at_once_on_a_bad_queue_name_and_at_sigterm_while_no_server_answe
     assert_eq!(out.code(), 1, "{out:?}");
     assert!(out.stderr.contains("(field: queue)") && out.stderr.contains("stopping"), "{}", out.stderr);
 
+    // A command that cannot run is refused at start, not found out by each job in turn
+    // (each attempt failed with "No such file or directory" until the job was dead).
+    let missing = rota(
+        dir.path(),
+        &["worker", "--queue", "q", "--endpoints", "http://127.0.0.1:1", "--", "./call-api.sh"].map(String::from),
+    );
+    assert_eq!(missing.code(), 1, "{missing:?}");
+    assert!(missing.stderr.contains("cannot run \"./call-api.sh\"") && missing.stderr.contains("relative to"), "{}", missing.stderr);
+    std::fs::write(dir.path().join("plain.sh"), "#!/bin/sh\n").expect("script");
+    let plain = dir.path().join("plain.sh").display().to_string();
+    let not_executable = rota(dir.path(), &["worker", "--queue", "q", "--endpoints", "http://127.0.0.1:1", "--", &plain].map(String::from));
+    assert_eq!(not_executable.code(), 1, "{not_executable:?}");
+    assert!(not_executable.stderr.contains("not executable (chmod +x"), "{}", not_executable.stderr);
+    let unknown = rota(dir.path(), &["worker", "--queue", "q", "--endpoints", "http://127.0.0.1:1", "--", "no-such-program-here"].map(String::from));
+    assert!(unknown.code() == 1 && unknown.stderr.contains("not found in PATH"), "{unknown:?}");
+
     let worker_args = ["worker", "--queue", "q", "--endpoints", "http://127.0.0.1:1", "--", "true"].map(String::from);
     let mut worker = Proc::spawn(dir.path(), "worker-no-server", &worker_args, &[]);
     wait_until(Duration::from_secs(20), "the worker says it is still trying", || {
