@@ -438,16 +438,22 @@ impl Jobs {
         if held > 0 {
             let leased = queue.count(JobState::Leased);
             let cancelled = held - leased;
-            let what = match (leased, cancelled) {
-                (_, 0) => format!("{leased} leased jobs"),
-                (0, _) => format!("{cancelled} cancelled jobs"),
-                _ => format!("{leased} leased and {cancelled} cancelled jobs"),
+            let jobs = |n: u64| if n == 1 { "1 job".to_owned() } else { format!("{n} jobs") };
+            let (what, todo) = match (leased, cancelled) {
+                (_, 0) => (format!("{} leased", jobs(leased)), "cancel them, and delete the queue"),
+                (0, _) => (format!("{} cancelled while leased", jobs(cancelled)), "delete the queue"),
+                _ => (format!("{} leased and {} cancelled while leased", jobs(leased), jobs(cancelled)), "cancel the leased ones, and delete the queue"),
+            };
+            let also = if !force && unfinished > leased {
+                format!("; and {} unfinished, which takes force", jobs(unfinished - leased))
+            } else {
+                String::new()
             };
             return Err(JobError::new(
                 JobError::QUEUE_NOT_EMPTY,
                 format!(
-                    "queue {name:?} has {what} that workers may still be running, even with force; cancel \
-                     them, and delete the queue once their workers have let go of them (or their leases ended)"
+                    "queue {name:?} has {what} that workers may still be running, which even force does not \
+                     delete{also}: {todo} once their workers have let go of them (or their leases ended)"
                 ),
                 None,
             ));
@@ -455,7 +461,10 @@ impl Jobs {
         if !force && unfinished > 0 {
             return Err(JobError::new(
                 JobError::QUEUE_NOT_EMPTY,
-                format!("queue {name:?} has {unfinished} unfinished jobs; cancel them or delete with force"),
+                format!(
+                    "queue {name:?} has {} unfinished; cancel them or delete with force",
+                    if unfinished == 1 { "1 job".to_owned() } else { format!("{unfinished} jobs") }
+                ),
                 None,
             ));
         }

@@ -364,9 +364,17 @@ fn delete_queue_with_force_refuses_while_a_lease_is_held() {
     let leased = lease_one(&mut jobs, 0);
     let force = JobCommand::DeleteQueue { queue: Q.into(), force: true };
     assert_rejected_unchanged(&mut jobs, 0, force.clone(), JobError::QUEUE_NOT_EMPTY);
-    // Cancelled, its lease is still held: still refused.
+    let message = |jobs: &mut Jobs, command: &JobCommand| jobs.clone().apply(0, command).expect_err("refused").message;
+    let said = message(&mut jobs, &force);
+    assert!(said.contains("has 1 job leased") && said.contains("cancel them, and delete the queue once"), "{said}");
+    // Cancelled, its lease is still held: still refused, and it says what is left to do.
     job_command(&mut jobs, 0, JobCommand::Cancel { id: leased_id }).unwrap();
     assert_rejected_unchanged(&mut jobs, 0, force.clone(), JobError::QUEUE_NOT_EMPTY);
+    let said = message(&mut jobs, &force);
+    assert!(said.contains("has 1 job cancelled while leased") && !said.contains("cancel them"), "{said}");
+    let without_force = JobCommand::DeleteQueue { queue: Q.into(), force: false };
+    let said = message(&mut jobs, &without_force);
+    assert!(said.contains("and 1 job unfinished, which takes force"), "{said}");
     // Its worker lets go: the queue can go.
     job_command(&mut jobs, 0, JobCommand::Release { id: leased_id, lease_token: token(&leased) }).unwrap();
     let deleted = jobs.apply(0, &force).unwrap();
