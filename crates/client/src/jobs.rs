@@ -426,9 +426,6 @@ pub struct JobFilter {
     pub state: Option<JobState>,
     pub limit: Option<u32>,
     pub after: Option<JobId>,
-    /// Read from the member reached, without asking the leader (`?consistency=local`): it
-    /// answers without a quorum (after losing a majority), perhaps behind the leader.
-    pub local: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -777,9 +774,6 @@ impl Client {
         if let Some(after) = filter.after {
             query.push(("after", after.to_string()));
         }
-        if filter.local {
-            query.push(("consistency", "local".to_string()));
-        }
         let target = format!(
             "/v1/queues/{}/jobs{}",
             name_segment("queue", queue)?,
@@ -1001,11 +995,15 @@ impl Client {
 
     // ---- transport ----------------------------------------------------------------------
 
-    fn read(&self, target: String, long_poll: Option<Duration>) -> V1Request {
+    fn read(&self, mut target: String, long_poll: Option<Duration>) -> V1Request {
         let timeout = crate::REQUEST_TIMEOUT
             + long_poll
                 .map(|wait| wait + LONG_POLL_MARGIN)
                 .unwrap_or_default();
+        if self.local_reads {
+            target.push(if target.contains('?') { '&' } else { '?' });
+            target.push_str("consistency=local");
+        }
         V1Request {
             method: reqwest::Method::GET,
             target,

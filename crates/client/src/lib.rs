@@ -217,6 +217,8 @@ pub struct Client {
     /// When calls started finding no endpoint answering; `None` while one answers. A std
     /// mutex: held for a comparison, never across an await.
     lost_since: Mutex<Option<Instant>>,
+    /// `/v1` reads ask the member reached for its own state (`?consistency=local`).
+    local_reads: bool,
 }
 
 impl Client {
@@ -247,7 +249,16 @@ impl Client {
             preferred: AtomicUsize::new(0),
             observer: None,
             lost_since: Mutex::new(None),
+            local_reads: false,
         })
+    }
+
+    /// With `local`, the `/v1` reads (jobs, queues, listings) ask the member reached for its
+    /// own state (`?consistency=local`) instead of the leader's: they answer without a
+    /// quorum (after losing a majority), perhaps behind the leader.
+    pub fn local_reads(mut self, local: bool) -> Client {
+        self.local_reads = local;
+        self
     }
 
     /// Has `observer` told when calls start retrying because no endpoint takes them

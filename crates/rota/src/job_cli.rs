@@ -79,11 +79,20 @@ pub enum QueueCommand {
     /// Create a queue or change the settings given (the others keep their current values).
     Set(QueueSet),
     /// List the queues with their job counts.
-    Ls,
+    Ls {
+        /// Read from the member reached, without a quorum (e.g. after losing a majority):
+        /// what it holds, perhaps behind the leader.
+        #[arg(long)]
+        local: bool,
+    },
     /// Show one queue's settings, job counts and rate tokens.
     Stats {
         /// The queue's name.
         queue: String,
+        /// Read from the member reached, without a quorum (e.g. after losing a majority):
+        /// what it holds, perhaps behind the leader.
+        #[arg(long)]
+        local: bool,
     },
     /// Delete a queue and all its jobs.
     Rm {
@@ -160,6 +169,10 @@ pub enum JobCommand {
         /// Wait until the job has finished, at most this long (`--wait=30s`; bare: 24h).
         #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = WAIT_DEFAULT, value_parser = parse_duration)]
         wait: Option<Duration>,
+        /// Read from the member reached, without a quorum (e.g. after losing a majority):
+        /// what it holds, perhaps behind the leader.
+        #[arg(long)]
+        local: bool,
     },
     /// List a queue's jobs, ids ascending, one page at a time.
     Ls {
@@ -303,8 +316,9 @@ pub fn duration_for_people(duration: Duration) -> String {
 }
 
 pub async fn run_queue(args: QueueArgs) -> ExitCode {
+    let local = matches!(args.command, QueueCommand::Ls { local: true } | QueueCommand::Stats { local: true, .. });
     let client = match connect(&args.flags) {
-        Ok(client) => client,
+        Ok(client) => client.local_reads(local),
         Err(code) => return code,
     };
     let output = args.flags.output;
@@ -312,11 +326,11 @@ pub async fn run_queue(args: QueueArgs) -> ExitCode {
         QueueCommand::Set(set) => queue_set(&client, set)
             .await
             .map(|queue| print_queue(&queue, output)),
-        QueueCommand::Ls => client
+        QueueCommand::Ls { .. } => client
             .list_queues()
             .await
             .map(|queues| print_queues(&queues, output)),
-        QueueCommand::Stats { queue } => client
+        QueueCommand::Stats { queue, .. } => client
             .get_queue(&queue)
             .await
             .map(|queue| print_queue(&queue, output)),
@@ -442,14 +456,15 @@ fn reset_config(patch: QueuePatch) -> QueueConfig {
 }
 
 pub async fn run_job(args: JobArgs) -> ExitCode {
+    let local = matches!(args.command, JobCommand::Get { local: true, .. } | JobCommand::Ls { local: true, .. });
     let client = match connect(&args.flags) {
-        Ok(client) => client,
+        Ok(client) => client.local_reads(local),
         Err(code) => return code,
     };
     let output = args.flags.output;
     let outcome = match args.command {
         JobCommand::Submit(submit) => job_submit(&client, submit, output).await,
-        JobCommand::Get { id, wait } => {
+        JobCommand::Get { id, wait, .. } => {
             let job = match wait {
                 Some(wait) => client.wait_job(id, wait).await,
                 None => client.get_job(id).await,
@@ -464,7 +479,7 @@ pub async fn run_job(args: JobArgs) -> ExitCode {
             state,
             limit,
             after,
-            local,
+            ..
         } => client
             .list_jobs(
                 &queue,
@@ -472,7 +487,6 @@ pub async fn run_job(args: JobArgs) -> ExitCode {
                     state,
                     limit,
                     after,
-                    local,
                 },
             )
             .await

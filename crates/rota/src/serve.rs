@@ -190,6 +190,13 @@ fn split_urls(urls: &str) -> Vec<String> {
 /// `http://host:port` → the socket addresses to bind.
 async fn resolve(url: &str) -> anyhow::Result<Vec<SocketAddr>> {
     let Some(authority) = url.strip_prefix("http://") else {
+        if url.starts_with("https://") {
+            anyhow::bail!(
+                "listen URL {url:?}: rota serves plain HTTP only (no TLS for clients or peers); listen on \
+                 http:// on loopback or a private network, with a TLS-terminating proxy in front if clients \
+                 cross an untrusted network: see docs/cli.md (\"TLS\")"
+            );
+        }
         anyhow::bail!("listen URL {url:?}: only http:// is supported");
     };
     let authority = authority.trim_end_matches('/');

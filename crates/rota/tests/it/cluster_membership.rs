@@ -1694,6 +1694,13 @@ fn cluster_membership_a_leader_without_a_quorum_says_so_and_answers_writes() {
         .expect("rota job ls");
     let stdout = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.status.success() && stdout.contains("\"kept\""), "{name}: {stdout} {}", String::from_utf8_lossy(&listed.stderr));
+    let id = submitted.json()["id"].to_string();
+    let endpoint = format!("http://{addr}");
+    for read in [vec!["job", "get", &id], vec!["queue", "stats", "noquorum"], vec!["queue", "ls"]] {
+        let output = Command::new(harness::rota_bin()).args(&read).args(["--local", "-o", "json", "--endpoints", &endpoint]).output().expect("rota");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success() && stdout.contains("noquorum"), "{name}: {read:?}: {stdout} {}", String::from_utf8_lossy(&output.stderr));
+    }
     let stats = get("/v2/stats/self").expect("stats").json();
     assert_eq!(stats["leaderInfo"]["leader"], "", "{name}: {stats}");
     // etcd's request timeout is 7 s with these settings; well within this bound.
