@@ -277,6 +277,15 @@ fn parse_rate(text: &str) -> Result<(u64, Duration), String> {
 /// Turns a client error into the message and exit status every client command uses.
 pub fn report_error(error: &JobsError) -> ExitCode {
     eprintln!("Error:  {error}");
+    if let JobsError::Unavailable(unreachable) = error {
+        let no_leader = |failure: &rota_client::EndpointFailure| failure.error.contains("no_leader");
+        if !unreachable.failures.is_empty() && unreachable.failures.iter().all(no_leader) {
+            eprintln!(
+                "(the members answered but know no leader: a majority may be down; `--local` on `job get|ls` and \
+                 `queue ls|stats` reads what the member reached holds)"
+            );
+        }
+    }
     ExitCode::from(match error {
         JobsError::Api(_) => EXIT_SERVER_ERROR,
         JobsError::Unavailable { .. } => EXIT_UNREACHABLE,

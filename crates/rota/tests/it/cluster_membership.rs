@@ -1696,6 +1696,13 @@ fn cluster_membership_a_leader_without_a_quorum_says_so_and_answers_writes() {
     assert!(listed.status.success() && stdout.contains("\"kept\""), "{name}: {stdout} {}", String::from_utf8_lossy(&listed.stderr));
     let id = submitted.json()["id"].to_string();
     let endpoint = format!("http://{addr}");
+    // Without it, the read fails once --retry-for is over, and says what would work.
+    let refused = Command::new(harness::rota_bin())
+        .args(["job", "ls", "noquorum", "--retry-for", "1s", "--endpoints", &endpoint])
+        .output()
+        .expect("rota job ls");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(refused.status.code() == Some(2) && stderr.contains("know no leader") && stderr.contains("`--local`"), "{name}: {stderr}");
     for read in [vec!["job", "get", &id], vec!["queue", "stats", "noquorum"], vec!["queue", "ls"]] {
         let output = Command::new(harness::rota_bin()).args(&read).args(["--local", "-o", "json", "--endpoints", &endpoint]).output().expect("rota");
         let stdout = String::from_utf8_lossy(&output.stdout);
