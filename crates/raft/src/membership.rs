@@ -112,6 +112,12 @@ fn validate_peer_urls(peer_urls: &[String]) -> Result<(), MemberError> {
                 "URL address does not have the form \"host:port\": {url}"
             )));
         }
+        // What the peer transport will be given: a host it cannot parse (`http://[::1`) was
+        // taken, and every request to the member failed at once, in a loop that kept a
+        // loaded cluster from electing a leader.
+        if let Err(error) = reqwest::Url::parse(url) {
+            return Err(MemberError::InvalidPeerUrls(format!("URL address is not valid ({error}): {url}")));
+        }
     }
     Ok(())
 }
@@ -748,6 +754,10 @@ mod tests {
             ("http://127.0.0.1:0", "host:port"),
             ("http://127.0.0.1:2380/raft", "path"),
             ("http://127.0.0.1:2380?x=1", "path"),
+            ("http://[::1", "not valid"),
+            ("http://[::1:2380", "not valid"),
+            ("http://a b:2380", "not valid"),
+            ("http://[zz]:2380", "not valid"),
         ] {
             let error = check(bad).expect_err(bad);
             assert!(error.contains(says), "{bad}: {error}");

@@ -164,6 +164,9 @@ pub fn parse_initial_cluster(flag: &str) -> Result<Vec<Member>, String> {
                 "--initial-cluster URL {url:?}: only http:// is supported"
             ));
         }
+        if let Err(error) = reqwest::Url::parse(url) {
+            return Err(format!("--initial-cluster URL {url:?} is not valid: {error}"));
+        }
         // etcd: "has duplicate url"; two members at one URL could never both be reached.
         let normalized = url.trim_end_matches('/');
         if members
@@ -256,6 +259,8 @@ mod tests {
         assert!(twice.contains("\"http://h:1/\" twice"), "{twice}");
         assert!(parse_initial_cluster("a=http://h:1,a=http://h:1").is_err());
         assert!(parse_initial_cluster("a=https://h:1").is_err());
+        let bad = parse_initial_cluster("a=http://[::1").expect_err("a broken IPv6 address");
+        assert!(bad.contains("is not valid"), "{bad}");
         assert!(parse_initial_cluster("").is_err());
     }
 

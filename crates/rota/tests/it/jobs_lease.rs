@@ -551,15 +551,11 @@ printf '{"blocked": "%s", "ignored": "%s"}\n' "$blocked" "$ignored"
     assert_eq!(reported("blocked"), own("SigBlk"), "{signals}");
     assert_eq!(reported("ignored"), own("SigIgn") & !sigpipe, "{signals}");
 
-    let submitted = api(
-        &server,
-        "POST",
-        "/v1/queues/unstartable/jobs",
-        Some(&json!({"payload": 1})),
-        None,
-    );
-    assert_eq!(submitted.status(), 202, "{}", submitted.text());
-    let id = submitted.json()["id"].as_u64().expect("id");
+    // A command that cannot start: one that was there when the worker started (it refuses
+    // to start on one that is not) and is gone when the job comes.
+    let vanishing = dir.path().join("vanishing.sh");
+    std::fs::write(&vanishing, "#!/bin/sh\n").expect("script");
+    std::fs::set_permissions(&vanishing, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     let mut worker_args = args(
         &server,
         &[
@@ -572,14 +568,30 @@ printf '{"blocked": "%s", "ignored": "%s"}\n' "$blocked" "$ignored"
             "1s",
         ],
     );
-    worker_args.extend(["--".into(), "/nonexistent/command".into()]);
+    worker_args.extend(["--".into(), vanishing.display().to_string()]);
     let mut worker = Proc::spawn(dir.path(), "unstartable-worker", &worker_args, &[]);
+    // Once it asks for a job, it has checked its command.
+    wait_until(Duration::from_secs(20), "the worker asks for a job", || {
+        let text = api(&server, "GET", "/metrics", None, None).text();
+        let waiting: f64 = text.lines().find_map(|line| line.strip_prefix("rota_v1_lease_waiters ")?.trim().parse().ok())?;
+        (waiting >= 1.0).then_some(())
+    });
+    std::fs::remove_file(&vanishing).expect("remove the script");
+    let submitted = api(
+        &server,
+        "POST",
+        "/v1/queues/unstartable/jobs",
+        Some(&json!({"payload": 1})),
+        None,
+    );
+    assert_eq!(submitted.status(), 202, "{}", submitted.text());
+    let id = submitted.json()["id"].as_u64().expect("id");
     let status = worker.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status:?}: {}", worker.stderr());
     let job = get_job(&server, id);
     assert_eq!(
         job["errors"][0]["error"],
-        "cannot run /nonexistent/command: No such file or directory (os error 2)",
+        format!("cannot run {}: No such file or directory (os error 2)", vanishing.display()),
         "{job}"
     );
 }

@@ -136,6 +136,16 @@ pub(crate) fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiErr
             .map_err(|error| ApiError::new(400, errors::MALFORMED_JSON, format!("malformed JSON: {error}"), None))?;
         return Ok(value);
     }
+    // JSON is UTF-8 text: other bytes in a string read to serde as "invalid unicode code
+    // point", which was then reported as a lone surrogate escape.
+    if let Err(error) = std::str::from_utf8(body) {
+        return Err(ApiError::new(
+            400,
+            errors::MALFORMED_JSON,
+            format!("malformed JSON: the body is not UTF-8 (a byte that is not at offset {})", error.valid_up_to()),
+            None,
+        ));
+    }
     // A body that is not JSON at all is malformed wherever the typed decode stopped first
     // (`{"a":` would otherwise be reported as the unknown field `a`).
     if let Err(error) = serde_json::from_slice::<de::IgnoredAny>(body) {

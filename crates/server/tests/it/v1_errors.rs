@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::support::{app, TestApp};
+use crate::support::{app, send_request, TestApp};
 use crate::v1_support::*;
 
 /// Sends `body` raw and checks the error and that nothing changed (no entry, same state).
@@ -72,6 +72,17 @@ async fn wrong_types_name_the_field() {
         assert_error(&reply, 400, "invalid", Some(field));
         assert!(reply.body.contains(words), "{body}: {}", reply.body);
     }
+    // Bytes that are not UTF-8 in a string (serde_json's words for them are those of a bad
+    // escape, and the answer blamed a lone surrogate).
+    let request = axum::http::Request::builder()
+        .method("POST")
+        .uri("/v1/queues/q/jobs")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(b"{\"payload\":\"\xff\xfe\"}".to_vec()))
+        .expect("request");
+    let reply = send_request(&app, request).await;
+    assert_error(&reply, 400, "malformed_json", None);
+    assert!(reply.body.contains("not UTF-8") && !reply.body.contains("surrogate"), "{}", reply.body);
 }
 
 #[tokio::test]
