@@ -617,6 +617,14 @@ impl Node {
                 peer::encode(&reply)
             }
             PeerRpc::TimeoutNow => {
+                // Only from the leader this member follows, handing over: anything else that
+                // reaches the peer port could depose every leader in turn, for ever.
+                let leader = raft.metrics().borrow().current_leader;
+                if leader != Some(from) {
+                    tracing::debug!(from = %format!("{from:x}"), "refused a request to campaign now: it did not come from the leader this member follows");
+                    let refused: Result<(), String> = Err("only the leader this member follows may ask it to campaign".to_owned());
+                    return Ok(peer::encode(&refused));
+                }
                 let elected = raft.trigger().elect().await.map_err(|e| e.to_string());
                 tracing::info!(from = %format!("{from:x}"), ?elected, "asked to campaign now (leadership hand-over)");
                 peer::encode(&elected)
