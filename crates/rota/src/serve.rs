@@ -540,6 +540,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
         peer_urls,
         watchers_max: args.watchers_max(),
         body_budget_bytes_max: rota_server::limits::BODY_BUDGET_BYTES_MAX,
+        response_budget_bytes_max: rota_server::limits::RESPONSE_BUDGET_BYTES_MAX,
         client_rate_limit: args.client_rate_limit,
         host_whitelist: split_urls(&args.host_whitelist),
         cors: split_urls(&args.cors),

@@ -48,6 +48,9 @@ pub struct ServerConfig {
     /// Request-body bytes buffered at once; [`limits::BODY_BUDGET_BYTES_MAX`] unless a test
     /// lowers it.
     pub body_budget_bytes_max: usize,
+    /// Answer bytes held at once; [`limits::RESPONSE_BUDGET_BYTES_MAX`] unless a test
+    /// lowers it.
+    pub response_budget_bytes_max: usize,
     /// `--client-rate-limit`: requests per second per client address; 0: no limit.
     pub client_rate_limit: u32,
     /// `--host-whitelist`: the host names a request's `Host` may name (any port); empty or
@@ -66,6 +69,7 @@ impl ServerConfig {
             peer_urls: vec!["http://127.0.0.1:2380".into()],
             watchers_max: limits::WATCHERS_MAX,
             body_budget_bytes_max: limits::BODY_BUDGET_BYTES_MAX,
+            response_budget_bytes_max: limits::RESPONSE_BUDGET_BYTES_MAX,
             client_rate_limit: 0,
             host_whitelist: Vec::new(),
             cors: Vec::new(),
@@ -82,6 +86,8 @@ pub struct App<B> {
     pub(crate) watchers_max: usize,
     /// Shared by every request that buffers a body (see `body_budget`).
     pub(crate) body_budget: Arc<BodyBudget>,
+    /// Shared by every answer over the exempt size until it is sent (see `budget_answer`).
+    response_budget: Arc<BodyBudget>,
     pub(crate) metrics: Metrics,
     pub(crate) get_stats: GetStats,
     pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
@@ -125,6 +131,7 @@ impl<B: Backend> App<B> {
             watchers: Arc::new(AtomicUsize::new(0)),
             watchers_max: config.watchers_max,
             body_budget: BodyBudget::new(config.body_budget_bytes_max),
+            response_budget: BodyBudget::new(config.response_budget_bytes_max),
             cluster: ClusterInfo::new(config),
             cluster_id_header,
             metrics,
@@ -274,6 +281,7 @@ impl<B: Backend> App<B> {
         } else {
             self.route(request).await
         };
+        response = self.budget_answer(response, own_api).await;
         if !server_wide && !own_api {
             self.add_cors(&mut response, origin.as_ref());
         }
@@ -285,6 +293,43 @@ impl<B: Backend> App<B> {
         );
         self.requests_total.fetch_add(1, Ordering::Relaxed);
         response
+    }
+
+    /// An answer of a known size over the exempt one holds its bytes from the response
+    /// budget ([`limits::RESPONSE_BUDGET_BYTES_MAX`]) until hyper has taken its last part;
+    /// when the budget cannot cover it, the client gets 503 with `Retry-After: 1` instead
+    /// (a read's answer: the state is unchanged; a write's answer is never that big).
+    async fn budget_answer(&self, response: Response<Body>, own_api: bool) -> Response<Body> {
+        use axum::body::HttpBody as _;
+        let Some(bytes) = response.body().size_hint().exact() else {
+            return response; // a stream (a watch): no answer of that size held at once
+        };
+        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        if bytes <= limits::BODY_BUDGET_EXEMPT_BYTES {
+            return response;
+        }
+        // One answer bigger than the whole budget takes all of it (and waits for an empty one).
+        let bytes_max = self.response_budget.bytes_max();
+        let mut reservation = self.response_budget.reservation();
+        if reservation.cover(bytes.min(bytes_max)) {
+            let (parts, body) = response.into_parts();
+            // Already in memory (the size is exact): taken at once.
+            let Ok(whole) = axum::body::to_bytes(body, usize::MAX).await else {
+                return respond::with_status(500, Body::empty());
+            };
+            let body = Body::new(ReservedBody { rest: whole, _reservation: reservation });
+            return Response::from_parts(parts, body);
+        }
+        let cause = format!(
+            "answers being sent hold the node's {bytes_max} byte budget and this one is {bytes} bytes; retry shortly"
+        );
+        let mut refused = if own_api {
+            crate::v1::error_reply(&crate::v1::errors::ApiError::new(503, crate::v1::errors::UNAVAILABLE, cause, None), false)
+        } else {
+            respond::rota_error(503, limits::BODY_BUDGET_EXHAUSTED_CODE, "Too many large answers in flight", &cause, 0)
+        };
+        refused.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from(1u64));
+        refused
     }
 
     async fn route(self: &Arc<Self>, request: Request<Body>) -> (Route, Response<Body>) {
@@ -1189,5 +1234,39 @@ mod tests {
             ..DeleteCommand::default()
         });
         assert_ne!(fingerprint(&set("/a", "")), fingerprint(&delete));
+    }
+}
+
+/// An answer's body with its reservation from the response budget. It is handed to hyper
+/// in parts of [`limits::BODY_BUDGET_EXEMPT_BYTES`], which hyper takes only as its write
+/// buffer drains, so the reservation is given back (on drop) when the last part is taken
+/// or the connection is gone; as one part, hyper took it at once and dropped the body while
+/// the bytes still waited for the client.
+struct ReservedBody {
+    rest: bytes::Bytes,
+    _reservation: BodyReservation,
+}
+
+impl axum::body::HttpBody for ReservedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, axum::Error>>> {
+        if self.rest.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let part = self.rest.len().min(limits::BODY_BUDGET_EXEMPT_BYTES);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(self.rest.split_to(part)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.rest.len() as u64)
     }
 }

@@ -30,6 +30,7 @@ mod respond;
 pub mod serve;
 mod ui;
 mod watch;
+mod write_stall;
 pub mod v1;
 
 pub use app::{fingerprint, App, ServerConfig};

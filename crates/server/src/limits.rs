@@ -20,6 +20,18 @@ pub const BODY_BUDGET_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// = 256 MiB of them).
 pub const BODY_BUDGET_EXEMPT_BYTES: usize = 64 * 1024;
 
+/// Answer bytes held at once across all connections: an answer over
+/// [`BODY_BUDGET_EXEMPT_BYTES`] (a recursive GET of a big tree, a page of big jobs) reserves
+/// its size until it is sent, and when the budget can't cover it the request gets 503 with
+/// `Retry-After: 1` instead. Clients that ask for big answers and do not read them held
+/// ~20 MB each, without bound (250 of them: 4.9 GB).
+pub const RESPONSE_BUDGET_BYTES_MAX: usize = 512 * 1024 * 1024;
+
+/// A connection whose client takes none of its answer for this long is closed (the answer
+/// is dropped): a client that sends a request and never reads would otherwise hold the
+/// answer's memory, and its share of [`RESPONSE_BUDGET_BYTES_MAX`], for good.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The largest `value` a key may hold (after form decoding): 413.
 pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 

@@ -436,3 +436,61 @@ async fn a_compare_by_a_large_value_in_the_query_works_up_to_the_query_bound() {
     let answer = read_until(&mut stream, "\r\n", Duration::from_secs(10)).await;
     assert!(answer.starts_with("HTTP/1.1 414"), "{}", &answer[..200.min(answer.len())]);
 }
+
+/// Big answers that their clients do not read hold their bytes from the response budget:
+/// past it, a big answer is refused with 503 and `Retry-After` (small ones are served as
+/// ever), and once those clients are gone it is served again. (Without the budget, 250 such
+/// clients held 4.9 GB.)
+#[tokio::test]
+async fn big_answers_nobody_reads_use_up_the_response_budget_until_their_clients_go() {
+    let app = app_with(rota_server::ServerConfig {
+        response_budget_bytes_max: 20 * MIB,
+        ..rota_server::ServerConfig::single("default")
+    });
+    let served = serve(app, rota_server::ServeOptions::default()).await;
+    let value = "v".repeat(1_000_000);
+    for key in 0..8 {
+        let reply = put(&served.app, &format!("/v2/keys/big/{key}"), &format!("value={value}")).await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+    }
+    let request = "GET /v2/keys/big?recursive=true HTTP/1.1\r\nHost: x\r\n\r\n";
+    // Two clients that take none of their ~8 MB answers (a small receive buffer, so that
+    // the kernel does not take it for them): 16 of the 20 MiB.
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("buffer size");
+        let mut stream = socket.connect(([127, 0, 0, 1], served.port).into()).await.expect("connect");
+        write_all(&mut stream, request).await;
+        silent.push(stream);
+    }
+    let busy = || async {
+        let mut stream = connect(served.port).await;
+        write_all(&mut stream, request).await;
+        read_until(&mut stream, "\r\n\r\n", Duration::from_secs(10)).await
+    };
+    // Polled: the two requests are handled a moment after they were written.
+    let mut answer = String::new();
+    for _ in 0..50 {
+        answer = busy().await;
+        if answer.starts_with("HTTP/1.1 503") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("\r\nretry-after: 1\r\n"), "{answer}");
+    // Small answers go on.
+    let small = send(&served.app, "GET", "/v2/keys/big/0", None).await;
+    assert_eq!(small.status, 200);
+    drop(silent);
+    let mut served_again = false;
+    for _ in 0..50 {
+        if busy().await.starts_with("HTTP/1.1 200") {
+            served_again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served_again, "big answers are served once the silent clients are gone");
+}

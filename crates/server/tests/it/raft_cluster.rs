@@ -86,6 +86,7 @@ async fn start(config: NodeConfig) -> Running {
             peer_urls: config.advertise_peer_urls.clone(),
             watchers_max: 16,
             body_budget_bytes_max: rota_server::limits::BODY_BUDGET_BYTES_MAX,
+            response_budget_bytes_max: rota_server::limits::RESPONSE_BUDGET_BYTES_MAX,
             client_rate_limit: 0,
             host_whitelist: Vec::new(),
             cors: Vec::new(),
