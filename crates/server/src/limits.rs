@@ -27,6 +27,11 @@ pub const BODY_BUDGET_EXEMPT_BYTES: usize = 64 * 1024;
 /// ~20 MB each, without bound (250 of them: 4.9 GB).
 pub const RESPONSE_BUDGET_BYTES_MAX: usize = 512 * 1024 * 1024;
 
+/// A peer connection that has carried no request this long after it was opened is closed
+/// (a member sends one at once): connections opened and left silent filled the peer
+/// connection bound and kept the members' forwarded writes off the leader.
+pub const PEER_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A connection whose client takes none of its answer for this long is closed (the answer
 /// is dropped): a client that sends a request and never reads would otherwise hold the
 /// answer's memory, and its share of [`RESPONSE_BUDGET_BYTES_MAX`], for good.

@@ -99,17 +99,35 @@ async fn accept_loop(
             let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
                 return;
             };
+            // Whether a request came: a member sends one as soon as it has connected.
+            let used = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let service_used = Arc::clone(&used);
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                service_used.store(true, std::sync::atomic::Ordering::Relaxed);
                 let node = node.clone();
                 async move { Ok::<_, Infallible>(handle(&node, request.map(Body::new)).await) }
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = async { let _ = stop.wait_for(|stopping| *stopping).await; } => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+            let first_request = tokio::time::sleep(limits::PEER_FIRST_REQUEST_TIMEOUT);
+            tokio::pin!(first_request);
+            let mut waiting_for_first = true;
+            loop {
+                tokio::select! {
+                    _ = connection.as_mut() => break,
+                    () = async { let _ = stop.wait_for(|stopping| *stopping).await; } => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                        break;
+                    }
+                    // Connections that never carry a request (256 of them held every
+                    // member's forwarded writes off the leader for the header read time).
+                    () = &mut first_request, if waiting_for_first => {
+                        if !used.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                        waiting_for_first = false;
+                    }
                 }
             }
         });

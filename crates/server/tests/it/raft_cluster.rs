@@ -417,6 +417,7 @@ async fn a_peer_with_another_cluster_token_is_refused() {
 /// A request to campaign at once (the leader's hand-over) from anyone but the leader a
 /// member follows is refused: with the cluster's token and a made-up sender, a user audit
 /// deposed leader after leader (term 10,250, no write committed) at ~700 requests a second.
+/// And a peer connection that never carries a request is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_to_campaign_now_from_other_than_the_leader_is_refused() {
     let (_temp, root) = temp_root();
@@ -436,6 +437,12 @@ async fn a_request_to_campaign_now_from_other_than_the_leader_is_refused() {
             .expect("peer request");
         assert_eq!(reply.status().as_u16(), 200);
     }
+    // A connection that carries no request is closed soon (256 silent ones held the peer
+    // port's every connection for the header read time).
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", 30090 + follower as u16)).await.expect("connect");
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(20), tokio::io::AsyncReadExt::read(&mut silent, &mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0))), "the silent connection is closed: {read:?}");
     // Had one been taken, the follower would have campaigned in a later term at once.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(wait_leader(&members).await, leader, "the leader stays");
