@@ -249,39 +249,44 @@ async fn a_mutation_retried_after_a_lost_answer_applies_once() {
     assert_eq!(listing.node.nodes.len(), 1);
 }
 
-#[tokio::test]
-async fn a_v1_call_over_the_client_rate_waits_its_retry_after_and_goes_through() {
-    let (_app, url) = server_with(ServerConfig {
+/// A client of a server that takes 2 requests a second from it; the server's app kept.
+async fn rate_limited_client() -> (Arc<App<FakeBackend>>, Client) {
+    let (app, url) = server_with(ServerConfig {
         client_rate_limit: 2,
         ..ServerConfig::single("default")
     })
     .await;
-    let client = Client::new([url.as_str()]).expect("client");
+    (app, Client::new([url.as_str()]).expect("client"))
+}
+
+/// Five calls at 2 a second: two pass at once, the others each wait for a refill (1 s per
+/// Retry-After), so together they take about a second.
+fn assert_rate_held(started: std::time::Instant, what: &str) {
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "five {what} at 2 per second passed in {:?}: the limit did not hold",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_v1_call_over_the_client_rate_waits_its_retry_after_and_goes_through() {
+    let (_app, client) = rate_limited_client().await;
     let started = std::time::Instant::now();
-    // Two pass at once, the others each wait for a refill (1 s per Retry-After).
     for n in 0..5 {
         client
             .list_queues()
             .await
             .unwrap_or_else(|error| panic!("call {n}: {error}"));
     }
-    assert!(
-        started.elapsed() >= std::time::Duration::from_millis(900),
-        "five calls at 2 per second passed in {:?}: the limit did not hold",
-        started.elapsed()
-    );
+    assert_rate_held(started, "calls");
 }
 
 /// The keys API too: a 429 is waited out (its `Retry-After`), not reported (`rota kv`
 /// failed at once with "429: Too many requests").
 #[tokio::test]
 async fn a_keys_call_over_the_client_rate_waits_its_retry_after_and_goes_through() {
-    let (_app, url) = server_with(ServerConfig {
-        client_rate_limit: 2,
-        ..ServerConfig::single("default")
-    })
-    .await;
-    let client = Client::new([url.as_str()]).expect("client");
+    let (_app, client) = rate_limited_client().await;
     let started = std::time::Instant::now();
     for n in 0..5 {
         client
@@ -289,11 +294,7 @@ async fn a_keys_call_over_the_client_rate_waits_its_retry_after_and_goes_through
             .await
             .unwrap_or_else(|error| panic!("set {n}: {error}"));
     }
-    assert!(
-        started.elapsed() >= std::time::Duration::from_millis(900),
-        "five sets at 2 per second passed in {:?}: the limit did not hold",
-        started.elapsed()
-    );
+    assert_rate_held(started, "sets");
     let listing = client.kv_ls("/rated", false).await.expect("ls");
     assert_eq!(listing.node.nodes.len(), 5, "each set once");
 }

@@ -20,6 +20,18 @@ fn copy_dir(from: &Path, to: &Path) {
     assert!(status.success(), "cp -a {} {}", from.display(), to.display());
 }
 
+/// A 3-node cluster and its members as (leader A, follower B, follower C).
+fn three_with_leader_first(name: &str) -> (Cluster, usize, usize, usize) {
+    let cluster = Cluster::start(ClusterConfig::new(3, name));
+    let a = cluster.wait_leader(Duration::from_secs(20)).expect("a leader");
+    let (b, c) = match a {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
+    (cluster, a, b, c)
+}
+
 fn put(addr: std::net::SocketAddr, key: &str, value: &str) -> u16 {
     http::send(addr, &Request::new("PUT", &format!("/v2/keys{key}")).form(&format!("value={value}")))
         .map(|response| response.status())
@@ -36,13 +48,7 @@ fn a_member_whose_log_lost_committed_entries_refuses_to_start_and_the_cluster_ke
         eprintln!("rota only: the commit mark is rota's");
         return;
     }
-    let mut cluster = Cluster::start(ClusterConfig::new(3, "log-loss"));
-    let a = cluster.wait_leader(Duration::from_secs(20)).expect("a leader");
-    let (b, c) = match a {
-        0 => (1, 2),
-        1 => (0, 2),
-        _ => (0, 1),
-    };
+    let (mut cluster, a, b, c) = three_with_leader_first("log-loss");
     let a_addr = cluster.nodes[a].client_addr();
     assert_eq!(put(a_addr, "/loss/before", "1"), 201);
     // B's log as it is now, from a clean stop.
@@ -150,13 +156,7 @@ fn a_voter_back_with_a_shorter_log_while_the_leader_lost_its_quorum_gets_a_leade
         eprintln!("rota only: the heartbeat pause is rota's");
         return;
     }
-    let mut cluster = Cluster::start(ClusterConfig::new(3, "short-voter"));
-    let a = cluster.wait_leader(Duration::from_secs(20)).expect("a leader");
-    let (b, c) = match a {
-        0 => (1, 2),
-        1 => (0, 2),
-        _ => (0, 1),
-    };
+    let (mut cluster, a, b, c) = three_with_leader_first("short-voter");
     let a_addr = cluster.nodes[a].client_addr();
     assert_eq!(put(a_addr, "/short/before", "1"), 201);
     terminate_cluster_node(&mut cluster, b);
