@@ -281,7 +281,7 @@ impl<B: Backend> App<B> {
         } else {
             self.route(request).await
         };
-        response = self.budget_answer(response, own_api).await;
+        response = self.budget_answer(response, own_api, method == Method::GET).await;
         if !server_wide && !own_api {
             self.add_cors(&mut response, origin.as_ref());
         }
@@ -297,9 +297,10 @@ impl<B: Backend> App<B> {
 
     /// An answer of a known size over the exempt one holds its bytes from the response
     /// budget ([`limits::RESPONSE_BUDGET_BYTES_MAX`]) until hyper has taken its last part;
-    /// when the budget cannot cover it, the client gets 503 with `Retry-After: 1` instead
-    /// (a read's answer: the state is unchanged; a write's answer is never that big).
-    async fn budget_answer(&self, response: Response<Body>, own_api: bool) -> Response<Body> {
+    /// when the budget cannot cover a read's answer, the client gets 503 with
+    /// `Retry-After: 1` instead. Another request's answer (a big batch submit) goes out
+    /// uncounted then: it reports a change already made, which a 503 would deny.
+    async fn budget_answer(&self, response: Response<Body>, own_api: bool, read: bool) -> Response<Body> {
         use axum::body::HttpBody as _;
         let Some(bytes) = response.body().size_hint().exact() else {
             return response; // a stream (a watch): no answer of that size held at once
@@ -319,6 +320,9 @@ impl<B: Backend> App<B> {
             };
             let body = Body::new(ReservedBody { rest: whole, _reservation: reservation });
             return Response::from_parts(parts, body);
+        }
+        if !read {
+            return response;
         }
         let cause = format!(
             "answers being sent hold the node's {bytes_max} byte budget and this one is {bytes} bytes; retry shortly"

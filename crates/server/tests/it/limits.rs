@@ -444,7 +444,7 @@ async fn a_compare_by_a_large_value_in_the_query_works_up_to_the_query_bound() {
 #[tokio::test]
 async fn big_answers_nobody_reads_use_up_the_response_budget_until_their_clients_go() {
     let app = app_with(rota_server::ServerConfig {
-        response_budget_bytes_max: 20 * MIB,
+        response_budget_bytes_max: 17 * MIB,
         ..rota_server::ServerConfig::single("default")
     });
     let served = serve(app, rota_server::ServeOptions::default()).await;
@@ -455,7 +455,7 @@ async fn big_answers_nobody_reads_use_up_the_response_budget_until_their_clients
     }
     let request = "GET /v2/keys/big?recursive=true HTTP/1.1\r\nHost: x\r\n\r\n";
     // Two clients that take none of their ~8 MB answers (a small receive buffer, so that
-    // the kernel does not take it for them): 16 of the 20 MiB.
+    // the kernel does not take it for them): 16 MB of the 17 MiB.
     let mut silent = Vec::new();
     for _ in 0..2 {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
@@ -483,6 +483,22 @@ async fn big_answers_nobody_reads_use_up_the_response_budget_until_their_clients
     // Small answers go on.
     let small = send(&served.app, "GET", "/v2/keys/big/0", None).await;
     assert_eq!(small.status, 200);
+    // A write's big answer is sent, not refused: the change is made (1,000 jobs, ~3 MB,
+    // more than the budget has left).
+    let payload = "p".repeat(2_900);
+    let jobs: Vec<String> = (0..1000).map(|_| format!("{{\"payload\":\"{payload}\"}}")).collect();
+    let batch = format!("{{\"jobs\":[{}]}}", jobs.join(","));
+    let mut stream = connect(served.port).await;
+    write_all(
+        &mut stream,
+        &format!(
+            "POST /v1/queues/big/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{batch}",
+            batch.len()
+        ),
+    )
+    .await;
+    let submitted = read_until(&mut stream, "\r\n\r\n", Duration::from_secs(10)).await;
+    assert!(submitted.starts_with("HTTP/1.1 202"), "{submitted}");
     drop(silent);
     let mut served_again = false;
     for _ in 0..50 {
