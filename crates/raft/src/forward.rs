@@ -619,8 +619,7 @@ impl Node {
             PeerRpc::TimeoutNow => {
                 // Only from the leader this member follows, handing over: anything else that
                 // reaches the peer port could depose every leader in turn, for ever.
-                let leader = raft.metrics().borrow().current_leader;
-                if leader != Some(from) {
+                if !self.may_ask_to_campaign(from) {
                     tracing::debug!(from = %format!("{from:x}"), "refused a request to campaign now: it did not come from the leader this member follows");
                     let refused: Result<(), String> = Err("only the leader this member follows may ask it to campaign".to_owned());
                     return Ok(peer::encode(&refused));

@@ -1025,6 +1025,17 @@ impl Node {
     /// rota's then counts as no leader: `/health` is false, the status shows no leader,
     /// and writes wait for a leader like at a follower, then answer 503, instead of
     /// hanging; they go through again as soon as a quorum answers.
+    /// Whether `from` may ask this member to campaign at once: the leader it follows, or,
+    /// during an election, the last one it followed (a leader handing over asks again when
+    /// the first campaign fails, and its follower is then a candidate).
+    pub(crate) fn may_ask_to_campaign(&self, from: NodeId) -> bool {
+        let current = self.inner.raft.metrics().borrow().current_leader;
+        match current {
+            Some(leader) => leader == from,
+            None => self.inner.leader_seen.lock().unwrap_or_else(|p| p.into_inner()).last_known == Some(from),
+        }
+    }
+
     pub(crate) fn lost_quorum(&self, metrics: &openraft::RaftMetrics<NodeId, Member>) -> bool {
         if !leads(metrics, self.inner.id) || metrics.membership_config.membership().voter_ids().nth(1).is_none() {
             return false;
@@ -1192,6 +1203,8 @@ fn leads(metrics: &openraft::RaftMetrics<NodeId, Member>, id: NodeId) -> bool {
 struct LeaderSeen {
     leader: Option<NodeId>,
     since: std::time::SystemTime,
+    /// The last leader known, kept through an election (`leader` is then `None`).
+    last_known: Option<NodeId>,
 }
 
 impl Default for LeaderSeen {
@@ -1199,6 +1212,7 @@ impl Default for LeaderSeen {
         LeaderSeen {
             leader: None,
             since: std::time::SystemTime::now(),
+            last_known: None,
         }
     }
 }
@@ -1586,11 +1600,11 @@ async fn follow_raft_metrics(
                 if current.current_leader.is_some() {
                     metrics.leader_changes.inc();
                 }
-                *leader_seen
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = LeaderSeen {
+                let mut seen = leader_seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                *seen = LeaderSeen {
                     leader: current.current_leader,
                     since: std::time::SystemTime::now(),
+                    last_known: current.current_leader.or(seen.last_known),
                 };
             }
             leader = current.current_leader;
