@@ -160,6 +160,32 @@ fn endpoint_urls(endpoints: &str) -> Option<Vec<String>> {
     Some(urls)
 }
 
+/// Tries to send a request this many times while the server answers `429 Too Many Requests`.
+const TOO_MANY_TRIES: u32 = 5;
+
+/// Sends the request that `build` makes; while the server answers 429 (its client rate
+/// limit), waits its `Retry-After` (at most `rota_client::RETRY_AFTER_MAX`, 1 s without
+/// one) and sends it again, up to [`TOO_MANY_TRIES`] times; the last answer is returned.
+async fn send_waiting_out_429(
+    build: impl Fn() -> reqwest::RequestBuilder,
+) -> reqwest::Result<reqwest::Response> {
+    let mut tries = 1;
+    loop {
+        let response = build().send().await?;
+        if response.status() != reqwest::StatusCode::TOO_MANY_REQUESTS || tries == TOO_MANY_TRIES {
+            return Ok(response);
+        }
+        let wait = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok())
+            .map_or(std::time::Duration::from_secs(1), std::time::Duration::from_secs)
+            .clamp(std::time::Duration::from_millis(100), rota_client::RETRY_AFTER_MAX);
+        tokio::time::sleep(wait).await;
+        tries += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;

@@ -87,17 +87,17 @@ impl Endpoints {
     ) -> Result<(u16, String), Failure> {
         let mut errors = Vec::new();
         for url in &self.urls {
-            let mut request = self
-                .http
-                .request(
-                    method.clone(),
-                    format!("{}{path}", url.trim_end_matches('/')),
-                )
-                .timeout(REQUEST_TIMEOUT);
-            if let Some(json) = &json {
-                request = request.json(json);
-            }
-            match request.send().await {
+            let request = || {
+                let request = self
+                    .http
+                    .request(method.clone(), format!("{}{path}", url.trim_end_matches('/')))
+                    .timeout(REQUEST_TIMEOUT);
+                match &json {
+                    Some(json) => request.json(json),
+                    None => request,
+                }
+            };
+            match crate::send_waiting_out_429(request).await {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     let body = response.text().await.unwrap_or_default();

@@ -172,7 +172,7 @@ async fn get_text(http: &reqwest::Client, url: &str) -> Result<String, String> {
 
 /// The body of a successful GET, and its `X-Etcd-Cluster-Id` ("?" without one).
 async fn get_text_and_cluster_id(http: &reqwest::Client, url: &str) -> Result<(String, String), String> {
-    let response = http.get(url).send().await.map_err(|e| error_chain(&e))?;
+    let response = crate::send_waiting_out_429(|| http.get(url)).await.map_err(|e| error_chain(&e))?;
     let cluster_id = response
         .headers()
         .get("x-etcd-cluster-id")

@@ -144,6 +144,14 @@ pub enum JobResponse {
     },
 }
 
+/// One page of [`Jobs::list_jobs`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    /// Jobs past this page match too.
+    pub more: bool,
+}
+
 /// Why a lease returned fewer jobs than asked, and when trying again may help.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseBlocked {
@@ -364,14 +372,14 @@ impl Jobs {
     }
 
     /// Jobs of `queue` in id order, those in `state` or all, with ids after `after`: one
-    /// page of at most `limit` (1 to [`LIST_LIMIT_MAX`]).
+    /// page of at most `limit` (1 to [`LIST_LIMIT_MAX`]), and whether more follow it.
     pub fn list_jobs(
         &self,
         queue: &str,
         state: Option<JobState>,
         after: Option<JobId>,
         limit: usize,
-    ) -> Result<Vec<Job>, JobError> {
+    ) -> Result<JobPage, JobError> {
         check_range("limit", limit as u64, 1, LIST_LIMIT_MAX as u64)?;
         let queue_id = self.queue_ids.get(queue).ok_or_else(|| JobError::queue_not_found(queue))?;
         let queue = &self.queues[queue_id];
@@ -380,15 +388,17 @@ impl Jobs {
             Some(state) => std::slice::from_ref(state),
             None => &JobState::ALL,
         };
-        // At most `limit` from each state's set, merged: O(limit) whatever the queue's size.
+        // At most `limit` + 1 from each state's set, merged: O(limit) whatever the queue's
+        // size; the one past the page tells whether another page follows.
         let mut ids: Vec<JobId> = states
             .iter()
-            .flat_map(|state| queue.ids_by_state[state.index()].range((start, Bound::Unbounded)).take(limit))
+            .flat_map(|state| queue.ids_by_state[state.index()].range((start, Bound::Unbounded)).take(limit + 1))
             .copied()
             .collect();
         ids.sort_unstable();
+        let more = ids.len() > limit;
         ids.truncate(limit);
-        Ok(ids.into_iter().map(|id| self.view(id, &self.jobs[&id])).collect())
+        Ok(JobPage { jobs: ids.into_iter().map(|id| self.view(id, &self.jobs[&id])).collect(), more })
     }
 
     pub fn counter(&self, name: &str) -> Option<u64> {

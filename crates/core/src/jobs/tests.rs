@@ -428,7 +428,8 @@ fn list_jobs_pages_in_id_order_by_state_after_a_cursor() {
     let all: Vec<JobId> = (0..10).map(|i| submit(&mut jobs, 0, i % 3)).collect();
     let first_leased = lease(&mut jobs, 0, 2).0; // priority 2 jobs: ids 3 and 6 (1-based)
     let leased_ids = ids(&first_leased);
-    let page = |jobs: &Jobs, state, after, limit| ids(&jobs.list_jobs(Q, state, after, limit).unwrap());
+    let page = |jobs: &Jobs, state, after, limit| ids(&jobs.list_jobs(Q, state, after, limit).unwrap().jobs);
+    let more = |jobs: &Jobs, state, after, limit| jobs.list_jobs(Q, state, after, limit).unwrap().more;
     assert_eq!(page(&jobs, None, None, 100), all);
     assert_eq!(page(&jobs, None, Some(all[3]), 3), all[4..7].to_vec());
     assert_eq!(page(&jobs, Some(JobState::Leased), None, 100), leased_ids);
@@ -436,6 +437,11 @@ fn list_jobs_pages_in_id_order_by_state_after_a_cursor() {
     assert_eq!(page(&jobs, Some(JobState::Queued), None, 4), queued[..4].to_vec());
     assert_eq!(page(&jobs, Some(JobState::Queued), Some(queued[3]), 100), queued[4..].to_vec());
     assert_eq!(page(&jobs, Some(JobState::Dead), None, 100), Vec::<JobId>::new());
+    assert!(more(&jobs, None, Some(all[3]), 3));
+    assert!(!more(&jobs, None, Some(all[6]), 3), "a full page that ends the list has no more after it");
+    assert!(!more(&jobs, None, None, 100));
+    assert!(more(&jobs, Some(JobState::Queued), None, 4));
+    assert!(!more(&jobs, Some(JobState::Dead), None, 100));
     assert_error(jobs.list_jobs(Q, None, None, 0), JobError::INVALID, Some("limit"));
     assert_error(jobs.list_jobs(Q, None, None, limits::LIST_LIMIT_MAX + 1), JobError::INVALID, Some("limit"));
     assert_error(jobs.list_jobs("nope", None, None, 10), JobError::NOT_FOUND, None);

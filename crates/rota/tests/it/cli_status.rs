@@ -293,3 +293,20 @@ fn serve_stops_at_sigterm_while_it_waits_to_join() {
     assert!(status.success(), "{status}: {}", node.stderr());
     assert!(node.stderr().contains("SIGTERM while starting"), "{}", node.stderr());
 }
+
+#[test]
+fn status_and_member_wait_out_a_client_rate_limit() {
+    // One request a second for this client: `rota status` sends three counted requests
+    // and `rota member ls` one more right after, so they meet 429s and must wait them out.
+    let server = Server::try_start_with(Kind::Rota, None, vec!["--client-rate-limit".into(), "1".into()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let status = rota(dir.path(), &["status".into(), "--endpoints".into(), server.client_url()]);
+    assert!(status.status.success(), "{status:?}");
+    assert!(status.stdout.lines().nth(1).is_some_and(|line| line.starts_with(&server.client_url())), "{status:?}");
+    for _ in 0..2 {
+        let members = rota(dir.path(), &["member".into(), "ls".into(), "--endpoints".into(), server.client_url()]);
+        assert!(members.status.success(), "{members:?}");
+        assert!(members.stdout.contains(&server.peer_url()), "{members:?}");
+    }
+}

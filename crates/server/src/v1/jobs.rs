@@ -316,10 +316,10 @@ pub(crate) async fn list<B: Backend>(app: &Arc<App<B>>, call: &Call<'_>, queue: 
     json::check_range("limit", limit, 1, core_limits::LIST_LIMIT_MAX as u64)?;
     let after = json::query_u64(&params, "after")?;
     read_point(app, json::query_local(&params)?).await?;
-    let jobs = app
+    let page = app
         .backend
         .read(|s| s.jobs.list_jobs(queue, state, after, limit as usize))
         .map_err(|error| ApiError::from_job_error(&error))?;
-    let next = if jobs.len() as u64 == limit { jobs.last().map(|job| job.id) } else { None };
-    Ok(reply(200, json::jobs_body(&jobs, Some(("next", next))), false))
+    let next = if page.more { page.jobs.last().map(|job| job.id) } else { None };
+    Ok(reply(200, json::jobs_body(&page.jobs, Some(("next", next))), false))
 }

@@ -326,6 +326,7 @@ async fn the_listing_pages_by_id_within_a_state() {
     assert_eq!(page["next"], 3);
     let page = get(&app, "/v1/queues/q/jobs?state=queued&limit=2&after=3").await.json();
     assert_eq!(ids(&page), [4, 5]);
+    assert_eq!(page["next"], json!(null), "a full page that ends the listing has nothing after it");
     let page = get(&app, "/v1/queues/q/jobs?state=queued&limit=2&after=5").await.json();
     assert_eq!(ids(&page), Vec::<u64>::new());
     assert_eq!(page["next"], json!(null));
