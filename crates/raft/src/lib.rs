@@ -1092,6 +1092,9 @@ impl Node {
             metrics.snapshot_index.set(snapshot.index as i64);
         }
         metrics.is_leader.set(i64::from(self.counts_as_leader(&current)));
+        let id = self.inner.id;
+        let votes = !self.is_removed() && current.membership_config.membership().voter_ids().any(|voter| voter == id);
+        metrics.is_voter.set(i64::from(votes));
     }
 
     /// Whether this member leads, as `/health`, `/v2/stats/self` and `/metrics` say: a

@@ -13,6 +13,8 @@ use prometheus_client::registry::{Registry, Unit};
 pub struct RaftMetrics {
     pub term: Gauge,
     pub is_leader: Gauge,
+    /// 1 while this member votes; 0 while it is a learner catching up (or was removed).
+    pub is_voter: Gauge,
     pub leader_changes: Counter,
     pub last_log_index: Gauge,
     pub commit_index: Gauge,
@@ -41,6 +43,7 @@ impl Default for RaftMetrics {
         RaftMetrics {
             term: Gauge::default(),
             is_leader: Gauge::default(),
+            is_voter: Gauge::default(),
             leader_changes: Counter::default(),
             last_log_index: Gauge::default(),
             commit_index: Gauge::default(),
@@ -70,6 +73,11 @@ impl RaftMetrics {
             "is_leader",
             "1 if this node is the Raft leader",
             self.is_leader.clone(),
+        );
+        registry.register(
+            "is_voter",
+            "1 if this node is a voter; 0 while it is a learner catching up with the leader's log",
+            self.is_voter.clone(),
         );
         registry.register(
             "leader_changes",

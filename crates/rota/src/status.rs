@@ -54,6 +54,8 @@ struct Status {
     leader: bool,
     /// The member knows who leads (it may be itself).
     knows_leader: bool,
+    /// False while it is a learner: added, catching up, not yet voting.
+    votes: bool,
     term: u64,
     commit_index: u64,
     applied_index: u64,
@@ -80,6 +82,7 @@ pub async fn run(args: StatusArgs) -> ExitCode {
     );
     let mut unreachable = false;
     let mut leaderless = Vec::new();
+    let mut learners = Vec::new();
     // Cluster id → the endpoints that answered with it, in the order given.
     let mut clusters: Vec<(String, Vec<String>)> = Vec::new();
     for url in &urls {
@@ -87,6 +90,9 @@ pub async fn run(args: StatusArgs) -> ExitCode {
             Ok(s) => {
                 if !s.knows_leader {
                     leaderless.push(url.clone());
+                }
+                if !s.votes {
+                    learners.push(url.clone());
                 }
                 match clusters.iter_mut().find(|(id, _)| *id == s.cluster_id) {
                     Some((_, members)) => members.push(url.clone()),
@@ -102,6 +108,12 @@ pub async fn run(args: StatusArgs) -> ExitCode {
     }
     for url in leaderless {
         eprintln!("warning: {url} knows no leader: writes and quorum reads there wait, then answer 503, until one is elected");
+    }
+    for url in learners {
+        eprintln!(
+            "note: {url} is a learner: it is copying the leader's log and becomes a voter once it has nearly all of it \
+             (its progress: COMMIT/APPLIED against the leader's)"
+        );
     }
     if clusters.len() > 1 {
         let listed: Vec<String> = clusters.iter().map(|(id, members)| format!("cluster {id}: {}", members.join(", "))).collect();
@@ -137,7 +149,10 @@ fn print_status(url: &str, width: usize, s: &Status) {
 async fn status(http: &reqwest::Client, url: &str) -> Result<Status, String> {
     let stats: StatsSelf = get_json(http, &format!("{url}/v2/stats/self")).await?;
     // As etcd, the members list says which cluster it is of (the stats do not).
-    let (_, cluster_id) = get_text_and_cluster_id(http, &format!("{url}/v2/members")).await?;
+    let (members, cluster_id) = get_text_and_cluster_id(http, &format!("{url}/v2/members")).await?;
+    let listed = serde_json::from_str::<serde_json::Value>(&members).ok().is_some_and(|members| {
+        members["members"].as_array().is_some_and(|list| list.iter().any(|member| member["id"] == stats.id.as_str()))
+    });
     let version: Version = get_json(http, &format!("{url}/version")).await?;
     let metrics = get_text(http, &format!("{url}/metrics")).await?;
     if metric(&metrics, "rota_raft_term").is_none() {
@@ -153,6 +168,9 @@ async fn status(http: &reqwest::Client, url: &str) -> Result<Status, String> {
         name: stats.name,
         leader: stats.state == "StateLeader",
         knows_leader: !stats.leader_info.leader.is_empty(),
+        // Older builds have no such metric: their members count as voters. A member no
+        // longer in its own list was removed, not made a learner.
+        votes: !listed || metric(&metrics, "rota_raft_is_voter").is_none_or(|votes| votes == 1),
         term: gauge("rota_raft_term")?,
         commit_index: gauge("rota_raft_commit_index")?,
         applied_index: gauge("rota_raft_applied_index")?,

@@ -42,6 +42,7 @@ fn status_shows_each_endpoint_and_fails_for_one_that_does_not_answer() {
     assert!(one.status.success(), "{one:?}");
     assert_eq!(one.stdout.lines().count(), 2, "{one:?}");
     assert!(!one.stderr.contains("different clusters"), "{one:?}");
+    assert!(!one.stderr.contains("learner"), "a single node votes: {one:?}");
 
     // Two leaders can be two clusters (a member that listed only itself started its own):
     // status says so.

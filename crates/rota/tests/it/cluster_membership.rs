@@ -113,6 +113,9 @@ fn cluster_membership_add_remove_rolling_restart_and_snapshot_catch_up_under_loa
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The new member says it votes once it learns of its promotion (`rota status` shows
+    // a learner from this gauge).
+    wait_until(CHANGE_TIMEOUT, "n4's rota_raft_is_voter 1", || (metric(&n4.addr(), "rota_raft_is_voter") == Some(1)).then_some(()));
     let mut live: Vec<SocketAddr> = cluster.endpoints();
     live.push(n4.addr());
     wait_caught_up(&live, n4.addr(), "n4 after joining");
