@@ -529,7 +529,7 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 /// What went wrong sending to one endpoint, briefly, for a line that names the endpoint
 /// beside it: `connection refused`, `timed out`, or the innermost cause (reqwest's own text
 /// repeats the URL and hides the cause behind `error sending request`).
-pub(crate) fn transport_error(error: &reqwest::Error) -> String {
+pub fn transport_error(error: &reqwest::Error) -> String {
     if error.is_timeout() {
         return "timed out".to_string();
     }

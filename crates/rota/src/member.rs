@@ -103,10 +103,10 @@ impl Endpoints {
                     let body = response.text().await.unwrap_or_default();
                     return Ok((status, body));
                 }
-                Err(error) => errors.push(format!("{url}: {error}")),
+                Err(error) => errors.push(format!("{url} ({})", rota_client::transport_error(&error))),
             }
         }
-        Err(Failure::Unreachable(errors.join("; ")))
+        Err(Failure::Unreachable(errors.join(", ")))
     }
 }
 

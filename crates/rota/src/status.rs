@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use rota_client::error_chain;
+use rota_client::{error_chain, transport_error};
 use serde::Deserialize;
 
 const EXIT_BAD_ARGS: u8 = 1;
@@ -190,7 +190,7 @@ async fn get_text(http: &reqwest::Client, url: &str) -> Result<String, String> {
 
 /// The body of a successful GET, and its `X-Etcd-Cluster-Id` ("?" without one).
 async fn get_text_and_cluster_id(http: &reqwest::Client, url: &str) -> Result<(String, String), String> {
-    let response = crate::send_waiting_out_429(|| http.get(url)).await.map_err(|e| error_chain(&e))?;
+    let response = crate::send_waiting_out_429(|| http.get(url)).await.map_err(|e| format!("GET {url}: {}", transport_error(&e)))?;
     let cluster_id = response
         .headers()
         .get("x-etcd-cluster-id")
