@@ -228,7 +228,7 @@ async fn prefill(args: &Args, base: Instant) -> Result<()> {
                     })
                     .collect();
                 conn.enqueue_batch(&jobs).await?;
-                if connection == 0 && batch % 100 == 0 {
+                if connection == 0 && batch.is_multiple_of(100) {
                     eprintln!("prefill: {} of {total} jobs queued ({:.0?})", first, started.elapsed());
                 }
             }

@@ -554,6 +554,7 @@ pub fn transport_error(error: &reqwest::Error) -> String {
 }
 
 /// What [`decode`] made of an answer.
+#[allow(clippy::large_enum_variant, reason = "one per answer, matched at once")]
 enum Decoded {
     Answer(Result<KvResponse, Error>),
     /// The body could not be read to its end: the connection broke after the head.

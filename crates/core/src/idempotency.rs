@@ -73,6 +73,7 @@ fn approximate_bytes(key: &str, response: &Response) -> usize {
     counter.0 + key.len() * 2 + RECORD_OVERHEAD_BYTES
 }
 
+#[allow(clippy::large_enum_variant, reason = "returned once per keyed request and matched at once; a box would cost an allocation on every replay")]
 pub enum IdempotencyOutcome {
     New,
     Replay(Response),

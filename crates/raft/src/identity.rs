@@ -141,7 +141,7 @@ impl Identity {
 
 /// The text whose UTF-8 bytes `hex` spells, two lowercase hex digits per byte.
 fn decode_hex(hex: &str) -> Option<String> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     let bytes = (0..hex.len())

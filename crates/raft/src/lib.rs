@@ -711,6 +711,7 @@ impl Node {
         Ok(node)
     }
 
+    #[allow(clippy::too_many_arguments, reason = "called once, from start, with the parts it just built")]
     fn spawn_tasks(
         config: &NodeConfig,
         identity: Identity,
@@ -1051,7 +1052,7 @@ impl Node {
             // Not acknowledged yet since it was elected: lost once it has led that long.
             None => {
                 let seen = *self.inner.leader_seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                seen.since.elapsed().map_or(false, |led| led > limit)
+                seen.since.elapsed().is_ok_and(|led| led > limit)
             }
         }
     }

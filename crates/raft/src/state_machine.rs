@@ -414,30 +414,6 @@ async fn in_background<T: Send + 'static>(
         .map_err(|_| format!("the {name} thread panicked"))?
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn background_work_runs_niced_on_its_own_thread_and_hands_back_its_result() {
-        let caller = std::thread::current().id();
-        let (nice, thread) = in_background("rota-test-bg", move || {
-            // SAFETY: getpriority(2) of the calling thread; no memory is passed.
-            let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS as _, 0) };
-            Ok((nice, std::thread::current().id()))
-        })
-        .await
-        .expect("result");
-        assert_ne!(thread, caller);
-        // Raised by SNAPSHOT_THREAD_NICE from the test process's own nice value, capped at 19.
-        // SAFETY: as above.
-        let base = unsafe { libc::getpriority(libc::PRIO_PROCESS as _, 0) };
-        assert_eq!(nice, (base + SNAPSHOT_THREAD_NICE).min(19));
-        let failed: Result<(), String> = in_background("rota-test-bg", || Err("no".to_string())).await;
-        assert_eq!(failed, Err("no".to_string()));
-    }
-}
-
 /// A member's name for the log: one added by `member add` has none until it has started and
 /// published it, which may come after it became a voter (etcd lists it with an empty name
 /// meanwhile).
@@ -474,5 +450,29 @@ fn log_membership_change(
         if after.get_node(id).is_none() {
             tracing::info!(member = %format_args!("{id:x}"), name = %shown_name(member), peer_urls = %member.peer_urls.join(","), "membership: member removed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn background_work_runs_niced_on_its_own_thread_and_hands_back_its_result() {
+        let caller = std::thread::current().id();
+        let (nice, thread) = in_background("rota-test-bg", move || {
+            // SAFETY: getpriority(2) of the calling thread; no memory is passed.
+            let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS as _, 0) };
+            Ok((nice, std::thread::current().id()))
+        })
+        .await
+        .expect("result");
+        assert_ne!(thread, caller);
+        // Raised by SNAPSHOT_THREAD_NICE from the test process's own nice value, capped at 19.
+        // SAFETY: as above.
+        let base = unsafe { libc::getpriority(libc::PRIO_PROCESS as _, 0) };
+        assert_eq!(nice, (base + SNAPSHOT_THREAD_NICE).min(19));
+        let failed: Result<(), String> = in_background("rota-test-bg", || Err("no".to_string())).await;
+        assert_eq!(failed, Err("no".to_string()));
     }
 }

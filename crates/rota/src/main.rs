@@ -186,6 +186,18 @@ async fn send_waiting_out_429(
     }
 }
 
+/// `--wait` takes its value attached (`--wait=10s`: bare `--wait` waits the default), so
+/// `--wait 10s` reads `10s` as a stray argument and clap says only that; this says why.
+fn attached_value_hint(args: &[std::ffi::OsString]) -> Option<String> {
+    let args: Vec<&str> = args.iter().filter_map(|arg| arg.to_str()).collect();
+    args.windows(2).find_map(|pair| match pair {
+        ["--wait", value] if job_cli::parse_duration(value).is_ok() => {
+            Some(format!("tip: --wait takes its value attached: --wait={value}"))
+        }
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -268,16 +280,3 @@ mod tests {
         }
     }
 }
-
-/// `--wait` takes its value attached (`--wait=10s`: bare `--wait` waits the default), so
-/// `--wait 10s` reads `10s` as a stray argument and clap says only that; this says why.
-fn attached_value_hint(args: &[std::ffi::OsString]) -> Option<String> {
-    let args: Vec<&str> = args.iter().filter_map(|arg| arg.to_str()).collect();
-    args.windows(2).find_map(|pair| match pair {
-        ["--wait", value] if job_cli::parse_duration(value).is_ok() => {
-            Some(format!("tip: --wait takes its value attached: --wait={value}"))
-        }
-        _ => None,
-    })
-}
-

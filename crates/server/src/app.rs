@@ -1205,6 +1205,40 @@ mod test_mutant {
     }
 }
 
+/// An answer's body with its reservation from the response budget. It is handed to hyper
+/// in parts of [`limits::BODY_BUDGET_EXEMPT_BYTES`], which hyper takes only as its write
+/// buffer drains, so the reservation is given back (on drop) when the last part is taken
+/// or the connection is gone; as one part, hyper took it at once and dropped the body while
+/// the bytes still waited for the client.
+struct ReservedBody {
+    rest: bytes::Bytes,
+    _reservation: BodyReservation,
+}
+
+impl axum::body::HttpBody for ReservedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, axum::Error>>> {
+        if self.rest.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let part = self.rest.len().min(limits::BODY_BUDGET_EXEMPT_BYTES);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(self.rest.split_to(part)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.rest.len() as u64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1238,39 +1272,5 @@ mod tests {
             ..DeleteCommand::default()
         });
         assert_ne!(fingerprint(&set("/a", "")), fingerprint(&delete));
-    }
-}
-
-/// An answer's body with its reservation from the response budget. It is handed to hyper
-/// in parts of [`limits::BODY_BUDGET_EXEMPT_BYTES`], which hyper takes only as its write
-/// buffer drains, so the reservation is given back (on drop) when the last part is taken
-/// or the connection is gone; as one part, hyper took it at once and dropped the body while
-/// the bytes still waited for the client.
-struct ReservedBody {
-    rest: bytes::Bytes,
-    _reservation: BodyReservation,
-}
-
-impl axum::body::HttpBody for ReservedBody {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, axum::Error>>> {
-        if self.rest.is_empty() {
-            return std::task::Poll::Ready(None);
-        }
-        let part = self.rest.len().min(limits::BODY_BUDGET_EXEMPT_BYTES);
-        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(self.rest.split_to(part)))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.rest.is_empty()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        hyper::body::SizeHint::with_exact(self.rest.len() as u64)
     }
 }

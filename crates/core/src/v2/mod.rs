@@ -119,6 +119,7 @@ pub struct V2Error {
 
 /// What a watch finds in the history.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant, reason = "returned once per watch lookup and matched at once; a box would cost an allocation per event found")]
 pub enum WatchLookup {
     /// The first matching event at or after the asked index.
     Found(V2Response),

@@ -1780,7 +1780,7 @@ fn cluster_membership_a_follower_answers_writes_and_member_changes_it_already_sh
         assert_eq!(written.status(), 200, "{name}: {}", written.text());
         let read = send(&Request::new("GET", "/v2/keys/ownwrites/k"));
         let index = |response: &http::Response| response.header("x-etcd-index").and_then(|v| v.parse::<u64>().ok());
-        if read.json()["node"]["value"] != i.to_string() || index(&read) < index(&written) {
+        if read.json()["node"]["value"] != *i.to_string() || index(&read) < index(&written) {
             stale.push((i, read.text()));
         }
     }

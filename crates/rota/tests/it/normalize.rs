@@ -679,10 +679,7 @@ mod tests {
         let b = br#"{"node":{"nodes":[{"key":"/a"},{"key":"/b"}]}}"#;
         let unsorted = RequestTraits::default();
         assert_eq!(norm().body(a, unsorted), norm().body(b, unsorted));
-        let sorted = RequestTraits {
-            sorted: true,
-            ..RequestTraits::default()
-        };
+        let sorted = RequestTraits { sorted: true };
         assert_ne!(norm().body(a, sorted), norm().body(b, sorted));
     }
 
