@@ -5,58 +5,86 @@
 
 use std::ffi::OsString;
 
-/// Long flags that take a value (`--name infra0`).
-const VALUE_FLAGS: &[&str] = &[
-    "name",
-    "data-dir",
-    "listen-client-urls",
-    "advertise-client-urls",
-    "listen-peer-urls",
-    "initial-advertise-peer-urls",
-    "initial-cluster",
-    "initial-cluster-state",
-    "initial-cluster-token",
-    "heartbeat-interval",
-    "election-timeout",
-    "max-history",
-    "snapshot-count",
-    "endpoints",
-    "ttl",
-    "swap-with-value",
-    "swap-with-index",
-    "with-value",
-    "with-index",
-    "after-index",
-    "host-whitelist",
-    "cors",
-    "log-level",
-];
+/// rota's long flags, from its clap definition (every subcommand's): whether each takes a
+/// value from the next argument (`--name infra0`) or not (a switch, or a flag whose value
+/// must be attached, as `--wait=10s`).
+#[derive(Debug, Default)]
+pub struct LongFlags {
+    takes_value: std::collections::BTreeMap<String, bool>,
+}
 
-/// Long flags without a value (Go's bools also accept `-flag=true`).
-const SWITCH_FLAGS: &[&str] = &[
-    "enable-v2",
-    "recursive",
-    "dir",
-    "forever",
-    "in-order",
-    "quorum",
-    "sort",
-    "help",
-    "version",
-];
+impl LongFlags {
+    pub fn of(command: &clap::Command) -> LongFlags {
+        let mut flags = LongFlags::default();
+        flags.add(command);
+        for builtin in ["help", "version"] {
+            flags.takes_value.entry(builtin.to_string()).or_insert(false);
+        }
+        flags
+    }
 
-/// etcd 3.4 flags that mean nothing to rota (the v3 API, zap logging, gRPC, profiling, bbolt),
-/// and whether each takes a value: `rota serve` takes them, so that an etcd command line
-/// (or unit file) starts rota, and names the ones given in a warning. (`--force-new-cluster`
-/// is not among them: it changes what a member does, and rota refuses it as unknown.)
+    fn add(&mut self, command: &clap::Command) {
+        for arg in command.get_arguments() {
+            let takes_value = arg.get_action().takes_values()
+                && !arg.is_require_equals_set()
+                && arg.get_num_args().is_none_or(|range| range.min_values() > 0);
+            for long in arg.get_long_and_visible_aliases().into_iter().flatten() {
+                // A name that takes a value anywhere takes one everywhere: a switch of the
+                // same name elsewhere would otherwise swallow that value (a test keeps them apart).
+                *self.takes_value.entry(long.to_string()).or_insert(takes_value) |= takes_value;
+            }
+        }
+        for sub in command.get_subcommands() {
+            self.add(sub);
+        }
+    }
+
+    /// `Some(takes a value)` for one of rota's long flags, `None` for any other name.
+    fn get(&self, name: &str) -> Option<bool> {
+        self.takes_value.get(name).copied()
+    }
+
+    /// Names that take a value in one subcommand and not in another.
+    #[cfg(test)]
+    fn conflicts(command: &clap::Command) -> Vec<String> {
+        let mut seen: std::collections::BTreeMap<String, bool> = Default::default();
+        let mut conflicts = Vec::new();
+        fn walk(command: &clap::Command, seen: &mut std::collections::BTreeMap<String, bool>, conflicts: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let takes_value = arg.get_action().takes_values()
+                    && !arg.is_require_equals_set()
+                    && arg.get_num_args().is_none_or(|range| range.min_values() > 0);
+                for long in arg.get_long_and_visible_aliases().into_iter().flatten() {
+                    if *seen.entry(long.to_string()).or_insert(takes_value) != takes_value {
+                        conflicts.push(format!("{} --{long}", command.get_name()));
+                    }
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, seen, conflicts);
+            }
+        }
+        walk(command, &mut seen, &mut conflicts);
+        conflicts
+    }
+}
+
+/// etcd 3.4 flags that mean nothing to rota (the v3 API and its auth, zap logging, gRPC,
+/// profiling, bbolt, a separate WAL dir: rota keeps everything in --data-dir), and whether
+/// each takes a value: `rota serve` takes them, so that an etcd command line (or unit file)
+/// starts rota, and names the ones given in a warning. Flags that change what a member does
+/// and that rota cannot do are refused instead: see [`serve_refusal`].
 const IGNORED_SERVE_FLAGS: &[(&str, bool)] = &[
     ("logger", true),
     ("log-outputs", true),
+    ("log-package-levels", true),
+    ("wal-dir", true),
     ("quota-backend-bytes", true),
     ("auto-compaction-retention", true),
     ("auto-compaction-mode", true),
     ("max-request-bytes", true),
     ("max-txn-ops", true),
+    ("max-concurrent-streams", true),
     ("listen-metrics-urls", true),
     ("metrics", true),
     ("max-snapshots", true),
@@ -66,11 +94,34 @@ const IGNORED_SERVE_FLAGS: &[(&str, bool)] = &[
     ("grpc-keepalive-min-time", true),
     ("grpc-keepalive-interval", true),
     ("grpc-keepalive-timeout", true),
+    ("auth-token", true),
+    ("auth-token-ttl", true),
+    ("bcrypt-cost", true),
+    // Only used with --discovery, which is refused when given a value.
+    ("discovery-fallback", true),
+    ("discovery-proxy", true),
+    ("discovery-srv-name", true),
+    // Only used with --proxy on|readonly, which is refused.
+    ("proxy-failure-wait", true),
+    ("proxy-refresh-interval", true),
+    ("proxy-dial-timeout", true),
+    ("proxy-write-timeout", true),
+    ("proxy-read-timeout", true),
+    ("experimental-corrupt-check-time", true),
+    ("experimental-enable-v2v3", true),
+    ("experimental-backend-bbolt-freelist-type", true),
+    ("experimental-compaction-batch-limit", true),
+    ("experimental-watch-progress-notify-interval", true),
+    ("experimental-warning-apply-duration", true),
     ("debug", false),
     ("enable-pprof", false),
     ("strict-reconfig-check", false),
     ("enable-grpc-gateway", false),
     ("pre-vote", false),
+    ("initial-election-tick-advance", false),
+    ("experimental-initial-corrupt-check", false),
+    ("experimental-enable-lease-checkpoint", false),
+    ("experimental-peer-skip-client-san-verification", false),
 ];
 
 /// etcd 3.4's TLS flags. rota serves plain HTTP only, and a command line or unit file that
@@ -81,6 +132,7 @@ pub const TLS_SERVE_FLAGS: &[&str] = &[
     "key-file",
     "client-cert-auth",
     "client-crl-file",
+    "client-cert-allowed-hostname",
     "trusted-ca-file",
     "auto-tls",
     "peer-cert-file",
@@ -111,19 +163,79 @@ pub fn tls_flag_given(args: &[OsString]) -> Option<String> {
     serve_flag_given(args, TLS_SERVE_FLAGS)
 }
 
-/// `--force-new-cluster` on a `rota serve` command line, as given.
-pub fn force_new_cluster_given(args: &[OsString]) -> Option<String> {
-    serve_flag_given(args, &["force-new-cluster"])
+/// etcd flags that change what a member does and that rota cannot do, with a value that
+/// turns them on: `rota serve` refuses them (flag or `ETCD_*` variable) with what to do
+/// instead, rather than start a member that does something else. `None`: a refusal of the
+/// flag whatever its value (a switch, or a value that cannot be "off").
+const REFUSED_SERVE_FLAGS: &[(&str, &[&str])] = &[
+    ("force-new-cluster", &["false"]),
+    ("discovery", &[""]),
+    ("discovery-srv", &[""]),
+    ("proxy", &["off", ""]),
+    ("config-file", &[""]),
+];
+
+/// `Some(takes a value)` for an etcd flag `rota serve` takes out of its command line: an
+/// ignored one, or a refused one given a value that leaves it off (`--proxy off`).
+fn etcd_only_flag(name: &str) -> Option<bool> {
+    IGNORED_SERVE_FLAGS
+        .iter()
+        .find(|(ignored, _)| *ignored == name)
+        .map(|(_, takes_value)| *takes_value)
+        .or_else(|| REFUSED_SERVE_FLAGS.iter().any(|(refused, _)| *refused == name).then_some(name != "force-new-cluster"))
 }
 
-/// Why `--force-new-cluster` (or `ETCD_FORCE_NEW_CLUSTER`, as `given`) is refused.
-pub fn force_new_cluster_refusal(given: &str) -> String {
-    format!(
-        "Error:  {given} is not supported: rota does not restart a cluster from one member's data. \
-         After losing a majority, read what you need from a surviving member (GET /v2/keys \
-         answers from the member itself; /v1 reads with ?consistency=local) and load it into \
-         a new cluster: see the README (\"Back up and restore\")"
-    )
+/// Why `rota serve` refuses `flag` (one of [`REFUSED_SERVE_FLAGS`]), given as `given`.
+fn refusal(flag: &str, given: &str) -> String {
+    match flag {
+        "force-new-cluster" => format!(
+            "Error:  {given} is not supported: rota does not restart a cluster from one member's data. \
+             After losing a majority, read what you need from a surviving member (GET /v2/keys \
+             answers from the member itself; /v1 reads with ?consistency=local) and load it into \
+             a new cluster: see the README (\"Back up and restore\")"
+        ),
+        "discovery" | "discovery-srv" => format!(
+            "Error:  {given} is not supported: rota starts a cluster from a static list; give every \
+             member the same --initial-cluster (name=peer URL, ...) and --initial-cluster-token: \
+             see the README (\"Run a 3- or 5-node cluster\")"
+        ),
+        "proxy" => format!(
+            "Error:  {given} is not supported: rota has no proxy mode. Give clients the members' \
+             client URLs: any member answers reads and passes writes to the leader"
+        ),
+        _ => format!(
+            "Error:  {given} is not supported: rota does not read etcd's configuration file; give \
+             its settings as flags or ETCD_* variables (docs/cli.md)"
+        ),
+    }
+}
+
+/// The refusal of the first flag of [`REFUSED_SERVE_FLAGS`] that a `rota serve` command
+/// line (after [`rewrite_go_flags`]) turns on, if any.
+pub fn serve_refusal(args: &[OsString]) -> Option<String> {
+    if args.get(1).is_none_or(|arg| arg != "serve") {
+        return None;
+    }
+    let args: Vec<&str> = args.iter().skip(2).take_while(|arg| *arg != "--").filter_map(|arg| arg.to_str()).collect();
+    for (at, arg) in args.iter().enumerate() {
+        let Some(rest) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else { continue };
+        let (name, value) = match rest.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (rest, None),
+        };
+        let Some((flag, off)) = REFUSED_SERVE_FLAGS.iter().find(|(flag, _)| *flag == name) else { continue };
+        // Go's bools take no separate value; the others take the next argument.
+        let value = match (value, *flag) {
+            (Some(value), _) => value,
+            (None, "force-new-cluster") => "true",
+            (None, _) => args.get(at + 1).copied().unwrap_or(""),
+        };
+        if !off.iter().any(|off| value.trim().eq_ignore_ascii_case(off)) {
+            let given = if value == "true" || arg.contains('=') { arg.to_string() } else { format!("{arg} {value}") };
+            return Some(refusal(flag, given.trim_end()));
+        }
+    }
+    None
 }
 
 /// The first of `names` given as a flag on a `rota serve` command line, as given.
@@ -148,14 +260,15 @@ fn serve_flag_given(args: &[OsString], names: &[&str]) -> Option<String> {
 /// What `ETCD_*` environment variables say to `rota serve` beyond the flags it reads from
 /// them (`known`, clap's): variables of the ignored flags (named in the same warning as
 /// the flags), ones etcd does not know either (etcd warns "unrecognized environment
-/// variable"), and `ETCD_FORCE_NEW_CLUSTER`, refused as the flag is.
+/// variable"), and those of the refused flags, refused as the flags are.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct EtcdEnvironment {
     pub ignored: Vec<String>,
     /// Variables of [`TLS_SERVE_FLAGS`] that are set (to anything but empty or `false`).
     pub tls: Vec<String>,
     pub unrecognized: Vec<String>,
-    pub force_new_cluster: bool,
+    /// The refusal of a variable of [`REFUSED_SERVE_FLAGS`] that turns its flag on.
+    pub refused: Option<String>,
 }
 
 pub fn etcd_environment<'a>(
@@ -175,8 +288,11 @@ pub fn etcd_environment<'a>(
             if !off {
                 found.tls.push(name);
             }
-        } else if flag == "force-new-cluster" {
-            found.force_new_cluster |= value.trim().eq_ignore_ascii_case("true") || value.trim() == "1";
+        } else if let Some((flag, off)) = REFUSED_SERVE_FLAGS.iter().find(|(refused, _)| *refused == flag) {
+            let on = !off.iter().any(|off| value.trim().eq_ignore_ascii_case(off)) && !(*flag == "force-new-cluster" && value.trim() == "0");
+            if on && found.refused.is_none() {
+                found.refused = Some(refusal(flag, &format!("{name}={value}")));
+            }
         } else if IGNORED_SERVE_FLAGS.iter().any(|(ignored, _)| *ignored == flag)
             || flag.starts_with("grpc-keepalive-")
             || flag.starts_with("experimental-")
@@ -209,10 +325,7 @@ pub fn take_ignored_serve_flags(args: Vec<OsString>) -> (Vec<OsString>, Vec<Stri
                 Some((name, value)) => (name, Some(value)),
                 None => (rest, None),
             };
-            IGNORED_SERVE_FLAGS
-                .iter()
-                .find(|(ignored, _)| *ignored == name)
-                .map(|(_, takes_value)| (*takes_value, value.is_none()))
+            etcd_only_flag(name).map(|takes_value| (takes_value, value.is_none()))
         });
         match flag {
             Some((takes_value, without_value)) => {
@@ -231,7 +344,7 @@ pub fn take_ignored_serve_flags(args: Vec<OsString>) -> (Vec<OsString>, Vec<Stri
 }
 
 /// Rewrites `-flag` / `-flag=value` to `--flag` / `--flag=value` for rota's long flags.
-pub fn rewrite_go_flags(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+pub fn rewrite_go_flags(args: impl IntoIterator<Item = OsString>, flags: &LongFlags) -> Vec<OsString> {
     let mut out = Vec::new();
     let mut next_is_value = false;
     let mut after_double_dash = false;
@@ -266,13 +379,14 @@ pub fn rewrite_go_flags(args: impl IntoIterator<Item = OsString>) -> Vec<OsStrin
             Some((name, _)) => (name, true),
             None => (rest, false),
         };
-        let ignored = IGNORED_SERVE_FLAGS.iter().find(|(ignored, _)| *ignored == name);
-        let takes_value = VALUE_FLAGS.contains(&name) || ignored.is_some_and(|(_, takes_value)| *takes_value);
-        let known = takes_value || SWITCH_FLAGS.contains(&name) || ignored.is_some();
-        if known && takes_value && !has_value {
+        let Some(takes_value) = flags.get(name).or_else(|| etcd_only_flag(name)) else {
+            out.push(arg);
+            continue;
+        };
+        if takes_value && !has_value {
             next_is_value = true;
         }
-        if known && dashes == 1 {
+        if dashes == 1 {
             out.push(OsString::from(format!("-{text}")));
         } else {
             out.push(arg);
@@ -285,8 +399,35 @@ pub fn rewrite_go_flags(args: impl IntoIterator<Item = OsString>) -> Vec<OsStrin
 mod tests {
     use super::*;
 
+    fn cli_flags() -> LongFlags {
+        LongFlags::of(&crate::cli_command())
+    }
+
+    #[test]
+    fn every_long_flag_of_every_command_takes_one_dash_too() {
+        assert_eq!(
+            rewrite(&["rota", "job", "submit", "q", "-priority", "5", "-payload", "1", "-wait=10s"]),
+            ["rota", "job", "submit", "q", "--priority", "5", "--payload", "1", "--wait=10s"]
+        );
+        assert_eq!(
+            rewrite(&["rota", "worker", "-queue", "q", "-max-jobs", "1", "--", "true", "-queue"]),
+            ["rota", "worker", "--queue", "q", "--max-jobs", "1", "--", "true", "-queue"]
+        );
+        assert_eq!(
+            rewrite(&["rota", "serve", "-min-free-mb", "0", "-client-rate-limit", "5", "-max-connections", "100"]),
+            ["rota", "serve", "--min-free-mb", "0", "--client-rate-limit", "5", "--max-connections", "100"]
+        );
+        // `--wait` takes its value attached only: the next argument is not its value.
+        assert_eq!(rewrite(&["rota", "job", "get", "7", "-wait", "-o", "json"]), ["rota", "job", "get", "7", "--wait", "-o", "json"]);
+    }
+
+    #[test]
+    fn no_long_flag_is_a_switch_in_one_command_and_takes_a_value_in_another() {
+        assert_eq!(LongFlags::conflicts(&crate::cli_command()), Vec::<String>::new());
+    }
+
     fn rewrite(args: &[&str]) -> Vec<String> {
-        rewrite_go_flags(args.iter().map(OsString::from))
+        rewrite_go_flags(args.iter().map(OsString::from), &cli_flags())
             .into_iter()
             .map(|arg| arg.into_string().expect("utf-8"))
             .collect()
@@ -348,6 +489,7 @@ mod tests {
                 "--quota-backend-bytes", "8589934592", "--data-dir", "d", "--enable-pprof=true",
             ]
             .map(OsString::from),
+            &cli_flags(),
         );
         let (kept, ignored) = take_ignored_serve_flags(args);
         let kept: Vec<String> = kept.into_iter().map(|arg| arg.into_string().expect("utf-8")).collect();
@@ -362,19 +504,35 @@ mod tests {
 
     #[test]
     fn tls_flags_are_found_to_be_refused_in_either_spelling_and_only_for_serve() {
-        let args = |list: &[&str]| rewrite_go_flags(list.iter().map(OsString::from));
+        let args = |list: &[&str]| rewrite_go_flags(list.iter().map(OsString::from), &cli_flags());
         let given = tls_flag_given(&args(&["rota", "serve", "--name", "n1", "--cert-file=/x.pem"]));
         assert_eq!(given.as_deref(), Some("--cert-file=/x.pem"));
         let given = tls_flag_given(&args(&["rota", "serve", "-peer-auto-tls"]));
         assert_eq!(given.as_deref(), Some("-peer-auto-tls"));
         assert_eq!(tls_flag_given(&args(&["rota", "serve", "--name", "cert-file"])), None);
         assert_eq!(tls_flag_given(&args(&["rota", "kv", "--cert-file", "x"])), None);
-        assert_eq!(force_new_cluster_given(&args(&["rota", "serve", "-force-new-cluster"])).as_deref(), Some("-force-new-cluster"));
-        assert_eq!(force_new_cluster_given(&args(&["rota", "serve", "--force-new-cluster=true"])).as_deref(), Some("--force-new-cluster=true"));
-        assert_eq!(force_new_cluster_given(&args(&["rota", "serve", "--name", "n1"])), None);
         let env = |pairs: &[(&str, &str)]| {
             etcd_environment(pairs.iter().map(|(name, value)| (name.to_string(), value.to_string())), ["ETCD_NAME"])
         };
+        let refused = |list: &[&str]| serve_refusal(&args(list));
+        assert!(refused(&["rota", "serve", "-force-new-cluster"]).is_some_and(|r| r.starts_with("Error:  --force-new-cluster is not supported")));
+        assert!(refused(&["rota", "serve", "--force-new-cluster=true"]).is_some_and(|r| r.contains("--force-new-cluster=true")));
+        assert_eq!(refused(&["rota", "serve", "--name", "n1", "--force-new-cluster=false", "--proxy", "off", "--discovery="]), None);
+        assert!(refused(&["rota", "serve", "-discovery", "https://discovery.etcd.io/x"])
+            .is_some_and(|r| r.starts_with("Error:  --discovery https://discovery.etcd.io/x is not supported") && r.contains("--initial-cluster")));
+        assert!(refused(&["rota", "serve", "--proxy=readonly"]).is_some_and(|r| r.contains("no proxy mode")));
+        assert!(refused(&["rota", "serve", "--config-file", "/etc/etcd.yml"]).is_some_and(|r| r.contains("configuration file")));
+        assert_eq!(refused(&["rota", "kv", "--proxy", "on"]), None);
+        // Off, they are taken out of the command line as the ignored flags are.
+        let (kept, ignored) = take_ignored_serve_flags(args(&["rota", "serve", "--proxy", "off", "--force-new-cluster=false", "-name", "n"]));
+        assert_eq!(kept, args(&["rota", "serve", "--name", "n"]));
+        assert_eq!(ignored, ["--proxy off", "--force-new-cluster=false"]);
+        let env_refusal = |name: &str, value: &str| env(&[(name, value)]).refused;
+        assert!(env_refusal("ETCD_DISCOVERY", "https://discovery.etcd.io/x").is_some_and(|r| r.contains("ETCD_DISCOVERY=https")));
+        assert!(env_refusal("ETCD_FORCE_NEW_CLUSTER", "true").is_some());
+        assert_eq!(env_refusal("ETCD_FORCE_NEW_CLUSTER", "false"), None);
+        assert_eq!(env_refusal("ETCD_PROXY", "off"), None);
+        assert_eq!(env(&[("ETCD_WAL_DIR", "/wal"), ("ETCD_AUTH_TOKEN", "simple"), ("ETCD_EXPERIMENTAL_X", "1")]).ignored, ["ETCD_AUTH_TOKEN", "ETCD_EXPERIMENTAL_X", "ETCD_WAL_DIR"]);
         assert_eq!(env(&[("ETCD_CERT_FILE", "/x.pem"), ("ETCD_NAME", "n1")]).tls, ["ETCD_CERT_FILE"]);
         assert!(env(&[("ETCD_CLIENT_CERT_AUTH", "false"), ("ETCD_KEY_FILE", "")]).tls.is_empty());
         assert!(tls_refusal("--cert-file=/x.pem").contains("plain HTTP only"));

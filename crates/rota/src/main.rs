@@ -63,13 +63,13 @@ fn main() -> ExitCode {
     {
         return job_supervisor::run(raw_args);
     }
-    let args = argv::rewrite_go_flags(std::env::args_os());
+    let args = argv::rewrite_go_flags(std::env::args_os(), &argv::LongFlags::of(&cli_command()));
     if let Some(given) = argv::tls_flag_given(&args) {
         eprintln!("{}", argv::tls_refusal(&given));
         return ExitCode::from(2);
     }
-    if let Some(given) = argv::force_new_cluster_given(&args) {
-        eprintln!("{}", argv::force_new_cluster_refusal(&given));
+    if let Some(refusal) = argv::serve_refusal(&args) {
+        eprintln!("{refusal}");
         return ExitCode::from(2);
     }
     let (args, ignored_etcd_flags) = argv::take_ignored_serve_flags(args);
@@ -126,6 +126,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// The clap definition of rota's command line.
+fn cli_command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 /// A client command whose output goes to a pipe closed early (`rota kv ls / | head`) ends
 /// as other Unix tools (etcdctl among them) do, killed by SIGPIPE, instead of panicking in
 /// `println!`. Rust ignores SIGPIPE by default; sockets are unaffected (std sends with
@@ -155,6 +160,11 @@ fn endpoint_urls(endpoints: &str) -> Option<Vec<String>> {
         .collect();
     if urls.is_empty() {
         eprintln!("Error:  --endpoints is empty");
+        return None;
+    }
+    // As the client crate's commands say it.
+    if let Some(bad) = urls.iter().find(|url| !url.starts_with("http://") || reqwest::Url::parse(url).is_err()) {
+        eprintln!("Error:  bad endpoint {bad:?}: expected http://host:port");
         return None;
     }
     Some(urls)
@@ -218,6 +228,7 @@ mod tests {
     fn parse(args: &[&str]) -> Cli {
         Cli::try_parse_from(argv::rewrite_go_flags(
             args.iter().map(std::ffi::OsString::from),
+            &argv::LongFlags::of(&cli_command()),
         ))
         .expect("parses")
     }

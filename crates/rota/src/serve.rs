@@ -239,14 +239,14 @@ pub async fn run(mut args: ServeArgs) -> ExitCode {
         eprintln!("{}", crate::argv::tls_refusal(name));
         return ExitCode::from(2);
     }
-    if environment.force_new_cluster {
-        eprintln!("{}", crate::argv::force_new_cluster_refusal("ETCD_FORCE_NEW_CLUSTER"));
+    if let Some(refusal) = &environment.refused {
+        eprintln!("{refusal}");
         return ExitCode::from(2);
     }
     args.ignored_etcd_flags.extend(environment.ignored);
     if !args.ignored_etcd_flags.is_empty() {
         tracing::warn!(
-            "ignored: {} (etcd flags that mean nothing to rota: v3, zap logging, gRPC, profiling)",
+            "ignored: {} (etcd flags that mean nothing to rota: v3 and its auth, zap logging, gRPC, profiling, bbolt, a separate WAL dir)",
             args.ignored_etcd_flags.join(" ")
         );
     }

@@ -69,7 +69,9 @@ fn serve_takes_etcds_environment_variables_and_a_flag_wins() {
         ("ETCD_LOGGER", "zap".to_owned()),
         ("ETCD_NAMME", "typo".to_owned()),
     ];
-    let mut node = Proc::spawn(dir.path(), "env-node", &["serve".into(), "--name".into(), "from-flag".into()], &envs);
+    // etcd flags of a unit file that mean nothing to rota, or are off, start it.
+    let serve_args = ["serve", "--name", "from-flag", "-wal-dir", "/var/lib/etcd/wal", "--proxy", "off", "--experimental-initial-corrupt-check", "--auth-token=simple"];
+    let mut node = Proc::spawn(dir.path(), "env-node", &serve_args.map(String::from), &envs);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let members = wait_until(Duration::from_secs(30), "the node answers /v2/members", || {
         http::send(addr, &Request::new("GET", "/v2/members")).ok().filter(|r| r.status() == 200).map(|r| r.json())
@@ -79,7 +81,7 @@ fn serve_takes_etcds_environment_variables_and_a_flag_wins() {
     assert_eq!(member["clientURLs"][0], url.as_str(), "ETCD_ADVERTISE_CLIENT_URLS: {members}");
     assert!(data_dir.join("identity").exists(), "ETCD_DATA_DIR holds the data: {}", node.stderr());
     let stderr = node.stderr();
-    assert!(stderr.contains("ignored: ETCD_LOGGER"), "{stderr}");
+    assert!(stderr.contains("ignored: --wal-dir /var/lib/etcd/wal --proxy off --experimental-initial-corrupt-check --auth-token=simple ETCD_LOGGER"), "{stderr}");
     assert!(stderr.contains("unrecognized environment variable ETCD_NAMME"), "{stderr}");
     node.terminate();
     assert!(node.wait_exit(Duration::from_secs(10)).success(), "{}", node.stderr());
@@ -87,11 +89,14 @@ fn serve_takes_etcds_environment_variables_and_a_flag_wins() {
     // ETCD_FORCE_NEW_CLUSTER is refused, as the flag is.
     let mut forced = Proc::spawn(dir.path(), "forced", &["serve".into()], &[("ETCD_FORCE_NEW_CLUSTER", "true".to_owned()), ("ETCD_DATA_DIR", dir.path().join("forced").display().to_string())]);
     assert_eq!(forced.wait_exit(Duration::from_secs(10)).code(), Some(2));
-    assert!(forced.stderr().contains("ETCD_FORCE_NEW_CLUSTER is not supported"), "{}", forced.stderr());
+    assert!(forced.stderr().contains("ETCD_FORCE_NEW_CLUSTER=true is not supported"), "{}", forced.stderr());
     let forced_dir = dir.path().join("forced").display().to_string();
     let mut by_flag = Proc::spawn(dir.path(), "forced-flag", &["serve", "--data-dir", &forced_dir, "--force-new-cluster"].map(String::from), &[]);
     assert_eq!(by_flag.wait_exit(Duration::from_secs(10)).code(), Some(2));
     assert!(by_flag.stderr().contains("--force-new-cluster is not supported") && by_flag.stderr().contains("consistency=local"), "{}", by_flag.stderr());
+    let mut discovery = Proc::spawn(dir.path(), "discovery", &["serve", "--data-dir", &forced_dir, "-discovery", "https://discovery.etcd.io/abc"].map(String::from), &[]);
+    assert_eq!(discovery.wait_exit(Duration::from_secs(10)).code(), Some(2));
+    assert!(discovery.stderr().contains("--discovery https://discovery.etcd.io/abc is not supported") && discovery.stderr().contains("--initial-cluster"), "{}", discovery.stderr());
     assert!(!dir.path().join("forced").join("identity").exists(), "nothing started");
 
     // TLS, asked for by a flag or a variable, is refused: nothing may answer in the clear.
@@ -309,5 +314,17 @@ fn status_and_member_wait_out_a_client_rate_limit() {
         let members = rota(dir.path(), &["member".into(), "ls".into(), "--endpoints".into(), server.client_url()]);
         assert!(members.status.success(), "{members:?}");
         assert!(members.stdout.contains(&server.peer_url()), "{members:?}");
+    }
+}
+
+#[test]
+fn status_and_member_refuse_an_endpoint_that_is_not_an_http_url() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for command in [&["status"][..], &["member", "ls"][..]] {
+        let mut args: Vec<String> = command.iter().map(|arg| arg.to_string()).collect();
+        args.extend(["--endpoints".into(), "foo".into()]);
+        let out = rota(dir.path(), &args);
+        assert_eq!(out.status.code(), Some(1), "bad arguments: {out:?}");
+        assert!(out.stderr.contains(r#"bad endpoint "foo": expected http://host:port"#), "{out:?}");
     }
 }
