@@ -820,3 +820,35 @@ fn cluster_jobs_a_worker_says_when_no_server_answers_and_goes_on() {
     let status = worker.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "{name}: {status}: {}", worker.stderr());
 }
+
+/// A lease that waits without ever trying (its queue's one slot taken) at a member that
+/// loses its quorum meanwhile ends with `503 no_leader`, not with an empty `200` that a
+/// worker takes for an idle queue and says nothing about.
+#[test]
+fn cluster_jobs_a_waiting_lease_at_a_member_without_a_quorum_says_no_leader() {
+    let name = "wait-no-leader";
+    let mut cluster = Cluster::start(ClusterConfig::new(NODES, &format!("{name}-{}", std::process::id())));
+    let leader = cluster.wait_leader(Duration::from_secs(20)).expect("a leader");
+    let addr = cluster.endpoints()[leader];
+    let send = |request: &Request| http::send_with_timeout(addr, request, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let put = send(&json_request("PUT", "/v1/queues/one", &json!({"concurrency": 1, "lease_ttl": "60s"}), None));
+    assert_eq!(put.status(), 200, "{name}: {}", put.text());
+    for n in 0..2 {
+        let submitted = send(&json_request("POST", "/v1/queues/one/jobs", &json!({"payload": n}), None));
+        assert_eq!(submitted.status(), 202, "{name}: {}", submitted.text());
+    }
+    let held = send(&json_request("POST", "/v1/queues/one/lease", &json!({"worker": "holder"}), None));
+    assert_eq!(held.json()["jobs"].as_array().map(Vec::len), Some(1), "{name}: {}", held.text());
+    let waiting = std::thread::spawn(move || {
+        let request = json_request("POST", "/v1/queues/one/lease", &json!({"worker": "waiter", "wait": "8s"}), None);
+        http::send_with_timeout(addr, &request, Duration::from_secs(30)).expect("lease")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    for i in (0..NODES).filter(|&i| i != leader) {
+        cluster.kill(i);
+    }
+    let answer = waiting.join().expect("lease thread");
+    assert_eq!(answer.status(), 503, "{name}: {}", answer.text());
+    assert_eq!(answer.json()["error"]["code"], "no_leader", "{name}: {}", answer.text());
+    assert_eq!(answer.header("retry-after"), Some("1"), "{name}");
+}

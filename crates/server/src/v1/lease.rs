@@ -30,7 +30,7 @@ use super::metrics::LeaseWaitEnd;
 use super::queues::unexpected;
 use super::{error_reply, fingerprint, propose, reply, ApiError, Call};
 use crate::app::{unix_now_ms, App};
-use crate::backend::Backend;
+use crate::backend::{Backend, ProposeError};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -281,6 +281,12 @@ pub(crate) async fn lease<B: Backend>(
     loop {
         if tokio::time::Instant::now() >= deadline {
             record.end = LeaseWaitEnd::TimedOut;
+            if app.backend.status().leader_id.is_none() {
+                // A wait that never got to try (its queue full, others ahead of it) would
+                // otherwise end empty without a reason while the cluster cannot lease at
+                // all: say why, as an attempt would have.
+                return Ok(error_reply(&ApiError::from_propose_error(&ProposeError::NoLeader), false));
+            }
             return Ok(answer(&[], last_blocked.as_ref(), false));
         }
         applied.borrow_and_update();
