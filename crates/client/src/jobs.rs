@@ -1038,6 +1038,8 @@ impl Client {
         let retry_for = v1_retry_for();
         let mut deadline = None;
         let mut backoff = V1_BACKOFF_FIRST;
+        let mutation = request.idempotency_key.is_some();
+        let mut maybe_applied = false;
         loop {
             let first = self.preferred.load(Ordering::Relaxed);
             let mut told_to_wait = None;
@@ -1046,9 +1048,11 @@ impl Client {
                 let at = (first + offset) % self.endpoints.len();
                 let sent_at = Instant::now();
                 let error = match self.send_once(&self.endpoints[at], &request).await {
-                    Ok(answer) if answer.status == 503 || answer.is_outcome_unknown() => {
+                    Ok(answer) if answer.is_outcome_unknown() => {
+                        maybe_applied |= mutation;
                         answer.to_error().to_string()
                     }
+                    Ok(answer) if answer.status == 503 => answer.to_error().to_string(),
                     Ok(answer) if answer.status == 429 => {
                         told_to_wait = told_to_wait.max(answer.retry_after);
                         answer.to_error().to_string()
@@ -1057,7 +1061,10 @@ impl Client {
                         self.answered(at, sent_at);
                         return Ok(answer);
                     }
-                    Err(failure) => failure,
+                    Err(failure) => {
+                        maybe_applied |= mutation && failure.after_sending;
+                        failure.error
+                    }
                 };
                 unreachable.failures.push(EndpointFailure {
                     endpoint: self.endpoints[at].clone(),
@@ -1070,6 +1077,7 @@ impl Client {
             // its worker said "no server answers" before "no answer from".
             let deadline = *deadline.get_or_insert(now + retry_for);
             if now >= deadline {
+                unreachable.maybe_applied = maybe_applied;
                 return Err(JobsError::Unavailable(unreachable));
             }
             self.lost(&unreachable, retry_for);
@@ -1079,7 +1087,7 @@ impl Client {
     }
 
     /// One exchange with one endpoint; `Err` is a transport failure worth retrying.
-    async fn send_once(&self, endpoint: &str, request: &V1Request) -> Result<V1Answer, String> {
+    async fn send_once(&self, endpoint: &str, request: &V1Request) -> Result<V1Answer, SendFailure> {
         let url = format!("{endpoint}{}", request.target);
         let mut http = self
             .http
@@ -1093,7 +1101,11 @@ impl Client {
         if let Some(key) = &request.idempotency_key {
             http = http.header("idempotency-key", key.as_str());
         }
-        let mut response = http.send().await.map_err(|error| transport_error(&error))?;
+        let mut response = http.send().await.map_err(|error| SendFailure {
+            error: transport_error(&error),
+            // A refused or failed connection never carried the request.
+            after_sending: !error.is_connect(),
+        })?;
         let status = response.status().as_u16();
         let header = |name: &str| {
             response
@@ -1111,10 +1123,10 @@ impl Client {
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|error| transport_error(&error))?
+            .map_err(|error| SendFailure { error: transport_error(&error), after_sending: true })?
         {
             if body.len() + chunk.len() > ANSWER_BYTES_MAX {
-                return Err(format!("answer over {ANSWER_BYTES_MAX} bytes"));
+                return Err(SendFailure { error: format!("answer over {ANSWER_BYTES_MAX} bytes"), after_sending: true });
             }
             body.extend_from_slice(&chunk);
         }
@@ -1126,6 +1138,13 @@ impl Client {
             retry_after,
         })
     }
+}
+
+/// A request that got no answer from one endpoint.
+struct SendFailure {
+    error: String,
+    /// The request may have reached the server (the connection was made).
+    after_sending: bool,
 }
 
 #[cfg(test)]
@@ -1484,5 +1503,41 @@ mod tests {
         let told = told.lock().expect("lock").clone();
         assert_eq!(told.len(), 1, "{told:?}");
         assert!(told[0].starts_with(&format!("lost {cut}")), "{told:?}");
+
+        // Given up, a mutation that a member took (504 outcome_unknown every time) may have
+        // been applied, and says so; one that never reached a server, or a read, does not.
+        let unknown = always_answer("504 Gateway Timeout", r#"{"error":{"code":"outcome_unknown","message":"request timed out"}}"#).await;
+        let maybe_applied = |result: Result<Job, JobsError>| match result {
+            Err(JobsError::Unavailable(unreachable)) => unreachable.maybe_applied,
+            other => panic!("{other:?}"),
+        };
+        assert!(maybe_applied(Client::new([unknown.as_str()]).expect("client").cancel_job(3).await));
+        assert!(!maybe_applied(Client::new(["http://127.0.0.1:1"]).expect("client").cancel_job(3).await));
+        assert!(!maybe_applied(Client::new([unknown.as_str()]).expect("client").get_job(3).await));
+    }
+
+    /// An HTTP server that answers every request with `status` and `body`.
+    async fn always_answer(status: &'static str, body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !head.windows(4).any(|end| end == b"\r\n\r\n") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+        url
     }
 }

@@ -136,6 +136,10 @@ pub struct EndpointFailure {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Unreachable {
     pub failures: Vec<EndpointFailure>,
+    /// A mutation that a member took and may have applied, or may yet apply once a leader
+    /// commits it: one answered `504 outcome_unknown`, or a connection broke after the
+    /// request went out. Sending it again with its idempotency key is safe.
+    pub maybe_applied: bool,
 }
 
 impl fmt::Display for Unreachable {

@@ -278,6 +278,12 @@ fn parse_rate(text: &str) -> Result<(u64, Duration), String> {
 pub fn report_error(error: &JobsError) -> ExitCode {
     eprintln!("Error:  {error}");
     if let JobsError::Unavailable(unreachable) = error {
+        if unreachable.maybe_applied {
+            eprintln!(
+                "(a member took the request but could not say whether it was applied: it may have been, \
+                 or may be once a leader commits it; look before doing it again)"
+            );
+        }
         let no_leader = |failure: &rota_client::EndpointFailure| failure.error.contains("no_leader");
         if !unreachable.failures.is_empty() && unreachable.failures.iter().all(no_leader) {
             eprintln!(
@@ -547,7 +553,19 @@ async fn job_submit(
         .idempotency_key
         .clone()
         .unwrap_or_else(rota_client::idempotency_key);
-    let mut submitted = client.submit_keyed(&key, &submit.queue, &job, None).await?;
+    let mut submitted = match client.submit_keyed(&key, &submit.queue, &job, None).await {
+        Ok(submitted) => submitted,
+        Err(JobsError::Unavailable(unreachable)) if unreachable.maybe_applied => {
+            // Said before the error: the key is the way to learn the outcome without a
+            // second job.
+            eprintln!(
+                "rota: the job may have been submitted; run the same command with --idempotency-key {key} \
+                 to get it (and not a second one) once the cluster answers"
+            );
+            return Err(JobsError::Unavailable(unreachable));
+        }
+        Err(error) => return Err(error),
+    };
     let replayed = if submitted.replayed {
         " (replayed: submitted before with this key)"
     } else {
