@@ -699,13 +699,13 @@ fn print_job(job: &Job, output: Output) {
     if !job.result.is_null() || job.state == JobState::Succeeded {
         println!("result:       {}", job.result);
     }
+    // Each error whole (a command's stderr tail is at most 4 KiB), its later lines indented.
     for error in &job.errors {
-        println!(
-            "error:        attempt {} at {}: {}",
-            error.attempt,
-            error.at,
-            one_line(&error.error, 200)
-        );
+        let mut lines = error.error.trim_end().lines();
+        println!("error:        attempt {} at {}: {}", error.attempt, error.at, lines.next().unwrap_or_default());
+        for line in lines {
+            println!("              {line}");
+        }
     }
 }
 
@@ -742,7 +742,7 @@ fn print_jobs(jobs: &[Job], next: Option<JobId>, output: Output) {
             row.push(
                 job.errors
                     .last()
-                    .map(|error| one_line(&error.error, 60))
+                    .map(|error| brief_error(&error.error, 60))
                     .unwrap_or_default(),
             );
             row
@@ -879,6 +879,25 @@ fn one_line(text: &str, chars_max: usize) -> String {
     out
 }
 
+/// An attempt's error in one line of at most `chars_max` chars (and a `…`). A worker's
+/// error is `exit status N: ` (or `killed by signal N: `) and the tail of the command's
+/// stderr, whose last line says most (a traceback ends with the exception): that prefix and
+/// the last non-blank line. Any other error: its first line.
+pub(crate) fn brief_error(text: &str, chars_max: usize) -> String {
+    let from_command = ["exit status ", "killed by signal "].iter().find_map(|start| {
+        let rest = text.strip_prefix(start)?;
+        let (number, tail) = rest.split_once(": ")?;
+        number.bytes().all(|b| b.is_ascii_digit()).then(|| (&text[..start.len() + number.len() + 2], tail))
+    });
+    match from_command {
+        Some((prefix, tail)) if tail.trim_end().contains('\n') => {
+            let last = tail.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or_default().trim();
+            one_line(&format!("{prefix}… {last}"), chars_max)
+        }
+        _ => one_line(text, chars_max),
+    }
+}
+
 /// Left-aligned columns, two spaces apart.
 fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|name| name.chars().count()).collect();
@@ -938,6 +957,16 @@ mod tests {
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("-1s").is_err_and(|error| error.contains("cannot be negative")));
         assert!(parse_rate("5/1500us").is_err());
+    }
+
+    #[test]
+    fn a_commands_error_is_told_by_its_last_line() {
+        let traceback = "exit status 7: Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: bad \"thing\"\n\n";
+        assert_eq!(brief_error(traceback, 200), "exit status 7: … ValueError: bad \"thing\"");
+        assert_eq!(brief_error(traceback, 20), "exit status 7: … Val…");
+        assert_eq!(brief_error("exit status 3: upstream said no", 200), "exit status 3: upstream said no");
+        assert_eq!(brief_error("killed by signal 9: a\nb", 200), "killed by signal 9: … b");
+        assert_eq!(brief_error("lease expired\nsecond", 200), "lease expired…");
     }
 
     #[test]

@@ -1175,8 +1175,7 @@ fn failure_text(status: &str, stderr_tail: &[u8]) -> String {
 }
 
 fn one_line(text: &str) -> String {
-    let first = text.lines().next().unwrap_or_default();
-    first.chars().take(120).collect()
+    crate::job_cli::brief_error(text, 120)
 }
 
 /// Resolves when the phase reaches `target` (never, if the sender is gone first).
