@@ -131,7 +131,7 @@ impl ServeArgs {
             .connections_max
             .get_or_insert_with(|| rota_server::limits::CONNECTIONS_MAX.min(fitting).max(16));
         self.watchers_max
-            .get_or_insert_with(|| rota_server::limits::WATCHERS_MAX.min(connections / 4 * 3).max(1));
+            .get_or_insert_with(|| rota_server::limits::WATCHERS_MAX.min(connections * 3 / 4).max(1));
     }
 
     pub fn connections_max(&self) -> usize {

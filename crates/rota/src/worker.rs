@@ -486,7 +486,14 @@ async fn resolve_lease_ttl(context: &Context, flag: Option<Duration>) -> Resolve
                 return Resolved::Ttl(parse_duration(&text).unwrap_or(LEASE_TTL_DEFAULT));
             }
             Err(error) if error.code() == Some("not_found") => {
-                return Resolved::Ttl(LEASE_TTL_DEFAULT)
+                // Often a misspelt name: this worker would wait for ever without a word.
+                context.log(format_args!(
+                    "queue {} does not exist yet (`rota queue ls` lists those that do): waiting for its first job; \
+                     its leases last {} (--lease-ttl), whatever the queue is later set to",
+                    context.queue,
+                    duration_for_people(LEASE_TTL_DEFAULT)
+                ));
+                return Resolved::Ttl(LEASE_TTL_DEFAULT);
             }
             // A refusal (a bad queue name) will not change by asking again.
             Err(error @ JobsError::Api(_))

@@ -601,6 +601,23 @@ fn worker_stops_at_once_on_a_bad_queue_name_and_at_sigterm_while_no_server_answe
 }
 
 #[test]
+fn worker_on_a_queue_that_does_not_exist_yet_says_so_and_runs_its_first_job() {
+    let server = Server::start(Kind::Rota);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut worker_args = args(&server, &["worker", "--queue", "later", "--max-jobs", "1", "--poll-wait", "1s"]);
+    worker_args.extend(["--".into(), "cat".into()]);
+    let mut worker = Proc::spawn(dir.path(), "later-worker", &worker_args, &[]);
+    wait_until(Duration::from_secs(20), "the worker's note", || worker.stderr().contains("leasing from").then_some(()));
+    let stderr = worker.stderr();
+    assert!(stderr.contains("queue later does not exist yet") && stderr.contains("rota queue ls"), "{stderr}");
+    let submitted = api(&server, "POST", "/v1/queues/later/jobs", Some(&json!({"payload": "first"})), None);
+    assert_eq!(submitted.status(), 202, "{}", submitted.text());
+    let status = worker.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}: {}", worker.stderr());
+    assert_eq!(get_job(&server, submitted.json()["id"].as_u64().expect("id"))["result"], "first");
+}
+
+#[test]
 fn worker_completes_each_job_and_takes_the_next_in_one_request() {
     let server = Server::start(Kind::Rota);
     let dir = tempfile::tempdir().expect("temp dir");
@@ -626,6 +643,7 @@ fn worker_completes_each_job_and_takes_the_next_in_one_request() {
         .collect();
     let expected: Vec<u64> = ids.iter().rev().copied().collect();
     assert_eq!(started, expected, "{stderr}");
+    assert!(!stderr.contains("does not exist yet"), "{stderr}");
     // One lease request; each complete leased the next job (the last one asked for none:
     // --max-jobs was spent).
     let metrics = api(&server, "GET", "/metrics", None, None).text();
