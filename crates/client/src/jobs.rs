@@ -1040,11 +1040,26 @@ impl Client {
         let mut backoff = V1_BACKOFF_FIRST;
         let mutation = request.idempotency_key.is_some();
         let mut maybe_applied = false;
+        // Each endpoint's failure in the latest round that reached it.
+        let mut latest: Vec<Option<String>> = vec![None; self.endpoints.len()];
         loop {
             let first = self.preferred.load(Ordering::Relaxed);
             let mut told_to_wait = None;
             let mut unreachable = Unreachable::default();
             for offset in 0..self.endpoints.len() {
+                // Past the budget, the round ends with the endpoint it was on: a member that
+                // has no leader holds each request for its leader wait, and trying the rest
+                // too overran `--retry-for` by a round.
+                if offset > 0 && deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                    // The rest are named with what they answered last time.
+                    for rest in offset..self.endpoints.len() {
+                        let at = (first + rest) % self.endpoints.len();
+                        if let Some(error) = latest[at].clone() {
+                            unreachable.failures.push(EndpointFailure { endpoint: self.endpoints[at].clone(), error });
+                        }
+                    }
+                    break;
+                }
                 let at = (first + offset) % self.endpoints.len();
                 let sent_at = Instant::now();
                 let error = match self.send_once(&self.endpoints[at], &request).await {
@@ -1066,6 +1081,7 @@ impl Client {
                         failure.error
                     }
                 };
+                latest[at] = Some(error.clone());
                 unreachable.failures.push(EndpointFailure {
                     endpoint: self.endpoints[at].clone(),
                     error,
