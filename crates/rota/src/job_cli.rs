@@ -600,7 +600,11 @@ async fn job_submit(
 
 fn waited_exit(job: &Job, waited: bool) -> ExitCode {
     if waited && job.state != JobState::Succeeded {
-        eprintln!("job {} is {} after the wait", job.id, job.state);
+        if job.state.is_terminal() {
+            eprintln!("job {} ended {}", job.id, job.state);
+        } else {
+            eprintln!("job {} is still {}: the wait ended before it finished", job.id, job.state);
+        }
         ExitCode::from(EXIT_NOT_SUCCEEDED)
     } else {
         ExitCode::SUCCESS

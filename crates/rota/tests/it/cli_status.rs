@@ -171,6 +171,7 @@ fn job_cli_refuses_a_wait_apart_from_its_value_and_raises_the_backoff_max_with_t
     let waited = rota(dir.path(), &args(&server, &["job", "submit", "slow", "--payload", "1", "--wait=200ms"]));
     assert_eq!(waited.status.code(), Some(3), "still queued after the wait: {waited:?}");
     assert!(waited.stderr.contains("job 1 queued in slow; waiting up to 200ms"), "{waited:?}");
+    assert!(waited.stderr.contains("job 1 is still queued: the wait ended before it finished"), "{waited:?}");
 }
 
 /// An etcd 3.4 command line starts rota: flags that mean nothing here (zap logging, the v3
