@@ -832,7 +832,7 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
         }
         Ending::Interrupted => {
             let key = idempotency_key();
-            match report(context, || {
+            match report(context, job.id, || {
                 context.client.release_keyed(&key, job.id, token)
             })
             .await
@@ -882,7 +882,7 @@ async fn let_go_if_refused(context: &Context, job: &Job, token: u64, error: &Job
         return;
     }
     let key = idempotency_key();
-    if report(context, || context.client.release_keyed(&key, job.id, token))
+    if report(context, job.id, || context.client.release_keyed(&key, job.id, token))
         .await
         .is_ok()
     {
@@ -922,7 +922,7 @@ fn log_lost_report(context: &Context, job: &Job, what: &str, error: &JobsError) 
 async fn release_unstarted(context: &Context, job: &Job, why: &str) {
     let Some(token) = job.lease_token else { return };
     let key = idempotency_key();
-    match report(context, || {
+    match report(context, job.id, || {
         context.client.release_keyed(&key, job.id, token)
     })
     .await
@@ -944,7 +944,7 @@ where
     let deadline = Instant::now() + REPORT_RETRY_FOR;
     let mut said = false;
     loop {
-        match report(context, &mut send).await {
+        match report(context, id, &mut send).await {
             Err(error) if error.code() == Some("no_space") && Instant::now() < deadline => {
                 if !said {
                     context.log(format_args!(
@@ -967,7 +967,7 @@ where
 
 /// Re-sends one report (same key each time) while no server answers, for up to
 /// [`REPORT_RETRY_FOR`]; the first real answer is returned.
-async fn report<T, F, Fut>(context: &Context, mut send: F) -> Result<T, JobsError>
+async fn report<T, F, Fut>(context: &Context, id: u64, mut send: F) -> Result<T, JobsError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, JobsError>>,
@@ -977,7 +977,7 @@ where
         match send().await {
             Err(JobsError::Unavailable(unreachable)) if Instant::now() < deadline => {
                 context.log(format_args!(
-                    "no server answers: {unreachable}; retrying the report"
+                    "job {id}: no server answers: {unreachable}; retrying its report"
                 ));
                 tokio::time::sleep(UNREACHABLE_PAUSE).await;
             }
