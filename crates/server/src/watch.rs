@@ -217,10 +217,18 @@ async fn next_event<B: Backend>(
                 }
             }
             Err(error) => {
-                // A live watch that fell out of the history window: end the body, as etcd
-                // drops a watcher that can't keep up. The client re-watches.
-                tracing::debug!(code = error.code, "watch ended");
-                return None;
+                // A live watch that fell behind the history's slack, whose first event may
+                // have been dropped (the core goes on where its key proves none was). A
+                // stream ends, as etcd ends a stream watcher that can't keep up. A one-event
+                // watch is cut off: etcd never ends one without its event, and an empty
+                // answer is a bad answer to clients (python-etcd: "not valid JSON"), while a
+                // broken connection makes them watch again (with a `waitIndex`: 401, re-list).
+                tracing::debug!(code = error.code, stream = watch.stream, "a watch fell behind the event history");
+                watch.done = true;
+                if watch.stream {
+                    return None;
+                }
+                return Some((Err(std::io::Error::other("the watch fell behind the event history")), watch));
             }
         }
     }

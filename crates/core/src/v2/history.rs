@@ -12,8 +12,9 @@
 //!   or a quorum loss). The slack holds at most `max(window_max, SLACK_ENTRIES_MIN)` entries
 //!   and at most [`SLACK_BYTES_MAX`] of keys and values, so with large values the history
 //!   holds about the window and no more (2 × 1000 events of 1 MB values were 4 GB before
-//!   this bound). A waiting watch that falls further behind than the slack ends without an
-//!   event (its client watches again and gets 401).
+//!   this bound). A waiting watch that falls further behind than the slack goes on waiting
+//!   when its key proves that none of the dropped events was for it (`Store::watch_live`),
+//!   else its connection is cut (its client watches again, and gets 401 with a `waitIndex`).
 //!
 //! Memory: an event's values are the store's own `Arc<str>`s, so the node of a `set` event,
 //! the key's node in the tree and the next event's `prevNode` share one copy of the bytes.
@@ -145,7 +146,7 @@ impl EventHistory {
         self.window_max.max(SLACK_ENTRIES_MIN)
     }
 
-    fn first_index(&self) -> Option<u64> {
+    pub(super) fn first_index(&self) -> Option<u64> {
         self.entries.front().map(|entry| entry.event.etcd_index)
     }
 

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::history::EventHistory;
 use super::tree::{
-    child_path, clean_path, is_hidden_name, split_parent, Node, NodeKind, Tree, CODE_DIR_NOT_EMPTY, CODE_KEY_NOT_FOUND,
+    child_path, clean_path, is_hidden_name, split_parent, Node, NodeKind, Tree, CODE_DIR_NOT_EMPTY, CODE_EVENT_INDEX_CLEARED, CODE_KEY_NOT_FOUND,
     CODE_NODE_EXIST, CODE_NOT_FILE, CODE_ROOT_READ_ONLY, CODE_TEST_FAILED, ROOT,
 };
 use super::{
@@ -155,7 +155,27 @@ impl Store {
     fn watch_with(&self, key: &str, recursive: bool, since_index: u64, live: Option<bool>) -> Result<WatchLookup, V2Error> {
         let path = clean_path(key);
         let since_index = if since_index == 0 { self.index + 1 } else { since_index };
-        match self.history.find(&path, recursive, since_index, live, self.index)? {
+        let found = match self.history.find(&path, recursive, since_index, live, self.index) {
+            // A waiting watch that fell behind the slack (one applied batch held more events
+            // than it: thousands of keys expiring at once after a pause) may go on from the
+            // oldest kept event if its key shows that no dropped event was for it: a key that
+            // was there and still is, not modified since, saw no set, update, delete or
+            // expiry, nor a delete of a directory above it. (Not a directory: a directory's
+            // TTL update is an event that leaves its modifiedIndex as it was, as in etcd.)
+            Err(error)
+                if error.code == CODE_EVENT_INDEX_CLEARED
+                    && live == Some(true)
+                    && !recursive
+                    && self.tree.get(&path).is_some_and(|node| {
+                        matches!(node.kind, NodeKind::File { .. }) && node.modified_index < since_index
+                    }) =>
+            {
+                let resume = self.history.first_index().map_or(since_index, |first| first.max(since_index));
+                self.history.find(&path, recursive, resume, live, self.index)
+            }
+            other => other,
+        };
+        match found? {
             Some(event) => Ok(WatchLookup::Found(event.clone())),
             None => Ok(WatchLookup::Pending { index: self.index }),
         }

@@ -797,6 +797,36 @@ fn history_slack_keeps_ten_thousand_events_beyond_the_window_for_waiting_watcher
 }
 
 #[test]
+fn a_waiting_watch_behind_the_slack_goes_on_when_its_key_proves_nothing_was_lost_for_it() {
+    let mut s = store();
+    ok(&mut s, put("/quiet", "1"));
+    ok(&mut s, put("/touched", "1"));
+    ok(&mut s, mkdir("/dir"));
+    let since = s.index() + 1;
+    ok(&mut s, put("/touched", "2"));
+    let total = 1000 + super::history::SLACK_ENTRIES_MIN as u64 + 10;
+    for i in 0..total {
+        ok(&mut s, put(&format!("/fleet/m{i}"), "up"));
+    }
+    // /quiet was there all along and not modified since: nothing of its was dropped.
+    let Ok(WatchLookup::Pending { index }) = s.watch_live("/quiet", false, since, true) else {
+        panic!("/quiet goes on waiting")
+    };
+    assert_eq!(index, s.index());
+    // From there (the server's watch rescans after `index`), its next event is found.
+    ok(&mut s, put("/quiet", "2"));
+    assert_eq!(found(s.watch_live("/quiet", false, index + 1, true).expect("found")).node.value.as_deref(), Some("2"));
+    // Modified in the dropped range, a directory (its TTL update keeps its index), a key
+    // that was not there, or a recursive watch: their first event may be lost.
+    for (key, recursive, existed) in [("/touched", false, true), ("/dir", false, true), ("/absent", false, false), ("/quiet", true, true)] {
+        let error = s.watch_live(key, recursive, since, existed).expect_err(key);
+        assert_eq!(error.code, 401, "{key}");
+    }
+    // A new watch with that waitIndex gets etcd's 401 as before.
+    assert_eq!(s.watch("/quiet", false, since, false).expect_err("cleared").code, 401);
+}
+
+#[test]
 fn history_slack_is_bounded_in_bytes_so_large_values_keep_about_the_window() {
     // 4 MiB values, window 10: the window keeps its 10 events (etcd's 401 boundary is
     // unchanged), the slack for live watchers only what fits in SLACK_BYTES_MAX.

@@ -212,3 +212,39 @@ async fn a_watcher_that_sent_more_bytes_and_left_releases_everything() {
         .await;
     }
 }
+
+/// More events applied at once than the history keeps for waiting watches (thousands of
+/// keys expiring after a pause): a watch on a key that was there all along and not changed
+/// goes on waiting, as on etcd; one whose first event may have been dropped is cut off (a
+/// broken connection, which clients watch again after), never answered with an empty body.
+#[tokio::test]
+async fn a_watch_behind_the_history_waits_on_if_nothing_was_for_it_else_is_cut_off() {
+    use futures::StreamExt;
+    let app = app();
+    put(&app, "/v2/keys/quiet", "value=1").await;
+    let open = |uri: &'static str| {
+        let app = app.clone();
+        async move {
+            let response = app.handle(axum::http::Request::get(uri).body(axum::body::Body::empty()).expect("request")).await;
+            assert_eq!(response.status(), 200);
+            response.into_body().into_data_stream()
+        }
+    };
+    let mut quiet = open("/v2/keys/quiet?wait=true").await;
+    let mut absent = open("/v2/keys/absent?wait=true").await;
+    // Not polled meanwhile, the watches fall behind by more than window and slack hold.
+    for i in 0..(1000 + 10_000 + 100) {
+        let reply = put(&app, &format!("/v2/keys/fleet/m{i}"), "value=up").await;
+        assert_eq!(reply.status, 201);
+    }
+    let cut = tokio::time::timeout(PATIENCE, absent.next()).await.expect("the watch on /absent ends");
+    assert!(matches!(cut, Some(Err(_))), "cut off, not ended with an empty body: {cut:?}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), quiet.next()).await.is_err(),
+        "the watch on /quiet goes on waiting"
+    );
+    put(&app, "/v2/keys/quiet", "value=2").await;
+    let event = tokio::time::timeout(PATIENCE, quiet.next()).await.expect("the event").expect("a chunk").expect("bytes");
+    let event: serde_json::Value = serde_json::from_slice(&event).expect("json");
+    assert_eq!((event["action"].as_str(), event["node"]["value"].as_str()), (Some("set"), Some("2")), "{event}");
+}
