@@ -25,9 +25,7 @@ impl LongFlags {
 
     fn add(&mut self, command: &clap::Command) {
         for arg in command.get_arguments() {
-            let takes_value = arg.get_action().takes_values()
-                && !arg.is_require_equals_set()
-                && arg.get_num_args().is_none_or(|range| range.min_values() > 0);
+            let takes_value = takes_next_argument(arg);
             for long in arg.get_long_and_visible_aliases().into_iter().flatten() {
                 // A name that takes a value anywhere takes one everywhere: a switch of the
                 // same name elsewhere would otherwise swallow that value (a test keeps them apart).
@@ -51,9 +49,7 @@ impl LongFlags {
         let mut conflicts = Vec::new();
         fn walk(command: &clap::Command, seen: &mut std::collections::BTreeMap<String, bool>, conflicts: &mut Vec<String>) {
             for arg in command.get_arguments() {
-                let takes_value = arg.get_action().takes_values()
-                    && !arg.is_require_equals_set()
-                    && arg.get_num_args().is_none_or(|range| range.min_values() > 0);
+                let takes_value = takes_next_argument(arg);
                 for long in arg.get_long_and_visible_aliases().into_iter().flatten() {
                     if *seen.entry(long.to_string()).or_insert(takes_value) != takes_value {
                         conflicts.push(format!("{} --{long}", command.get_name()));
@@ -67,6 +63,13 @@ impl LongFlags {
         walk(command, &mut seen, &mut conflicts);
         conflicts
     }
+}
+
+/// Whether `arg`, given without `=value`, takes the next argument as its value.
+fn takes_next_argument(arg: &clap::Arg) -> bool {
+    arg.get_action().takes_values()
+        && !arg.is_require_equals_set()
+        && arg.get_num_args().is_none_or(|range| range.min_values() > 0)
 }
 
 /// etcd 3.4 flags that mean nothing to rota (the v3 API and its auth, zap logging, gRPC,
