@@ -1710,12 +1710,12 @@ mod tests {
             .collect();
         assert_eq!(chunks.len(), 1, "{chunks:?}");
         let meta = std::fs::metadata(&chunks[0]).expect("chunk metadata");
-        assert_eq!(meta.len(), 64 << 20);
+        assert_eq!(meta.len(), log_store::LOG_CHUNK_BYTES_MAX as u64);
         let written = node.log_records_end().expect("records end");
         assert!(0 < written && written < 1 << 20, "records end at {written}");
         let allocated = meta.blocks() * 512;
         assert!(
-            allocated >= 64 << 20,
+            allocated >= log_store::LOG_CHUNK_BYTES_MAX as u64,
             "{} bytes allocated for a {}-byte chunk",
             allocated,
             meta.len()

@@ -41,8 +41,12 @@ use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 /// Entries kept decoded-free in raft-log's payload cache (it holds encoded payloads).
 const LOG_CACHE_ENTRIES_MAX: usize = 10_000;
 const LOG_CACHE_BYTES_MAX: usize = 256 << 20;
-/// A new chunk file after this many bytes; purged chunks are deleted whole.
-pub(crate) const LOG_CHUNK_BYTES_MAX: usize = 64 << 20;
+/// A new chunk file after this many bytes; purged chunks are deleted whole. It also bounds
+/// the memory the log holds: raft-log keeps every entry of the open chunk in its payload
+/// cache whatever the cache's bounds (it evicts only entries of chunks already closed and
+/// synced), so with 64 MiB chunks a node's memory rose by ~70 MB of small writes before
+/// each chunk closed, and fell back then.
+pub(crate) const LOG_CHUNK_BYTES_MAX: usize = 16 << 20;
 /// Recently appended entries kept decoded (see [`RecentEntries`]), at most this many / this
 /// many encoded bytes.
 const RECENT_ENTRIES_MAX: usize = 4096;

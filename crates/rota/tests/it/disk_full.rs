@@ -13,8 +13,8 @@ use crate::harness::{Kind, Server};
 use crate::http::{self, Request};
 use crate::jobs_util::{rota, Proc};
 
-/// The tmpfs: the open log chunk reserves 64 MiB of it at once.
-const TMPFS_MIB: u64 = 200;
+/// The tmpfs: the open log chunk reserves 16 MiB of it at once, leaving ~136 MiB.
+const TMPFS_MIB: u64 = 152;
 const MIB: usize = 1 << 20;
 /// How long a node may take to notice the space it lost or got back (it looks every 250 ms).
 const NOTICE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -423,7 +423,8 @@ fn an_outcome_refused_on_a_nearly_full_disk_is_kept_by_its_worker_until_space_is
         vec!["--min-free-mb".into(), "1".into(), "--snapshot-count".into(), "1000000".into()],
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    // 52 MiB of values: the open chunk (64 MiB, allocated whole) has less than 16 MiB left.
+    // 52 MiB of values over 16 MiB chunks (each allocated whole): the open one has less
+    // than 16 MiB of room, as any chunk holding records does.
     let value = "v".repeat(MIB - 16);
     for i in 0..52 {
         assert_eq!(put(&server, &format!("big/{i}"), &value).status(), 201, "{}", server.stderr_tail());
