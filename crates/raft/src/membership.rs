@@ -605,6 +605,8 @@ const HAND_OVER_ELECTION_WAIT: Duration = Duration::from_secs(2);
 const HAND_OVER_RPC_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long one campaign gets before the follower is asked again.
 const HAND_OVER_RETRY: Duration = Duration::from_millis(250);
+/// A hand-over ends when this many asks in a row did not reach the successor.
+const HAND_OVER_UNDELIVERED_MAX: u32 = 2;
 
 impl Node {
     /// Before a graceful stop: if this node leads a cluster of several voters, asks the most
@@ -645,7 +647,10 @@ impl Node {
         let me = self.inner.id;
         let mut asked = 0u32;
         let mut handed_over = false;
-        while !handed_over && started.elapsed() < HAND_OVER_ELECTION_WAIT {
+        // Asks the successor did not get in a row: it is stopping too (a whole cluster
+        // stopped at once), and this member need not wait out the hand-over for it.
+        let mut undelivered = 0u32;
+        while !handed_over && started.elapsed() < HAND_OVER_ELECTION_WAIT && undelivered < HAND_OVER_UNDELIVERED_MAX {
             asked += 1;
             let answer: Result<Result<(), String>, _> = self
                 .transport()
@@ -657,8 +662,12 @@ impl Node {
                     HAND_OVER_RPC_TIMEOUT,
                 )
                 .await;
-            if let Err(error) = answer {
-                tracing::debug!(%error, "asking a follower to campaign");
+            match answer {
+                Err(error) => {
+                    tracing::debug!(%error, "asking a follower to campaign");
+                    undelivered = if error.not_delivered() { undelivered + 1 } else { 0 };
+                }
+                Ok(_) => undelivered = 0,
             }
             handed_over = tokio::time::timeout(
                 HAND_OVER_RETRY,

@@ -642,6 +642,28 @@ async fn a_leader_that_hands_over_before_stopping_leaves_a_short_gap() {
 /// client URLs, right after the first election) still wait for a commit that can no longer
 /// come, stops anyway. It used to wait for its membership keeper, which waited for that
 /// commit: the CI once sat 4 minutes in `shutdown` until a test on the same ports answered.
+/// A whole cluster stopped at once: the leader's successor is gone too, and the leader gives
+/// up its hand-over when its asks stop reaching it, instead of waiting out the 2 s meant for
+/// a successor's campaign (an audit's SIGTERM to all three members found the leader still
+/// running after 3 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stops_handing_over_once_its_successor_is_gone() {
+    let (_temp, root) = temp_root();
+    let mut members = start_cluster(&root, 30100, 3).await;
+    let leader = wait_leader(&members).await;
+    let put = send(&members[leader], "PUT", "/v2/keys/x", Some("value=1")).await;
+    assert_eq!(put.status, 201);
+    let old = members.remove(leader);
+    stop_all(members).await;
+    let started = Instant::now();
+    old.node.hand_over_leadership().await;
+    let took = started.elapsed();
+    // Two undelivered asks, each followed by a 250 ms wait for a new leader, after at most
+    // 500 ms for the successor to catch up: well under the 2 s an election gets.
+    assert!(took < Duration::from_millis(1_500), "the hand-over took {took:?}");
+    old.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_member_stops_promptly_while_a_membership_change_waits_for_gone_peers() {
     let (_temp, root) = temp_root();
