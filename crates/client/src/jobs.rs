@@ -1132,9 +1132,7 @@ impl Client {
         };
         let replayed = header("idempotent-replayed").as_deref() == Some("true");
         let location = header("location");
-        let retry_after = header("retry-after")
-            .and_then(|seconds| seconds.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = crate::retry_after(response.headers());
         let mut body = Vec::new();
         while let Some(chunk) = response
             .chunk()
@@ -1382,6 +1380,17 @@ mod tests {
     /// A one-connection-at-a-time HTTP server: `first` (status line, body) to its first
     /// request, then `200` with [`SERVER_JOB`].
     async fn first_then_the_job(first: (&'static str, &'static str)) -> String {
+        serve_answers(move |answered| if answered == 0 { first } else { ("200 OK", SERVER_JOB) }).await
+    }
+
+    /// An HTTP server that answers every request with `status` and `body`.
+    async fn always_answer(status: &'static str, body: &'static str) -> String {
+        serve_answers(move |_| (status, body)).await
+    }
+
+    /// A one-connection-at-a-time HTTP server answering its nth request (from 0) with
+    /// `answer(n)`: a status line and a JSON body.
+    async fn serve_answers(answer: impl Fn(usize) -> (&'static str, &'static str) + Send + 'static) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -1400,11 +1409,7 @@ mod tests {
                         Ok(n) => head.extend_from_slice(&buffer[..n]),
                     }
                 }
-                let (status, body) = if answered == 0 {
-                    first
-                } else {
-                    ("200 OK", SERVER_JOB)
-                };
+                let (status, body) = answer(answered);
                 let answer = format!(
                     "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
@@ -1530,30 +1535,5 @@ mod tests {
         assert!(maybe_applied(Client::new([unknown.as_str()]).expect("client").cancel_job(3).await));
         assert!(!maybe_applied(Client::new(["http://127.0.0.1:1"]).expect("client").cancel_job(3).await));
         assert!(!maybe_applied(Client::new([unknown.as_str()]).expect("client").get_job(3).await));
-    }
-
-    /// An HTTP server that answers every request with `status` and `body`.
-    async fn always_answer(status: &'static str, body: &'static str) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                let mut head = Vec::new();
-                let mut buffer = [0u8; 1024];
-                while !head.windows(4).any(|end| end == b"\r\n\r\n") {
-                    match socket.read(&mut buffer).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&buffer[..n]),
-                    }
-                }
-                let answer = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(answer.as_bytes()).await;
-            }
-        });
-        url
     }
 }

@@ -530,6 +530,12 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// An answer's `Retry-After` in whole seconds (the only form rota and etcd send).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let text = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    text.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
 /// What went wrong sending to one endpoint, briefly, for a line that names the endpoint
 /// beside it: `connection refused`, `timed out`, or the innermost cause (reqwest's own text
 /// repeats the URL and hides the cause behind `error sending request`).
@@ -581,7 +587,7 @@ async fn decode(response: reqwest::Response) -> Decoded {
         .and_then(|text| text.parse().ok())
         .unwrap_or(0);
     let replayed = header("idempotent-replayed").as_deref() == Some("true");
-    let retry_after = header("retry-after").and_then(|text| text.trim().parse::<u64>().ok()).map(Duration::from_secs);
+    let retry_after = retry_after(response.headers());
     let body = match response.text().await {
         Ok(body) => body,
         Err(error) => return Decoded::BodyCut(format!("answer cut off: {}", transport_error(&error))),

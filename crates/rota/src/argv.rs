@@ -168,15 +168,20 @@ pub fn tls_flag_given(args: &[OsString]) -> Option<String> {
 
 /// etcd flags that change what a member does and that rota cannot do, with a value that
 /// turns them on: `rota serve` refuses them (flag or `ETCD_*` variable) with what to do
-/// instead, rather than start a member that does something else. `None`: a refusal of the
-/// flag whatever its value (a switch, or a value that cannot be "off").
+/// instead, rather than start a member that does something else. Each with the values
+/// that leave it off (Go's false spellings for a switch, empty or `off` for a value).
 const REFUSED_SERVE_FLAGS: &[(&str, &[&str])] = &[
-    ("force-new-cluster", &["false"]),
+    ("force-new-cluster", &["false", "0"]),
     ("discovery", &[""]),
     ("discovery-srv", &[""]),
     ("proxy", &["off", ""]),
     ("config-file", &[""]),
 ];
+
+/// Whether `value` turns on a refused flag whose values in `off` leave it off.
+fn turns_on(off: &[&str], value: &str) -> bool {
+    !off.iter().any(|off| value.trim().eq_ignore_ascii_case(off))
+}
 
 /// `Some(takes a value)` for an etcd flag `rota serve` takes out of its command line: an
 /// ignored one, or a refused one given a value that leaves it off (`--proxy off`).
@@ -233,7 +238,7 @@ pub fn serve_refusal(args: &[OsString]) -> Option<String> {
             (None, "force-new-cluster") => "true",
             (None, _) => args.get(at + 1).copied().unwrap_or(""),
         };
-        if !off.iter().any(|off| value.trim().eq_ignore_ascii_case(off)) {
+        if turns_on(off, value) {
             let given = if value == "true" || arg.contains('=') { arg.to_string() } else { format!("{arg} {value}") };
             return Some(refusal(flag, given.trim_end()));
         }
@@ -292,8 +297,7 @@ pub fn etcd_environment<'a>(
                 found.tls.push(name);
             }
         } else if let Some((flag, off)) = REFUSED_SERVE_FLAGS.iter().find(|(refused, _)| *refused == flag) {
-            let on = !off.iter().any(|off| value.trim().eq_ignore_ascii_case(off)) && !(*flag == "force-new-cluster" && value.trim() == "0");
-            if on && found.refused.is_none() {
+            if turns_on(off, &value) && found.refused.is_none() {
                 found.refused = Some(refusal(flag, &format!("{name}={value}")));
             }
         } else if IGNORED_SERVE_FLAGS.iter().any(|(ignored, _)| *ignored == flag)

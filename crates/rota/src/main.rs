@@ -185,11 +185,8 @@ async fn send_waiting_out_429(
         if response.status() != reqwest::StatusCode::TOO_MANY_REQUESTS || tries == TOO_MANY_TRIES {
             return Ok(response);
         }
-        let wait = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok())
-            .map_or(std::time::Duration::from_secs(1), std::time::Duration::from_secs)
+        let wait = rota_client::retry_after(response.headers())
+            .unwrap_or(std::time::Duration::from_secs(1))
             .clamp(std::time::Duration::from_millis(100), rota_client::RETRY_AFTER_MAX);
         tokio::time::sleep(wait).await;
         tries += 1;
