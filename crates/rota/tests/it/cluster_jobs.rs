@@ -843,7 +843,13 @@ fn cluster_jobs_a_waiting_lease_at_a_member_without_a_quorum_says_no_leader() {
         let request = json_request("POST", "/v1/queues/one/lease", &json!({"worker": "waiter", "wait": "8s"}), None);
         http::send_with_timeout(addr, &request, Duration::from_secs(30)).expect("lease")
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // The lease tried once, found the slot taken and now waits in the queue's line.
+    wait_until(Duration::from_secs(10), "the lease waiting in line", || {
+        let metrics = http::send_with_timeout(addr, &Request::new("GET", "/metrics"), Duration::from_secs(5)).ok()?;
+        let text = metrics.text();
+        let line = text.lines().find(|line| line.split_whitespace().next() == Some("rota_v1_lease_waiters"))?;
+        (line.split_whitespace().nth(1)? == "1").then_some(())
+    });
     for i in (0..NODES).filter(|&i| i != leader) {
         cluster.kill(i);
     }
