@@ -13,8 +13,9 @@
 //! peer's end of the stream (`EPOLLRDHUP`) or an error, and is dropped then, as hyper drops
 //! a request whose connection it saw close (every waiting path is cancel-safe for that); a
 //! `/v2/keys` watch's body does the same ([`gone`]) and cuts the connection off.
-//! A client that only shut down its sending side is gone too, as hyper treats it (no
-//! half-close).
+//! A client that only shut down its sending side is gone too for a waiting request, as Go's
+//! server treats it (etcd ends such a watch); a request that does not wait is answered
+//! (hyper's `half_close`, set in serve.rs), as etcd answers it.
 
 use std::future::Future;
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};

@@ -84,7 +84,12 @@ pub async fn serve_with<B: Backend>(
         .max_header_size(limits::HEADER_SECTION_BYTES_MAX)
         // hyper's default bound is limits::HEADERS_MAX; setting it, even to the same
         // number, makes hyper fill a header array per request.
-        .keep_alive(true);
+        .keep_alive(true)
+        // A client that shut down its sending side after its request (`nc -N`, some proxies)
+        // still gets its answer, as from Go's server (etcd): without this, hyper dropped
+        // the request at the end of the stream, although a write was applied. Requests that
+        // wait (long polls, watches) still end when their client is gone (client_gone.rs).
+        .half_close(true);
     let builder = Arc::new(builder);
 
     let shed = Arc::new(tokio::sync::watch::Sender::new(0u64));
@@ -133,6 +138,10 @@ const BOUND_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// At the bound, idle connections are asked to close at most this often.
 const SHED_INTERVAL: Duration = Duration::from_secs(1);
+
+/// At the bound, a connection that has not carried a request yet is dropped only once it
+/// has been open this long: time enough for a client to send its first request.
+const UNUSED_CONNECTION_GRACE: Duration = Duration::from_secs(1);
 
 impl Bound {
     /// A permit for a new connection. At the bound, it waits (later clients wait in the
@@ -191,6 +200,7 @@ async fn accept_loop<B: Backend>(
         let builder = Arc::clone(&builder);
         let socket = ClientSocket(stream.as_raw_fd());
         let mut shed = bound.shed.subscribe();
+        let accepted_at = tokio::time::Instant::now();
         tokio::spawn(async move {
             let _permit = permit;
             // Whether the client has sent a whole request yet (see the shedding below).
@@ -226,15 +236,20 @@ async fn accept_loop<B: Backend>(
                     }
                     // At the bound: close once idle. A connection that has carried a request
                     // closes now if idle, else after the answer in progress (a watch goes on
-                    // to its end); hyper does not take one that never carried any for idle,
-                    // so it is dropped here (nothing sent yet, or a head that never ends).
+                    // to its end). One that has carried none yet (nothing sent, or a head that
+                    // never ends) is dropped (hyper's graceful shutdown would drop it too),
+                    // but only once it has had time to send a request: a connection accepted
+                    // a moment ago may hold a whole request not read yet (the accept that
+                    // took the last permit asks the others to close), which would go
+                    // unanswered. A young one is left for a later round.
                     changed = shed.changed(), if !shedding => {
-                        shedding = true;
-                        if changed.is_ok() {
-                            if !used.load(std::sync::atomic::Ordering::Relaxed) {
-                                break;
-                            }
+                        if changed.is_err() {
+                            shedding = true;
+                        } else if used.load(std::sync::atomic::Ordering::Relaxed) {
+                            shedding = true;
                             connection.as_mut().graceful_shutdown();
+                        } else if accepted_at.elapsed() >= UNUSED_CONNECTION_GRACE {
+                            break;
                         }
                     }
                 }

@@ -768,10 +768,21 @@ impl Jobs {
                 ),
                 Some("lease_token"),
             )),
+            // Tokens only grow: every earlier lease of this job had a smaller token than its
+            // current one, so a larger token was never this job's.
+            Some(lease) if lease_token > lease.token => Err(JobError::stale_lease(
+                id,
+                lease_token,
+                &format!("the job is leased under token {}, and a later token was never a lease of this job", lease.token),
+            )),
             Some(lease) => Err(JobError::stale_lease(
                 id,
                 lease_token,
-                &format!("its lease ended (expired or released) and it was leased again, under token {}", lease.token),
+                &format!(
+                    "the job is leased under token {} now (the lease under this token ended, expired or released, \
+                     or it was never this job's)",
+                    lease.token
+                ),
             )),
             None if job.state.is_terminal() => {
                 Err(JobError::stale_lease(id, lease_token, &format!("the job is {} already", job.state.as_str())))
@@ -780,7 +791,7 @@ impl Jobs {
                 id,
                 lease_token,
                 &format!(
-                    "its lease ended (expired or released) and the job is {}, waiting for its next attempt",
+                    "the job has no lease: it is {}, waiting for its next attempt",
                     job.state.as_str()
                 ),
             )),

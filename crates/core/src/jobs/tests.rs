@@ -835,11 +835,14 @@ fn stale_token_complete_changes_nothing() {
     let error = complete(&mut jobs, 2_000, id, token(&first)).unwrap_err();
     assert_eq!(error.field.as_deref(), Some("lease_token"));
     // The message says what became of the lease.
-    let again = format!("leased again, under token {}", token(&second));
+    let again = format!("the job is leased under token {} now", token(&second));
     assert!(error.message.contains(&again), "{}", error.message);
-    // A token that was never issued is stale too.
+    // A token that was never issued is stale too, and the message does not call it an
+    // earlier lease of the job.
     let never = JobCommand::Complete { id, lease_token: 999, result: None };
     assert_rejected_unchanged(&mut jobs, 2_000, never, JobError::STALE_LEASE);
+    let error = complete(&mut jobs, 2_000, id, 999).unwrap_err();
+    assert!(error.message.contains("a later token was never a lease of this job"), "{}", error.message);
     complete(&mut jobs, 2_000, id, token(&second)).unwrap();
     let error = complete(&mut jobs, 2_000, id, token(&second)).unwrap_err();
     assert!(error.message.ends_with("the job is succeeded already"), "{}", error.message);
@@ -853,7 +856,7 @@ fn a_stale_lease_on_a_job_back_in_its_queue_says_its_lease_ended() {
     jobs.advance_time(2_000);
     let error = complete(&mut jobs, 2_000, id, token(&first)).unwrap_err();
     assert_eq!(error.code, JobError::STALE_LEASE);
-    assert!(error.message.contains("its lease ended (expired or released) and the job is"), "{}", error.message);
+    assert!(error.message.contains("the job has no lease: it is"), "{}", error.message);
 }
 
 #[test]

@@ -375,6 +375,9 @@ async fn at_the_connection_bound_idle_connections_make_room_for_a_new_client() {
         }
         held.push(stream);
     }
+    // A connection that has not carried a request is dropped only once it is a second old
+    // (it may hold a request not read yet): these are older than that when the bound is hit.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     // The seventh connection waits in the backlog until the idle ones are closed.
     let mut fresh = connect(served.port).await;
     write_all(&mut fresh, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
@@ -509,4 +512,51 @@ async fn big_answers_nobody_reads_use_up_the_response_budget_until_their_clients
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(served_again, "big answers are served once the silent clients are gone");
+}
+
+/// At the connection bound, a client whose whole request is waiting in the backlog gets its
+/// answer. The accept that took the last permit asks the other connections to close once
+/// idle; the connections accepted a moment before it had not been read yet, were taken for
+/// ones that never sent a request, and were dropped with their requests unanswered.
+#[tokio::test]
+async fn at_the_connection_bound_requests_waiting_to_be_read_are_answered() {
+    const BOUND: usize = 4;
+    const WRITERS: usize = 8;
+    let served = serve(
+        app(),
+        rota_server::ServeOptions { connections_max: BOUND, ..Default::default() },
+    )
+    .await;
+    // Watches take every slot; they stay busy until the key is written.
+    let mut watches = Vec::new();
+    for _ in 0..BOUND {
+        let mut watch = connect(served.port).await;
+        write_all(&mut watch, "GET /v2/keys/w?wait=true HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        read_until(&mut watch, "\r\n\r\n", Duration::from_secs(5)).await;
+        watches.push(watch);
+    }
+    // Whole requests, waiting for a slot.
+    let mut writers = Vec::new();
+    for n in 0..WRITERS {
+        let mut stream = connect(served.port).await;
+        let body = format!("value={n}");
+        write_all(
+            &mut stream,
+            &format!("{}{body}", head("PUT", &format!("/v2/keys/p{n}"), FORM, body.len())),
+        )
+        .await;
+        writers.push(stream);
+    }
+    // The watches are answered and their connections go idle: the writers get their slots
+    // a few at a time, each accept at the bound asking the others to close.
+    put(&served.app, "/v2/keys/w", "value=go").await;
+    for (n, mut stream) in writers.into_iter().enumerate() {
+        let answer = read_until(&mut stream, "}", Duration::from_secs(20)).await;
+        assert!(answer.starts_with("HTTP/1.1 201"), "writer {n}: {answer}");
+    }
+    for n in 0..WRITERS {
+        let reply = get(&served.app, &format!("/v2/keys/p{n}")).await;
+        assert_eq!(reply.json()["node"]["value"], n.to_string(), "p{n}");
+    }
+    drop(watches);
 }
