@@ -1545,6 +1545,16 @@ async fn snapshot_by_log_bytes(
         if snapshot != last_snapshot {
             last_snapshot = snapshot;
             bytes_at_snapshot = appended;
+            // openraft keeps a number of entries behind a snapshot (for a follower a little
+            // behind); entries of a few MiB each made that gigabytes of log. Keep at most a
+            // quarter of the byte limit.
+            let keep_bytes = (limit / 4).max(1 << 20);
+            if let Some(point) = snapshot.and_then(|id| log_store.purge_point_keeping(id.index, keep_bytes)) {
+                tracing::info!(through = point, keep_bytes, "log: purging entries behind the snapshot past the bytes kept");
+                if raft.trigger().purge_log(point).await.is_err() {
+                    return;
+                }
+            }
         }
         let grown = appended.saturating_sub(bytes_at_snapshot);
         let unsnapshotted = applied.map(|id| id.index) > snapshot.map(|id| id.index);

@@ -40,7 +40,7 @@ use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 
 /// Entries kept decoded-free in raft-log's payload cache (it holds encoded payloads).
 const LOG_CACHE_ENTRIES_MAX: usize = 10_000;
-const LOG_CACHE_BYTES_MAX: usize = 256 << 20;
+const LOG_CACHE_BYTES_MAX: usize = 64 << 20;
 /// A new chunk file after this many bytes; purged chunks are deleted whole. It also bounds
 /// the memory the log holds: raft-log keeps every entry of the open chunk in its payload
 /// cache whatever the cache's bounds (it evicts only entries of chunks already closed and
@@ -50,7 +50,7 @@ pub(crate) const LOG_CHUNK_BYTES_MAX: usize = 16 << 20;
 /// Recently appended entries kept decoded (see [`RecentEntries`]), at most this many / this
 /// many encoded bytes.
 const RECENT_ENTRIES_MAX: usize = 4096;
-const RECENT_BYTES_MAX: usize = 64 << 20;
+const RECENT_BYTES_MAX: usize = 32 << 20;
 
 /// How the log store is opened.
 #[derive(Clone, Debug)]
@@ -134,7 +134,57 @@ struct Shared {
     appended_bytes: AtomicU64,
     /// Locked only while `log` is locked, so both always hold the same entries.
     recent: Mutex<RecentEntries>,
+    /// The encoded size of each entry this process appended that the log still holds.
+    /// Locked only while `log` is locked.
+    sizes: Mutex<EntrySizes>,
     metrics: RaftMetrics,
+}
+
+/// The encoded sizes of a contiguous run of the log's entries, oldest first, ending at the
+/// log's last entry: how many bytes a purge point leaves behind a snapshot
+/// ([`LogStore::purge_point_keeping`]). 16 bytes an entry, for the entries between two
+/// purges (a snapshot's worth).
+#[derive(Default)]
+struct EntrySizes {
+    entries: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl EntrySizes {
+    fn push(&mut self, index: u64, bytes: u64) {
+        if self.entries.back().is_some_and(|&(last, _)| last + 1 != index) {
+            self.entries.clear();
+        }
+        self.entries.push_back((index, bytes));
+    }
+
+    /// Drops the entries at and after `index`.
+    fn truncate(&mut self, index: u64) {
+        while self.entries.back().is_some_and(|&(last, _)| last >= index) {
+            self.entries.pop_back();
+        }
+    }
+
+    /// Drops the entries at and before `index`.
+    fn purge(&mut self, index: u64) {
+        while self.entries.front().is_some_and(|&(first, _)| first <= index) {
+            self.entries.pop_front();
+        }
+    }
+
+    /// The highest index at or below `upto` such that the entries after it, through
+    /// `upto`, hold at most `keep_bytes`: purging through it leaves at most that much of
+    /// the log behind `upto`. `None` if every entry known through `upto` fits (entries
+    /// from before this process started are not known).
+    fn purge_point_keeping(&self, upto: u64, keep_bytes: u64) -> Option<u64> {
+        let mut kept = 0u64;
+        for &(index, bytes) in self.entries.iter().rev().skip_while(|&&(index, _)| index > upto) {
+            kept = kept.saturating_add(bytes);
+            if kept > keep_bytes {
+                return Some(index);
+            }
+        }
+        None
+    }
 }
 
 /// The last entries appended, decoded, as openraft handed them over.
@@ -260,6 +310,7 @@ impl LogStore {
                 snapshots: std::sync::OnceLock::new(),
                 appended_bytes: AtomicU64::new(0),
                 recent: Mutex::new(RecentEntries::default()),
+                sizes: Mutex::new(EntrySizes::default()),
                 metrics,
             }),
         })
@@ -354,6 +405,25 @@ impl LogStore {
             .log
             .lock()
             .map_err(|_| storage_error(subject, verb, io::Error::other("raft log lock poisoned")))
+    }
+
+    /// The highest index at or below `upto` whose purge leaves at most `keep_bytes` of
+    /// entries behind `upto` (see [`EntrySizes::purge_point_keeping`]), if it is past the
+    /// log's purge point.
+    pub(crate) fn purge_point_keeping(&self, upto: u64, keep_bytes: u64) -> Option<u64> {
+        let guard = self.lock(ErrorSubject::Store, ErrorVerb::Read).ok()?;
+        let log = guard.as_ref()?;
+        let purged = log.log_state().purged().map(|id| id.0.index);
+        let point = self.sizes().purge_point_keeping(upto, keep_bytes)?;
+        (Some(point) > purged).then_some(point)
+    }
+
+    /// The entry sizes; take it only while holding the log's lock.
+    fn sizes(&self) -> MutexGuard<'_, EntrySizes> {
+        self.shared
+            .sizes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The recent entries; take it only while holding the log's lock.
@@ -654,10 +724,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             )
             .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         let mut recent = self.recent();
+        let mut sizes = self.sizes();
         for (entry, payload) in stored {
+            sizes.push(entry.log_id.index, payload.bytes.len() as u64);
             recent.push(entry, payload.bytes.len());
         }
-        drop(recent);
+        drop((recent, sizes));
         self.shared
             .appended_bytes
             .fetch_add(segment.size, Ordering::Relaxed);
@@ -674,6 +746,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             log.truncate(log_id.index)
                 .map_err(|e| storage_error(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))?;
             self.recent().truncate(log_id.index);
+            self.sizes().truncate(log_id.index);
         }
         // Rare (a follower's conflicting tail): make it durable before anything follows it.
         self.flush_and_wait(ErrorSubject::Log(log_id), ErrorVerb::Delete)
@@ -704,6 +777,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         log.purge(codec::StoredLogId(log_id))
             .map_err(|e| storage_error(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))?;
         self.recent().purge(log_id.index);
+        self.sizes().purge(log_id.index);
         // A synced flush also deletes chunk files that hold only purged entries; nobody needs
         // to wait for it (a purge that is lost in a crash is simply redone).
         log.flush(true, None)
@@ -1013,6 +1087,31 @@ mod recent_tests {
     /// Random appends, truncations and purges (also past the end, as a snapshot install
     /// does) against a model log: every answer the cache gives equals the model's entries,
     /// and it answers every range that starts within it.
+    #[test]
+    fn a_purge_point_keeps_at_most_the_bytes_asked_behind_the_snapshot() {
+        let mut sizes = EntrySizes::default();
+        for index in 1..=10 {
+            sizes.push(index, 100);
+        }
+        // Behind index 8: 8, 7, 6 hold 300 bytes; 5 would make 400.
+        assert_eq!(sizes.purge_point_keeping(8, 300), Some(5));
+        assert_eq!(sizes.purge_point_keeping(8, 350), Some(5));
+        assert_eq!(sizes.purge_point_keeping(8, 299), Some(6));
+        // Everything known fits.
+        assert_eq!(sizes.purge_point_keeping(8, 800), None);
+        // A conflicting tail replaced, the head purged.
+        sizes.truncate(9);
+        sizes.push(9, 1_000);
+        assert_eq!(sizes.purge_point_keeping(9, 500), Some(9));
+        sizes.purge(4);
+        assert_eq!(sizes.purge_point_keeping(8, 350), Some(5));
+        assert_eq!(sizes.purge_point_keeping(8, 400), None);
+        // An append that does not follow on starts the run afresh.
+        sizes.push(20, 50);
+        assert_eq!(sizes.purge_point_keeping(20, 10), Some(20));
+        assert_eq!(sizes.purge_point_keeping(8, 0), None);
+    }
+
     #[test]
     fn recent_entries_answer_exactly_what_the_log_holds() {
         let mut rng = 0x2545_F491_4F6C_DD1Du64;

@@ -99,3 +99,50 @@ async fn a_snapshot_comes_once_the_log_grows_past_its_byte_limit() {
     assert_eq!(snapshot_files(temp.path()).len(), 1);
     node.shutdown().await;
 }
+
+/// The entries kept behind a snapshot (for a follower a little behind) are bounded in bytes
+/// as well as in number: with 1,000 entries kept, entries of a few MiB each left gigabytes
+/// of log on disk behind every snapshot. A quarter of `snapshot_log_bytes` is kept.
+#[tokio::test]
+async fn the_log_kept_behind_a_snapshot_is_bounded_in_bytes() {
+    use rota_core::v2::{SetCommand, V2Command};
+    const VALUE_BYTES: u64 = 4096;
+    const LIMIT: u64 = 8 << 20;
+    let temp = tempfile::tempdir().expect("tempdir");
+    let mut config = config(temp.path());
+    config.snapshot_entries = 1_000_000;
+    config.snapshot_log_bytes = LIMIT;
+    config.log_entries_kept_after_snapshot = 1_000;
+    let node = start(config).await;
+    let started = std::time::Instant::now();
+    let mut written = 0u64;
+    while node.status().snapshot_index == 0 {
+        assert!(started.elapsed() < WAIT_MAX, "no snapshot after {written} writes: {:?}", node.status());
+        let set = SetCommand {
+            key: format!("/big/{written}"),
+            value: "v".repeat(VALUE_BYTES as usize),
+            ..SetCommand::default()
+        };
+        propose_ok(&node, rota_core::Command::V2(V2Command::Set(set))).await;
+        written += 1;
+    }
+    let snapshot_index = node.status().snapshot_index;
+    // A quarter of the limit is 512 entries of 4 KiB; the count alone would keep 1,000.
+    let kept_max = LIMIT / 4 / VALUE_BYTES;
+    assert!(snapshot_index > 1_000 + kept_max, "the test needs a snapshot past 1,000 entries: {snapshot_index}");
+    let deadline = std::time::Instant::now() + WAIT_MAX;
+    loop {
+        let status = node.status();
+        if status.purged_index + kept_max >= snapshot_index {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "more than {kept_max} entries of {VALUE_BYTES} bytes kept behind the snapshot at {snapshot_index}: {status:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let status = node.status();
+    assert!(status.purged_index <= snapshot_index, "purged past the snapshot: {status:?}");
+    node.shutdown().await;
+}
