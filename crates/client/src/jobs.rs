@@ -365,6 +365,15 @@ pub struct QueueDeleted {
     pub jobs_removed: u64,
 }
 
+/// The answer to `POST /v1/queues/{q}/retry`: the dead jobs queued again, and how many of
+/// the queue's jobs are still dead.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetriedDead {
+    pub queue: String,
+    pub retried: Vec<JobId>,
+    pub dead: u64,
+}
+
 /// An answer to a submit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Submitted {
@@ -759,6 +768,18 @@ impl Client {
             None,
             &idempotency_key(),
         );
+        self.send_v1(request).await?.parse()
+    }
+
+    /// `POST /v1/queues/{q}/retry`: up to `max` (default and at most 1,000) of the queue's
+    /// dead jobs, oldest first, queued again in one command.
+    pub async fn retry_dead(&self, queue: &str, max: Option<u32>) -> Result<RetriedDead, JobsError> {
+        let target = format!("/v1/queues/{}/retry", name_segment("queue", queue)?);
+        let body = match max {
+            Some(max) => serde_json::json!({ "max": max }),
+            None => serde_json::json!({}),
+        };
+        let request = self.mutation(reqwest::Method::POST, target, Some(json_body(&body)?), &idempotency_key());
         self.send_v1(request).await?.parse()
     }
 

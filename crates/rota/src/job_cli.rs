@@ -94,6 +94,15 @@ pub enum QueueCommand {
         #[arg(long)]
         local: bool,
     },
+    /// Queue the queue's dead jobs again (oldest first), each with a fresh allowance of
+    /// attempts: all of them, in rounds of up to 1,000, or the oldest --max.
+    Retry {
+        /// The queue's name.
+        queue: String,
+        /// At most this many.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        max: Option<u64>,
+    },
     /// Delete a queue and all its jobs.
     Rm {
         /// The queue's name.
@@ -192,15 +201,18 @@ pub enum JobCommand {
         #[arg(long)]
         local: bool,
     },
-    /// Cancel a scheduled, queued or leased job.
+    /// Cancel scheduled, queued or leased jobs.
     Cancel {
-        /// The job's id.
-        id: JobId,
+        /// The jobs' ids.
+        #[arg(required = true, num_args = 1..)]
+        ids: Vec<JobId>,
     },
-    /// Queue a dead job again, with a fresh allowance of attempts.
+    /// Queue dead jobs again, each with a fresh allowance of attempts (a queue's dead jobs
+    /// all at once: `rota queue retry QUEUE`).
     Retry {
-        /// The job's id.
-        id: JobId,
+        /// The jobs' ids.
+        #[arg(required = true, num_args = 1..)]
+        ids: Vec<JobId>,
     },
 }
 
@@ -349,6 +361,7 @@ pub async fn run_queue(args: QueueArgs) -> ExitCode {
             .get_queue(&queue)
             .await
             .map(|queue| print_queue(&queue, output)),
+        QueueCommand::Retry { queue, max } => queue_retry(&client, &queue, max, output).await,
         QueueCommand::Rm { queue, force } => {
             client
                 .delete_queue(&queue, force)
@@ -366,6 +379,35 @@ pub async fn run_queue(args: QueueArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => report_error(&error),
     }
+}
+
+/// `rota queue retry`: rounds of `POST /v1/queues/{q}/retry` until none is dead, `max`
+/// were queued again, or as many as were dead at the first round (jobs that die again
+/// meanwhile are not chased).
+async fn queue_retry(client: &Client, queue: &str, max: Option<u64>, output: Output) -> Result<(), JobsError> {
+    const ROUND_MAX: u64 = 1_000;
+    let mut retried = 0u64;
+    let mut bound = max;
+    let mut dead;
+    loop {
+        let round = bound.map_or(ROUND_MAX, |bound| (bound - retried).min(ROUND_MAX));
+        let answer = client.retry_dead(queue, Some(round as u32)).await?;
+        let count = answer.retried.len() as u64;
+        bound.get_or_insert(count + answer.dead);
+        retried += count;
+        dead = answer.dead;
+        if count == 0 || dead == 0 || bound.is_some_and(|bound| retried >= bound) {
+            break;
+        }
+        if output == Output::Table {
+            eprintln!("queued again {retried} so far; {dead} still dead");
+        }
+    }
+    match output {
+        Output::Json => println!("{}", serde_json::json!({"queue": queue, "retried": retried, "dead": dead})),
+        Output::Table => println!("queue {queue}: {retried} dead jobs queued again; {dead} still dead"),
+    }
+    Ok(())
 }
 
 /// Changes the settings given and keeps the others: one `PATCH`, merged by the server
@@ -509,26 +551,63 @@ pub async fn run_job(args: JobArgs) -> ExitCode {
                 print_jobs(&page.jobs, page.next, output);
                 ExitCode::SUCCESS
             }),
-        JobCommand::Cancel { id } => client.cancel_job(id).await.map(|job| {
-            print_job(&job, output);
-            if let (Some(worker), Some(expires)) = (&job.worker, &job.lease_expires_at) {
-                // Said on stderr: the job's JSON on stdout stays as the server gave it.
-                eprintln!(
-                    "job {id} was running on {worker}: its concurrency slot stays taken until that worker \
-                     stops it and lets go (at its next heartbeat) or its lease ends ({expires})"
-                );
-            }
-            ExitCode::SUCCESS
-        }),
-        JobCommand::Retry { id } => client.retry_job(id).await.map(|job| {
-            print_job(&job, output);
-            ExitCode::SUCCESS
-        }),
+        JobCommand::Cancel { ids } => {
+            let client = &client;
+            return for_each_job(&ids, |id| async move {
+                let job = client.cancel_job(id).await?;
+                print_job(&job, output);
+                if let (Some(worker), Some(expires)) = (&job.worker, &job.lease_expires_at) {
+                    // Said on stderr: the job's JSON on stdout stays as the server gave it.
+                    eprintln!(
+                        "job {id} was running on {worker}: its concurrency slot stays taken until that worker \
+                         stops it and lets go (at its next heartbeat) or its lease ends ({expires})"
+                    );
+                }
+                Ok(())
+            })
+            .await
+        }
+        JobCommand::Retry { ids } => {
+            let client = &client;
+            return for_each_job(&ids, |id| async move {
+                print_job(&client.retry_job(id).await?, output);
+                Ok(())
+            })
+            .await
+        }
     };
     match outcome {
         Ok(code) => code,
         Err(error) => report_error(&error),
     }
+}
+
+/// Runs `each` for every id in turn. A refusal is reported and the others still go; the
+/// exit status is the first failure's (an unreachable cluster stops the rest: they would
+/// wait out the same retry budget one by one).
+async fn for_each_job<F, Fut>(ids: &[JobId], each: F) -> ExitCode
+where
+    F: Fn(JobId) -> Fut,
+    Fut: std::future::Future<Output = Result<(), JobsError>>,
+{
+    let mut code = ExitCode::SUCCESS;
+    let mut failed = false;
+    for &id in ids {
+        if let Err(error) = each(id).await {
+            if ids.len() > 1 {
+                eprint!("job {id}: ");
+            }
+            let failure = report_error(&error);
+            if !failed {
+                code = failure;
+                failed = true;
+            }
+            if matches!(error, JobsError::Unavailable(_)) {
+                break;
+            }
+        }
+    }
+    code
 }
 
 async fn job_submit(

@@ -111,6 +111,9 @@ pub enum JobCommand {
     /// `DELETE /v1/counters/{name}`: the counter is gone (it reads 0 again, and no longer
     /// counts against the bound on counters). Answers the value it had.
     DeleteCounter { name: String },
+    /// `POST /v1/queues/{q}/retry`: up to `max` of the queue's dead jobs, oldest first, are
+    /// queued again as by [`JobCommand::Retry`] (a dead-letter queue emptied in rounds).
+    RetryDead { queue: String, max: u32 },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -141,6 +144,13 @@ pub enum JobResponse {
         job: Job,
         jobs: Vec<Job>,
         blocked: Option<LeaseBlocked>,
+    },
+    /// The ids of the jobs [`JobCommand::RetryDead`] queued again, ascending, and how many
+    /// of the queue's jobs are still dead.
+    RetriedDead {
+        queue: String,
+        ids: Vec<JobId>,
+        dead_left: u64,
     },
 }
 
@@ -287,6 +297,7 @@ impl Jobs {
                 }
             }
             JobCommand::PatchQueue { queue, patch } => self.patch_queue(now_ms, queue, patch),
+            JobCommand::RetryDead { queue, max } => self.retry_dead(now_ms, queue, *max),
         }
     }
 
@@ -709,14 +720,33 @@ impl Jobs {
                 job.state.as_str()
             )));
         }
-        let extra_attempts = self.queues[&job.queue].config.max_attempts;
+        self.requeue_dead(now_ms, id);
+        Ok(JobResponse::Job(self.view(id, &self.jobs[&id])))
+    }
+
+    /// A dead job queued again, with its queue's `max_attempts` more attempts.
+    fn requeue_dead(&mut self, now_ms: u64, id: JobId) {
+        let extra_attempts = self.queues[&self.jobs[&id].queue].config.max_attempts;
         self.update(id, |job| {
+            debug_assert_eq!(job.state, JobState::Dead);
             // Attempts and errors stay as history; the job gets a fresh allowance on top.
             job.max_attempts = job.attempts.saturating_add(extra_attempts);
             job.run_at_ms = now_ms;
             job.state = JobState::Queued;
         });
-        Ok(JobResponse::Job(self.view(id, &self.jobs[&id])))
+    }
+
+    fn retry_dead(&mut self, now_ms: u64, name: &str, max: u32) -> Result<JobResponse, JobError> {
+        check_name("queue", name)?;
+        check_range("max", u64::from(max), 1, LIST_LIMIT_MAX as u64)?;
+        let &queue_id = self.queue_ids.get(name).ok_or_else(|| JobError::queue_not_found(name))?;
+        let ids: Vec<JobId> =
+            self.queues[&queue_id].ids_by_state[JobState::Dead.index()].iter().take(max as usize).copied().collect();
+        for &id in &ids {
+            self.requeue_dead(now_ms, id);
+        }
+        let dead_left = self.queues[&queue_id].count(JobState::Dead);
+        Ok(JobResponse::RetriedDead { queue: name.to_owned(), ids, dead_left })
     }
 
     fn increment_counter(&mut self, name: &str, by: u64) -> Result<JobResponse, JobError> {

@@ -45,6 +45,7 @@ enum Op {
     Release { job: usize, token: TokenPick },
     Cancel { job: usize },
     Retry { job: usize },
+    RetryDead { queue: usize, max: u32 },
     Advance { ms: u64 },
     PutQueue { queue: usize, config: QueueConfig },
     PatchQueue { queue: usize, patch: QueuePatch },
@@ -142,6 +143,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => (job.clone(), token_strategy()).prop_map(|(job, token)| Op::Release { job, token }),
         1 => job.clone().prop_map(|job| Op::Cancel { job }),
         2 => job.prop_map(|job| Op::Retry { job }),
+        1 => (queue.clone(), 0u32..4).prop_map(|(queue, max)| Op::RetryDead { queue, max }),
         8 => prop_oneof![0u64..10, 0u64..100].prop_map(|ms| Op::Advance { ms }),
         1 => (queue.clone(), config_strategy()).prop_map(|(queue, config)| Op::PutQueue { queue, config }),
         1 => (queue.clone(), patch_strategy()).prop_map(|(queue, patch)| Op::PatchQueue { queue, patch }),
@@ -330,6 +332,14 @@ impl Model {
         self.jobs.values().filter(|job| job.queue == queue && job.lease.is_some()).count() as u64
     }
 
+    fn requeue_dead(&mut self, id: JobId, now_ms: u64) {
+        let extra = self.queues[&self.jobs[&id].queue].config.max_attempts;
+        let job = self.jobs.get_mut(&id).unwrap();
+        job.max_attempts = job.attempts + extra;
+        job.run_at_ms = now_ms;
+        job.state = JobState::Queued;
+    }
+
     fn apply(&mut self, now_ms: u64, command: &JobCommand) -> ModelResult {
         self.advance(now_ms);
         self.apply_now(now_ms, command)
@@ -490,12 +500,27 @@ impl Model {
                 if job.state != JobState::Dead {
                     return Err(JobError::INVALID_STATE);
                 }
-                let extra = self.queues[&job.queue].config.max_attempts;
-                let job = self.jobs.get_mut(id).unwrap();
-                job.max_attempts = job.attempts + extra;
-                job.run_at_ms = now_ms;
-                job.state = JobState::Queued;
+                self.requeue_dead(*id, now_ms);
                 Ok(vec![*id])
+            }
+            JobCommand::RetryDead { queue, max } => {
+                if *max == 0 || *max > 1_000 {
+                    return Err(JobError::INVALID);
+                }
+                if !self.queues.contains_key(queue) {
+                    return Err(JobError::NOT_FOUND);
+                }
+                let ids: Vec<JobId> = self
+                    .jobs
+                    .iter()
+                    .filter(|(_, job)| job.queue == *queue && job.state == JobState::Dead)
+                    .map(|(&id, _)| id)
+                    .take(*max as usize)
+                    .collect();
+                for &id in &ids {
+                    self.requeue_dead(id, now_ms);
+                }
+                Ok(ids)
             }
             JobCommand::IncrementCounter { .. } | JobCommand::DeleteCounter { .. } => {
                 unreachable!("counters are not part of these histories")
@@ -636,6 +661,7 @@ fn to_command(op: &Op, history: &History, jobs: &Jobs) -> Option<JobCommand> {
         }
         Op::Cancel { job } => JobCommand::Cancel { id: pick_job(history, *job) },
         Op::Retry { job } => JobCommand::Retry { id: pick_job(history, *job) },
+        Op::RetryDead { queue, max } => JobCommand::RetryDead { queue: QUEUES[*queue].into(), max: *max },
         Op::Advance { .. } => return None,
         Op::PutQueue { queue, config } => JobCommand::PutQueue { queue: QUEUES[*queue].into(), config: config.clone() },
         Op::PatchQueue { queue, patch } => {
@@ -691,6 +717,11 @@ fn run_history(configs: Vec<QueueConfig>, ops: Vec<Op>) -> Result<(), TestCaseEr
                         prop_assert_eq!(*jobs_removed as usize, expected_ids.len(), "{}", context);
                         history.deleted.extend(expected_ids);
                         expected_ids.clone()
+                    }
+                    JobResponse::RetriedDead { ids, dead_left, queue } => {
+                        let dead = model.jobs.values().filter(|job| job.queue == *queue && job.state == JobState::Dead);
+                        prop_assert_eq!(*dead_left as usize, dead.count(), "{}", context);
+                        ids.clone()
                     }
                     JobResponse::Queue(_) | JobResponse::Counter { .. } => vec![],
                 };
@@ -762,6 +793,11 @@ fn run_history(configs: Vec<QueueConfig>, ops: Vec<Op>) -> Result<(), TestCaseEr
         }
         if let (Some(JobCommand::Retry { id }), Some(Ok(_))) = (&command, &result) {
             history.terminal_entries.entry(*id).or_default().1 += 1;
+        }
+        if let Some(Ok(JobResponse::RetriedDead { ids, .. })) = &result {
+            for id in ids {
+                history.terminal_entries.entry(*id).or_default().1 += 1;
+            }
         }
         if let (Some(JobCommand::DeleteQueue { queue, .. }), Some(Ok(_))) = (&command, &result) {
             history.lease_times_ms.remove(queue);

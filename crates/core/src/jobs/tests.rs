@@ -1246,6 +1246,34 @@ fn retry_of_a_dead_job_requeues_it_with_fresh_attempts() {
 }
 
 #[test]
+fn retry_dead_requeues_a_queues_dead_jobs_oldest_first_in_rounds() {
+    let mut jobs = with_queue(QueueConfig { max_attempts: 1, backoff: Backoff { base_ms: 0, max_ms: 0 }, ..config() });
+    let ids: Vec<JobId> = (0..5).map(|_| submit(&mut jobs, 0, 0)).collect();
+    // Four die; the fifth stays queued.
+    for _ in 0..4 {
+        let leased = lease_one(&mut jobs, 0);
+        fail(&mut jobs, 0, leased.id, token(&leased)).unwrap();
+    }
+    assert_eq!(state(&jobs, ids[4]), JobState::Queued);
+    let round = |jobs: &mut Jobs, max: u32| match jobs.apply(10, &JobCommand::RetryDead { queue: Q.into(), max }) {
+        Ok(JobResponse::RetriedDead { ids, dead_left, .. }) => (ids, dead_left),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(round(&mut jobs, 3), (ids[..3].to_vec(), 1));
+    for &id in &ids[..3] {
+        let job = jobs.job(id).unwrap();
+        assert_eq!((job.state, job.attempts, job.max_attempts, job.finished_at_ms), (JobState::Queued, 1, 2, None));
+    }
+    assert_eq!(round(&mut jobs, 3), (vec![ids[3]], 0));
+    assert_eq!(round(&mut jobs, 3), (vec![], 0));
+    jobs.check_invariants();
+    // Bad input changes nothing.
+    assert_rejected_unchanged(&mut jobs, 0, JobCommand::RetryDead { queue: Q.into(), max: 0 }, JobError::INVALID);
+    assert_rejected_unchanged(&mut jobs, 0, JobCommand::RetryDead { queue: Q.into(), max: 1_001 }, JobError::INVALID);
+    assert_rejected_unchanged(&mut jobs, 0, JobCommand::RetryDead { queue: "nope".into(), max: 1 }, JobError::NOT_FOUND);
+}
+
+#[test]
 fn retry_of_a_job_that_is_not_dead_is_invalid_state() {
     let mut jobs = with_queue(config());
     let id = submit(&mut jobs, 0, 0);

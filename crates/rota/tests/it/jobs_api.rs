@@ -745,3 +745,54 @@ fn cli_json_output_is_the_servers_answer() {
         assert_eq!(printed.stdout.trim_end(), answered.text().trim_end(), "rota {}", command.join(" "));
     }
 }
+
+/// A dead-letter queue emptied from the command line: `rota queue retry` in rounds of up
+/// to 1,000 (`--max` stops early), and `job retry|cancel` with several ids, each refusal
+/// reported and the others done.
+#[test]
+fn jobs_a_queues_dead_jobs_are_retried_from_the_cli_and_several_jobs_at_once() {
+    const JOBS: usize = 2_500;
+    let server = Server::start(Kind::Rota);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let queue = api(&server, "PUT", "/v1/queues/dlq", Some(&json!({"max_attempts": 1})), None);
+    assert_eq!(queue.status(), 200, "{}", queue.text());
+    for chunk in 0..JOBS / 500 {
+        let jobs: Vec<Value> = (0..500).map(|n| json!({"payload": chunk * 500 + n})).collect();
+        let submitted = api(&server, "POST", "/v1/queues/dlq/jobs", Some(&json!({"jobs": jobs})), None);
+        assert_eq!(submitted.status(), 202, "{}", submitted.text());
+    }
+    // Leases that end at once: with one attempt each, every job is dead.
+    let mut leased = 0;
+    while leased < JOBS {
+        let lease = api(&server, "POST", "/v1/queues/dlq/lease", Some(&json!({"worker": "w", "max": 1000, "lease_ttl": "1ms"})), None);
+        leased += lease.json()["jobs"].as_array().map_or(0, Vec::len);
+    }
+    wait_until(Duration::from_secs(20), "every job dead", || {
+        let queue = try_get_queue(&server, "dlq")?;
+        (queue["counts"]["dead"] == json!(JOBS)).then_some(())
+    });
+
+    let first = rota(dir.path(), &args(&server, &["queue", "retry", "dlq", "--max", "1500"])).expect_success();
+    assert!(first.stdout.contains("queue dlq: 1500 dead jobs queued again; 1000 still dead"), "{first:?}");
+    let counts = try_get_queue(&server, "dlq").expect("queue")["counts"].clone();
+    assert_eq!((counts["queued"].as_u64(), counts["dead"].as_u64()), (Some(1500), Some(1000)), "{counts}");
+    // The oldest first.
+    let page = api(&server, "GET", "/v1/queues/dlq/jobs?state=dead&limit=1", None, None).json();
+    assert_eq!(page["jobs"][0]["payload"], json!(1500), "{page}");
+    let rest = rota(dir.path(), &args(&server, &["queue", "retry", "dlq", "-o", "json"])).expect_success();
+    assert_eq!(rest.json(), json!({"queue": "dlq", "retried": 1000, "dead": 0}), "{rest:?}");
+    let again = rota(dir.path(), &args(&server, &["queue", "retry", "dlq"])).expect_success();
+    assert!(again.stdout.contains("0 dead jobs queued again; 0 still dead"), "{again:?}");
+    let missing = rota(dir.path(), &args(&server, &["queue", "retry", "nope"]));
+    assert_eq!(missing.code(), 4, "{missing:?}");
+
+    // Several ids: one already cancelled is refused, the others are cancelled.
+    let ids: Vec<String> = (1..=3).map(|id| id.to_string()).collect();
+    rota(dir.path(), &args(&server, &["job", "cancel", &ids[0]])).expect_success();
+    let cancel = rota(dir.path(), &args(&server, &["job", "cancel", &ids[0], &ids[1], &ids[2], "-o", "json"]));
+    assert_eq!(cancel.code(), 4, "{cancel:?}");
+    assert!(cancel.stderr.contains("job 1: ") && cancel.stderr.contains("already cancelled"), "{cancel:?}");
+    let cancelled: Vec<Value> = cancel.stdout.lines().map(|line| serde_json::from_str(line).expect("json")).collect();
+    assert_eq!(cancelled.iter().map(|job| job["id"].clone()).collect::<Vec<_>>(), [json!(2), json!(3)]);
+    assert!(cancelled.iter().all(|job| job["state"] == "cancelled"), "{cancelled:?}");
+}

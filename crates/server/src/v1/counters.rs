@@ -47,8 +47,10 @@ pub(crate) async fn delete<B: Backend>(
     app: &Arc<App<B>>,
     call: &Call<'_>,
     name: &str,
+    request: Request<Body>,
 ) -> Result<Response<Body>, ApiError> {
     json::parse_query(call.query.as_deref(), &[])?;
+    json::read_no_fields(request, &app.body_budget).await?;
     json::check_name("name", name)?;
     propose_counter(app, call, JobCommand::DeleteCounter { name: name.to_owned() }).await
 }

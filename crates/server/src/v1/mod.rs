@@ -112,6 +112,8 @@ async fn route<B: Backend>(app: &Arc<App<B>>, request: Request<Body>, path: &str
             _ if get => jobs::list(app, &call, name).await,
             _ => Err(ApiError::method_not_allowed("GET, HEAD, POST")),
         },
+        ["queues", name, "retry"] if method == Method::POST => queues::retry_dead(app, &call, name, request).await,
+        ["queues", _, "retry"] => Err(ApiError::method_not_allowed("POST")),
         ["queues", name, "lease"] if method == Method::POST => lease::lease(app, &call, name, request).await,
         ["queues", _, "lease"] => Err(ApiError::method_not_allowed("POST")),
         ["jobs", id] => {
@@ -138,7 +140,7 @@ async fn route<B: Backend>(app: &Arc<App<B>>, request: Request<Body>, path: &str
         }
         ["counters", name] => match method {
             Method::POST => counters::increment(app, &call, name, request).await,
-            Method::DELETE => counters::delete(app, &call, name).await,
+            Method::DELETE => counters::delete(app, &call, name, request).await,
             _ if get => counters::get(app, &call, name).await,
             _ => Err(ApiError::method_not_allowed("DELETE, GET, HEAD, POST")),
         },

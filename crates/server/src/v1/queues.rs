@@ -254,6 +254,54 @@ pub(crate) async fn delete<B: Backend>(
     }
 }
 
+/// `POST /v1/queues/{q}/retry`: `{"max": n}` (1 to 1,000, default 1,000).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryDeadBody {
+    #[serde(default, deserialize_with = "json::not_null")]
+    max: Option<u32>,
+}
+
+/// `POST /v1/queues/{q}/retry`: up to `max` of the queue's dead jobs, oldest first, queued
+/// again (as `POST /v1/jobs/{id}/retry` each) in one command. Answers
+/// `{"queue", "retried": [ids], "dead": n}`, `dead` being how many are still dead: repeat
+/// until it is 0 to empty the dead letters.
+pub(crate) async fn retry_dead<B: Backend>(
+    app: &Arc<App<B>>,
+    call: &Call<'_>,
+    name: &str,
+    request: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    json::parse_query(call.query.as_deref(), &[])?;
+    let body = json::read_body(request, &app.body_budget).await?;
+    let body: RetryDeadBody = json::decode(&body)?;
+    json::check_name("queue", name)?;
+    let max = body.max.unwrap_or(core_limits::LIST_LIMIT_MAX as u32);
+    json::check_range("max", u64::from(max), 1, core_limits::LIST_LIMIT_MAX as u64)?;
+    let command = JobCommand::RetryDead { queue: name.to_owned(), max };
+    let outcome = match propose_once(app, call, command).await {
+        Ok(outcome) => outcome,
+        Err(response) => return Ok(response),
+    };
+    match outcome.response {
+        JobResponse::RetriedDead { queue, ids, dead_left } => {
+            let mut out = Vec::with_capacity(64 + queue.len() + ids.len() * 8);
+            out.extend_from_slice(b"{\"queue\":");
+            json::push_string(&mut out, &queue);
+            out.extend_from_slice(b",\"retried\":[");
+            for (at, id) in ids.iter().enumerate() {
+                if at > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(id.to_string().as_bytes());
+            }
+            out.extend_from_slice(format!("],\"dead\":{dead_left}}}\n").as_bytes());
+            Ok(reply(200, out, outcome.replayed))
+        }
+        other => Err(unexpected(&other)),
+    }
+}
+
 /// A state machine answer of the wrong kind for its command: a bug in this server, never
 /// the client's input, answered as a 500 rather than a panic.
 pub(crate) fn unexpected(response: &JobResponse) -> ApiError {

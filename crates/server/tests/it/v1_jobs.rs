@@ -258,6 +258,44 @@ async fn fail_records_the_error_and_schedules_a_retry_then_dead() {
     assert_error(&post(&app, &format!("/v1/jobs/{id}/retry"), json!({})).await, 409, "invalid_state", None);
 }
 
+/// `POST /v1/queues/{q}/retry` queues the dead letters again in rounds, oldest first.
+#[tokio::test]
+async fn a_queues_dead_jobs_are_retried_in_rounds() {
+    let app = app();
+    put_json(&app, "/v1/queues/q", json!({"max_attempts": 1})).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(submit(&app, "q", json!({})).await["id"].as_u64().expect("id"));
+    }
+    for _ in 0..3 {
+        let leased = lease(&app, "q", 1).await;
+        let (id, token) = (leased[0]["id"].as_u64().expect("id"), leased[0]["lease_token"].as_u64().expect("token"));
+        let reply = post(&app, &format!("/v1/jobs/{id}/fail"), json!({"lease_token": token})).await;
+        assert_eq!(reply.json()["state"], "dead", "{}", reply.body);
+    }
+    let reply = post(&app, "/v1/queues/q/retry", json!({"max": 2})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json(), json!({"queue": "q", "retried": [ids[0], ids[1]], "dead": 1}));
+    // No body: the default round (up to 1,000).
+    let reply = call(&app, "POST", "/v1/queues/q/retry", None, &[]).await;
+    assert_eq!(reply.json(), json!({"queue": "q", "retried": [ids[2]], "dead": 0}), "{}", reply.body);
+    let queue = get(&app, "/v1/queues/q").await.json();
+    assert_eq!((queue["counts"]["queued"].as_u64(), queue["counts"]["dead"].as_u64()), (Some(3), Some(0)));
+    let reply = post(&app, "/v1/queues/q/retry", json!({})).await;
+    assert_eq!(reply.json(), json!({"queue": "q", "retried": [], "dead": 0}));
+    // Bad input changes nothing.
+    let before = snapshot(&app);
+    assert_error(&post(&app, "/v1/queues/q/retry", json!({"max": 0})).await, 400, "invalid", Some("max"));
+    assert_error(&post(&app, "/v1/queues/q/retry", json!({"max": 1001})).await, 400, "invalid", Some("max"));
+    assert_error(&post(&app, "/v1/queues/q/retry", json!({"max": null})).await, 400, "invalid", Some("max"));
+    assert_error(&post(&app, "/v1/queues/q/retry", json!({"state": "dead"})).await, 400, "invalid", Some("state"));
+    assert_error(&post(&app, "/v1/queues/none/retry", json!({})).await, 404, "not_found", None);
+    let get_retry = get(&app, "/v1/queues/q/retry").await;
+    assert_error(&get_retry, 405, "method_not_allowed", None);
+    assert_eq!(get_retry.header("allow"), Some("POST"));
+    assert_eq!(snapshot(&app), before);
+}
+
 #[tokio::test]
 async fn fail_without_retry_is_dead_and_retry_after_schedules() {
     let app = app();
@@ -349,6 +387,9 @@ async fn counters_add_and_read_back() {
     assert_error(&post(&app, "/v1/counters/big", json!({"by": 1})).await, 422, "counter_overflow", Some("by"));
     assert_eq!(snapshot(&app), before);
 
+    // A body with fields is refused, as for the other DELETEs.
+    assert_error(&call(&app, "DELETE", "/v1/counters/hits", Some(r#"{"by": 1}"#), &[]).await, 400, "invalid", Some("by"));
+    assert_eq!(get(&app, "/v1/counters/hits").await.json()["value"], 7);
     let deleted = call(&app, "DELETE", "/v1/counters/hits", None, &[]).await;
     assert_eq!(deleted.status, 200);
     assert_eq!(deleted.json(), json!({"name": "hits", "value": 7}), "the value it had");
