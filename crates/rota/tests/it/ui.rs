@@ -342,6 +342,37 @@ fn ui_retry_and_cancel_buttons_change_the_jobs_in_chromium() {
         "document.querySelector('#job-table tr[data-job-id=\"{queued}\"]').dataset.state === 'cancelled'"
     ));
 
+    // A command's error in the list: its exit status and the last line of its stderr (a
+    // traceback's exception), not the tail's first line.
+    let lease = api(&server, "POST", &format!("/v1/queues/{QUEUE}/lease"), Some(&json!({"worker": "ui-test", "max": 1})), None);
+    let leased = &lease.json()["jobs"][0];
+    assert_eq!(leased["id"], json!(dead), "{}", lease.text());
+    let error = "exit status 1: Traceback (most recent call last):\n  File \"call.py\", line 3, in <module>\nValueError: bad <input>\n";
+    let fail = json!({"lease_token": leased["lease_token"], "error": error});
+    let failed = api(&server, "POST", &format!("/v1/jobs/{dead}/fail"), Some(&fail), None);
+    assert_eq!(failed.json()["state"], "dead", "{}", failed.text());
+    page.evaluate(&format!("location.hash = '#queue={QUEUE}&state=dead'"));
+    let cell = format!("#job-table tr[data-job-id=\"{dead}\"] td[data-field=\"last-error\"]");
+    page.wait_for(&format!(
+        "document.querySelector('{cell}') !== null && \
+         document.querySelector('{cell}').textContent === 'exit status 1: … ValueError: bad <input>'"
+    ));
+    // The queue's dead jobs, queued again with one button, after the page asked.
+    page.wait_for("!document.getElementById('jobs-retry-dead').hidden");
+    assert_eq!(page.evaluate("document.getElementById('jobs-retry-dead').textContent"), json!("Retry 1 dead"));
+    page.evaluate(
+        "window.confirm = (text) => { window.confirmed = text; return true; }; \
+         document.getElementById('jobs-retry-dead').click()",
+    );
+    wait_until(BROWSER_TIMEOUT, "the dead job queued again", || {
+        (get_job(&server, dead)["state"] == "queued").then_some(())
+    });
+    assert_eq!(page.evaluate("window.confirmed"), json!(format!("Queue the 1 dead jobs of {QUEUE} again?")));
+    page.wait_for(&format!(
+        "document.getElementById('notice').textContent === '1 dead jobs of {QUEUE} queued again.'"
+    ));
+    page.wait_for("document.getElementById('jobs-retry-dead').hidden");
+
     // An API error is shown with the error envelope's message, not swallowed.
     page.evaluate("location.hash = '#job=999999'");
     page.wait_for("document.querySelector('#errors li[data-source=\"job\"]') !== null");

@@ -348,6 +348,7 @@ function renderFact(name, value, tone) {
 // ---- queues ------------------------------------------------------------------------------
 
 let queueNames = [];
+const deadCounts = new Map(); // queue → dead jobs, from the last poll
 const lastSucceeded = new Map(); // queue → {count, atMs}
 const succeededPerSecond = new Map(); // queue → number, from the last two polls
 
@@ -366,6 +367,8 @@ async function refreshQueues() {
       lastSucceeded.set(queue.name, {count, atMs: nowMs});
     }
     queueNames = queues.map((queue) => queue.name);
+    deadCounts.clear();
+    for (const queue of queues) deadCounts.set(queue.name, queue.counts.dead);
     renderQueues(queues);
     renderQueueSelect();
   });
@@ -411,6 +414,9 @@ function renderQueueSelect() {
 async function refreshJobs() {
   const body = $('job-table').tBodies[0];
   $('job-state').value = view.state;
+  const dead = view.queue ? deadCounts.get(view.queue) || 0 : 0;
+  $('jobs-retry-dead').hidden = dead === 0;
+  $('jobs-retry-dead').textContent = `Retry ${dead} dead`;
   if (!view.queue) {
     body.replaceChildren();
     forgetRendered(body);
@@ -444,6 +450,17 @@ function lastError(job) {
   return list.length ? list[list.length - 1].error : '';
 }
 
+// A command's error is its exit status and its stderr's tail: shown as the status and the
+// last line (a traceback's exception), as `rota job ls` does, not the tail's first line.
+function briefError(text) {
+  const match = /^((?:exit status|killed by signal) \d+: )([\s\S]*)$/.exec(text);
+  if (match && match[2].trimEnd().includes('\n')) {
+    const lines = match[2].split('\n').map((line) => line.trim()).filter((line) => line !== '');
+    return `${match[1]}… ${lines[lines.length - 1]}`;
+  }
+  return text.replace(/\s*\n\s*/g, ' ');
+}
+
 function actionButtons(job) {
   const buttons = [];
   if (job.state === 'dead') {
@@ -464,7 +481,7 @@ function jobRow(job) {
     el('td', {class: 'mono'}, show(job.created_at)),
     el('td', {class: 'mono'}, show(job.run_at)),
     el('td', {}, show(job.worker)),
-    el('td', {}, truncate(lastError(job), CELL_CHARS_MAX)),
+    el('td', {'data-field': 'last-error'}, truncate(briefError(lastError(job)), CELL_CHARS_MAX)),
     el('td', {class: 'actions'}, ...actionButtons(job)));
 }
 
@@ -528,6 +545,29 @@ async function jobAction(action, id) {
     const job = await api(method, path);
     clearError('action');
     notice(`Job ${job.id} is now ${job.state}.`);
+  } catch (e) {
+    setError('action', e.message);
+  }
+  refresh();
+}
+
+// Queues the chosen queue's dead jobs again, in rounds of up to 1,000 (one command each),
+// as many as were dead at the first round.
+async function retryDead() {
+  const queue = view.queue;
+  const dead = deadCounts.get(queue) || 0;
+  if (!queue || !window.confirm(`Queue the ${dead} dead jobs of ${queue} again?`)) return;
+  try {
+    let retried = 0;
+    let bound = null;
+    for (;;) {
+      const answer = await api('POST', `/v1/queues/${seg(queue)}/retry`);
+      retried += answer.retried.length;
+      if (bound === null) bound = answer.retried.length + answer.dead;
+      if (answer.retried.length === 0 || answer.dead === 0 || retried >= bound) break;
+    }
+    clearError('action');
+    notice(`${retried} dead jobs of ${queue} queued again.`);
   } catch (e) {
     setError('action', e.message);
   }
@@ -662,6 +702,7 @@ function start() {
     if (next) navigate({after: next});
   });
   $('jobs-first').addEventListener('click', () => navigate({after: ''}));
+  $('jobs-retry-dead').addEventListener('click', retryDead);
   const openTyped = () => {
     const id = $('job-open-id').value.trim();
     if (/^\d+$/.test(id)) navigate({job: id});
