@@ -98,6 +98,10 @@ pub struct WorkerArgs {
     /// killed and their jobs released.
     #[arg(long, allow_hyphen_values = true, value_parser = parse_flag_duration, default_value = "30s")]
     pub grace: Duration,
+    /// Kill a command that runs longer than this and fail its attempt (retried as any
+    /// failure). Without it a command may run as long as its heartbeats keep the lease.
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
     /// This worker's name in leases (default: HOSTNAME/PID).
     #[arg(long)]
     pub worker_id: Option<String>,
@@ -135,6 +139,8 @@ struct Context {
     max_jobs: Option<u64>,
     /// The ttl leases ask for.
     lease_ttl: Duration,
+    /// `--timeout`: how long a command may run.
+    timeout: Option<Duration>,
     /// How long before the lease's end the supervisor kills the command ([`lease_margin`]).
     lease_margin: Duration,
     /// This process's pid, which each job supervisor checks is still its parent.
@@ -281,6 +287,7 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
         leased: AtomicU64::new(0),
         max_jobs: args.max_jobs,
         lease_ttl: Duration::ZERO,
+        timeout: args.timeout,
         lease_margin: Duration::ZERO,
         worker_pid: std::process::id(),
         start_error_marker: format!("rota job supervisor {}: ", idempotency_key()),
@@ -547,6 +554,15 @@ fn parse_flag_duration(text: &str) -> Result<Duration, String> {
     parse_duration(text)
 }
 
+/// `--timeout`: a positive duration.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_flag_duration(text)?;
+    if timeout.is_zero() {
+        return Err("a timeout must be longer than 0".to_string());
+    }
+    Ok(timeout)
+}
+
 /// `--lease-ttl`: within the server's bounds, so that a ttl it would refuse stops the worker
 /// before it starts rather than at its first lease.
 fn parse_lease_ttl(text: &str) -> Result<Duration, String> {
@@ -591,6 +607,8 @@ enum Ending {
 
     /// The grace period ended; the command was killed.
     Interrupted,
+    /// It ran past `--timeout`; the command was killed.
+    TimedOut,
     CannotStart(std::io::Error),
 }
 
@@ -694,6 +712,14 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
                 context.lease_margin,
                 renewed_tx,
             ));
+            let timeout = context.timeout;
+            let timed_out = async move {
+                match timeout {
+                    Some(timeout) => tokio::time::sleep(timeout).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(timed_out);
             let ending = loop {
                 tokio::select! {
                     status = child.wait() => break match status {
@@ -712,6 +738,11 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
                         kill_group(group);
                         let _ = child.wait().await;
                         break Ending::Interrupted;
+                    }
+                    () = &mut timed_out => {
+                        kill_group(group);
+                        let _ = child.wait().await;
+                        break Ending::TimedOut;
                     }
                     Ok(()) = renewed.changed() => {
                         // `child.id()` is `None` once reaped: a reused pid is never signalled.
@@ -814,6 +845,11 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
             } else {
                 failure_text(&describe_status(status), &stderr.bytes)
             };
+            report_failure(context, &job, token, error, &took).await;
+        }
+        Ending::TimedOut => {
+            let limit = duration_for_people(context.timeout.unwrap_or_default());
+            let error = failure_text(&format!("timed out: killed after {limit} (--timeout)"), &stderr.bytes);
             report_failure(context, &job, token, error, &took).await;
         }
         Ending::CannotStart(error) => {

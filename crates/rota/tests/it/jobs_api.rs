@@ -796,3 +796,47 @@ fn jobs_a_queues_dead_jobs_are_retried_from_the_cli_and_several_jobs_at_once() {
     assert_eq!(cancelled.iter().map(|job| job["id"].clone()).collect::<Vec<_>>(), [json!(2), json!(3)]);
     assert!(cancelled.iter().all(|job| job["state"] == "cancelled"), "{cancelled:?}");
 }
+
+/// `rota worker --timeout`: a command running longer is killed (its whole process group)
+/// and its attempt fails with what it wrote to stderr, although its heartbeats kept the
+/// lease; a lease ttl alone is no run timeout.
+#[test]
+fn jobs_a_worker_kills_a_command_past_its_timeout_and_fails_the_attempt() {
+    let server = Server::start(Kind::Rota);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let queue = api(&server, "PUT", "/v1/queues/slow", Some(&json!({"max_attempts": 1, "lease_ttl": "1s"})), None);
+    assert_eq!(queue.status(), 200, "{}", queue.text());
+    let marker = dir.path().join("still-running");
+    let slow = script(
+        dir.path(),
+        "slow.sh",
+        &format!(
+            "cat > /dev/null\necho 'calling the API' >&2\n(sleep 3; touch {}) &\nsleep 30\n",
+            marker.display()
+        ),
+    );
+    let mut worker_args = args(&server, &["worker", "--queue", "slow", "--max-jobs", "1", "--timeout", "2s", "--poll-wait", "1s"]);
+    worker_args.extend(["--".into(), slow.display().to_string()]);
+    let mut worker = Proc::spawn(dir.path(), "timeout-worker", &worker_args, &[]);
+    let submitted = api(&server, "POST", "/v1/queues/slow/jobs", Some(&json!({"payload": 1})), None);
+    let id = submitted.json()["id"].as_u64().expect("id");
+    let started = std::time::Instant::now();
+    let done = api(&server, "GET", &format!("/v1/jobs/{id}?wait=30s"), None, None).json();
+    assert_eq!(done["state"], "dead", "{done}");
+    // Past the lease ttl (heartbeats kept it), ended by the timeout.
+    assert!(started.elapsed() >= Duration::from_millis(2_000), "{:?}", started.elapsed());
+    assert_eq!(
+        done["errors"][0]["error"],
+        json!("timed out: killed after 2s (--timeout): calling the API"),
+        "{done}"
+    );
+    assert!(worker.wait_exit(Duration::from_secs(30)).success(), "{}", worker.stderr());
+    assert!(worker.stderr().contains("timed out"), "{}", worker.stderr());
+    // The background process of its group died with it.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!marker.exists(), "a process of the command's group outlived the timeout");
+
+    let zero = rota(dir.path(), &args(&server, &["worker", "--queue", "slow", "--timeout", "0s", "--", "true"]));
+    assert_eq!(zero.code(), 2, "{zero:?}");
+    assert!(zero.stderr.contains("a timeout must be longer than 0"), "{zero:?}");
+}
