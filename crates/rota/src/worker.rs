@@ -352,6 +352,7 @@ async fn lease_loop(context: &Arc<Context>, args: &WorkerArgs, lease_ttl: Durati
     let mut phase = context.phase.clone();
     let mut code = ExitCode::SUCCESS;
     let mut unanswered: Option<(String, LeaseRequest)> = None;
+    let mut said_paused = false;
     loop {
         // Reap finished tasks as we go so the set stays bounded by the concurrency.
         while tasks.try_join_next().is_some() {}
@@ -418,6 +419,21 @@ async fn lease_loop(context: &Arc<Context>, args: &WorkerArgs, lease_ttl: Durati
         context.give_back(budget.saturating_sub(got));
         match leased {
             Ok(leased) => {
+                // A paused queue leases nothing: said once, so an idle worker is explained.
+                let paused = leased.jobs.is_empty()
+                    && leased.extra.get("blocked").and_then(|blocked| blocked.get("reason")).and_then(serde_json::Value::as_str)
+                        == Some("paused");
+                if paused != said_paused {
+                    said_paused = paused;
+                    if paused {
+                        context.log(format_args!(
+                            "queue {} is paused: waiting until it is resumed (rota queue set {} --resume)",
+                            context.queue, context.queue
+                        ));
+                    } else {
+                        context.log(format_args!("queue {} is no longer paused", context.queue));
+                    }
+                }
                 for job in leased.jobs {
                     let context = Arc::clone(context);
                     if *phase.borrow() == Phase::Running {

@@ -840,3 +840,28 @@ fn jobs_a_worker_kills_a_command_past_its_timeout_and_fails_the_attempt() {
     assert_eq!(zero.code(), 2, "{zero:?}");
     assert!(zero.stderr.contains("a timeout must be longer than 0"), "{zero:?}");
 }
+
+/// A worker on a paused queue says so once (an idle worker is explained), and that the
+/// queue was resumed when it leases again.
+#[test]
+fn jobs_a_worker_says_when_its_queue_is_paused_and_resumed() {
+    let server = Server::start(Kind::Rota);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let queue = api(&server, "PUT", "/v1/queues/held", Some(&json!({"paused": true})), None);
+    assert_eq!(queue.status(), 200, "{}", queue.text());
+    let submitted = api(&server, "POST", "/v1/queues/held/jobs", Some(&json!({"payload": 1})), None);
+    let id = submitted.json()["id"].as_u64().expect("id");
+    let mut worker_args = args(&server, &["worker", "--queue", "held", "--max-jobs", "1", "--poll-wait", "200ms"]);
+    worker_args.extend(["--".into(), "cat".into()]);
+    let mut worker = Proc::spawn(dir.path(), "paused-worker", &worker_args, &[]);
+    wait_until(Duration::from_secs(20), "the worker saying the queue is paused", || {
+        worker.stderr().contains("queue held is paused: waiting until it is resumed").then_some(())
+    });
+    rota(dir.path(), &args(&server, &["queue", "set", "held", "--resume"])).expect_success();
+    let done = api(&server, "GET", &format!("/v1/jobs/{id}?wait=30s"), None, None).json();
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(worker.wait_exit(Duration::from_secs(30)).success(), "{}", worker.stderr());
+    let log = worker.stderr();
+    assert_eq!(log.matches("is paused").count(), 1, "said once: {log}");
+    assert!(log.contains("queue held is no longer paused"), "{log}");
+}
