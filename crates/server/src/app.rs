@@ -438,7 +438,13 @@ impl<B: Backend> App<B> {
         let (etcd_index, queues, idempotency) = self.backend.read(|state| {
             let now_ms = unix_now_ms().max(state.time_ms());
             let queues = state.jobs.queues(now_ms);
-            let queues = queues.into_iter().map(|queue| (queue.name, queue.counts));
+            let queues = queues.into_iter().map(|queue| crate::metrics::QueueSample {
+                paused: queue.config.paused,
+                name: queue.name,
+                counts: queue.counts,
+                leases_held: queue.leases_held,
+                rate_tokens: queue.rate_tokens,
+            });
             (state.v2.index(), queues.collect(), state.idempotency_stats())
         });
         self.backend.refresh_metrics();

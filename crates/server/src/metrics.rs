@@ -34,7 +34,13 @@ pub enum Route {
     V1Queues,
     V1Submit,
     V1Lease,
+    V1RetryDead,
     V1Jobs,
+    V1Heartbeat,
+    V1Complete,
+    V1Fail,
+    V1Release,
+    V1Retry,
     V1Counters,
     V1Watch,
     Ui,
@@ -49,7 +55,13 @@ impl Route {
         match (parts.next(), parts.nth(1)) {
             (Some("queues"), Some("lease")) => Route::V1Lease,
             (Some("queues"), Some("jobs")) => Route::V1Submit,
+            (Some("queues"), Some("retry")) => Route::V1RetryDead,
             (Some("queues"), _) => Route::V1Queues,
+            (Some("jobs"), Some("heartbeat")) => Route::V1Heartbeat,
+            (Some("jobs"), Some("complete")) => Route::V1Complete,
+            (Some("jobs"), Some("fail")) => Route::V1Fail,
+            (Some("jobs"), Some("release")) => Route::V1Release,
+            (Some("jobs"), Some("retry")) => Route::V1Retry,
             (Some("jobs"), _) => Route::V1Jobs,
             (Some("counters"), _) => Route::V1Counters,
             (Some("watch"), _) => Route::V1Watch,
@@ -70,7 +82,13 @@ impl Route {
             Route::V1Queues => "/v1/queues",
             Route::V1Submit => "/v1/queues/{q}/jobs",
             Route::V1Lease => "/v1/queues/{q}/lease",
+            Route::V1RetryDead => "/v1/queues/{q}/retry",
             Route::V1Jobs => "/v1/jobs",
+            Route::V1Heartbeat => "/v1/jobs/{id}/heartbeat",
+            Route::V1Complete => "/v1/jobs/{id}/complete",
+            Route::V1Fail => "/v1/jobs/{id}/fail",
+            Route::V1Release => "/v1/jobs/{id}/release",
+            Route::V1Retry => "/v1/jobs/{id}/retry",
             Route::V1Counters => "/v1/counters",
             Route::V1Watch => "/v1/watch",
             Route::Ui => "/ui",
@@ -102,6 +120,11 @@ struct QueueStateLabels {
     state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: String,
+}
+
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -111,9 +134,22 @@ pub struct Metrics {
     etcd_index: Gauge,
     watchers: Gauge,
     queue_jobs: Family<QueueStateLabels, Gauge>,
+    queue_leases_held: Family<QueueLabels, Gauge>,
+    queue_paused: Family<QueueLabels, Gauge>,
+    queue_rate_tokens: Family<QueueLabels, Gauge>,
     idempotency_records: Gauge,
     idempotency_bytes: Gauge,
     idempotency_evicted: Counter,
+}
+
+/// One queue's numbers at scrape time.
+#[derive(Clone, Debug, Default)]
+pub struct QueueSample {
+    pub name: String,
+    pub counts: JobCounts,
+    pub leases_held: u64,
+    pub paused: bool,
+    pub rate_tokens: Option<u64>,
 }
 
 /// Store numbers, read at scrape time.
@@ -121,8 +157,9 @@ pub struct Metrics {
 pub struct NodeSample {
     pub etcd_index: u64,
     pub watchers: usize,
-    /// Every queue with its jobs per state.
-    pub queues: Vec<(String, JobCounts)>,
+    /// Every queue: its jobs per state, the leases it holds, whether it is paused and its
+    /// rate tokens (`None` without a rate).
+    pub queues: Vec<QueueSample>,
     /// The idempotency table: records, approximate bytes, records dropped before their
     /// expiry since the process started.
     pub idempotency: (usize, usize, u64),
@@ -171,6 +208,20 @@ impl Metrics {
             "Jobs in each queue by state (queued and scheduled are the queue's depth)",
             queue_jobs.clone(),
         );
+        let queue_leases_held = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "rota_queue_leases_held",
+            "Concurrency slots each queue's leases take (leased jobs, and jobs cancelled while leased until their workers let go)",
+            queue_leases_held.clone(),
+        );
+        let queue_paused = Family::<QueueLabels, Gauge>::default();
+        registry.register("rota_queue_paused", "1 while a queue is paused (it leases nothing)", queue_paused.clone());
+        let queue_rate_tokens = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "rota_queue_rate_tokens",
+            "Whole rate-limit tokens each queue with a rate has now (0: leases wait for the next)",
+            queue_rate_tokens.clone(),
+        );
         let idempotency_records = gauge(
             &mut registry,
             "rota_idempotency_records",
@@ -205,6 +256,9 @@ impl Metrics {
             etcd_index,
             watchers,
             queue_jobs,
+            queue_leases_held,
+            queue_paused,
+            queue_rate_tokens,
             idempotency_records,
             idempotency_bytes,
             idempotency_evicted,
@@ -264,7 +318,16 @@ impl Metrics {
         }
         // Rebuilt on every scrape, so a deleted queue's series go away.
         self.queue_jobs.clear();
-        for (queue, counts) in sample.queues {
+        self.queue_leases_held.clear();
+        self.queue_paused.clear();
+        self.queue_rate_tokens.clear();
+        for QueueSample { name: queue, counts, leases_held, paused, rate_tokens } in sample.queues {
+            let labels = QueueLabels { queue: queue.clone() };
+            self.queue_leases_held.get_or_create(&labels).set(as_i64(leases_held));
+            self.queue_paused.get_or_create(&labels).set(i64::from(paused));
+            if let Some(tokens) = rate_tokens {
+                self.queue_rate_tokens.get_or_create(&labels).set(as_i64(tokens));
+            }
             let states = [
                 ("scheduled", counts.scheduled),
                 ("queued", counts.queued),
@@ -417,7 +480,14 @@ mod tests {
         assert_eq!(Route::of_v1_path("/v1/queues/api"), Route::V1Queues);
         assert_eq!(Route::of_v1_path("/v1/queues/api/jobs"), Route::V1Submit);
         assert_eq!(Route::of_v1_path("/v1/queues/api/lease"), Route::V1Lease);
-        assert_eq!(Route::of_v1_path("/v1/jobs/17/complete"), Route::V1Jobs);
+        assert_eq!(Route::of_v1_path("/v1/queues/api/retry"), Route::V1RetryDead);
+        assert_eq!(Route::of_v1_path("/v1/jobs/17"), Route::V1Jobs);
+        assert_eq!(Route::of_v1_path("/v1/jobs/17/complete"), Route::V1Complete);
+        assert_eq!(Route::of_v1_path("/v1/jobs/17/heartbeat"), Route::V1Heartbeat);
+        assert_eq!(Route::of_v1_path("/v1/jobs/17/fail"), Route::V1Fail);
+        assert_eq!(Route::of_v1_path("/v1/jobs/17/release"), Route::V1Release);
+        assert_eq!(Route::of_v1_path("/v1/jobs/17/retry"), Route::V1Retry);
+        assert_eq!(Route::of_v1_path("/v1/jobs/17/explode"), Route::V1Jobs);
         assert_eq!(Route::of_v1_path("/v1/counters/hits"), Route::V1Counters);
         assert_eq!(Route::of_v1_path("/v1/watch"), Route::V1Watch);
         assert_eq!(Route::of_v1_path("/v1/nope"), Route::Other);

@@ -162,7 +162,18 @@ async fn metrics_count_each_queues_jobs_by_state() {
         r#"rota_queue_jobs{queue="api",state="queued"} 1"#,
         r#"rota_queue_jobs{queue="api",state="leased"} 1"#,
         r#"rota_queue_jobs{queue="api",state="dead"} 0"#,
+        r#"rota_queue_leases_held{queue="api"} 1"#,
+        r#"rota_queue_paused{queue="api"} 0"#,
+        r#"route="/v1/queues/{q}/lease""#,
     ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    // No rate, no tokens; a paused queue with a rate shows both.
+    assert!(!metrics.contains(r#"rota_queue_rate_tokens{queue="api"}"#), "{metrics}");
+    let put = crate::v1_support::call(&app, "PUT", "/v1/queues/slow", Some(r#"{"paused": true, "rate": {"limit": 3, "per": "1m"}}"#), &[]).await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    let metrics = get(&app, "/metrics").await.body;
+    for line in [r#"rota_queue_paused{queue="slow"} 1"#, r#"rota_queue_rate_tokens{queue="slow"} 3"#] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
     // A deleted queue's series go with it (a queue with a leased job cannot be deleted).
@@ -173,7 +184,10 @@ async fn metrics_count_each_queues_jobs_by_state() {
     let deleted = crate::v1_support::call(&app, "DELETE", "/v1/queues/api?force=true", None, &[]).await;
     assert_eq!(deleted.status, 200, "{}", deleted.body);
     let metrics = get(&app, "/metrics").await.body;
-    assert!(!metrics.contains("rota_queue_jobs{"), "{metrics}");
+    assert!(!metrics.contains(r#"rota_queue_jobs{queue="api""#), "{metrics}");
+    assert!(!metrics.contains(r#"rota_queue_leases_held{queue="api"}"#), "{metrics}");
+    // Each job call is counted under its own route.
+    assert!(metrics.contains(r#"route="/v1/jobs/{id}/release""#), "{metrics}");
 }
 
 #[tokio::test]
