@@ -104,6 +104,14 @@ impl State {
         &self.config
     }
 
+    /// The events kept for `waitIndex` watches, from this node's configuration: a state
+    /// loaded from a snapshot carries the size it was written with, which a restart with
+    /// another `--max-history` changes (it answers only this node's watches).
+    pub fn set_v2_history_max(&mut self, history_max: usize) {
+        self.config.v2_history_max = history_max;
+        self.v2.set_history_max(history_max);
+    }
+
     /// The time of the latest applied entry (Unix ms).
     pub fn time_ms(&self) -> u64 {
         self.time_ms

@@ -58,6 +58,8 @@ pub(crate) struct StateMachineStore {
     /// Distinguishes snapshots built at the same log id.
     snapshot_builds: u64,
     metrics: RaftMetrics,
+    /// This node's `--max-history`, given to every state loaded from a snapshot.
+    history_max: usize,
 }
 
 impl StateMachineStore {
@@ -67,12 +69,14 @@ impl StateMachineStore {
         core_config: rota_core::Config,
         metrics: RaftMetrics,
     ) -> Result<(StateMachineStore, Arc<SharedState>), SnapshotFileError> {
+        let history_max = core_config.v2_history_max;
         let (state, last_applied, last_membership) = match snapshots.load_latest()? {
             Some(image) => {
-                let state = image.state().map_err(|reason| SnapshotFileError::Corrupt {
+                let mut state = image.state().map_err(|reason| SnapshotFileError::Corrupt {
                     path: snapshots.path().to_path_buf(),
                     reason,
                 })?;
+                state.set_v2_history_max(history_max);
                 metrics.snapshot_bytes.set(image.bytes.len() as i64);
                 metrics
                     .snapshot_index
@@ -90,6 +94,7 @@ impl StateMachineStore {
             snapshots: snapshots.clone(),
         });
         let store = StateMachineStore {
+            history_max,
             shared: shared.clone(),
             last_applied,
             last_membership,
@@ -241,9 +246,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 "received snapshot's metadata differs from the announced one",
             ));
         }
-        let state = image
+        let mut state = image
             .state()
             .map_err(|reason| snapshot_error(Some(meta), ErrorVerb::Write, reason))?;
+        // The leader's history size is its own flag's; this node keeps its own.
+        state.set_v2_history_max(self.history_max);
         let snapshots = self.snapshots.clone();
         let image_bytes = image.bytes.len();
         tokio::task::spawn_blocking(move || store_when_space(&snapshots, &image))

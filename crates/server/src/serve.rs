@@ -222,7 +222,7 @@ async fn accept_loop<B: Backend>(
                     Ok::<_, Infallible>(app.handle_from(peer.ip(), request).await)
                 }
             });
-            let stream = crate::write_stall::WriteStall::new(stream, limits::WRITE_STALL_TIMEOUT);
+            let stream = crate::write_stall::WriteStall::for_socket(stream, limits::WRITE_STALL_TIMEOUT, socket.0);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             let mut shedding = false;

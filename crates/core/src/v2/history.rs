@@ -142,6 +142,16 @@ impl EventHistory {
         debug_assert!(self.entries.len() <= self.window_max.saturating_add(self.slack_entries_max()));
     }
 
+    /// A new window size (a node restarted with another `--max-history`): a larger one
+    /// takes effect as events come (the kept ones count at once), a smaller one drops what
+    /// is past it and its slack now.
+    pub fn set_window_max(&mut self, window_max: usize) {
+        self.window_max = window_max.max(1);
+        let entries = &self.entries;
+        self.slack_bytes = entries.iter().take(entries.len().saturating_sub(self.window_max)).map(entry_bytes).sum();
+        self.trim();
+    }
+
     fn slack_entries_max(&self) -> usize {
         self.window_max.max(SLACK_ENTRIES_MIN)
     }

@@ -74,6 +74,12 @@ impl Store {
         self.history_max
     }
 
+    /// Keeps `history_max` events from now on (see [`EventHistory::set_window_max`]).
+    pub fn set_history_max(&mut self, history_max: usize) {
+        self.history_max = history_max;
+        self.history.set_window_max(history_max);
+    }
+
     /// The mutation counters of `/v2/stats/store`.
     pub fn stats(&self) -> StoreStats {
         self.stats

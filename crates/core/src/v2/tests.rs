@@ -760,6 +760,22 @@ fn recursive_live_watch_skips_hidden_keys() {
 }
 
 #[test]
+fn a_new_history_size_applies_to_the_kept_events_at_once() {
+    let mut store = Store::new(5);
+    for n in 0..20 {
+        ok(&mut store, put(&format!("/k{n}"), "v"));
+    }
+    let index = store.index();
+    assert!(store.watch("/", true, index - 5, false).is_err(), "window of 5");
+    store.set_history_max(10);
+    assert!(store.watch("/", true, index - 9, false).is_ok(), "the kept events count at once");
+    assert!(store.watch("/", true, index - 10, false).is_err());
+    store.set_history_max(3);
+    assert!(store.watch("/", true, index - 3, false).is_err(), "shrunk");
+    assert!(store.watch("/", true, index - 2, false).is_ok());
+}
+
+#[test]
 fn history_window_is_exactly_history_max_events() {
     // etcd: with C = 2307, waitIndex 1307 fails and 1308 works.
     let mut s = store();

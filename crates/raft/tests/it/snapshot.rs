@@ -146,3 +146,39 @@ async fn the_log_kept_behind_a_snapshot_is_bounded_in_bytes() {
     assert!(status.purged_index <= snapshot_index, "purged past the snapshot: {status:?}");
     node.shutdown().await;
 }
+
+/// `--max-history` is the node's own setting: a node restarted from a snapshot with another
+/// one keeps that many events (the snapshot carried the size it was written with, and the
+/// restarted node kept it).
+#[tokio::test]
+async fn a_restart_from_a_snapshot_keeps_the_history_size_it_is_given() {
+    use rota_core::v2::{SetCommand, V2Command};
+    let temp = tempfile::tempdir().expect("tempdir");
+    let mut config = config(temp.path());
+    config.snapshot_entries = 8;
+    config.core.v2_history_max = 5;
+    let set = |n: u64| {
+        rota_core::Command::V2(V2Command::Set(SetCommand { key: format!("/h/{n}"), value: "v".into(), ..SetCommand::default() }))
+    };
+    let node = start(config.clone()).await;
+    for n in 0..40 {
+        propose_ok(&node, set(n)).await;
+    }
+    propose_until(&node, 40, |status| status.snapshot_index >= 32).await;
+    node.shutdown().await;
+
+    config.core.v2_history_max = 100;
+    let node = start(config).await;
+    for n in 40..200 {
+        propose_ok(&node, set(n)).await;
+    }
+    let (index, history_max, watched) = node.read(|state| {
+        let index = state.v2.index();
+        (index, state.v2.history_max(), state.v2.watch("/h", true, index - 99, false).is_ok())
+    });
+    assert_eq!(history_max, 100);
+    assert!(watched, "an index 100 events back is in the history at index {index}");
+    let cleared = node.read(|state| state.v2.watch("/h", true, index - 100, false).is_err());
+    assert!(cleared, "an index 101 events back is not");
+    node.shutdown().await;
+}

@@ -145,13 +145,20 @@ async fn route<B: Backend>(app: &Arc<App<B>>, request: Request<Body>, path: &str
             _ => Err(ApiError::method_not_allowed("DELETE, GET, HEAD, POST")),
         },
         ["watch"] if get => {
-            // EventSource's reconnection: the `id:` of the last event it got (a key event's
-            // etcd index).
-            let last_event_id = request
-                .headers()
-                .get("last-event-id")
-                .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok());
-            sse::watch(app, &call, last_event_id).await
+            // EventSource's reconnection: the `id:` of the last event it got (an etcd index:
+            // a key event's, or how far the stream had looked).
+            let last_event_id = match request.headers().get("last-event-id") {
+                None => None,
+                Some(value) => match value.to_str().map(str::trim) {
+                    Ok("") => None,
+                    Ok(text) => Some(text.parse::<u64>().map_err(|_| {
+                        ApiError::invalid("Last-Event-ID", format!("Last-Event-ID is an index this stream sent, got {text:?}"))
+                    })?),
+                    Err(_) => return Err(ApiError::invalid("Last-Event-ID", "Last-Event-ID is not text")),
+                },
+            };
+            let socket = request.extensions().get::<crate::client_gone::ClientSocket>().copied();
+            sse::watch(app, &call, last_event_id, socket).await
         }
         ["watch"] => Err(ApiError::method_not_allowed("GET, HEAD")),
         _ => Err(ApiError::not_found(format!("no such endpoint: {path}"))),

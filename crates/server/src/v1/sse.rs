@@ -8,9 +8,17 @@
 //! one job may show as one. A stream that falls behind the log's bound says so in a comment
 //! and continues with the oldest kept change.
 //!
+//! Resuming: each key event carries its etcd index as its SSE `id`, and a stream with keys
+//! also sends an `id` alone (no event) when it opens, on keep-alives and every
+//! [`ID_EVERY_INDEXES`] indexes it has looked past, saying how far it has looked. An
+//! EventSource that reconnects sends the last `id` back (`Last-Event-ID`), which wins over
+//! the URL's `since` (the URL it reconnects to is the one it was opened with), so it resumes
+//! where it stopped even before any event under its prefix, and without falling out of the
+//! history while its prefix is quiet and the store busy.
+//!
 //! A stream holds a slot of the server's watcher bound (shared with `/v2/keys` watches),
 //! ends on shutdown, and releases everything when the client goes away (all it holds lives
-//! in its body stream).
+//! in its body stream), noticed at once from its socket, as a `/v2/keys` watch does.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -29,6 +37,10 @@ use super::{ApiError, Call};
 use crate::app::App;
 use crate::backend::{Applied, Backend};
 use crate::watch::WatcherGuard;
+
+/// A stream with keys sends how far it has looked (an `id` alone) at least this often, in
+/// etcd indexes, besides on opening and on keep-alives.
+const ID_EVERY_INDEXES: u64 = 100;
 
 /// Which job events a stream wants.
 enum JobFilter {
@@ -54,6 +66,9 @@ struct Stream<B: Backend> {
     applied: tokio::sync::watch::Receiver<Applied>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     keepalive: tokio::time::Interval,
+    /// The last `id` sent; `None` before the first.
+    id_sent: Option<u64>,
+    client_gone: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     _watcher: WatcherGuard,
     _gauge: OwnedGaugeGuard,
 }
@@ -66,17 +81,19 @@ impl Drop for OwnedGaugeGuard {
     }
 }
 
-/// `last_event_id`: the `Last-Event-ID` header of a reconnecting EventSource; without
-/// `since`, the stream resumes after that key event.
+/// `last_event_id`: the `Last-Event-ID` header of a reconnecting EventSource: the stream
+/// resumes after that index, whatever the URL's `since` says.
 pub(crate) async fn watch<B: Backend>(
     app: &Arc<App<B>>,
     call: &Call<'_>,
     last_event_id: Option<u64>,
+    client: Option<crate::client_gone::ClientSocket>,
 ) -> Result<Response<Body>, ApiError> {
     let params = json::parse_query(call.query.as_deref(), &["prefix", "since"])?;
-    let since = match json::query_u64(&params, "since")? {
-        Some(since) => since,
-        None => last_event_id.map_or(0, |id| id.saturating_add(1)),
+    let since = json::query_u64(&params, "since")?;
+    let since = match last_event_id {
+        Some(id) => id.saturating_add(1),
+        None => since.unwrap_or(0),
     };
     let prefix = json::query_value(&params, "prefix");
     let (key, jobs) = match prefix {
@@ -120,6 +137,8 @@ pub(crate) async fn watch<B: Backend>(
         applied,
         shutdown: app.shutdown.subscribe(),
         keepalive,
+        id_sent: None,
+        client_gone: crate::client_gone::gone(client),
         _watcher: watcher,
         _gauge: OwnedGaugeGuard(app.v1.metrics.watch_streams.clone()),
     };
@@ -139,6 +158,12 @@ fn chunk(text: String) -> Result<Bytes, Infallible> {
 async fn next_chunk<B: Backend>(mut stream: Stream<B>) -> Option<(Result<Bytes, Infallible>, Stream<B>)> {
     loop {
         if let Some(key) = &stream.key {
+            // How far the stream has looked, first thing and then every so many indexes.
+            let looked = stream.since_index.saturating_sub(1);
+            if stream.id_sent.is_none_or(|sent| looked >= sent.saturating_add(ID_EVERY_INDEXES)) {
+                stream.id_sent = Some(looked);
+                return Some((chunk(format!("id: {looked}\n\n")), stream));
+            }
             if stream.first.is_some() || stream.keys_to_scan {
                 stream.keys_to_scan = false;
                 let lookup = match stream.first.take() {
@@ -151,13 +176,18 @@ async fn next_chunk<B: Backend>(mut stream: Stream<B>) -> Option<(Result<Bytes, 
                 match lookup {
                     Ok(WatchLookup::Found(event)) => {
                         stream.since_index = event.etcd_index + 1;
+                        stream.id_sent = Some(event.etcd_index);
                         // More may be waiting in the history: scan again before sleeping.
                         stream.keys_to_scan = true;
                         let data = render_json(&event);
                         let text = format!("id: {}\nevent: key\ndata: {}\n\n", event.etcd_index, data.trim_end());
                         return Some((chunk(text), stream));
                     }
-                    Ok(WatchLookup::Pending { index }) => stream.since_index = stream.since_index.max(index + 1),
+                    Ok(WatchLookup::Pending { index }) => {
+                        stream.since_index = stream.since_index.max(index + 1);
+                        // Back to the top: an `id` may be due (`keys_to_scan` is false now).
+                        continue;
+                    }
                     Err(error) => {
                         // Fell out of the history window: say so and end; the client
                         // re-watches from a fresh index.
@@ -180,13 +210,15 @@ async fn next_chunk<B: Backend>(mut stream: Stream<B>) -> Option<(Result<Bytes, 
             stream.job_seq = read_up_to;
             stream.pending_jobs.extend(events);
             if missed {
-                return Some((chunk(": lagged, some job changes were not kept\n\n".to_owned()), stream));
+                // An event, not a comment: EventSource and most SSE libraries drop comments.
+                let text = "event: lagged\ndata: {\"message\":\"some job changes were not kept; list the jobs again\"}\n\n";
+                return Some((chunk(text.to_owned()), stream));
             }
             if !stream.pending_jobs.is_empty() {
                 continue;
             }
         }
-        let Stream { applied, shutdown, keepalive, since_index, keys_to_scan, .. } = &mut stream;
+        let Stream { applied, shutdown, keepalive, since_index, keys_to_scan, client_gone, .. } = &mut stream;
         tokio::select! {
             changed = applied.changed() => {
                 if changed.is_err() {
@@ -196,8 +228,20 @@ async fn next_chunk<B: Backend>(mut stream: Stream<B>) -> Option<(Result<Bytes, 
                     *keys_to_scan = true;
                 }
             }
-            _ = keepalive.tick() => return Some((chunk(": keepalive\n\n".to_owned()), stream)),
+            _ = keepalive.tick() => {
+                // With how far the stream has looked, if that moved since the last `id`.
+                let looked = stream.since_index.saturating_sub(1);
+                let text = match stream.key.is_some() && stream.id_sent != Some(looked) {
+                    true => {
+                        stream.id_sent = Some(looked);
+                        format!(": keepalive\nid: {looked}\n\n")
+                    }
+                    false => ": keepalive\n\n".to_owned(),
+                };
+                return Some((chunk(text), stream));
+            }
             () = async { let _ = shutdown.wait_for(|stopping| *stopping).await; } => return None,
+            () = client_gone.as_mut() => return None,
         }
     }
 }

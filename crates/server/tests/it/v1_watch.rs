@@ -72,7 +72,8 @@ async fn since_replays_key_history_and_a_cleared_index_is_400() {
 }
 
 /// An EventSource that reconnects sends the `id:` of the last event it got; the stream
-/// resumes after it (with `since`, `since` wins).
+/// resumes after it, whatever `since` the URL it reconnects to has (`since=0` too): the URL
+/// is the one it was opened with.
 #[tokio::test]
 async fn a_reconnecting_event_source_resumes_after_its_last_event_id() {
     let app = app();
@@ -80,12 +81,43 @@ async fn a_reconnecting_event_source_resumes_after_its_last_event_id() {
     let seen = crate::support::store_index(&app);
     put(&app, "/v2/keys/r", "value=missed").await;
     let served = serve(app, Default::default()).await;
-    let mut stream = connect(served.port).await;
-    let request = format!("GET /v1/watch?prefix=/r HTTP/1.1\r\nHost: rota\r\nLast-Event-ID: {seen}\r\n\r\n");
-    write_all(&mut stream, &request).await;
-    let text = read_until(&mut stream, "\"value\":\"missed\"", PATIENCE).await;
-    assert!(!text.contains(&format!("id: {seen}\n")), "the event it had got came again: {text}");
-    assert!(text.contains(&format!("id: {}\n", seen + 1)), "{text}");
+    for query in ["", "&since=0", "&since=1"] {
+        let mut stream = connect(served.port).await;
+        let request = format!("GET /v1/watch?prefix=/r{query} HTTP/1.1\r\nHost: rota\r\nLast-Event-ID: {seen}\r\n\r\n");
+        write_all(&mut stream, &request).await;
+        let text = read_until(&mut stream, "\"value\":\"missed\"", PATIENCE).await;
+        assert!(!text.contains(&format!("id: {seen}\nevent")), "{query}: the event it had got came again: {text}");
+        assert!(text.contains(&format!("id: {}\nevent: key\n", seen + 1)), "{query}: {text}");
+    }
+    let garbled = call(&served.app, "GET", "/v1/watch", None, &[("last-event-id", "abc")]).await;
+    assert_error(&garbled, 400, "invalid", Some("Last-Event-ID"));
+}
+
+/// A stream with keys says how far it has looked (an `id` alone, which sets an
+/// EventSource's last event id without an event) when it opens and as the store moves on,
+/// so that a reconnect before any event under its prefix resumes without a gap, and a quiet
+/// prefix in a busy store does not fall out of the history.
+#[tokio::test]
+async fn a_key_stream_sends_how_far_it_has_looked_before_any_event_and_as_the_store_moves() {
+    let app = app();
+    put(&app, "/v2/keys/busy/0", "value=0").await;
+    let opened_at = crate::support::store_index(&app);
+    let served = serve(app, Default::default()).await;
+    let (mut stream, start) = open_with_start(served.port, "/v1/watch?prefix=/quiet").await;
+    let text = if start.contains("\n\n") { start } else { start + &read_until(&mut stream, "\n\n", PATIENCE).await };
+    assert!(text.contains(&format!("id: {opened_at}\n\n")) && !text.contains("event:"), "the id alone first: {text}");
+    for n in 1..=150 {
+        put(&served.app, &format!("/v2/keys/busy/{n}"), "value=1").await;
+    }
+    // 150 indexes past: an id at least 100 on, and no event.
+    let mut later = String::new();
+    let ids = |text: &str| -> Vec<u64> {
+        text.lines().filter_map(|line| line.strip_prefix("id: ")?.parse().ok()).collect()
+    };
+    while !ids(&later).iter().any(|&id| id >= opened_at + 100) {
+        later.push_str(&read_until(&mut stream, "\n\n", PATIENCE).await);
+    }
+    assert!(!later.contains("event:"), "{later}");
 }
 
 #[tokio::test]
