@@ -1084,9 +1084,6 @@ mod recent_tests {
         }
     }
 
-    /// Random appends, truncations and purges (also past the end, as a snapshot install
-    /// does) against a model log: every answer the cache gives equals the model's entries,
-    /// and it answers every range that starts within it.
     #[test]
     fn a_purge_point_keeps_at_most_the_bytes_asked_behind_the_snapshot() {
         let mut sizes = EntrySizes::default();
@@ -1112,6 +1109,9 @@ mod recent_tests {
         assert_eq!(sizes.purge_point_keeping(8, 0), None);
     }
 
+    /// Random appends, truncations and purges (also past the end, as a snapshot install
+    /// does) against a model log: every answer the cache gives equals the model's entries,
+    /// and it answers every range that starts within it.
     #[test]
     fn recent_entries_answer_exactly_what_the_log_holds() {
         let mut rng = 0x2545_F491_4F6C_DD1Du64;

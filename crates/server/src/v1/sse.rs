@@ -5,8 +5,8 @@
 //! state's job change log (`Jobs::changes_after`), so they include changes from every node
 //! and changes made by time alone (a lease expiring, a scheduled job coming due); each
 //! event carries the job as it is when the stream reads it, so several quick changes of
-//! one job may show as one. A stream that falls behind the log's bound says so in a comment
-//! and continues with the oldest kept change.
+//! one job may show as one. A stream that falls behind the log's bound says so
+//! (`event: lagged`) and continues with the oldest kept change.
 //!
 //! Resuming: each key event carries its etcd index as its SSE `id`, and a stream with keys
 //! also sends an `id` alone (no event) when it opens, on keep-alives and every
@@ -231,12 +231,11 @@ async fn next_chunk<B: Backend>(mut stream: Stream<B>) -> Option<(Result<Bytes, 
             _ = keepalive.tick() => {
                 // With how far the stream has looked, if that moved since the last `id`.
                 let looked = stream.since_index.saturating_sub(1);
-                let text = match stream.key.is_some() && stream.id_sent != Some(looked) {
-                    true => {
-                        stream.id_sent = Some(looked);
-                        format!(": keepalive\nid: {looked}\n\n")
-                    }
-                    false => ": keepalive\n\n".to_owned(),
+                let text = if stream.key.is_some() && stream.id_sent != Some(looked) {
+                    stream.id_sent = Some(looked);
+                    format!(": keepalive\nid: {looked}\n\n")
+                } else {
+                    ": keepalive\n\n".to_owned()
                 };
                 return Some((chunk(text), stream));
             }
