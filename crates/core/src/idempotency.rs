@@ -29,6 +29,11 @@ pub struct IdempotencyTable {
     /// started (not part of the replicated state).
     #[serde(skip)]
     evicted: u64,
+    /// How long the last record dropped before its expiry still had to live, in ms: under
+    /// the lease calls' 10 minutes, eviction only shortens those; hours, and keyed submits
+    /// lose their 24 h (not part of the replicated state).
+    #[serde(skip)]
+    evicted_remaining_ms: u64,
 }
 
 impl PartialEq for IdempotencyTable {
@@ -110,15 +115,30 @@ impl IdempotencyTable {
         self.evicted
     }
 
-    pub fn record(&mut self, key: String, fingerprint: u64, response: Response, expires_ms: u64, limits: Limits) {
+    /// How long the last record dropped before its expiry still had to live (ms).
+    pub fn evicted_remaining_ms(&self) -> u64 {
+        self.evicted_remaining_ms
+    }
+
+    /// Stores `response` under `key` until `expires_ms`, at `now_ms`.
+    pub fn record(
+        &mut self,
+        key: String,
+        fingerprint: u64,
+        response: Response,
+        expires_ms: u64,
+        now_ms: u64,
+        limits: Limits,
+    ) {
         self.remove(&key);
         let bytes = approximate_bytes(&key, &response);
         while !self.records.is_empty()
             && (self.records.len() >= limits.records_max.max(1) || self.bytes + bytes > limits.bytes_max)
         {
-            let Some((_, oldest)) = self.by_expiry.first().cloned() else { break };
+            let Some((expires_ms, oldest)) = self.by_expiry.first().cloned() else { break };
             self.remove(&oldest);
             self.evicted += 1;
+            self.evicted_remaining_ms = expires_ms.saturating_sub(now_ms);
         }
         self.by_expiry.insert((expires_ms, key.clone()));
         self.bytes += bytes;
@@ -156,7 +176,7 @@ mod tests {
     #[test]
     fn repeat_with_same_fingerprint_replays_and_other_fingerprint_conflicts() {
         let mut table = IdempotencyTable::default();
-        table.record("k".into(), 7, Response::Tick, 100, limits(10, 1 << 20));
+        table.record("k".into(), 7, Response::Tick, 100, 0, limits(10, 1 << 20));
         assert!(matches!(table.lookup("k", 7), IdempotencyOutcome::Replay(Response::Tick)));
         assert!(matches!(table.lookup("k", 8), IdempotencyOutcome::Conflict));
         assert!(matches!(table.lookup("other", 7), IdempotencyOutcome::New));
@@ -165,8 +185,8 @@ mod tests {
     #[test]
     fn records_expire_at_their_deadline() {
         let mut table = IdempotencyTable::default();
-        table.record("a".into(), 1, Response::Tick, 100, limits(10, 1 << 20));
-        table.record("b".into(), 1, Response::Tick, 200, limits(10, 1 << 20));
+        table.record("a".into(), 1, Response::Tick, 100, 0, limits(10, 1 << 20));
+        table.record("b".into(), 1, Response::Tick, 200, 0, limits(10, 1 << 20));
         table.expire_until(99);
         assert_eq!(table.len(), 2);
         table.expire_until(100);
@@ -180,10 +200,11 @@ mod tests {
     #[test]
     fn full_table_drops_the_record_that_expires_first() {
         let mut table = IdempotencyTable::default();
-        table.record("late".into(), 1, Response::Tick, 300, limits(2, 1 << 20));
-        table.record("early".into(), 1, Response::Tick, 100, limits(2, 1 << 20));
-        table.record("new".into(), 1, Response::Tick, 200, limits(2, 1 << 20));
+        table.record("late".into(), 1, Response::Tick, 300, 0, limits(2, 1 << 20));
+        table.record("early".into(), 1, Response::Tick, 100, 0, limits(2, 1 << 20));
+        table.record("new".into(), 1, Response::Tick, 200, 40, limits(2, 1 << 20));
         assert_eq!(table.len(), 2);
+        assert_eq!((table.evicted(), table.evicted_remaining_ms()), (1, 60), "`early` had 60 ms left");
         assert!(matches!(table.lookup("early", 1), IdempotencyOutcome::New));
         assert!(matches!(table.lookup("late", 1), IdempotencyOutcome::Replay(_)));
     }
@@ -193,7 +214,7 @@ mod tests {
         let mut table = IdempotencyTable::default();
         let one = approximate_bytes("k0", &Response::Tick);
         for i in 0..10 {
-            table.record(format!("k{i}"), 1, Response::Tick, 100 + i, limits(1000, one * 3));
+            table.record(format!("k{i}"), 1, Response::Tick, 100 + i, 0, limits(1000, one * 3));
         }
         assert_eq!(table.len(), 3);
         assert!(table.bytes() <= one * 3);
@@ -204,9 +225,9 @@ mod tests {
     #[test]
     fn rerecording_a_key_replaces_it_without_leaking_bytes() {
         let mut table = IdempotencyTable::default();
-        table.record("k".into(), 1, Response::Tick, 100, limits(10, 1 << 20));
+        table.record("k".into(), 1, Response::Tick, 100, 0, limits(10, 1 << 20));
         let bytes = table.bytes();
-        table.record("k".into(), 2, Response::Tick, 100, limits(10, 1 << 20));
+        table.record("k".into(), 2, Response::Tick, 100, 0, limits(10, 1 << 20));
         assert_eq!(table.len(), 1);
         assert_eq!(table.bytes(), bytes);
         assert!(matches!(table.lookup("k", 2), IdempotencyOutcome::Replay(_)));

@@ -182,6 +182,11 @@ impl State {
         (self.idempotency.len(), self.idempotency.bytes(), self.idempotency.evicted())
     }
 
+    /// How long the last idempotency record dropped before its expiry still had to live (ms).
+    pub fn idempotency_evicted_remaining_ms(&self) -> u64 {
+        self.idempotency.evicted_remaining_ms()
+    }
+
     fn apply(&mut self, now_ms: u64, command: &Command) -> Response {
         match command {
             Command::Tick | Command::RenewLeases => Response::Tick,
@@ -198,7 +203,7 @@ impl State {
                             records_max: self.config.idempotency_records_max,
                             bytes_max: self.config.idempotency_bytes_max,
                         };
-                        self.idempotency.record(key.clone(), *fingerprint, response.clone(), expires_ms, limits);
+                        self.idempotency.record(key.clone(), *fingerprint, response.clone(), expires_ms, now_ms, limits);
                         response
                     }
                 }

@@ -445,14 +445,16 @@ impl<B: Backend> App<B> {
                 leases_held: queue.leases_held,
                 rate_tokens: queue.rate_tokens,
             });
-            (state.v2.index(), queues.collect(), state.idempotency_stats())
+            let idempotency = (state.idempotency_stats(), state.idempotency_evicted_remaining_ms());
+            (state.v2.index(), queues.collect(), idempotency)
         });
         self.backend.refresh_metrics();
         let openmetrics = self.metrics.render(crate::metrics::NodeSample {
             etcd_index,
             watchers: self.watcher_count(),
             queues,
-            idempotency,
+            idempotency: idempotency.0,
+            idempotency_evicted_remaining_ms: idempotency.1,
         });
         let wants_openmetrics = request
             .headers()

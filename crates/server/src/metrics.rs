@@ -140,6 +140,7 @@ pub struct Metrics {
     idempotency_records: Gauge,
     idempotency_bytes: Gauge,
     idempotency_evicted: Counter,
+    idempotency_evicted_remaining_seconds: Gauge,
 }
 
 /// One queue's numbers at scrape time.
@@ -163,6 +164,8 @@ pub struct NodeSample {
     /// The idempotency table: records, approximate bytes, records dropped before their
     /// expiry since the process started.
     pub idempotency: (usize, usize, u64),
+    /// How long the last record dropped before its expiry still had to live (ms).
+    pub idempotency_evicted_remaining_ms: u64,
 }
 
 fn latency_histogram() -> Histogram {
@@ -238,6 +241,11 @@ impl Metrics {
             "Idempotency-Key outcomes dropped before their expiry because the table was full (a retry of one is applied again)",
             idempotency_evicted.clone(),
         );
+        let idempotency_evicted_remaining_seconds = gauge(
+            &mut registry,
+            "rota_idempotency_evicted_remaining_seconds",
+            "How long the last Idempotency-Key outcome dropped early still had to live: up to 600 only the lease calls' 10 minutes were shortened; hours, and keyed submits lose their 24 h",
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -262,6 +270,7 @@ impl Metrics {
             idempotency_records,
             idempotency_bytes,
             idempotency_evicted,
+            idempotency_evicted_remaining_seconds,
         }
     }
 
@@ -316,6 +325,8 @@ impl Metrics {
         if evicted > counted {
             self.idempotency_evicted.inc_by(evicted - counted);
         }
+        self.idempotency_evicted_remaining_seconds
+            .set(as_i64(sample.idempotency_evicted_remaining_ms / 1000));
         // Rebuilt on every scrape, so a deleted queue's series go away.
         self.queue_jobs.clear();
         self.queue_leases_held.clear();

@@ -207,4 +207,10 @@ async fn metrics_show_the_idempotency_table_and_what_it_dropped_when_full() {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
     assert!(metrics.contains("rota_idempotency_bytes "), "{metrics}");
+    // The counter increments' 24 h records were dropped with (nearly) all of it left.
+    let remaining: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("rota_idempotency_evicted_remaining_seconds ")?.parse().ok())
+        .unwrap_or_else(|| panic!("no rota_idempotency_evicted_remaining_seconds in {metrics}"));
+    assert!(remaining > 23 * 3600 && remaining <= 24 * 3600, "{remaining}");
 }
