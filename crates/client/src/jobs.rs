@@ -772,13 +772,11 @@ impl Client {
     }
 
     /// `POST /v1/queues/{q}/retry`: up to `max` (default and at most 1,000) of the queue's
-    /// dead jobs, oldest first, queued again in one command.
-    pub async fn retry_dead(&self, queue: &str, max: Option<u32>) -> Result<RetriedDead, JobsError> {
+    /// dead jobs with ids after `after` (from the first without), oldest first, queued again
+    /// in one command.
+    pub async fn retry_dead(&self, queue: &str, max: Option<u32>, after: Option<JobId>) -> Result<RetriedDead, JobsError> {
         let target = format!("/v1/queues/{}/retry", name_segment("queue", queue)?);
-        let body = match max {
-            Some(max) => serde_json::json!({ "max": max }),
-            None => serde_json::json!({}),
-        };
+        let body = serde_json::json!({ "max": max, "after": after });
         let request = self.mutation(reqwest::Method::POST, target, Some(json_body(&body)?), &idempotency_key());
         self.send_v1(request).await?.parse()
     }

@@ -381,22 +381,23 @@ pub async fn run_queue(args: QueueArgs) -> ExitCode {
     }
 }
 
-/// `rota queue retry`: rounds of `POST /v1/queues/{q}/retry` until none is dead, `max`
-/// were queued again, or as many as were dead at the first round (jobs that die again
-/// meanwhile are not chased).
+/// `rota queue retry`: rounds of `POST /v1/queues/{q}/retry`, each after the last id the
+/// one before took, until no dead job follows it or `max` were queued again. A job that
+/// dies again meanwhile has an id already passed, so it is not taken twice (and is counted
+/// in the dead left at the end).
 async fn queue_retry(client: &Client, queue: &str, max: Option<u64>, output: Output) -> Result<(), JobsError> {
     const ROUND_MAX: u64 = 1_000;
     let mut retried = 0u64;
-    let mut bound = max;
+    let mut after = None;
     let mut dead;
     loop {
-        let round = bound.map_or(ROUND_MAX, |bound| (bound - retried).min(ROUND_MAX));
-        let answer = client.retry_dead(queue, Some(round as u32)).await?;
+        let round = max.map_or(ROUND_MAX, |max| (max - retried).min(ROUND_MAX));
+        let answer = client.retry_dead(queue, Some(round as u32), after).await?;
         let count = answer.retried.len() as u64;
-        bound.get_or_insert(count + answer.dead);
         retried += count;
         dead = answer.dead;
-        if count == 0 || dead == 0 || bound.is_some_and(|bound| retried >= bound) {
+        after = answer.retried.last().copied().or(after);
+        if count < round || max.is_some_and(|max| retried >= max) {
             break;
         }
         if output == Output::Table {

@@ -191,6 +191,7 @@ impl<B: Backend> App<B> {
         }
         let socket = request.extensions().get::<crate::client_gone::ClientSocket>().copied();
         let (started, method) = (Instant::now(), request.method().clone());
+        let route = Route::of_v1_path(request.uri().path());
         // Boxed: the watcher holds the handling future twice over (as its argument and
         // pinned), and an unboxed one would make every request's future, which hyper moves
         // into its connection state, that much bigger.
@@ -198,7 +199,7 @@ impl<B: Backend> App<B> {
             Some(response) => response,
             None => {
                 let status = crate::client_gone::CLIENT_GONE_STATUS;
-                self.metrics.observe(Route::Other, &method, status, started.elapsed());
+                self.metrics.observe(route, &method, status, started.elapsed());
                 self.requests_total.fetch_add(1, Ordering::Relaxed);
                 respond::with_status(status, Body::empty())
             }

@@ -111,9 +111,11 @@ pub enum JobCommand {
     /// `DELETE /v1/counters/{name}`: the counter is gone (it reads 0 again, and no longer
     /// counts against the bound on counters). Answers the value it had.
     DeleteCounter { name: String },
-    /// `POST /v1/queues/{q}/retry`: up to `max` of the queue's dead jobs, oldest first, are
-    /// queued again as by [`JobCommand::Retry`] (a dead-letter queue emptied in rounds).
-    RetryDead { queue: String, max: u32 },
+    /// `POST /v1/queues/{q}/retry`: up to `max` of the queue's dead jobs with ids after
+    /// `after` (0: from the first), oldest first, are queued again as by
+    /// [`JobCommand::Retry`] (a dead-letter queue emptied in rounds, each after the last
+    /// id of the one before, so a job that dies again meanwhile is not taken twice).
+    RetryDead { queue: String, max: u32, after: JobId },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -297,7 +299,7 @@ impl Jobs {
                 }
             }
             JobCommand::PatchQueue { queue, patch } => self.patch_queue(now_ms, queue, patch),
-            JobCommand::RetryDead { queue, max } => self.retry_dead(now_ms, queue, *max),
+            JobCommand::RetryDead { queue, max, after } => self.retry_dead(now_ms, queue, *max, *after),
         }
     }
 
@@ -736,12 +738,12 @@ impl Jobs {
         });
     }
 
-    fn retry_dead(&mut self, now_ms: u64, name: &str, max: u32) -> Result<JobResponse, JobError> {
+    fn retry_dead(&mut self, now_ms: u64, name: &str, max: u32, after: JobId) -> Result<JobResponse, JobError> {
         check_name("queue", name)?;
         check_range("max", u64::from(max), 1, LIST_LIMIT_MAX as u64)?;
         let &queue_id = self.queue_ids.get(name).ok_or_else(|| JobError::queue_not_found(name))?;
-        let ids: Vec<JobId> =
-            self.queues[&queue_id].ids_by_state[JobState::Dead.index()].iter().take(max as usize).copied().collect();
+        let dead = &self.queues[&queue_id].ids_by_state[JobState::Dead.index()];
+        let ids: Vec<JobId> = dead.range((Bound::Excluded(after), Bound::Unbounded)).take(max as usize).copied().collect();
         for &id in &ids {
             self.requeue_dead(now_ms, id);
         }

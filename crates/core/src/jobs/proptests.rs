@@ -45,7 +45,7 @@ enum Op {
     Release { job: usize, token: TokenPick },
     Cancel { job: usize },
     Retry { job: usize },
-    RetryDead { queue: usize, max: u32 },
+    RetryDead { queue: usize, max: u32, after: usize },
     Advance { ms: u64 },
     PutQueue { queue: usize, config: QueueConfig },
     PatchQueue { queue: usize, patch: QueuePatch },
@@ -143,7 +143,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => (job.clone(), token_strategy()).prop_map(|(job, token)| Op::Release { job, token }),
         1 => job.clone().prop_map(|job| Op::Cancel { job }),
         2 => job.prop_map(|job| Op::Retry { job }),
-        1 => (queue.clone(), 0u32..4).prop_map(|(queue, max)| Op::RetryDead { queue, max }),
+        1 => (queue.clone(), 0u32..4, 0usize..64).prop_map(|(queue, max, after)| Op::RetryDead { queue, max, after }),
         8 => prop_oneof![0u64..10, 0u64..100].prop_map(|ms| Op::Advance { ms }),
         1 => (queue.clone(), config_strategy()).prop_map(|(queue, config)| Op::PutQueue { queue, config }),
         1 => (queue.clone(), patch_strategy()).prop_map(|(queue, patch)| Op::PatchQueue { queue, patch }),
@@ -503,7 +503,7 @@ impl Model {
                 self.requeue_dead(*id, now_ms);
                 Ok(vec![*id])
             }
-            JobCommand::RetryDead { queue, max } => {
+            JobCommand::RetryDead { queue, max, after } => {
                 if *max == 0 || *max > 1_000 {
                     return Err(JobError::INVALID);
                 }
@@ -513,7 +513,7 @@ impl Model {
                 let ids: Vec<JobId> = self
                     .jobs
                     .iter()
-                    .filter(|(_, job)| job.queue == *queue && job.state == JobState::Dead)
+                    .filter(|(&id, job)| id > *after && job.queue == *queue && job.state == JobState::Dead)
                     .map(|(&id, _)| id)
                     .take(*max as usize)
                     .collect();
@@ -661,7 +661,11 @@ fn to_command(op: &Op, history: &History, jobs: &Jobs) -> Option<JobCommand> {
         }
         Op::Cancel { job } => JobCommand::Cancel { id: pick_job(history, *job) },
         Op::Retry { job } => JobCommand::Retry { id: pick_job(history, *job) },
-        Op::RetryDead { queue, max } => JobCommand::RetryDead { queue: QUEUES[*queue].into(), max: *max },
+        Op::RetryDead { queue, max, after } => {
+            // Half the time from the first dead job, else after some job id.
+            let after = if after % 2 == 0 { 0 } else { pick_job(history, *after) };
+            JobCommand::RetryDead { queue: QUEUES[*queue].into(), max: *max, after }
+        }
         Op::Advance { .. } => return None,
         Op::PutQueue { queue, config } => JobCommand::PutQueue { queue: QUEUES[*queue].into(), config: config.clone() },
         Op::PatchQueue { queue, patch } => {

@@ -1255,7 +1255,7 @@ fn retry_dead_requeues_a_queues_dead_jobs_oldest_first_in_rounds() {
         fail(&mut jobs, 0, leased.id, token(&leased)).unwrap();
     }
     assert_eq!(state(&jobs, ids[4]), JobState::Queued);
-    let round = |jobs: &mut Jobs, max: u32| match jobs.apply(10, &JobCommand::RetryDead { queue: Q.into(), max }) {
+    let round = |jobs: &mut Jobs, max: u32| match jobs.apply(10, &JobCommand::RetryDead { queue: Q.into(), max, after: 0 }) {
         Ok(JobResponse::RetriedDead { ids, dead_left, .. }) => (ids, dead_left),
         other => panic!("{other:?}"),
     };
@@ -1266,11 +1266,25 @@ fn retry_dead_requeues_a_queues_dead_jobs_oldest_first_in_rounds() {
     }
     assert_eq!(round(&mut jobs, 3), (vec![ids[3]], 0));
     assert_eq!(round(&mut jobs, 3), (vec![], 0));
+    // After a cursor: the first two die again; a round after the last id taken skips them.
+    for _ in 0..2 {
+        let leased = lease_one(&mut jobs, 10);
+        let leased = if leased.id == ids[4] { lease_one(&mut jobs, 10) } else { leased };
+        fail(&mut jobs, 10, leased.id, token(&leased)).unwrap();
+    }
+    let after = |jobs: &mut Jobs, after: JobId| match jobs.apply(10, &JobCommand::RetryDead { queue: Q.into(), max: 5, after }) {
+        Ok(JobResponse::RetriedDead { ids, dead_left, .. }) => (ids, dead_left),
+        other => panic!("{other:?}"),
+    };
+    let dead_now: Vec<JobId> = ids.iter().copied().filter(|&id| state(&jobs, id) == JobState::Dead).collect();
+    assert_eq!(dead_now.len(), 2, "{dead_now:?}");
+    assert_eq!(after(&mut jobs, dead_now[1]), (vec![], 2));
+    assert_eq!(after(&mut jobs, dead_now[0]), (vec![dead_now[1]], 1));
     jobs.check_invariants();
     // Bad input changes nothing.
-    assert_rejected_unchanged(&mut jobs, 0, JobCommand::RetryDead { queue: Q.into(), max: 0 }, JobError::INVALID);
-    assert_rejected_unchanged(&mut jobs, 0, JobCommand::RetryDead { queue: Q.into(), max: 1_001 }, JobError::INVALID);
-    assert_rejected_unchanged(&mut jobs, 0, JobCommand::RetryDead { queue: "nope".into(), max: 1 }, JobError::NOT_FOUND);
+    assert_rejected_unchanged(&mut jobs, 0, JobCommand::RetryDead { queue: Q.into(), max: 0, after: 0 }, JobError::INVALID);
+    assert_rejected_unchanged(&mut jobs, 0, JobCommand::RetryDead { queue: Q.into(), max: 1_001, after: 0 }, JobError::INVALID);
+    assert_rejected_unchanged(&mut jobs, 0, JobCommand::RetryDead { queue: "nope".into(), max: 1, after: 0 }, JobError::NOT_FOUND);
 }
 
 #[test]

@@ -254,18 +254,21 @@ pub(crate) async fn delete<B: Backend>(
     }
 }
 
-/// `POST /v1/queues/{q}/retry`: `{"max": n}` (1 to 1,000, default 1,000).
+/// `POST /v1/queues/{q}/retry`: `{"max": n, "after": id}` (`max` 1 to 1,000, default
+/// 1,000; `after` a job id, default none: from the first dead job).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RetryDeadBody {
-    #[serde(default, deserialize_with = "json::not_null")]
+    #[serde(default)]
     max: Option<u32>,
+    #[serde(default)]
+    after: Option<u64>,
 }
 
-/// `POST /v1/queues/{q}/retry`: up to `max` of the queue's dead jobs, oldest first, queued
-/// again (as `POST /v1/jobs/{id}/retry` each) in one command. Answers
-/// `{"queue", "retried": [ids], "dead": n}`, `dead` being how many are still dead: repeat
-/// until it is 0 to empty the dead letters.
+/// `POST /v1/queues/{q}/retry`: up to `max` of the queue's dead jobs with ids after
+/// `after`, oldest first, queued again (as `POST /v1/jobs/{id}/retry` each) in one command.
+/// Answers `{"queue", "retried": [ids], "dead": n}`, `dead` being how many are still dead.
+/// To empty the dead letters, repeat with `after` = the last id retried until none is.
 pub(crate) async fn retry_dead<B: Backend>(
     app: &Arc<App<B>>,
     call: &Call<'_>,
@@ -278,7 +281,7 @@ pub(crate) async fn retry_dead<B: Backend>(
     json::check_name("queue", name)?;
     let max = body.max.unwrap_or(core_limits::LIST_LIMIT_MAX as u32);
     json::check_range("max", u64::from(max), 1, core_limits::LIST_LIMIT_MAX as u64)?;
-    let command = JobCommand::RetryDead { queue: name.to_owned(), max };
+    let command = JobCommand::RetryDead { queue: name.to_owned(), max, after: body.after.unwrap_or(0) };
     let outcome = match propose_once(app, call, command).await {
         Ok(outcome) => outcome,
         Err(response) => return Ok(response),

@@ -9,8 +9,10 @@
 //! (`event: lagged`) and continues with the oldest kept change.
 //!
 //! Resuming: each key event carries its etcd index as its SSE `id`, and a stream with keys
-//! also sends an `id` alone (no event) when it opens, on keep-alives and every
-//! [`ID_EVERY_INDEXES`] indexes it has looked past, saying how far it has looked. An
+//! also sends an `event: index` with an empty `data` when it opens, on keep-alives and
+//! every [`ID_EVERY_INDEXES`] indexes it has looked past, whose `id` says how far it has
+//! looked (an `id` alone would do by the standard, but some EventSource libraries drop a
+//! block without data, `id` and all: npm `eventsource` 4). An
 //! EventSource that reconnects sends the last `id` back (`Last-Event-ID`), which wins over
 //! the URL's `since` (the URL it reconnects to is the one it was opened with), so it resumes
 //! where it stopped even before any event under its prefix, and without falling out of the
@@ -150,6 +152,12 @@ pub(crate) async fn watch<B: Backend>(
     Ok(response)
 }
 
+/// How far a stream with keys has looked: an `event: index` whose `id` is that etcd index,
+/// after `comment` (a keep-alive's).
+fn index_event(looked: u64, comment: &str) -> String {
+    format!("{comment}id: {looked}\nevent: index\ndata:\n\n")
+}
+
 fn chunk(text: String) -> Result<Bytes, Infallible> {
     Ok(Bytes::from(text))
 }
@@ -162,7 +170,7 @@ async fn next_chunk<B: Backend>(mut stream: Stream<B>) -> Option<(Result<Bytes, 
             let looked = stream.since_index.saturating_sub(1);
             if stream.id_sent.is_none_or(|sent| looked >= sent.saturating_add(ID_EVERY_INDEXES)) {
                 stream.id_sent = Some(looked);
-                return Some((chunk(format!("id: {looked}\n\n")), stream));
+                return Some((chunk(index_event(looked, "")), stream));
             }
             if stream.first.is_some() || stream.keys_to_scan {
                 stream.keys_to_scan = false;
@@ -233,7 +241,7 @@ async fn next_chunk<B: Backend>(mut stream: Stream<B>) -> Option<(Result<Bytes, 
                 let looked = stream.since_index.saturating_sub(1);
                 let text = if stream.key.is_some() && stream.id_sent != Some(looked) {
                     stream.id_sent = Some(looked);
-                    format!(": keepalive\nid: {looked}\n\n")
+                    index_event(looked, ": keepalive\n")
                 } else {
                     ": keepalive\n\n".to_owned()
                 };

@@ -273,12 +273,17 @@ async fn a_queues_dead_jobs_are_retried_in_rounds() {
         let reply = post(&app, &format!("/v1/jobs/{id}/fail"), json!({"lease_token": token})).await;
         assert_eq!(reply.json()["state"], "dead", "{}", reply.body);
     }
-    let reply = post(&app, "/v1/queues/q/retry", json!({"max": 2})).await;
+    let reply = post(&app, "/v1/queues/q/retry", json!({"max": 1})).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(reply.json(), json!({"queue": "q", "retried": [ids[0], ids[1]], "dead": 1}));
-    // No body: the default round (up to 1,000).
+    assert_eq!(reply.json(), json!({"queue": "q", "retried": [ids[0]], "dead": 2}));
+    // After a job id: the next round does not start from the first dead job again.
+    let reply = post(&app, "/v1/queues/q/retry", json!({"max": 1, "after": ids[1]})).await;
+    assert_eq!(reply.json(), json!({"queue": "q", "retried": [ids[2]], "dead": 1}), "{}", reply.body);
+    // No body: the default round (up to 1,000), from the first; null is left out.
     let reply = call(&app, "POST", "/v1/queues/q/retry", None, &[]).await;
-    assert_eq!(reply.json(), json!({"queue": "q", "retried": [ids[2]], "dead": 0}), "{}", reply.body);
+    assert_eq!(reply.json(), json!({"queue": "q", "retried": [ids[1]], "dead": 0}), "{}", reply.body);
+    let reply = post(&app, "/v1/queues/q/retry", json!({"max": null, "after": null})).await;
+    assert_eq!(reply.json(), json!({"queue": "q", "retried": [], "dead": 0}), "{}", reply.body);
     let queue = get(&app, "/v1/queues/q").await.json();
     assert_eq!((queue["counts"]["queued"].as_u64(), queue["counts"]["dead"].as_u64()), (Some(3), Some(0)));
     let reply = post(&app, "/v1/queues/q/retry", json!({})).await;
@@ -287,7 +292,7 @@ async fn a_queues_dead_jobs_are_retried_in_rounds() {
     let before = snapshot(&app);
     assert_error(&post(&app, "/v1/queues/q/retry", json!({"max": 0})).await, 400, "invalid", Some("max"));
     assert_error(&post(&app, "/v1/queues/q/retry", json!({"max": 1001})).await, 400, "invalid", Some("max"));
-    assert_error(&post(&app, "/v1/queues/q/retry", json!({"max": null})).await, 400, "invalid", Some("max"));
+    assert_error(&post(&app, "/v1/queues/q/retry", json!({"after": -1})).await, 400, "invalid", Some("after"));
     assert_error(&post(&app, "/v1/queues/q/retry", json!({"state": "dead"})).await, 400, "invalid", Some("state"));
     assert_error(&post(&app, "/v1/queues/none/retry", json!({})).await, 404, "not_found", None);
     let get_retry = get(&app, "/v1/queues/q/retry").await;

@@ -86,15 +86,15 @@ async fn a_reconnecting_event_source_resumes_after_its_last_event_id() {
         let request = format!("GET /v1/watch?prefix=/r{query} HTTP/1.1\r\nHost: rota\r\nLast-Event-ID: {seen}\r\n\r\n");
         write_all(&mut stream, &request).await;
         let text = read_until(&mut stream, "\"value\":\"missed\"", PATIENCE).await;
-        assert!(!text.contains(&format!("id: {seen}\nevent")), "{query}: the event it had got came again: {text}");
+        assert!(!text.contains(&format!("id: {seen}\nevent: key")), "{query}: the event it had got came again: {text}");
         assert!(text.contains(&format!("id: {}\nevent: key\n", seen + 1)), "{query}: {text}");
     }
     let garbled = call(&served.app, "GET", "/v1/watch", None, &[("last-event-id", "abc")]).await;
     assert_error(&garbled, 400, "invalid", Some("Last-Event-ID"));
 }
 
-/// A stream with keys says how far it has looked (an `id` alone, which sets an
-/// EventSource's last event id without an event) when it opens and as the store moves on,
+/// A stream with keys says how far it has looked (an `event: index` whose `id` an
+/// EventSource records as its last event id) when it opens and as the store moves on,
 /// so that a reconnect before any event under its prefix resumes without a gap, and a quiet
 /// prefix in a busy store does not fall out of the history.
 #[tokio::test]
@@ -105,7 +105,10 @@ async fn a_key_stream_sends_how_far_it_has_looked_before_any_event_and_as_the_st
     let served = serve(app, Default::default()).await;
     let (mut stream, start) = open_with_start(served.port, "/v1/watch?prefix=/quiet").await;
     let text = if start.contains("\n\n") { start } else { start + &read_until(&mut stream, "\n\n", PATIENCE).await };
-    assert!(text.contains(&format!("id: {opened_at}\n\n")) && !text.contains("event:"), "the id alone first: {text}");
+    assert!(
+        text.contains(&format!("id: {opened_at}\nevent: index\ndata:\n\n")) && !text.contains("event: key"),
+        "how far it has looked, first: {text}"
+    );
     for n in 1..=150 {
         put(&served.app, &format!("/v2/keys/busy/{n}"), "value=1").await;
     }
@@ -117,7 +120,7 @@ async fn a_key_stream_sends_how_far_it_has_looked_before_any_event_and_as_the_st
     while !ids(&later).iter().any(|&id| id >= opened_at + 100) {
         later.push_str(&read_until(&mut stream, "\n\n", PATIENCE).await);
     }
-    assert!(!later.contains("event:"), "{later}");
+    assert!(!later.contains("event: key"), "{later}");
 }
 
 #[tokio::test]
