@@ -838,6 +838,10 @@ fn print_jobs(jobs: &[Job], next: Option<JobId>, output: Output) {
     }
     header.push("LAST ERROR");
     print_table(&header, &rows);
+    if rows.is_empty() {
+        // Said on stderr: stdout stays the table a script reads.
+        eprintln!("no jobs on this page");
+    }
     if let Some(next) = next {
         eprintln!("more: --after {next}");
     }

@@ -783,6 +783,8 @@ fn jobs_a_queues_dead_jobs_are_retried_from_the_cli_and_several_jobs_at_once() {
     assert_eq!(rest.json(), json!({"queue": "dlq", "retried": 1000, "dead": 0}), "{rest:?}");
     let again = rota(dir.path(), &args(&server, &["queue", "retry", "dlq"])).expect_success();
     assert!(again.stdout.contains("0 dead jobs queued again; 0 still dead"), "{again:?}");
+    let none = rota(dir.path(), &args(&server, &["job", "ls", "dlq", "--state", "dead"])).expect_success();
+    assert!(none.stderr.contains("no jobs on this page"), "{none:?}");
     let missing = rota(dir.path(), &args(&server, &["queue", "retry", "nope"]));
     assert_eq!(missing.code(), 4, "{missing:?}");
 
