@@ -214,15 +214,21 @@ function errorText(body, text) {
   return truncate(text.trim(), 300) || 'empty answer';
 }
 
-async function api(method, path, acceptStatus) {
-  return (await apiWithText(method, path, acceptStatus)).body;
+async function api(method, path, acceptStatus, json) {
+  return (await apiWithText(method, path, acceptStatus, json)).body;
 }
 
-// `api`, also giving the answer's text.
-async function apiWithText(method, path, acceptStatus) {
+// `api`, also giving the answer's text. `json`: a body to send, as JSON.
+async function apiWithText(method, path, acceptStatus, json) {
   let response;
+  const headers = {Accept: 'application/json'};
+  const init = {method, cache: 'no-store', headers};
+  if (json !== undefined) {
+    headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(json);
+  }
   try {
-    response = await fetch(path, {method, cache: 'no-store', headers: {Accept: 'application/json'}});
+    response = await fetch(path, init);
   } catch (e) {
     reached.no += 1;
     reached.last = e.message;
@@ -552,19 +558,21 @@ async function jobAction(action, id) {
 }
 
 // Queues the chosen queue's dead jobs again, in rounds of up to 1,000 (one command each),
-// as many as were dead at the first round.
+// each after the last id the one before took, as `rota queue retry` does: a job that dies
+// again meanwhile is not taken twice.
 async function retryDead() {
+  const ROUND_MAX = 1000;
   const queue = view.queue;
   const dead = deadCounts.get(queue) || 0;
   if (!queue || !window.confirm(`Queue the ${dead} dead jobs of ${queue} again?`)) return;
   try {
     let retried = 0;
-    let bound = null;
+    let after = null;
     for (;;) {
-      const answer = await api('POST', `/v1/queues/${seg(queue)}/retry`);
+      const answer = await api('POST', `/v1/queues/${seg(queue)}/retry`, null, {max: ROUND_MAX, after});
       retried += answer.retried.length;
-      if (bound === null) bound = answer.retried.length + answer.dead;
-      if (answer.retried.length === 0 || answer.dead === 0 || retried >= bound) break;
+      if (answer.retried.length < ROUND_MAX) break;
+      after = answer.retried[answer.retried.length - 1];
     }
     clearError('action');
     notice(`${retried} dead jobs of ${queue} queued again.`);
