@@ -591,24 +591,19 @@ where
     F: Fn(JobId) -> Fut,
     Fut: std::future::Future<Output = Result<(), JobsError>>,
 {
-    let mut code = ExitCode::SUCCESS;
-    let mut failed = false;
+    let mut first_failure = None;
     for &id in ids {
         if let Err(error) = each(id).await {
             if ids.len() > 1 {
                 eprint!("job {id}: ");
             }
-            let failure = report_error(&error);
-            if !failed {
-                code = failure;
-                failed = true;
-            }
+            first_failure.get_or_insert(report_error(&error));
             if matches!(error, JobsError::Unavailable(_)) {
                 break;
             }
         }
     }
-    code
+    first_failure.unwrap_or(ExitCode::SUCCESS)
 }
 
 async fn job_submit(
