@@ -377,6 +377,10 @@ pub enum MemberError {
     /// quorum (see `membership::removal_breaks_active_quorum`). Nothing was changed.
     #[error("{0}")]
     Unhealthy(String),
+    /// A remove of a member already removed (etcd: 410 "Member permanently removed").
+    /// Last, so that the peer wire's variant numbers of the others stay.
+    #[error("member {0:x} was removed")]
+    AlreadyRemoved(u64),
 }
 
 /// Append counts and per-follower replication stats (`/v2/stats/self`, `/v2/stats/leader`).
@@ -984,6 +988,12 @@ impl Node {
     /// Runs `f` on the current applied state (a short read lock; never held across await).
     pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
         self.inner.shared.read(f)
+    }
+
+    /// True if a membership change this process applied removed member `id`.
+    pub(crate) fn was_removed(&self, id: u64) -> bool {
+        let removed = self.inner.shared.removed_members.lock();
+        removed.unwrap_or_else(|poisoned| poisoned.into_inner()).contains(&id)
     }
 
     /// Changes on every applied entry.

@@ -216,6 +216,11 @@ async fn change_members_one_at_a_time(node: &Node, change: MemberChange) -> Memb
         let (changes, answer) = match plan(node.inner.cluster_id, id_salt, &membership, &change) {
             Ok(Plan::Nothing(answer)) => return MemberChangeReply::Done(Ok(answer)),
             Ok(Plan::Change(changes, answer)) => (changes, answer),
+            Err(MemberError::NotFound(id))
+                if matches!(change, MemberChange::Remove { .. }) && node.was_removed(id) =>
+            {
+                return MemberChangeReply::Done(Err(MemberError::AlreadyRemoved(id)))
+            }
             Err(error) => return MemberChangeReply::Done(Err(error)),
         };
         if let MemberChange::Remove { id } = &change {

@@ -15,12 +15,16 @@
 //! and elections come back on after [`PauseHold::hold`] (a few heartbeats). If the leader
 //! is gone meanwhile, the election starts that much later.
 //!
-//! A thread frozen while it ran (or spun before parking) never parks for long, so a
+//! A thread frozen while it ran (or spun before parking) never parks for long: its park
+//! hook notices instead that it ran since its last unpark for longer than a pause, before
+//! the park hands the expired timers (openraft's tick among them) to their tasks. A
 //! watchdog thread ([`PauseHold::watch`]) also wakes every quarter of the pause length and
 //! notices when far more time passed: woken by the same SIGCONT, it turns elections off in a
 //! few microseconds, while the Raft thread first finishes what it was doing, then polls the
 //! ticker and then the core. (The cluster test of a frozen follower failed once in a full
-//! suite run under load without it: the follower campaigned as it thawed.)
+//! suite run under load without it: the follower campaigned as it thawed. It failed again,
+//! under heavier load, with the watchdog but without the park hook's check: the Raft
+//! thread, frozen while it ran, handled the tick a few milliseconds before the watchdog ran.)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -32,6 +36,8 @@ pub(crate) struct PauseHold {
     origin: Instant,
     /// When the Raft runtime's thread last parked, in ms after `origin` (0: never).
     parked_at_ms: AtomicU64,
+    /// When it last woke from a park, in ms after `origin` (0: never).
+    unparked_at_ms: AtomicU64,
     /// A park at least this long is a pause.
     pause_min: Duration,
     /// How long elections stay off after a pause.
@@ -49,6 +55,7 @@ impl PauseHold {
         PauseHold {
             origin: Instant::now(),
             parked_at_ms: AtomicU64::new(0),
+            unparked_at_ms: AtomicU64::new(0),
             pause_min,
             hold,
             raft: OnceLock::new(),
@@ -66,19 +73,34 @@ impl PauseHold {
         let _ = self.raft.set(raft);
     }
 
-    /// The Raft runtime's `on_thread_park`, after any spinning.
+    /// The Raft runtime's `on_thread_park`, after any spinning: before the park hands
+    /// expired timers to their tasks.
     pub(crate) fn parking(&self) {
-        self.parked_at_ms.store(self.now_ms(), Ordering::Relaxed);
+        let now_ms = self.now_ms();
+        self.parked_at_ms.store(now_ms, Ordering::Relaxed);
+        if let Some(ran_ms) = self.pause_while_running(now_ms) {
+            self.paused_for(ran_ms);
+        }
     }
 
     /// The Raft runtime's `on_thread_unpark`: before the thread polls anything.
     pub(crate) fn unparked(&self) {
+        let now_ms = self.now_ms();
+        self.unparked_at_ms.store(now_ms, Ordering::Relaxed);
         let parked_at = self.parked_at_ms.load(Ordering::Relaxed);
-        let parked_ms = self.now_ms().saturating_sub(parked_at);
+        let parked_ms = now_ms.saturating_sub(parked_at);
         if parked_at == 0 || parked_ms < self.pause_min.as_millis() as u64 {
             return;
         }
         self.paused_for(parked_ms);
+    }
+
+    /// How long the thread has run since it last unparked, if that is as long as a pause:
+    /// no poll on the Raft thread takes that long, so it was frozen (or starved) meanwhile.
+    fn pause_while_running(&self, now_ms: u64) -> Option<u64> {
+        let unparked_at = self.unparked_at_ms.load(Ordering::Relaxed);
+        let ran_ms = now_ms.saturating_sub(unparked_at);
+        (unparked_at != 0 && ran_ms >= self.pause_min.as_millis() as u64).then_some(ran_ms)
     }
 
     fn paused_for(&self, paused_ms: u64) {
@@ -137,5 +159,25 @@ impl PauseHold {
             }
             self.holding.store(false, Ordering::SeqCst);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_that_ran_longer_than_a_pause_since_it_unparked_was_paused() {
+        let hold = PauseHold::new(Duration::from_millis(40), Duration::from_millis(10));
+        assert_eq!(hold.pause_while_running(hold.now_ms()), None, "never unparked yet");
+        hold.unparked();
+        assert_eq!(hold.pause_while_running(hold.now_ms()), None, "just woke");
+        std::thread::sleep(Duration::from_millis(50));
+        let ran = hold.pause_while_running(hold.now_ms());
+        assert!(ran.is_some_and(|ms| ms >= 40), "{ran:?}");
+        // A park and a prompt unpark start the count afresh.
+        hold.parking();
+        hold.unparked();
+        assert_eq!(hold.pause_while_running(hold.now_ms()), None);
     }
 }

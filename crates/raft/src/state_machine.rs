@@ -36,6 +36,11 @@ pub(crate) struct SharedState {
     pub replaying: std::sync::atomic::AtomicBool,
     /// The snapshot files, closed when the node shuts down.
     pub snapshots: SnapshotDir,
+    /// Members that a membership entry applied by this process removed (from the log since
+    /// the last snapshot at start-up, and every change since): a repeated remove of one of
+    /// them is answered as etcd answers it (410 Gone, which clients count as done). Not
+    /// kept in snapshots: etcd keeps its removed ids for good.
+    pub removed_members: std::sync::Mutex<std::collections::BTreeSet<u64>>,
 }
 
 impl SharedState {
@@ -92,6 +97,7 @@ impl StateMachineStore {
             applied_tx,
             replaying: std::sync::atomic::AtomicBool::new(true),
             snapshots: snapshots.clone(),
+            removed_members: std::sync::Mutex::default(),
         });
         let store = StateMachineStore {
             history_max,
@@ -175,6 +181,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         if !replaying {
                             log_membership_change(self.last_membership.membership(), &membership);
                         }
+                        let before = self.last_membership.membership();
+                        let mut removed = self
+                            .shared
+                            .removed_members
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner());
+                        removed.extend(
+                            before.nodes().map(|(id, _)| *id).filter(|id| membership.get_node(id).is_none()),
+                        );
+                        drop(removed);
                         self.last_membership =
                             StoredMembership::new(Some(entry.log_id), membership);
                         EntryResponses::default()

@@ -255,7 +255,8 @@ async fn remove(endpoints: &Endpoints, id: &str) -> Result<(), Failure> {
     let (status, body) = endpoints
         .send(reqwest::Method::DELETE, &format!("/v2/members/{id}"), None)
         .await?;
-    if status != 204 {
+    // 410: removed already (a retry whose first try went through); etcdctl says the same.
+    if status != 204 && status != 410 {
         return Err(server_message(status, &body));
     }
     println!("Removed member {id} from cluster");

@@ -330,6 +330,8 @@ fn parse_member_id(id: &str) -> Option<u64> {
 fn member_error(error: &MemberError, id: &str) -> Response<Body> {
     match error {
         MemberError::NotFound(_) => no_such_member(id),
+        // etcd's answer; its Go client and etcdctl take it as done (a retried remove).
+        MemberError::AlreadyRemoved(_) => message_json(410, &format!("Member permanently removed: {id}")),
         MemberError::Conflict(_) => message_json(409, "membership: peerURL exists"),
         MemberError::InvalidPeerUrls(reason) => message_json(400, reason),
         MemberError::NoPeerListener | MemberError::RegisteredElsewhere { .. } | MemberError::Unhealthy(_) => {

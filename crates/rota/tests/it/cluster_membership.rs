@@ -431,6 +431,24 @@ fn cluster_membership_removed_follower_is_told_by_its_peers_and_exits() {
             try_member_names(addr).filter(|m| m.len() == 2 && !m.contains_key(&removed_id)).map(|_| ())
         });
     }
+    // A repeated remove (a client's retry) is answered as etcd answers it, 410, which etcd's
+    // clients take as done; an id that was never a member's stays 404.
+    for addr in &others {
+        let again = delete_member(*addr, &removed_id);
+        assert_eq!(
+            (again.status(), again.json()["message"].clone()),
+            (410, format!("Member permanently removed: {removed_id}").into()),
+            "{name}: DELETE /v2/members/{removed_id} again through {addr}: {}",
+            again.text()
+        );
+        let unknown = delete_member(*addr, "1234abcd");
+        assert_eq!(
+            (unknown.status(), unknown.json()["message"].clone()),
+            (404, "No such member: 1234abcd".into()),
+            "{name}: DELETE of an unknown member through {addr}: {}",
+            unknown.text()
+        );
+    }
     for (at, addr) in others.iter().enumerate() {
         let response = put_until_answered(*addr, &format!("{REMOVED_FOLLOWER_DIR}/after-{at}"), "1");
         assert!(matches!(response.status(), 200 | 201), "{name}: a write through {addr} after the removal: {} {}", response.status(), response.text());
@@ -1142,6 +1160,11 @@ fn add_member(endpoints: &[SocketAddr], peer_url: &str) -> String {
     let response = send_until_answered(endpoints, &request);
     assert_eq!(response.status(), 201, "POST /v2/members: {}", response.text());
     response.json()["id"].as_str().expect("member id").to_string()
+}
+
+fn delete_member(addr: SocketAddr, id: &str) -> http::Response {
+    http::send_with_timeout(addr, &Request::new("DELETE", &format!("/v2/members/{id}")), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("DELETE /v2/members/{id} through {addr}: {e:?}"))
 }
 
 fn remove_member(endpoints: &[SocketAddr], id: &str) {

@@ -409,6 +409,42 @@ fn python_etcd_library_session_prints_the_same_against_etcd_and_rota() {
     });
 }
 
+/// The session program of etcd's official Go client (`go_etcd_session.go`), which
+/// scripts/test.sh builds, or `ROTA_IT_GO_SESSION`.
+fn go_etcd_session() -> PathBuf {
+    let program = std::env::var_os("ROTA_IT_GO_SESSION")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/goclients/go_etcd_session"));
+    assert!(
+        program.exists(),
+        "{} is missing: run the README's test command (scripts/test.sh), which installs Go and \
+         Debian's golang-etcd-server-dev and builds it, or set ROTA_IT_GO_SESSION",
+        program.display()
+    );
+    program
+}
+
+/// etcd's own Go client (`go.etcd.io/etcd/client`, as confd and other Go programs use it):
+/// KeysAPI with every option, errors field by field, watchers (from history, live, expiry,
+/// the cleared index, cancel), MembersAPI and the client's `Sync`, run against both servers.
+#[test]
+fn go_etcd_client_session_prints_the_same_against_etcd_and_rota() {
+    let program = go_etcd_session();
+    let (etcd, rota) = start_pair();
+    // The program normalizes what may differ itself (indexes by first appearance, ids, the
+    // endpoint), so the outputs compare as they are.
+    let [etcd_out, rota_out] = [&etcd, &rota].map(|server| {
+        let out = run(program.to_str().expect("utf-8 path"), &[server.client_url()], &[]);
+        assert!(out.ends_with("[exit 0]"), "the Go session failed against {}:\n{out}", server.kind.name());
+        out
+    });
+    for (step, (e, r)) in etcd_out.lines().zip(rota_out.lines()).enumerate() {
+        assert_eq!(e, r, "go etcd client: line {step} differs\n--- etcd:\n{e}\n--- {}:\n{r}", rota.kind.name());
+    }
+    assert_eq!(etcd_out.lines().count(), rota_out.lines().count(), "go etcd client: number of lines");
+    assert!(etcd_out.lines().count() > 150, "the session printed too little:\n{etcd_out}");
+}
+
 /// Starts `tests/it/<script>` with every member's client URL, its stdin, stdout and stderr
 /// piped, under `timeout`.
 fn spawn_python_script(python: &Path, script: &str, cluster: &Cluster) -> std::process::Child {
