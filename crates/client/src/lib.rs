@@ -108,6 +108,9 @@ pub enum Error {
     Unexpected { status: u16, body: String },
     #[error("bad endpoint {0:?}: expected http://host:port")]
     BadEndpoint(String),
+    /// The endpoint list names none (`--endpoints ""`, or `ROTA_ENDPOINTS` set but empty).
+    #[error("--endpoints is empty (or ROTA_ENDPOINTS is set but empty): give http://host:port[,...]")]
+    NoEndpoints,
     #[error("{0}")]
     Client(String),
 }
@@ -240,7 +243,7 @@ impl Client {
             list.push(endpoint.to_string());
         }
         if list.is_empty() {
-            return Err(Error::BadEndpoint(String::new()));
+            return Err(Error::NoEndpoints);
         }
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
@@ -713,8 +716,9 @@ mod tests {
         ));
         assert!(matches!(
             Client::new(Vec::<String>::new()),
-            Err(Error::BadEndpoint(_))
+            Err(Error::NoEndpoints)
         ));
+        assert!(matches!(Client::new([""]), Err(Error::NoEndpoints)));
         assert!(Client::new(["http://127.0.0.1:2379/", "http://127.0.0.1:22379"]).is_ok());
     }
 

@@ -115,9 +115,38 @@ impl Forwarder {
     }
 }
 
+/// Hands each command to its leader's lane. One lane per leader: batches stuck on a leader
+/// that froze or was cut off (each up to [`FORWARD_PROPOSE_TIMEOUT`]) must not hold back
+/// those for the leader elected since. An audit saw a follower keep writes queued ~10 s
+/// after a new leader was elected ~1.2 s into a freeze, its in-flight slots all taken by
+/// the old leader: service keys with a 3 s TTL expired.
 async fn run_forwarder(transport: PeerTransport, mut rx: tokio::sync::mpsc::Receiver<Forward>) {
+    let mut lanes: std::collections::HashMap<NodeId, tokio::sync::mpsc::UnboundedSender<Forward>> =
+        std::collections::HashMap::new();
+    while let Some(forward) = rx.recv().await {
+        let leader = forward.leader;
+        let lane = lanes.entry(leader).or_insert_with(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(run_lane(transport.clone(), leader, rx));
+            tx
+        });
+        // Unbounded: every command in a lane has a caller waiting for it (bounded by the
+        // connections), and the queue in front is bounded.
+        let _ = lane.send(forward);
+    }
+}
+
+/// Forwards one leader's commands: up to [`FORWARD_BATCHES_IN_FLIGHT_MAX`] batches on the
+/// wire, the next filling meanwhile. A command whose caller stopped waiting (its leader was
+/// replaced, or the client left) before it was sent is dropped: it was answered as of
+/// unknown outcome, and sending it seconds later could only surprise.
+async fn run_lane(
+    transport: PeerTransport,
+    leader: NodeId,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Forward>,
+) {
     let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(FORWARD_BATCHES_IN_FLIGHT_MAX));
-    // A command for another leader than the batch's: it opens the next batch.
+    // A command that did not fit in the last batch: it opens the next.
     let mut carried: Option<Forward> = None;
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
@@ -125,65 +154,80 @@ async fn run_forwarder(transport: PeerTransport, mut rx: tokio::sync::mpsc::Rece
         };
         let first = match carried.take() {
             Some(forward) => forward,
-            None => match rx.recv().await {
-                Some(forward) => forward,
-                None => return,
+            None => loop {
+                match rx.recv().await {
+                    Some(forward) if forward.reply.is_closed() => {}
+                    Some(forward) => break forward,
+                    None => return,
+                }
             },
         };
-        let (leader, member) = (first.leader, first.member.clone());
+        let member = first.member.clone();
         let mut batch_bytes = first.size_bytes;
         let mut batch = vec![first];
         while batch.len() < FORWARD_BATCH_COMMANDS_MAX {
             let Ok(next) = rx.try_recv() else { break };
-            if next.leader != leader || batch_bytes + next.size_bytes > FORWARD_BATCH_BYTES_MAX {
+            if next.reply.is_closed() {
+                continue;
+            }
+            if batch_bytes + next.size_bytes > FORWARD_BATCH_BYTES_MAX {
                 carried = Some(next);
                 break;
             }
             batch_bytes += next.size_bytes;
             batch.push(next);
         }
-        let transport = transport.clone();
-        tokio::spawn(async move {
-            let (commands, replies): (Vec<Command>, Vec<_>) =
-                batch.into_iter().map(|f| (f.command, f.reply)).unzip();
-            let answer: Result<Vec<ForwardedProposal>, _> = transport
-                .call(
-                    leader,
-                    &member,
-                    PeerRpc::Propose,
-                    &commands,
-                    FORWARD_PROPOSE_TIMEOUT,
-                )
-                .await;
-            drop(permit);
-            match answer {
-                Ok(answers) if answers.len() == replies.len() => {
-                    for (reply, answer) in replies.into_iter().zip(answers) {
-                        let _ = reply.send(Ok(answer));
-                    }
-                }
-                Ok(answers) => {
-                    let reason = format!(
-                        "leader answered {} of {} commands",
-                        answers.len(),
-                        replies.len()
-                    );
-                    for reply in replies {
-                        let _ = reply.send(Err(ForwardFailure::Unknown(reason.clone())));
-                    }
-                }
-                Err(error) => {
-                    let failure = if error.not_delivered() {
-                        ForwardFailure::NotDelivered(error.to_string())
-                    } else {
-                        ForwardFailure::Unknown(error.to_string())
-                    };
-                    for reply in replies {
-                        let _ = reply.send(Err(failure.clone()));
-                    }
-                }
+        tokio::spawn(send_batch(transport.clone(), leader, member, batch, permit));
+    }
+}
+
+/// Sends one batch and hands each caller its answer. Once every caller stopped waiting,
+/// the request is dropped and its slot freed (a frozen leader would hold it until
+/// [`FORWARD_PROPOSE_TIMEOUT`]).
+async fn send_batch(
+    transport: PeerTransport,
+    leader: NodeId,
+    member: Member,
+    batch: Vec<Forward>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let (commands, mut replies): (Vec<Command>, Vec<_>) =
+        batch.into_iter().map(|f| (f.command, f.reply)).unzip();
+    let call = transport.call(leader, &member, PeerRpc::Propose, &commands, FORWARD_PROPOSE_TIMEOUT);
+    let answer: Result<Vec<ForwardedProposal>, _> = tokio::select! {
+        answer = call => answer,
+        () = all_closed(&mut replies) => return,
+    };
+    drop(permit);
+    match answer {
+        Ok(answers) if answers.len() == replies.len() => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(Ok(answer));
             }
-        });
+        }
+        Ok(answers) => {
+            let reason = format!("leader answered {} of {} commands", answers.len(), replies.len());
+            for reply in replies {
+                let _ = reply.send(Err(ForwardFailure::Unknown(reason.clone())));
+            }
+        }
+        Err(error) => {
+            let failure = if error.not_delivered() {
+                ForwardFailure::NotDelivered(error.to_string())
+            } else {
+                ForwardFailure::Unknown(error.to_string())
+            };
+            for reply in replies {
+                let _ = reply.send(Err(failure.clone()));
+            }
+        }
+    }
+}
+
+/// Completes once every receiver of `replies` is gone.
+async fn all_closed<T>(replies: &mut [tokio::sync::oneshot::Sender<T>]) {
+    for reply in replies {
+        reply.closed().await;
     }
 }
 

@@ -285,6 +285,12 @@ fn removal_breaks_active_quorum(
     };
     let quorum = |voters: usize| voters / 2 + 1;
     let after: BTreeSet<NodeId> = voters.iter().copied().filter(|voter| *voter != removing).collect();
+    if after.is_empty() {
+        return Some(format!(
+            "etcdserver: re-configuration failed: member {removing:x} is the only voting member, \
+             and a cluster cannot go on without one; stop it instead"
+        ));
+    }
     let after_reachable = reachable(&after);
     if reachable(voters) >= quorum(voters.len()) && after_reachable >= quorum(after.len()) {
         return None;
@@ -750,6 +756,9 @@ mod tests {
         // A learner (not a voter) needs no quorum; a troubled learner does not count.
         assert_eq!(removal_breaks_active_quorum(&three, 9, 1, &ids(&[2, 3, 9])), None);
         assert_eq!(removal_breaks_active_quorum(&three, 3, 1, &ids(&[9])), None);
+        // The last voter: said so, not "0 of the 0 remaining" (an audit found that).
+        let last = removal_breaks_active_quorum(&ids(&[1]), 1, 1, &ids(&[])).expect("refused");
+        assert!(last.contains("the only voting member"), "{last}");
     }
 
     #[test]

@@ -221,7 +221,7 @@ pub struct JobSubmit {
     /// The queue's name.
     pub queue: String,
     /// The payload as JSON text (sent as written).
-    #[arg(long, conflicts_with = "payload_file")]
+    #[arg(long, conflicts_with = "payload_file", allow_negative_numbers = true)]
     pub payload: Option<String>,
     /// Read the payload JSON from this file (`-` for stdin).
     #[arg(long)]
@@ -405,7 +405,11 @@ async fn queue_retry(client: &Client, queue: &str, max: Option<u64>, output: Out
         }
     }
     match output {
-        Output::Json => println!("{}", serde_json::json!({"queue": queue, "retried": retried, "dead": dead})),
+        // In the documented order (json! would sort the keys).
+        Output::Json => println!(
+            "{{\"queue\":{},\"retried\":{retried},\"dead\":{dead}}}",
+            serde_json::Value::from(queue)
+        ),
         Output::Table => println!("queue {queue}: {retried} dead jobs queued again; {dead} still dead"),
     }
     Ok(())

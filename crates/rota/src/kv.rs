@@ -44,7 +44,7 @@ pub enum KvCommand {
         key: String,
         /// The value.
         value: String,
-        /// Seconds until the key expires.
+        /// Seconds until the key expires (0: never, as etcdctl's default).
         #[arg(long)]
         ttl: Option<u64>,
         /// Only if the current value is this (compare-and-swap).
@@ -60,7 +60,7 @@ pub enum KvCommand {
         key: String,
         /// The value.
         value: String,
-        /// Seconds until the key expires.
+        /// Seconds until the key expires (0: never, as etcdctl's default).
         #[arg(long)]
         ttl: Option<u64>,
         /// Create a new in-order key under the directory KEY instead.
@@ -162,10 +162,12 @@ async fn execute(client: &Client, command: KvCommand) -> Result<ExitCode, Error>
             swap_with_value,
             swap_with_index,
         } => {
+            // As etcdctl (its Go client leaves out a zero TTL and prevIndex and an empty
+            // prevValue): 0 is no TTL, not a key that expires at once; 0 and "" no condition.
             let options = SetOptions {
-                ttl_s: ttl,
-                prev_value: swap_with_value,
-                prev_index: swap_with_index,
+                ttl_s: ttl.filter(|ttl| *ttl != 0),
+                prev_value: swap_with_value.filter(|value| !value.is_empty()),
+                prev_index: swap_with_index.filter(|index| *index != 0),
                 ..SetOptions::default()
             };
             print_value(&client.kv_set(&key, &value, options).await?);
@@ -176,6 +178,7 @@ async fn execute(client: &Client, command: KvCommand) -> Result<ExitCode, Error>
             ttl,
             in_order,
         } => {
+            let ttl = ttl.filter(|ttl| *ttl != 0);
             let response = if in_order {
                 client.kv_mk_in_order(&key, &value, ttl).await?
             } else {
@@ -193,8 +196,9 @@ async fn execute(client: &Client, command: KvCommand) -> Result<ExitCode, Error>
             let options = RmOptions {
                 dir,
                 recursive,
-                prev_value: with_value,
-                prev_index: with_index,
+                // As etcdctl: an empty value and index 0 are no condition.
+                prev_value: with_value.filter(|value| !value.is_empty()),
+                prev_index: with_index.filter(|index| *index != 0),
             };
             let response = client.kv_rm(&key, options).await?;
             if !response.node.dir {

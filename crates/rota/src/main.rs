@@ -47,7 +47,7 @@ enum Command {
     Job(job_cli::JobArgs),
     /// Lease jobs from a queue and run a command for each.
     Worker(worker::WorkerArgs),
-    /// List, add and remove cluster members, like `etcdctl member`.
+    /// List, add, remove and update cluster members, like `etcdctl member`.
     Member(member::MemberArgs),
     /// Each endpoint's id, name, leadership, Raft term and indexes, like `etcdctl endpoint status`.
     Status(status::StatusArgs),
@@ -159,7 +159,7 @@ fn endpoint_urls(endpoints: &str) -> Option<Vec<String>> {
         .map(str::to_string)
         .collect();
     if urls.is_empty() {
-        eprintln!("Error:  --endpoints is empty");
+        eprintln!("Error:  --endpoints is empty (or ROTA_ENDPOINTS is set but empty): give http://host:port[,...]");
         return None;
     }
     // As the client crate's commands say it.

@@ -42,7 +42,10 @@ pub enum MemberCommand {
     },
     /// Remove a member by id.
     #[command(alias = "remove")]
-    Rm { id: String },
+    Rm {
+        /// The member's id (as `rota member ls` lists it).
+        id: String,
+    },
     /// Change a member's peer URLs (where the others reach it).
     Update {
         /// The member's id (as `rota member ls` lists it).

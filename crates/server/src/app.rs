@@ -224,8 +224,9 @@ impl<B: Backend> App<B> {
         tracing::warn!(host = name, "refused a request for a host not in --host-whitelist (DNS rebinding?)");
         let body = format!(
             "rota received your request, but the Host header was unrecognized.\n\n\
-             To fix this, add the host name you use to the list and restart rota:\n  \
-             rota serve --host-whitelist {name:?}\n"
+             To fix this, add the host name you use to the list (keep the names already in it)\n\
+             and restart rota:\n  \
+             rota serve --host-whitelist \"<the names listed now>,{name}\"\n"
         );
         let mut response = respond::with_status(421, body);
         response.headers_mut().insert(

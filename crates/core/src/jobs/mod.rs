@@ -48,7 +48,7 @@ pub use error::JobError;
 pub use job::{AttemptError, Job, JobId, JobState, LeaseInfo, NewJob};
 pub use json_text::{check_json_depth, compact_json, unreadable_json_reason, TooDeep};
 pub use queue::{
-    check_name, format_duration_ms, Backoff, JobCounts, Nullable, QueueConfig, QueueInfo, QueuePatch, RateLimit,
+    check_name, format_duration_ms, format_limit_ms, Backoff, JobCounts, Nullable, QueueConfig, QueueInfo, QueuePatch, RateLimit,
     RatePatch,
 };
 pub use time::{parse_rfc3339_ms, RFC3339_EXPECTED};
@@ -1005,7 +1005,7 @@ fn validate_new_job(new_job: &NewJob, now_ms: u64, field: &dyn Fn(&str) -> Strin
             if run_at_ms > latest_ms {
                 return Err(JobError::invalid(
                     &field("run_at"),
-                    format!("run_at must be at most {} from now", format_duration_ms(DELAY_MS_MAX)),
+                    format!("run_at must be at most {} from now", format_limit_ms(DELAY_MS_MAX)),
                 ));
             }
         }

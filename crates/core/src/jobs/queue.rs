@@ -241,10 +241,20 @@ pub(crate) fn check_range(field: &str, value: u64, min: u64, max: u64) -> Result
 /// [`check_range`] for a duration in milliseconds, written as the API writes durations.
 pub(crate) fn check_range_ms(field: &str, ms: u64, min_ms: u64, max_ms: u64) -> Result<(), JobError> {
     if ms < min_ms || ms > max_ms {
-        let (min, max, value) = (format_duration_ms(min_ms), format_duration_ms(max_ms), format_duration_ms(ms));
+        let (min, max, value) = (format_duration_ms(min_ms), format_limit_ms(max_ms), format_duration_ms(ms));
         return Err(JobError::invalid(field, format!("{field} must be between {min} and {max}, got {value}")));
     }
     Ok(())
+}
+
+/// A bound for an error message: as the API writes durations, with the days a person
+/// thinks in when it is whole days (`2160h (90 days)`).
+pub fn format_limit_ms(ms: u64) -> String {
+    const DAY_MS: u64 = 86_400_000;
+    match ms / DAY_MS {
+        days if days >= 2 && ms.is_multiple_of(DAY_MS) => format!("{} ({days} days)", format_duration_ms(ms)),
+        _ => format_duration_ms(ms),
+    }
 }
 
 /// A duration as the API writes it: `1h30m`, `500ms`, `0s`.

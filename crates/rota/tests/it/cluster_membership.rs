@@ -875,6 +875,69 @@ fn cluster_membership_a_write_held_by_a_frozen_leader_is_answered_once_another_l
     assert!(matches!(after.status(), 200 | 201), "{name}: {}", after.text());
 }
 
+/// Writes forwarded to a frozen leader hold their follower's forwarding slots until they
+/// give up; a write for the leader elected meanwhile must not queue behind them. (An audit
+/// saw a follower with four such writes out hold new ones ~10 s, the forward timeout,
+/// while the new leader answered others in milliseconds: 3 s TTL keys expired.)
+#[test]
+fn cluster_membership_writes_stuck_on_a_frozen_leader_do_not_hold_back_those_for_the_new_one() {
+    let name = "frozen-leader-slots";
+    let (mut cluster, endpoints, leader) = three_with_a_leader(name);
+    let followers: Vec<usize> = (0..endpoints.len()).filter(|i| *i != leader).collect();
+    for &f in &followers {
+        let before = put_until_answered(endpoints[f], &format!("/slots/before-{f}"), "1");
+        assert!(matches!(before.status(), 200 | 201), "{name}: {}", before.text());
+    }
+    let old_leader_id = self_stats(endpoints[leader]).expect("the leader's stats").0;
+    cluster.pause(leader);
+    // Six writes through each follower, one after another so that each goes out as a
+    // batch of its own and takes a slot (four per leader).
+    let mut stuck = Vec::new();
+    for i in 0..6 {
+        for &f in &followers {
+            let addr = endpoints[f];
+            stuck.push(std::thread::spawn(move || {
+                let request = Request::new("PUT", &format!("/v2/keys/slots/stuck-{f}-{i}")).form("value=1");
+                http::send_with_timeout(addr, &request, Duration::from_secs(30))
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    // Both followers know the new leader: one of them.
+    let (new_leader, other) = wait_until(CHANGE_TIMEOUT, "both followers to follow a new leader", || {
+        let stats: Vec<(String, String)> = followers.iter().map(|&f| self_stats(endpoints[f])).collect::<Option<_>>()?;
+        let leader_id = &stats[0].1;
+        if stats.iter().any(|(_, leader)| leader != leader_id || *leader == old_leader_id) {
+            return None;
+        }
+        let at = stats.iter().position(|(id, _)| id == leader_id)?;
+        Some((followers[at], followers[1 - at]))
+    });
+    let request = Request::new("PUT", "/v2/keys/slots/after").form("value=1");
+    let answer = http::send_with_timeout(endpoints[other], &request, Duration::from_secs(5));
+    cluster.resume(leader);
+    for write in stuck {
+        let _ = write.join();
+    }
+    let answer = answer.unwrap_or_else(|e| {
+        panic!(
+            "{name}: a write through n{} for the new leader n{} got no answer within 5 s while the old leader n{} was frozen: {e:?}\n{}",
+            other + 1,
+            new_leader + 1,
+            leader + 1,
+            cluster.logs(30)
+        )
+    });
+    assert!(matches!(answer.status(), 200 | 201), "{name}: {} {}", answer.status(), answer.text());
+}
+
+/// A member's own id and the leader it names (`/v2/stats/self`).
+fn self_stats(addr: SocketAddr) -> Option<(String, String)> {
+    let stats = http::send_with_timeout(addr, &Request::new("GET", "/v2/stats/self"), PROBE_TIMEOUT).ok()?;
+    let json = stats.json();
+    Some((json["id"].as_str()?.to_string(), json["leaderInfo"]["leader"].as_str()?.to_string()))
+}
+
 /// Kills the child when dropped (also when the test fails).
 struct KillOnDrop(Child);
 

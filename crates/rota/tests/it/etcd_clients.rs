@@ -255,6 +255,13 @@ fn rota_kv_prints_what_etcdctl_prints() {
             "ls /q",
             "get --quorum /foo2",
             "set /t v --ttl 100",
+            // etcdctl's 0 is no TTL and no condition (it once made a key that expired at once).
+            "set /t0 v --ttl 0",
+            "mk /t1 v --ttl 0",
+            "get /t0",
+            "get /t1",
+            "set /t0 w --swap-with-index 0",
+            "rm /t1 --with-index 0",
             // The first event after the session's first write is `mk /foo2 x`; etcdctl asks
             // for index + 1 (a resumed watch does not see its last event again).
             "watch --after-index {first} /foo2",

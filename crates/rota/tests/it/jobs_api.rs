@@ -867,3 +867,39 @@ fn jobs_a_worker_says_when_its_queue_is_paused_and_resumed() {
     assert_eq!(log.matches("is paused").count(), 1, "said once: {log}");
     assert!(log.contains("queue held is no longer paused"), "{log}");
 }
+
+/// At SIGTERM, requests that wait are answered as if their wait ran out, not cut off: a
+/// lease with no jobs, a job not finished yet as it is now (an audit saw the connection
+/// close without an answer, which a client must take as a failure of unknown outcome).
+#[test]
+fn waiting_leases_and_result_waits_are_answered_at_sigterm() {
+    let mut server = Server::start(Kind::Rota);
+    let submitted = api(&server, "POST", "/v1/queues/other/jobs", Some(&json!({"payload": 1})), None);
+    assert_eq!(submitted.status(), 202, "{}", submitted.text());
+    let id = submitted.json()["id"].as_u64().expect("id");
+    let addr = server.addr();
+    let lease = std::thread::spawn(move || {
+        let body = json!({"worker": "w", "wait": "30s"}).to_string();
+        let request = crate::http::Request::new("POST", "/v1/queues/empty/lease")
+            .header("Content-Type", "application/json")
+            .raw_body(body.into_bytes());
+        crate::http::send_with_timeout(addr, &request, Duration::from_secs(40))
+    });
+    let result = std::thread::spawn(move || {
+        let request = crate::http::Request::new("GET", &format!("/v1/jobs/{id}?wait=30s"));
+        crate::http::send_with_timeout(addr, &request, Duration::from_secs(40))
+    });
+    wait_until(Duration::from_secs(10), "both requests waiting", || {
+        let text = api(&server, "GET", "/metrics", None, None).text();
+        let gauge = |name: &str| {
+            text.lines().find(|line| line.split_whitespace().next() == Some(name)).and_then(|line| line.split_whitespace().nth(1).map(str::to_string))
+        };
+        (gauge("rota_v1_lease_waiters").as_deref() == Some("1") && gauge("rota_v1_result_waiters").as_deref() == Some("1")).then_some(())
+    });
+    let status = server.terminate(Duration::from_secs(10));
+    assert!(status.is_some_and(|status| status.success()), "{status:?}: {}", server.stderr_tail());
+    let lease = lease.join().expect("lease thread").expect("an answer to the lease");
+    assert_eq!((lease.status(), lease.json()["jobs"].clone()), (200, json!([])), "{}", lease.text());
+    let result = result.join().expect("result thread").expect("an answer to the wait");
+    assert_eq!((result.status(), result.json()["state"].clone()), (200, json!("queued")), "{}", result.text());
+}

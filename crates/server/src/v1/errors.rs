@@ -169,7 +169,7 @@ pub(crate) fn from_json_error(error: serde_path_to_error::Error<serde_json::Erro
                 None if parent.is_empty() => String::new(),
                 None => parent,
             };
-            let message = strip_position(&message);
+            let message = in_plain_words(&strip_position(&message));
             if field.is_empty() {
                 ApiError::new(400, INVALID, message, None)
             } else {
@@ -177,6 +177,43 @@ pub(crate) fn from_json_error(error: serde_path_to_error::Error<serde_json::Erro
             }
         }
     }
+}
+
+/// serde's words for JSON's types in a decoding error ("expected u32", "invalid type: map")
+/// in JSON's (an audit found the Rust type names unclear to a client).
+fn in_plain_words(message: &str) -> String {
+    const EXPECTED: [(&str, &str); 7] = [
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected u32", "expected a whole number from 0 to 4294967295"),
+        ("expected u64", "expected a whole number from 0 to 18446744073709551615"),
+        ("expected usize", "expected a whole number from 0 to 18446744073709551615"),
+        ("expected i32", "expected a whole number from -2147483648 to 2147483647"),
+        ("expected i64", "expected a whole number from -9223372036854775808 to 9223372036854775807"),
+    ];
+    let mut plain = message.to_owned();
+    for (serde, json) in EXPECTED {
+        if let Some(head) = plain.strip_suffix(serde) {
+            plain = format!("{head}{json}");
+            break;
+        }
+    }
+    for (serde, json) in [
+        ("invalid type: map,", "invalid type: object,"),
+        ("invalid type: sequence,", "invalid type: array,"),
+        ("invalid type: unit value,", "invalid type: null,"),
+        ("invalid type: floating point", "invalid type: number"),
+    ] {
+        if let Some(tail) = plain.strip_prefix(serde) {
+            plain = format!("{json}{tail}");
+        }
+    }
+    if let Some(head) = plain.strip_suffix("expected a sequence") {
+        plain = format!("{head}expected an array");
+    } else if let Some(head) = plain.strip_suffix("expected a map") {
+        plain = format!("{head}expected an object");
+    }
+    plain
 }
 
 /// serde_json appends " at line L column C"; the field already says where.
@@ -190,6 +227,22 @@ fn strip_position(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoding_errors_name_json_types_not_rust_ones() {
+        let cases = [
+            ("invalid type: string \"1\", expected u32", "invalid type: string \"1\", expected a whole number from 0 to 4294967295"),
+            ("invalid type: map, expected a sequence", "invalid type: object, expected an array"),
+            ("invalid type: floating point `1.8446744073709552e19`, expected u64", "invalid type: number `1.8446744073709552e19`, expected a whole number from 0 to 18446744073709551615"),
+            ("invalid type: unit value, expected i64", "invalid type: null, expected a whole number from -9223372036854775808 to 9223372036854775807"),
+            // A client's own string is left alone.
+            ("invalid type: string \"map,\", expected a map", "invalid type: string \"map,\", expected an object"),
+            ("unknown field `x`, expected one of `a`, `b`", "unknown field `x`, expected one of `a`, `b`"),
+        ];
+        for (serde, plain) in cases {
+            assert_eq!(in_plain_words(serde), plain);
+        }
+    }
 
     #[test]
     fn an_unknown_outcome_is_504_without_retry_after_and_no_leader_is_503_with_it() {

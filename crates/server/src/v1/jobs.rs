@@ -222,6 +222,8 @@ async fn wait_finished<B: Backend>(
     let waiting = GaugeGuard::new(&app.v1.metrics.result_waiters);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     let mut applied = app.backend.subscribe();
+    // On shutdown the job is answered as it is now (202 if unfinished), not cut off.
+    let mut shutdown = app.shutdown.subscribe();
     let result = loop {
         let applied_index = applied.borrow_and_update().raft_index;
         let job = match created {
@@ -232,9 +234,12 @@ async fn wait_finished<B: Backend>(
         };
         match job {
             Some(job) if !job.state.is_terminal() => {
-                match tokio::time::timeout_at(deadline, applied.changed()).await {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(_)) | Err(_) => break Some(job),
+                tokio::select! {
+                    changed = tokio::time::timeout_at(deadline, applied.changed()) => match changed {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(_)) | Err(_) => break Some(job),
+                    },
+                    _ = shutdown.wait_for(|stopping| *stopping) => break Some(job),
                 }
             }
             other => break other,

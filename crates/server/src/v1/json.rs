@@ -605,7 +605,7 @@ pub(crate) fn check_range_ms(field: &str, ms: u64, min_ms: u64, max_ms: u64) -> 
             format!(
                 "{field} must be between {} and {}, got {}",
                 format_duration_ms(min_ms),
-                format_duration_ms(max_ms),
+                rota_core::jobs::format_limit_ms(max_ms),
                 format_duration_ms(ms)
             ),
         ));
@@ -643,6 +643,10 @@ mod tests {
             assert_eq!(format_duration_ms(ms), text);
             assert_eq!(humantime::parse_duration(text).expect("parses").as_millis() as u64, ms);
         }
+        // Bounds in messages also say whole days in days.
+        assert_eq!(rota_core::jobs::format_limit_ms(90 * 86_400_000), "2160h (90 days)");
+        assert_eq!(rota_core::jobs::format_limit_ms(86_400_000), "24h");
+        assert_eq!(rota_core::jobs::format_limit_ms(90_000), "1m30s");
     }
 
     #[test]

@@ -278,8 +278,11 @@ pub(crate) async fn lease<B: Backend>(
     // attempt is a Raft entry whose own apply wakes this loop again.
     let mut not_before_ms = 0u64;
     let mut miss_backoff_ms = 0u64;
+    // On shutdown a waiting lease is answered as its wait running out would be (no jobs),
+    // not cut off: a worker then asks again, elsewhere or once the server is back.
+    let mut shutdown = app.shutdown.subscribe();
     loop {
-        if tokio::time::Instant::now() >= deadline {
+        if tokio::time::Instant::now() >= deadline || *shutdown.borrow_and_update() {
             record.end = LeaseWaitEnd::TimedOut;
             if app.backend.status().leader_id.is_none() {
                 // A wait that never got to try (its queue full, others ahead of it) would
@@ -337,6 +340,7 @@ pub(crate) async fn lease<B: Backend>(
             }
             () = async { if let Some(timer) = timer { tokio::time::sleep_until(timer).await } }, if timer.is_some() => {}
             () = place.woken() => {}
+            _ = shutdown.changed() => {}
         }
     }
 }
