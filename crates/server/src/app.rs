@@ -944,7 +944,7 @@ fn body_budget_exhausted(budget_bytes_max: usize) -> Response<Body> {
 
 /// Reads and drops up to `bytes_max` bytes of `body`, for at most
 /// [`limits::BODY_READ_TIMEOUT`].
-async fn drain(body: Body, bytes_max: u64) {
+pub(crate) async fn drain(body: Body, bytes_max: u64) {
     let mut stream = body.into_data_stream();
     let read = async {
         let mut total_bytes = 0u64;

@@ -21,7 +21,7 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde_json::value::RawValue;
 
 use super::errors::{self, ApiError};
-use super::limits::BODY_BYTES_MAX;
+use super::limits::{BODY_BYTES_MAX, OVERSIZE_BODY_DRAIN_BYTES_MAX};
 use crate::body_budget::{BodyBudget, BodyReservation};
 use crate::limits::BODY_READ_TIMEOUT;
 
@@ -77,6 +77,7 @@ pub(crate) async fn read_body(request: Request<Body>, budget: &Arc<BodyBudget>) 
         .and_then(|value| value.to_str().ok())
         .and_then(|text| text.parse::<u64>().ok());
     if declared.is_some_and(|bytes| bytes > BODY_BYTES_MAX as u64) {
+        crate::app::drain(request.into_body(), OVERSIZE_BODY_DRAIN_BYTES_MAX).await;
         return Err(too_large());
     }
     // Under the body limit now, so the cast is exact.
@@ -91,6 +92,15 @@ pub(crate) async fn read_body(request: Request<Body>, budget: &Arc<BodyBudget>) 
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|_| ApiError::new(400, errors::INVALID, "the body could not be read", None))?;
             if body.len() + chunk.len() > BODY_BYTES_MAX {
+                // The rest is read and dropped too (see OVERSIZE_BODY_DRAIN_BYTES_MAX).
+                let mut drained = (body.len() + chunk.len()) as u64;
+                drop(body);
+                while drained <= OVERSIZE_BODY_DRAIN_BYTES_MAX {
+                    match stream.next().await {
+                        Some(Ok(chunk)) => drained += chunk.len() as u64,
+                        _ => break,
+                    }
+                }
                 return Err(too_large());
             }
             // A chunked body: reserve what it has grown to before keeping it.

@@ -6,6 +6,11 @@ use std::time::Duration;
 /// A `/v1` request body: a batch submit may carry 16 MiB of payloads, plus the JSON around
 /// them. (A command is also bounded by the Raft entry size; over that it is a 413 too.)
 pub const BODY_BYTES_MAX: usize = 17 * 1024 * 1024;
+/// A body over [`BODY_BYTES_MAX`] is read and dropped up to this many bytes before its
+/// `413` is sent: a client that writes its whole body before it reads the answer (Python's
+/// `http.client`) otherwise meets a reset connection instead of the `413`. /v2 does the same
+/// up to Go's 10 MiB form limit.
+pub const OVERSIZE_BODY_DRAIN_BYTES_MAX: u64 = 32 * 1024 * 1024;
 
 /// How deep arrays and objects may nest in a job's payload or result: a bound of the state
 /// machine's crate, so that clients check it before sending (`rota worker` stores stdout

@@ -348,6 +348,34 @@ async fn a_client_that_sends_its_whole_oversized_body_before_reading_gets_the_41
     assert_eq!(store_index(&served.app), 0);
 }
 
+/// The same on /v1, whose bodies may be 17 MiB: an 18 MiB submit, declared and chunked,
+/// sent whole before the answer is read, gets its 413 (it met a reset connection before).
+#[tokio::test]
+async fn a_v1_client_that_sends_its_whole_oversized_body_before_reading_gets_the_413() {
+    let served = serve(app(), rota_server::ServeOptions::default()).await;
+    let bytes = 18 * MIB;
+    let body = format!("{{\"payload\": \"{}\"}}", "a".repeat(bytes - 16));
+    let mut stream = connect(served.port).await;
+    write_all(&mut stream, &head("POST", "/v1/queues/q/jobs", "application/json", body.len())).await;
+    write_all(&mut stream, &body).await;
+    let answer = read_until(&mut stream, "}}", Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{}", &answer[..answer.len().min(300)]);
+    assert!(answer.contains("\"too_large\""), "{}", &answer[..answer.len().min(300)]);
+    let mut stream = connect(served.port).await;
+    write_all(
+        &mut stream,
+        "POST /v1/queues/q/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .await;
+    for piece in body.as_bytes().chunks(MIB) {
+        write_all(&mut stream, &format!("{:x}\r\n{}\r\n", piece.len(), std::str::from_utf8(piece).expect("ascii"))).await;
+    }
+    write_all(&mut stream, "0\r\n\r\n").await;
+    let answer = read_until(&mut stream, "}}", Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "chunked: {}", &answer[..answer.len().min(300)]);
+    assert_eq!(store_index(&served.app), 0);
+}
+
 /// At the connection bound, idle connections are closed so that a new client gets in: a
 /// flood of idle sockets (or slow heads) used to keep everyone out for the whole 120 s idle
 /// timeout. A connection with a request in progress (a watch) is not cut.
