@@ -298,6 +298,8 @@ impl Node {
 
 pub(crate) async fn propose(node: &Node, command: Command) -> Result<Proposed, ProposeError> {
     let deadline = Instant::now() + node.inner.leader_wait;
+    // The leader this member knows but could not reach, and why: said when the wait ends.
+    let mut unreachable: Option<(NodeId, String)> = None;
     loop {
         if node.is_shutting_down() {
             return Err(ProposeError::ShuttingDown);
@@ -307,10 +309,16 @@ pub(crate) async fn propose(node: &Node, command: Command) -> Result<Proposed, P
             Route::Leader(leader, member) => {
                 // A leader that froze or was cut off holds the request until the forward
                 // times out; once another leader is elected there is no point waiting.
+                // The leader answers within the request timeout (its own proposer gives up
+                // then); past it, so does this member, as etcd's do.
+                let answer_max = node.inner.proposals.answer_max;
                 let forwarded = tokio::select! {
                     forwarded = node.inner.forwarder.forward(leader, member, command.clone()) => forwarded,
                     () = node.wait_for_another_leader(leader) => Err(ForwardFailure::Unknown(format!(
                         "leader {leader:x} was replaced before it answered"
+                    ))),
+                    () = tokio::time::sleep(answer_max) => Err(ForwardFailure::Unknown(format!(
+                        "leader {leader:x} did not answer within {answer_max:?}"
                     ))),
                 };
                 match forwarded {
@@ -327,6 +335,7 @@ pub(crate) async fn propose(node: &Node, command: Command) -> Result<Proposed, P
                     Ok(ForwardedProposal::NotLeader { .. }) => {}
                     Err(ForwardFailure::NotDelivered(reason)) => {
                         tracing::debug!(%reason, "forwarding a proposal: leader unreachable");
+                        unreachable = Some((leader, reason));
                     }
                     Err(ForwardFailure::Unknown(reason)) => {
                         tracing::warn!(%reason, "forwarded proposal's outcome is unknown");
@@ -334,11 +343,14 @@ pub(crate) async fn propose(node: &Node, command: Command) -> Result<Proposed, P
                     }
                 }
             }
-            Route::NoLeader => {}
+            Route::NoLeader => unreachable = None,
             Route::Removed => return Err(ProposeError::Removed),
         }
         if Instant::now() >= deadline {
-            return Err(ProposeError::NoLeader);
+            return Err(match unreachable {
+                Some((leader, reason)) => ProposeError::LeaderUnreachable { leader, reason },
+                None => ProposeError::NoLeader,
+            });
         }
         node.wait_for_leader_change(deadline).await;
     }

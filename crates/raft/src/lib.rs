@@ -342,6 +342,12 @@ pub enum ProposeError {
         (needed_bytes + disk::RESUME_MARGIN_BYTES) >> 20
     )]
     NoSpace { available_bytes: u64, needed_bytes: u64 },
+    /// This member knows a leader but could not reach it within the leader wait (this
+    /// member cut off from it, say, while the leader still heartbeats it); the command was
+    /// not delivered, so not applied. Answered as [`ProposeError::NoLeader`] is, with why.
+    /// Last, so that the peer wire's variant numbers of the others stay.
+    #[error("no leader reachable: the leader, member {leader:x}, cannot be reached from this member ({reason})")]
+    LeaderUnreachable { leader: u64, reason: String },
 }
 
 /// etcd 3.4's words when a member learns it was removed (rota's log line and error say it

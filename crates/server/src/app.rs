@@ -1060,9 +1060,13 @@ pub(crate) fn propose_error(error: &ProposeError) -> Response<Body> {
         // python-etcd, 3 more times 1 s apart: a 12 s call during a quorum loss, where etcd
         // answers once after 7 s). A node shutting down, or removed from the cluster,
         // answers its queued writes this way too.
-        ProposeError::NoLeader | ProposeError::ShuttingDown | ProposeError::Removed => {
+        ProposeError::NoLeader
+        | ProposeError::LeaderUnreachable { .. }
+        | ProposeError::ShuttingDown
+        | ProposeError::Removed => {
             let cause = match error {
                 ProposeError::NoLeader => "etcdserver: no leader (request timed out waiting for one)".to_string(),
+                ProposeError::LeaderUnreachable { .. } => format!("etcdserver: {error}"),
                 ProposeError::Removed => error.to_string(),
                 other => format!("{other}; retry on another member"),
             };

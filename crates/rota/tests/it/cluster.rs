@@ -438,6 +438,13 @@ impl Cluster {
         proxy.cut(&cuts);
     }
 
+    /// Cuts the peer links `(from, to)`: what `from` sends to `to` is dropped, the other
+    /// direction still flows.
+    pub fn cut_links(&self, links: &[(usize, usize)]) {
+        let proxy = self.proxy.as_ref().expect("cut_links needs ClusterConfig::proxied_peers");
+        proxy.cut(links);
+    }
+
     /// Restores every peer link.
     pub fn heal(&self) {
         if let Some(proxy) = &self.proxy {

@@ -81,7 +81,9 @@ impl ApiError {
 
     pub fn from_propose_error(error: &ProposeError) -> ApiError {
         match error {
-            ProposeError::NoLeader => ApiError::new(503, NO_LEADER, error.to_string(), None),
+            ProposeError::NoLeader | ProposeError::LeaderUnreachable { .. } => {
+                ApiError::new(503, NO_LEADER, error.to_string(), None)
+            }
             // Not 503: with its Retry-After, that says "nothing was done, send it again",
             // and a submit sent again without its key would make a second job.
             ProposeError::OutcomeUnknown(_) => ApiError::new(
