@@ -322,9 +322,13 @@ pub(crate) async fn propose(node: &Node, command: Command) -> Result<Proposed, P
                     ))),
                 };
                 match forwarded {
-                    // That leader removed itself from the cluster before it proposed the
-                    // command: not applied, the next leader takes it.
-                    Ok(ForwardedProposal::Done(Err(ProposeError::Removed))) => {}
+                    // That leader removed itself from the cluster, stepped down or is
+                    // stopping, before it proposed the command: not applied, the next leader
+                    // takes it, within this wait (an audit saw an at-once 503 "no leader"
+                    // while a leader stepped down for an election it won 0.6 s later).
+                    Ok(ForwardedProposal::Done(Err(
+                        ProposeError::Removed | ProposeError::NoLeader | ProposeError::ShuttingDown,
+                    ))) => {}
                     Ok(ForwardedProposal::Done(Ok(proposed))) => {
                         // As etcd's members do, answer once this member applied the write
                         // too, so that a client reading here next reads its own write.
@@ -503,7 +507,7 @@ impl Node {
         tracing::info!(
             member = %format!("{from:x}"),
             rpc = rpc.name(),
-            ?claim,
+            %claim,
             "refusing a Raft RPC from a member removed from the cluster (410)"
         );
         Err(PeerError::SenderRemoved { from })

@@ -148,6 +148,9 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// etcd's `--initial-cluster-token` default.
+    pub const DEFAULT_CLUSTER_TOKEN: &'static str = "etcd-cluster";
+
     pub fn single(name: impl Into<String>, data_dir: impl Into<PathBuf>) -> NodeConfig {
         let mut config = NodeConfig {
             name: name.into(),
@@ -171,7 +174,7 @@ impl NodeConfig {
             peer_listen_ports: Vec::new(),
             initial_cluster: Vec::new(),
             initial_cluster_state: ClusterState::New,
-            cluster_token: "etcd-cluster".to_string(),
+            cluster_token: NodeConfig::DEFAULT_CLUSTER_TOKEN.to_string(),
             cluster_id: None,
         };
         config.set_election_timeout_ms(DEFAULT_ELECTION_TIMEOUT_MS);
@@ -637,11 +640,13 @@ impl Node {
         // As etcd: the token is the one this member started with, whatever the flag says now.
         let mut config = config;
         if let Some(token) = &identity.token {
-            if *token != config.cluster_token && had_identity {
+            // Said only when a token other than the default was given: members restart
+            // without their --initial-* flags, as the README says they may.
+            if *token != config.cluster_token && had_identity && config.cluster_token != NodeConfig::DEFAULT_CLUSTER_TOKEN {
                 tracing::info!(
                     stored = %token,
                     flag = %config.cluster_token,
-                    "this member belongs to the cluster token in its data dir; --initial-cluster-token (given, or its default) applies only to a new member"
+                    "this member belongs to the cluster token in its data dir; --initial-cluster-token applies only to a new member"
                 );
             }
             if *token != config.cluster_token {

@@ -541,6 +541,21 @@ pub(crate) enum SenderClaim {
     Leader { term: u64 },
 }
 
+/// For the log: what the sender claims, in the words (and hex ids) of the other lines.
+impl std::fmt::Display for SenderClaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SenderClaim::Candidate { last_log_id: Some(id) } => write!(
+                f,
+                "a candidate whose log ends at index {} (term {}, by leader {:x})",
+                id.index, id.leader_id.term, id.leader_id.node_id
+            ),
+            SenderClaim::Candidate { last_log_id: None } => write!(f, "a candidate with an empty log"),
+            SenderClaim::Leader { term } => write!(f, "a leader of term {term}"),
+        }
+    }
+}
+
 /// Whether the sender `from` of a Raft RPC is a member this node knows was removed (etcd:
 /// "peers answer a removed member with 410 Gone"), given this node's **committed**
 /// membership `committed` at log id `committed_log_id` and what the RPC shows (`claim`).
