@@ -307,10 +307,9 @@ pub(crate) async fn propose(node: &Node, command: Command) -> Result<Proposed, P
         match node.route() {
             Route::Local => return node.inner.proposals.propose(command).await,
             Route::Leader(leader, member) => {
-                // A leader that froze or was cut off holds the request until the forward
-                // times out; once another leader is elected there is no point waiting.
-                // The leader answers within the request timeout (its own proposer gives up
-                // then); past it, so does this member, as etcd's do.
+                // A leader that froze or was cut off never answers: once another leader is
+                // elected there is no point waiting, and past the request timeout (when the
+                // leader's own proposer gives up) this member gives up too, as etcd's do.
                 let answer_max = node.inner.proposals.answer_max;
                 let forwarded = tokio::select! {
                     forwarded = node.inner.forwarder.forward(leader, member, command.clone()) => forwarded,

@@ -181,16 +181,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         if !replaying {
                             log_membership_change(self.last_membership.membership(), &membership);
                         }
-                        let before = self.last_membership.membership();
-                        let mut removed = self
-                            .shared
-                            .removed_members
-                            .lock()
-                            .unwrap_or_else(|poisoned| poisoned.into_inner());
-                        removed.extend(
-                            before.nodes().map(|(id, _)| *id).filter(|id| membership.get_node(id).is_none()),
-                        );
-                        drop(removed);
+                        let removed = removed_by(self.last_membership.membership(), &membership);
+                        let mut removed_members =
+                            self.shared.removed_members.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                        removed_members.extend(removed.map(|(id, _)| *id));
+                        drop(removed_members);
                         self.last_membership =
                             StoredMembership::new(Some(entry.log_id), membership);
                         EntryResponses::default()
@@ -469,11 +464,17 @@ fn log_membership_change(
             Some(_) => {}
         }
     }
-    for (id, member) in before.nodes() {
-        if after.get_node(id).is_none() {
-            tracing::info!(member = %format_args!("{id:x}"), name = %shown_name(member), peer_urls = %member.peer_urls.join(","), "membership: member removed");
-        }
+    for (id, member) in removed_by(before, after) {
+        tracing::info!(member = %format_args!("{id:x}"), name = %shown_name(member), peer_urls = %member.peer_urls.join(","), "membership: member removed");
     }
+}
+
+/// The members of `before` that `after` no longer has.
+fn removed_by<'a>(
+    before: &'a openraft::Membership<crate::types::NodeId, crate::types::Member>,
+    after: &'a openraft::Membership<crate::types::NodeId, crate::types::Member>,
+) -> impl Iterator<Item = (&'a crate::types::NodeId, &'a crate::types::Member)> {
+    before.nodes().filter(|(id, _)| after.get_node(id).is_none())
 }
 
 #[cfg(test)]

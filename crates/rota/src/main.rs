@@ -159,7 +159,7 @@ fn endpoint_urls(endpoints: &str) -> Option<Vec<String>> {
         .map(str::to_string)
         .collect();
     if urls.is_empty() {
-        eprintln!("Error:  --endpoints is empty (or ROTA_ENDPOINTS is set but empty): give http://host:port[,...]");
+        eprintln!("Error:  {}", rota_client::Error::NoEndpoints);
         return None;
     }
     // As the client crate's commands say it.

@@ -946,16 +946,19 @@ fn body_budget_exhausted(budget_bytes_max: usize) -> Response<Body> {
 /// [`limits::BODY_READ_TIMEOUT`].
 pub(crate) async fn drain(body: Body, bytes_max: u64) {
     let mut stream = body.into_data_stream();
-    let read = async {
-        let mut total_bytes = 0u64;
-        while let Some(Ok(chunk)) = stream.next().await {
-            total_bytes += chunk.len() as u64;
-            if total_bytes > bytes_max {
-                break;
-            }
+    let _ = tokio::time::timeout(limits::BODY_READ_TIMEOUT, drain_stream(&mut stream, 0, bytes_max)).await;
+}
+
+/// Reads and drops the rest of a body whose first `read_bytes` were read, until it ends or
+/// more than `bytes_max` were read in all.
+pub(crate) async fn drain_stream(stream: &mut axum::body::BodyDataStream, read_bytes: u64, bytes_max: u64) {
+    let mut total_bytes = read_bytes;
+    while total_bytes <= bytes_max {
+        match stream.next().await {
+            Some(Ok(chunk)) => total_bytes += chunk.len() as u64,
+            _ => break,
         }
-    };
-    let _ = tokio::time::timeout(limits::BODY_READ_TIMEOUT, read).await;
+    }
 }
 
 /// Reads a form body, bounded in size ([`limits::REQUEST_BODY_BYTES_MAX`], 413; over Go's

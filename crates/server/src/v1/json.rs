@@ -93,14 +93,9 @@ pub(crate) async fn read_body(request: Request<Body>, budget: &Arc<BodyBudget>) 
             let chunk = chunk.map_err(|_| ApiError::new(400, errors::INVALID, "the body could not be read", None))?;
             if body.len() + chunk.len() > BODY_BYTES_MAX {
                 // The rest is read and dropped too (see OVERSIZE_BODY_DRAIN_BYTES_MAX).
-                let mut drained = (body.len() + chunk.len()) as u64;
+                let read_bytes = (body.len() + chunk.len()) as u64;
                 drop(body);
-                while drained <= OVERSIZE_BODY_DRAIN_BYTES_MAX {
-                    match stream.next().await {
-                        Some(Ok(chunk)) => drained += chunk.len() as u64,
-                        _ => break,
-                    }
-                }
+                crate::app::drain_stream(&mut stream, read_bytes, OVERSIZE_BODY_DRAIN_BYTES_MAX).await;
                 return Err(too_large());
             }
             // A chunked body: reserve what it has grown to before keeping it.
