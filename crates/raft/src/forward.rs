@@ -44,7 +44,7 @@ const FORWARD_BATCH_BYTES_MAX: usize = 4 << 20;
 /// Forwarded batches on the wire at once: while they wait for the leader's fsync the next
 /// batch fills.
 const FORWARD_BATCHES_IN_FLIGHT_MAX: usize = 4;
-/// Commands waiting to be forwarded, at most; `forward` waits when full.
+/// Commands waiting to be forwarded to one leader, at most; `forward` waits when full.
 const FORWARD_QUEUE_MAX: usize = 16_384;
 /// A read index costs the leader one heartbeat round to a quorum.
 const FORWARD_READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
@@ -71,12 +71,19 @@ pub(crate) enum ForwardFailure {
 /// Group forwarding: a follower packs concurrent proposals into one `Propose` RPC per
 /// batch, as the leader's proposer packs them into one entry, so a follower forwards
 /// thousands of commands per second over a handful of requests.
+///
+/// One lane (queue and task) per leader: batches stuck on a leader that froze or was cut
+/// off must not hold back those for the leader elected since. (An audit saw a follower
+/// keep writes queued ~10 s after a new leader was elected ~1.2 s into a freeze, its
+/// in-flight slots all taken by the old leader: service keys with a 3 s TTL expired.)
+/// Callers queue on their leader's lane themselves, with no task between.
 pub(crate) struct Forwarder {
-    tx: tokio::sync::mpsc::Sender<Forward>,
+    transport: PeerTransport,
+    runtime: tokio::runtime::Handle,
+    lanes: std::sync::Mutex<std::collections::HashMap<NodeId, tokio::sync::mpsc::Sender<Forward>>>,
 }
 
 struct Forward {
-    leader: NodeId,
     member: Member,
     command: Command,
     size_bytes: usize,
@@ -84,11 +91,26 @@ struct Forward {
 }
 
 impl Forwarder {
-    /// Starts the forwarding task; it ends when the `Forwarder` is dropped.
+    /// Lanes run on the current runtime; they end when the `Forwarder` is dropped.
     pub(crate) fn start(transport: PeerTransport) -> Forwarder {
-        let (tx, rx) = tokio::sync::mpsc::channel(FORWARD_QUEUE_MAX);
-        tokio::spawn(run_forwarder(transport, rx));
-        Forwarder { tx }
+        Forwarder {
+            transport,
+            runtime: tokio::runtime::Handle::current(),
+            lanes: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The queue of `leader`'s lane, started on first use.
+    fn lane(&self, leader: NodeId) -> tokio::sync::mpsc::Sender<Forward> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        lanes
+            .entry(leader)
+            .or_insert_with(|| {
+                let (tx, rx) = tokio::sync::mpsc::channel(FORWARD_QUEUE_MAX);
+                self.runtime.spawn(run_lane(self.transport.clone(), leader, rx));
+                tx
+            })
+            .clone()
     }
 
     async fn forward(
@@ -100,39 +122,17 @@ impl Forwarder {
         let size_bytes = bincode::serialized_size(&command).unwrap_or(0) as usize;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let forward = Forward {
-            leader,
             member,
             command,
             size_bytes,
             reply,
         };
-        if self.tx.send(forward).await.is_err() {
+        if self.lane(leader).send(forward).await.is_err() {
             return Err(ForwardFailure::NotDelivered("forwarder stopped".into()));
         }
         answer
             .await
             .unwrap_or_else(|_| Err(ForwardFailure::Unknown("forwarder stopped".into())))
-    }
-}
-
-/// Hands each command to its leader's lane. One lane per leader: batches stuck on a leader
-/// that froze or was cut off (each up to [`FORWARD_PROPOSE_TIMEOUT`]) must not hold back
-/// those for the leader elected since. An audit saw a follower keep writes queued ~10 s
-/// after a new leader was elected ~1.2 s into a freeze, its in-flight slots all taken by
-/// the old leader: service keys with a 3 s TTL expired.
-async fn run_forwarder(transport: PeerTransport, mut rx: tokio::sync::mpsc::Receiver<Forward>) {
-    let mut lanes: std::collections::HashMap<NodeId, tokio::sync::mpsc::UnboundedSender<Forward>> =
-        std::collections::HashMap::new();
-    while let Some(forward) = rx.recv().await {
-        let leader = forward.leader;
-        let lane = lanes.entry(leader).or_insert_with(|| {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(run_lane(transport.clone(), leader, rx));
-            tx
-        });
-        // Unbounded: every command in a lane has a caller waiting for it (bounded by the
-        // connections), and the queue in front is bounded.
-        let _ = lane.send(forward);
     }
 }
 
@@ -143,7 +143,7 @@ async fn run_forwarder(transport: PeerTransport, mut rx: tokio::sync::mpsc::Rece
 async fn run_lane(
     transport: PeerTransport,
     leader: NodeId,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Forward>,
+    mut rx: tokio::sync::mpsc::Receiver<Forward>,
 ) {
     let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(FORWARD_BATCHES_IN_FLIGHT_MAX));
     // A command that did not fit in the last batch: it opens the next.
