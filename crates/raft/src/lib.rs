@@ -1115,8 +1115,27 @@ impl Node {
         }
         metrics.is_leader.set(i64::from(self.counts_as_leader(&current)));
         let id = self.inner.id;
-        let votes = !self.is_removed() && current.membership_config.membership().voter_ids().any(|voter| voter == id);
+        let removed = self.is_removed();
+        let votes = !removed && current.membership_config.membership().voter_ids().any(|voter| voter == id);
         metrics.is_voter.set(i64::from(votes));
+        let has_leader = current.current_leader.is_some() && !removed && !self.lost_quorum(&current);
+        metrics.has_leader.set(i64::from(has_leader));
+        // Rebuilt on every scrape: only a leader has them, and only for its current followers.
+        metrics.follower_matched_index.clear();
+        metrics.follower_lag_entries.clear();
+        if let (true, Some(replication)) = (leads(&current, id), &current.replication) {
+            let last_index = current.last_log_index.unwrap_or(0);
+            let membership = current.membership_config.membership();
+            for (&follower, matched) in replication.iter().filter(|(&follower, _)| follower != id) {
+                let matched = matched.map_or(0, |log_id| log_id.index);
+                let labels = metrics::FollowerLabels {
+                    member: format!("{follower:x}"),
+                    name: membership.get_node(&follower).map(|member| member.name.clone()).unwrap_or_default(),
+                };
+                metrics.follower_matched_index.get_or_create(&labels).set(matched as i64);
+                metrics.follower_lag_entries.get_or_create(&labels).set(last_index.saturating_sub(matched) as i64);
+            }
+        }
     }
 
     /// Whether this member leads, as `/health`, `/v2/stats/self` and `/metrics` say: a

@@ -4,15 +4,31 @@
 //! prometheus-client `Registry` with [`RaftMetrics::register`]. Cloning a handle shares the
 //! underlying value (prometheus-client metrics are `Arc`s inside).
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
+
+/// A follower, as the leader labels its replication gauges: its member id in hex (as
+/// `/v2/members` and the logs write it) and its name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FollowerLabels {
+    pub member: String,
+    pub name: String,
+}
 
 #[derive(Clone, Debug)]
 pub struct RaftMetrics {
     pub term: Gauge,
     pub is_leader: Gauge,
+    /// 1 while this member knows a leader that has its quorum (what `/health` says).
+    pub has_leader: Gauge,
+    /// On the leader: the last log index each follower is known to hold.
+    pub follower_matched_index: Family<FollowerLabels, Gauge>,
+    /// On the leader: how many entries each follower is behind the leader's log.
+    pub follower_lag_entries: Family<FollowerLabels, Gauge>,
     /// 1 while this member votes; 0 while it is a learner catching up (or was removed).
     pub is_voter: Gauge,
     pub leader_changes: Counter,
@@ -22,6 +38,10 @@ pub struct RaftMetrics {
     pub snapshot_index: Gauge,
     /// Size of the latest snapshot file written or installed.
     pub snapshot_bytes: Gauge,
+    /// Encoding, writing and syncing one snapshot (off the apply path).
+    pub snapshot_seconds: Histogram,
+    /// How long applying waited while a snapshot took the state.
+    pub snapshot_pause_seconds: Histogram,
     /// From handing appended entries to the log's flush thread until `sync_data` returned.
     pub log_fsync_seconds: Histogram,
     /// Commands per proposed Raft entry (group commit).
@@ -43,6 +63,9 @@ impl Default for RaftMetrics {
         RaftMetrics {
             term: Gauge::default(),
             is_leader: Gauge::default(),
+            has_leader: Gauge::default(),
+            follower_matched_index: Family::default(),
+            follower_lag_entries: Family::default(),
             is_voter: Gauge::default(),
             leader_changes: Counter::default(),
             last_log_index: Gauge::default(),
@@ -50,6 +73,10 @@ impl Default for RaftMetrics {
             applied_index: Gauge::default(),
             snapshot_index: Gauge::default(),
             snapshot_bytes: Gauge::default(),
+            // 1 ms .. ~65 s
+            snapshot_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            // 50 µs .. ~1.6 s
+            snapshot_pause_seconds: Histogram::new(exponential_buckets(50e-6, 2.0, 16)),
             // 25 µs .. ~1.6 s
             log_fsync_seconds: Histogram::new(exponential_buckets(25e-6, 2.0, 17)),
             // 1 .. 4096 commands
@@ -73,6 +100,21 @@ impl RaftMetrics {
             "is_leader",
             "1 if this node is the Raft leader",
             self.is_leader.clone(),
+        );
+        registry.register(
+            "has_leader",
+            "1 if this member knows a leader that has its quorum (as /health says); 0 during elections and when cut off",
+            self.has_leader.clone(),
+        );
+        registry.register(
+            "follower_matched_index",
+            "On the leader only: the last log index each follower is known to hold",
+            self.follower_matched_index.clone(),
+        );
+        registry.register(
+            "follower_lag_entries",
+            "On the leader only: how many log entries each follower is behind the leader",
+            self.follower_lag_entries.clone(),
         );
         registry.register(
             "is_voter",
@@ -109,6 +151,18 @@ impl RaftMetrics {
             "Size of the latest snapshot file",
             Unit::Bytes,
             self.snapshot_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "snapshot_duration",
+            "Encoding, writing and syncing a snapshot (applying goes on meanwhile)",
+            Unit::Seconds,
+            self.snapshot_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "snapshot_pause",
+            "How long applying waited while a snapshot took the state",
+            Unit::Seconds,
+            self.snapshot_pause_seconds.clone(),
         );
         registry.register_with_unit(
             "log_fsync",

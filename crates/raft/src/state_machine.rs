@@ -220,6 +220,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let started = std::time::Instant::now();
         let state = self.shared.read(State::clone);
         // Applying waits while the state is taken: the time is worth seeing.
+        self.metrics.snapshot_pause_seconds.observe(started.elapsed().as_secs_f64());
         tracing::info!(
             clone_ms = started.elapsed().as_millis() as u64,
             "snapshot: state taken"
@@ -320,6 +321,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let size_hint = usize::try_from(self.metrics.snapshot_bytes.get()).unwrap_or(0) / 8 * 9;
         // Off the Raft runtime (its one thread also applies entries and drives replication),
         // and at a lower priority.
+        let metrics = self.metrics.clone();
         let (stored, image) = in_background("rota-snapshot", move || {
             let started = std::time::Instant::now();
             let image = SnapshotImage::build(image_meta, &state, size_hint)?;
@@ -327,6 +329,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let encode_ms = started.elapsed().as_millis() as u64;
             let stored = store_when_space(&snapshots, &image)?;
             if stored {
+                metrics.snapshot_seconds.observe(started.elapsed().as_secs_f64());
                 tracing::info!(
                     bytes = image.bytes.len(),
                     encode_ms,

@@ -4,6 +4,7 @@
 //! cleaned path, unknown paths a text 404. Handlers hold no lock across an await: reads run
 //! one short closure on the applied state, writes await only their proposal.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -437,10 +438,12 @@ impl<B: Backend> App<B> {
         if method != Method::GET && method != Method::HEAD {
             return respond::method_not_allowed("GET");
         }
-        let (etcd_index, queues, idempotency) = self.backend.read(|state| {
+        let (etcd_index, v2_expires, queues, idempotency) = self.backend.read(|state| {
             let now_ms = unix_now_ms().max(state.time_ms());
             let queues = state.jobs.queues(now_ms);
+            let mut tallies: HashMap<String, _> = state.jobs.queue_tallies().into_iter().collect();
             let queues = queues.into_iter().map(|queue| crate::metrics::QueueSample {
+                tally: tallies.remove(&queue.name).unwrap_or_default(),
                 paused: queue.config.paused,
                 name: queue.name,
                 counts: queue.counts,
@@ -448,11 +451,12 @@ impl<B: Backend> App<B> {
                 rate_tokens: queue.rate_tokens,
             });
             let idempotency = (state.idempotency_stats(), state.idempotency_evicted_remaining_ms());
-            (state.v2.index(), queues.collect(), idempotency)
+            (state.v2.index(), state.v2.stats().expire_count, queues.collect(), idempotency)
         });
         self.backend.refresh_metrics();
         let openmetrics = self.metrics.render(crate::metrics::NodeSample {
             etcd_index,
+            v2_expires,
             watchers: self.watcher_count(),
             queues,
             idempotency: idempotency.0,

@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use rota_core::jobs::JobCounts;
+use rota_core::jobs::{JobCounts, QueueTally};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -125,6 +125,12 @@ struct QueueLabels {
     queue: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueEventLabels {
+    queue: String,
+    event: &'static str,
+}
+
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -137,6 +143,8 @@ pub struct Metrics {
     queue_leases_held: Family<QueueLabels, Gauge>,
     queue_paused: Family<QueueLabels, Gauge>,
     queue_rate_tokens: Family<QueueLabels, Gauge>,
+    queue_job_events: Family<QueueEventLabels, Counter>,
+    v2_expires: Counter,
     idempotency_records: Gauge,
     idempotency_bytes: Gauge,
     idempotency_evicted: Counter,
@@ -151,12 +159,16 @@ pub struct QueueSample {
     pub leases_held: u64,
     pub paused: bool,
     pub rate_tokens: Option<u64>,
+    /// What happened to its jobs since this process started.
+    pub tally: QueueTally,
 }
 
 /// Store numbers, read at scrape time.
 #[derive(Clone, Debug, Default)]
 pub struct NodeSample {
     pub etcd_index: u64,
+    /// Keys and directories the v2 store expired (the count `/v2/stats/store` reports).
+    pub v2_expires: u64,
     pub watchers: usize,
     /// Every queue: its jobs per state, the leases it holds, whether it is paused and its
     /// rate tokens (`None` without a rate).
@@ -225,6 +237,19 @@ impl Metrics {
             "Whole rate-limit tokens each queue with a rate has now (0: leases wait for the next)",
             queue_rate_tokens.clone(),
         );
+        let queue_job_events = Family::<QueueEventLabels, Counter>::default();
+        registry.register(
+            "rota_queue_job_events",
+            "What happened to each queue's jobs since this member started (submitted, leased, succeeded, failed, \
+             lease_expired, released, dead, cancelled, retried), as this member applied it",
+            queue_job_events.clone(),
+        );
+        let v2_expires = Counter::default();
+        registry.register(
+            "rota_v2_store_expires",
+            "Keys and directories of /v2/keys that expired by their TTL",
+            v2_expires.clone(),
+        );
         let idempotency_records = gauge(
             &mut registry,
             "rota_idempotency_records",
@@ -267,6 +292,8 @@ impl Metrics {
             queue_leases_held,
             queue_paused,
             queue_rate_tokens,
+            queue_job_events,
+            v2_expires,
             idempotency_records,
             idempotency_bytes,
             idempotency_evicted,
@@ -325,6 +352,12 @@ impl Metrics {
         if evicted > counted {
             self.idempotency_evicted.inc_by(evicted - counted);
         }
+        // Counted by the state, which a snapshot from the leader may set back: the counter
+        // only moves forward.
+        let counted = self.v2_expires.get();
+        if sample.v2_expires > counted {
+            self.v2_expires.inc_by(sample.v2_expires - counted);
+        }
         self.idempotency_evicted_remaining_seconds
             .set(as_i64(sample.idempotency_evicted_remaining_ms / 1000));
         // Rebuilt on every scrape, so a deleted queue's series go away.
@@ -332,7 +365,11 @@ impl Metrics {
         self.queue_leases_held.clear();
         self.queue_paused.clear();
         self.queue_rate_tokens.clear();
-        for QueueSample { name: queue, counts, leases_held, paused, rate_tokens } in sample.queues {
+        self.queue_job_events.clear();
+        for QueueSample { name: queue, counts, leases_held, paused, rate_tokens, tally } in sample.queues {
+            for (event, count) in tally.events() {
+                self.queue_job_events.get_or_create(&QueueEventLabels { queue: queue.clone(), event }).inc_by(count);
+            }
             let labels = QueueLabels { queue: queue.clone() };
             self.queue_leases_held.get_or_create(&labels).set(as_i64(leases_held));
             self.queue_paused.get_or_create(&labels).set(i64::from(paused));

@@ -48,8 +48,8 @@ pub use error::JobError;
 pub use job::{AttemptError, Job, JobId, JobState, LeaseInfo, NewJob};
 pub use json_text::{check_json_depth, compact_json, unreadable_json_reason, TooDeep};
 pub use queue::{
-    check_name, format_duration_ms, format_limit_ms, Backoff, JobCounts, Nullable, QueueConfig, QueueInfo, QueuePatch, RateLimit,
-    RatePatch,
+    check_name, format_duration_ms, format_limit_ms, Backoff, JobCounts, Nullable, QueueConfig, QueueInfo, QueuePatch, QueueTally,
+    RateLimit, RatePatch,
 };
 pub use time::{parse_rfc3339_ms, RFC3339_EXPECTED};
 
@@ -220,6 +220,10 @@ pub struct Jobs {
     /// state: never serialized, false otherwise.
     #[serde(skip)]
     pub(crate) unobserved: bool,
+    /// Set for the whole re-application of the log at start-up: the queues' tallies (what
+    /// `/metrics` counts since this process started) leave those entries out. Not state.
+    #[serde(skip)]
+    pub(crate) replaying: bool,
 }
 
 /// Job changes after a sequence number (see [`Jobs::changes_after`]).
@@ -248,6 +252,7 @@ impl Default for Jobs {
             changes: VecDeque::new(),
             last_change_seq: 0,
             unobserved: false,
+            replaying: false,
         }
     }
 }
@@ -332,7 +337,11 @@ impl Jobs {
                 Due::LeaseExpiry if self.jobs[&id].state == JobState::Cancelled => {
                     self.update(id, |job| job.lease = None)
                 }
-                Due::LeaseExpiry => self.fail_attempt(id, at_ms, "lease expired".to_owned(), true, None),
+                Due::LeaseExpiry => {
+                    let queue_id = self.jobs[&id].queue;
+                    self.tally(queue_id, |tally| tally.lease_expired += 1);
+                    self.fail_attempt(id, at_ms, "lease expired".to_owned(), true, None)
+                }
                 Due::ScheduledRun => self.update(id, |job| job.state = JobState::Queued),
                 Due::Purge => self.remove_job(id),
             }
@@ -553,6 +562,7 @@ impl Jobs {
                 submitted.push(self.view(id, &self.jobs[&id]));
             }
         }
+        self.tally(queue_id, |tally| tally.submitted += new_jobs.len() as u64);
         Ok(JobResponse::Submitted { jobs: submitted })
     }
 
@@ -676,6 +686,8 @@ impl Jobs {
             check_range("retry_after", retry_after_ms, 0, DELAY_MS_MAX)?;
         }
         self.check_lease(id, lease_token)?;
+        let queue_id = self.jobs[&id].queue;
+        self.tally(queue_id, |tally| tally.failed += 1);
         self.fail_attempt(id, now_ms, error.to_owned(), retry, retry_after_ms);
         Ok(JobResponse::Job(self.view(id, &self.jobs[&id])))
     }
@@ -688,6 +700,8 @@ impl Jobs {
             return Ok(JobResponse::Job(self.view(id, &self.jobs[&id])));
         }
         self.check_lease(id, lease_token)?;
+        let queue_id = self.jobs[&id].queue;
+        self.tally(queue_id, |tally| tally.released += 1);
         self.update(id, |job| {
             job.lease = None;
             // The attempt is given back: releasing is not failing (a worker shutting down).
@@ -837,9 +851,30 @@ impl Jobs {
     /// Changes a stored job, keeping every index in step with it.
     fn update(&mut self, id: JobId, change: impl FnOnce(&mut StoredJob)) {
         self.set_indexed(id, false);
-        change(self.jobs.get_mut(&id).expect("updated job exists"));
+        let job = self.jobs.get_mut(&id).expect("updated job exists");
+        let before = job.state;
+        change(job);
+        let (after, queue_id) = (job.state, job.queue);
         self.set_indexed(id, true);
+        if before != after {
+            self.tally(queue_id, |tally| tally.note_move(before, after));
+        }
         self.note_change(id);
+    }
+
+    /// Counts something that happened in a queue, unless the log is being re-applied.
+    fn tally(&mut self, queue_id: QueueId, count: impl FnOnce(&mut QueueTally)) {
+        if !self.replaying {
+            if let Some(queue) = self.queues.get_mut(&queue_id) {
+                count(&mut queue.tally);
+            }
+        }
+    }
+
+    /// Each queue's tally, in name order: what happened to its jobs since this process
+    /// started.
+    pub fn queue_tallies(&self) -> Vec<(String, QueueTally)> {
+        self.queue_ids.iter().map(|(name, queue_id)| (name.clone(), self.queues[queue_id].tally)).collect()
     }
 
     fn note_change(&mut self, id: JobId) {

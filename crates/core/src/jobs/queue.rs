@@ -321,6 +321,67 @@ pub struct QueueInfo {
     pub leases_held: u64,
 }
 
+/// What happened to a queue's jobs since this process started, for `/metrics`: counts that
+/// only go up. Not part of the replicated state: never serialized, left alone while the log
+/// is re-applied at start-up, and ignored when states are compared (a state loaded from a
+/// snapshot starts at zero, like any counter after a restart).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct QueueTally {
+    pub submitted: u64,
+    pub leased: u64,
+    pub succeeded: u64,
+    /// Attempts failed by a worker's `fail`.
+    pub failed: u64,
+    /// Attempts failed because their lease ended with no `complete` or `fail`.
+    pub lease_expired: u64,
+    /// Leases given back by their worker (`release`), the attempt not counted.
+    pub released: u64,
+    pub dead: u64,
+    pub cancelled: u64,
+    /// Dead jobs queued again (`retry`).
+    pub retried: u64,
+}
+
+impl QueueTally {
+    /// Every count with its event name, as `/metrics` labels them.
+    pub fn events(&self) -> [(&'static str, u64); 9] {
+        [
+            ("submitted", self.submitted),
+            ("leased", self.leased),
+            ("succeeded", self.succeeded),
+            ("failed", self.failed),
+            ("lease_expired", self.lease_expired),
+            ("released", self.released),
+            ("dead", self.dead),
+            ("cancelled", self.cancelled),
+            ("retried", self.retried),
+        ]
+    }
+
+    /// Counts a job's move from one state to another.
+    pub(crate) fn note_move(&mut self, from: JobState, to: JobState) {
+        match (from, to) {
+            (_, JobState::Leased) => self.leased += 1,
+            (_, JobState::Succeeded) => self.succeeded += 1,
+            (_, JobState::Dead) => self.dead += 1,
+            (_, JobState::Cancelled) => self.cancelled += 1,
+            (JobState::Dead, _) => self.retried += 1,
+            (JobState::Leased, JobState::Queued | JobState::Scheduled) => {}
+            (JobState::Scheduled | JobState::Queued, _) => {}
+            (JobState::Succeeded | JobState::Cancelled, _) => {}
+        }
+    }
+}
+
+impl PartialEq for QueueTally {
+    /// Always equal: the tally is this process's, not the state's.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for QueueTally {}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Queue {
     pub(crate) name: String,
@@ -335,6 +396,8 @@ pub(crate) struct Queue {
     pub(crate) scheduled: BTreeSet<(u64, JobId)>,
     /// Leased jobs by lease expiry.
     pub(crate) lease_deadlines: BTreeSet<(u64, JobId)>,
+    #[serde(skip)]
+    pub(crate) tally: QueueTally,
 }
 
 impl Queue {
@@ -348,6 +411,7 @@ impl Queue {
             ids_by_state: Default::default(),
             scheduled: BTreeSet::new(),
             lease_deadlines: BTreeSet::new(),
+            tally: QueueTally::default(),
         }
     }
 

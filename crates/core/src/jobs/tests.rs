@@ -1506,3 +1506,72 @@ fn job_change_log_is_bounded_and_reports_what_was_missed() {
     assert_eq!(recent.changes.len(), 5);
     assert_eq!(jobs.changes_after(jobs.last_change_seq() - 5, 2).changes.len(), 2);
 }
+
+// ---- the tally /metrics counts ----
+
+fn tally(jobs: &Jobs) -> Vec<(&'static str, u64)> {
+    let tallies = jobs.queue_tallies();
+    assert_eq!(tallies.len(), 1);
+    assert_eq!(tallies[0].0, Q);
+    tallies[0].1.events().into_iter().filter(|&(_, count)| count > 0).collect()
+}
+
+#[test]
+fn the_tally_counts_each_event_once_and_leaves_rejected_commands_out() {
+    let mut jobs = with_queue(QueueConfig { max_attempts: 2, lease_ttl_ms: 1_000, ..config() });
+    let (a, b, c, d) = (submit(&mut jobs, 0, 4), submit(&mut jobs, 0, 3), submit(&mut jobs, 0, 2), submit(&mut jobs, 0, 1));
+    let leased = lease_one(&mut jobs, 0);
+    assert_eq!(leased.id, a);
+    complete(&mut jobs, 0, a, token(&leased)).unwrap();
+    assert!(complete(&mut jobs, 0, a, token(&leased)).is_err(), "a stale token counts nothing");
+    let leased = lease_one(&mut jobs, 0);
+    assert_eq!(leased.id, b);
+    job_command(&mut jobs, 0, JobCommand::Release { id: b, lease_token: token(&leased) }).unwrap();
+    let leased = lease_one(&mut jobs, 0);
+    job_command(
+        &mut jobs,
+        0,
+        JobCommand::Fail { id: b, lease_token: token(&leased), error: "no".into(), retry: false, retry_after_ms: None },
+    )
+    .unwrap();
+    assert_eq!(state(&jobs, b), JobState::Dead);
+    job_command(&mut jobs, 0, JobCommand::Retry { id: b }).unwrap();
+    job_command(&mut jobs, 0, JobCommand::Cancel { id: d }).unwrap();
+    // b and c are queued; both leases end unanswered.
+    let (leased, _) = lease(&mut jobs, 0, 2);
+    assert_eq!(ids(&leased), vec![b, c]);
+    jobs.advance_time(1_000);
+    assert_eq!(
+        tally(&jobs),
+        vec![
+            ("submitted", 4),
+            ("leased", 5),
+            ("succeeded", 1),
+            ("failed", 1),
+            ("lease_expired", 2),
+            ("released", 1),
+            ("dead", 1),
+            ("cancelled", 1),
+            ("retried", 1),
+        ]
+    );
+    // Each expired lease was a first attempt (a retry from dead starts b's count again).
+    assert_eq!((state(&jobs, b), state(&jobs, c)), (JobState::Scheduled, JobState::Scheduled));
+}
+
+#[test]
+fn the_tally_is_not_state_and_skips_the_log_replayed_at_start() {
+    let mut live = crate::State::new(crate::Config::default());
+    let batch = crate::Batch {
+        time_ms: 1,
+        commands: vec![crate::Command::Jobs(JobCommand::Submit { queue: Q.into(), jobs: vec![NewJob::default()] })],
+    };
+    live.apply_batch(&batch);
+    let mut replayed = crate::State::new(crate::Config::default());
+    replayed.apply_batch_unobserved(&batch);
+    assert_eq!(live.jobs.queue_tallies()[0].1.submitted, 1);
+    assert_eq!(replayed.jobs.queue_tallies()[0].1.submitted, 0, "re-applied at start-up: not counted");
+    assert_eq!(live, replayed, "the tally is no part of the state");
+    replayed.apply_batch(&crate::Batch { time_ms: 2, ..batch });
+    assert_eq!(replayed.jobs.queue_tallies()[0].1.submitted, 1, "counted again once live");
+}

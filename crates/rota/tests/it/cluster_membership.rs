@@ -820,6 +820,14 @@ fn cluster_membership_a_follower_down_is_logged_when_it_goes_and_when_it_comes_b
     for i in 0..20 {
         put_until_answered(endpoints[leader], &format!("/down/during-{i}"), "1");
     }
+    // The leader's metrics show the follower falling behind by those writes at least.
+    let follower_name = format!("n{}", follower + 1);
+    let lag = |addr: &SocketAddr| follower_metric(addr, "rota_raft_follower_lag_entries", &follower_id, &follower_name);
+    let behind = lag(&endpoints[leader]).expect("the leader reports the follower's lag");
+    assert!(behind >= 20, "{name}: lag {behind} after 20 writes it missed");
+    assert_eq!(metric(&endpoints[leader], "rota_raft_has_leader"), Some(1), "{name}");
+    let other = 3 - leader - follower;
+    assert_eq!(lag(&endpoints[other]), None, "{name}: only the leader reports followers");
     // Its last word on the follower says unreachable (that outage may have begun just
     // before the kill, with a call that timed out).
     wait_until(CHANGE_TIMEOUT, "the leader logs the follower unreachable", || {
@@ -831,6 +839,7 @@ fn cluster_membership_a_follower_down_is_logged_when_it_goes_and_when_it_comes_b
     wait_until(CHANGE_TIMEOUT, "the leader logs the follower back", || {
         about_follower(&cluster.nodes[leader].log_tail(usize::MAX))[lines_before_restart..].iter().any(is_back).then_some(())
     });
+    wait_until(CHANGE_TIMEOUT, "the follower caught up in the leader's metrics", || (lag(&endpoints[leader]) == Some(0)).then_some(()));
     let log = cluster.nodes[leader].log_tail(usize::MAX);
     // The outage: from the line after the previous "reachable again" (or the start) to the
     // first "reachable again" after the restart.
@@ -1419,6 +1428,15 @@ fn metric(addr: &SocketAddr, name: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse::<f64>().ok().map(|value| value as u64)
 }
 
+/// One of the leader's per-follower gauges from `/metrics`, if it reports that follower.
+fn follower_metric(addr: &SocketAddr, name: &str, member: &str, member_name: &str) -> Option<u64> {
+    let response = http::send_with_timeout(*addr, &Request::new("GET", "/metrics"), PROBE_TIMEOUT).ok()?;
+    let series = format!("{name}{{member=\"{member}\",name=\"{member_name}\"}}");
+    let text = response.text();
+    let line = text.lines().find(|line| line.split_whitespace().next() == Some(series.as_str()))?;
+    line.split_whitespace().nth(1)?.parse::<f64>().ok().map(|value| value as u64)
+}
+
 /// Waits until `node` has applied everything any of `members` had committed when the wait
 /// began.
 fn wait_caught_up(members: &[SocketAddr], node: SocketAddr, what: &str) {
@@ -1859,6 +1877,7 @@ fn cluster_membership_a_follower_of_a_leader_without_a_quorum_says_it_has_no_lea
         let health = http::send_with_timeout(addr, &Request::new("GET", "/health"), PROBE_TIMEOUT).ok()?;
         (health.status() == 503 && health.text().contains("false")).then_some(())
     });
+    assert_eq!(metric(&addr, "rota_raft_has_leader"), Some(0), "{name}: as /health says");
     let leader_log = cluster.nodes[leader].log_tail(usize::MAX);
     assert!(leader_log.contains("stops sending heartbeats"), "{name}: the leader says why:\n{leader_log}");
     // Its metrics agree (an audit found `rota_raft_is_leader 1` here, for an alert to trust).

@@ -165,6 +165,10 @@ async fn metrics_count_each_queues_jobs_by_state() {
         r#"rota_queue_leases_held{queue="api"} 1"#,
         r#"rota_queue_paused{queue="api"} 0"#,
         r#"route="/v1/queues/{q}/lease""#,
+        r#"rota_queue_job_events_total{queue="api",event="submitted"} 2"#,
+        r#"rota_queue_job_events_total{queue="api",event="leased"} 1"#,
+        r#"rota_queue_job_events_total{queue="api",event="succeeded"} 0"#,
+        r#"rota_queue_job_events_total{queue="api",event="lease_expired"} 0"#,
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
@@ -181,6 +185,8 @@ async fn metrics_count_each_queues_jobs_by_state() {
     let body = format!(r#"{{"lease_token": {token}}}"#);
     let released = crate::v1_support::call(&app, "POST", &format!("/v1/jobs/{id}/release"), Some(&body), &[]).await;
     assert_eq!(released.status, 200, "{}", released.body);
+    let metrics = get(&app, "/metrics").await.body;
+    assert!(metrics.contains(r#"rota_queue_job_events_total{queue="api",event="released"} 1"#), "{metrics}");
     let deleted = crate::v1_support::call(&app, "DELETE", "/v1/queues/api?force=true", None, &[]).await;
     assert_eq!(deleted.status, 200, "{}", deleted.body);
     let metrics = get(&app, "/metrics").await.body;
@@ -188,6 +194,25 @@ async fn metrics_count_each_queues_jobs_by_state() {
     assert!(!metrics.contains(r#"rota_queue_leases_held{queue="api"}"#), "{metrics}");
     // Each job call is counted under its own route.
     assert!(metrics.contains(r#"route="/v1/jobs/{id}/release""#), "{metrics}");
+}
+
+#[tokio::test]
+async fn metrics_count_the_keys_their_ttl_expired() {
+    let app = app();
+    assert_eq!(put(&app, "/v2/keys/a?ttl=1", "value=1").await.status, 201);
+    assert_eq!(put(&app, "/v2/keys/d?dir=true&ttl=2", "").await.status, 201);
+    assert_eq!(put(&app, "/v2/keys/d/b", "value=2").await.status, 201);
+    let metrics = get(&app, "/metrics").await.body;
+    assert!(metrics.contains("rota_v2_store_expires_total 0\n"), "{metrics}");
+    app.backend().advance_ms(1_000);
+    app.backend().tick();
+    let metrics = get(&app, "/metrics").await.body;
+    assert!(metrics.contains("rota_v2_store_expires_total 1\n"), "{metrics}");
+    // A directory's expiry is one, whatever it holds (etcd's expireCount counts so).
+    app.backend().advance_ms(1_000);
+    app.backend().tick();
+    let metrics = get(&app, "/metrics").await.body;
+    assert!(metrics.contains("rota_v2_store_expires_total 2\n"), "{metrics}");
 }
 
 #[tokio::test]
