@@ -32,6 +32,7 @@ mod forward;
 mod identity;
 mod log_store;
 mod membership;
+mod force_new_cluster;
 mod metrics;
 mod network;
 mod pause;
@@ -145,6 +146,9 @@ pub struct NodeConfig {
     /// The cluster id of a new cluster; `None`: [`cluster_id`] of the initial cluster and
     /// the token. Ignored once the data dir has an identity.
     pub cluster_id: Option<u64>,
+    /// `--force-new-cluster`: start as the only member of the cluster in the data dir,
+    /// keeping everything it holds committed (see `force_new_cluster`).
+    pub force_new_cluster: bool,
 }
 
 impl NodeConfig {
@@ -176,6 +180,7 @@ impl NodeConfig {
             initial_cluster_state: ClusterState::New,
             cluster_token: NodeConfig::DEFAULT_CLUSTER_TOKEN.to_string(),
             cluster_id: None,
+            force_new_cluster: false,
         };
         config.set_election_timeout_ms(DEFAULT_ELECTION_TIMEOUT_MS);
         config
@@ -569,7 +574,7 @@ impl Node {
         let snapshots =
             SnapshotDir::open(config.data_dir.join(SNAPSHOT_DIR)).map_err(snapshot_start_error)?;
         log_store.purge_only_after_snapshots(snapshots.clone());
-        let (state_machine, shared) =
+        let (mut state_machine, shared) =
             StateMachineStore::open(snapshots, config.core.clone(), metrics.clone())
                 .map_err(snapshot_start_error)?;
         let extent = log_store.extent().map_err(|e| StartError::Raft(e.to_string()))?;
@@ -584,6 +589,13 @@ impl Node {
             .map_err(|e| StartError::Raft(e.to_string()))?
             && !state_machine.has_snapshot();
 
+        if pristine && config.force_new_cluster {
+            return Err(StartError::Raft(format!(
+                "--force-new-cluster: {} holds no log and no snapshot: there is nothing to start a cluster \
+                 from (start without the flag to begin a new cluster)",
+                config.data_dir.display()
+            )));
+        }
         let refuses_rebootstrap = pristine && config.initial_cluster_state == ClusterState::New;
         let loaded = Identity::load(&config.data_dir);
         // A member joining now took the cluster's token ("joining with the cluster's token"
@@ -637,6 +649,20 @@ impl Node {
             Err(error) => return Err(StartError::Corrupt(error.to_string())),
         };
         let id = identity.node_id;
+        if config.force_new_cluster {
+            let mut log_store = log_store.clone();
+            let forced =
+                force_new_cluster::rewrite(&config.data_dir, &mut log_store, &mut state_machine, id, config.member())
+                    .await?;
+            tracing::warn!(
+                kept_index = forced.kept_index,
+                dropped_entries = forced.dropped_entries,
+                former_members = %forced.former_members.join(", "),
+                "--force-new-cluster: this member is now the only member of its cluster, with everything it \
+                 held committed; remove the flag for later restarts, and add members again with `rota member \
+                 add` and empty data dirs (never start the former members on their old data dirs)"
+            );
+        }
         // As etcd: the token is the one this member started with, whatever the flag says now.
         let mut config = config;
         if let Some(token) = &identity.token {

@@ -609,6 +609,11 @@ impl Node {
         if in_effective {
             return false;
         }
+        // Removed by a membership this process applied (or left behind by
+        // `--force-new-cluster`).
+        if self.inner.shared.removed_members.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(&from) {
+            return true;
+        }
         let committed = self
             .inner
             .raft

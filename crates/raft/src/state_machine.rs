@@ -120,6 +120,23 @@ impl StateMachineStore {
         self.last_applied.map(|id| id.index)
     }
 
+    /// Counts `members` as removed from the cluster for as long as this process runs (their
+    /// Raft calls are answered 410 Gone, which stops them).
+    pub(crate) fn note_removed(&self, members: impl IntoIterator<Item = u64>) {
+        self.shared.removed_members.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(members);
+    }
+
+    /// The snapshot files.
+    pub(crate) fn snapshots(&self) -> &SnapshotDir {
+        &self.snapshots
+    }
+
+    /// Replaces the membership the state machine holds (`--force-new-cluster`, before Raft
+    /// starts; the next snapshot carries it).
+    pub(crate) fn set_membership(&mut self, membership: StoredMembership) {
+        self.last_membership = membership;
+    }
+
     fn publish_applied(&self, applied: Applied) {
         self.metrics.applied_index.set(applied.raft_index as i64);
         self.shared.applied_tx.send_replace(applied);

@@ -171,7 +171,6 @@ pub fn tls_flag_given(args: &[OsString]) -> Option<String> {
 /// instead, rather than start a member that does something else. Each with the values
 /// that leave it off (Go's false spellings for a switch, empty or `off` for a value).
 const REFUSED_SERVE_FLAGS: &[(&str, &[&str])] = &[
-    ("force-new-cluster", &["false", "0"]),
     ("discovery", &[""]),
     ("discovery-srv", &[""]),
     ("proxy", &["off", ""]),
@@ -190,18 +189,12 @@ fn etcd_only_flag(name: &str) -> Option<bool> {
         .iter()
         .find(|(ignored, _)| *ignored == name)
         .map(|(_, takes_value)| *takes_value)
-        .or_else(|| REFUSED_SERVE_FLAGS.iter().any(|(refused, _)| *refused == name).then_some(name != "force-new-cluster"))
+        .or_else(|| REFUSED_SERVE_FLAGS.iter().any(|(refused, _)| *refused == name).then_some(true))
 }
 
 /// Why `rota serve` refuses `flag` (one of [`REFUSED_SERVE_FLAGS`]), given as `given`.
 fn refusal(flag: &str, given: &str) -> String {
     match flag {
-        "force-new-cluster" => format!(
-            "Error:  {given} is not supported: rota does not restart a cluster from one member's data. \
-             After losing a majority, read what you need from a surviving member (GET /v2/keys \
-             answers from the member itself; /v1 reads with ?consistency=local) and load it into \
-             a new cluster: see the README (\"Back up and restore\")"
-        ),
         "discovery" | "discovery-srv" => format!(
             "Error:  {given} is not supported: rota starts a cluster from a static list; give every \
              member the same --initial-cluster (name=peer URL, ...) and --initial-cluster-token: \
@@ -232,11 +225,10 @@ pub fn serve_refusal(args: &[OsString]) -> Option<String> {
             None => (rest, None),
         };
         let Some((flag, off)) = REFUSED_SERVE_FLAGS.iter().find(|(flag, _)| *flag == name) else { continue };
-        // Go's bools take no separate value; the others take the next argument.
-        let value = match (value, *flag) {
-            (Some(value), _) => value,
-            (None, "force-new-cluster") => "true",
-            (None, _) => args.get(at + 1).copied().unwrap_or(""),
+        // Each takes the next argument as its value.
+        let value = match value {
+            Some(value) => value,
+            None => args.get(at + 1).copied().unwrap_or(""),
         };
         if turns_on(off, value) {
             let given = if value == "true" || arg.contains('=') { arg.to_string() } else { format!("{arg} {value}") };
@@ -522,8 +514,8 @@ mod tests {
             etcd_environment(pairs.iter().map(|(name, value)| (name.to_string(), value.to_string())), ["ETCD_NAME"])
         };
         let refused = |list: &[&str]| serve_refusal(&args(list));
-        assert!(refused(&["rota", "serve", "-force-new-cluster"]).is_some_and(|r| r.starts_with("Error:  --force-new-cluster is not supported")));
-        assert!(refused(&["rota", "serve", "--force-new-cluster=true"]).is_some_and(|r| r.contains("--force-new-cluster=true")));
+        // rota does that one (the README's "Back up and restore").
+        assert_eq!(refused(&["rota", "serve", "-force-new-cluster"]), None);
         assert_eq!(refused(&["rota", "serve", "--name", "n1", "--force-new-cluster=false", "--proxy", "off", "--discovery="]), None);
         assert!(refused(&["rota", "serve", "-discovery", "https://discovery.etcd.io/x"])
             .is_some_and(|r| r.starts_with("Error:  --discovery https://discovery.etcd.io/x is not supported") && r.contains("--initial-cluster")));
@@ -531,13 +523,11 @@ mod tests {
         assert!(refused(&["rota", "serve", "--config-file", "/etc/etcd.yml"]).is_some_and(|r| r.contains("configuration file")));
         assert_eq!(refused(&["rota", "kv", "--proxy", "on"]), None);
         // Off, they are taken out of the command line as the ignored flags are.
-        let (kept, ignored) = take_ignored_serve_flags(args(&["rota", "serve", "--proxy", "off", "--force-new-cluster=false", "-name", "n"]));
+        let (kept, ignored) = take_ignored_serve_flags(args(&["rota", "serve", "--proxy", "off", "--discovery=", "-name", "n"]));
         assert_eq!(kept, args(&["rota", "serve", "--name", "n"]));
-        assert_eq!(ignored, ["--proxy off", "--force-new-cluster=false"]);
+        assert_eq!(ignored, ["--proxy off", "--discovery="]);
         let env_refusal = |name: &str, value: &str| env(&[(name, value)]).refused;
         assert!(env_refusal("ETCD_DISCOVERY", "https://discovery.etcd.io/x").is_some_and(|r| r.contains("ETCD_DISCOVERY=https")));
-        assert!(env_refusal("ETCD_FORCE_NEW_CLUSTER", "true").is_some());
-        assert_eq!(env_refusal("ETCD_FORCE_NEW_CLUSTER", "false"), None);
         assert_eq!(env_refusal("ETCD_PROXY", "off"), None);
         assert_eq!(env(&[("ETCD_WAL_DIR", "/wal"), ("ETCD_AUTH_TOKEN", "simple"), ("ETCD_EXPERIMENTAL_X", "1")]).ignored, ["ETCD_AUTH_TOKEN", "ETCD_EXPERIMENTAL_X", "ETCD_WAL_DIR"]);
         assert_eq!(env(&[("ETCD_CERT_FILE", "/x.pem"), ("ETCD_NAME", "n1")]).tls, ["ETCD_CERT_FILE"]);

@@ -107,6 +107,12 @@ pub struct ServeArgs {
     /// What to log: debug, info, warn or error (`RUST_LOG`, when set, decides instead).
     #[arg(env = "ETCD_LOG_LEVEL", long = "log-level", default_value = "info", value_parser = clap::builder::TypedValueParser::map(clap::builder::PossibleValuesParser::new(["debug", "info", "warn", "error"]), |level: String| level.to_ascii_lowercase()), ignore_case = true)]
     pub log_level: String,
+    /// Start as the only member of the cluster in the data dir, keeping everything it holds
+    /// committed: for a member that survived the loss of its cluster's majority (README,
+    /// "Back up and restore"). Remove it for later restarts.
+    #[arg(env = "ETCD_FORCE_NEW_CLUSTER", long = "force-new-cluster", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = go_bool, default_value = "false")]
+    pub force_new_cluster: bool,
     /// Accepted for etcd compatibility: the v2 API is always on.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", hide = true)]
     pub enable_v2: Option<String>,
@@ -499,6 +505,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
         ClusterState::New
     };
     config.cluster_token = args.initial_cluster_token.clone();
+    config.force_new_cluster = args.force_new_cluster;
     config.cluster_id = Some(rota_server::cluster_id(
         &initial_cluster_flag,
         &args.initial_cluster_token,
@@ -708,6 +715,15 @@ fn is_per_peer_failure_echo(event: &tracing::Metadata<'_>) -> bool {
         && matches!(event.line(), Some(383 | 1099 | 1112))
 }
 
+/// A boolean as Go's `strconv.ParseBool` reads one (etcd's switches take these).
+fn go_bool(value: &str) -> Result<bool, String> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(format!("{value:?} is not a boolean: use true or false")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -761,3 +777,4 @@ mod tests {
         assert!(over.check_bounds().is_err(), "watches must stay below the connections");
     }
 }
+

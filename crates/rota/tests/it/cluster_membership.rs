@@ -1960,3 +1960,89 @@ fn cluster_membership_a_leader_restarted_alone_does_not_say_it_leads() {
     let after = put_until_answered(addr, "/restored/after", "1");
     assert!(matches!(after.status(), 200 | 201), "{name}: a peer back, writes go on: {} {}", after.status(), after.text());
 }
+
+/// Two members of three are lost for good. The survivor, started with
+/// `--force-new-cluster`, is the only member of the same cluster with everything that was
+/// acknowledged: keys, the store index, jobs (a lease too), counters. It takes writes at
+/// once, keeps its data through a plain restart, and a former member started on its old
+/// data dir is told it was removed and stops instead of campaigning.
+#[test]
+fn cluster_membership_force_new_cluster_restarts_a_lone_survivor_with_everything_acknowledged() {
+    let name = "force-new";
+    let (mut cluster, endpoints, leader) = three_with_a_leader_and(name, vec!["--snapshot-count".into(), "50".into()]);
+    let survivor = (leader + 1) % 3;
+    let leader_addr = endpoints[leader];
+    for i in 0..120 {
+        let put = put_until_answered(leader_addr, &format!("/fnc/k{i}"), &format!("v{i}"));
+        assert!(matches!(put.status(), 200 | 201), "{name}: {} {}", put.status(), put.text());
+    }
+    let json = |method: &str, path: &str, body: &str| {
+        let request = Request::new(method, path).header("Content-Type", "application/json").raw_body(body.as_bytes().to_vec());
+        let response = http::send_with_timeout(leader_addr, &request, WRITE_TIMEOUT).expect("an answer from the leader");
+        assert!(response.status() < 300, "{name}: {method} {path}: {} {}", response.status(), response.text());
+        response.json()
+    };
+    for n in 0..3 {
+        json("POST", "/v1/queues/fnc/jobs", &format!(r#"{{"payload": {n}}}"#));
+    }
+    let leased = json("POST", "/v1/queues/fnc/lease", r#"{"worker": "w", "lease_ttl": "10m"}"#);
+    let token = leased["jobs"][0]["lease_token"].as_u64().expect("a job leased");
+    json("POST", "/v1/counters/fnc", r#"{"by": 7}"#);
+    let last = put_until_answered(leader_addr, "/fnc/last", "1");
+    let etcd_index: u64 = last.header("x-etcd-index").and_then(|index| index.parse().ok()).expect("X-Etcd-Index");
+    wait_caught_up(&endpoints, endpoints[survivor], name);
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+
+    cluster.config.extra_args.push("--force-new-cluster".into());
+    cluster.restart(survivor);
+    cluster.config.extra_args.pop();
+    let addr = endpoints[survivor];
+    let survivor_name = cluster.nodes[survivor].name.clone();
+    let log = cluster.nodes[survivor].log_tail(usize::MAX);
+    assert!(log.contains("this member is now the only member of its cluster"), "{name}: {log}");
+    let check_everything = |when: &str, leased: u64| {
+        let get = |path: &str| http::send_with_timeout(addr, &Request::new("GET", path), WRITE_TIMEOUT).expect("an answer");
+        let listing = get("/v2/keys/fnc?recursive=true").json();
+        let keys: Vec<&str> = listing["node"]["nodes"].as_array().expect("nodes").iter().filter_map(|node| node["key"].as_str()).collect();
+        let acknowledged = keys.iter().filter(|key| key.starts_with("/fnc/k") || **key == "/fnc/last").count();
+        assert_eq!(acknowledged, 121, "{name} {when}: every acknowledged key: {keys:?}");
+        assert_eq!(get("/v2/keys/fnc/k119").json()["node"]["value"], "v119", "{name} {when}");
+        let queue = get("/v1/queues/fnc").json();
+        let counts = &queue["counts"];
+        let succeeded = 1 - leased;
+        assert_eq!((counts["queued"].as_u64(), counts["leased"].as_u64(), counts["succeeded"].as_u64()), (Some(2), Some(leased), Some(succeeded)), "{name} {when}: {queue}");
+        assert_eq!(get("/v1/counters/fnc").json()["value"], 7, "{name} {when}");
+        let members = get("/v2/members").json();
+        let names: Vec<&str> = members["members"].as_array().expect("members").iter().filter_map(|m| m["name"].as_str()).collect();
+        assert_eq!(names, [survivor_name.as_str()], "{name} {when}: {members}");
+    };
+    check_everything("after the forced start", 1);
+    // It leads alone and writes go on from the same store index; the lease still holds.
+    let next = put_until_answered(addr, "/fnc/after", "1");
+    assert_eq!(next.status(), 201, "{name}: {}", next.text());
+    assert_eq!(next.header("x-etcd-index").and_then(|index| index.parse().ok()), Some(etcd_index + 1), "{name}");
+    let id = leased["jobs"][0]["id"].as_u64().expect("id");
+    let complete = Request::new("POST", &format!("/v1/jobs/{id}/complete"))
+        .header("Content-Type", "application/json")
+        .raw_body(format!(r#"{{"lease_token": {token}, "result": "done"}}"#).into_bytes());
+    let completed = http::send_with_timeout(addr, &complete, WRITE_TIMEOUT).expect("an answer");
+    assert_eq!(completed.status(), 200, "{name}: {}", completed.text());
+
+    // A former member on its old data dir is told it was removed, and stops.
+    let former = (survivor + 1) % 3;
+    cluster.start_again(former);
+    wait_until(CHANGE_TIMEOUT, "the former member to stop", || cluster.try_wait(former).map(|_| ()));
+    let former_log = cluster.nodes[former].log_tail(usize::MAX);
+    assert!(former_log.contains(REMOVED_LOG_LINE), "{name}: {former_log}");
+
+    // A plain restart keeps it all.
+    cluster.kill(survivor);
+    cluster.restart(survivor);
+    let mut after = put_until_answered(addr, "/fnc/after-restart", "1");
+    assert_eq!(after.status(), 201, "{name}: {}", after.text());
+    after = http::send_with_timeout(addr, &Request::new("GET", "/v2/keys/fnc/after"), WRITE_TIMEOUT).expect("an answer");
+    assert_eq!(after.status(), 200, "{name}: {}", after.text());
+    check_everything("after a plain restart", 0);
+}
