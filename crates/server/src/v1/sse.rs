@@ -111,6 +111,29 @@ pub(crate) async fn watch<B: Backend>(
     let Some(watcher) = WatcherGuard::acquire(&app.watchers, app.watchers_max) else {
         return Err(ApiError::new(503, super::errors::UNAVAILABLE, "too many open watches", None));
     };
+    // An index ahead of this member's store: behind the leader by a little (an EventSource
+    // that reconnected to another member), the stream waits for it; but an index the cluster
+    // never reached (a store restored from an older copy, another cluster's stream) would
+    // hold a silent stream until the store got there. After catching up with the leader,
+    // such an index is refused.
+    if key.is_some() && since > app.backend.read(|state| state.v2.index()).saturating_add(1) {
+        let caught_up = app.backend.linearizable_read().await;
+        let index = app.backend.read(|state| state.v2.index());
+        if caught_up.is_ok() && since > index.saturating_add(1) {
+            let (field, given) = match last_event_id {
+                Some(id) => ("Last-Event-ID", format!("Last-Event-ID {id}")),
+                None => ("since", format!("since {since}")),
+            };
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "{given} is ahead of the store, whose index is {index}: an index this cluster has not \
+                     reached (a stream of another cluster, or of a store since restored from an older copy?); \
+                     leave it out to watch from now"
+                ),
+            ));
+        }
+    }
     // Subscribe before the first lookup, so an entry applied in between wakes the stream.
     let applied = app.backend.subscribe();
     let job_seq = app.backend.read(|state| state.jobs.last_change_seq());

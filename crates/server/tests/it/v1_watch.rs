@@ -93,6 +93,26 @@ async fn a_reconnecting_event_source_resumes_after_its_last_event_id() {
     assert_error(&garbled, 400, "invalid", Some("Last-Event-ID"));
 }
 
+/// An index the store has not reached (another cluster's, or one from before the store was
+/// restored from an older copy) is refused, rather than a stream that stays silent until
+/// the store gets there; the next index, what a stream that saw everything resumes from,
+/// is fine.
+#[tokio::test]
+async fn an_index_ahead_of_the_store_is_refused() {
+    let app = app();
+    put(&app, "/v2/keys/a", "value=1").await;
+    let index = crate::support::store_index(&app);
+    let ahead = call(&app, "GET", &format!("/v1/watch?prefix=/a&since={}", index + 2), None, &[]).await;
+    assert_error(&ahead, 400, "invalid", Some("since"));
+    assert!(ahead.body.contains(&format!("whose index is {index}")), "{}", ahead.body);
+    let restored = call(&app, "GET", "/v1/watch?prefix=/a", None, &[("last-event-id", "500000")]).await;
+    assert_error(&restored, 400, "invalid", Some("Last-Event-ID"));
+    let served = serve(app, Default::default()).await;
+    let (mut stream, _) = open_with_start(served.port, &format!("/v1/watch?prefix=/a&since={}", index + 1)).await;
+    put(&served.app, "/v2/keys/a", "value=next").await;
+    read_until(&mut stream, "\"value\":\"next\"", PATIENCE).await;
+}
+
 /// A stream with keys says how far it has looked (an `event: index` whose `id` an
 /// EventSource records as its last event id) when it opens and as the store moves on,
 /// so that a reconnect before any event under its prefix resumes without a gap, and a quiet
