@@ -65,11 +65,17 @@ where
 /// makes it a [`NewJob`]. `prefix` is `""` or `"jobs[i]."`.
 fn new_job(body: JobBody<'_>, prefix: &str) -> Result<NewJob, ApiError> {
     let field = |name: &str| format!("{prefix}{name}");
-    let payload = body.payload.map_or("null", |raw| raw.get());
+    // Stored without the whitespace between its tokens, and measured so (the body's own
+    // bound keeps the raw text in check).
+    let payload = json::portable(&field("payload"), body.payload.map_or("null", |raw| raw.get()))?;
     if payload.len() > core_limits::PAYLOAD_BYTES_MAX {
         return Err(ApiError::too_large(
             Some(&field("payload")),
-            format!("payload is {} bytes, at most {}", payload.len(), core_limits::PAYLOAD_BYTES_MAX),
+            format!(
+                "payload is {} bytes without whitespace, at most {}",
+                payload.len(),
+                core_limits::PAYLOAD_BYTES_MAX
+            ),
         ));
     }
     let priority = body.priority.unwrap_or(0);
@@ -89,7 +95,7 @@ fn new_job(body: JobBody<'_>, prefix: &str) -> Result<NewJob, ApiError> {
         json::check_range(&field("max_attempts"), u64::from(max_attempts), 1, u64::from(core_limits::MAX_ATTEMPTS_MAX))?;
     }
     Ok(NewJob {
-        payload: json::portable(&field("payload"), payload)?,
+        payload,
         priority,
         // `"delay": "0s"` is no delay at all: the same command, so the same request for an
         // Idempotency-Key as leaving it out.

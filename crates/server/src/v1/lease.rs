@@ -118,16 +118,16 @@ pub(crate) async fn on_lease<B: Backend>(
         }
         "complete" => {
             let body: CompleteBody<'_> = json::decode(&body)?;
-            let result = body.result.map(|raw| raw.get());
-            if let Some(result) = result {
+            // Stored without the whitespace between its tokens, and measured so.
+            let result = body.result.map(|raw| json::portable("result", raw.get())).transpose()?;
+            if let Some(result) = &result {
                 if result.len() > core_limits::RESULT_BYTES_MAX {
                     return Err(ApiError::too_large(
                         Some("result"),
-                        format!("result is {} bytes, at most {}", result.len(), core_limits::RESULT_BYTES_MAX),
+                        format!("result is {} bytes without whitespace, at most {}", result.len(), core_limits::RESULT_BYTES_MAX),
                     ));
                 }
             }
-            let result = result.map(|result| json::portable("result", result)).transpose()?;
             if let Some(next) = body.lease_next {
                 check_worker("lease_next.worker", &next.worker)?;
                 let max = next.max.unwrap_or(1);

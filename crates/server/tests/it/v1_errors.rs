@@ -138,6 +138,11 @@ async fn counts_and_sizes_over_their_limits_are_refused() {
     assert_refused(&app, "POST", "/v1/counters/c", r#"{"by": 0}"#, 400, "invalid", Some("by")).await;
     let big = format!(r#"{{"payload": "{}"}}"#, "x".repeat(256 * 1024));
     assert_refused(&app, "POST", "/v1/queues/q/jobs", &big, 413, "too_large", Some("payload")).await;
+    // The limit is on the payload as stored, without the whitespace between its tokens.
+    let spaced = format!(r#"{{"payload": [{}1]}}"#, " ".repeat(300 * 1024));
+    let accepted = crate::v1_support::call(&app, "POST", "/v1/queues/q/jobs", Some(&spaced), &[]).await;
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    assert!(accepted.body.contains(r#""payload":[1]"#), "{}", accepted.body);
     let big_result = format!(r#"{{"lease_token": 1, "result": "{}"}}"#, "x".repeat(256 * 1024));
     assert_refused(&app, "POST", "/v1/jobs/1/complete", &big_result, 413, "too_large", Some("result")).await;
     let big_error = format!(r#"{{"lease_token": 1, "error": "{}"}}"#, "x".repeat(8 * 1024 + 1));
