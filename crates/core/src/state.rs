@@ -66,6 +66,22 @@ pub enum Command {
     /// batch carries it, so leases do not expire for the time no leader could be reached.
     /// Answers [`Response::Tick`].
     RenewLeases,
+    /// A command a member forwarded to the leader, marked so that the member knows it when
+    /// it applies it (etcd's request id): if the leader's answer is lost (it died after
+    /// proposing), the member answers from its own apply instead of "outcome unknown", and
+    /// a client that would retry elsewhere does not apply it twice. `seq` is unique per
+    /// `origin` (the member's id). Applies as `command`.
+    Tagged { origin: u64, seq: u64, command: Box<Command> },
+}
+
+impl Command {
+    /// The command without its [`Command::Tagged`] mark.
+    pub fn untagged(&self) -> &Command {
+        match self {
+            Command::Tagged { command, .. } => command.untagged(),
+            other => other,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -133,7 +149,7 @@ impl State {
         self.renew_leases_if_asked(batch);
         let now_ms = self.advance_time(batch.time_ms);
         for command in &batch.commands {
-            self.jobs.unobserved = !matches!(command, Command::Idempotent { .. });
+            self.jobs.unobserved = !matches!(command.untagged(), Command::Idempotent { .. });
             self.apply(now_ms, command);
         }
         self.jobs.unobserved = false;
@@ -192,6 +208,7 @@ impl State {
     fn apply(&mut self, now_ms: u64, command: &Command) -> Response {
         match command {
             Command::Tick | Command::RenewLeases => Response::Tick,
+            Command::Tagged { command, .. } => self.apply(now_ms, command),
             Command::V2(command) => Response::V2(self.v2.apply(now_ms, command)),
             Command::Jobs(command) => Response::Jobs(self.jobs.apply(now_ms, command)),
             Command::Idempotent { key, fingerprint, command } => {

@@ -125,7 +125,7 @@ fn allowed_when_short(command: &Command) -> bool {
                 | JobCommand::Fail { .. }
                 | JobCommand::Release { .. }
         ),
-        Command::Idempotent { command, .. } => allowed_when_short(command),
+        Command::Idempotent { command, .. } | Command::Tagged { command, .. } => allowed_when_short(command),
     }
 }
 
@@ -149,7 +149,7 @@ const RESULTS_CHUNK_RESERVE_BYTES: u64 = 16 << 20;
 fn carries_results(command: &Command) -> bool {
     match command {
         Command::Jobs(job) => matches!(job, JobCommand::Complete { .. } | JobCommand::Fail { .. }),
-        Command::Idempotent { command, .. } => carries_results(command),
+        Command::Idempotent { command, .. } | Command::Tagged { command, .. } => carries_results(command),
         _ => false,
     }
 }

@@ -297,9 +297,12 @@ impl Node {
 }
 
 pub(crate) async fn propose(node: &Node, command: Command) -> Result<Proposed, ProposeError> {
-    let deadline = Instant::now() + node.inner.leader_wait;
+    let started = Instant::now();
+    let deadline = started + node.inner.leader_wait;
     // The leader this member knows but could not reach, and why: said when the wait ends.
     let mut unreachable: Option<(NodeId, String)> = None;
+    // Forwarded, the command carries a mark this member knows it by when it applies it.
+    let mut tag: Option<(crate::state_machine::TagWait<'_>, Command)> = None;
     loop {
         if node.is_shutting_down() {
             return Err(ProposeError::ShuttingDown);
@@ -311,8 +314,13 @@ pub(crate) async fn propose(node: &Node, command: Command) -> Result<Proposed, P
                 // elected there is no point waiting, and past the request timeout (when the
                 // leader's own proposer gives up) this member gives up too, as etcd's do.
                 let answer_max = node.inner.proposals.answer_max;
+                let (_, tagged) = tag.get_or_insert_with(|| {
+                    let wait = node.inner.shared.tags.register(node.inner.id);
+                    let (origin, seq) = wait.key;
+                    (wait, Command::Tagged { origin, seq, command: Box::new(command.clone()) })
+                });
                 let forwarded = tokio::select! {
-                    forwarded = node.inner.forwarder.forward(leader, member, command.clone()) => forwarded,
+                    forwarded = node.inner.forwarder.forward(leader, member, tagged.clone()) => forwarded,
                     () = node.wait_for_another_leader(leader) => Err(ForwardFailure::Unknown(format!(
                         "leader {leader:x} was replaced before it answered"
                     ))),
@@ -341,6 +349,15 @@ pub(crate) async fn propose(node: &Node, command: Command) -> Result<Proposed, P
                         unreachable = Some((leader, reason));
                     }
                     Err(ForwardFailure::Unknown(reason)) => {
+                        // The leader may have proposed it before it died or froze: as etcd's
+                        // members do, wait for it to be applied here (the next leader commits
+                        // it with its first entry) until the request timeout.
+                        let (mut wait, _) = tag.take().expect("forwarded with a tag");
+                        let until = started + answer_max;
+                        if let Ok(Ok(proposed)) = tokio::time::timeout_at(until.into(), &mut wait.applied).await {
+                            tracing::info!(%reason, "a forwarded write whose leader did not answer was applied: answered from this member");
+                            return Ok(proposed);
+                        }
                         tracing::warn!(%reason, "forwarded proposal's outcome is unknown");
                         return Err(ProposeError::OutcomeUnknown(reason));
                     }

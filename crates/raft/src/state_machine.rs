@@ -16,7 +16,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot, StorageIOError,
 };
-use rota_core::State;
+use rota_core::{Command, State};
 use tokio::sync::watch;
 
 use crate::metrics::RaftMetrics;
@@ -41,6 +41,66 @@ pub(crate) struct SharedState {
     /// them is answered as etcd answers it (410 Gone, which clients count as done). Not
     /// kept in snapshots: etcd keeps its removed ids for good.
     pub removed_members: std::sync::Mutex<std::collections::BTreeSet<u64>>,
+    /// Forwarded writes of this member waiting to see their [`Command::Tagged`] applied.
+    pub tags: TagWaiters,
+}
+
+/// Waiters for this member's own forwarded commands, by `(origin, seq)` (see
+/// [`Command::Tagged`]): applying one hands its waiter the answer this member computed.
+#[derive(Debug, Default)]
+pub(crate) struct TagWaiters {
+    waiting: std::sync::atomic::AtomicUsize,
+    waiters: std::sync::Mutex<std::collections::HashMap<(u64, u64), tokio::sync::oneshot::Sender<crate::Proposed>>>,
+    /// Sequence numbers from the process's start time in ns: unique across restarts, so an
+    /// old command applied late is never taken for a new one.
+    next_seq: std::sync::atomic::AtomicU64,
+}
+
+/// One registered waiter; dropping it unregisters.
+pub(crate) struct TagWait<'a> {
+    tags: &'a TagWaiters,
+    pub key: (u64, u64),
+    pub applied: tokio::sync::oneshot::Receiver<crate::Proposed>,
+}
+
+impl TagWaiters {
+    pub(crate) fn register(&self, origin: u64) -> TagWait<'_> {
+        let base = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |since| since.as_nanos() as u64);
+        let _ = self.next_seq.compare_exchange(0, base, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed);
+        let seq = self.next_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, applied) = tokio::sync::oneshot::channel();
+        self.waiters.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert((origin, seq), tx);
+        self.waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        TagWait { tags: self, key: (origin, seq), applied }
+    }
+
+    /// Hands the answers of an applied batch to the waiters of its tagged commands.
+    fn deliver(&self, commands: &[Command], responses: &[rota_core::Response], log_id: LogId) {
+        if self.waiting.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut waiters = self.waiters.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (command, response) in commands.iter().zip(responses) {
+            if let Command::Tagged { origin, seq, .. } = command {
+                if let Some(waiter) = waiters.remove(&(*origin, *seq)) {
+                    let _ = waiter.send(crate::Proposed {
+                        response: response.clone(),
+                        raft_index: log_id.index,
+                        raft_term: log_id.leader_id.term,
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TagWait<'_> {
+    fn drop(&mut self) {
+        self.tags.waiters.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&self.key);
+        self.tags.waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl SharedState {
@@ -98,6 +158,7 @@ impl StateMachineStore {
             replaying: std::sync::atomic::AtomicBool::new(true),
             snapshots: snapshots.clone(),
             removed_members: std::sync::Mutex::default(),
+            tags: TagWaiters::default(),
         });
         let store = StateMachineStore {
             history_max,
@@ -191,9 +252,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         state.apply_batch_unobserved(&batch);
                         EntryResponses::default()
                     }
-                    EntryPayload::Normal(batch) => EntryResponses {
-                        responses: state.apply_batch(&batch),
-                    },
+                    EntryPayload::Normal(batch) => {
+                        let responses = state.apply_batch(&batch);
+                        self.shared.tags.deliver(&batch.commands, &responses, entry.log_id);
+                        EntryResponses { responses }
+                    }
                     EntryPayload::Membership(membership) => {
                         if !replaying {
                             log_membership_change(self.last_membership.membership(), &membership);

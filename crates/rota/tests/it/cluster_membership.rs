@@ -2046,3 +2046,69 @@ fn cluster_membership_force_new_cluster_restarts_a_lone_survivor_with_everything
     assert_eq!(after.status(), 200, "{name}: {}", after.text());
     check_everything("after a plain restart", 0);
 }
+
+/// Writes through a follower while the leader is SIGKILLed: a write the dead leader had
+/// proposed and replicated is committed by the next leader. The follower answers it as done
+/// (it waits to apply it, as etcd's members wait for their request id), not as an error: an
+/// error answer made clients that retry on another member (node-etcd, python-etcd) write it
+/// twice, e.g. duplicate in-order keys (found by the Node.js client audit). So every write
+/// answered with an error must be absent from the store.
+#[test]
+fn cluster_membership_writes_in_flight_through_a_follower_when_the_leader_dies_are_answered_by_their_outcome() {
+    let name = "leader-dies-under-forwarded-writes";
+    let (mut cluster, endpoints, leader) = three_with_a_leader(name);
+    let follower = endpoints[(leader + 1) % 3];
+    let stop = Arc::new(AtomicBool::new(false));
+    let killed = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let (stop, killed) = (stop.clone(), killed.clone());
+            std::thread::spawn(move || {
+                // (value, status, in flight when the leader was killed)
+                let mut outcomes = Vec::new();
+                for n in 0.. {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let value = format!("w{w}-{n}");
+                    let before = killed.load(Ordering::SeqCst);
+                    let request = Request::new("POST", "/v2/keys/fq").form(&format!("value={value}"));
+                    let status = http::send_with_timeout(follower, &request, Duration::from_secs(20)).map_or(0, |r| r.status());
+                    outcomes.push((value, status, !before && killed.load(Ordering::SeqCst)));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    // Writes flow, then the leader dies under them.
+    wait_until(CHANGE_TIMEOUT, "writes through the follower", || {
+        let listed = http::send_with_timeout(follower, &Request::new("GET", "/v2/keys/fq"), PROBE_TIMEOUT).ok()?;
+        (listed.json()["node"]["nodes"].as_array().map_or(0, Vec::len) >= 200).then_some(())
+    });
+    cluster.kill(leader);
+    killed.store(true, Ordering::SeqCst);
+    let live: Vec<SocketAddr> = (0..3).filter(|&i| i != leader).map(|i| endpoints[i]).collect();
+    wait_until(CHANGE_TIMEOUT, "a new leader", || cluster::leader_among(&endpoints, &[0, 1, 2].map(|i| i != leader)).map(|_| ()));
+    // Writes go on through the new leader for a while, then stop.
+    let resumed = put_until_answered(follower, "/fq-resumed", "1");
+    assert!(matches!(resumed.status(), 200 | 201), "{name}: {}", resumed.text());
+    stop.store(true, Ordering::SeqCst);
+    let outcomes: Vec<(String, u16, bool)> = writers.into_iter().flat_map(|writer| writer.join().expect("writer")).collect();
+    let quorum_list = Request::new("GET", "/v2/keys/fq?quorum=true");
+    let listed = http::send_with_timeout(live[0], &quorum_list, WRITE_TIMEOUT).expect("listing").json();
+    let stored: std::collections::HashSet<String> = listed["node"]["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|node| node["value"].as_str().map(str::to_owned))
+        .collect();
+    let in_flight = outcomes.iter().filter(|(_, _, in_flight)| *in_flight).count();
+    assert!(in_flight > 0, "{name}: no write was in flight when the leader died: nothing was tested");
+    let errors_applied: Vec<_> = outcomes.iter().filter(|(value, status, _)| *status >= 300 && stored.contains(value)).collect();
+    assert!(errors_applied.is_empty(), "{name}: answered with an error, yet applied: {errors_applied:?}");
+    let acknowledged_lost: Vec<_> = outcomes.iter().filter(|(value, status, _)| *status == 201 && !stored.contains(value)).collect();
+    assert!(acknowledged_lost.is_empty(), "{name}: acknowledged, yet missing: {acknowledged_lost:?}");
+    let log = cluster.nodes[(leader + 1) % 3].log_tail(usize::MAX);
+    let answered_by_apply = log.matches("answered from this member").count();
+    eprintln!("{name}: {} writes, {in_flight} in flight at the kill, {answered_by_apply} answered from the follower's apply", outcomes.len());
+}
