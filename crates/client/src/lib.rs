@@ -31,8 +31,13 @@ pub const RETRY_BACKOFF_FIRST: Duration = Duration::from_millis(100);
 pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// The longest a `429`'s `Retry-After` makes a keys request wait between rounds.
 pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(5);
-/// A non-watch request gets this long.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// One endpoint gets this long to answer a request that does not wait on purpose (a
+/// long-poll gets its wait on top); then the request goes to the next endpoint, with the same
+/// idempotency key. A live member answers within its leader wait (about 4 s with the default
+/// election timeout) or says why; a frozen one (a stopped process, a paused VM, a host whose
+/// packets are dropped) never does, and was waited on for 30 s: longer than a job's lease
+/// (an audit saw leases expire and finished jobs run again while two members were fine).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connecting to one endpoint gets this long.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 

@@ -3,10 +3,14 @@
 //!
 //! Forwarding is safe to retry only when the request certainly did not reach the leader's
 //! proposer: a refused connection, or a peer that answers "not leader" without proposing.
-//! A forwarded proposal whose answer is lost (timeout, broken connection) may have been
-//! applied, so it is answered `NoLeader` and not retried here (clients retry with an
-//! `Idempotency-Key`). While no leader is known, a request waits for one up to the node's
-//! leader wait (about one election), then answers `NoLeader`.
+//! A forwarded proposal whose answer is lost (timeout, broken connection, a leader that
+//! died) may have been proposed: it is never sent again from here. It carries a mark
+//! (`Command::Tagged`), and this member waits, up to the request timeout, to apply it: the
+//! next leader commits what the dead one replicated, and this member answers from its own
+//! apply, as etcd's members wait for their request id. Not applied by then, it is answered
+//! `OutcomeUnknown` (clients retry with an `Idempotency-Key`). While no leader is known, a
+//! request waits for one up to the node's leader wait (about one election), then answers
+//! `NoLeader`.
 
 use std::time::{Duration, Instant};
 

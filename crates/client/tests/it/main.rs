@@ -355,3 +355,41 @@ async fn payloads_and_results_travel_as_the_text_given() {
     assert_eq!(done.result, payloads[1]);
     assert_eq!(client.get_job(ids[0]).await.expect("get").result, result);
 }
+
+/// A member that takes connections and reads requests but never answers (a stopped
+/// process: the kernel still accepts for it).
+fn silent_endpoint() -> String {
+    use tokio::io::AsyncReadExt;
+    let (listener, port) = bind_free();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut client, _)) = listener.accept().await {
+            let mut request = vec![0u8; 16 * 1024];
+            let _ = client.read(&mut request).await;
+            held.push(client);
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+/// The first endpoint is frozen: requests go on to the next after the attempt timeout (5
+/// s), not after 30 s (longer than a job's lease: heartbeats and outcomes of a worker whose
+/// first endpoint froze came too late; found by the rate-limited-API audit). A mutation
+/// carries its idempotency key there, and is applied once.
+#[tokio::test]
+async fn a_frozen_endpoint_is_given_up_for_the_next_after_the_attempt_timeout() {
+    use rota_client::jobs::NewJob;
+    use rota_server::Backend as _;
+    let (app, url) = server().await;
+    let client = Client::new([silent_endpoint(), url]).expect("client");
+    let started = std::time::Instant::now();
+    let submitted = client.submit("frozen", &NewJob::new(rota_client::jobs::RawJson::from_text("1").expect("json")), None).await.expect("submit");
+    client.kv_set("/after-frozen", "1", SetOptions::default()).await.expect("set");
+    let elapsed = started.elapsed();
+    assert!(elapsed >= rota_client::REQUEST_TIMEOUT, "the first endpoint was tried first: {elapsed:?}");
+    // Two calls: each waited out the frozen endpoint once at most (the client prefers the
+    // endpoint that answered last), far below the 30 s each used to take.
+    assert!(elapsed < 4 * rota_client::REQUEST_TIMEOUT, "{elapsed:?}");
+    let jobs = app.backend().read(|state| state.jobs.job_count());
+    assert_eq!((submitted.job.id, jobs), (1, 1), "applied once");
+}
