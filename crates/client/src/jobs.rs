@@ -1092,7 +1092,10 @@ impl Client {
                         answer.to_error().to_string()
                     }
                     Ok(answer) => {
-                        self.answered(at, sent_at);
+                        let passed_over = (offset > 0)
+                            .then(|| unreachable.failures.first().map(|failure| (first, failure.error.as_str())))
+                            .flatten();
+                        self.answered(at, sent_at, passed_over);
                         return Ok(answer);
                     }
                     Err(failure) => {
@@ -1454,6 +1457,7 @@ mod tests {
                         retry_for,
                     } => format!("lost {unreachable} for {retry_for:?}"),
                     Reachability::Regained { endpoint, .. } => format!("regained {endpoint}"),
+                    Reachability::Switched { from, to, .. } => format!("switched from {from} to {to}"),
                 };
                 told.lock().expect("lock").push(line);
             }

@@ -175,6 +175,10 @@ pub enum Reachability<'a> {
     /// An endpoint answered again: the request it answered was sent `after` the
     /// [`Reachability::Lost`] (a long poll's answer comes later).
     Regained { endpoint: &'a str, after: Duration },
+    /// The endpoint tried first failed (`error`: `timed out` for a frozen member, `connection
+    /// refused`, a `503`) and `to` answered the same request: `to` is tried first from now
+    /// on. Told once per switch, for the `/v1` calls.
+    Switched { from: &'a str, error: &'a str, to: &'a str },
 }
 
 type ReachabilityObserver = Arc<dyn Fn(Reachability<'_>) + Send + Sync>;
@@ -301,21 +305,28 @@ impl Client {
         }
     }
 
-    /// The endpoint at `at` answered: it is tried first from now on.
-    /// Endpoint `at` answered a request sent at `sent_at`: the outage (if one was told) ended
-    /// by then. Not when the answer came: a long poll answers only after its wait.
-    fn answered(&self, at: usize, sent_at: Instant) {
-        self.preferred.store(at, Ordering::Relaxed);
+    /// Endpoint `at` answered a request sent at `sent_at`: it is tried first from now on, and
+    /// the outage (if one was told) ended by then. Not when the answer came: a long poll
+    /// answers only after its wait. `passed_over`: the endpoint tried first for this request
+    /// and its failure, when another one answered.
+    fn answered(&self, at: usize, sent_at: Instant, passed_over: Option<(usize, &str)>) {
+        let previous = self.preferred.swap(at, Ordering::Relaxed);
         let since = self
             .lost_since
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let (Some(since), Some(observer)) = (since, &self.observer) {
-            observer(Reachability::Regained {
+        let Some(observer) = &self.observer else { return };
+        match (since, passed_over) {
+            (Some(since), _) => observer(Reachability::Regained {
                 endpoint: &self.endpoints[at],
                 after: sent_at.saturating_duration_since(since),
-            });
+            }),
+            // Once per switch: concurrent calls that failed over together tell it once.
+            (None, Some((from, error))) if from != at && previous == from => {
+                observer(Reachability::Switched { from: &self.endpoints[from], error, to: &self.endpoints[at] })
+            }
+            (None, _) => {}
         }
     }
 
@@ -509,7 +520,7 @@ impl Client {
                                 error
                             }
                             Decoded::Answer(other) => {
-                                self.answered(at, sent_at);
+                                self.answered(at, sent_at, None);
                                 return other;
                             }
                         }

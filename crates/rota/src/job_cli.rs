@@ -323,16 +323,18 @@ fn connect(flags: &ClientFlags) -> Result<Client, ExitCode> {
 /// Says on stderr, when a command first finds no endpoint answering, what failed and that it
 /// retries (stdout stays the answer's alone). The client tells this once per outage.
 fn say_retrying(event: Reachability<'_>) {
-    if let Reachability::Lost {
-        unreachable,
-        retry_for,
-    } = event
-    {
-        let _ = writeln!(
-            std::io::stderr(),
-            "rota: no answer from {unreachable}; retrying for up to {} (--retry-for)",
-            duration_for_people(retry_for)
-        );
+    match event {
+        Reachability::Lost { unreachable, retry_for } => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "rota: no answer from {unreachable}; retrying for up to {} (--retry-for)",
+                duration_for_people(retry_for)
+            );
+        }
+        Reachability::Switched { from, error, to } => {
+            let _ = writeln!(std::io::stderr(), "rota: {from} did not answer ({error}); going on with {to}");
+        }
+        Reachability::Regained { .. } => {}
     }
 }
 

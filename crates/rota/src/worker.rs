@@ -330,6 +330,9 @@ fn log_reachability(worker_id: String) -> impl Fn(Reachability<'_>) + Send + Syn
         Reachability::Lost { unreachable, .. } => log_line(format_args!(
             "rota worker {worker_id}: no answer from {unreachable}; retrying until a server answers"
         )),
+        Reachability::Switched { from, error, to } => log_line(format_args!(
+            "rota worker {worker_id}: {from} did not answer ({error}); going on with {to}"
+        )),
         Reachability::Regained { endpoint, after } => {
             // Whole seconds past the first: the outage's length, not a measurement.
             let after = if after >= Duration::from_secs(1) {

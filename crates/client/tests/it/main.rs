@@ -381,7 +381,17 @@ async fn a_frozen_endpoint_is_given_up_for_the_next_after_the_attempt_timeout() 
     use rota_client::jobs::NewJob;
     use rota_server::Backend as _;
     let (app, url) = server().await;
-    let client = Client::new([silent_endpoint(), url]).expect("client");
+    let silent = silent_endpoint();
+    let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let observer = {
+        let told = told.clone();
+        move |event: rota_client::Reachability<'_>| {
+            if let rota_client::Reachability::Switched { from, error, to } = event {
+                told.lock().unwrap().push(format!("{from} {error} {to}"));
+            }
+        }
+    };
+    let client = Client::new([silent.clone(), url.clone()]).expect("client").on_reachability(observer);
     let started = std::time::Instant::now();
     let submitted = client.submit("frozen", &NewJob::new(rota_client::jobs::RawJson::from_text("1").expect("json")), None).await.expect("submit");
     client.kv_set("/after-frozen", "1", SetOptions::default()).await.expect("set");
@@ -392,4 +402,5 @@ async fn a_frozen_endpoint_is_given_up_for_the_next_after_the_attempt_timeout() 
     assert!(elapsed < 4 * rota_client::REQUEST_TIMEOUT, "{elapsed:?}");
     let jobs = app.backend().read(|state| state.jobs.job_count());
     assert_eq!((submitted.job.id, jobs), (1, 1), "applied once");
+    assert_eq!(*told.lock().unwrap(), [format!("{silent} timed out {url}")], "the switch is told, once");
 }
