@@ -171,7 +171,7 @@ pub(crate) fn from_json_error(error: serde_path_to_error::Error<serde_json::Erro
                 None if parent.is_empty() => String::new(),
                 None => parent,
             };
-            let message = in_plain_words(&strip_position(&message));
+            let message = with_documented_range(&field, in_plain_words(&strip_position(&message)));
             if field.is_empty() {
                 ApiError::new(400, INVALID, message, None)
             } else {
@@ -216,6 +216,25 @@ fn in_plain_words(message: &str) -> String {
         plain = format!("{head}expected an object");
     }
     plain
+}
+
+/// A field with a documented range says that range, not its integer type's ("priority:
+/// invalid type: number `1.5`, expected a whole number from -9007199254740991 to
+/// 9007199254740991", not the i64 range; found by the `/v1` fuzzing audit).
+fn with_documented_range(field: &str, message: String) -> String {
+    use rota_core::jobs::limits::{LEASE_BATCH_MAX, MAX_ATTEMPTS_MAX, PRIORITY_MAX, PRIORITY_MIN};
+    let name = field.rsplit('.').next().unwrap_or(field);
+    let range = match name {
+        "priority" => format!("from {PRIORITY_MIN} to {PRIORITY_MAX}"),
+        "max" => format!("from 1 to {LEASE_BATCH_MAX}"),
+        "max_attempts" => format!("from 1 to {MAX_ATTEMPTS_MAX}"),
+        "by" | "lease_token" => format!("from 1 to {}", u64::MAX),
+        _ => return message,
+    };
+    match message.find("expected a whole number from ") {
+        Some(at) => format!("{}expected a whole number {range}", &message[..at]),
+        None => message,
+    }
 }
 
 /// serde_json appends " at line L column C"; the field already says where.

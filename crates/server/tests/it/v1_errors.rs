@@ -309,3 +309,20 @@ async fn a_delete_refuses_a_body_it_would_ignore() {
     let cancelled = call(&app, "DELETE", &format!("/v1/jobs/{id}"), Some("{}"), &[]).await;
     assert_eq!(cancelled.status, 200, "{}", cancelled.body);
 }
+
+/// A number of the wrong kind for a field with a documented range says that range.
+#[tokio::test]
+async fn a_fractional_number_is_refused_with_the_fields_documented_range() {
+    let app = app();
+    for (uri, body, field, range) in [
+        ("/v1/queues/q/jobs", r#"{"priority": 1.5}"#, "priority", "from -9007199254740991 to 9007199254740991"),
+        ("/v1/queues/q/jobs", r#"{"jobs": [{"max_attempts": 2.5}]}"#, "jobs[0].max_attempts", "from 1 to 1000"),
+        ("/v1/queues/q/lease", r#"{"worker": "w", "max": 1e2}"#, "max", "from 1 to 1000"),
+    ] {
+        let (state, index) = (snapshot(&app), applied_index(&app));
+        let reply = call(&app, "POST", uri, Some(body), &[]).await;
+        assert_error(&reply, 400, "invalid", Some(field));
+        assert!(reply.body.contains(&format!("expected a whole number {range}")), "{body}: {}", reply.body);
+        assert_eq!((snapshot(&app), applied_index(&app)), (state, index), "{body}: nothing changed");
+    }
+}
