@@ -8,7 +8,9 @@
 # alike; before each run the machine must be quiet (see wait_quiet).
 # Every rota write is fsynced before its answer, as etcd's are.
 # Workloads: put (../shared/bench/etcd_v2_put.lua), putlight (bench/v2_put_light.lua: the
-# same requests for less of wrk's CPU, which shares the two cores with the server), post.
+# same requests for less of wrk's CPU, which shares the two cores with the server), post,
+# v2load (the same PUTs from bench/src/bin/rota-v2load.rs instead of wrk: a closed loop,
+# one request in flight per connection, at about half of wrk's CPU per request).
 # usage: bench/v2_put.sh            env: RUNS (3), DUR (10s), CONCS ("1 16 64"),
 #                                        WORKLOADS ("put"; "put putlight" for both)
 # needs: apt-get install -y etcd-server wrk jq curl
@@ -23,8 +25,13 @@ done
 export RUNS DUR
 OUT=${OUT:-$(mktemp -d /tmp/rota-bench.XXXX)}; mkdir -p "$OUT"
 echo "results in $OUT"
-(cd "$ROOT" && cargo build --release -q -p rota) || exit 1
+(cd "$ROOT" && cargo build --release -q -p rota -p rota-bench) || exit 1
 ROTA="$ROOT/target/release/rota"
+V2LOAD="$ROOT/target/release/rota-v2load"
+# The same RESULT line as wrk_run, from rota-v2load.
+v2load_run() { local label=$1 c=$2 url=$3
+  local out; out=$(timeout 60 "$V2LOAD" --addr "${url#http://}" -c "$c" -d "${DUR%s}" | grep SUMMARY)
+  echo "RESULT $label c=$c $out"; }
 DATA=$(mktemp -d /tmp/rota-bench-data.XXXX)
 
 source "$ROOT/bench/quiet.sh"
@@ -44,13 +51,14 @@ start_rota() { rm -rf "$DATA/n1"
 
 for wl in ${WORKLOADS:-put}; do
   case $wl in put) LUA=$SHARED/etcd_v2_put.lua;; post) LUA=$SHARED/etcd_v2_post.lua;;
-    putlight) LUA=$ROOT/bench/v2_put_light.lua;; *) echo "unknown workload $wl"; exit 1;; esac
+    putlight) LUA=$ROOT/bench/v2_put_light.lua;; v2load) LUA=;; *) echo "unknown workload $wl"; exit 1;; esac
+  run() { if [ "$wl" = v2load ]; then v2load_run "$@"; else wrk_run "$@" "$LUA"; fi; }
   for c in ${CONCS:-1 16 64}; do
     stop_started   # a fresh server of each per concurrency
     start_etcd || exit 1; start_rota || exit 1; sleep 1
     for r in $(seq 1 "$RUNS"); do
-      wait_quiet; stamp "etcd $wl c=$c run=$r"; wrk_run etcd1-$wl "$c" http://127.0.0.1:22379 "$LUA" | tee -a "$OUT/etcd.txt"
-      wait_quiet; stamp "rota $wl c=$c run=$r"; wrk_run rota1-$wl "$c" http://127.0.0.1:23379 "$LUA" | tee -a "$OUT/rota.txt"
+      wait_quiet; stamp "etcd $wl c=$c run=$r"; run etcd1-$wl "$c" http://127.0.0.1:22379 | tee -a "$OUT/etcd.txt"
+      wait_quiet; stamp "rota $wl c=$c run=$r"; run rota1-$wl "$c" http://127.0.0.1:23379 | tee -a "$OUT/rota.txt"
     done
   done
 done
@@ -62,8 +70,8 @@ python3 - "$OUT/summary.txt" <<'PY'
 import re, sys
 rows = {}
 for line in open(sys.argv[1]):
-    m = re.match(r"RESULT (\S+)-(put|post|putlight) c=(\d+).*\| median (.*)$", line) or \
-        re.match(r"(\S+)-(put|post|putlight) c=(\d+).*\| median (.*)$", line)
+    m = re.match(r"RESULT (\S+)-(put|post|putlight|v2load) c=(\d+).*\| median (.*)$", line) or \
+        re.match(r"(\S+)-(put|post|putlight|v2load) c=(\d+).*\| median (.*)$", line)
     if not m: continue
     who, wl, c, fields = m.groups()
     vals = dict(kv.split("=") for kv in fields.split())

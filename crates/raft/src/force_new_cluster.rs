@@ -15,6 +15,12 @@
 //! and store index stay: clients see the same cluster, continuing. The other members must
 //! not come back on their old data dirs (they would campaign in the old membership): they
 //! join again as new members, with empty data dirs.
+//!
+//! A forced start leaves [`MARKER`] in the data dir. A later start with the flag still on
+//! (left in a unit file) whose membership has grown since is not forced again: that would
+//! remove the members added since and drop what they committed without this member (an
+//! audit lost an acknowledged write that way). It logs why instead; deleting the marker
+//! forces again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -27,7 +33,18 @@ use crate::state_machine::StateMachineStore;
 use crate::types::{Member, NodeId, StoredMembership};
 use crate::{commit_mark, StartError};
 
-/// What the rewrite kept, for the start-up log.
+/// Left in the data dir by a forced start: the index it kept, in text.
+pub(crate) const MARKER: &str = "force-new-cluster";
+
+/// What `rewrite` did, for the start-up log.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Forced(Forced),
+    /// Forced before ([`MARKER`]), and members were added since: left as it is.
+    Grown { forced_at: u64, members: Vec<String> },
+}
+
+/// What the rewrite kept.
 #[derive(Debug)]
 pub(crate) struct Forced {
     /// The last Raft index kept (the new snapshot's).
@@ -50,7 +67,13 @@ pub(crate) async fn rewrite(
     state_machine: &mut StateMachineStore,
     id: NodeId,
     own: Member,
-) -> Result<Forced, StartError> {
+) -> Result<Outcome, StartError> {
+    let marker = data_dir.join(MARKER);
+    let forced_at = match std::fs::read_to_string(&marker) {
+        Ok(text) => text.trim().parse::<u64>().ok(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => return Err(failed("read the marker of an earlier forced start", error)),
+    };
     let log_state = log_store.get_log_state().await.map_err(|e| failed("read the log", e))?;
     let (applied, _) = state_machine.applied_state().await.map_err(|e| failed("read the snapshot", e))?;
     let last_index = log_state.last_log_id.map(|id| id.index);
@@ -82,6 +105,19 @@ pub(crate) async fn rewrite(
     let (kept, membership_now) = state_machine.applied_state().await.map_err(|e| failed("read the state", e))?;
     let kept = kept.ok_or_else(|| failed("read the state", "nothing applied"))?;
     let former = membership_now.membership().clone();
+    let others = |membership: &Membership<NodeId, Member>| -> Vec<String> {
+        membership
+            .nodes()
+            .filter(|(member, _)| **member != id)
+            .map(|(member, info)| format!("{} ({member:x})", info.name))
+            .collect()
+    };
+    if let Some(forced_at) = forced_at {
+        let members = others(&former);
+        if !members.is_empty() {
+            return Ok(Outcome::Grown { forced_at, members });
+        }
+    }
 
     // 2. This member alone, in a snapshot at the last committed entry.
     let me = former.get_node(&id).cloned().unwrap_or(own);
@@ -116,10 +152,18 @@ pub(crate) async fn rewrite(
     log_store.sync().await.map_err(|e| failed("sync the log", e))?;
     // Told they were removed if they come back on their old data dirs while this runs.
     state_machine.note_removed(former.nodes().map(|(member, _)| *member).filter(|member| *member != id));
-    let former_members = former
-        .nodes()
-        .filter(|(member, _)| **member != id)
-        .map(|(member, info)| format!("{} ({member:x})", info.name))
-        .collect();
-    Ok(Forced { kept_index: kept.index, dropped_entries, former_members })
+    let former_members = others(&former);
+    write_marker(data_dir, kept.index).map_err(|e| failed("write its marker", e))?;
+    Ok(Outcome::Forced(Forced { kept_index: kept.index, dropped_entries, former_members }))
+}
+
+/// [`MARKER`], durably: written to a temporary file, synced, renamed, the directory synced.
+fn write_marker(data_dir: &Path, kept_index: u64) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let temp = data_dir.join(format!("{MARKER}.tmp"));
+    let mut file = std::fs::File::create(&temp)?;
+    writeln!(file, "{kept_index}")?;
+    file.sync_all()?;
+    std::fs::rename(&temp, data_dir.join(MARKER))?;
+    std::fs::File::open(data_dir)?.sync_all()
 }

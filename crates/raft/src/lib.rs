@@ -651,17 +651,26 @@ impl Node {
         let id = identity.node_id;
         if config.force_new_cluster {
             let mut log_store = log_store.clone();
-            let forced =
-                force_new_cluster::rewrite(&config.data_dir, &mut log_store, &mut state_machine, id, config.member())
-                    .await?;
-            tracing::warn!(
-                kept_index = forced.kept_index,
-                dropped_entries = forced.dropped_entries,
-                former_members = %forced.former_members.join(", "),
-                "--force-new-cluster: this member is now the only member of its cluster, with everything it \
-                 held committed; remove the flag for later restarts, and add members again with `rota member \
-                 add` and empty data dirs (never start the former members on their old data dirs)"
-            );
+            match force_new_cluster::rewrite(&config.data_dir, &mut log_store, &mut state_machine, id, config.member())
+                .await?
+            {
+                force_new_cluster::Outcome::Forced(forced) => tracing::warn!(
+                    kept_index = forced.kept_index,
+                    dropped_entries = forced.dropped_entries,
+                    former_members = %forced.former_members.join(", "),
+                    "--force-new-cluster: this member is now the only member of its cluster, with everything it \
+                     held committed; remove the flag for later restarts, and add members again with `rota member \
+                     add` and empty data dirs (never start the former members on their old data dirs)"
+                ),
+                force_new_cluster::Outcome::Grown { forced_at, members } => tracing::warn!(
+                    forced_at,
+                    members = %members.join(", "),
+                    "--force-new-cluster ignored: this member was forced before and its cluster has grown since; \
+                     forcing again would remove those members and what they committed without it. Remove the flag. \
+                     To force again after losing the majority of the grown cluster, delete {} first",
+                    config.data_dir.join(force_new_cluster::MARKER).display()
+                ),
+            }
         }
         // As etcd: the token is the one this member started with, whatever the flag says now.
         let mut config = config;

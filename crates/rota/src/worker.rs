@@ -1052,10 +1052,12 @@ async fn keep_lease(
     margin: Duration,
     renewed: watch::Sender<i64>,
 ) -> JobsError {
+    let mut wait = every;
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(wait).await;
         match client.heartbeat(id, token, None).await {
             Ok(job) => {
+                wait = every;
                 let deadline_ms = job
                     .lease_expires_at
                     .as_deref()
@@ -1069,12 +1071,20 @@ async fn keep_lease(
             {
                 return error
             }
-            Err(error) => log_line(format_args!(
-                "rota worker: job {id}: heartbeat failed ({error}); will try again"
-            )),
+            Err(error) => {
+                log_line(format_args!("rota worker: job {id}: heartbeat failed ({error}); will try again"));
+                // Soon, not a third of the ttl later: the lease still runs, and a cluster
+                // back from an outage (a new leader renews every lease) should hear from
+                // this job before its deadline here passes (an audit lost a job 0.6 s after
+                // the cluster was back, its next try 6 s away).
+                wait = HEARTBEAT_RETRY.min(every);
+            }
         }
     }
 }
+
+/// How soon a heartbeat that failed (after its own retries over the endpoints) is tried again.
+const HEARTBEAT_RETRY: Duration = Duration::from_secs(1);
 
 /// Captured output and whether some of it was dropped.
 #[derive(Default)]

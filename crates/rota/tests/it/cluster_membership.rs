@@ -2045,6 +2045,20 @@ fn cluster_membership_force_new_cluster_restarts_a_lone_survivor_with_everything
     after = http::send_with_timeout(addr, &Request::new("GET", "/v2/keys/fnc/after"), WRITE_TIMEOUT).expect("an answer");
     assert_eq!(after.status(), 200, "{name}: {}", after.text());
     check_everything("after a plain restart", 0);
+
+    // The cluster grows (a member added; it need not run for this), and the member restarts
+    // with the flag left on, as in a unit file: not forced again, which would remove the
+    // member added since.
+    let added = add_member(&[addr], &format!("http://127.0.0.1:{}", free_port()));
+    cluster.config.extra_args.push("--force-new-cluster".into());
+    cluster.kill(survivor);
+    cluster.restart(survivor);
+    cluster.config.extra_args.pop();
+    let log = cluster.nodes[survivor].log_tail(usize::MAX);
+    assert!(log.contains("--force-new-cluster ignored") && log.contains(&added), "{name}: {log}");
+    let members = http::send_with_timeout(addr, &Request::new("GET", "/v2/members"), WRITE_TIMEOUT).expect("members").json();
+    let ids: Vec<&str> = members["members"].as_array().expect("members").iter().filter_map(|m| m["id"].as_str()).collect();
+    assert!(ids.contains(&added.as_str()) && ids.len() == 2, "{name}: the added member stays: {members}");
 }
 
 /// Writes through a follower while the leader is SIGKILLed: a write the dead leader had
