@@ -83,6 +83,8 @@ pub async fn run(args: StatusArgs) -> ExitCode {
     let mut unreachable = false;
     let mut leaderless = Vec::new();
     let mut learners = Vec::new();
+    // Endpoints that say they lead, with their cluster id and term.
+    let mut leaders: Vec<(String, String, u64)> = Vec::new();
     // Cluster id → the endpoints that answered with it, in the order given.
     let mut clusters: Vec<(String, Vec<String>)> = Vec::new();
     for url in &urls {
@@ -90,6 +92,9 @@ pub async fn run(args: StatusArgs) -> ExitCode {
             Ok(s) => {
                 if !s.knows_leader {
                     leaderless.push(url.clone());
+                }
+                if s.leader {
+                    leaders.push((url.clone(), s.cluster_id.clone(), s.term));
                 }
                 if !s.votes {
                     learners.push(url.clone());
@@ -107,7 +112,11 @@ pub async fn run(args: StatusArgs) -> ExitCode {
         }
     }
     for url in leaderless {
-        eprintln!("warning: {url} knows no leader: writes and quorum reads there wait, then answer 503, until one is elected");
+        eprintln!(
+            "warning: {url} knows no leader: writes and quorum reads there wait, then answer 503, until one is elected \
+             (none is while a majority of the members is down: bring them back; if they are lost for good, see the \
+             README's \"Back up and restore\" on --force-new-cluster)"
+        );
     }
     for url in learners {
         eprintln!(
@@ -124,11 +133,39 @@ pub async fn run(args: StatusArgs) -> ExitCode {
             listed.join("; ")
         );
     }
+    for warning in split_clusters(&leaders) {
+        eprintln!("{warning}");
+    }
     if unreachable {
         ExitCode::from(EXIT_BAD_CONNECTION)
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// A warning for each cluster id that more than one endpoint leads: one cluster has one
+/// leader, so those are separate clusters with one id. `leaders`: (endpoint, cluster id,
+/// term) of each endpoint that says it leads.
+fn split_clusters(leaders: &[(String, String, u64)]) -> Vec<String> {
+    let mut ids: Vec<&String> = leaders.iter().map(|(_, id, _)| id).collect();
+    ids.dedup();
+    ids.into_iter()
+        .filter_map(|id| {
+            let leading: Vec<String> = leaders
+                .iter()
+                .filter(|(_, cluster, _)| cluster == id)
+                .map(|(url, _, term)| format!("{url} (term {term})"))
+                .collect();
+            (leading.len() > 1).then(|| {
+                format!(
+                    "warning: {} all lead cluster {id}: one cluster has one leader, so these are separate clusters \
+                     with the same id (each survivor of a lost majority started with --force-new-cluster?); keep \
+                     one, stop the others for good and add members to the one kept (README, \"Back up and restore\")",
+                    leading.join(", ")
+                )
+            })
+        })
+        .collect()
 }
 
 fn print_status(url: &str, width: usize, s: &Status) {
@@ -235,7 +272,16 @@ fn build_version(text: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::{build_version, metric};
+    use super::{build_version, metric, split_clusters};
+
+    #[test]
+    fn two_leaders_of_one_cluster_id_are_told_as_separate_clusters() {
+        let leader = |url: &str, id: &str, term: u64| (url.to_owned(), id.to_owned(), term);
+        assert!(split_clusters(&[leader("http://a", "1", 3), leader("http://b", "2", 5)]).is_empty());
+        let warnings = split_clusters(&[leader("http://a", "1", 14), leader("http://b", "1", 19)]);
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].starts_with("warning: http://a (term 14), http://b (term 19) all lead cluster 1"), "{warnings:?}");
+    }
 
     #[test]
     fn reads_an_unlabelled_metric_and_not_a_longer_name() {
