@@ -1680,6 +1680,13 @@ async fn follow_raft_metrics(
                         "this member led this term before it stopped and leads it again until it hears of a newer one"
                     ),
                     Some(new) if new == id => tracing::info!(term, "this member is the leader"),
+                    // The vote stored before a restart names the leader it followed: not
+                    // heard from yet in this run.
+                    Some(new) if resumed => tracing::info!(
+                        term,
+                        leader = %format!("{new:x}"),
+                        "following the leader this member followed before it stopped, until it hears of a newer one"
+                    ),
                     Some(new) => tracing::info!(term, leader = %format!("{new:x}"), "following a new leader"),
                     // etcd logs "lost leader" too; the election that follows is logged by
                     // its outcome.
