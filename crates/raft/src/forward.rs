@@ -70,6 +70,9 @@ pub(crate) enum ForwardFailure {
     NotDelivered(String),
     /// It may have been proposed.
     Unknown(String),
+    /// The leader could not decode the request (it runs an older rota that does not know
+    /// `Command::Tagged`): not delivered, safe to send again without the mark.
+    Undecodable(String),
 }
 
 /// Group forwarding: a follower packs concurrent proposals into one `Propose` RPC per
@@ -85,6 +88,9 @@ pub(crate) struct Forwarder {
     transport: PeerTransport,
     runtime: tokio::runtime::Handle,
     lanes: std::sync::Mutex<std::collections::HashMap<NodeId, tokio::sync::mpsc::Sender<Forward>>>,
+    /// Leaders that could not decode a marked command (an older rota, during a rolling
+    /// upgrade): this member sends them plain commands.
+    plain_leaders: std::sync::Mutex<std::collections::HashSet<NodeId>>,
 }
 
 struct Forward {
@@ -101,7 +107,18 @@ impl Forwarder {
             transport,
             runtime: tokio::runtime::Handle::current(),
             lanes: std::sync::Mutex::default(),
+            plain_leaders: std::sync::Mutex::default(),
         }
+    }
+
+    /// Whether `leader` is sent plain commands (see `plain_leaders`).
+    fn sends_plain(&self, leader: NodeId) -> bool {
+        self.plain_leaders.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(&leader)
+    }
+
+    /// `leader` could not decode a marked command; true the first time it is said.
+    fn send_plain_from_now(&self, leader: NodeId) -> bool {
+        self.plain_leaders.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(leader)
     }
 
     /// The queue of `leader`'s lane, started on first use.
@@ -216,7 +233,9 @@ async fn send_batch(
             }
         }
         Err(error) => {
-            let failure = if error.not_delivered() {
+            let failure = if matches!(error, crate::network::CallError::Refused { status: 400, .. }) {
+                ForwardFailure::Undecodable(error.to_string())
+            } else if error.not_delivered() {
                 ForwardFailure::NotDelivered(error.to_string())
             } else {
                 ForwardFailure::Unknown(error.to_string())
@@ -305,7 +324,8 @@ pub(crate) async fn propose(node: &Node, command: Command) -> Result<Proposed, P
     let deadline = started + node.inner.leader_wait;
     // The leader this member knows but could not reach, and why: said when the wait ends.
     let mut unreachable: Option<(NodeId, String)> = None;
-    // Forwarded, the command carries a mark this member knows it by when it applies it.
+    // Forwarded, the command carries a mark this member knows it by when it applies it
+    // (unless the leader runs an older rota that cannot read it: then it goes plain).
     let mut tag: Option<(crate::state_machine::TagWait<'_>, Command)> = None;
     loop {
         if node.is_shutting_down() {
@@ -318,13 +338,19 @@ pub(crate) async fn propose(node: &Node, command: Command) -> Result<Proposed, P
                 // elected there is no point waiting, and past the request timeout (when the
                 // leader's own proposer gives up) this member gives up too, as etcd's do.
                 let answer_max = node.inner.proposals.answer_max;
-                let (_, tagged) = tag.get_or_insert_with(|| {
-                    let wait = node.inner.shared.tags.register(node.inner.id);
-                    let (origin, seq) = wait.key;
-                    (wait, Command::Tagged { origin, seq, command: Box::new(command.clone()) })
-                });
+                let plain = node.inner.forwarder.sends_plain(leader);
+                let sent = if plain {
+                    command.clone()
+                } else {
+                    let (_, tagged) = tag.get_or_insert_with(|| {
+                        let wait = node.inner.shared.tags.register(node.inner.id);
+                        let (origin, seq) = wait.key;
+                        (wait, Command::Tagged { origin, seq, command: Box::new(command.clone()) })
+                    });
+                    tagged.clone()
+                };
                 let forwarded = tokio::select! {
-                    forwarded = node.inner.forwarder.forward(leader, member, tagged.clone()) => forwarded,
+                    forwarded = node.inner.forwarder.forward(leader, member, sent) => forwarded,
                     () = node.wait_for_another_leader(leader) => Err(ForwardFailure::Unknown(format!(
                         "leader {leader:x} was replaced before it answered"
                     ))),
@@ -352,15 +378,32 @@ pub(crate) async fn propose(node: &Node, command: Command) -> Result<Proposed, P
                         tracing::debug!(%reason, "forwarding a proposal: leader unreachable");
                         unreachable = Some((leader, reason));
                     }
+                    Err(ForwardFailure::Undecodable(reason)) if !plain => {
+                        if node.inner.forwarder.send_plain_from_now(leader) {
+                            tracing::warn!(
+                                leader = %format!("{leader:x}"),
+                                %reason,
+                                "the leader cannot read marked forwarded writes (an older rota, during an upgrade?): \
+                                 sending them plain; a write whose leader dies before it answers is then answered \
+                                 as of unknown outcome"
+                            );
+                        }
+                        tag = None;
+                        continue;
+                    }
+                    Err(ForwardFailure::Undecodable(reason)) => {
+                        unreachable = Some((leader, reason));
+                    }
                     Err(ForwardFailure::Unknown(reason)) => {
                         // The leader may have proposed it before it died or froze: as etcd's
                         // members do, wait for it to be applied here (the next leader commits
                         // it with its first entry) until the request timeout.
-                        let (mut wait, _) = tag.take().expect("forwarded with a tag");
-                        let until = started + answer_max;
-                        if let Ok(Ok(proposed)) = tokio::time::timeout_at(until.into(), &mut wait.applied).await {
-                            tracing::info!(%reason, "a forwarded write whose leader did not answer was applied: answered from this member");
-                            return Ok(proposed);
+                        if let Some((mut wait, _)) = tag.take() {
+                            let until = started + answer_max;
+                            if let Ok(Ok(proposed)) = tokio::time::timeout_at(until.into(), &mut wait.applied).await {
+                                tracing::info!(%reason, "a forwarded write whose leader did not answer was applied: answered from this member");
+                                return Ok(proposed);
+                            }
                         }
                         tracing::warn!(%reason, "forwarded proposal's outcome is unknown");
                         return Err(ProposeError::OutcomeUnknown(reason));

@@ -385,6 +385,9 @@ impl PeerTransport {
             reason: error_chain(&error),
         })?;
         let refusal = match status {
+            // Our request's body did not decode there: most likely a member running an older
+            // rota, which cannot read what this version writes (its log stops there).
+            400 => Some("the peer cannot decode what this member sent (a member running another rota version? all members must run the same one)"),
             403 => Some("cluster token mismatch"),
             412 => Some("cluster id mismatch"),
             PEER_WRONG_MEMBER_STATUS => Some("another member answers at this URL"),
