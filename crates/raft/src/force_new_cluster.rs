@@ -4,12 +4,15 @@
 //!
 //! Done on the data dir before Raft starts, in the order that keeps a crash at any point
 //! recoverable by running it again:
-//! 1. apply the log's committed entries after the snapshot to the state (the commit index is
-//!    the larger of the one the log saved and the `commit-mark`; entries after it were never
-//!    known committed here and are dropped, as etcd drops them);
+//! 1. apply every entry of the log after the snapshot to the state: as if this member won
+//!    an election, which commits everything in the winner's log. Entries past the commit
+//!    index it knew are kept too (etcd drops them): the last ones a leader committed and
+//!    acknowledged reach a follower's known commit index only with the next message, and
+//!    the leader's own saved commit index lags its acknowledgements as well, so dropping
+//!    them could lose acknowledged writes;
 //! 2. store a snapshot of that state whose membership is this member alone, at the last
-//!    committed entry;
-//! 3. cut the log's entries after it and purge the ones it covers.
+//!    entry;
+//! 3. purge the log it covers.
 //!
 //! Raft then finds a one-voter membership and elects this member. The cluster id, member id
 //! and store index stay: clients see the same cluster, continuing. The other members must
@@ -49,8 +52,8 @@ pub(crate) enum Outcome {
 pub(crate) struct Forced {
     /// The last Raft index kept (the new snapshot's).
     pub kept_index: u64,
-    /// Entries after it that were dropped: never known committed on this member.
-    pub dropped_entries: u64,
+    /// Entries of it past the commit index this member knew: committed now.
+    pub beyond_known_commit: u64,
     /// The members the cluster had, this one left out, as `name (hex id)`.
     pub former_members: Vec<String>,
 }
@@ -88,9 +91,7 @@ pub(crate) async fn rewrite(
     let mark = commit_mark::read(data_dir).map_err(|e| failed("read the commit mark", e))?;
     let applied_index = applied.map(|id| id.index);
     let committed = [saved_commit, mark, applied_index].into_iter().flatten().max().unwrap_or(0);
-    // Never past the log's end (a commit mark ahead of a shorter log refused the start before
-    // this runs), never before what the snapshot holds.
-    let keep = committed.min(last_index.unwrap_or(0)).max(applied_index.unwrap_or(0));
+    let keep = last_index.unwrap_or(0).max(applied_index.unwrap_or(0));
 
     // 1. The committed entries after the snapshot, applied (the state machine re-applies
     //    quietly, as at any start).
@@ -134,17 +135,8 @@ pub(crate) async fn rewrite(
         return Err(failed("store the snapshot", "the newest snapshot is not the one just written"));
     }
 
-    // 3. The log: what follows the snapshot is dropped, what it covers purged.
-    let dropped_entries = last_index.map_or(0, |last| last.saturating_sub(kept.index));
-    if dropped_entries > 0 {
-        let next = log_store
-            .try_get_log_entries(kept.index + 1..=kept.index + 1)
-            .await
-            .map_err(|e| failed("read the log", e))?;
-        if let Some(entry) = next.first() {
-            log_store.truncate(entry.log_id).await.map_err(|e| failed("cut the log", e))?;
-        }
-    }
+    // 3. The log it covers, purged.
+    let beyond_known_commit = kept.index.saturating_sub(committed);
     log_store.save_committed(Some(kept)).await.map_err(|e| failed("save the commit index", e))?;
     if log_state.last_purged_log_id.is_none_or(|purged| purged.index < kept.index) {
         log_store.purge(kept).await.map_err(|e| failed("purge the log", e))?;
@@ -154,7 +146,7 @@ pub(crate) async fn rewrite(
     state_machine.note_removed(former.nodes().map(|(member, _)| *member).filter(|member| *member != id));
     let former_members = others(&former);
     write_marker(data_dir, kept.index).map_err(|e| failed("write its marker", e))?;
-    Ok(Outcome::Forced(Forced { kept_index: kept.index, dropped_entries, former_members }))
+    Ok(Outcome::Forced(Forced { kept_index: kept.index, beyond_known_commit, former_members }))
 }
 
 /// [`MARKER`], durably: written to a temporary file, synced, renamed, the directory synced.

@@ -656,11 +656,11 @@ impl Node {
             {
                 force_new_cluster::Outcome::Forced(forced) => tracing::warn!(
                     kept_index = forced.kept_index,
-                    dropped_entries = forced.dropped_entries,
+                    beyond_known_commit = forced.beyond_known_commit,
                     former_members = %forced.former_members.join(", "),
-                    "--force-new-cluster: this member is now the only member of its cluster, with everything it \
-                     held committed; remove the flag for later restarts, and add members again with `rota member \
-                     add` and empty data dirs (never start the former members on their old data dirs)"
+                    "--force-new-cluster: this member is now the only member of its cluster, with everything its \
+                     log held, committed; remove the flag for later restarts, and add members again with `rota \
+                     member add` and empty data dirs (never start the former members on their old data dirs)"
                 ),
                 force_new_cluster::Outcome::Grown { forced_at, members } => tracing::warn!(
                     forced_at,
