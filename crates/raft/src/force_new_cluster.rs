@@ -77,16 +77,10 @@ pub(crate) async fn rewrite(
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
         Err(error) => return Err(failed("read the marker of an earlier forced start", error)),
     };
+    // A data dir with neither log nor snapshot was refused before this runs (see `Node::start`).
     let log_state = log_store.get_log_state().await.map_err(|e| failed("read the log", e))?;
     let (applied, _) = state_machine.applied_state().await.map_err(|e| failed("read the snapshot", e))?;
     let last_index = log_state.last_log_id.map(|id| id.index);
-    if last_index.is_none() && applied.is_none() {
-        return Err(StartError::Raft(format!(
-            "--force-new-cluster: {} holds no log and no snapshot: there is nothing to start a cluster from \
-             (start without the flag to begin a new cluster)",
-            data_dir.display()
-        )));
-    }
     let saved_commit = log_store.read_committed().await.map_err(|e| failed("read the commit index", e))?.map(|id| id.index);
     let mark = commit_mark::read(data_dir).map_err(|e| failed("read the commit mark", e))?;
     let applied_index = applied.map(|id| id.index);

@@ -611,7 +611,7 @@ impl Node {
         }
         // Removed by a membership this process applied (or left behind by
         // `--force-new-cluster`).
-        if self.inner.shared.removed_members.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(&from) {
+        if self.was_removed(from) {
             return true;
         }
         let committed = self

@@ -348,16 +348,9 @@ impl Metrics {
         self.idempotency_records.set(i64::try_from(records).unwrap_or(i64::MAX));
         self.idempotency_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
         // The state counts since start; the counter only moves forward.
-        let counted = self.idempotency_evicted.get();
-        if evicted > counted {
-            self.idempotency_evicted.inc_by(evicted - counted);
-        }
-        // Counted by the state, which a snapshot from the leader may set back: the counter
-        // only moves forward.
-        let counted = self.v2_expires.get();
-        if sample.v2_expires > counted {
-            self.v2_expires.inc_by(sample.v2_expires - counted);
-        }
+        catch_up(&self.idempotency_evicted, evicted);
+        // Counted by the state, which a snapshot from the leader may set back.
+        catch_up(&self.v2_expires, sample.v2_expires);
         self.idempotency_evicted_remaining_seconds
             .set(as_i64(sample.idempotency_evicted_remaining_ms / 1000));
         // Rebuilt on every scrape, so a deleted queue's series go away.
@@ -405,6 +398,15 @@ impl Metrics {
             None => text.push_str(&process),
         }
         text
+    }
+}
+
+/// Brings `counter` up to `total`, a count kept elsewhere; a counter only moves forward, so
+/// a lower `total` leaves it as it is.
+fn catch_up(counter: &Counter, total: u64) {
+    let counted = counter.get();
+    if total > counted {
+        counter.inc_by(total - counted);
     }
 }
 
