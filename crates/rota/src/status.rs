@@ -147,8 +147,13 @@ pub async fn run(args: StatusArgs) -> ExitCode {
 /// leader, so those are separate clusters with one id. `leaders`: (endpoint, cluster id,
 /// term) of each endpoint that says it leads.
 fn split_clusters(leaders: &[(String, String, u64)]) -> Vec<String> {
-    let mut ids: Vec<&String> = leaders.iter().map(|(_, id, _)| id).collect();
-    ids.dedup();
+    // Each cluster id once, in the order first seen.
+    let mut ids: Vec<&String> = Vec::new();
+    for (_, id, _) in leaders {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
     ids.into_iter()
         .filter_map(|id| {
             let leading: Vec<String> = leaders
@@ -281,6 +286,9 @@ mod tests {
         let warnings = split_clusters(&[leader("http://a", "1", 14), leader("http://b", "1", 19)]);
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0].starts_with("warning: http://a (term 14), http://b (term 19) all lead cluster 1"), "{warnings:?}");
+        // Endpoints of two clusters interleaved: each cluster told once.
+        let interleaved = [leader("http://a", "1", 3), leader("http://c", "2", 4), leader("http://b", "1", 5)];
+        assert_eq!(split_clusters(&interleaved).len(), 1);
     }
 
     #[test]
