@@ -866,6 +866,19 @@ pub(crate) async fn join_identity(config: &NodeConfig) -> Result<Identity, Start
                             .any(|url| config.advertise_peer_urls.contains(url))
                     });
                     return match mine {
+                        // Started before (it published its client URLs): its data dir lost
+                        // the log it had, and votes it cast. Let back in under its old id
+                        // with an empty log, it could help a member that lacks acknowledged
+                        // writes win an election, which erases them everywhere (an audit
+                        // lost 5 that way). etcd 3.4 lets it in; rota refuses it, as
+                        // `refuse_rebootstrap` does with `new`.
+                        Some((id, member)) if !member.client_urls.is_empty() => Err(StartError::Join(format!(
+                            "member {id:x} has already been bootstrapped (peer {url} of cluster {:016x} knows it as started                              at {}) but this data dir is empty: it lost what it held. To start it over, remove it                              (`rota member rm {id:x}`), add it again (`rota member add {} {}`) and start it with an empty                              data dir and --initial-cluster-state existing",
+                            info.cluster_id,
+                            member.client_urls.join(","),
+                            config.name,
+                            config.advertise_peer_urls.join(","),
+                        ))),
                         Some((id, _)) => {
                             if info.token != config.cluster_token {
                                 tracing::info!(token = %info.token, "joining with the cluster's token (--initial-cluster-token is not needed to join)");

@@ -402,11 +402,29 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let peer_urls = split_urls(&args.initial_advertise_peer_urls);
     let me = initial_cluster.iter().find(|member| member.name == args.name);
+    // `member add` takes a name that is in use (etcd's does too), and the --initial-cluster
+    // it prints then lists both members under that name, which reads as one member with the
+    // URLs of both. A member joining finds its id by its own peer URLs, so that is no
+    // mismatch; telling it to advertise them all sent an audit to start a process at the
+    // running member's URL, as that member.
+    let joining_under_a_shared_name = args.initial_cluster_state == "existing"
+        && me.is_some_and(|me| me.peer_urls.len() > peer_urls.len() && peer_urls.iter().all(|url| me.peer_urls.contains(url)));
+    if joining_under_a_shared_name && !restarting {
+        tracing::warn!(
+            "--initial-cluster lists {:?} at {:?}, more than this member's --initial-advertise-peer-urls {:?}: another member \
+             has this name; joining by this member's peer URLs (give members names of their own: `rota member add` refuses a \
+             name in use)",
+            args.name,
+            me.map(|me| me.peer_urls.clone()).unwrap_or_default(),
+            peer_urls
+        );
+    }
     let mismatch = match me {
         None => Some(format!(
             "--initial-cluster {initial_cluster_flag:?} has no member named {:?}",
             args.name
         )),
+        Some(_) if joining_under_a_shared_name => None,
         Some(me) if args.initial_cluster.is_some() && me.peer_urls != peer_urls => Some(format!(
             "--initial-cluster gives {:?} the peer URLs {:?} but --initial-advertise-peer-urls is {:?} \
              (http://127.0.0.1:2380 unless given): give --initial-advertise-peer-urls (ETCD_INITIAL_ADVERTISE_PEER_URLS) as {}",

@@ -427,6 +427,9 @@ impl<B: Backend> App<B> {
                     .await;
                 (Route::Members, response)
             }
+            _ if crate::v3_refusal::is_gateway_path(path) => {
+                (Route::Other, crate::v3_refusal::gateway_answer())
+            }
             _ => (Route::Other, respond::not_found()),
         }
     }

@@ -29,6 +29,7 @@ pub mod peer;
 mod respond;
 pub mod serve;
 mod ui;
+mod v3_refusal;
 mod watch;
 mod write_stall;
 pub mod v1;

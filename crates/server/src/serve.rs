@@ -100,7 +100,8 @@ pub async fn serve_with<B: Backend>(
         let stop = stop.subscribe();
         let builder = Arc::clone(&builder);
         let bound = Bound { connections, connections_max, shed: Arc::clone(&shed), last_warned: None };
-        accept_loops.spawn(accept_loop(app, listener, bound, stop, builder));
+        let header_read_timeout = options.header_read_timeout;
+        accept_loops.spawn(accept_loop(app, listener, bound, stop, builder, header_read_timeout));
     }
 
     shutdown.await;
@@ -178,6 +179,7 @@ async fn accept_loop<B: Backend>(
     mut bound: Bound,
     stop: tokio::sync::watch::Receiver<bool>,
     builder: Arc<http1::Builder>,
+    header_read_timeout: Duration,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -203,6 +205,34 @@ async fn accept_loop<B: Backend>(
         let accepted_at = tokio::time::Instant::now();
         tokio::spawn(async move {
             let _permit = permit;
+            // An etcd v3 client opens with the HTTP/2 preface: see `v3_refusal`. Until the
+            // first bytes come, the connection is closed as hyper would close it (the
+            // header read timeout, shutdown, or shedding at the bound; see below).
+            let opening = {
+                let sniff = crate::v3_refusal::sniff(&stream);
+                tokio::pin!(sniff);
+                let deadline = tokio::time::sleep_until(accepted_at + header_read_timeout);
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        opening = &mut sniff => break opening,
+                        () = &mut deadline => return,
+                        () = async { let _ = stop.wait_for(|stopping| *stopping).await; } => return,
+                        changed = shed.changed() => {
+                            if changed.is_err() || accepted_at.elapsed() >= UNUSED_CONNECTION_GRACE {
+                                return;
+                            }
+                        }
+                    }
+                }
+            };
+            match opening {
+                crate::v3_refusal::Opening::Other => {}
+                crate::v3_refusal::Opening::Nothing => return,
+                crate::v3_refusal::Opening::Http2 => {
+                    return crate::v3_refusal::serve_http2(stream, stop).await;
+                }
+            }
             // Whether the client has sent a whole request yet (see the shedding below).
             let used = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let service_used = Arc::clone(&used);

@@ -292,21 +292,29 @@ fn serve_stops_at_sigterm_while_it_waits_to_join() {
     let ((client, peer), (absent, _)) = (free_port_pair(), free_port_pair());
     let client_url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
-    let data_dir = dir.path().join("j").display().to_string();
-    let cluster = format!("a=http://127.0.0.1:{absent},j={peer_url}");
-    let args: Vec<String> = [
-        "serve", "--name", "j", "--data-dir", &data_dir, "--listen-client-urls", &client_url, "--advertise-client-urls", &client_url,
-        "--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url, "--initial-cluster", &cluster,
-        "--initial-cluster-state", "existing",
-    ]
-    .map(String::from)
-    .to_vec();
-    let mut node = Proc::spawn(dir.path(), "joining", &args, &[]);
-    wait_until(Duration::from_secs(20), "the member says it is joining", || node.stderr().contains("joining an existing cluster").then_some(()));
-    node.terminate();
-    let status = node.wait_exit(Duration::from_secs(5));
-    assert!(status.success(), "{status}: {}", node.stderr());
-    assert!(node.stderr().contains("SIGTERM while starting"), "{}", node.stderr());
+    // The second: `member add` of a name in use (j) prints an --initial-cluster that lists
+    // both members under it; the new one joins by its own peer URL (it was told to advertise
+    // the running member's URL as well, and an audit started a process as that member).
+    for (at, cluster) in [format!("a=http://127.0.0.1:{absent},j={peer_url}"), format!("a=http://127.0.0.1:{absent},j=http://127.0.0.1:1,j={peer_url}")]
+        .into_iter()
+        .enumerate()
+    {
+        let data_dir = dir.path().join(format!("j{at}")).display().to_string();
+        let args: Vec<String> = [
+            "serve", "--name", "j", "--data-dir", &data_dir, "--listen-client-urls", &client_url, "--advertise-client-urls", &client_url,
+            "--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url, "--initial-cluster", &cluster,
+            "--initial-cluster-state", "existing",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut node = Proc::spawn(dir.path(), &format!("joining-{at}"), &args, &[]);
+        wait_until(Duration::from_secs(20), "the member says it is joining", || node.stderr().contains("joining an existing cluster").then_some(()));
+        node.terminate();
+        let status = node.wait_exit(Duration::from_secs(5));
+        assert!(status.success(), "{cluster}: {status}: {}", node.stderr());
+        assert!(node.stderr().contains("SIGTERM while starting"), "{cluster}: {}", node.stderr());
+        assert_eq!(at == 1, node.stderr().contains("another member has this name"), "{cluster}: {}", node.stderr());
+    }
 }
 
 #[test]

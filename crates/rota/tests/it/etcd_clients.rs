@@ -296,6 +296,33 @@ fn rota_kv_prints_what_etcdctl_prints() {
     });
 }
 
+/// etcd 3.4's `etcdctl` speaks v3 (gRPC over HTTP/2) unless `ETCDCTL_API=2`. Against rota
+/// it is told so at once, in gRPC's own terms (it printed "context deadline exceeded" after
+/// 5 s); v2 and HTTP/1 on the same port are unaffected, and the v3 JSON gateway's paths
+/// say the same.
+#[test]
+fn etcdctl_v3_is_told_at_once_that_rota_speaks_v2() {
+    require_etcdctl();
+    let server = Server::start(Kind::Rota);
+    let endpoints = ["--endpoints".to_string(), server.client_url()];
+    for command in [&["put", "foo", "bar"][..], &["get", "foo"], &["member", "list"]] {
+        let args: Vec<String> = endpoints.iter().cloned().chain(command.iter().map(|word| word.to_string())).collect();
+        let output = run(ETCDCTL_PATH, &args, &[("ETCDCTL_API", "3")]);
+        assert!(
+            output.contains("code = Unimplemented") && output.contains("ETCDCTL_API=2") && output.ends_with("[exit 1]"),
+            "{command:?}: {output}"
+        );
+    }
+    assert_eq!(run_etcdctl(&server.client_url(), "set foo bar"), "bar\n[exit 0]");
+    let gateway = http::send(
+        server.addr(),
+        &Request::new("POST", "/v3/kv/put").raw_body(br#"{"key":"Zm9v","value":"YmFy"}"#.to_vec()),
+    )
+    .expect("POST /v3/kv/put");
+    assert_eq!(gateway.status(), 501, "{}", gateway.text());
+    assert!(gateway.text().contains("ETCDCTL_API=2"), "{}", gateway.text());
+}
+
 /// `rota member ls` prints what `etcdctl member list` prints for the same server: a started
 /// member, and one added but not started yet (`<id>[unstarted]: peerURLs=...`).
 #[test]
