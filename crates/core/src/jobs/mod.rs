@@ -899,9 +899,12 @@ impl Jobs {
         JobChanges { changes, missed }
     }
 
+    /// Removes a job (retention ended, room made for new jobs, its queue deleted with
+    /// force): a change too, so that streams following the change log can drop it.
     fn remove_job(&mut self, id: JobId) {
         self.set_indexed(id, false);
         self.jobs.remove(&id);
+        self.note_change(id);
     }
 
     /// Adds the job to (`present`) or removes it from every index its current state puts

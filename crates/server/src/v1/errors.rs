@@ -222,12 +222,13 @@ fn in_plain_words(message: &str) -> String {
 /// invalid type: number `1.5`, expected a whole number from -9007199254740991 to
 /// 9007199254740991", not the i64 range; found by the `/v1` fuzzing audit).
 fn with_documented_range(field: &str, message: String) -> String {
-    use rota_core::jobs::limits::{LEASE_BATCH_MAX, MAX_ATTEMPTS_MAX, PRIORITY_MAX, PRIORITY_MIN};
+    use rota_core::jobs::limits::{CONCURRENCY_MAX, LEASE_BATCH_MAX, MAX_ATTEMPTS_MAX, PRIORITY_MAX, PRIORITY_MIN};
     let name = field.rsplit('.').next().unwrap_or(field);
     let range = match name {
         "priority" => format!("from {PRIORITY_MIN} to {PRIORITY_MAX}"),
         "max" => format!("from 1 to {LEASE_BATCH_MAX}"),
         "max_attempts" => format!("from 1 to {MAX_ATTEMPTS_MAX}"),
+        "concurrency" => format!("from 1 to {CONCURRENCY_MAX} (or null: no limit)"),
         "by" | "lease_token" => format!("from 1 to {}", u64::MAX),
         _ => return message,
     };

@@ -277,8 +277,8 @@ async fn next_chunk<B: Backend>(mut stream: Stream<B>) -> Option<(Result<Bytes, 
 }
 
 /// Reads the job changes after `after_seq`: the sequence number read up to, whether some
-/// were no longer kept, and the events to send (each changed job that still exists and
-/// passes the filter, once per read, as it is now).
+/// were no longer kept, and the events to send (each changed job that passes the filter,
+/// once per read, as it is now; each one removed, as `job_removed`).
 fn read_job_changes(state: &rota_core::State, filter: &JobFilter, after_seq: u64) -> (u64, bool, Vec<String>) {
     let changes = state.jobs.changes_after(after_seq, JOB_CHANGES_PER_READ_MAX);
     let read_up_to = changes.changes.last().map_or(after_seq, |&(seq, _)| seq);
@@ -290,7 +290,12 @@ fn read_job_changes(state: &rota_core::State, filter: &JobFilter, after_seq: u64
         if !seen.insert(id) {
             continue;
         }
-        let Some(job) = state.jobs.job(id) else { continue };
+        let Some(job) = state.jobs.job(id) else {
+            // Removed (retention, its queue deleted): which queue it was in is gone with
+            // it, so every job stream is told; a client drops the id if it has it.
+            events.push(format!("event: job_removed\ndata: {{\"id\":{id}}}\n\n"));
+            continue;
+        };
         if let JobFilter::Queue(queue) = filter {
             if job.queue != *queue {
                 continue;

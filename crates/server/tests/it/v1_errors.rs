@@ -318,11 +318,27 @@ async fn a_fractional_number_is_refused_with_the_fields_documented_range() {
         ("/v1/queues/q/jobs", r#"{"priority": 1.5}"#, "priority", "from -9007199254740991 to 9007199254740991"),
         ("/v1/queues/q/jobs", r#"{"jobs": [{"max_attempts": 2.5}]}"#, "jobs[0].max_attempts", "from 1 to 1000"),
         ("/v1/queues/q/lease", r#"{"worker": "w", "max": 1e2}"#, "max", "from 1 to 1000"),
+        ("/v1/queues/q", r#"{"concurrency": "1"}"#, "concurrency", "from 1 to 1000000 (or null: no limit)"),
+        ("/v1/queues/q", r#"{"concurrency": -1}"#, "concurrency", "from 1 to 1000000 (or null: no limit)"),
     ] {
         let (state, index) = (snapshot(&app), applied_index(&app));
-        let reply = call(&app, "POST", uri, Some(body), &[]).await;
+        let method = if uri == "/v1/queues/q" { "PUT" } else { "POST" };
+        let reply = call(&app, method, uri, Some(body), &[]).await;
         assert_error(&reply, 400, "invalid", Some(field));
         assert!(reply.body.contains(&format!("expected a whole number {range}")), "{body}: {}", reply.body);
         assert_eq!((snapshot(&app), applied_index(&app)), (state, index), "{body}: nothing changed");
+    }
+}
+
+/// Every bad `limit` of a job listing says the same range (`-1` said "non-negative
+/// integer", `0` "between 1 and 1000").
+#[tokio::test]
+async fn a_listing_limit_out_of_range_says_its_range_whatever_is_wrong() {
+    let app = app();
+    submit(&app, "q", json!({})).await;
+    for limit in ["-1", "", "0", "1001", "ten"] {
+        let reply = get(&app, &format!("/v1/queues/q/jobs?limit={limit}")).await;
+        assert_error(&reply, 400, "invalid", Some("limit"));
+        assert!(reply.body.contains("between 1 and 1000"), "limit={limit}: {}", reply.body);
     }
 }

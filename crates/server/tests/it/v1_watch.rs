@@ -169,3 +169,35 @@ async fn job_changes_made_by_time_alone_reach_the_stream() {
     assert!(text.contains("event: job\n"), "{text}");
     assert!(!text.contains("\"state\":\"leased\""), "the expiry is the change reported: {text}");
 }
+
+/// A job removed (its queue deleted with force, or its retention over) is a change too:
+/// a stream keeping a job list says `job_removed` with its id, else the list kept showing
+/// the job (an audit's dashboard showed force-deleted jobs as queued for ever).
+#[tokio::test]
+async fn removed_jobs_reach_the_stream_as_job_removed() {
+    use rota_server::backend::Backend;
+    let served = serve(app(), Default::default()).await;
+    let mut stream = open(served.port, "/v1/watch?prefix=jobs/doomed").await;
+    submit(&served.app, "doomed", json!({"jobs": [{"payload": "a"}, {"payload": "b"}]})).await;
+    let text = read_until(&mut stream, "\"b\"", PATIENCE).await;
+    assert!(text.contains("\"state\":\"queued\""), "{text}");
+    let deleted = call(&served.app, "DELETE", "/v1/queues/doomed?force=true", None, &[]).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    let text = read_until(&mut stream, "{\"id\":2}", PATIENCE).await;
+    assert!(text.contains("event: job_removed\ndata: {\"id\":1}\n\n"), "{text}");
+    assert!(text.contains("event: job_removed\ndata: {\"id\":2}\n\n"), "{text}");
+
+    // Retention: a finished job is removed by a Tick once it is over.
+    put_json(&served.app, "/v1/queues/brief", json!({"retention": "1s"})).await;
+    let mut stream = open(served.port, "/v1/watch?prefix=jobs/brief").await;
+    submit(&served.app, "brief", json!({"payload": "short-lived"})).await;
+    let text = read_until(&mut stream, "short-lived", PATIENCE).await;
+    let id = text.split("\"id\":").nth(1).and_then(|rest| rest.split(',').next()).expect("the job's id").to_owned();
+    let cancelled = call(&served.app, "DELETE", &format!("/v1/jobs/{id}"), None, &[]).await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    served.app.backend().advance_ms(5_000);
+    served.app.backend().propose(rota_core::Command::Tick).await.expect("tick applies");
+    let removed = format!("event: job_removed\ndata: {{\"id\":{id}}}\n\n");
+    let text = read_until(&mut stream, &removed, PATIENCE).await;
+    assert!(text.contains(&removed), "{text}");
+}
