@@ -1664,9 +1664,24 @@ async fn follow_raft_metrics(
     // openraft resumes the leadership a member had when it stopped (its vote is stored);
     // a newer leader's first message ends it. Said as such, not as a won election.
     let mut resumed_possible = restored_term > 0;
+    // While no leader is known: when to warn next (a lost majority was otherwise logged as
+    // one "election under way" line, and then nothing while the term kept climbing).
+    let mut warn_no_leader_at: Option<tokio::time::Instant> = None;
+    let mut no_leader_since = Some(tokio::time::Instant::now());
     loop {
         {
             let current = server_metrics.borrow_and_update();
+            match (current.current_leader, no_leader_since) {
+                (Some(_), _) => (no_leader_since, warn_no_leader_at) = (None, None),
+                (None, None) => {
+                    no_leader_since = Some(tokio::time::Instant::now());
+                    warn_no_leader_at = Some(tokio::time::Instant::now() + NO_LEADER_WARN_AFTER);
+                }
+                (None, Some(since)) if warn_no_leader_at.is_none() => {
+                    warn_no_leader_at = Some(since + NO_LEADER_WARN_AFTER);
+                }
+                (None, Some(_)) => {}
+            }
             metrics.term.set(current.vote.leader_id.term as i64);
             let leads = current.state == openraft::ServerState::Leader
                 && current.current_leader == Some(id);
@@ -1705,12 +1720,33 @@ async fn follow_raft_metrics(
             }
             leader = current.current_leader;
         }
+        let warn_at = warn_no_leader_at;
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,
             changed = server_metrics.changed() => if changed.is_err() { return },
+            () = async { tokio::time::sleep_until(warn_at.expect("guarded")).await }, if warn_at.is_some() => {
+                let current = raft.metrics().borrow().clone();
+                let voters = current.membership_config.membership().voter_ids().count();
+                if voters > 1 {
+                    let since = no_leader_since.map_or(Duration::ZERO, |since| since.elapsed());
+                    tracing::warn!(
+                        term = current.current_term,
+                        voters,
+                        "no leader for {}s: no election is won; a majority of the members may be down or cut off \
+                         from each other (writes wait; plain reads are served). If they are lost for good, see the \
+                         README, \"After losing a majority for good\"",
+                        since.as_secs()
+                    );
+                }
+                warn_no_leader_at = Some(tokio::time::Instant::now() + NO_LEADER_WARN_EVERY);
+            }
         }
     }
 }
+
+/// How long a member knows no leader before it warns, and how often it says so again.
+const NO_LEADER_WARN_AFTER: Duration = Duration::from_secs(10);
+const NO_LEADER_WARN_EVERY: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod storage_suite_test;

@@ -48,7 +48,14 @@ pub(crate) struct PauseHold {
     /// Elections are held now: the unpark hook and the watchdog see the same pause, and it
     /// is held (and logged) once.
     holding: AtomicBool,
+    /// When a pause was last logged, in ms after `origin` (0: never), and how many pauses
+    /// came since without being logged.
+    logged_at_ms: AtomicU64,
+    unlogged: AtomicU64,
 }
+
+/// Pauses are logged at most this often.
+const PAUSE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 impl PauseHold {
     pub(crate) fn new(pause_min: Duration, hold: Duration) -> PauseHold {
@@ -58,6 +65,8 @@ impl PauseHold {
             unparked_at_ms: AtomicU64::new(0),
             pause_min,
             hold,
+            logged_at_ms: AtomicU64::new(0),
+            unlogged: AtomicU64::new(0),
             raft: OnceLock::new(),
             paused: tokio::sync::Notify::new(),
             holding: AtomicBool::new(false),
@@ -110,10 +119,22 @@ impl PauseHold {
         }
         raft.runtime_config().elect(false);
         self.paused.notify_one();
+        // On a starved machine this can come every few seconds (an audit saw a third of a
+        // member's log made of it): said at most once per PAUSE_LOG_INTERVAL, with a count.
+        let now_ms = self.origin.elapsed().as_millis() as u64;
+        let last_ms = self.logged_at_ms.load(Ordering::Relaxed);
+        if last_ms != 0 && now_ms.saturating_sub(last_ms) < PAUSE_LOG_INTERVAL.as_millis() as u64 {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.logged_at_ms.store(now_ms.max(1), Ordering::Relaxed);
+        let unlogged = self.unlogged.swap(0, Ordering::Relaxed);
         tracing::info!(
             paused_ms,
+            shortest_election_timeout_ms = self.pause_min.as_millis() as u64,
             hold_ms = self.hold.as_millis() as u64,
-            "this member did not run for longer than an election timeout (frozen or starved): \
+            pauses_not_logged = unlogged,
+            "this member did not run for as long as its shortest election timeout (frozen or starved): \
              elections held back briefly, so that the leader's heartbeat comes first"
         );
     }

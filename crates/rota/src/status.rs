@@ -77,8 +77,8 @@ pub async fn run(args: StatusArgs) -> ExitCode {
         .unwrap_or_else(|_| reqwest::Client::new());
     let width = urls.iter().map(|url| url.len()).max().unwrap_or(0).max(8);
     println!(
-        "{:<width$}  {:<16}  {:<12}  {:<6}  {:>5}  {:>10}  {:>10}  {:>9}  {:<7}  VERSION",
-        "ENDPOINT", "ID", "NAME", "LEADER", "TERM", "COMMIT", "APPLIED", "FREE_MIB", "WRITES"
+        "{:<width$}  {:<16}  {:<12}  {:<9}  {:>5}  {:>10}  {:>10}  {:>9}  {:<7}  VERSION",
+        "ENDPOINT", "ID", "NAME", "ROLE", "TERM", "COMMIT", "APPLIED", "FREE_MIB", "WRITES"
     );
     let mut unreachable = false;
     let mut leaderless = Vec::new();
@@ -175,10 +175,10 @@ fn split_clusters(leaders: &[(String, String, u64)]) -> Vec<String> {
 
 fn print_status(url: &str, width: usize, s: &Status) {
     println!(
-        "{url:<width$}  {:<16}  {:<12}  {:<6}  {:>5}  {:>10}  {:>10}  {:>9}  {:<7}  {}",
+        "{url:<width$}  {:<16}  {:<12}  {:<9}  {:>5}  {:>10}  {:>10}  {:>9}  {:<7}  {}",
         s.id,
         s.name,
-        s.leader,
+        role(s),
         s.term,
         s.commit_index,
         s.applied_index,
@@ -186,6 +186,21 @@ fn print_status(url: &str, width: usize, s: &Status) {
         if s.takes_writes { "ok" } else { "refused" },
         s.version
     );
+}
+
+/// What the member is in the cluster: `leader`; `follower`; `learner` (added with `member
+/// add`, copying the log, not voting yet); `no-leader` (a voter that knows no leader: no
+/// quorum, or an election under way).
+fn role(s: &Status) -> &'static str {
+    if s.leader {
+        "leader"
+    } else if !s.votes {
+        "learner"
+    } else if !s.knows_leader {
+        "no-leader"
+    } else {
+        "follower"
+    }
 }
 
 async fn status(http: &reqwest::Client, url: &str) -> Result<Status, String> {

@@ -27,7 +27,7 @@ fn status_shows_each_endpoint_and_fails_for_one_that_does_not_answer() {
     assert_eq!(lines.len(), 3, "a header and one line per endpoint: {both:?}");
     assert!(lines[0].starts_with("ENDPOINT"), "{both:?}");
     let fields: Vec<&str> = lines[1].split_whitespace().collect();
-    assert_eq!(fields[..4], [server.client_url().as_str(), id.as_str(), "n1", "true"], "{both:?}");
+    assert_eq!(fields[..4], [server.client_url().as_str(), id.as_str(), "n1", "leader"], "{both:?}");
     let number = |i: usize| fields[i].parse::<u64>().unwrap_or_else(|e| panic!("field {i} ({e}): {both:?}"));
     let (term, commit, applied) = (number(4), number(5), number(6));
     assert!(term >= 1, "{both:?}");
@@ -141,8 +141,13 @@ fn status_warns_about_a_member_that_knows_no_leader() {
     });
     let out = rota(dir.path(), &["status".into(), "--endpoints".into(), client_url.clone()]);
     assert!(out.status.success(), "the endpoint answered: {out:?}");
-    assert!(out.stdout.lines().nth(1).is_some_and(|line| line.starts_with(&client_url)), "{out:?}");
+    assert!(out.stdout.lines().nth(1).is_some_and(|line| line.starts_with(&client_url) && line.split_whitespace().nth(3) == Some("no-leader")), "{out:?}");
     assert!(out.stderr.contains(&format!("warning: {client_url} knows no leader")), "{out:?}");
+    // Its log says so too, at WARN, once it has gone 10 s without one (it said "an election
+    // is under way" once, and then nothing while its term climbed).
+    wait_until(Duration::from_secs(30), "the member warns that it has had no leader", || {
+        node.stderr().lines().any(|line| line.contains("WARN") && line.contains("no leader for") && line.contains("After losing a majority")).then_some(())
+    });
     node.terminate();
     node.wait_exit(Duration::from_secs(10));
 }
