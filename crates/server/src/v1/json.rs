@@ -129,6 +129,15 @@ pub(crate) fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiErr
     if body.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
         return Err(match serde_json::from_slice::<de::IgnoredAny>(body) {
             Ok(_) => ApiError::new(400, errors::INVALID, "the body must be a JSON object", None),
+            Err(error) if looks_form_encoded(body) => ApiError::new(
+                400,
+                errors::MALFORMED_JSON,
+                format!(
+                    "malformed JSON: {error} (the body looks form-encoded, name=value&...: /v1 takes a JSON object, \
+                     as in curl -d '{{\"payload\": 1}}')"
+                ),
+                None,
+            ),
             Err(error) => ApiError::new(400, errors::MALFORMED_JSON, format!("malformed JSON: {error}"), None),
         });
     }
@@ -162,6 +171,16 @@ pub(crate) fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiErr
         // Cannot happen (the same input failed above); answered as malformed all the same.
         Ok(_) => Err(ApiError::new(400, errors::MALFORMED_JSON, "malformed JSON", None)),
     }
+}
+
+/// `name=value` pairs joined by `&` (what `curl -d name=value` and HTML forms send).
+fn looks_form_encoded(body: &[u8]) -> bool {
+    let text = body.trim_ascii();
+    !text.is_empty()
+        && text.split(|&byte| byte == b'&').all(|pair| {
+            pair.iter().position(|&byte| byte == b'=').is_some_and(|at| at > 0)
+                && pair.iter().all(|&byte| byte.is_ascii_graphic() && byte != b'{' && byte != b'"')
+        })
 }
 
 /// The `Idempotency-Key` header, if any: 1 to [`crate::limits::IDEMPOTENCY_KEY_BYTES_MAX`] visible ASCII

@@ -29,6 +29,12 @@ async fn malformed_json_is_400_malformed_json() {
     for body in ["{", "{\"payload\": }", "not json", "{\"payload\": 1} trailing", "{\"payload\":1,}", "{\"a\":", "{\"bogus\": 1, \"payload\": ]"] {
         assert_refused(&app, "POST", "/v1/queues/q/jobs", body, 400, "malformed_json", None).await;
     }
+    // A form (curl -d name=value) is told that /v1 takes JSON; JSON that is not is not.
+    let form = call(&app, "POST", "/v1/queues/q/jobs", Some("payload=1&priority=2"), &[("Content-Type", "application/x-www-form-urlencoded")]).await;
+    assert_error(&form, 400, "malformed_json", None);
+    assert!(form.body.contains("looks form-encoded"), "{}", form.body);
+    let text = call(&app, "POST", "/v1/queues/q/jobs", Some("not json"), &[]).await;
+    assert!(!text.body.contains("form-encoded"), "{}", text.body);
 }
 
 #[tokio::test]
