@@ -135,8 +135,8 @@ fn allowed_when_short(command: &Command) -> bool {
 /// result up to the value limit), and when the open log chunk fills the next one is
 /// allocated whole, so with less than a chunk free the log's next write fails and stops the
 /// node. An audit filled the disk from outside and sent completes with 250 KB results: the
-/// 204th stopped it. The other commands allowed while short (deletes, cancels, heartbeats,
-/// releases, time) are small and fixed in size.
+/// 204th stopped it. The other commands allowed while short (deletes without `prevValue`,
+/// cancels, heartbeats, releases, time) are small and bounded in size.
 fn results_floor_bytes() -> u64 {
     (crate::log_store::LOG_CHUNK_BYTES_MAX as u64).saturating_add(RESUME_MARGIN_BYTES)
 }
@@ -145,10 +145,13 @@ fn results_floor_bytes() -> u64 {
 /// node may take between two looks at the disk (64 MB/s of results).
 const RESULTS_CHUNK_RESERVE_BYTES: u64 = 16 << 20;
 
-/// Commands allowed while short that carry a job's output.
+/// Commands allowed while short that carry data of a client's: a job's output, or the
+/// value a compare-and-delete compares (`prevValue`, up to the value limit: a storage audit
+/// stopped a full node with 310 deletes of missing keys, each with a 55 KB `prevValue`).
 fn carries_results(command: &Command) -> bool {
     match command {
         Command::Jobs(job) => matches!(job, JobCommand::Complete { .. } | JobCommand::Fail { .. }),
+        Command::V2(V2Command::Delete(delete)) => delete.prev_value.is_some(),
         Command::Idempotent { command, .. } | Command::Tagged { command, .. } => carries_results(command),
         _ => false,
     }
@@ -270,6 +273,16 @@ mod tests {
         assert_eq!(space.refuses(&complete), shortage);
         assert_eq!(space.refuses(&idempotent(&complete)), shortage);
         assert_eq!(space.refuses(&delete), None);
+        // A compare-and-delete carries its prevValue (up to the value limit) into the log.
+        let compare_and_delete = Command::V2(V2Command::Delete(DeleteCommand {
+            key: "/k".into(),
+            prev_value: Some("v".repeat(55_000)),
+            ..Default::default()
+        }));
+        assert_eq!(space.refuses(&compare_and_delete), shortage);
+        space.record_open_chunk(0);
+        assert_eq!(space.refuses(&compare_and_delete), None, "room in the open chunk");
+        space.record_open_chunk(60 * MIB);
         assert!(space.record(100 * MIB, 200 * MIB));
         assert_eq!(space.refuses(&complete), None, "short, with room for a chunk");
         assert!(space.record(10 * MIB, 64 * MIB));

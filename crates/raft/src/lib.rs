@@ -825,6 +825,7 @@ impl Node {
             disk_space,
             raft.clone(),
             log_store.clone(),
+            shared.applied_tx.subscribe(),
             metrics.clone(),
             shutdown_tx.subscribe(),
         ));
@@ -1368,12 +1369,14 @@ fn snapshot_start_error(error: SnapshotFileError) -> StartError {
 /// look that found a new entry applied (an audit counted 316 snapshots of 43 MB in 25 s),
 /// and one ask per snapshot file could be lost to a build in progress, leaving the node
 /// refusing writes with room to get out.
+#[allow(clippy::too_many_arguments)]
 async fn watch_disk_space(
     data_dir: PathBuf,
     min_free_bytes: u64,
     space: Arc<disk::DiskSpace>,
     raft: Raft,
     log_store: LogStore,
+    applied: watch::Receiver<Applied>,
     metrics: RaftMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -1434,13 +1437,12 @@ async fn watch_disk_space(
             appended_at_snapshot = Some(appended);
         }
         last_snapshot = Some(newest);
-        let log = appended_at_snapshot.map_or(log_bytes.all, |at_snapshot| appended.saturating_sub(at_snapshot));
-        let next_snapshot = snapshot_bytes.saturating_add(log.saturating_mul(3));
-        let unsnapshotted = {
-            let metrics = raft.metrics();
-            let metrics = metrics.borrow();
-            metrics.last_applied.map(|id| id.index) > metrics.snapshot.map(|id| id.index)
-        };
+        // The state machine's own applied index: openraft's metrics name none after a
+        // restart until the next entry is applied, so a restarted node short of space never
+        // asked for the snapshot that would have lifted it (a storage audit).
+        let unsnapshotted = applied.borrow().raft_index > newest.unwrap_or(0);
+        let log_since = appended_at_snapshot.map(|at_snapshot| appended.saturating_sub(at_snapshot));
+        let next_snapshot = next_snapshot_bytes(snapshot_bytes, log_bytes.all, log_since, unsnapshotted);
         let needed = min_free_bytes.saturating_add(next_snapshot);
         space.record_open_chunk(log_bytes.open_chunk);
         let short = space.record(available, needed);
@@ -1462,6 +1464,18 @@ async fn watch_disk_space(
             }
         }
     }
+}
+
+/// The room the next snapshot may take: the snapshots' bytes plus three times the log
+/// written since the newest (a logged write may add its value to the state up to three
+/// times); `log_since` is `None` until a snapshot was taken in this process, and then the
+/// whole log on disk counts. With nothing applied since the newest snapshot the next one is
+/// no bigger, whatever log is still on disk: counted in full, that log kept a node
+/// restarted after a snapshot refusing writes with room to spare, and with nothing applied
+/// no snapshot was asked for to lift it (a storage audit: until a delete came).
+fn next_snapshot_bytes(snapshot_bytes: u64, log_on_disk: u64, log_since: Option<u64>, unsnapshotted: bool) -> u64 {
+    let log = if unsnapshotted { log_since.unwrap_or(log_on_disk) } else { 0 };
+    snapshot_bytes.saturating_add(log.saturating_mul(3))
 }
 
 /// When [`watch_disk_space`] asks for snapshots while short of space: at once, then after
@@ -1754,6 +1768,18 @@ mod storage_suite_test;
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    #[test]
+    fn the_next_snapshot_counts_the_log_only_when_something_was_applied_since_the_last() {
+        use super::next_snapshot_bytes;
+        // After a restart (no snapshot in this process yet): the whole log on disk, if
+        // entries past the newest snapshot were applied...
+        assert_eq!(next_snapshot_bytes(100, 40, None, true), 220);
+        // ... and none of it when the newest snapshot covers everything applied.
+        assert_eq!(next_snapshot_bytes(100, 40, None, false), 100);
+        // After a snapshot in this process: the log written since.
+        assert_eq!(next_snapshot_bytes(100, 40, Some(5), true), 115);
+    }
 
     use super::*;
 

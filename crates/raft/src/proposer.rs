@@ -337,8 +337,16 @@ fn answer(
         Ok(Err(other)) => {
             return answer_all(replies, &ProposeError::Fatal(other.to_string()), metrics)
         }
-        // openraft dropped the responder: it is shutting down (or stopped on a fatal error).
-        Err(_) => return answer_all(replies, &ProposeError::ShuttingDown, metrics),
+        // openraft dropped the responder: it is shutting down, or stopped on a fatal error
+        // (a log write or sync that failed). The batch was handed over, so it may be in the
+        // log, and applied after a restart: not `ShuttingDown` ("nothing was done"), which a
+        // storage audit saw applied anyway (a job submitted again without its key ran twice).
+        Err(_) => {
+            let unknown = ProposeError::OutcomeUnknown(
+                "this member stopped (shut down, or its log could not be written) before the outcome was known".to_owned(),
+            );
+            return answer_all(replies, &unknown, metrics);
+        }
     };
     let mut responses = written.data.responses;
     if renewed {
@@ -402,6 +410,22 @@ mod tests {
         linger.proposed(5, start);
         linger.until(start + Duration::from_micros(400));
         assert!(!linger.waits_for_more(0), "a round of 0.4 ms is not worth a wait");
+    }
+
+    /// openraft drops a batch's responder when it stops: after a failed log sync, say, when
+    /// the batch may well be in the log and applied at the next start. Its callers must not
+    /// hear "nothing was done".
+    #[tokio::test]
+    async fn a_batch_whose_answer_openraft_dropped_has_an_unknown_outcome() {
+        let (responder, response) = oneshot::channel::<
+            Result<openraft::raft::ClientWriteResponse<crate::types::TypeConfig>, ClientWriteError<NodeId, Member>>,
+        >();
+        drop(responder);
+        let outcome: WriteOutcome = response.await;
+        let (reply, answered) = oneshot::channel();
+        answer(vec![reply], outcome, false, &RaftMetrics::default());
+        let answered = answered.await.expect("answered");
+        assert!(matches!(answered, Err(ProposeError::OutcomeUnknown(_))), "{answered:?}");
     }
 
     #[test]

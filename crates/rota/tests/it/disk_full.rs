@@ -483,3 +483,33 @@ fn an_outcome_refused_on_a_nearly_full_disk_is_kept_by_its_worker_until_space_is
     assert_eq!(job["result"], "done", "{job}");
     assert!(server.is_running(), "{}", server.stderr_tail());
 }
+
+/// A node that comes back short of space after a clean stop (SIGTERM) asks at once for the
+/// snapshot that lets its log go, refuses writes meanwhile, and takes them again once space
+/// is freed, without a restart or a delete to set it off (a storage audit's restarted node
+/// waited for a delete). What it counts for the next snapshot is unit-tested in
+/// `rota_raft::tests` (`next_snapshot_bytes`).
+#[test]
+fn a_node_restarted_short_of_space_asks_for_a_snapshot() {
+    let mount_point = tempfile::tempdir().expect("tempdir");
+    let _tmpfs = Tmpfs::mount(mount_point.path(), TMPFS_MIB);
+    let data_dir = mount_point.path().join("data");
+    let mut server = Server::try_start_with(Kind::Rota, Some(data_dir), Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    for i in 0..10 {
+        assert_eq!(put(&server, &format!("k{i}"), "1").status(), 201);
+    }
+    assert!(server.terminate(Duration::from_secs(10)).is_some_and(|status| status.success()), "{}", server.stderr_tail());
+    // Less than --min-free-mb (64 MiB) free, more than a log chunk (16 MiB): short, and it starts.
+    let filler = mount_point.path().join("filler");
+    let fill_mib = free_mib(mount_point.path()).saturating_sub(40);
+    std::fs::write(&filler, vec![0u8; fill_mib as usize * MIB]).expect("write the filler");
+    server.restart();
+    let deadline = Instant::now() + NOTICE_TIMEOUT;
+    while !server.stderr_tail().contains("the data dir is short of space; a snapshot lets the log before it go") {
+        assert!(Instant::now() < deadline, "no snapshot asked for after the restart:\n{}", server.stderr_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(put(&server, "refused", "1").status(), 507, "{}", server.stderr_tail());
+    std::fs::remove_file(&filler).expect("remove the filler");
+    put_until("after", 201, || put(&server, "after", "1"));
+}
