@@ -672,14 +672,16 @@ pub(crate) fn http_worker_threads() -> Option<usize> {
     Some(cores.saturating_sub(1).max(1))
 }
 
-/// SIGTERM and SIGINT, caught from the moment `install` returns.
-struct ShutdownSignals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+/// SIGTERM, SIGINT and SIGHUP, caught from the moment `install` returns. SIGHUP (a closed
+/// terminal, or a service manager's "reload") stops gracefully too: its default action
+/// killed the process on the spot, a leader without handing its leadership over.
+struct ShutdownSignals(Option<[tokio::signal::unix::Signal; 3]>);
 
 impl ShutdownSignals {
     fn install() -> Self {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(terminate), Ok(interrupt)) => Self(Some((terminate, interrupt))),
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup())) {
+            (Ok(terminate), Ok(interrupt), Ok(hangup)) => Self(Some([terminate, interrupt, hangup])),
             _ => {
                 tracing::warn!("cannot install signal handlers; stop with SIGKILL");
                 Self(None)
@@ -687,14 +689,15 @@ impl ShutdownSignals {
         }
     }
 
-    /// Resolves on SIGTERM or SIGINT (also one that came before the call) with its name.
+    /// Resolves on SIGTERM, SIGINT or SIGHUP (also one that came before the call) with its name.
     async fn recv(&mut self) -> &'static str {
-        let Some((terminate, interrupt)) = self.0.as_mut() else {
+        let Some([terminate, interrupt, hangup]) = self.0.as_mut() else {
             return std::future::pending().await;
         };
         tokio::select! {
             _ = terminate.recv() => "SIGTERM",
             _ = interrupt.recv() => "SIGINT",
+            _ = hangup.recv() => "SIGHUP",
         }
     }
 }
@@ -707,7 +710,7 @@ fn init_tracing(level: &str) {
         // are kept from a normal log, its errors are not.
         .unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new(format!(
-                "{level},openraft=warn,openraft::core::raft_core=error,openraft::replication=off,openraft::engine::handler::replication_handler=off",
+                "{level},openraft=warn,openraft::core::raft_core=error,openraft::replication=off,openraft::engine::handler::replication_handler=off,chunked_wal=warn",
             ))
         });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -718,6 +721,9 @@ fn init_tracing(level: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .with_filter(tracing_subscriber::filter::filter_fn(|event| !is_per_peer_failure_echo(event)));
+    // With tracing-subscriber's `tracing-log`, this also takes the `log` crate's records:
+    // the Raft log's writer reports a failed write there (it was lost, and the node said
+    // only "channel closed").
     let _ = tracing_subscriber::registry().with(filter).with(fmt).try_init();
 }
 

@@ -134,8 +134,16 @@ async fn accept_loop(
     }
 }
 
+/// The answer to a request for anything but a peer RPC on the peer port.
+const NOT_THE_CLIENT_URL: &str = "this is a rota member's peer URL (--listen-peer-urls: the members' own Raft traffic); \
+     clients use its client URL (--advertise-client-urls, port 2379 by default)";
+
 /// Answers one peer request.
 pub async fn handle(node: &Node, request: Request<Body>) -> Response<Body> {
+    // A client pointed at the peer port (2380 for 2379) is told where it is.
+    if !request.uri().path().starts_with(PEER_PATH_PREFIX) {
+        return text(404, NOT_THE_CLIENT_URL);
+    }
     if request.method() != Method::POST {
         return text(405, "peer RPCs are POST");
     }

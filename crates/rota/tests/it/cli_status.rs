@@ -350,3 +350,47 @@ fn status_and_member_refuse_an_endpoint_that_is_not_an_http_url() {
         assert!(out.stderr.contains(r#"bad endpoint "foo": expected http://host:port"#), "{out:?}");
     }
 }
+
+/// SIGHUP (a closed terminal, a service manager's reload) stops `rota serve` as SIGTERM
+/// does: it killed the process on the spot, with no hand-over of leadership.
+#[test]
+fn serve_stops_gracefully_at_sighup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (client, peer) = free_port_pair();
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let data_dir = dir.path().join("hup").display().to_string();
+    let args: Vec<String> = [
+        "serve", "--data-dir", &data_dir, "--listen-client-urls", &client_url, "--advertise-client-urls", &client_url,
+        "--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url,
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut node = Proc::spawn(dir.path(), "hup", &args, &[]);
+    wait_until(Duration::from_secs(20), "the node serves", || node.stderr().contains("serving clients on").then_some(()));
+    node.signal("HUP");
+    let status = node.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status}: {}", node.stderr());
+    assert!(node.stderr().contains("SIGHUP: shutting down"), "{}", node.stderr());
+    // The Raft log's own records reach the log too (filtered to warnings): its lock notice
+    // at info does not.
+    assert!(!node.stderr().contains("Directory lock acquired"), "{}", node.stderr());
+}
+
+/// A client pointed at a member's peer URL (2380 where 2379 was meant) is told so: it read
+/// "405: peer RPCs are POST".
+#[test]
+fn a_client_at_the_peer_url_is_told_to_use_the_client_url() {
+    let server = Server::start(Kind::Rota);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let peer = server.peer_url();
+    let peer_addr: std::net::SocketAddr = peer.trim_start_matches("http://").parse().expect("peer addr");
+    for request in [Request::new("GET", "/v2/keys/a"), Request::new("PUT", "/v2/keys/a").form("value=1"), Request::new("GET", "/version")] {
+        let response = http::send(peer_addr, &request).expect("the peer port answers");
+        assert_eq!(response.status(), 404, "{}", response.text());
+        assert!(response.text().contains("clients use its client URL"), "{}", response.text());
+    }
+    let out = rota(dir.path(), &["kv".into(), "get".into(), "/a".into(), "--endpoints".into(), peer]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("peer URL") && out.stderr.contains("client URL"), "{out:?}");
+}
