@@ -568,6 +568,15 @@ impl Node {
             metrics.clone(),
         )
         .map_err(|error| match error {
+            // The log's directory lock: another process (a rota still running, or a second
+            // one started on the same --data-dir) holds it.
+            LogOpenError::Io { source, .. } if source.kind() == std::io::ErrorKind::WouldBlock => StartError::DataDir {
+                path: config.data_dir.clone(),
+                source: std::io::Error::other(
+                    "another process is using it (its raft-log/LOCK is held: a rota still running, or one \
+                     started on the same --data-dir): stop that one first, or give this one a --data-dir of its own",
+                ),
+            },
             LogOpenError::Io { path, source } => StartError::DataDir { path, source },
             corrupt @ LogOpenError::Corrupt { .. } => StartError::Corrupt(corrupt.to_string()),
         })?;

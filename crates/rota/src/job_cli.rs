@@ -107,7 +107,8 @@ pub enum QueueCommand {
     Rm {
         /// The queue's name.
         queue: String,
-        /// Also while it has scheduled, queued or leased jobs.
+        /// Also while it has scheduled or queued jobs (never while jobs are leased: cancel
+        /// them and wait for their workers to let go).
         #[arg(long)]
         force: bool,
     },

@@ -132,6 +132,11 @@ pub async fn run(args: MemberArgs) -> ExitCode {
     let result = match args.command {
         MemberCommand::Ls => list(&endpoints).await,
         MemberCommand::Add { name, peer_urls } => add(&endpoints, &name, &peer_urls).await,
+        MemberCommand::Rm { id } if u64::from_str_radix(&id, 16).is_err() => {
+            // etcdctl: "bad member ID arg ..., expecting ID in Hex".
+            eprintln!("Error:  {id:?} is not a member id: give the hex id `rota member ls` prints before the colon (a name is not an id)");
+            return ExitCode::from(EXIT_BAD_ARGS);
+        }
         MemberCommand::Rm { id } => remove(&endpoints, &id).await,
         MemberCommand::Update { id, peer_urls } => update(&endpoints, &id, &peer_urls).await,
     };

@@ -494,7 +494,7 @@ impl Jobs {
             return Err(JobError::new(
                 JobError::QUEUE_NOT_EMPTY,
                 format!(
-                    "queue {name:?} has {} unfinished; cancel them or delete with force",
+                    "queue {name:?} has {} unfinished; cancel them, or delete with force (?force=true; rota queue rm --force)",
                     if unfinished == 1 { "1 job".to_owned() } else { format!("{unfinished} jobs") }
                 ),
                 None,

@@ -50,6 +50,21 @@ fn status_shows_each_endpoint_and_fails_for_one_that_does_not_answer() {
     let two = rota(dir.path(), &["status".into(), "--endpoints".into(), format!("{},{}", server.client_url(), other.client_url())]);
     assert!(two.status.success(), "{two:?}");
     assert!(two.stderr.contains("belong to 2 different clusters") && two.stderr.contains(&other.client_url()), "{two:?}");
+
+    // `member rm` with a name, not an id: told what to give (as etcdctl's "expecting ID in Hex").
+    let by_name = rota(dir.path(), &["member".into(), "rm".into(), "n1".into(), "--endpoints".into(), server.client_url()]);
+    assert_eq!(by_name.status.code(), Some(1), "{by_name:?}");
+    assert!(by_name.stderr.contains("is not a member id") && by_name.stderr.contains("rota member ls"), "{by_name:?}");
+    // A second node on a running node's data dir is told that another process uses it.
+    let (client, peer) = free_port_pair();
+    let (client_url, peer_url) = (format!("http://127.0.0.1:{client}"), format!("http://127.0.0.1:{peer}"));
+    let data_dir = server.data_dir().display().to_string();
+    let args: Vec<String> = ["serve", "--data-dir", &data_dir, "--listen-client-urls", &client_url, "--advertise-client-urls", &client_url, "--listen-peer-urls", &peer_url]
+        .map(String::from)
+        .to_vec();
+    let mut second = Proc::spawn(dir.path(), "second", &args, &[]);
+    assert!(!second.wait_exit(Duration::from_secs(20)).success(), "{}", second.stderr());
+    assert!(second.stderr().contains("another process is using it"), "{}", second.stderr());
 }
 
 #[test]
