@@ -151,6 +151,8 @@ impl StateMachineStore {
             None => (State::new(core_config), None, StoredMembership::default()),
         };
         let applied = applied_at(last_applied, &state);
+        // From the start, not only from the next apply (it read 0 after a restart).
+        metrics.applied_index.set(applied.raft_index as i64);
         let (applied_tx, _) = watch::channel(applied);
         let shared = Arc::new(SharedState {
             state: RwLock::new(state),
