@@ -873,7 +873,10 @@ pub(crate) async fn join_identity(config: &NodeConfig) -> Result<Identity, Start
                         // lost 5 that way). etcd 3.4 lets it in; rota refuses it, as
                         // `refuse_rebootstrap` does with `new`.
                         Some((id, member)) if !member.client_urls.is_empty() => Err(StartError::Join(format!(
-                            "member {id:x} has already been bootstrapped (peer {url} of cluster {:016x} knows it as started                              at {}) but this data dir is empty: it lost what it held. To start it over, remove it                              (`rota member rm {id:x}`), add it again (`rota member add {} {}`) and start it with an empty                              data dir and --initial-cluster-state existing",
+                            "member {id:x} has already been bootstrapped (peer {url} of cluster {:016x} knows it as started \
+                             at {}) but this data dir is empty: it lost what it held. To start it over, remove it \
+                             (`rota member rm {id:x}`), add it again (`rota member add {} {}`) and start it with an empty \
+                             data dir and --initial-cluster-state existing",
                             info.cluster_id,
                             member.client_urls.join(","),
                             config.name,
