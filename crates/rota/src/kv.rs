@@ -45,7 +45,7 @@ pub enum KvCommand {
         /// The value.
         value: String,
         /// Seconds until the key expires (0: never, as etcdctl's default).
-        #[arg(long)]
+        #[arg(long, value_parser = parse_ttl)]
         ttl: Option<u64>,
         /// Only if the current value is this (compare-and-swap).
         #[arg(long)]
@@ -61,7 +61,7 @@ pub enum KvCommand {
         /// The value.
         value: String,
         /// Seconds until the key expires (0: never, as etcdctl's default).
-        #[arg(long)]
+        #[arg(long, value_parser = parse_ttl)]
         ttl: Option<u64>,
         /// Create a new in-order key under the directory KEY instead.
         #[arg(long)]
@@ -281,5 +281,19 @@ fn print_children(dir: &Node, recursive: bool, slash_dirs: bool) {
         if recursive {
             print_children(child, recursive, slash_dirs);
         }
+    }
+}
+
+/// `--ttl`: whole seconds, as etcdctl's (`5s` said only "invalid digit found in string").
+fn parse_ttl(text: &str) -> Result<u64, String> {
+    text.parse().map_err(|_| format!("give whole seconds, as etcdctl does (--ttl 5), not {text:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_ttl_with_a_unit_is_told_to_give_whole_seconds() {
+        assert_eq!(super::parse_ttl("5"), Ok(5));
+        assert!(super::parse_ttl("5s").is_err_and(|error| error.contains("whole seconds")));
     }
 }
