@@ -1687,23 +1687,19 @@ async fn follow_raft_metrics(
     // openraft resumes the leadership a member had when it stopped (its vote is stored);
     // a newer leader's first message ends it. Said as such, not as a won election.
     let mut resumed_possible = restored_term > 0;
-    // While no leader is known: when to warn next (a lost majority was otherwise logged as
-    // one "election under way" line, and then nothing while the term kept climbing).
-    let mut warn_no_leader_at: Option<tokio::time::Instant> = None;
-    let mut no_leader_since = Some(tokio::time::Instant::now());
+    // While no leader is known: since when, and when to warn next (a lost majority was
+    // otherwise logged as one "election under way" line, and then nothing while the term
+    // kept climbing).
+    let started = tokio::time::Instant::now();
+    let mut no_leader: Option<(tokio::time::Instant, tokio::time::Instant)> = Some((started, started + NO_LEADER_WARN_AFTER));
     loop {
         {
             let current = server_metrics.borrow_and_update();
-            match (current.current_leader, no_leader_since) {
-                (Some(_), _) => (no_leader_since, warn_no_leader_at) = (None, None),
-                (None, None) => {
-                    no_leader_since = Some(tokio::time::Instant::now());
-                    warn_no_leader_at = Some(tokio::time::Instant::now() + NO_LEADER_WARN_AFTER);
-                }
-                (None, Some(since)) if warn_no_leader_at.is_none() => {
-                    warn_no_leader_at = Some(since + NO_LEADER_WARN_AFTER);
-                }
-                (None, Some(_)) => {}
+            if current.current_leader.is_some() {
+                no_leader = None;
+            } else if no_leader.is_none() {
+                let now = tokio::time::Instant::now();
+                no_leader = Some((now, now + NO_LEADER_WARN_AFTER));
             }
             metrics.term.set(current.vote.leader_id.term as i64);
             let leads = current.state == openraft::ServerState::Leader
@@ -1743,25 +1739,27 @@ async fn follow_raft_metrics(
             }
             leader = current.current_leader;
         }
-        let warn_at = warn_no_leader_at;
+        let warn_at = no_leader.map(|(_, warn_at)| warn_at);
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,
             changed = server_metrics.changed() => if changed.is_err() { return },
-            () = async { tokio::time::sleep_until(warn_at.expect("guarded")).await }, if warn_at.is_some() => {
-                let current = raft.metrics().borrow().clone();
-                let voters = current.membership_config.membership().voter_ids().count();
-                if voters > 1 {
-                    let since = no_leader_since.map_or(Duration::ZERO, |since| since.elapsed());
+            () = tokio::time::sleep_until(warn_at.unwrap_or(started)), if warn_at.is_some() => {
+                let (term, voters) = {
+                    let current = raft.metrics();
+                    let current = current.borrow();
+                    (current.current_term, current.membership_config.membership().voter_ids().count())
+                };
+                if let (true, Some((since, _))) = (voters > 1, no_leader) {
                     tracing::warn!(
-                        term = current.current_term,
+                        term,
                         voters,
                         "no leader for {}s: no election is won; a majority of the members may be down or cut off \
                          from each other (writes wait; plain reads are served). If they are lost for good, see the \
                          README, \"After losing a majority for good\"",
-                        since.as_secs()
+                        since.elapsed().as_secs()
                     );
                 }
-                warn_no_leader_at = Some(tokio::time::Instant::now() + NO_LEADER_WARN_EVERY);
+                no_leader = no_leader.map(|(since, _)| (since, tokio::time::Instant::now() + NO_LEADER_WARN_EVERY));
             }
         }
     }
@@ -1778,9 +1776,10 @@ mod storage_suite_test;
 mod tests {
     use std::time::Duration;
 
+    use super::*;
+
     #[test]
     fn the_next_snapshot_counts_the_log_only_when_something_was_applied_since_the_last() {
-        use super::next_snapshot_bytes;
         // After a restart (no snapshot in this process yet): the whole log on disk, if
         // entries past the newest snapshot were applied...
         assert_eq!(next_snapshot_bytes(100, 40, None, true), 220);
@@ -1789,8 +1788,6 @@ mod tests {
         // After a snapshot in this process: the log written since.
         assert_eq!(next_snapshot_bytes(100, 40, Some(5), true), 115);
     }
-
-    use super::*;
 
     #[test]
     fn short_of_space_snapshots_are_asked_for_with_a_growing_pause_until_space_is_back() {

@@ -741,11 +741,7 @@ fn is_per_peer_failure_echo(event: &tracing::Metadata<'_>) -> bool {
 
 /// A boolean as Go's `strconv.ParseBool` reads one (etcd's switches take these).
 fn go_bool(value: &str) -> Result<bool, String> {
-    match value {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
-        _ => Err(format!("{value:?} is not a boolean: use true or false")),
-    }
+    rota_server::form::parse_bool(value).ok_or_else(|| format!("{value:?} is not a boolean: use true or false"))
 }
 
 #[cfg(test)]
@@ -801,4 +797,3 @@ mod tests {
         assert!(over.check_bounds().is_err(), "watches must stay below the connections");
     }
 }
-

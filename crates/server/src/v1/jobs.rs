@@ -323,14 +323,13 @@ pub(crate) async fn list<B: Backend>(app: &Arc<App<B>>, call: &Call<'_>, queue: 
             )
         })?),
     };
-    let limit = json::query_u64(&params, "limit")
-        .map_err(|_| {
-            let given = json::query_value(&params, "limit").unwrap_or_default();
-            let max = core_limits::LIST_LIMIT_MAX;
+    let max = core_limits::LIST_LIMIT_MAX as u64;
+    let limit = match json::query_value(&params, "limit") {
+        None => LIMIT_DEFAULT,
+        Some(given) => given.parse().ok().filter(|limit| (1..=max).contains(limit)).ok_or_else(|| {
             ApiError::invalid("limit", format!("limit must be a whole number between 1 and {max}, got {given:?}"))
-        })?
-        .unwrap_or(LIMIT_DEFAULT);
-    json::check_range("limit", limit, 1, core_limits::LIST_LIMIT_MAX as u64)?;
+        })?,
+    };
     let after = json::query_u64(&params, "after")?;
     read_point(app, json::query_local(&params)?).await?;
     let page = app
