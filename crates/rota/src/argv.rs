@@ -11,6 +11,8 @@ use std::ffi::OsString;
 #[derive(Debug, Default)]
 pub struct LongFlags {
     takes_value: std::collections::BTreeMap<String, bool>,
+    /// Short flags (`-p`, `-o json`), and whether each takes a value.
+    shorts: std::collections::BTreeMap<char, bool>,
 }
 
 impl LongFlags {
@@ -19,6 +21,9 @@ impl LongFlags {
         flags.add(command);
         for builtin in ["help", "version"] {
             flags.takes_value.entry(builtin.to_string()).or_insert(false);
+        }
+        for builtin in ['h', 'V'] {
+            flags.shorts.entry(builtin).or_insert(false);
         }
         flags
     }
@@ -31,6 +36,9 @@ impl LongFlags {
                 // same name elsewhere would otherwise swallow that value (a test keeps them apart).
                 *self.takes_value.entry(long.to_string()).or_insert(takes_value) |= takes_value;
             }
+            if let Some(short) = arg.get_short() {
+                *self.shorts.entry(short).or_insert(takes_value) |= takes_value;
+            }
         }
         for sub in command.get_subcommands() {
             self.add(sub);
@@ -40,6 +48,19 @@ impl LongFlags {
     /// `Some(takes a value)` for one of rota's long flags, `None` for any other name.
     fn get(&self, name: &str) -> Option<bool> {
         self.takes_value.get(name).copied()
+    }
+
+    /// Whether `-{rest}` reads as short flags (`-p`, `-pr`, `-ojson`): switches, the last
+    /// of which may take a value, attached or next.
+    fn is_short_cluster(&self, rest: &str) -> bool {
+        for short in rest.chars() {
+            match self.shorts.get(&short) {
+                Some(true) => return true,
+                Some(false) => {}
+                None => return false,
+            }
+        }
+        true
     }
 
     /// Names that take a value in one subcommand and not in another.
@@ -379,7 +400,14 @@ pub fn rewrite_go_flags(args: impl IntoIterator<Item = OsString>, flags: &LongFl
             None => (rest, false),
         };
         let Some(takes_value) = flags.get(name).or_else(|| etcd_only_flag(name)) else {
-            out.push(arg);
+            // A Go-style word that is none of rota's flags (`-data-dri`): given a second dash,
+            // clap names it whole and suggests the flag meant, rather than refusing `-d`.
+            let word = dashes == 1
+                && name.len() > 1
+                && name.starts_with(|c: char| c.is_ascii_alphabetic())
+                && !flags.is_short_cluster(name)
+                && !TLS_SERVE_FLAGS.contains(&name);
+            out.push(if word { OsString::from(format!("-{text}")) } else { arg });
             continue;
         };
         if takes_value && !has_value {
@@ -457,6 +485,16 @@ mod tests {
     }
 
     #[test]
+    fn a_mistyped_go_style_flag_is_named_whole() {
+        assert_eq!(rewrite(&["rota", "serve", "-data-dri", "x"]), ["rota", "serve", "--data-dri", "x"]);
+        let error = <crate::Cli as clap::Parser>::try_parse_from(rewrite(&["rota", "serve", "-data-dri", "x"]))
+            .map(|_| ())
+            .expect_err("not a flag");
+        let message = error.to_string();
+        assert!(message.contains("'--data-dri'") && message.contains("--data-dir"), "{message}");
+    }
+
+    #[test]
     fn values_that_look_like_flags_are_left_alone() {
         assert_eq!(
             rewrite(&["rota", "kv", "set", "/k", "-ttl", "-endpoints"]),
@@ -474,6 +512,7 @@ mod tests {
             rewrite(&["rota", "kv", "ls", "-p", "-x"]),
             ["rota", "kv", "ls", "-p", "-x"]
         );
+        assert_eq!(rewrite(&["rota", "job", "ls", "-ojson", "-7"]), ["rota", "job", "ls", "-ojson", "-7"]);
         assert_eq!(
             rewrite(&["rota", "kv", "set", "--", "/k", "-name"]),
             ["rota", "kv", "set", "--", "/k", "-name"]
