@@ -1200,7 +1200,7 @@ impl Node {
         // stops; by then the full metrics hold the reason.
         let mut server_metrics = self.inner.raft.server_metrics();
         let reason = || match &self.inner.raft.metrics().borrow().running_state {
-            Err(fatal) => Some(fatal.to_string()),
+            Err(fatal) => Some(crate::types::fatal_reason(fatal)),
             Ok(()) => None,
         };
         loop {
@@ -1854,6 +1854,8 @@ mod tests {
             .expect("wait_fatal resolved in time")
             .expect("wait_fatal task");
         assert!(reason.contains("raft log is closed"), "{reason}");
+        assert!(reason.starts_with("writing ") || reason.starts_with("reading "), "says what failed: {reason}");
+        assert!(!reason.contains("LogId {"), "no debug dump: {reason}");
     }
 
     /// The open chunk of the Raft log is allocated at its full size, length included, so

@@ -523,7 +523,7 @@ fn open_log_mut<'a>(
 }
 
 fn storage_error(subject: ErrorSubject<NodeId>, verb: ErrorVerb, error: io::Error) -> StorageError {
-    StorageError::from_io_error(subject, verb, error)
+    crate::types::storage_failure(subject, verb, error)
 }
 
 /// Re-reads the WAL after a failed open and names the first record that does not decode.

@@ -13,9 +13,7 @@ use std::io::Cursor;
 use std::sync::{Arc, RwLock};
 
 use openraft::storage::RaftStateMachine;
-use openraft::{
-    EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot, StorageIOError,
-};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot};
 use rota_core::{Command, State};
 use tokio::sync::watch;
 
@@ -220,7 +218,7 @@ fn snapshot_error(
     reason: impl ToString,
 ) -> StorageError {
     let subject = ErrorSubject::Snapshot(meta.map(|meta| meta.signature()));
-    StorageIOError::new(subject, verb, openraft::AnyError::error(reason.to_string())).into()
+    crate::types::storage_failure(subject, verb, reason.to_string())
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {

@@ -89,6 +89,55 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
 pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
 pub type Raft = openraft::Raft<TypeConfig>;
 
+/// A storage error whose text says what failed in words ("writing the snapshot of log
+/// index 49: ..."): openraft's own `Display` shows the subject as a debug dump, and the
+/// reason a member stops is read by operators ([`fatal_reason`]).
+pub(crate) fn storage_failure(
+    subject: openraft::ErrorSubject<NodeId>,
+    verb: openraft::ErrorVerb,
+    reason: impl fmt::Display,
+) -> StorageError {
+    use openraft::{ErrorSubject, ErrorVerb};
+    let doing = match verb {
+        ErrorVerb::Read => "reading",
+        ErrorVerb::Write => "writing",
+        ErrorVerb::Seek => "seeking in",
+        ErrorVerb::Delete => "deleting",
+    };
+    let what = match &subject {
+        ErrorSubject::Store => "the data dir".to_string(),
+        ErrorSubject::Vote => "the Raft vote".to_string(),
+        ErrorSubject::Logs => "the Raft log".to_string(),
+        ErrorSubject::Log(id) => format!("Raft log entry {}", id.index),
+        ErrorSubject::LogIndex(index) => format!("Raft log entry {index}"),
+        ErrorSubject::Apply(id) => format!("the state machine (applying entry {})", id.index),
+        ErrorSubject::StateMachine => "the state machine".to_string(),
+        ErrorSubject::Snapshot(Some(signature)) => match signature.last_log_id {
+            Some(id) => format!("the snapshot of log index {}", id.index),
+            None => "the empty snapshot".to_string(),
+        },
+        ErrorSubject::Snapshot(None) => "a snapshot".to_string(),
+        ErrorSubject::None => "storage".to_string(),
+    };
+    let text = format!("{doing} {what}: {reason}");
+    openraft::StorageIOError::new(subject, verb, openraft::AnyError::error(text)).into()
+}
+
+/// Why openraft stopped, in words: for a storage error the text [`storage_failure`] gave
+/// it (openraft's `Display` puts a debug dump of the subject before it).
+pub(crate) fn fatal_reason(fatal: &openraft::error::Fatal<NodeId>) -> String {
+    match fatal {
+        openraft::error::Fatal::StorageError(error) => {
+            let mut innermost: &dyn std::error::Error = error;
+            while let Some(source) = innermost.source() {
+                innermost = source;
+            }
+            innermost.to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
 /// The node id of the member called `name`: 64-bit FNV-1a of the name, never zero.
 ///
 /// Stable across versions and machines, so every member of a cluster derives the same id for
