@@ -121,6 +121,9 @@ enum Phase {
     Draining,
     /// The grace period is over: kill running commands and release their jobs.
     Killing,
+    /// A third signal: stop waiting to release killed commands' jobs (their leases run out
+    /// on the server instead).
+    Leaving,
 }
 
 /// What every job task needs.
@@ -698,7 +701,7 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
     if let Some(expires_at) = &job.lease_expires_at {
         command.env("ROTA_LEASE_EXPIRES_AT", expires_at);
     }
-    let (ending, stdout, stderr) = match command.spawn() {
+    let (ending, stdout, stderr, lease_deadline_ms) = match command.spawn() {
         Err(error) => (
             Ending::CannotStart(std::io::Error::new(
                 error.kind(),
@@ -706,6 +709,7 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
             )),
             Captured::default(),
             Captured::default(),
+            lease_deadline_ms,
         ),
         Ok(mut child) => {
             let group = child.id();
@@ -771,6 +775,7 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
                 }
             };
             heartbeats.abort();
+            let lease_deadline_ms = *renewed.borrow();
             // Whatever the command left running dies with the job (and lets go of the pipes).
             kill_group(group);
             let drained_by = tokio::time::Instant::now() + OUTPUT_DRAIN_TIMEOUT;
@@ -790,7 +795,7 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
                     OUTPUT_DRAIN_TIMEOUT.as_millis()
                 ));
             }
-            (ending, stdout, stderr)
+            (ending, stdout, stderr, lease_deadline_ms)
         }
     };
     let took = format!("{}ms", started.elapsed().as_millis());
@@ -869,7 +874,9 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
         Ending::TimedOut => {
             let limit = duration_for_people(context.timeout.unwrap_or_default());
             let error = failure_text(&format!("timed out: killed after {limit} (--timeout)"), &stderr.bytes);
-            report_failure(context, &job, token, error, &took).await;
+            if hold_slot_after_kill(context, job.id, lease_deadline_ms).await {
+                report_failure(context, &job, token, error, &took).await;
+            }
         }
         Ending::CannotStart(error) => {
             let text = format!(
@@ -883,9 +890,20 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
                 "job {} lease lost ({error}); command killed after {took}, nothing reported",
                 job.id
             ));
-            let_go_if_refused(context, &job, token, &error).await;
+            // A cancelled job's lease holds its slot: let go only once a call the command
+            // had in flight has had its lease's time to end.
+            if error.code() == Some("stale_lease") && hold_slot_after_kill(context, job.id, lease_deadline_ms).await {
+                let_go_if_refused(context, &job, token, &error).await;
+            }
         }
         Ending::Interrupted => {
+            if !hold_slot_after_kill(context, job.id, lease_deadline_ms).await {
+                context.log(format_args!(
+                    "job {} left to its lease, which runs out on the server (command killed after {took})",
+                    job.id
+                ));
+                return None;
+            }
             let key = idempotency_key();
             match report(context, job.id, || {
                 context.client.release_keyed(&key, job.id, token)
@@ -925,6 +943,40 @@ async fn report_failure(context: &Context, job: &Job, token: u64, error: String,
             log_lost_report(context, job, "its failure", &error);
             let_go_if_refused(context, job, token, &error).await;
         }
+    }
+}
+
+/// After the worker killed a command that was still running, on a queue with a concurrency
+/// limit: waits until the lease's deadline (its end less the margin) before the job is
+/// reported, so that its slot stays taken meanwhile. A killed command cannot take back a
+/// call it already sent: that call may still be under way at the API, and the slot is what
+/// keeps the next job's call from starting beside it. A call given a timeout well under the
+/// lease ttl (docs/worker.md) has ended by then: the last renewal left at least two thirds
+/// of the ttl, and a cancelled job's refused renewals no longer move the deadline. Returns
+/// false at a third signal, when the worker leaves the lease to run out on the server.
+async fn hold_slot_after_kill(context: &Context, job_id: u64, deadline_ms: i64) -> bool {
+    let wait_ms = deadline_ms - unix_ms(std::time::SystemTime::now());
+    if wait_ms <= 0 {
+        return true;
+    }
+    // Without a concurrency limit there is no slot to keep: report at once. If the queue
+    // cannot be read, keep the slot.
+    let limited = match context.client.get_queue(&context.queue).await {
+        Ok(queue) => queue.config.concurrency.is_some(),
+        Err(_) => true,
+    };
+    if !limited {
+        return true;
+    }
+    let wait = Duration::from_millis(wait_ms as u64);
+    context.log(format_args!(
+        "job {job_id}: its command was killed; holding its concurrency slot for {} until its lease \
+         ends, so that a call the command had in flight ends first",
+        duration_for_people(wait)
+    ));
+    tokio::select! {
+        () = tokio::time::sleep(wait) => true,
+        () = wait_for_phase(context.phase.clone(), Phase::Leaving) => false,
     }
 }
 
@@ -1294,7 +1346,8 @@ impl Stopping {
     }
 }
 
-/// First SIGTERM/SIGINT/SIGHUP: drain, and kill after `grace`. A second one: kill now.
+/// First SIGTERM/SIGINT/SIGHUP: drain, and kill after `grace`. A second one: kill now. A
+/// third: leave the killed commands' leases to run out (see [`hold_slot_after_kill`]).
 /// SIGHUP (the terminal or SSH session went away) is a request to stop like the others,
 /// not a reason to drop running jobs on the floor.
 fn watch_signals(phase: watch::Sender<Phase>, stop: Stopping) -> std::io::Result<()> {
@@ -1317,6 +1370,12 @@ fn watch_signals(phase: watch::Sender<Phase>, stop: Stopping) -> std::io::Result
             _ = hangup.recv() => {}
         }
         phase.send_replace(Phase::Killing);
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+            _ = hangup.recv() => {}
+        }
+        phase.send_replace(Phase::Leaving);
     });
     Ok(())
 }
