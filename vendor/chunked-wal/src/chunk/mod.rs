@@ -24,6 +24,7 @@ use std::sync::Arc;
 use codeq::Decode;
 use codeq::OffsetSize;
 use codeq::error_context_ext::ErrorContextExt;
+use log::debug;
 use log::error;
 use log::warn;
 use record_iterator::RecordIterator;
@@ -224,7 +225,11 @@ where Rec: Decode + 'static
             format_pad9_u64(global_offset),
             chunk_id
         );
-        error!(
+        // rota: debug, not error: after every restart of a preallocated WAL
+        // the zeros after the last record read as a bad record. What is found
+        // is logged below: zeros at debug, a torn write at warn, damage at
+        // error.
+        debug!(
             "Error reading record {at}: {}, error kind: {:?}; trying to recover...",
             io_err,
             io_err.kind()
@@ -251,7 +256,7 @@ where Rec: Decode + 'static
                     chunk_id,
                 )?
             {
-                warn!("Trailing zeros {at}; truncating");
+                debug!("Trailing zeros {at}; truncating");
                 return Ok(true);
             }
             error!("UnexpectedEof {at}; truncate disabled");
@@ -268,7 +273,7 @@ where Rec: Decode + 'static
         )?;
 
         if all_zero && can_drop_zeros {
-            warn!("Trailing zeros {at}; truncating");
+            debug!("Trailing zeros {at}; truncating");
             return Ok(true);
         }
 
@@ -277,7 +282,10 @@ where Rec: Decode + 'static
             && config.preallocate()
             && Self::is_torn_write(&file, global_offset - chunk_id.offset())?
         {
-            warn!("Torn write {at}; truncating");
+            warn!(
+                "Torn write {at} (a write cut short by a crash, never \
+                 acknowledged); truncating"
+            );
             return Ok(true);
         }
 
@@ -383,7 +391,7 @@ where Rec: Decode + 'static
 
         const WARN_THRESHOLD: u64 = 64 * 1024; // 64KB
         if file_size - start_offset > WARN_THRESHOLD {
-            warn!(
+            debug!(
                 "Large maybe damaged section detected: {} bytes to the end; in chunk {}",
                 file_size - start_offset,
                 chunk_id
@@ -403,7 +411,7 @@ where Rec: Decode + 'static
 
             for (i, byt) in buffer.iter().enumerate().take(n) {
                 if *byt != 0 {
-                    error!(
+                    debug!(
                         "Non-zero byte detected at offset {} in chunk {}",
                         start_offset + i as u64,
                         chunk_id
