@@ -7,6 +7,7 @@ mod job_supervisor;
 mod kv;
 mod member;
 mod serve;
+mod signals;
 mod status;
 mod worker;
 

@@ -675,13 +675,14 @@ pub(crate) fn http_worker_threads() -> Option<usize> {
 /// SIGTERM, SIGINT and SIGHUP, caught from the moment `install` returns. SIGHUP (a closed
 /// terminal, or a service manager's "reload") stops gracefully too: its default action
 /// killed the process on the spot, a leader without handing its leadership over.
-struct ShutdownSignals(Option<[tokio::signal::unix::Signal; 3]>);
+/// Started under `nohup` (SIGHUP ignored), SIGHUP is left ignored.
+struct ShutdownSignals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal, Option<tokio::signal::unix::Signal>)>);
 
 impl ShutdownSignals {
     fn install() -> Self {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup())) {
-            (Ok(terminate), Ok(interrupt), Ok(hangup)) => Self(Some([terminate, interrupt, hangup])),
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), crate::signals::hangup()) {
+            (Ok(terminate), Ok(interrupt), Ok(hangup)) => Self(Some((terminate, interrupt, hangup))),
             _ => {
                 tracing::warn!("cannot install signal handlers; stop with SIGKILL");
                 Self(None)
@@ -691,13 +692,13 @@ impl ShutdownSignals {
 
     /// Resolves on SIGTERM, SIGINT or SIGHUP (also one that came before the call) with its name.
     async fn recv(&mut self) -> &'static str {
-        let Some([terminate, interrupt, hangup]) = self.0.as_mut() else {
+        let Some((terminate, interrupt, hangup)) = self.0.as_mut() else {
             return std::future::pending().await;
         };
         tokio::select! {
             _ = terminate.recv() => "SIGTERM",
             _ = interrupt.recv() => "SIGINT",
-            _ = hangup.recv() => "SIGHUP",
+            () = crate::signals::next_hangup(hangup) => "SIGHUP",
         }
     }
 }

@@ -1349,17 +1349,17 @@ impl Stopping {
 /// First SIGTERM/SIGINT/SIGHUP: drain, and kill after `grace`. A second one: kill now. A
 /// third: leave the killed commands' leases to run out (see [`hold_slot_after_kill`]).
 /// SIGHUP (the terminal or SSH session went away) is a request to stop like the others,
-/// not a reason to drop running jobs on the floor.
+/// not a reason to drop running jobs on the floor; under `nohup` it stays ignored.
 fn watch_signals(phase: watch::Sender<Phase>, stop: Stopping) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut hangup = signal(SignalKind::hangup())?;
+    let mut hangup = crate::signals::hangup()?;
     tokio::spawn(async move {
         tokio::select! {
             _ = terminate.recv() => {}
             _ = interrupt.recv() => {}
-            _ = hangup.recv() => {}
+            () = crate::signals::next_hangup(&mut hangup) => {}
         }
         log_line(format_args!("rota worker {}: {}", stop.worker_id, stop.notice()));
         phase.send_replace(Phase::Draining);
@@ -1367,13 +1367,13 @@ fn watch_signals(phase: watch::Sender<Phase>, stop: Stopping) -> std::io::Result
             _ = tokio::time::sleep(stop.grace) => {}
             _ = terminate.recv() => {}
             _ = interrupt.recv() => {}
-            _ = hangup.recv() => {}
+            () = crate::signals::next_hangup(&mut hangup) => {}
         }
         phase.send_replace(Phase::Killing);
         tokio::select! {
             _ = terminate.recv() => {}
             _ = interrupt.recv() => {}
-            _ = hangup.recv() => {}
+            () = crate::signals::next_hangup(&mut hangup) => {}
         }
         phase.send_replace(Phase::Leaving);
     });

@@ -390,6 +390,23 @@ fn serve_stops_gracefully_at_sighup() {
     // The Raft log's own records reach the log too (filtered to warnings): its lock notice
     // at info does not.
     assert!(!node.stderr().contains("Directory lock acquired"), "{}", node.stderr());
+
+    // Under nohup (SIGHUP ignored), SIGHUP stays ignored: an audit's `nohup rota worker`
+    // stopped at one.
+    let mut node = Proc::spawn_nohup(dir.path(), "nohup", &args, &[]);
+    wait_until(Duration::from_secs(20), "the node serves", || node.stderr().contains("serving clients on").then_some(()));
+    node.signal("HUP");
+    let response = http::send(
+        std::net::SocketAddr::from(([127, 0, 0, 1], client)),
+        &Request::new("PUT", "/v2/keys/after-hup").form("value=1"),
+    )
+    .expect("still serving after SIGHUP under nohup");
+    assert_eq!(response.status(), 201, "{}", response.text());
+    // Had the SIGHUP been taken, it would be the one named: Linux delivers the lower-numbered
+    // of two pending signals first, and an ignored one is discarded when sent.
+    node.signal("TERM");
+    assert!(node.wait_exit(Duration::from_secs(10)).success(), "{}", node.stderr());
+    assert!(node.stderr().contains("SIGTERM: shutting down") && !node.stderr().contains("SIGHUP"), "{}", node.stderr());
 }
 
 /// A client pointed at a member's peer URL (2380 where 2379 was meant) is told so: it read

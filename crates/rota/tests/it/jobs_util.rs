@@ -36,6 +36,20 @@ impl Proc {
         Proc::spawn_with_stdin(dir, name, args, envs, Stdio::null())
     }
 
+    /// [`Proc::spawn`] with SIGHUP ignored, as `nohup` starts a process.
+    pub fn spawn_nohup(dir: &Path, name: &str, args: &[String], envs: &[(&str, String)]) -> Proc {
+        Proc::spawn_configured(dir, name, args, envs, Stdio::null(), |command| {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: signal(2) is async-signal-safe; it only changes the child's disposition.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                    Ok(())
+                });
+            }
+        })
+    }
+
     /// [`Proc::spawn`] with `stdin` for the process's standard input.
     pub fn spawn_with_stdin(
         dir: &Path,
@@ -43,6 +57,17 @@ impl Proc {
         args: &[String],
         envs: &[(&str, String)],
         stdin: Stdio,
+    ) -> Proc {
+        Proc::spawn_configured(dir, name, args, envs, stdin, |_| {})
+    }
+
+    fn spawn_configured(
+        dir: &Path,
+        name: &str,
+        args: &[String],
+        envs: &[(&str, String)],
+        stdin: Stdio,
+        configure: impl FnOnce(&mut Command),
     ) -> Proc {
         let stdout_path = dir.join(format!("{name}.stdout"));
         let stderr_path = dir.join(format!("{name}.stderr"));
@@ -58,6 +83,7 @@ impl Proc {
         for (name, value) in envs {
             command.env(name, value);
         }
+        configure(&mut command);
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start rota {args:?}: {e}"));
