@@ -19,7 +19,8 @@
 //!   end (minus [`lease_margin`]) unless told of a renewal first, so a worker frozen or cut off
 //!   from the servers for longer than the ttl cannot overlap the job's next attempt. Only the
 //!   task that waits for the supervisor signals it (never after reaping it: no pid reuse).
-//! - Captured output is bounded: stdout at the result limit, stderr to its last 4 KiB.
+//! - Captured output is bounded: stdout at four times the result limit, stderr to its last
+//!   4 KiB.
 //! - Shutdown (SIGTERM/SIGINT/SIGHUP): no new leases; running commands get `--grace`, then are
 //!   killed and their leases released. A lease answer arriving after the signal is released
 //!   at once. A second signal ends the grace period at once.
@@ -43,8 +44,10 @@ use tokio::task::JoinSet;
 use crate::job_cli::{duration_for_people, parse_duration, EXIT_BAD_ARGS};
 use crate::job_supervisor;
 
-/// The server's limit on a result: stdout beyond it fails the job instead of being cut.
-const STDOUT_BYTES_MAX: usize = rota_core::jobs::limits::RESULT_BYTES_MAX;
+/// The result limit counts JSON without the whitespace between its tokens, so stdout is
+/// read up to 4 times that (pretty-printed JSON, `jq .`'s output, is about twice its compact
+/// size) and measured as the server measures it.
+const STDOUT_BYTES_MAX: usize = 4 * rota_core::jobs::limits::RESULT_BYTES_MAX;
 /// The end of stderr kept for a failure's error text (the server keeps up to 8 KiB).
 const STDERR_TAIL_BYTES: usize = 4 << 10;
 /// After the command exits (and its process group is killed), its pipes get this long to
@@ -1234,19 +1237,25 @@ async fn collect(reading: Option<Reading>, deadline: tokio::time::Instant) -> (C
 /// refuse it for its size, why: the attempt then fails with that, once, instead of with
 /// a refusal of the complete.
 fn result_of(stdout: &Captured) -> Result<RawJson, String> {
+    let result_bytes_max = rota_core::jobs::limits::RESULT_BYTES_MAX;
     if stdout.overflowed {
         return Err(format!(
-            "stdout is over {STDOUT_BYTES_MAX} bytes, the result limit"
+            "stdout is over {STDOUT_BYTES_MAX} bytes; the result limit is {result_bytes_max} bytes \
+             (of JSON without the whitespace between its tokens)"
         ));
     }
-    let result = result_from_stdout(&stdout.bytes);
-    let result_bytes_max = rota_core::jobs::limits::RESULT_BYTES_MAX;
-    if result.get().len() > result_bytes_max {
-        // Only text that is not JSON grows: escaped into a JSON string.
-        return Err(format!(
-            "stdout is not JSON and is {} bytes as a JSON string, over the {result_bytes_max} byte result limit",
-            result.get().len()
-        ));
+    let (result, is_json) = parse_stdout(&stdout.bytes);
+    // As the server measures it: without the whitespace between tokens.
+    let bytes = rota_core::jobs::compact_json(result.get()).map_or(result.get().len(), |compact| compact.len());
+    if bytes > result_bytes_max {
+        return Err(if !is_json {
+            format!("stdout is not JSON and is {bytes} bytes as a JSON string, over the {result_bytes_max} byte result limit")
+        } else {
+            format!(
+                "the result is {bytes} bytes without the whitespace between its tokens, over the \
+                 {result_bytes_max} byte result limit"
+            )
+        });
     }
     Ok(result)
 }
@@ -1255,17 +1264,23 @@ fn result_of(stdout: &Captured) -> Result<RawJson, String> {
 /// allowed), its text as written (not re-encoded: key order and big numbers stay); else
 /// (not JSON, or JSON the server refuses such as `1e400` or nesting deeper than its limit)
 /// the text as a JSON string without its final newline; empty stdout is `null`.
+#[cfg(test)]
 fn result_from_stdout(stdout: &[u8]) -> RawJson {
+    parse_stdout(stdout).0
+}
+
+/// [`result_from_stdout`], and whether stdout was JSON (or empty).
+fn parse_stdout(stdout: &[u8]) -> (RawJson, bool) {
     let text = String::from_utf8_lossy(stdout);
     if text.trim().is_empty() {
-        return RawJson::null();
+        return (RawJson::null(), true);
     }
     match RawJson::from_text(text.trim()) {
-        Ok(json) => json,
+        Ok(json) => (json, true),
         Err(_) => {
             let text = text.strip_suffix('\n').unwrap_or(&text);
             let text = text.strip_suffix('\r').unwrap_or(text);
-            RawJson::from(serde_json::Value::String(text.to_string()))
+            (RawJson::from(serde_json::Value::String(text.to_string())), false)
         }
     }
 }
@@ -1539,10 +1554,20 @@ mod tests {
     fn stdout_over_the_result_limit_fails_the_attempt_saying_so() {
         let limit = rota_core::jobs::limits::RESULT_BYTES_MAX;
         let captured = |bytes: Vec<u8>, overflowed| Captured { bytes, overflowed };
-        let error = result_of(&captured(vec![b'1'; limit], true)).expect_err("overflowed");
+        let error = result_of(&captured(vec![b'1'; STDOUT_BYTES_MAX], true)).expect_err("overflowed");
         assert_eq!(
             error,
-            format!("stdout is over {limit} bytes, the result limit")
+            format!(
+                "stdout is over {STDOUT_BYTES_MAX} bytes; the result limit is {limit} bytes (of JSON \
+                 without the whitespace between its tokens)"
+            )
+        );
+        let array = format!("[{}]", vec!["1"; limit / 2].join(","));
+        assert_eq!(array.len(), limit + 1);
+        let error = result_of(&captured(array.into_bytes(), false)).expect_err("an array too long");
+        assert_eq!(
+            error,
+            format!("the result is {} bytes without the whitespace between its tokens, over the {limit} byte result limit", limit + 1)
         );
         // Within the limit as text, over it once every quote is escaped.
         let quotes = captured(vec![b'"'; limit / 2 + 1], false);
@@ -1554,6 +1579,14 @@ mod tests {
         );
         let fits = captured(vec![b'x'; limit - 2], false);
         assert_eq!(result_of(&fits).map(|json| json.get().len()), Ok(limit));
+        // Measured as the server measures it: pretty-printed JSON (as `jq .` prints) twice
+        // the limit, and a JSON string of exactly the limit with print()'s newline, fit.
+        let items = limit / 4;
+        let pretty = format!("[\n{}\n]\n", vec!["  1"; items].join(",\n"));
+        assert!(pretty.len() > limit && items * 2 + 1 <= limit);
+        assert!(result_of(&captured(pretty.into_bytes(), false)).is_ok());
+        let string = format!("\"{}\"\n", "s".repeat(limit - 2));
+        assert_eq!(result_of(&captured(string.into_bytes(), false)).map(|json| json.get().len()), Ok(limit));
     }
 
     #[test]

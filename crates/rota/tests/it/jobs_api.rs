@@ -689,13 +689,13 @@ fn worker_fails_an_attempt_whose_stdout_is_over_the_result_limit_once_saying_so(
     let submitted = api(&server, "POST", "/v1/queues/big/jobs", Some(&jobs), None);
     assert_eq!(submitted.status(), 202, "{}", submitted.text());
     let ids: Vec<u64> = submitted.json()["jobs"].as_array().expect("jobs").iter().map(|job| job["id"].as_u64().expect("id")).collect();
-    // 300000 bytes: over the 256 KiB limit as it is. 140000 quotes: within it as text, but
-    // not JSON, and 280002 bytes once escaped into a JSON string.
+    // 1100000 bytes: over the 1 MiB the worker reads. 140000 quotes: within the 256 KiB
+    // result limit as text, but not JSON, and 280002 bytes once escaped into a JSON string.
     let command = script(
         dir.path(),
         "big.sh",
         "case \"$(cat)\" in\n\
-         '\"long\"') head -c 300000 /dev/zero | tr '\\0' x ;;\n\
+         '\"long\"') head -c 1100000 /dev/zero | tr '\\0' x ;;\n\
          *) head -c 140000 /dev/zero | tr '\\0' '\"' ;;\n\
          esac\n",
     );
@@ -705,7 +705,7 @@ fn worker_fails_an_attempt_whose_stdout_is_over_the_result_limit_once_saying_so(
     let status = worker.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status:?}: {}", worker.stderr());
     let expected = [
-        "stdout is over 262144 bytes, the result limit",
+        "stdout is over 1048576 bytes; the result limit is 262144 bytes (of JSON without the whitespace between its tokens)",
         "stdout is not JSON and is 280002 bytes as a JSON string, over the 262144 byte result limit",
     ];
     for (id, expected) in ids.iter().zip(expected) {
