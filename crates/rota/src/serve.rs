@@ -711,7 +711,7 @@ fn init_tracing(level: &str) {
         // are kept from a normal log, its errors are not.
         .unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new(format!(
-                "{level},openraft=warn,openraft::core::raft_core=error,openraft::replication=off,openraft::engine::handler::replication_handler=off,chunked_wal=warn",
+                "{level},openraft=warn,openraft::core::raft_core=error,openraft::replication=off,openraft::engine::handler::replication_handler=off,chunked_wal=warn,raft_log=warn",
             ))
         });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
