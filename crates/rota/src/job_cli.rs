@@ -53,7 +53,7 @@ pub struct ClientFlags {
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
     /// How long to keep retrying when no endpoint answers (e.g. during a server restart).
-    #[arg(long, global = true, value_parser = parse_duration, default_value = "30s")]
+    #[arg(long, global = true, value_parser = parse_duration, default_value = "30s", allow_hyphen_values = true)]
     pub retry_for: Duration,
 }
 
@@ -100,7 +100,7 @@ pub enum QueueCommand {
         /// The queue's name.
         queue: String,
         /// At most this many.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
         max: Option<u64>,
     },
     /// Delete a queue and all its jobs.
@@ -119,35 +119,35 @@ pub struct QueueSet {
     /// The queue's name.
     pub queue: String,
     /// Jobs leased at once, cluster-wide.
-    #[arg(long, conflicts_with = "unlimited")]
+    #[arg(long, conflicts_with = "unlimited", allow_hyphen_values = true, value_parser = parse_count::<u64>)]
     pub concurrency: Option<u64>,
     /// No concurrency limit.
     #[arg(long)]
     pub unlimited: bool,
     /// Rate limit: LIMIT/PER, e.g. `5/1s`, `5/s`, `100/1m`.
-    #[arg(long, value_parser = parse_rate, conflicts_with = "no_rate")]
+    #[arg(long, value_parser = parse_rate, conflicts_with = "no_rate", allow_hyphen_values = true)]
     pub rate: Option<(u64, Duration)>,
     /// Tokens the rate bucket holds (default: the rate's limit, also when --rate replaces a
     /// rate that had another burst).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_count::<u64>)]
     pub burst: Option<u64>,
     /// No rate limit.
     #[arg(long)]
     pub no_rate: bool,
     /// How long a lease lasts without a heartbeat.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub lease_ttl: Option<Duration>,
     /// Attempts given to each new job.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_count::<u32>)]
     pub max_attempts: Option<u32>,
     /// Delay before the first retry (doubling after each failed attempt).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub backoff_base: Option<Duration>,
     /// Longest delay between retries.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub backoff_max: Option<Duration>,
     /// How long finished jobs are kept.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub retention: Option<Duration>,
     /// Lease nothing until resumed.
     #[arg(long, conflicts_with = "resume")]
@@ -238,7 +238,7 @@ pub struct JobSubmit {
     #[arg(long)]
     pub run_at: Option<String>,
     /// Attempts for this job (default: the queue's).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_count::<u32>)]
     pub max_attempts: Option<u32>,
     /// Wait for the job to finish, at most this long (`--wait=30s`; bare: 24h).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = WAIT_DEFAULT, value_parser = parse_duration)]
@@ -252,6 +252,12 @@ pub struct JobSubmit {
 /// A humantime duration in whole milliseconds: `500ms`, `30s`, `1h30m`. A fraction of a
 /// millisecond (`1500us`) is refused, as the server refuses it, instead of being rounded
 /// down to something the user did not write (`--lease-ttl 1500us` was 1 ms).
+/// A count flag's value: a whole number, 0 or more (the server checks its range, with the
+/// range in its answer). `-1` is refused here as a number, not as an unknown flag.
+fn parse_count<T: std::str::FromStr>(text: &str) -> Result<T, String> {
+    text.trim().parse().map_err(|_| format!("{text:?} is not a whole number of 0 or more"))
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if text.trim().starts_with('-') {
         return Err(format!("{text:?}: a duration cannot be negative (write durations like 500ms, 30s, 5m, 1h)"));
@@ -1016,6 +1022,19 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_negative_count_or_duration_is_refused_as_a_value_not_taken_for_a_flag() {
+        for (args, expected) in [
+            (&["rota", "queue", "set", "q", "--concurrency", "-1"][..], "\"-1\" is not a whole number of 0 or more"),
+            (&["rota", "job", "submit", "q", "--max-attempts", "-2"][..], "\"-2\" is not a whole number of 0 or more"),
+            (&["rota", "queue", "ls", "--retry-for", "-1s"][..], "a duration cannot be negative"),
+        ] {
+            let error = <crate::Cli as clap::Parser>::try_parse_from(args).map(|_| ()).expect_err("refused");
+            let message = error.to_string();
+            assert!(message.contains(expected) && !message.contains("tip:"), "{args:?}: {message}");
+        }
+    }
 
     #[test]
     fn rates_parse_with_or_without_a_period_count() {
