@@ -419,7 +419,10 @@ async fn queue_retry(client: &Client, queue: &str, max: Option<u64>, output: Out
             "{{\"queue\":{},\"retried\":{retried},\"dead\":{dead}}}",
             serde_json::Value::from(queue)
         ),
-        Output::Table => println!("queue {queue}: {retried} dead jobs queued again; {dead} still dead"),
+        Output::Table => println!(
+            "queue {queue}: {retried} dead job{} queued again; {dead} still dead",
+            if retried == 1 { "" } else { "s" }
+        ),
     }
     Ok(())
 }

@@ -106,7 +106,7 @@ pub struct WorkerArgs {
     #[arg(long, allow_hyphen_values = true, value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
     /// This worker's name in leases (default: HOSTNAME/PID).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_worker_id)]
     pub worker_id: Option<String>,
     /// How long one lease request waits for a job on the server (100ms to 60s).
     #[arg(long, allow_hyphen_values = true, value_parser = parse_poll_wait, default_value = "10s")]
@@ -114,6 +114,14 @@ pub struct WorkerArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+/// `--worker-id`: not empty (the server refuses an empty worker name at the first lease).
+fn parse_worker_id(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err("a worker id cannot be empty (default: HOSTNAME/PID)".to_string());
+    }
+    Ok(text.to_string())
 }
 
 /// Where the worker is in its life; only ever moves forward.
