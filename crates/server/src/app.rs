@@ -223,12 +223,16 @@ impl<B: Backend> App<B> {
             return None;
         }
         tracing::warn!(host = name, "refused a request for a host not in --host-whitelist (DNS rebinding?)");
-        let body = format!(
-            "rota received your request, but the Host header was unrecognized.\n\n\
-             To fix this, add the host name you use to the list (keep the names already in it)\n\
-             and restart rota:\n  \
-             rota serve --host-whitelist \"<the names listed now>,{name}\"\n"
+        let advice = format!(
+            "the Host header {name:?} is not in --host-whitelist. If clients reach rota under this name, \
+             add it to the list (keep the names already in it) and restart rota: rota serve \
+             --host-whitelist \"<the names listed now>,{name}\". If they do not, keep it refused: a web page \
+             may be reaching rota through DNS rebinding"
         );
+        if is_v1_path(request.uri().path()) {
+            return Some(crate::v1::errors::ApiError::new(421, "misdirected_request", advice, Some("Host")).to_response());
+        }
+        let body = format!("rota received your request, but {advice}.\n");
         let mut response = respond::with_status(421, body);
         response.headers_mut().insert(
             axum::http::header::CONTENT_TYPE,

@@ -238,6 +238,12 @@ fn serve_takes_an_etcd_command_line_with_its_host_whitelist_and_cors() {
     let rebound = put("evil.example:2379", None);
     assert_eq!(rebound.status(), 421, "{}", rebound.text());
     assert!(rebound.text().contains("--host-whitelist"), "{}", rebound.text());
+    assert!(rebound.text().contains("DNS rebinding"), "{}", rebound.text());
+    // On /v1, in its JSON error shape.
+    let v1 = http::send(addr, &Request::new("GET", "/v1/queues").header("Host", "evil.example")).expect("GET");
+    assert_eq!(v1.status(), 421, "{}", v1.text());
+    assert_eq!(v1.json()["error"]["code"], "misdirected_request", "{}", v1.text());
+    assert_eq!(v1.json()["error"]["field"], "Host", "{}", v1.text());
     let listed = put(&format!("localhost:{port}"), Some("http://app.example"));
     assert!(listed.status() == 200 || listed.status() == 201, "{}", listed.text());
     assert_eq!(listed.header("access-control-allow-origin"), Some("http://app.example"));
