@@ -482,6 +482,36 @@ fn jobs_worker_sighup_past_the_grace_period_kills_the_command_and_releases_the_j
     assert_released_untouched(&server, id, run.pid);
 }
 
+/// On a queue with a concurrency limit, a command killed at the end of the grace period
+/// keeps the job's slot until just before its lease would end (a call it had in flight may
+/// still be under way at the API: an audit's `--grace 500ms` let the same job run again at
+/// once, beside it), then the job is released as usual.
+#[test]
+fn jobs_worker_past_the_grace_period_on_a_limited_queue_holds_the_slot_until_the_lease_ends() {
+    let server = Server::start(Kind::Rota);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (log, go) = (dir.path().join("runs.log"), dir.path().join("go"));
+    let command = blocking_script(dir.path());
+    let put = api(&server, "PUT", "/v1/queues/held", Some(&json!({"concurrency": 1})), None);
+    assert_eq!(put.status(), 200, "{}", put.text());
+    let id = submit(&server, dir.path(), "held", "{}");
+    let flags = ["--queue", "held", "--grace", "500ms", "--lease-ttl", "3s", "--poll-wait", "1s"];
+    let mut worker = spawn_worker(&server, dir.path(), "worker", &flags, &command, &log, &go);
+    let run = wait_for_starts(&log, 1).remove(0);
+    worker.signal("TERM");
+    wait_until(Duration::from_secs(10), "the command to be killed", || (!process_alive(run.pid)).then_some(()));
+    // Killed, and the slot still taken: the lease is held.
+    let held = get_job(&server, id);
+    assert_eq!(held["state"], "leased", "{held}\n{}", worker.stderr());
+    let status = worker.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit {status}: {}", worker.stderr());
+    let stderr = worker.stderr();
+    let holding = stderr.find(&format!("job {id}: its command was killed; holding its concurrency slot for"));
+    let released = stderr.find(&format!("job {id} released (grace period over"));
+    assert!(holding.is_some() && released.is_some() && holding < released, "{stderr}");
+    assert_released_untouched(&server, id, run.pid);
+}
+
 /// The command runs under a job supervisor (see `job_supervisor.rs`), which must be
 /// invisible: the same exit code, the same killing signal, the same "cannot run" error, and
 /// a command that starts with no signal blocked or ignored.
