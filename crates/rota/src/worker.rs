@@ -22,8 +22,10 @@
 //! - Captured output is bounded: stdout at four times the result limit, stderr to its last
 //!   4 KiB.
 //! - Shutdown (SIGTERM/SIGINT/SIGHUP): no new leases; running commands get `--grace`, then are
-//!   killed and their leases released. A lease answer arriving after the signal is released
-//!   at once. A second signal ends the grace period at once.
+//!   killed and their leases released (on a queue with a concurrency limit, only just before
+//!   each lease would end: [`hold_slot_after_kill`]). A lease answer arriving after the
+//!   signal is released at once. A second signal ends the grace period at once, a third the
+//!   wait for those leases.
 //! - Logging never panics: a worker whose terminal went away (SIGHUP) still drains.
 
 use std::ffi::OsString;
@@ -980,10 +982,12 @@ async fn hold_slot_after_kill(context: &Context, job_id: u64, deadline_ms: i64) 
         return true;
     }
     let wait = Duration::from_millis(wait_ms as u64);
+    let stopping = *context.phase.borrow() >= Phase::Killing;
     context.log(format_args!(
         "job {job_id}: its command was killed; holding its concurrency slot for {} until its lease \
-         ends, so that a call the command had in flight ends first",
-        duration_for_people(wait)
+         ends, so that a call the command had in flight ends first{}",
+        duration_for_people(wait),
+        if stopping { " (another signal: exit now and leave the lease to run out)" } else { "" }
     ));
     tokio::select! {
         () = tokio::time::sleep(wait) => true,
