@@ -362,6 +362,15 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
+    fn clean_path_takes_a_clean_key_as_it_is_and_cleans_any_other_the_long_way(
+        segments in prop::collection::vec(prop::sample::select(vec!["", ".", "..", "a", "bc", "é", ".x", "x."]), 0..6),
+        leading_slash in any::<bool>(),
+    ) {
+        let key = format!("{}{}", if leading_slash { "/" } else { "" }, segments.join("/"));
+        prop_assert_eq!(super::tree::clean_path(&key), super::tree::clean_segments(&key), "{}", key);
+    }
+
+    #[test]
     fn store_agrees_with_model(ops in prop::collection::vec(op(), 1..80)) {
         let mut store = Store::new(HISTORY_MAX);
         let mut model = Model::default();

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::history::{live_matches, scan_matches, EventHistory};
-use super::tree::clean_path;
+use super::tree::{clean_path, clean_segments};
 use super::*;
 
 /// A realistic entry time (2023-11-14T22:13:20Z), after etcd's year-2000 TTL floor.
@@ -1008,6 +1008,9 @@ fn keys_are_cleaned_defensively() {
     assert_eq!(clean_path("a//b/./c/"), "/a/b/c");
     assert_eq!(clean_path("/../../x/.."), "/");
     assert_eq!(clean_path("/a/../b"), "/b");
+    for key in ["/a", "/a/b", "/_x/é", "/a/", "//a", "/a/.", "/./a", "/a/..", "/..", "a", "/", "/a//b", "/a.b/..c"] {
+        assert_eq!(clean_path(key), clean_segments(key), "{key}");
+    }
     let mut s = store();
     ok(&mut s, put("a//b/", "v"));
     assert_eq!(s.get("/a/b", false, false, T0_MS).expect("cleaned").node.value.as_deref(), Some("v"));

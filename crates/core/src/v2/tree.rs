@@ -250,6 +250,18 @@ impl Tree {
 /// Go's `path.Clean(path.Join("/", key))`: absolute, no empty, `.` or `..` segments, no
 /// trailing slash; the root is `/`. Whatever a client sends comes out as a valid path.
 pub(super) fn clean_path(key: &str) -> String {
+    // Nearly every key a client sends is clean already: one pass, one copy.
+    if key.len() > 1
+        && key.starts_with('/')
+        && key[1..].split('/').all(|segment| !matches!(segment, "" | "." | ".."))
+    {
+        return key.to_string();
+    }
+    clean_segments(key)
+}
+
+/// [`clean_path`] the long way, segment by segment.
+pub(super) fn clean_segments(key: &str) -> String {
     let mut segments: Vec<&str> = Vec::new();
     for segment in key.split('/') {
         match segment {
