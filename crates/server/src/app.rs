@@ -981,6 +981,9 @@ async fn read_body(
     request: Request<Body>,
     budget: &Arc<BodyBudget>,
 ) -> Result<FormBody, Response<Body>> {
+    // At the connection bound, a connection waiting long for a body is closed.
+    let body_wait = crate::body_wait::of(&request);
+    let _waiting = body_wait.as_ref().map(crate::body_wait::BodyWait::start);
     let too_large = || {
         let cause = format!("limit {} bytes", limits::REQUEST_BODY_BYTES_MAX);
         respond::rota_error(

@@ -15,6 +15,7 @@
 mod app;
 mod auth;
 mod body_budget;
+mod body_wait;
 pub mod backend;
 pub mod client_gone;
 pub mod client_rate;

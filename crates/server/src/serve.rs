@@ -236,11 +236,14 @@ async fn accept_loop<B: Backend>(
             // Whether the client has sent a whole request yet (see the shedding below).
             let used = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let service_used = Arc::clone(&used);
+            let body_wait = crate::body_wait::BodyWait::default();
+            let service_body_wait = body_wait.clone();
             let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
                 service_used.store(true, std::sync::atomic::Ordering::Relaxed);
                 let app = Arc::clone(&app);
                 let mut request = request.map(Body::new);
                 request.extensions_mut().insert(socket);
+                request.extensions_mut().insert(service_body_wait.clone());
                 async move {
                     // Go's server, before any handler (etcd's 400): an HTTP/1.1 request must
                     // name its host.
@@ -272,12 +275,21 @@ async fn accept_loop<B: Backend>(
                     // a moment ago may hold a whole request not read yet (the accept that
                     // took the last permit asks the others to close), which would go
                     // unanswered. A young one is left for a later round.
+                    // A request still waiting for its body (`body_wait`) has done nothing: if
+                    // it has waited long, the connection is dropped; if the body is arriving
+                    // right now, it is looked at again in the next round.
                     changed = shed.changed(), if !shedding => {
                         if changed.is_err() {
                             shedding = true;
                         } else if used.load(std::sync::atomic::Ordering::Relaxed) {
-                            shedding = true;
-                            connection.as_mut().graceful_shutdown();
+                            match body_wait.waiting_for() {
+                                Some(waited) if waited >= UNUSED_CONNECTION_GRACE => break,
+                                Some(_) => {}
+                                None => {
+                                    shedding = true;
+                                    connection.as_mut().graceful_shutdown();
+                                }
+                            }
                         } else if accepted_at.elapsed() >= UNUSED_CONNECTION_GRACE {
                             break;
                         }

@@ -378,7 +378,8 @@ async fn a_v1_client_that_sends_its_whole_oversized_body_before_reading_gets_the
 
 /// At the connection bound, idle connections are closed so that a new client gets in: a
 /// flood of idle sockets (or slow heads) used to keep everyone out for the whole 120 s idle
-/// timeout. A connection with a request in progress (a watch) is not cut.
+/// timeout. So are those whose request has waited a second for its body: it has done
+/// nothing yet. A connection with a request in progress (a watch) is not cut.
 #[tokio::test]
 async fn at_the_connection_bound_idle_connections_make_room_for_a_new_client() {
     use tokio::io::AsyncReadExt;
@@ -396,6 +397,21 @@ async fn at_the_connection_bound_idle_connections_make_room_for_a_new_client() {
         if at % 2 == 1 {
             // A slowloris: a head that never ends.
             write_all(&mut stream, "GET /v2/keys/a HTTP/1.1\r\nHost: x\r\n").await;
+        } else if at == 0 {
+            // A body that never ends (an audit held the bound with 9,600 of these, and every
+            // other client waited for the 30 s body timeout).
+            write_all(
+                &mut stream,
+                "PUT /v2/keys/partial HTTP/1.1\r\nHost: x\r\n\
+                 Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nvalue=1",
+            )
+            .await;
+        } else if at == 2 {
+            write_all(
+                &mut stream,
+                "PUT /v1/queues/partial HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{",
+            )
+            .await;
         } else if at == 4 {
             // A keep-alive connection, idle after its request.
             write_all(&mut stream, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -418,6 +434,9 @@ async fn at_the_connection_bound_idle_connections_make_room_for_a_new_client() {
         assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "an idle connection stays open: {read:?}");
     }
     assert_eq!(served.app.watcher_count(), 1, "the watch is still there");
+    // The requests whose bodies never came did nothing.
+    assert_eq!(send(&served.app, "GET", "/v2/keys/partial", None).await.status, 404);
+    assert_eq!(send(&served.app, "GET", "/v1/queues/partial", None).await.status, 404);
     put(&served.app, "/v2/keys/w", "value=fired").await;
     read_until(&mut watch, "fired", Duration::from_secs(5)).await;
 }
