@@ -425,6 +425,8 @@ pub(crate) async fn propose(node: &Node, command: Command) -> Result<Proposed, P
 
 pub(crate) async fn linearizable_read(node: &Node) -> Result<Applied, ProposeError> {
     let deadline = Instant::now() + node.inner.leader_wait;
+    // The leader this member knows but could not reach, and why: said when the wait ends.
+    let mut unreachable: Option<(NodeId, String)> = None;
     loop {
         if node.is_shutting_down() {
             return Err(ProposeError::ShuttingDown);
@@ -440,34 +442,40 @@ pub(crate) async fn linearizable_read(node: &Node) -> Result<Applied, ProposeErr
                 Err(RaftError::Fatal(fatal)) => return Err(ProposeError::Fatal(fatal.to_string())),
             },
             Route::Leader(leader, member) => {
-                let answer: Result<ReadIndexReply, _> = node
-                    .transport()
-                    .call(
-                        leader,
-                        &member,
-                        PeerRpc::ReadIndex,
-                        &(),
-                        FORWARD_READ_INDEX_TIMEOUT,
-                    )
-                    .await;
+                let call = node.transport().call(leader, &member, PeerRpc::ReadIndex, &(), FORWARD_READ_INDEX_TIMEOUT);
+                // A leader cut off mid-call never answers (a pooled connection gone silent
+                // waits out the call's timeout): once another leader is elected, ask it
+                // instead. A read changes nothing, so asking again is safe. (A partition
+                // audit saw reads sent to followers just after their leader was cut off
+                // answered 503 "no leader" after 5 s, a new leader elected at 1.3 s.)
+                let answer: Option<Result<ReadIndexReply, _>> = tokio::select! {
+                    answer = call => Some(answer),
+                    () = node.wait_for_another_leader(leader) => None,
+                };
                 match answer {
-                    Ok(ReadIndexReply::Index(index)) => {
+                    None => continue,
+                    Some(Ok(ReadIndexReply::Index(index))) => {
                         return wait_applied(node, index, deadline).await
                     }
-                    Ok(ReadIndexReply::NotLeader { .. }) => {}
-                    Ok(ReadIndexReply::Failed(reason)) => {
+                    Some(Ok(ReadIndexReply::NotLeader { .. })) => {}
+                    Some(Ok(ReadIndexReply::Failed(reason))) => {
                         tracing::debug!(%reason, "read index failed on the leader");
                         return Err(ProposeError::NoLeader);
                     }
-                    // A read changes nothing: retrying after any failure is safe.
-                    Err(error) => tracing::debug!(%error, "read index: leader unreachable"),
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "read index: leader unreachable");
+                        unreachable = Some((leader, error.to_string()));
+                    }
                 }
             }
-            Route::NoLeader => {}
+            Route::NoLeader => unreachable = None,
             Route::Removed => return Err(ProposeError::Removed),
         }
         if Instant::now() >= deadline {
-            return Err(ProposeError::NoLeader);
+            return Err(match unreachable {
+                Some((leader, reason)) => ProposeError::LeaderUnreachable { leader, reason },
+                None => ProposeError::NoLeader,
+            });
         }
         node.wait_for_leader_change(deadline).await;
     }
