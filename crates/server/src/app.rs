@@ -279,6 +279,8 @@ impl<B: Backend> App<B> {
         // and a write that a page of another site sends anyway (a form's POST needs no
         // permission) is refused.
         let own_api = is_v1_path(request.uri().path());
+        // The dashboard's files are rota's own too: no CORS (ui.md says only etcd's API has it).
+        let dashboard = path_is_dashboard(request.uri().path());
         let origin = request.headers().get(axum::http::header::ORIGIN).cloned();
         let (route, mut response) = if server_wide {
             let status = if method == Method::OPTIONS { 200 } else { 400 };
@@ -289,7 +291,7 @@ impl<B: Backend> App<B> {
             self.route(request).await
         };
         response = self.budget_answer(response, own_api, method == Method::GET).await;
-        if !server_wide && !own_api {
+        if !server_wide && !own_api && !dashboard {
             self.add_cors(&mut response, origin.as_ref());
         }
         self.metrics.observe(
@@ -833,6 +835,11 @@ fn host_name(host: &str) -> &str {
 }
 
 /// `/v1` or under it (before percent-decoding: `%2F` is not a separator there either).
+/// The dashboard's page and files (`/ui`, `/ui/...`).
+fn path_is_dashboard(raw_path: &str) -> bool {
+    raw_path == "/ui" || raw_path.starts_with("/ui/")
+}
+
 fn is_v1_path(raw_path: &str) -> bool {
     raw_path == "/v1" || raw_path.starts_with("/v1/")
 }

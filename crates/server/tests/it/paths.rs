@@ -119,6 +119,11 @@ async fn v1_has_no_cors_and_refuses_writes_from_pages_of_other_origins() {
     let preflight = send(&app, "OPTIONS", "/v1/queues/q/jobs", None).await;
     assert!(preflight.header("access-control-allow-origin").is_none(), "{:?}", preflight.headers);
     assert!(preflight.header("access-control-allow-methods").is_none());
+    // Nor do the dashboard's files.
+    for path in ["/ui", "/ui/"] {
+        let page = send(&app, "GET", path, None).await;
+        assert!(page.header("access-control-allow-origin").is_none(), "{path}: {:?}", page.headers);
+    }
     let submit = |origin: Option<&'static str>| {
         let app = app.clone();
         async move {
