@@ -993,6 +993,14 @@ pub(crate) fn brief_error(text: &str, chars_max: usize) -> String {
             let last = tail.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or_default().trim();
             one_line(&format!("{prefix}… {last}"), chars_max)
         }
+        // One line too long: its end says most (an error message after a long log line).
+        Some((prefix, tail)) if text.chars().count() > chars_max => {
+            let room = chars_max.saturating_sub(prefix.chars().count() + 1);
+            let tail = tail.trim();
+            let skip = tail.chars().count().saturating_sub(room);
+            let end: String = tail.chars().skip(skip).collect();
+            format!("{prefix}…{end}")
+        }
         _ => one_line(text, chars_max),
     }
 }
@@ -1077,6 +1085,8 @@ mod tests {
         assert_eq!(brief_error(traceback, 200), "exit status 7: … ValueError: bad \"thing\"");
         assert_eq!(brief_error(traceback, 20), "exit status 7: … Val…");
         assert_eq!(brief_error("exit status 3: upstream said no", 200), "exit status 3: upstream said no");
+        let long = format!("exit status 1: {}LAST LINE", "e".repeat(300));
+        assert_eq!(brief_error(&long, 30), "exit status 1: …eeeeeLAST LINE");
         assert_eq!(brief_error("killed by signal 9: a\nb", 200), "killed by signal 9: … b");
         assert_eq!(brief_error("lease expired\nsecond", 200), "lease expired…");
     }
