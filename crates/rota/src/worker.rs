@@ -1595,7 +1595,7 @@ mod tests {
         // the limit, and a JSON string of exactly the limit with print()'s newline, fit.
         let items = limit / 4;
         let pretty = format!("[\n{}\n]\n", vec!["  1"; items].join(",\n"));
-        assert!(pretty.len() > limit && items * 2 + 1 <= limit);
+        assert!(pretty.len() > limit && items * 2 < limit);
         assert!(result_of(&captured(pretty.into_bytes(), false)).is_ok());
         let string = format!("\"{}\"\n", "s".repeat(limit - 2));
         assert_eq!(result_of(&captured(string.into_bytes(), false)).map(|json| json.get().len()), Ok(limit));
