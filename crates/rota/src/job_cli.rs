@@ -252,10 +252,10 @@ pub struct JobSubmit {
 /// A humantime duration in whole milliseconds: `500ms`, `30s`, `1h30m`. A fraction of a
 /// millisecond (`1500us`) is refused, as the server refuses it, instead of being rounded
 /// down to something the user did not write (`--lease-ttl 1500us` was 1 ms).
-/// A count flag's value: a whole number, 0 or more (the server checks its range, with the
-/// range in its answer). `-1` is refused here as a number, not as an unknown flag.
+/// A count flag's value: a whole number (the server checks its range, with the range in
+/// its answer). `-1` is refused here as a number, not as an unknown flag.
 fn parse_count<T: std::str::FromStr>(text: &str) -> Result<T, String> {
-    text.trim().parse().map_err(|_| format!("{text:?} is not a whole number of 0 or more"))
+    text.trim().parse().map_err(|_| format!("{text:?} is not a whole number"))
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -576,8 +576,9 @@ pub async fn run_job(args: JobArgs) -> ExitCode {
                 if let (Some(worker), Some(expires)) = (&job.worker, &job.lease_expires_at) {
                     // Said on stderr: the job's JSON on stdout stays as the server gave it.
                     eprintln!(
-                        "job {id} was running on {worker}: its concurrency slot stays taken until that worker \
-                         stops it and lets go (at its next heartbeat) or its lease ends ({expires})"
+                        "job {id} was running on {worker}: it stops the job at its next heartbeat; on a queue \
+                         with a concurrency limit the job's slot stays taken until that worker lets go or its \
+                         lease ends ({expires})"
                     );
                 }
                 Ok(())
@@ -1037,8 +1038,8 @@ mod tests {
     #[test]
     fn a_negative_count_or_duration_is_refused_as_a_value_not_taken_for_a_flag() {
         for (args, expected) in [
-            (&["rota", "queue", "set", "q", "--concurrency", "-1"][..], "\"-1\" is not a whole number of 0 or more"),
-            (&["rota", "job", "submit", "q", "--max-attempts", "-2"][..], "\"-2\" is not a whole number of 0 or more"),
+            (&["rota", "queue", "set", "q", "--concurrency", "-1"][..], "\"-1\" is not a whole number"),
+            (&["rota", "job", "submit", "q", "--max-attempts", "-2"][..], "\"-2\" is not a whole number"),
             (&["rota", "queue", "ls", "--retry-for", "-1s"][..], "a duration cannot be negative"),
         ] {
             let error = <crate::Cli as clap::Parser>::try_parse_from(args).map(|_| ()).expect_err("refused");

@@ -24,8 +24,8 @@
 //! - Shutdown (SIGTERM/SIGINT/SIGHUP): no new leases; running commands get `--grace`, then are
 //!   killed and their leases released (on a queue with a concurrency limit, only just before
 //!   each lease would end: [`hold_slot_after_kill`]). A lease answer arriving after the
-//!   signal is released at once. A second signal ends the grace period at once, a third the
-//!   wait for those leases.
+//!   signal is released at once. A second signal ends the grace period at once; any signal
+//!   after the first ends the wait for those leases.
 //! - Logging never panics: a worker whose terminal went away (SIGHUP) still drains.
 
 use std::ffi::OsString;
@@ -134,9 +134,6 @@ enum Phase {
     Draining,
     /// The grace period is over: kill running commands and release their jobs.
     Killing,
-    /// A third signal: stop waiting to release killed commands' jobs (their leases run out
-    /// on the server instead).
-    Leaving,
 }
 
 /// What every job task needs.
@@ -169,12 +166,28 @@ struct Context {
 }
 
 /// What the worker is doing, as the signal handler tells it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Activity {
     /// Slots running jobs (a job and the ones its completes leased next).
     running: std::sync::atomic::AtomicUsize,
+    /// Of those, slots whose command was killed and that hold its concurrency slot until
+    /// the lease's end ([`hold_slot_after_kill`]).
+    holding: std::sync::atomic::AtomicUsize,
     /// A lease request is out.
     leasing: std::sync::atomic::AtomicBool,
+    /// Stop signals received so far.
+    signals: watch::Sender<u32>,
+}
+
+impl Default for Activity {
+    fn default() -> Activity {
+        Activity {
+            running: Default::default(),
+            holding: Default::default(),
+            leasing: Default::default(),
+            signals: watch::Sender::new(0),
+        }
+    }
 }
 
 /// Counts a slot as running while it lives.
@@ -911,10 +924,6 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
         }
         Ending::Interrupted => {
             if !hold_slot_after_kill(context, job.id, lease_deadline_ms).await {
-                context.log(format_args!(
-                    "job {} left to its lease, which runs out on the server (command killed after {took})",
-                    job.id
-                ));
                 return None;
             }
             let key = idempotency_key();
@@ -982,17 +991,27 @@ async fn hold_slot_after_kill(context: &Context, job_id: u64, deadline_ms: i64) 
         return true;
     }
     let wait = Duration::from_millis(wait_ms as u64);
-    let stopping = *context.phase.borrow() >= Phase::Killing;
+    // The next stop signal ends the wait, but not the first: that one asks the worker to
+    // stop gracefully, which this wait is part of.
+    let mut signals = context.activity.signals.subscribe();
+    let signals_at_start = *signals.borrow_and_update();
+    let ends_at = (signals_at_start + 1).max(2);
     context.log(format_args!(
         "job {job_id}: its command was killed; holding its concurrency slot for {} until its lease \
          ends, so that a call the command had in flight ends first{}",
         duration_for_people(wait),
-        if stopping { " (another signal: exit now and leave the lease to run out)" } else { "" }
+        if signals_at_start > 0 { " (another signal: exit now and leave the lease to run out)" } else { "" }
     ));
-    tokio::select! {
+    context.activity.holding.fetch_add(1, Ordering::SeqCst);
+    let waited = tokio::select! {
         () = tokio::time::sleep(wait) => true,
-        () = wait_for_phase(context.phase.clone(), Phase::Leaving) => false,
+        _ = signals.wait_for(|count| *count >= ends_at) => false,
+    };
+    context.activity.holding.fetch_sub(1, Ordering::SeqCst);
+    if !waited {
+        context.log(format_args!("job {job_id} left to its lease, which runs out on the server"));
     }
+    waited
 }
 
 /// After the server refused this lease's token (the command is gone by now): a job
@@ -1355,12 +1374,19 @@ struct Stopping {
 impl Stopping {
     /// The line logged at the first signal: what the worker waits for before it exits.
     fn notice(&self) -> String {
-        let running = self.activity.running.load(Ordering::SeqCst);
+        let holding = self.activity.holding.load(Ordering::SeqCst);
+        let running = self.activity.running.load(Ordering::SeqCst).saturating_sub(holding);
         let mut line = String::from("stopping: no new jobs");
         if running > 0 {
             line += &format!(
                 "; {running} running job(s) get {} to finish (a second signal ends them now)",
                 duration_for_people(self.grace)
+            );
+        }
+        if holding > 0 {
+            line += &format!(
+                "; {holding} killed job(s) hold their concurrency slot until their leases end (a second \
+                 signal stops waiting and leaves the leases to run out)"
             );
         }
         if self.activity.leasing.load(Ordering::SeqCst) {
@@ -1373,8 +1399,8 @@ impl Stopping {
     }
 }
 
-/// First SIGTERM/SIGINT/SIGHUP: drain, and kill after `grace`. A second one: kill now. A
-/// third: leave the killed commands' leases to run out (see [`hold_slot_after_kill`]).
+/// First SIGTERM/SIGINT/SIGHUP: drain, and kill after `grace`. A second one: kill now. Each
+/// is counted: one after the first also ends the waits of [`hold_slot_after_kill`].
 /// SIGHUP (the terminal or SSH session went away) is a request to stop like the others,
 /// not a reason to drop running jobs on the floor; under `nohup` it stays ignored.
 fn watch_signals(phase: watch::Sender<Phase>, stop: Stopping) -> std::io::Result<()> {
@@ -1383,28 +1409,34 @@ fn watch_signals(phase: watch::Sender<Phase>, stop: Stopping) -> std::io::Result
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut hangup = crate::signals::hangup()?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-            () = crate::signals::next_hangup(&mut hangup) => {}
-        }
+        let counted = |signals: &watch::Sender<u32>| signals.send_modify(|count| *count += 1);
+        next_stop_signal(&mut terminate, &mut interrupt, &mut hangup).await;
+        counted(&stop.activity.signals);
         log_line(format_args!("rota worker {}: {}", stop.worker_id, stop.notice()));
         phase.send_replace(Phase::Draining);
         tokio::select! {
             _ = tokio::time::sleep(stop.grace) => {}
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-            () = crate::signals::next_hangup(&mut hangup) => {}
+            () = next_stop_signal(&mut terminate, &mut interrupt, &mut hangup) => counted(&stop.activity.signals),
         }
         phase.send_replace(Phase::Killing);
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-            () = crate::signals::next_hangup(&mut hangup) => {}
+        loop {
+            next_stop_signal(&mut terminate, &mut interrupt, &mut hangup).await;
+            counted(&stop.activity.signals);
         }
-        phase.send_replace(Phase::Leaving);
     });
     Ok(())
+}
+
+async fn next_stop_signal(
+    terminate: &mut tokio::signal::unix::Signal,
+    interrupt: &mut tokio::signal::unix::Signal,
+    hangup: &mut Option<tokio::signal::unix::Signal>,
+) {
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+        () = crate::signals::next_hangup(hangup) => {}
+    }
 }
 
 /// One line to stderr, after the time (UTC, to the millisecond), so that an outage's lines
