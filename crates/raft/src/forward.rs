@@ -687,6 +687,12 @@ impl Node {
             }
             PeerRpc::Propose => {
                 let commands: Vec<Command> = peer::decode(rpc, body)?;
+                if older_leader_mutant() && commands.iter().any(|command| matches!(command, Command::Tagged { .. })) {
+                    return Err(PeerError::BadRequest {
+                        rpc: rpc.name(),
+                        reason: "unknown variant index (ROTA_TEST_MUTANT=older-leader: an older rota)".to_string(),
+                    });
+                }
                 if commands.len() > FORWARD_BATCH_COMMANDS_MAX {
                     return Err(PeerError::BadRequest {
                         rpc: rpc.name(),
@@ -919,4 +925,20 @@ pub(crate) async fn join_identity(config: &NodeConfig) -> Result<Identity, Start
     Err(StartError::Join(format!(
         "no listed peer answered within {JOIN_WAIT:?}: {last_error}"
     )))
+}
+
+/// `ROTA_TEST_MUTANT=older-leader` in a **debug** build: the leader refuses forwarded
+/// commands marked for their sender (`Command::Tagged`) as a rota from before the mark
+/// does, so the follower's fallback to plain forwarding is tested. Release builds never
+/// read the variable.
+fn older_leader_mutant() -> bool {
+    #[cfg(debug_assertions)]
+    {
+        static MUTANT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *MUTANT.get_or_init(|| std::env::var("ROTA_TEST_MUTANT").as_deref() == Ok("older-leader"))
+    }
+    #[cfg(not(debug_assertions))]
+    {
+        false
+    }
 }

@@ -982,6 +982,36 @@ fn cluster_membership_a_follower_cut_off_from_its_leader_answers_a_forwarded_wri
     assert_eq!(leader_and_term(endpoints[leader]).map(|(_, term)| term), leader_and_term(endpoints[follower]).map(|(_, term)| term), "{name}: the leader stayed");
 }
 
+/// A follower whose leader cannot read writes marked for their sender (an older rota,
+/// during a rolling upgrade: `ROTA_TEST_MUTANT=older-leader`) forwards them plain from then
+/// on, says so once, and the writes succeed.
+#[test]
+fn cluster_membership_a_follower_of_an_older_leader_forwards_writes_plain() {
+    let name = "older-leader";
+    let token = format!("{name}-{}", std::process::id());
+    let mut config = ClusterConfig::new(3, &token);
+    config.mutant = Some("older-leader".to_string());
+    let cluster = Cluster::start(config);
+    let endpoints = cluster.endpoints();
+    let leader = cluster.wait_leader(CHANGE_TIMEOUT).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let follower = (leader + 1) % endpoints.len();
+    for (at, value) in ["1", "2", "3"].into_iter().enumerate() {
+        let answer = put_until_answered(endpoints[follower], &format!("/older/{at}"), value);
+        assert!(matches!(answer.status(), 200 | 201), "{name}: {} {}\n{}", answer.status(), answer.text(), cluster.logs(20));
+        let read = http::send(endpoints[leader], &Request::new("GET", &format!("/v2/keys/older/{at}"))).expect("a read");
+        assert_eq!(read.json()["node"]["value"], value, "{name}: {}", read.text());
+    }
+    // (An etcd cluster has no such mark, and nothing to say.)
+    if cluster.config.kind == harness::Kind::Rota {
+        let log = cluster.logs(200);
+        assert_eq!(
+            log.matches("the leader cannot read marked forwarded writes").count(),
+            1,
+            "{name}: the fallback is said once\n{log}"
+        );
+    }
+}
+
 /// A member's own id and the leader it names (`/v2/stats/self`).
 fn self_stats(addr: SocketAddr) -> Option<(String, String)> {
     let stats = http::send_with_timeout(addr, &Request::new("GET", "/v2/stats/self"), PROBE_TIMEOUT).ok()?;
