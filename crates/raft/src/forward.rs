@@ -687,7 +687,7 @@ impl Node {
             }
             PeerRpc::Propose => {
                 let commands: Vec<Command> = peer::decode(rpc, body)?;
-                if older_leader_mutant() && commands.iter().any(|command| matches!(command, Command::Tagged { .. })) {
+                if crate::test_mutant_is("older-leader") && commands.iter().any(|command| matches!(command, Command::Tagged { .. })) {
                     return Err(PeerError::BadRequest {
                         rpc: rpc.name(),
                         reason: "unknown variant index (ROTA_TEST_MUTANT=older-leader: an older rota)".to_string(),
@@ -927,18 +927,3 @@ pub(crate) async fn join_identity(config: &NodeConfig) -> Result<Identity, Start
     )))
 }
 
-/// `ROTA_TEST_MUTANT=older-leader` in a **debug** build: the leader refuses forwarded
-/// commands marked for their sender (`Command::Tagged`) as a rota from before the mark
-/// does, so the follower's fallback to plain forwarding is tested. Release builds never
-/// read the variable.
-fn older_leader_mutant() -> bool {
-    #[cfg(debug_assertions)]
-    {
-        static MUTANT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *MUTANT.get_or_init(|| std::env::var("ROTA_TEST_MUTANT").as_deref() == Ok("older-leader"))
-    }
-    #[cfg(not(debug_assertions))]
-    {
-        false
-    }
-}

@@ -55,6 +55,24 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use crate::metrics::RaftMetrics;
+
+/// Whether `ROTA_TEST_MUTANT=<name>` switches on a deliberately broken behaviour, a negative
+/// control of the test suite (docs/testing.md, "Why these mutants"). Only in a **debug**
+/// build: a release build never reads the variable. `older-leader` (here, in `forward`):
+/// the leader refuses forwarded commands marked for their sender, as a rota from before
+/// the mark does, so the follower's fallback to plain forwarding is tested.
+pub fn test_mutant_is(name: &str) -> bool {
+    #[cfg(debug_assertions)]
+    {
+        static MUTANT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        MUTANT.get_or_init(|| std::env::var("ROTA_TEST_MUTANT").ok()).as_deref() == Some(name)
+    }
+    #[cfg(not(debug_assertions))]
+    {
+        let _ = name;
+        false
+    }
+}
 pub use crate::network::FollowerStats;
 pub use crate::peer::{ClusterInfo, PeerError, PeerRpc};
 pub use crate::types::{cluster_id, node_id_from_name, parse_initial_cluster, unnamed_members_refused, Member};

@@ -975,7 +975,8 @@ async fn report_failure(context: &Context, job: &Job, token: u64, error: String,
 /// keeps the next job's call from starting beside it. A call given a timeout well under the
 /// lease ttl (docs/worker.md) has ended by then: the last renewal left at least two thirds
 /// of the ttl, and a cancelled job's refused renewals no longer move the deadline. Returns
-/// false at a third signal, when the worker leaves the lease to run out on the server.
+/// false when a stop signal after the first ends the wait: the worker then leaves the lease
+/// to run out on the server.
 async fn hold_slot_after_kill(context: &Context, job_id: u64, deadline_ms: i64) -> bool {
     let wait_ms = deadline_ms - unix_ms(std::time::SystemTime::now());
     if wait_ms <= 0 {

@@ -989,8 +989,7 @@ async fn read_body(
     budget: &Arc<BodyBudget>,
 ) -> Result<FormBody, Response<Body>> {
     // At the connection bound, a connection waiting long for a body is closed.
-    let body_wait = crate::body_wait::of(&request);
-    let _waiting = body_wait.as_ref().map(crate::body_wait::BodyWait::start);
+    let _waiting = crate::body_wait::reading_body(&request);
     let too_large = || {
         let cause = format!("limit {} bytes", limits::REQUEST_BODY_BYTES_MAX);
         respond::rota_error(
@@ -1196,8 +1195,7 @@ mod test_mutant {
     const CACHED_KEYS_MAX: usize = 10_000;
 
     pub(super) fn is(name: &str) -> bool {
-        static MUTANT: OnceLock<Option<String>> = OnceLock::new();
-        MUTANT.get_or_init(|| std::env::var("ROTA_TEST_MUTANT").ok()).as_deref() == Some(name)
+        rota_raft::test_mutant_is(name)
     }
 
     type Read = (Result<V2Response, V2Error>, Applied);

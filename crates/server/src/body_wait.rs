@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 pub struct BodyWait(Arc<AtomicU64>);
 
 /// Clears the mark when the body is read (or the read abandoned).
-pub(crate) struct Reading<'a>(&'a BodyWait);
+pub(crate) struct Reading(BodyWait);
 
-impl Drop for Reading<'_> {
+impl Drop for Reading {
     fn drop(&mut self) {
         self.0 .0.store(0, Ordering::Relaxed);
     }
@@ -31,7 +31,7 @@ fn epoch() -> Instant {
 
 impl BodyWait {
     /// Marks the connection as waiting for a body until the guard is dropped.
-    pub(crate) fn start(&self) -> Reading<'_> {
+    fn start(self) -> Reading {
         // +1: zero means "not waiting".
         let since_epoch_ms = epoch().elapsed().as_millis() as u64 + 1;
         self.0.store(since_epoch_ms, Ordering::Relaxed);
@@ -47,9 +47,10 @@ impl BodyWait {
     }
 }
 
-/// The mark of the request's connection, if the request came from the accept loop.
-pub(crate) fn of<B>(request: &axum::http::Request<B>) -> Option<BodyWait> {
-    request.extensions().get::<BodyWait>().cloned()
+/// Marks the request's connection (if it came from the accept loop) as waiting for the
+/// request's body until the guard is dropped.
+pub(crate) fn reading_body<B>(request: &axum::http::Request<B>) -> Option<Reading> {
+    request.extensions().get::<BodyWait>().cloned().map(BodyWait::start)
 }
 
 #[cfg(test)]
@@ -60,7 +61,7 @@ mod tests {
     fn the_mark_lasts_as_long_as_its_guard() {
         let wait = BodyWait::default();
         assert_eq!(wait.waiting_for(), None);
-        let reading = wait.start();
+        let reading = wait.clone().start();
         assert!(wait.waiting_for().is_some_and(|waited| waited < Duration::from_secs(5)));
         drop(reading);
         assert_eq!(wait.waiting_for(), None);

@@ -60,8 +60,7 @@ pub(crate) async fn read_no_fields(request: Request<Body>, budget: &Arc<BodyBudg
 /// says so, or as soon as a chunked body outgrows what is left).
 pub(crate) async fn read_body(request: Request<Body>, budget: &Arc<BodyBudget>) -> Result<ReadBody, ApiError> {
     // At the connection bound, a connection waiting long for a body is closed.
-    let body_wait = crate::body_wait::of(&request);
-    let _waiting = body_wait.as_ref().map(crate::body_wait::BodyWait::start);
+    let _waiting = crate::body_wait::reading_body(&request);
     let too_large = || ApiError::too_large(None, format!("the request body is over {BODY_BYTES_MAX} bytes"));
     let over_budget = || {
         ApiError::new(
