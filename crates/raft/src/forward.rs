@@ -638,10 +638,9 @@ impl Node {
                 let term = request.vote.leader_id().term;
                 self.refuse_removed_sender(rpc, from, SenderClaim::Leader { term })
                     .await?;
-                self.transport()
-                    .stats()
-                    .recv_append
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if !request.entries.is_empty() {
+                    self.transport().stats().received_append(body.len());
+                }
                 self.transport().hints().note_append_received();
                 peer::encode(&raft.append_entries(request).await)
             }

@@ -420,6 +420,12 @@ pub enum MemberError {
 pub struct PeerStatsSnapshot {
     pub send_append_requests: u64,
     pub recv_append_requests: u64,
+    /// Appends (with entries) per second and their bytes per second, sent to followers
+    /// and received from a leader, over the latest ones (0: none in the last second).
+    pub send_pkg_rate: f64,
+    pub send_bandwidth_rate: f64,
+    pub recv_pkg_rate: f64,
+    pub recv_bandwidth_rate: f64,
     /// On the leader: the followers it replicated to since it started.
     pub followers: Vec<(u64, FollowerStats)>,
 }
@@ -1027,9 +1033,19 @@ impl Node {
         } else {
             Vec::new()
         };
+        let now = std::time::Instant::now();
+        let lock = |queue: &'_ std::sync::Mutex<network::RateQueue>| {
+            queue.lock().unwrap_or_else(|p| p.into_inner()).rates(now)
+        };
+        let (send_pkg_rate, send_bandwidth_rate) = lock(&stats.send_rate);
+        let (recv_pkg_rate, recv_bandwidth_rate) = lock(&stats.recv_rate);
         PeerStatsSnapshot {
             send_append_requests: stats.send_append.load(std::sync::atomic::Ordering::Relaxed),
             recv_append_requests: stats.recv_append.load(std::sync::atomic::Ordering::Relaxed),
+            send_pkg_rate,
+            send_bandwidth_rate,
+            recv_pkg_rate,
+            recv_bandwidth_rate,
             followers,
         }
     }

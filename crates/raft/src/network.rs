@@ -94,12 +94,76 @@ struct TroubleSpell {
     logged: Option<Instant>,
 }
 
-/// Counts of appends sent to followers and received from a leader (`/v2/stats/*`).
+/// Counts of appends sent to followers and received from a leader (`/v2/stats/*`). As
+/// etcd's, they count appends that carry entries: openraft's heartbeats are appends with
+/// none, which etcd sends as heartbeat messages it does not count.
 #[derive(Default)]
 pub(crate) struct PeerStats {
     pub send_append: AtomicU64,
     pub recv_append: AtomicU64,
+    pub send_rate: Mutex<RateQueue>,
+    pub recv_rate: Mutex<RateQueue>,
     pub followers: Mutex<BTreeMap<NodeId, FollowerStats>>,
+}
+
+impl PeerStats {
+    /// An append with entries, of `bytes` encoded, sent to a follower.
+    pub(crate) fn sent_append(&self, bytes: usize) {
+        self.send_append.fetch_add(1, Ordering::Relaxed);
+        lock(&self.send_rate).record(Instant::now(), bytes);
+    }
+
+    /// An append with entries, of `bytes` encoded, received from the leader.
+    pub(crate) fn received_append(&self, bytes: usize) {
+        self.recv_append.fetch_add(1, Ordering::Relaxed);
+        lock(&self.recv_rate).record(Instant::now(), bytes);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The latest appends sent (or received), for etcd's `sendPkgRate` and `sendBandwidthRate`
+/// (`recv...` on a follower) in `/v2/stats/self`: as etcd's stats queue, the last 200, rated
+/// over the time they span, and nothing once the newest is more than a second old.
+#[derive(Debug, Default)]
+pub(crate) struct RateQueue {
+    samples: std::collections::VecDeque<(Instant, usize)>,
+    bytes: usize,
+}
+
+impl RateQueue {
+    const CAPACITY: usize = 200;
+    const STALE_AFTER: Duration = Duration::from_secs(1);
+
+    pub(crate) fn record(&mut self, at: Instant, bytes: usize) {
+        if self.samples.len() == Self::CAPACITY {
+            if let Some((_, oldest)) = self.samples.pop_front() {
+                self.bytes -= oldest;
+            }
+        }
+        self.samples.push_back((at, bytes));
+        self.bytes += bytes;
+    }
+
+    /// (packets per second, bytes per second) at `now`; (0, 0) when there is nothing to
+    /// rate (etcd then leaves both fields out).
+    pub(crate) fn rates(&mut self, now: Instant) -> (f64, f64) {
+        let (Some(&(first, _)), Some(&(last, _))) = (self.samples.front(), self.samples.back()) else {
+            return (0.0, 0.0);
+        };
+        if now.saturating_duration_since(last) > Self::STALE_AFTER {
+            self.samples.clear();
+            self.bytes = 0;
+            return (0.0, 0.0);
+        }
+        let span = last.duration_since(first).as_secs_f64();
+        if span == 0.0 {
+            return (0.0, 0.0);
+        }
+        (self.samples.len() as f64 / span, self.bytes as f64 / span)
+    }
 }
 
 /// What `/v2/stats/leader` reports about one follower (etcd's shape; latencies of
@@ -534,7 +598,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         let started = Instant::now();
         let stats = self.transport.stats();
-        stats.send_append.fetch_add(1, Ordering::Relaxed);
+        if !rpc.entries.is_empty() {
+            stats.sent_append(bincode::serialized_size(&rpc).unwrap_or(0) as usize);
+        }
         let result = self.raft_call(PeerRpc::AppendEntries, &rpc, &option).await;
         let mut followers = stats
             .followers
@@ -582,6 +648,31 @@ mod tests {
     fn logged(transport: &PeerTransport, target: NodeId) -> Option<bool> {
         let unreachable = transport.inner.unreachable.lock().unwrap();
         unreachable.get(&target).map(|spell| spell.logged.is_some())
+    }
+
+    #[test]
+    fn rates_span_the_latest_200_appends_and_lapse_after_a_second() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut queue = RateQueue::default();
+        assert_eq!(queue.rates(at(0)), (0.0, 0.0), "nothing sent");
+        queue.record(at(0), 100);
+        assert_eq!(queue.rates(at(0)), (0.0, 0.0), "one append spans no time");
+        queue.record(at(500), 300);
+        // 2 appends and 400 bytes over 0.5 s.
+        assert_eq!(queue.rates(at(600)), (4.0, 800.0));
+        // 300 more over the next 299 ms: the oldest of the 302 fall out, 200 stay.
+        for i in 1..=300 {
+            queue.record(at(500 + i), 10);
+        }
+        let (packets, bytes) = queue.rates(at(800));
+        assert_eq!(packets, 200.0 / 0.199, "200 appends from 601 ms to 800 ms");
+        assert_eq!(bytes, 2_000.0 / 0.199);
+        // A second after the newest: nothing, as etcd, and the queue starts again.
+        assert_eq!(queue.rates(at(1_801)), (0.0, 0.0));
+        queue.record(at(2_000), 50);
+        queue.record(at(2_100), 50);
+        assert_eq!(queue.rates(at(2_100)), (20.0, 1_000.0));
     }
 
     #[test]

@@ -222,9 +222,15 @@ impl ClusterInfo {
             body,
             ",\"id\":\"{:x}\",\"state\":\"{state}\",\"startTime\":\"{start_time}\",\
              \"leaderInfo\":{{\"leader\":\"{leader}\",\"uptime\":\"{leader_uptime}\",\"startTime\":\"{leader_since}\"}},\
-             \"recvAppendRequestCnt\":{},\"sendAppendRequestCnt\":{}}}",
-            status.id, peer_stats.recv_append_requests, peer_stats.send_append_requests,
+             \"recvAppendRequestCnt\":{}",
+            status.id, peer_stats.recv_append_requests,
         );
+        push_rate(&mut body, "recvPkgRate", peer_stats.recv_pkg_rate);
+        push_rate(&mut body, "recvBandwidthRate", peer_stats.recv_bandwidth_rate);
+        let _ = write!(body, ",\"sendAppendRequestCnt\":{}", peer_stats.send_append_requests);
+        push_rate(&mut body, "sendPkgRate", peer_stats.send_pkg_rate);
+        push_rate(&mut body, "sendBandwidthRate", peer_stats.send_bandwidth_rate);
+        body.push('}');
         json_no_newline(200, body)
     }
 
@@ -396,6 +402,13 @@ fn push_string_array(out: &mut String, items: &[String]) {
         push_go_json_string(out, item);
     }
     out.push(']');
+}
+
+/// A rate field of `/v2/stats/self`, left out while it is 0 as etcd's (`omitempty`).
+fn push_rate(body: &mut String, name: &str, value: f64) {
+    if value > 0.0 && value.is_finite() {
+        let _ = write!(body, ",\"{name}\":{value}");
+    }
 }
 
 /// Go's `time.Duration.String()` for durations under a few days: `1h2m3.5s`, `15.3298s`,

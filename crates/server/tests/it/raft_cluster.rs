@@ -276,6 +276,57 @@ async fn a_write_on_a_follower_is_readable_on_every_member() {
     );
     let follower_stats = send(&members[follower], "GET", "/v2/stats/leader", None).await;
     assert_eq!(follower_stats.status, 403);
+
+    // As etcd's, the append counts leave heartbeats out, and the rates of the latest
+    // appends show while they are fresh.
+    let counts = |stats: &serde_json::Value| {
+        (stats["sendAppendRequestCnt"].as_u64(), stats["recvAppendRequestCnt"].as_u64())
+    };
+    let leader_before = send(&members[leader], "GET", "/v2/stats/self", None).await.json();
+    let follower_before = send(&members[follower], "GET", "/v2/stats/self", None).await.json();
+    assert!(leader_before["sendAppendRequestCnt"].as_u64() >= Some(2), "{leader_before}");
+    assert!(follower_before["recvAppendRequestCnt"].as_u64() >= Some(1), "{follower_before}");
+    // Five heartbeat intervals of an idle cluster.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let leader_idle = send(&members[leader], "GET", "/v2/stats/self", None).await.json();
+    let follower_idle = send(&members[follower], "GET", "/v2/stats/self", None).await.json();
+    assert_eq!(counts(&leader_idle), counts(&leader_before), "{leader_idle}");
+    assert_eq!(counts(&follower_idle), counts(&follower_before), "{follower_idle}");
+    // Rated over the latest appends, and left out once the newest is a second old: a few
+    // writes, then stats at once (tried again should a stall have made them stale).
+    let mut fresh = None;
+    for attempt in 0..5 {
+        for i in 0..4 {
+            let put = send(&members[leader], "PUT", &format!("/v2/keys/rate{attempt}-{i}"), Some("value=x")).await;
+            assert_eq!(put.status, 201, "{}", put.body);
+        }
+        let leader_reply = send(&members[leader], "GET", "/v2/stats/self", None).await;
+        let (leader_stats, follower_stats) = (
+            leader_reply.json(),
+            send(&members[follower], "GET", "/v2/stats/self", None).await.json(),
+        );
+        if leader_stats.get("sendPkgRate").is_some() && follower_stats.get("recvPkgRate").is_some() {
+            fresh = Some((leader_stats, follower_stats, leader_reply.body));
+            break;
+        }
+    }
+    let (leader_stats, follower_stats, text) = fresh.expect("rates shown right after writes");
+    for (stats, field) in [
+        (&leader_stats, "sendPkgRate"),
+        (&leader_stats, "sendBandwidthRate"),
+        (&follower_stats, "recvPkgRate"),
+        (&follower_stats, "recvBandwidthRate"),
+    ] {
+        assert!(stats[field].as_f64().is_some_and(|rate| rate > 0.0), "{field}: {stats}");
+    }
+    assert!(leader_stats.get("recvPkgRate").is_none(), "the leader received no appends: {leader_stats}");
+    // etcd's field order.
+    let order = ["recvAppendRequestCnt", "sendAppendRequestCnt", "sendPkgRate", "sendBandwidthRate"];
+    let positions: Vec<_> = order.iter().map(|f| text.find(f)).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let stale = send(&members[leader], "GET", "/v2/stats/self", None).await.json();
+    assert!(stale.get("sendPkgRate").is_none(), "a second after the last append: {stale}");
     stop_all(members).await;
 }
 
