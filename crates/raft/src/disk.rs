@@ -10,8 +10,8 @@
 //! do the commands that remove data or finish work already handed out: v2 deletes, queue
 //! deletes, job cancels, and a lease holder's heartbeat, complete, fail and release (etcd's
 //! `NOSPACE` alarm likewise allows reads and deletes). Time (`Tick`) goes on. Writes resume
-//! once [`RESUME_MARGIN_BYTES`] more than the threshold is free again, without an operator
-//! (etcd needs its alarm disarmed).
+//! once a margin ([`resume_margin`]) more than the threshold is free again, without an
+//! operator (etcd needs its alarm disarmed).
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -29,15 +29,26 @@ use rota_core::Command;
 pub(crate) const CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Writes resume only once this much more than the threshold is free, so that a node at
-/// the edge does not flip between refusing and accepting.
+/// the edge does not flip between refusing and accepting; less on a small file system
+/// ([`resume_margin`]).
 pub(crate) const RESUME_MARGIN_BYTES: u64 = 16 << 20;
+
+/// The margin above the threshold that writes resume at, on a file system of
+/// `file_system_bytes`: [`RESUME_MARGIN_BYTES`], or an eighth of the file system if that is
+/// less. A fixed 16 MiB could be more than a small file system ever has free (an audit's
+/// 20 MiB tmpfs, "writes resume above 18 MiB" with at most 4 MiB free): writes refused once
+/// were refused for good.
+pub(crate) fn resume_margin(file_system_bytes: u64) -> u64 {
+    RESUME_MARGIN_BYTES.min(file_system_bytes / 8)
+}
 
 /// The last look at the data dir's free space (shared by the checker and the proposer).
 #[derive(Debug, Default)]
 pub(crate) struct DiskSpace {
     low: AtomicBool,
     available_bytes: AtomicU64,
-    needed_bytes: AtomicU64,
+    /// The threshold plus the margin: writes resume once this much is free.
+    resume_above_bytes: AtomicU64,
     /// Room left in the open log chunk (see [`results_floor_bytes`]); 0 until looked at.
     open_chunk_room: AtomicU64,
 }
@@ -46,7 +57,7 @@ pub(crate) struct DiskSpace {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Shortage {
     pub available_bytes: u64,
-    pub needed_bytes: u64,
+    pub resume_above_bytes: u64,
 }
 
 impl DiskSpace {
@@ -60,7 +71,7 @@ impl DiskSpace {
         }
         Some(Shortage {
             available_bytes: self.available_bytes.load(Ordering::Relaxed),
-            needed_bytes: self.needed_bytes.load(Ordering::Relaxed),
+            resume_above_bytes: self.resume_above_bytes.load(Ordering::Relaxed),
         })
     }
 
@@ -76,19 +87,22 @@ impl DiskSpace {
         self.open_chunk_room.store(room, Ordering::Relaxed);
     }
 
-    /// Records a look: `available` bytes free, `needed` the threshold. Returns whether the
-    /// node is now short of space (and logs when that changes).
-    pub(crate) fn record(&self, available: u64, needed: u64) -> bool {
+    /// Records a look: `available` bytes free, `needed` the threshold, `margin` what must be
+    /// free above it for writes to resume. Returns whether the node is now short of space
+    /// (and logs when that changes).
+    pub(crate) fn record(&self, available: u64, needed: u64, margin: u64) -> bool {
         let was_low = self.low.load(Ordering::Relaxed);
-        let low = is_short(available, needed, was_low);
+        let resume_above = needed.saturating_add(margin);
+        let low = is_short(available, needed, resume_above, was_low);
         self.available_bytes.store(available, Ordering::Relaxed);
-        self.needed_bytes.store(needed, Ordering::Relaxed);
+        self.resume_above_bytes.store(resume_above, Ordering::Relaxed);
         self.low.store(low, Ordering::Relaxed);
         if low && !was_low {
             tracing::error!(
                 available_mib = available >> 20,
                 needed_mib = needed >> 20,
-                "the data dir is short of space: refusing writes (507) until more is free"
+                resume_above_mib = resume_above >> 20,
+                "the data dir is short of space: refusing writes (507) until more is free (while this member leads: a follower forwards writes to its leader, and goes on storing what the leader replicates until its disk is full)"
             );
         } else if was_low && !low {
             tracing::warn!(
@@ -100,11 +114,11 @@ impl DiskSpace {
     }
 }
 
-/// The threshold with hysteresis: short below `needed`; once short, until `needed` plus
-/// [`RESUME_MARGIN_BYTES`] is free.
-fn is_short(available: u64, needed: u64, was_short: bool) -> bool {
+/// The threshold with hysteresis: short below `needed`; once short, until `resume_above` is
+/// free.
+fn is_short(available: u64, needed: u64, resume_above: u64, was_short: bool) -> bool {
     if was_short {
-        available < needed.saturating_add(RESUME_MARGIN_BYTES)
+        available < resume_above
     } else {
         available < needed
     }
@@ -195,12 +209,14 @@ fn statvfs(path: &Path) -> std::io::Result<libc::statvfs> {
     Ok(stats)
 }
 
-/// The smallest file system a node with `min_free_bytes` can take writes on: the open log
-/// chunk (allocated whole), the bound, and the margin writes resume above. Smaller, and
-/// writes are refused from the first one.
-pub(crate) fn smallest_workable_bytes(min_free_bytes: u64) -> u64 {
+/// The smallest file system of `file_system_bytes` that a node with `min_free_bytes` can
+/// take writes on: the open log chunk (allocated whole), the bound, and the margin writes
+/// resume above. Smaller, and writes are refused from the first one or soon after.
+pub(crate) fn smallest_workable_bytes(min_free_bytes: u64, file_system_bytes: u64) -> u64 {
     let chunk = crate::log_store::LOG_CHUNK_BYTES_MAX as u64;
-    min_free_bytes.saturating_add(chunk).saturating_add(RESUME_MARGIN_BYTES)
+    min_free_bytes
+        .saturating_add(chunk)
+        .saturating_add(resume_margin(file_system_bytes))
 }
 
 #[cfg(test)]
@@ -214,13 +230,26 @@ mod tests {
 
     #[test]
     fn short_below_the_threshold_and_until_a_margin_above_it() {
-        assert!(!is_short(100 * MIB, 64 * MIB, false));
-        assert!(!is_short(64 * MIB, 64 * MIB, false));
-        assert!(is_short(64 * MIB - 1, 64 * MIB, false));
+        assert!(!is_short(100 * MIB, 64 * MIB, 80 * MIB, false));
+        assert!(!is_short(64 * MIB, 64 * MIB, 80 * MIB, false));
+        assert!(is_short(64 * MIB - 1, 64 * MIB, 80 * MIB, false));
         // Once short, the margin decides.
-        assert!(is_short(70 * MIB, 64 * MIB, true));
-        assert!(is_short(80 * MIB - 1, 64 * MIB, true));
-        assert!(!is_short(80 * MIB, 64 * MIB, true));
+        assert!(is_short(70 * MIB, 64 * MIB, 80 * MIB, true));
+        assert!(is_short(80 * MIB - 1, 64 * MIB, 80 * MIB, true));
+        assert!(!is_short(80 * MIB, 64 * MIB, 80 * MIB, true));
+    }
+
+    #[test]
+    fn the_resume_margin_fits_a_small_file_system() {
+        assert_eq!(resume_margin(100 << 30), RESUME_MARGIN_BYTES);
+        assert_eq!(resume_margin(128 * MIB), RESUME_MARGIN_BYTES);
+        // The audit's 20 MiB tmpfs: at most ~4 MiB is ever free beside the log's chunk.
+        assert_eq!(resume_margin(20 * MIB), 20 * MIB / 8);
+        let space = DiskSpace::default();
+        assert!(space.record(MIB, 2 * MIB, resume_margin(20 * MIB)));
+        assert!(space.record(4 * MIB, 2 * MIB, resume_margin(20 * MIB)));
+        assert!(!space.record(4 * MIB + MIB / 2, 2 * MIB, resume_margin(20 * MIB)), "2 MiB + 2.5 MiB");
+        assert_eq!(smallest_workable_bytes(MIB, 20 * MIB), 17 * MIB + 20 * MIB / 8);
     }
 
     #[test]
@@ -249,14 +278,14 @@ mod tests {
             command: Box::new(command.clone()),
         };
         // Plenty of space: everything passes.
-        assert!(!space.record(500 * MIB, 64 * MIB));
+        assert!(!space.record(500 * MIB, 64 * MIB, RESUME_MARGIN_BYTES));
         for command in [&set, &delete, &submit, &complete, &Command::Tick] {
             assert_eq!(space.refuses(command), None, "{command:?}");
         }
-        assert!(space.record(10 * MIB, 64 * MIB));
+        assert!(space.record(10 * MIB, 64 * MIB, RESUME_MARGIN_BYTES));
         let shortage = Some(Shortage {
             available_bytes: 10 * MIB,
-            needed_bytes: 64 * MIB,
+            resume_above_bytes: 80 * MIB,
         });
         assert_eq!(space.refuses(&set), shortage);
         assert_eq!(space.refuses(&submit), shortage);
@@ -283,12 +312,12 @@ mod tests {
         space.record_open_chunk(0);
         assert_eq!(space.refuses(&compare_and_delete), None, "room in the open chunk");
         space.record_open_chunk(60 * MIB);
-        assert!(space.record(100 * MIB, 200 * MIB));
+        assert!(space.record(100 * MIB, 200 * MIB, RESUME_MARGIN_BYTES));
         assert_eq!(space.refuses(&complete), None, "short, with room for a chunk");
-        assert!(space.record(10 * MIB, 64 * MIB));
+        assert!(space.record(10 * MIB, 64 * MIB, RESUME_MARGIN_BYTES));
         // Freed, but not past the margin: still short; past it: writes pass again.
-        assert!(space.record(70 * MIB, 64 * MIB));
-        assert!(!space.record(90 * MIB, 64 * MIB));
+        assert!(space.record(70 * MIB, 64 * MIB, RESUME_MARGIN_BYTES));
+        assert!(!space.record(90 * MIB, 64 * MIB, RESUME_MARGIN_BYTES));
         assert_eq!(space.refuses(&set), None);
     }
 

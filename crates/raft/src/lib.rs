@@ -46,7 +46,7 @@ mod ticker;
 mod types;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -94,6 +94,15 @@ pub enum ClusterState {
     #[default]
     New,
     Existing,
+}
+
+/// Whether `data_dir` holds a Raft log (a chunk file of raft-log's WAL).
+fn has_log(data_dir: &Path) -> bool {
+    std::fs::read_dir(data_dir.join(LOG_DIR)).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|entry| entry.file_name().to_string_lossy().ends_with(".wal"))
+    })
 }
 
 /// The data dir's subdirectories: the Raft log and the snapshots.
@@ -361,13 +370,15 @@ pub enum ProposeError {
     /// This member was removed from the cluster (it stops soon); the command was not applied.
     #[error("{MEMBER_REMOVED}; send requests to the remaining members")]
     Removed,
-    /// The data dir is short of space (see `disk`); the command was not applied.
+    /// The data dir is short of space (see `disk`); the command was not applied. (The
+    /// second field was the threshold without the margin before: an older member's
+    /// answer names less than is needed.)
     #[error(
         "the data dir is short of space: {} MiB free, writes resume above {} MiB (deletes are still accepted)",
         available_bytes >> 20,
-        (needed_bytes + disk::RESUME_MARGIN_BYTES) >> 20
+        resume_above_bytes >> 20
     )]
-    NoSpace { available_bytes: u64, needed_bytes: u64 },
+    NoSpace { available_bytes: u64, resume_above_bytes: u64 },
     /// This member knows a leader but could not reach it within the leader wait (this
     /// member cut off from it, say, while the leader still heartbeats it); the command was
     /// not delivered, so not applied. Answered as [`ProposeError::NoLeader`] is, with why.
@@ -567,10 +578,15 @@ impl Node {
             path: config.data_dir.clone(),
             source,
         })?;
-        // Opening the log allocates a chunk file whole: with less free, the start failed
-        // half-way ("identity: No space left on device"), leaving files behind.
+        // A new member's log starts with a chunk file allocated whole: with less free, its
+        // start failed half-way ("identity: No space left on device"), leaving files behind.
+        // A member with a log starts whatever is free, to serve the reads and deletes that
+        // free space (writes are refused while short, see `disk`): an existing log opens
+        // without allocating (a new chunk that cannot be allocated grows as it is written),
+        // and the check, blind to the zeros allocated ahead in the log's chunks that the
+        // open gives back, kept a node stopped on a nearly full disk from starting at all.
         let chunk = log_store::LOG_CHUNK_BYTES_MAX as u64;
-        if let Ok(available) = disk::available_bytes(&config.data_dir) {
+        if let (false, Ok(available)) = (has_log(&config.data_dir), disk::available_bytes(&config.data_dir)) {
             if available < chunk {
                 return Err(StartError::DataDir {
                     path: config.data_dir.clone(),
@@ -1435,13 +1451,14 @@ async fn watch_disk_space(
     let mut last_snapshot: Option<Option<u64>> = None;
     let mut appended_at_snapshot: Option<u64> = None;
     let mut asks = SpaceSnapshotAsks::default();
-    let workable = disk::smallest_workable_bytes(min_free_bytes);
     if let Ok(total) = disk::total_bytes(&data_dir) {
+        let workable = disk::smallest_workable_bytes(min_free_bytes, total);
         if total < workable {
             tracing::warn!(
                 file_system_mib = total >> 20,
-                needed_mib = workable >> 20,
-                "the data dir's file system is too small to take writes: it needs room for a 64 MiB log chunk and --min-free-mb (and a margin) besides the data; give it more space or lower --min-free-mb"
+                file_system_needed_mib = workable >> 20,
+                "the data dir's file system is too small to take writes: it needs room for a {} MiB log chunk and --min-free-mb (and a margin) besides the data; give it more space or lower --min-free-mb",
+                log_store::LOG_CHUNK_BYTES_MAX >> 20
             );
         }
     }
@@ -1461,10 +1478,11 @@ async fn watch_disk_space(
             let snapshot_bytes = disk::tree_bytes(&snapshots)?;
             // The records, not the chunk files' lengths: those are allocated ahead.
             let log_bytes = records.records_bytes().map_err(std::io::Error::other)?;
-            Ok::<_, std::io::Error>((newest, snapshot_bytes, log_bytes, disk::available_bytes(&dir)?))
+            let (available, total) = (disk::available_bytes(&dir)?, disk::total_bytes(&dir)?);
+            Ok::<_, std::io::Error>((newest, snapshot_bytes, log_bytes, available, total))
         })
         .await;
-        let (newest, snapshot_bytes, log_bytes, available) = match looked {
+        let (newest, snapshot_bytes, log_bytes, available, total) = match looked {
             Ok(Ok(look)) => look,
             Ok(Err(error)) => {
                 if !failed_before {
@@ -1488,7 +1506,7 @@ async fn watch_disk_space(
         let next_snapshot = next_snapshot_bytes(snapshot_bytes, log_bytes.all, log_since, unsnapshotted);
         let needed = min_free_bytes.saturating_add(next_snapshot);
         space.record_open_chunk(log_bytes.open_chunk);
-        let short = space.record(available, needed);
+        let short = space.record(available, needed, disk::resume_margin(total));
         metrics.data_dir_needed_bytes.set(i64::try_from(needed).unwrap_or(i64::MAX));
         metrics.data_dir_available_bytes.set(i64::try_from(available).unwrap_or(i64::MAX));
         metrics.data_dir_short_of_space.set(i64::from(short));
@@ -1498,10 +1516,16 @@ async fn watch_disk_space(
         // a restarted node's estimate was too high to ever ask (it refused writes for good
         // on a disk with room for its snapshot).
         if asks.ask_now(std::time::Instant::now(), short, unsnapshotted) {
-            tracing::info!(
-                available_mib = available >> 20,
-                "snapshot: the data dir is short of space; a snapshot lets the log before it go"
-            );
+            // Once per spell: asked again every few seconds while short, it was a line
+            // every 5 s for as long as a disk stayed full.
+            if asks.first_in_spell() {
+                tracing::info!(
+                    available_mib = available >> 20,
+                    "snapshot: the data dir is short of space; a snapshot lets the log before it go"
+                );
+            } else {
+                tracing::debug!(available_mib = available >> 20, "snapshot: still short of space; asking again");
+            }
             if raft.trigger().snapshot().await.is_err() {
                 return;
             }
@@ -1537,6 +1561,11 @@ impl Default for SpaceSnapshotAsks {
 }
 
 impl SpaceSnapshotAsks {
+    /// Whether the last ask was the spell's first.
+    fn first_in_spell(&self) -> bool {
+        self.backoff == (SPACE_SNAPSHOT_BACKOFF_MIN * 2).min(SPACE_SNAPSHOT_BACKOFF_MAX)
+    }
+
     /// Whether to ask now; `unsnapshotted`: entries were applied since the last snapshot.
     fn ask_now(&mut self, now: std::time::Instant, short: bool, unsnapshotted: bool) -> bool {
         if !short {
@@ -1831,14 +1860,22 @@ mod tests {
         assert!(!asks.ask_now(at(0), false, true), "not short: never");
         assert!(!asks.ask_now(at(0), true, false), "nothing new since the last snapshot");
         // Short, and entries keep coming (a look every 250 ms): asked at 0, 1, 3, 7, 12, 17 s.
-        let asked: Vec<u64> = (0..72u64).map(|i| i * 250).filter(|&ms| asks.ask_now(at(ms), true, true)).collect();
+        let (mut asked, mut first) = (Vec::new(), Vec::new());
+        for ms in (0..72u64).map(|i| i * 250) {
+            if asks.ask_now(at(ms), true, true) {
+                asked.push(ms);
+                first.push(asks.first_in_spell());
+            }
+        }
         assert_eq!(asked, vec![0, 1_000, 3_000, 7_000, 12_000, 17_000]);
+        assert_eq!(first, [true, false, false, false, false, false], "logged once per spell");
         // No new entries meanwhile: nothing asked, and the pause goes on.
         assert!(!asks.ask_now(at(22_000), true, false));
         assert!(asks.ask_now(at(22_250), true, true));
         // Space back: the next shortage starts afresh.
         assert!(!asks.ask_now(at(23_000), false, true));
         assert!(asks.ask_now(at(23_250), true, true));
+        assert!(asks.first_in_spell());
         assert!(!asks.ask_now(at(23_500), true, true));
         assert!(asks.ask_now(at(24_250), true, true));
     }

@@ -198,7 +198,11 @@ impl RaftMetrics {
             Unit::Bytes,
             self.batch_bytes.clone(),
         );
-        registry.register("proposals", "Proposals answered", self.proposals.clone());
+        registry.register(
+            "proposals",
+            "Commands this member proposed as leader (writes sent to any member) and answered, whatever the outcome",
+            self.proposals.clone(),
+        );
     }
 }
 

@@ -67,7 +67,7 @@ impl ProposalSender {
         if let Some(shortage) = self.disk_space.refuses(&command) {
             return Err(ProposeError::NoSpace {
                 available_bytes: shortage.available_bytes,
-                needed_bytes: shortage.needed_bytes,
+                resume_above_bytes: shortage.resume_above_bytes,
             });
         }
         let size_bytes = bincode::serialized_size(&command)

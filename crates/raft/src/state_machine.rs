@@ -437,18 +437,22 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 /// How long a snapshot that found the disk full waits before it tries again.
 const SNAPSHOT_SPACE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Space a snapshot leaves free when it is written (for the log's writes meanwhile).
-const SNAPSHOT_SPACE_MARGIN: u64 = 16 << 20;
+/// Space a snapshot leaves free when it is written (for the log's writes meanwhile): the
+/// margin writes resume above, 16 MiB or an eighth of a small file system (a fixed 16 MiB
+/// kept an audit's almost empty node on a 20 MiB file system waiting for it for good).
+fn snapshot_space_margin(dir: &std::path::Path) -> u64 {
+    crate::disk::total_bytes(dir).map_or(crate::disk::RESUME_MARGIN_BYTES, crate::disk::resume_margin)
+}
 
 /// Stores `image`, once there is room for it: while the file system has less than the
-/// image plus [`SNAPSHOT_SPACE_MARGIN`] free, or a write finds it full (ENOSPC, EDQUOT), it
+/// image plus [`snapshot_space_margin`] free, or a write finds it full (ENOSPC, EDQUOT), it
 /// waits and tries again rather than fail. A snapshot that fails stops Raft (and the
 /// process); waiting loses nothing, as the log before a snapshot is purged only once the
 /// snapshot is stored. And it does not write what cannot fit: a write that fills the disk
 /// would make the log's next write fail. Writes are refused long before (see `disk`); this
 /// covers what fills the disk anyway (other programs' files).
 fn store_when_space(snapshots: &SnapshotDir, image: &SnapshotImage) -> Result<bool, String> {
-    let needed = image.bytes.len() as u64 + SNAPSHOT_SPACE_MARGIN;
+    let needed = image.bytes.len() as u64 + snapshot_space_margin(snapshots.path());
     let mut waiting = false;
     loop {
         if snapshots.is_closed() {

@@ -47,7 +47,7 @@ struct Version {
 }
 
 /// What one member says of itself.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Status {
     id: String,
     name: String,
@@ -183,9 +183,20 @@ fn print_status(url: &str, width: usize, s: &Status) {
         s.commit_index,
         s.applied_index,
         s.free_mib,
-        if s.takes_writes { "ok" } else { "refused" },
+        writes(s),
         s.version
     );
+}
+
+/// `ok`; `refused` on a leader short of space (it refuses writes, 507); `short` on another
+/// member short of space: the leader decides on writes (a follower forwards them), and the
+/// member keeps storing what the leader replicates until its disk is full.
+fn writes(s: &Status) -> &'static str {
+    match (s.takes_writes, s.leader) {
+        (true, _) => "ok",
+        (false, true) => "refused",
+        (false, false) => "short",
+    }
 }
 
 /// What the member is in the cluster: `leader`; `follower`; `learner` (added with `member
@@ -292,7 +303,16 @@ fn build_version(text: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::{build_version, metric, split_clusters};
+    use super::{build_version, metric, split_clusters, writes, Status};
+
+    #[test]
+    fn a_follower_short_of_space_is_short_not_refusing() {
+        let status = |leader, takes_writes| Status { leader, takes_writes, ..Status::default() };
+        assert_eq!(writes(&status(true, true)), "ok");
+        assert_eq!(writes(&status(false, true)), "ok");
+        assert_eq!(writes(&status(true, false)), "refused");
+        assert_eq!(writes(&status(false, false)), "short", "a follower forwards writes to its leader");
+    }
 
     #[test]
     fn two_leaders_of_one_cluster_id_are_told_as_separate_clusters() {

@@ -339,6 +339,57 @@ fn a_short_data_dir_refuses_writes_with_507_keeps_serving_and_loses_nothing() {
     drop(server);
 }
 
+/// A node stopped while short of space starts again on its nearly full disk (to serve the
+/// reads and deletes that free space), and on a small file system the writes it refused
+/// resume once space is freed. An operator audit: on a 20 MiB tmpfs the restart failed
+/// ("3 MiB free on its file system: the log allocates 16 MiB at a time", also with
+/// `--min-free-mb 0`), and writes refused once waited for "above 18 MiB" free, more than
+/// that file system could ever have.
+#[test]
+fn a_node_stopped_on_a_nearly_full_small_disk_starts_again_and_writes_resume_once_space_is_freed() {
+    let mount_point = tempfile::tempdir().expect("tempdir");
+    let _tmpfs = Tmpfs::mount(mount_point.path(), 24);
+    let data_dir = mount_point.path().join("data");
+    let args = vec!["--min-free-mb".to_string(), "1".to_string()];
+    let mut server = Server::try_start_with(Kind::Rota, Some(data_dir), args).unwrap_or_else(|e| panic!("{e}"));
+    for i in 0..10 {
+        assert_eq!(put(&server, &format!("k{i}"), "v").status(), 201, "{}", server.stderr_tail());
+    }
+    // Another program takes all but ~0.5 MiB, under --min-free-mb.
+    let filler = mount_point.path().join("filler");
+    let fill_bytes = free_bytes(mount_point.path()).saturating_sub(MIB as u64 / 2);
+    std::fs::write(&filler, vec![7u8; fill_bytes as usize]).expect("write the filler");
+    put_until("probe", 507, || put(&server, "probe", "x"));
+
+    let status = server.terminate(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}: {}", server.stderr_tail());
+    assert!(free_mib(mount_point.path()) < 16, "the test needs less than a log chunk free");
+    server
+        .try_restart()
+        .unwrap_or_else(|e| panic!("no start on the nearly full disk: {e}"));
+    let read = send(&server, &Request::new("GET", "/v2/keys/k3"));
+    assert_eq!((read.status(), read.json()["node"]["value"].clone()), (200, "v".into()));
+    put_until("while-short", 507, || put(&server, "while-short", "x"));
+    assert_eq!(send(&server, &Request::new("DELETE", "/v2/keys/k0")).status(), 200);
+
+    std::fs::remove_file(&filler).expect("remove the filler");
+    let resumed = put_until("after", 201, || put(&server, "after", "x"));
+    assert_eq!(resumed.status(), 201);
+    assert_eq!(metric(&server, "rota_raft_data_dir_short_of_space"), 0.0);
+    assert!(server.is_running(), "{}", server.stderr_tail());
+}
+
+/// Bytes free on the file system holding `dir`, from `df`.
+fn free_bytes(dir: &Path) -> u64 {
+    let output = Command::new("df").arg("-PB1").arg(dir).output().expect("run df");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.lines()
+        .nth(1)
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|field| field.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read df's answer: {text}"))
+}
+
 /// MiB free on the file system holding `dir`, from `df`.
 fn free_mib(dir: &Path) -> u64 {
     let output = Command::new("df")

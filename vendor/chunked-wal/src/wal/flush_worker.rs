@@ -25,6 +25,7 @@ use crate::wal::file_persisted::ChunkPersisted;
 use crate::wal::flush_request::FlushStat;
 use crate::wal::flush_request::SeqRequest;
 use crate::wal::flush_request::WorkerRequest;
+use crate::wal::flush_request::WriteRequest;
 use crate::wal::queued_bytes::QueuedBytes;
 use crate::wal::queued_write::QueuedWrite;
 use crate::wal::write_batch::WriteBatch;
@@ -170,6 +171,21 @@ where W: WalTypes
         };
 
         log::error!("FlushWorker failed: {}", err);
+        // rota: what is still queued is answered with the error rather than dropped. A
+        // dropped callback told its waiter only "channel closed": a follower whose disk
+        // filled stopped saying that (the write that failed had no callback of its own).
+        for SeqRequest { req, .. } in self.rx.try_iter() {
+            if let WorkerRequest::Write(WriteRequest {
+                callback: Some(callback),
+                ..
+            }) = req
+            {
+                callback.send(Err(io::Error::new(
+                    err.kind(),
+                    format!("not written: an earlier write failed: {err}"),
+                )));
+            }
+        }
         self.worker_state.fail(err);
     }
 

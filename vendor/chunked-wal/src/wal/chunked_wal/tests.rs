@@ -938,6 +938,32 @@ fn test_worker_failure_wakes_waiter_and_fails_later_waits()
     Ok(())
 }
 
+// rota's addition: a write queued behind the request that failed the worker gets the
+// error; its callback is not dropped (a dropped one told the waiter only "channel closed").
+#[test]
+fn test_writes_queued_behind_a_failure_get_its_error() -> Result<(), io::Error> {
+    let mut queued = 0;
+    for _ in 0..20 {
+        let (_td, config) = temp_config();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (mut wal, mut sm) = open_wal(&config, calls)?;
+        wal.send_remove_chunks(vec![ChunkId(999)])?;
+        append_action(&mut wal, &mut sm, "a")?;
+        let (tx, rx) = sync_channel(1);
+        if wal.send_pending(true, Some(tx)).is_err() {
+            continue; // The worker had already stopped: the sender was told.
+        }
+        queued += 1;
+        let answer = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the queued write's callback was answered, not dropped");
+        let err = answer.expect_err("the write after the failure is not written");
+        assert!(err.to_string().contains("an earlier write failed"), "{err}");
+    }
+    assert!(queued > 0, "no write was queued behind the failure in 20 tries");
+    Ok(())
+}
+
 // rota's addition: chunks allocated up front (`Config::preallocate`).
 
 fn preallocated_config() -> (tempfile::TempDir, Config) {
