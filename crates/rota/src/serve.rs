@@ -203,6 +203,9 @@ async fn resolve(url: &str) -> anyhow::Result<Vec<SocketAddr>> {
                  cross an untrusted network: see docs/cli.md (\"TLS\")"
             );
         }
+        if !url.contains("://") {
+            anyhow::bail!("listen URL {url:?} has no scheme: write http://{url}");
+        }
         anyhow::bail!("listen URL {url:?}: only http:// is supported");
     };
     let authority = authority.trim_end_matches('/');
@@ -576,7 +579,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
         env!("CARGO_PKG_VERSION"),
         listen_urls.join(","),
         peers_text,
-        data_dir.display(),
+        std::path::absolute(&data_dir).unwrap_or_else(|_| data_dir.clone()).display(),
         args.name,
         node.id(),
         cluster_id,
@@ -751,6 +754,14 @@ mod tests {
 
     fn addresses(list: &[&str]) -> Vec<SocketAddr> {
         list.iter().map(|a| a.parse().expect("socket address")).collect()
+    }
+
+    #[tokio::test]
+    async fn a_listen_url_without_its_scheme_is_named_with_the_fix() {
+        let error = resolve("127.0.0.1:29170").await.unwrap_err().to_string();
+        assert_eq!(error, "listen URL \"127.0.0.1:29170\" has no scheme: write http://127.0.0.1:29170");
+        let error = resolve("unix://sock").await.unwrap_err().to_string();
+        assert!(error.ends_with("only http:// is supported"), "{error}");
     }
 
     #[test]
