@@ -841,6 +841,7 @@ impl Node {
             batch_commands_max: config.batch_commands_max,
             batch_bytes_max: config.batch_bytes_max,
             proposals_in_flight_max: config.proposals_in_flight_max,
+            answer_max: config.request_timeout(),
         };
         let proposer_task = raft_handle.spawn(proposer::run_proposer(
             raft.clone(),
