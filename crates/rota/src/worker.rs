@@ -327,6 +327,17 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
         Resolved::Stopped => return ExitCode::SUCCESS, // A signal before the first lease.
         Resolved::Refused => return ExitCode::FAILURE,
     };
+    if lease_ttl < LEASE_TTL_WORKABLE_MIN {
+        context.log(format_args!(
+            "warning: queue {}'s lease ttl is {}, shorter than a worker can use (at least {}): \
+             its jobs may end \"lease expired\" without running; give the queue a longer one \
+             (rota queue set {} --lease-ttl 30s) or pass --lease-ttl",
+            context.queue,
+            duration_for_people(lease_ttl),
+            duration_for_people(LEASE_TTL_WORKABLE_MIN),
+            context.queue
+        ));
+    }
     context.heartbeat_every = (lease_ttl / 3).max(HEARTBEAT_EVERY_MIN);
     context.lease_ttl = lease_ttl;
     context.lease_margin = lease_margin(lease_ttl);
@@ -611,20 +622,30 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     Ok(timeout)
 }
 
+/// The shortest lease ttl this worker works with: a lease must outlive the lease request's
+/// round trip and the command's start, and heartbeats come every third of it. The server
+/// takes down to 1ms (for workers of one's own); with `--lease-ttl 1ms` an audit's jobs all
+/// went dead ("lease expired") without their command ever running.
+const LEASE_TTL_WORKABLE_MIN: Duration = Duration::from_millis(100);
+
 /// `--lease-ttl`: within the server's bounds, so that a ttl it would refuse stops the worker
-/// before it starts rather than at its first lease.
+/// before it starts rather than at its first lease, and no shorter than this worker can use.
 fn parse_lease_ttl(text: &str) -> Result<Duration, String> {
-    use rota_core::jobs::limits::{LEASE_TTL_MAX_MS, LEASE_TTL_MIN_MS};
+    use rota_core::jobs::limits::LEASE_TTL_MAX_MS;
     let lease_ttl = parse_flag_duration(text)?;
-    let (min, max) = (
-        Duration::from_millis(LEASE_TTL_MIN_MS),
-        Duration::from_millis(LEASE_TTL_MAX_MS),
-    );
-    if lease_ttl < min || lease_ttl > max {
+    let (min, max) = (LEASE_TTL_WORKABLE_MIN, Duration::from_millis(LEASE_TTL_MAX_MS));
+    if lease_ttl < min {
         return Err(format!(
-            "{} is not in {}..={} (the server's bounds)",
+            "{} is too short for a worker: a lease must outlive a request to the server and the \
+             command's start; at least {}",
             duration_for_people(lease_ttl),
-            duration_for_people(min),
+            duration_for_people(min)
+        ));
+    }
+    if lease_ttl > max {
+        return Err(format!(
+            "{} is over {} (the server's bound)",
+            duration_for_people(lease_ttl),
             duration_for_people(max)
         ));
     }
@@ -697,11 +718,12 @@ async fn run_job(context: &Context, job: Job) -> Option<Job> {
         // has leased the job, or the queue's slot, to since.
         context.log(format_args!(
             "job {} attempt {}: its lease ends at {} (less the {}ms margin), before the command \
-             could start (was this worker paused?); not run",
+             could start (was this worker paused, or is the lease ttl, {}, too short?); not run",
             job.id,
             job.attempts,
             job.lease_expires_at.as_deref().unwrap_or("?"),
-            context.lease_margin.as_millis()
+            context.lease_margin.as_millis(),
+            duration_for_people(context.lease_ttl)
         ));
         release_unstarted(context, &job, "its lease ended before it could start").await;
         return None;
@@ -1567,6 +1589,16 @@ fn kill_group(pid: Option<u32>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_ttl_shorter_than_a_worker_can_use_is_refused() {
+        let error = parse_lease_ttl("1ms").unwrap_err();
+        assert!(error.starts_with("1ms is too short for a worker"), "{error}");
+        assert!(error.ends_with("at least 100ms"), "{error}");
+        assert_eq!(parse_lease_ttl("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_lease_ttl("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_lease_ttl("25h").unwrap_err(), "25h is over 24h (the server's bound)");
+    }
 
     #[test]
     fn stdout_becomes_json_when_it_parses_else_a_string() {

@@ -53,6 +53,18 @@ impl JobState {
         }
     }
 
+    /// The state said of a job in a sentence: "has succeeded", "is dead", "was cancelled".
+    pub fn in_words(self) -> &'static str {
+        match self {
+            JobState::Scheduled => "is scheduled",
+            JobState::Queued => "is queued",
+            JobState::Leased => "is leased",
+            JobState::Succeeded => "has succeeded",
+            JobState::Dead => "is dead",
+            JobState::Cancelled => "was cancelled",
+        }
+    }
+
     pub(crate) fn index(self) -> usize {
         self as usize
     }

@@ -714,7 +714,7 @@ impl Jobs {
     fn cancel(&mut self, now_ms: u64, id: JobId) -> Result<JobResponse, JobError> {
         let job = self.jobs.get(&id).ok_or_else(|| JobError::job_not_found(id))?;
         if job.state.is_terminal() {
-            return Err(JobError::invalid_state(format!("job {id} is already {}", job.state.as_str())));
+            return Err(JobError::invalid_state(format!("job {id} {} already", job.state.in_words())));
         }
         let retention_ms = self.retention_ms_of(id);
         self.update(id, |job| {
@@ -831,7 +831,7 @@ impl Jobs {
                 ),
             )),
             None if job.state.is_terminal() => {
-                Err(JobError::stale_lease(id, lease_token, &format!("the job is {} already", job.state.as_str())))
+                Err(JobError::stale_lease(id, lease_token, &format!("the job {} already", job.state.in_words())))
             }
             None => Err(JobError::stale_lease(
                 id,

@@ -845,7 +845,7 @@ fn stale_token_complete_changes_nothing() {
     assert!(error.message.contains("a later token was never a lease of this job"), "{}", error.message);
     complete(&mut jobs, 2_000, id, token(&second)).unwrap();
     let error = complete(&mut jobs, 2_000, id, token(&second)).unwrap_err();
-    assert!(error.message.ends_with("the job is succeeded already"), "{}", error.message);
+    assert!(error.message.ends_with("the job has succeeded already"), "{}", error.message);
 }
 
 #[test]
