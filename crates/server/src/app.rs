@@ -676,16 +676,30 @@ impl<B: Backend> App<B> {
             *self.applied().borrow()
         };
         let now_ms = unix_now_ms();
-        let result = self
-            .backend
-            .read(|state| state.v2.get(key, params.recursive, params.sorted, now_ms));
-        let (result, applied) = test_mutant::stale_quorum_read(key, params.quorum, result, applied);
-        self.get_stats.count(result.is_ok());
-        match result {
-            Ok(response) => {
-                self.v2_success(&response, applied.raft_index, applied.raft_term, false)
+        let answer = || {
+            let result = self
+                .backend
+                .read(|state| state.v2.get(key, params.recursive, params.sorted, now_ms));
+            let (result, applied) = test_mutant::stale_quorum_read(key, params.quorum, result, applied);
+            self.get_stats.count(result.is_ok());
+            match result {
+                Ok(response) => {
+                    self.v2_success(&response, applied.raft_index, applied.raft_term, false)
+                }
+                Err(error) => respond::v2_error(&error),
             }
-            Err(error) => respond::v2_error(&error),
+        };
+        // A recursive read of a big tree takes seconds to copy and render (1.4M keys: 5 s
+        // for 516 MB). On the HTTP worker (one, on two cores) it held up every other client
+        // and the peer RPCs that arrive there: a follower answering one missed the leader's
+        // heartbeats, and the leader, hearing from no majority, stopped taking writes (a
+        // large-state audit). Its worker thread hands its other tasks to another meanwhile.
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if params.recursive && multi_thread {
+            tokio::task::block_in_place(answer)
+        } else {
+            answer()
         }
     }
 

@@ -8,6 +8,7 @@
 //! which must always agree: that checks the normalizer and the scenarios themselves.
 
 mod bad_input;
+mod big_reads;
 mod cli_status;
 mod cluster;
 mod cluster_jobs;
