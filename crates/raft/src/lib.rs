@@ -1690,9 +1690,7 @@ async fn snapshot_by_log_bytes(
     let mut interval = tokio::time::interval(SNAPSHOT_LOG_BYTES_CHECK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_snapshot = raft.metrics().borrow().snapshot;
-    // Bytes this process had appended at the last snapshot it saw (the log an earlier
-    // process left is not counted: it wrote its own snapshots by the same rule).
-    let mut bytes_at_snapshot = 0;
+    let mut asks = LogBytesAsks::default();
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,
@@ -1706,7 +1704,7 @@ async fn snapshot_by_log_bytes(
         };
         if snapshot != last_snapshot {
             last_snapshot = snapshot;
-            bytes_at_snapshot = appended;
+            asks.snapshot_taken(appended);
             // openraft keeps a number of entries behind a snapshot (for a follower a little
             // behind); entries of a few MiB each made that gigabytes of log. Keep at most a
             // quarter of the byte limit.
@@ -1718,18 +1716,61 @@ async fn snapshot_by_log_bytes(
                 }
             }
         }
-        let grown = appended.saturating_sub(bytes_at_snapshot);
         let unsnapshotted = applied.map(|id| id.index) > snapshot.map(|id| id.index);
-        if grown >= limit && unsnapshotted {
+        if let Some(grown) = asks.ask_now(appended, limit, unsnapshotted, std::time::Instant::now()) {
             tracing::info!(
                 appended_since_snapshot = grown,
                 "snapshot: the log grew past its byte limit"
             );
-            bytes_at_snapshot = appended;
             if raft.trigger().snapshot().await.is_err() {
                 return;
             }
         }
+    }
+}
+
+/// When [`snapshot_by_log_bytes`] asks for a snapshot. Bytes are those this process
+/// appended (the log an earlier process left is not counted: it wrote its own snapshots by
+/// the same rule). A snapshot covers the log up to about when it was asked for; what is
+/// appended while it is built (seconds for a big state) counts toward the next one. Asked
+/// again only once it was taken, or after [`LOG_BYTES_ASK_AGAIN_AFTER`]: openraft ignores
+/// an ask while a snapshot is being built, and the baseline used to move at each ask, so a
+/// big state's log grew well past the limit (a large-state audit: two asks lost during a
+/// 5 s snapshot, ~240 MB of log kept).
+#[derive(Debug, Default)]
+struct LogBytesAsks {
+    bytes_at_snapshot: u64,
+    /// Appended bytes when a snapshot was asked for and not yet seen taken, and when.
+    asked: Option<(u64, std::time::Instant)>,
+}
+
+/// How long an ask for a snapshot that did not come is waited for before asking again.
+const LOG_BYTES_ASK_AGAIN_AFTER: Duration = Duration::from_secs(60);
+
+impl LogBytesAsks {
+    /// A new snapshot was seen, `appended` bytes appended by now.
+    fn snapshot_taken(&mut self, appended: u64) {
+        self.bytes_at_snapshot = match self.asked.take() {
+            Some((asked_at_bytes, _)) => asked_at_bytes,
+            None => appended,
+        };
+    }
+
+    /// The bytes grown since the last snapshot, when a snapshot is to be asked for now.
+    fn ask_now(&mut self, appended: u64, limit: u64, unsnapshotted: bool, now: std::time::Instant) -> Option<u64> {
+        let grown = appended.saturating_sub(self.bytes_at_snapshot);
+        let waiting = self
+            .asked
+            .is_some_and(|(_, at)| now.saturating_duration_since(at) < LOG_BYTES_ASK_AGAIN_AFTER);
+        if grown < limit || !unsnapshotted || waiting {
+            return None;
+        }
+        if self.asked.is_none() {
+            self.asked = Some((appended, now));
+        } else if let Some((_, at)) = self.asked.as_mut() {
+            *at = now;
+        }
+        Some(grown)
     }
 }
 
@@ -1851,6 +1892,32 @@ mod tests {
         assert_eq!(next_snapshot_bytes(100, 40, None, false), 100);
         // After a snapshot in this process: the log written since.
         assert_eq!(next_snapshot_bytes(100, 40, Some(5), true), 115);
+    }
+
+    #[test]
+    fn the_log_written_while_a_snapshot_is_built_counts_toward_the_next() {
+        let start = std::time::Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let mut asks = LogBytesAsks::default();
+        assert_eq!(asks.ask_now(63, 64, true, at(0)), None);
+        assert_eq!(asks.ask_now(70, 64, false, at(1)), None, "nothing applied since the last snapshot");
+        assert_eq!(asks.ask_now(70, 64, true, at(1)), Some(70));
+        // Building: asked once, not again while it is built.
+        assert_eq!(asks.ask_now(140, 64, true, at(2)), None);
+        assert_eq!(asks.ask_now(200, 64, true, at(5)), None);
+        // Taken: it covers up to the ask (70); the 130 appended since count.
+        asks.snapshot_taken(200);
+        assert_eq!(asks.ask_now(200, 64, true, at(6)), Some(130));
+        // A snapshot that never comes (openraft ignored the ask): asked again after a while.
+        assert_eq!(asks.ask_now(300, 64, true, at(60)), None);
+        assert_eq!(asks.ask_now(300, 64, true, at(67)), Some(230));
+        asks.snapshot_taken(320);
+        assert_eq!(asks.ask_now(320, 64, true, at(68)), Some(120), "from the first of the asks: 200");
+        // A snapshot taken without an ask (the entry-count policy): from when it was seen.
+        let mut asks = LogBytesAsks::default();
+        asks.snapshot_taken(500);
+        assert_eq!(asks.ask_now(560, 64, true, at(0)), None);
+        assert_eq!(asks.ask_now(564, 64, true, at(0)), Some(64));
     }
 
     #[test]
