@@ -435,6 +435,12 @@ pub(crate) async fn run_membership_keeper(node: WeakNode, mut shutdown: watch::R
                     failed = true;
                 }
             }
+            if let Some(goal) = half_done_change(&node) {
+                if let Err(error) = finish_half_done_change(&node, goal).await {
+                    tracing::warn!(%error, "finishing the membership change a previous leader left half done");
+                    failed = true;
+                }
+            }
             if let Some(learner) = learner_to_promote(&node) {
                 match promote(&node, learner).await {
                     Ok(true) => {
@@ -474,6 +480,55 @@ fn publish_needed(node: &Node) -> Option<MemberChange> {
         name: node.inner.name.clone(),
         client_urls: node.inner.advertise_client_urls.clone(),
     })
+}
+
+/// On the leader: the voters of the newer half of a committed joint configuration, which a
+/// previous leader left when it stopped between the two steps of a change. openraft leaves a
+/// joint configuration in effect until the next change, and plans that change from the
+/// newer half, so the next change finished the old one too: a removal cut short by its
+/// leader's crash, then another removal, took two members out at once, below the quorum the
+/// second one was checked against (a membership audit). The leader finishes it first.
+fn half_done_change(node: &Node) -> Option<BTreeSet<NodeId>> {
+    let metrics = node.inner.raft.metrics();
+    let metrics = metrics.borrow();
+    if !crate::leads(&metrics, node.inner.id) {
+        return None;
+    }
+    let stored = &metrics.membership_config;
+    let committed = stored.log_id().is_some() && metrics.last_applied.as_ref() >= stored.log_id().as_ref();
+    let halves = stored.membership().get_joint_config();
+    (committed && halves.len() > 1).then(|| halves.last().cloned().unwrap_or_default())
+}
+
+/// Finishes a change left half done (see [`half_done_change`]): the uniform configuration of
+/// its newer half. Not while a change of this leader's is under way (it takes its own
+/// second step); a removal of this leader goes the way a leader removes itself.
+async fn finish_half_done_change(node: &Node, goal: BTreeSet<NodeId>) -> Result<(), String> {
+    let own_id = node.inner.id;
+    if !goal.contains(&own_id) {
+        tracing::warn!(
+            voters = ?goal.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>(),
+            "membership: a previous leader left this member's removal half done; finishing it"
+        );
+        return match change_members_one_at_a_time(node, MemberChange::Remove { id: own_id }).await {
+            MemberChangeReply::Done(Ok(_)) | MemberChangeReply::NotLeader { .. } => Ok(()),
+            MemberChangeReply::Done(Err(error)) => Err(error.to_string()),
+        };
+    }
+    let Ok(_one_at_a_time) = node.inner.membership_changes.try_lock() else {
+        return Ok(());
+    };
+    if half_done_change(node).as_ref() != Some(&goal) {
+        return Ok(());
+    }
+    tracing::warn!(
+        voters = ?goal.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>(),
+        "membership: finishing a change a previous leader left half done (a joint configuration)"
+    );
+    match node.inner.raft.change_membership(ChangeMembers::ReplaceAllVoters(goal), false).await {
+        Ok(_) => Ok(()),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// Makes `learner` a voter, one membership change at a time with the others (see
