@@ -89,6 +89,7 @@ impl Endpoints {
         json: Option<serde_json::Value>,
     ) -> Result<(u16, String), Failure> {
         let mut errors = Vec::new();
+        let mut maybe_made = false;
         for url in &self.urls {
             let request = || {
                 let request = self
@@ -106,10 +107,20 @@ impl Endpoints {
                     let body = response.text().await.unwrap_or_default();
                     return Ok((status, body));
                 }
-                Err(error) => errors.push(format!("{url} ({})", rota_client::transport_error(&error))),
+                Err(error) => {
+                    // A change that reached a member whose answer never came (its leader
+                    // killed mid-request, say) may have been made: an audit's `member rm`
+                    // said "unreachable" for removals that were carried out.
+                    maybe_made |= method != reqwest::Method::GET && !error.is_connect();
+                    errors.push(format!("{url} ({})", rota_client::transport_error(&error)))
+                }
             }
         }
-        Err(Failure::Unreachable(errors.join(", ")))
+        let mut reason = errors.join(", ");
+        if maybe_made {
+            reason.push_str("; a member may have made the change before its answer was lost: check with `rota member ls`");
+        }
+        Err(Failure::Unreachable(reason))
     }
 }
 
@@ -269,4 +280,42 @@ async fn remove(endpoints: &Endpoints, id: &str) -> Result<(), Failure> {
     }
     println!("Removed member {id} from cluster");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    /// A member that takes each request and closes the connection without answering.
+    fn hang_up_after_reading() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut buffer = [0u8; 4096];
+                let _ = stream.read(&mut buffer);
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_change_whose_answer_was_lost_may_have_been_made() {
+        let endpoints = Endpoints { http: reqwest::Client::new(), urls: vec![hang_up_after_reading()] };
+        let reason = |failure| match failure {
+            Err(Failure::Unreachable(reason)) => reason,
+            _ => panic!("not an unreachable cluster"),
+        };
+        let removal = reason(endpoints.send(reqwest::Method::DELETE, "/v2/members/1", None).await);
+        assert!(removal.ends_with("check with `rota member ls`"), "{removal}");
+        let list = reason(endpoints.send(reqwest::Method::GET, "/v2/members", None).await);
+        assert!(!list.contains("may have made"), "{list}");
+        // Nothing listening: the request never reached a member.
+        let refused = Endpoints { http: reqwest::Client::new(), urls: vec!["http://127.0.0.1:1".to_string()] };
+        let removal = reason(refused.send(reqwest::Method::DELETE, "/v2/members/1", None).await);
+        assert!(!removal.contains("may have made"), "{removal}");
+    }
 }
