@@ -506,6 +506,9 @@ fn half_done_change(node: &Node) -> Option<BTreeSet<NodeId>> {
 async fn finish_half_done_change(node: &Node, goal: BTreeSet<NodeId>) -> Result<(), String> {
     let own_id = node.inner.id;
     if !goal.contains(&own_id) {
+        if node.inner.membership_changes.try_lock().is_err() {
+            return Ok(()); // This leader's own removal of itself, under way.
+        }
         tracing::warn!(
             voters = ?goal.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>(),
             "membership: a previous leader left this member's removal half done; finishing it"
