@@ -793,7 +793,7 @@ fn jobs_a_queues_dead_jobs_are_retried_from_the_cli_and_several_jobs_at_once() {
     rota(dir.path(), &args(&server, &["job", "cancel", &ids[0]])).expect_success();
     let cancel = rota(dir.path(), &args(&server, &["job", "cancel", &ids[0], &ids[1], &ids[2], "-o", "json"]));
     assert_eq!(cancel.code(), 4, "{cancel:?}");
-    assert!(cancel.stderr.contains("job 1: ") && cancel.stderr.contains("already cancelled"), "{cancel:?}");
+    assert!(cancel.stderr.contains("job 1: ") && cancel.stderr.contains("job 1 was cancelled already"), "{cancel:?}");
     let cancelled: Vec<Value> = cancel.stdout.lines().map(|line| serde_json::from_str(line).expect("json")).collect();
     assert_eq!(cancelled.iter().map(|job| job["id"].clone()).collect::<Vec<_>>(), [json!(2), json!(3)]);
     assert!(cancelled.iter().all(|job| job["state"] == "cancelled"), "{cancelled:?}");
