@@ -231,6 +231,9 @@ async fn change_members_one_at_a_time(node: &Node, change: MemberChange) -> Memb
                 return MemberChangeReply::Done(Err(MemberError::Unhealthy(refusal)));
             }
         }
+        if matches!(change, MemberChange::Remove { id } if id != node.inner.id) {
+            REMOVING_ANOTHER.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         // Removing a voter removes it entirely (etcd has no "keep as learner").
         let retain = false;
         match node.inner.raft.change_membership(changes, retain).await {
@@ -261,6 +264,24 @@ async fn change_members_one_at_a_time(node: &Node, change: MemberChange) -> Memb
     MemberChangeReply::Done(Err(MemberError::Failed(
         "another membership change is still in progress".to_string(),
     )))
+}
+
+/// Set once this process's leader started removing another member, for
+/// [`crash_in_joint_by_test_mutant`].
+static REMOVING_ANOTHER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `ROTA_TEST_MUTANT=crash-in-joint` (debug builds): a leader that is removing another member
+/// stops dead (abort) when it applies the joint configuration of that change, before it
+/// proposes the uniform one: the half-done change a leader's crash leaves, which
+/// [`half_done_change`] is for. Applied, the joint configuration is committed.
+pub(crate) fn crash_in_joint_by_test_mutant(membership: &Membership<NodeId, Member>) {
+    if membership.get_joint_config().len() > 1
+        && REMOVING_ANOTHER.load(std::sync::atomic::Ordering::Relaxed)
+        && crate::test_mutant_is("crash-in-joint")
+    {
+        eprintln!("ROTA_TEST_MUTANT=crash-in-joint: stopping dead in the joint configuration");
+        std::process::abort();
+    }
 }
 
 /// etcd's `mayRemoveMember` (its `--strict-reconfig-check`, on by default): refuses, with

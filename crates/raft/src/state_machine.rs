@@ -258,6 +258,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         EntryResponses { responses }
                     }
                     EntryPayload::Membership(membership) => {
+                        crate::membership::crash_in_joint_by_test_mutant(&membership);
                         if !replaying {
                             log_membership_change(self.last_membership.membership(), &membership);
                         }

@@ -1059,6 +1059,43 @@ fn cluster_membership_a_batch_never_answered_holds_writes_up_only_for_the_reques
     }
 }
 
+/// A removal cut short by its leader's crash between the two steps of joint consensus (the
+/// joint configuration committed, the uniform one never proposed: `ROTA_TEST_MUTANT=
+/// crash-in-joint` stops the leader dead as it applies the joint one) is finished by the
+/// next leader. openraft leaves the joint configuration in effect and plans the next change
+/// from its newer half, so the next change carried the old one out too: a membership audit
+/// saw two members removed at once, below the quorum the second removal was checked against.
+#[test]
+fn cluster_membership_a_removal_its_leader_left_half_done_is_finished_by_the_next_leader() {
+    let name = "crash-in-joint";
+    let token = format!("{name}-{}", std::process::id());
+    let mut config = ClusterConfig::new(4, &token);
+    config.mutant = Some(name.to_string());
+    let mut cluster = Cluster::start(config);
+    let endpoints = cluster.endpoints();
+    let leader = cluster.wait_leader(CHANGE_TIMEOUT).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let removed = (leader + 1) % endpoints.len();
+    let removed_name = format!("n{}", removed + 1);
+    let removed_id = wait_until(CHANGE_TIMEOUT, "the member to remove listed under its name", || {
+        try_member_names(&endpoints[leader])?.into_iter().find(|(_, n)| *n == removed_name).map(|(id, _)| id)
+    });
+    // The leader dies handling it: no answer.
+    let _ = http::send_with_timeout(endpoints[leader], &Request::new("DELETE", &format!("/v2/members/{removed_id}")), Duration::from_secs(10));
+    let crashed = wait_exit(&mut cluster, leader, Instant::now(), CHANGE_TIMEOUT);
+    assert!(crashed.is_some(), "{name}: the leader did not stop in the joint configuration\n{}", cluster.logs(30));
+    // The joint configuration lists all four; finished, the removed member is gone.
+    let survivors: Vec<SocketAddr> = (0..endpoints.len()).filter(|i| *i != leader && *i != removed).map(|i| endpoints[i]).collect();
+    for addr in &survivors {
+        wait_until(CHANGE_TIMEOUT, &format!("{addr} to list three members without {removed_name}"), || {
+            try_member_names(addr).filter(|m| m.len() == 3 && !m.contains_key(&removed_id)).map(|_| ())
+        });
+    }
+    if cluster.config.kind == harness::Kind::Rota {
+        let log = cluster.logs(400);
+        assert!(log.contains("half done"), "{name}: the next leader says what it finished\n{log}");
+    }
+}
+
 /// A member's own id and the leader it names (`/v2/stats/self`).
 fn self_stats(addr: SocketAddr) -> Option<(String, String)> {
     let stats = http::send_with_timeout(addr, &Request::new("GET", "/v2/stats/self"), PROBE_TIMEOUT).ok()?;
