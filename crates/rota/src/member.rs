@@ -230,7 +230,8 @@ async fn add(endpoints: &Endpoints, name: &str, peer_urls: &str) -> Result<(), F
     let added: MemberJson = serde_json::from_str(&body)
         .map_err(|error| Failure::Server(format!("unexpected answer: {error}")))?;
     println!("Added member named {name} with ID {} to cluster", added.id);
-    // The new member's --initial-cluster: every member's name=peerURL, itself included.
+    // The new member's --initial-cluster: every member's name=peerURL, itself included, and
+    // a member added but not started yet as `=peerURL` (no name yet), as etcdctl lists it.
     let mut initial_cluster = Vec::new();
     for member in members(endpoints).await? {
         let member_name = if member.id == added.id {
@@ -239,9 +240,7 @@ async fn add(endpoints: &Endpoints, name: &str, peer_urls: &str) -> Result<(), F
             member.name.as_str()
         };
         for url in &member.peer_urls {
-            if !member_name.is_empty() {
-                initial_cluster.push(format!("{member_name}={url}"));
-            }
+            initial_cluster.push(format!("{member_name}={url}"));
         }
     }
     println!();

@@ -795,6 +795,12 @@ fn cluster_membership_a_single_node_grows_into_a_cluster_only_when_it_listens_fo
         .map(|(variable, value)| (variable.to_owned(), value.trim_matches('"').to_owned()))
         .collect();
     assert!(variables.iter().any(|(variable, _)| variable == "ETCD_INITIAL_ADVERTISE_PEER_URLS"), "{name}: {printed}");
+    // The member added and never started is listed unnamed, as etcdctl lists it, and the
+    // new member starts with it in its --initial-cluster.
+    assert!(
+        variables.iter().any(|(variable, value)| variable == "ETCD_INITIAL_CLUSTER" && value.split(',').any(|entry| entry == format!("={unstarted}"))),
+        "{name}: {printed}"
+    );
     let client_url = format!("http://127.0.0.1:{c3}");
     let log = std::fs::File::create(dir.path().join("n3.log")).expect("log file");
     let _n3 = KillOnDrop(
