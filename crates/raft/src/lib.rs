@@ -1050,12 +1050,8 @@ impl Node {
         } else {
             Vec::new()
         };
-        let now = std::time::Instant::now();
-        let lock = |queue: &'_ std::sync::Mutex<network::RateQueue>| {
-            queue.lock().unwrap_or_else(|p| p.into_inner()).rates(now)
-        };
-        let (send_pkg_rate, send_bandwidth_rate) = lock(&stats.send_rate);
-        let (recv_pkg_rate, recv_bandwidth_rate) = lock(&stats.recv_rate);
+        let ((send_pkg_rate, send_bandwidth_rate), (recv_pkg_rate, recv_bandwidth_rate)) =
+            stats.rates(std::time::Instant::now());
         PeerStatsSnapshot {
             send_append_requests: stats.send_append.load(std::sync::atomic::Ordering::Relaxed),
             recv_append_requests: stats.recv_append.load(std::sync::atomic::Ordering::Relaxed),
@@ -1553,18 +1549,20 @@ fn next_snapshot_bytes(snapshot_bytes: u64, log_on_disk: u64, log_since: Option<
 struct SpaceSnapshotAsks {
     next: Option<std::time::Instant>,
     backoff: Duration,
+    /// Asks in this spell of shortage.
+    asked: u32,
 }
 
 impl Default for SpaceSnapshotAsks {
     fn default() -> Self {
-        SpaceSnapshotAsks { next: None, backoff: SPACE_SNAPSHOT_BACKOFF_MIN }
+        SpaceSnapshotAsks { next: None, backoff: SPACE_SNAPSHOT_BACKOFF_MIN, asked: 0 }
     }
 }
 
 impl SpaceSnapshotAsks {
     /// Whether the last ask was the spell's first.
     fn first_in_spell(&self) -> bool {
-        self.backoff == (SPACE_SNAPSHOT_BACKOFF_MIN * 2).min(SPACE_SNAPSHOT_BACKOFF_MAX)
+        self.asked == 1
     }
 
     /// Whether to ask now; `unsnapshotted`: entries were applied since the last snapshot.
@@ -1578,6 +1576,7 @@ impl SpaceSnapshotAsks {
         }
         self.next = Some(now + self.backoff);
         self.backoff = (self.backoff * 2).min(SPACE_SNAPSHOT_BACKOFF_MAX);
+        self.asked = self.asked.saturating_add(1);
         true
     }
 }
@@ -1765,11 +1764,9 @@ impl LogBytesAsks {
         if grown < limit || !unsnapshotted || waiting {
             return None;
         }
-        if self.asked.is_none() {
-            self.asked = Some((appended, now));
-        } else if let Some((_, at)) = self.asked.as_mut() {
-            *at = now;
-        }
+        // Asked again: the snapshot still covers the log up to the first ask.
+        let asked_at_bytes = self.asked.map_or(appended, |(bytes, _)| bytes);
+        self.asked = Some((asked_at_bytes, now));
         Some(grown)
     }
 }

@@ -101,8 +101,8 @@ struct TroubleSpell {
 pub(crate) struct PeerStats {
     pub send_append: AtomicU64,
     pub recv_append: AtomicU64,
-    pub send_rate: Mutex<RateQueue>,
-    pub recv_rate: Mutex<RateQueue>,
+    send_rate: Mutex<RateQueue>,
+    recv_rate: Mutex<RateQueue>,
     pub followers: Mutex<BTreeMap<NodeId, FollowerStats>>,
 }
 
@@ -117,6 +117,11 @@ impl PeerStats {
     pub(crate) fn received_append(&self, bytes: usize) {
         self.recv_append.fetch_add(1, Ordering::Relaxed);
         lock(&self.recv_rate).record(Instant::now(), bytes);
+    }
+
+    /// (packets, bytes) per second of the appends sent lately, and of those received.
+    pub(crate) fn rates(&self, now: Instant) -> ((f64, f64), (f64, f64)) {
+        (lock(&self.send_rate).rates(now), lock(&self.recv_rate).rates(now))
     }
 }
 
@@ -394,11 +399,23 @@ impl PeerTransport {
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
+        self.call_encoded(target, member, rpc, peer::encode(request), timeout).await
+    }
+
+    /// [`Self::call`] with the request encoded already (`peer::encode`).
+    pub(crate) async fn call_encoded<Resp: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        member: &Member,
+        rpc: PeerRpc,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
         let base = member
             .peer_urls
             .first()
             .ok_or(CallError::NoUrl { target })?;
-        self.call_url(target, base, rpc, request, timeout).await
+        self.call_url_encoded(target, base, rpc, body, timeout).await
     }
 
     pub(crate) async fn call_url<Req: Serialize, Resp: DeserializeOwned>(
@@ -409,12 +426,22 @@ impl PeerTransport {
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
+        self.call_url_encoded(target, base_url, rpc, peer::encode(request), timeout).await
+    }
+
+    async fn call_url_encoded<Resp: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        base_url: &str,
+        rpc: PeerRpc,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
         let url = format!(
             "{}{PEER_PATH_PREFIX}{}",
             base_url.trim_end_matches('/'),
             rpc.name()
         );
-        let body = peer::encode(request);
         let mut post = self
             .inner
             .http
@@ -558,20 +585,15 @@ impl fmt::Display for Message {
 impl std::error::Error for Message {}
 
 impl PeerClient {
-    async fn raft_call<Req, Resp, E>(
-        &self,
-        rpc: PeerRpc,
-        request: &Req,
-        option: &RPCOption,
-    ) -> RpcResult<Resp, E>
+    /// `body`: the request, encoded (`peer::encode`).
+    async fn raft_call<Resp, E>(&self, rpc: PeerRpc, body: Vec<u8>, option: &RPCOption) -> RpcResult<Resp, E>
     where
-        Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
         let answer: Result<Result<Resp, RaftError<NodeId, E>>, CallError> = self
             .transport
-            .call(self.target, &self.member, rpc, request, option.hard_ttl())
+            .call_encoded(self.target, &self.member, rpc, body, option.hard_ttl())
             .await;
         match answer {
             Ok(Ok(response)) => Ok(response),
@@ -598,10 +620,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         let started = Instant::now();
         let stats = self.transport.stats();
+        let body = peer::encode(&rpc);
         if !rpc.entries.is_empty() {
-            stats.sent_append(bincode::serialized_size(&rpc).unwrap_or(0) as usize);
+            stats.sent_append(body.len());
         }
-        let result = self.raft_call(PeerRpc::AppendEntries, &rpc, &option).await;
+        let result = self.raft_call(PeerRpc::AppendEntries, body, &option).await;
         let mut followers = stats
             .followers
             .lock()
@@ -619,7 +642,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.raft_call(PeerRpc::InstallSnapshot, &rpc, &option)
+        self.raft_call(PeerRpc::InstallSnapshot, peer::encode(&rpc), &option)
             .await
     }
 
@@ -628,7 +651,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        self.raft_call(PeerRpc::Vote, &rpc, &option).await
+        self.raft_call(PeerRpc::Vote, peer::encode(&rpc), &option).await
     }
 
     fn backoff(&self) -> openraft::network::Backoff {

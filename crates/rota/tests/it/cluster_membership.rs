@@ -994,10 +994,7 @@ fn cluster_membership_a_follower_cut_off_from_its_leader_answers_a_forwarded_wri
 #[test]
 fn cluster_membership_a_follower_of_an_older_leader_forwards_writes_plain() {
     let name = "older-leader";
-    let token = format!("{name}-{}", std::process::id());
-    let mut config = ClusterConfig::new(3, &token);
-    config.mutant = Some("older-leader".to_string());
-    let cluster = Cluster::start(config);
+    let cluster = start_with_mutant(name, 3);
     let endpoints = cluster.endpoints();
     let leader = cluster.wait_leader(CHANGE_TIMEOUT).unwrap_or_else(|e| panic!("{name}: {e}"));
     let follower = (leader + 1) % endpoints.len();
@@ -1027,10 +1024,7 @@ fn cluster_membership_a_follower_of_an_older_leader_forwards_writes_plain() {
 #[test]
 fn cluster_membership_a_batch_never_answered_holds_writes_up_only_for_the_request_timeout() {
     let name = "orphaned-batch";
-    let token = format!("{name}-{}", std::process::id());
-    let mut config = ClusterConfig::new(1, &token);
-    config.mutant = Some(name.to_string());
-    let cluster = Cluster::start(config);
+    let cluster = start_with_mutant(name, 1);
     let endpoint = cluster.endpoints()[0];
     cluster.wait_leader(CHANGE_TIMEOUT).unwrap_or_else(|e| panic!("{name}: {e}"));
     let started = Instant::now();
@@ -1074,10 +1068,7 @@ fn cluster_membership_a_batch_never_answered_holds_writes_up_only_for_the_reques
 #[test]
 fn cluster_membership_a_removal_its_leader_left_half_done_is_finished_by_the_next_leader() {
     let name = "crash-in-joint";
-    let token = format!("{name}-{}", std::process::id());
-    let mut config = ClusterConfig::new(4, &token);
-    config.mutant = Some(name.to_string());
-    let mut cluster = Cluster::start(config);
+    let mut cluster = start_with_mutant(name, 4);
     let endpoints = cluster.endpoints();
     let leader = cluster.wait_leader(CHANGE_TIMEOUT).unwrap_or_else(|e| panic!("{name}: {e}"));
     let removed = (leader + 1) % endpoints.len();
@@ -1100,6 +1091,15 @@ fn cluster_membership_a_removal_its_leader_left_half_done_is_finished_by_the_nex
         let log = cluster.logs(400);
         assert!(log.contains("half done"), "{name}: the next leader says what it finished\n{log}");
     }
+}
+
+/// A cluster of `nodes` whose members all run with `ROTA_TEST_MUTANT=mutant` (also the
+/// test's name, in its token).
+fn start_with_mutant(mutant: &str, nodes: usize) -> Cluster {
+    let token = format!("{mutant}-{}", std::process::id());
+    let mut config = ClusterConfig::new(nodes, &token);
+    config.mutant = Some(mutant.to_string());
+    Cluster::start(config)
 }
 
 /// A member's own id and the leader it names (`/v2/stats/self`).

@@ -381,22 +381,17 @@ fn a_node_stopped_on_a_nearly_full_small_disk_starts_again_and_writes_resume_onc
 
 /// Bytes free on the file system holding `dir`, from `df`.
 fn free_bytes(dir: &Path) -> u64 {
-    let output = Command::new("df").arg("-PB1").arg(dir).output().expect("run df");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.lines()
-        .nth(1)
-        .and_then(|line| line.split_whitespace().nth(3))
-        .and_then(|field| field.parse().ok())
-        .unwrap_or_else(|| panic!("cannot read df's answer: {text}"))
+    df_available(dir, "-PB1")
 }
 
 /// MiB free on the file system holding `dir`, from `df`.
 fn free_mib(dir: &Path) -> u64 {
-    let output = Command::new("df")
-        .arg("-Pm")
-        .arg(dir)
-        .output()
-        .expect("run df");
+    df_available(dir, "-Pm")
+}
+
+/// The "Available" column of `df FLAG dir` (`-PB1`: bytes, `-Pm`: MiB).
+fn df_available(dir: &Path, flag: &str) -> u64 {
+    let output = Command::new("df").arg(flag).arg(dir).output().expect("run df");
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     text.lines()
         .nth(1)
